@@ -1,0 +1,5 @@
+"""`python -m perftop`."""
+
+from perftop.cli import main
+
+raise SystemExit(main())

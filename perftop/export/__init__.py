@@ -1,0 +1,1 @@
+"""Headless forms of perftop's data: the JSON snapshot and the Prometheus exposition."""

@@ -1,0 +1,303 @@
+"""A mergeable relative-error quantile sketch, and sliding windows built from rings of them.
+
+Standard library only: the agent (inside the monitored app) and the viewer share this module.
+
+The sketch is log-bucketed in the manner of DDSketch: a positive value v falls in bucket
+i = ceil(log(v) / log(gamma)) with gamma = (1 + a) / (1 - a), and every quantile is answered with the
+bucket's representative 2 * gamma**i / (gamma + 1), which is within a relative error a of every value in
+the bucket. Counts per bucket add up, so sketches of different seconds, windows or processes merge
+exactly; percentiles are never averaged. The number of buckets is capped (the lowest are folded
+together past the cap), which bounds memory whatever the number of samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+ALPHA = 0.008
+"""Relative accuracy of every quantile (0.8%, under the promised 1% with room for float rounding)."""
+GAMMA = (1 + ALPHA) / (1 - ALPHA)
+_INV_LOG_GAMMA = 1.0 / math.log(GAMMA)
+_REPR_FACTOR = 2.0 / (GAMMA + 1.0)
+MAX_BINS = 2048
+"""Bucket cap per sketch: with ALPHA=0.008 this spans a ratio of 1e14 between smallest and largest."""
+MAX_WIRE_BINS = 100_000
+"""What `Sketch.from_dict` accepts at most: a guard against hostile input, far above MAX_BINS."""
+
+
+class SketchError(ValueError):
+    """A serialized sketch is malformed."""
+
+
+def bucket_of(value: float) -> int:
+    """The bucket index of a positive value."""
+    return math.ceil(math.log(value) * _INV_LOG_GAMMA)
+
+
+def bucket_value(index: int) -> float:
+    """The representative value of a bucket: within ALPHA of every value that falls in it."""
+    return float(GAMMA**index * _REPR_FACTOR)
+
+
+class Sketch:
+    """Counts of values in log-spaced buckets, with exact count, sum, min, max and an error count."""
+
+    __slots__ = ("bins", "count", "errors", "max", "min", "sum", "zero")
+
+    def __init__(self) -> None:
+        self.bins: dict[int, int] = {}
+        """Bucket index -> number of values in it (positive values only)."""
+        self.zero = 0
+        """Number of values <= 0 (a timer can read 0 ns)."""
+        self.count = 0
+        self.errors = 0
+        """How many of the values were recorded for a call that raised."""
+        self.sum = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, value: float, n: int = 1, errors: int = 0) -> None:
+        """Record `value` n times, `errors` of which were failed calls."""
+        if n <= 0:
+            return
+        if value > 0:
+            i = math.ceil(math.log(value) * _INV_LOG_GAMMA)
+            bins = self.bins
+            bins[i] = bins.get(i, 0) + n
+            if len(bins) > MAX_BINS:
+                self._collapse()
+        else:
+            self.zero += n
+        self.count += n
+        self.errors += errors
+        self.sum += value * n
+        if value < self.min:
+            self.min = value
+        if value > self.max:
+            self.max = value
+
+    def add_counts(self, counts: Mapping[float, int]) -> None:
+        """Record many values at once: `counts` maps value -> how many times it was seen."""
+        for value, n in counts.items():
+            self.add(value, n)
+
+    def merge(self, other: Sketch) -> None:
+        """Add every value of `other` to this sketch (exact: bucket counts add)."""
+        if other.count == 0:
+            return
+        bins = self.bins
+        for i, n in other.bins.items():
+            bins[i] = bins.get(i, 0) + n
+        if len(bins) > MAX_BINS:
+            self._collapse()
+        self.zero += other.zero
+        self.count += other.count
+        self.errors += other.errors
+        self.sum += other.sum
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    def copy(self) -> Sketch:
+        out = Sketch()
+        out.merge(self)
+        return out
+
+    def _collapse(self) -> None:
+        """Fold the lowest buckets into one so that at most MAX_BINS remain (only low quantiles lose)."""
+        keys = sorted(self.bins)
+        extra = len(keys) - MAX_BINS
+        target = keys[extra]
+        folded = sum(self.bins.pop(k) for k in keys[:extra])
+        self.bins[target] += folded
+
+    def quantile(self, q: float) -> float | None:
+        """The value at quantile q (0..1) by nearest rank floor(q * (count - 1)), or None if empty."""
+        if self.count == 0:
+            return None
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be between 0 and 1, not {q}")
+        rank = math.floor(q * (self.count - 1))
+        if rank < self.zero:
+            return 0.0
+        seen = self.zero
+        value = self.max
+        for i in sorted(self.bins):
+            seen += self.bins[i]
+            if seen > rank:
+                value = bucket_value(i)
+                break
+        # The exact extremes are known: never answer outside them.
+        return min(max(value, self.min), self.max)
+
+    def quantiles(self, qs: Iterable[float]) -> list[float | None]:
+        """Several quantiles in one pass over the sorted buckets."""
+        qs = list(qs)
+        if self.count == 0:
+            return [None] * len(qs)
+        order = sorted(range(len(qs)), key=lambda k: qs[k])
+        out: list[float | None] = [None] * len(qs)
+        keys = sorted(self.bins)
+        seen = self.zero
+        pos = 0
+        for k in order:
+            q = qs[k]
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"quantile must be between 0 and 1, not {q}")
+            rank = math.floor(q * (self.count - 1))
+            if rank < self.zero:
+                out[k] = 0.0
+                continue
+            while pos < len(keys) and seen + self.bins[keys[pos]] <= rank:
+                seen += self.bins[keys[pos]]
+                pos += 1
+            value = bucket_value(keys[pos]) if pos < len(keys) else self.max
+            out[k] = min(max(value, self.min), self.max)
+        return out
+
+    @property
+    def mean(self) -> float | None:
+        return self.sum / self.count if self.count else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form; `from_dict` reverses it."""
+        return {
+            "alpha": ALPHA,
+            "count": self.count,
+            "errors": self.errors,
+            "sum": self.sum,
+            "min": self.min if self.count else None,
+            "max": self.max if self.count else None,
+            "zero": self.zero,
+            "bins": [[i, n] for i, n in sorted(self.bins.items())],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Sketch:
+        """Rebuild a sketch from `to_dict` output, rejecting anything malformed with SketchError."""
+        if not isinstance(data, dict):
+            raise SketchError("sketch must be an object")
+        if data.get("alpha") != ALPHA:
+            raise SketchError(f"sketch accuracy {data.get('alpha')!r} differs from this side's {ALPHA}")
+        out = cls()
+        try:
+            count = _nonneg_int(data["count"], "count")
+            out.errors = _nonneg_int(data["errors"], "errors")
+            out.zero = _nonneg_int(data["zero"], "zero")
+            out.sum = float(data["sum"])
+            bins = data["bins"]
+            if not isinstance(bins, list) or len(bins) > MAX_WIRE_BINS:
+                raise SketchError("bins must be a list of [index, count] pairs")
+            total = out.zero
+            for pair in bins:
+                if not (isinstance(pair, list) and len(pair) == 2):
+                    raise SketchError("bins must be a list of [index, count] pairs")
+                i, n = pair
+                if isinstance(i, bool) or not isinstance(i, int):
+                    raise SketchError("bin index must be an integer")
+                n = _nonneg_int(n, "bin count")
+                out.bins[i] = out.bins.get(i, 0) + n
+                total += n
+            if total != count:
+                raise SketchError(f"bin counts add up to {total}, not count {count}")
+            out.count = count
+            if count:
+                out.min = float(data["min"])
+                out.max = float(data["max"])
+                if out.min > out.max:
+                    raise SketchError("min is above max")
+            if out.errors > count:
+                raise SketchError("more errors than values")
+        except (KeyError, TypeError) as exc:
+            raise SketchError(f"malformed sketch: {exc!r}") from None
+        if len(out.bins) > MAX_BINS:
+            out._collapse()
+        return out
+
+
+def _nonneg_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SketchError(f"{what} must be a non-negative integer")
+    return value
+
+
+class Windows:
+    """Sliding windows over one metric: a ring of fine slots, a ring of coarse slots, and a total.
+
+    With the defaults, 10 one-second slots answer the 10 s window exactly, and 30 ten-second slots answer
+    the 1 min and 5 min windows to within one coarse slot. Memory is bounded: at most 41 sketches per
+    metric, each of at most MAX_BINS buckets.
+    """
+
+    __slots__ = ("_coarse", "_coarse_s", "_fine", "_fine_s", "started_at", "total")
+
+    def __init__(
+        self,
+        started_at: float,
+        fine_s: int = 1,
+        fine_slots: int = 10,
+        coarse_s: int = 10,
+        coarse_slots: int = 30,
+    ) -> None:
+        self.started_at = started_at
+        self.total = Sketch()
+        self._fine_s = fine_s
+        self._coarse_s = coarse_s
+        self._fine: list[tuple[int, Sketch]] = [(-1, Sketch()) for _ in range(fine_slots)]
+        self._coarse: list[tuple[int, Sketch]] = [(-1, Sketch()) for _ in range(coarse_slots)]
+
+    @staticmethod
+    def _slot(ring: list[tuple[int, Sketch]], width: int, now: float) -> Sketch:
+        epoch = int(now // width)
+        k = epoch % len(ring)
+        start, sk = ring[k]
+        if start != epoch:
+            sk = Sketch()
+            ring[k] = (epoch, sk)
+        return sk
+
+    def add(self, now: float, value: float, n: int = 1, errors: int = 0) -> None:
+        """Record `value` n times at time `now` (unix seconds) in every ring and the total."""
+        self._slot(self._fine, self._fine_s, now).add(value, n, errors)
+        self._slot(self._coarse, self._coarse_s, now).add(value, n, errors)
+        self.total.add(value, n, errors)
+
+    def add_sketch(self, now: float, sketch: Sketch) -> None:
+        """Record everything in `sketch` at time `now`."""
+        self._slot(self._fine, self._fine_s, now).merge(sketch)
+        self._slot(self._coarse, self._coarse_s, now).merge(sketch)
+        self.total.merge(sketch)
+
+    @property
+    def longest_window_s(self) -> int:
+        return self._coarse_s * len(self._coarse)
+
+    def window(self, seconds: float | None, now: float) -> tuple[Sketch, float]:
+        """The merged sketch of the last `seconds` (None: since start), and the span it covers in seconds.
+
+        The span is what rates divide by: the window, or the time since start if that is shorter.
+        """
+        since_start = max(now - self.started_at, 1e-9)
+        if seconds is None or seconds <= 0:
+            return self.total.copy(), since_start
+        if seconds <= self._fine_s * len(self._fine):
+            ring, width = self._fine, self._fine_s
+        else:
+            ring, width = self._coarse, self._coarse_s
+        slots = max(1, math.ceil(seconds / width))
+        last = int(now // width)
+        first = last - min(slots, len(ring)) + 1
+        out = Sketch()
+        for start, sk in ring:
+            if first <= start <= last:
+                out.merge(sk)
+        span = min(float(seconds), since_start, float(width * len(ring)))
+        return out, span
+
+    def history(self, now: float, fine: bool = False) -> list[tuple[int, Sketch]]:
+        """(slot start in unix seconds, sketch) for each slot still in the ring, oldest first."""
+        ring, width = (self._fine, self._fine_s) if fine else (self._coarse, self._coarse_s)
+        last = int(now // width)
+        first = last - len(ring) + 1
+        return [(start * width, sk) for start, sk in sorted(ring, key=lambda s: s[0]) if first <= start]
