@@ -108,7 +108,7 @@ class Limit:
     hard: int | None
     used: int | None
     unit: str = ""
-    """`bytes`, or empty for a plain count."""
+    """`bytes`, `s` (cpu), `µs` (rttime), or empty for a plain count."""
 
     @property
     def ratio(self) -> float | None:

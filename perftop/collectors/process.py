@@ -1,0 +1,356 @@
+"""Metrics of one process (any process, Python or not): CPU, memory, threads, fds, connections, limits.
+
+A `psutil.Process` object is kept between samples, so `cpu_percent` is measured over the time since the
+previous sample without blocking. Counting connections costs milliseconds, so it is done only every
+`connections_every_s` seconds and the sample says when it was last done. Resource limits come from
+`prlimit` (through psutil), falling back to the world-readable /proc/PID/limits when that is refused, and
+each is paired with the usage the kernel checks it against where that is measurable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import pwd
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import psutil
+
+from perftop.collectors.cgroup import read_cgroup
+from perftop.collectors.errors import AccessDeniedError, NoSuchProcessError
+from perftop.collectors.model import Limit, ProcessSample
+
+_T = TypeVar("_T")
+
+NPROC_RECOUNT_S = 2.0
+"""How often to recount the tasks of a user across the system (for `nproc`): it reads every /proc/PID."""
+
+
+@dataclass(frozen=True)
+class _LimitSpec:
+    name: str
+    resource: int
+    unit: str
+    proc_limits_label: str
+    """The row name in /proc/PID/limits."""
+
+
+def _limit_specs() -> tuple[_LimitSpec, ...]:
+    """Every rlimit psutil exposes here, nofile/nproc/as/data/stack/rss/memlock/core first, then the rest."""
+    table = [
+        ("nofile", "RLIMIT_NOFILE", "", "Max open files"),
+        ("nproc", "RLIMIT_NPROC", "", "Max processes"),
+        ("as", "RLIMIT_AS", "bytes", "Max address space"),
+        ("data", "RLIMIT_DATA", "bytes", "Max data size"),
+        ("stack", "RLIMIT_STACK", "bytes", "Max stack size"),
+        ("rss", "RLIMIT_RSS", "bytes", "Max resident set"),
+        ("memlock", "RLIMIT_MEMLOCK", "bytes", "Max locked memory"),
+        ("core", "RLIMIT_CORE", "bytes", "Max core file size"),
+        ("cpu", "RLIMIT_CPU", "s", "Max cpu time"),
+        ("fsize", "RLIMIT_FSIZE", "bytes", "Max file size"),
+        ("locks", "RLIMIT_LOCKS", "", "Max file locks"),
+        ("msgqueue", "RLIMIT_MSGQUEUE", "bytes", "Max msgqueue size"),
+        ("nice", "RLIMIT_NICE", "", "Max nice priority"),
+        ("rtprio", "RLIMIT_RTPRIO", "", "Max realtime priority"),
+        ("rttime", "RLIMIT_RTTIME", "µs", "Max realtime timeout"),
+        ("sigpending", "RLIMIT_SIGPENDING", "", "Max pending signals"),
+    ]
+    specs = []
+    for name, constant, unit, label in table:
+        resource = getattr(psutil, constant, None)
+        if isinstance(resource, int):
+            specs.append(_LimitSpec(name, resource, unit, label))
+    return tuple(specs)
+
+
+LIMIT_SPECS = _limit_specs()
+
+_PROC_LIMITS_ROW = re.compile(r"^(Max [a-z ]+?)\s{2,}(\S+)\s+(\S+)")
+
+
+def _open_process(pid: int) -> psutil.Process:
+    """A live, non-zombie `psutil.Process` for `pid`, or NoSuchProcessError."""
+    if pid <= 0:
+        raise NoSuchProcessError(pid)
+    try:
+        proc = psutil.Process(pid)
+        status = proc.status()
+    except psutil.ZombieProcess:
+        raise _zombie(pid) from None
+    except psutil.NoSuchProcess:
+        raise NoSuchProcessError(pid) from None
+    except psutil.AccessDenied:
+        raise _denied(pid) from None
+    if status == psutil.STATUS_ZOMBIE:
+        raise _zombie(pid)
+    return proc
+
+
+def _check_readable(proc: psutil.Process) -> None:
+    """AccessDeniedError unless we may read the process's fds (the ptrace read check most data needs)."""
+    try:
+        proc.num_fds()
+    except psutil.AccessDenied:
+        raise _denied(proc.pid) from None
+    except psutil.NoSuchProcess:
+        raise _exited(proc.pid) from None
+
+
+def check_pid(pid: int) -> None:
+    """Raise NoSuchProcessError or AccessDeniedError (with a message fit for the user) unless `pid` can be
+    monitored by this user."""
+    _check_readable(_open_process(pid))
+
+
+def _exited(pid: int) -> NoSuchProcessError:
+    return NoSuchProcessError(pid, f"process {pid} has exited")
+
+
+def _zombie(pid: int) -> NoSuchProcessError:
+    return NoSuchProcessError(pid, f"process {pid} has exited (a zombie its parent has not reaped yet)")
+
+
+def _owner(pid: int) -> tuple[int | None, str]:
+    """The real uid of `pid` and its user name (the uid as text when the name is unknown)."""
+    try:
+        uid = psutil.Process(pid).uids().real
+    except psutil.Error:
+        return None, "another user"
+    return uid, _user_name(uid)
+
+
+@functools.lru_cache(maxsize=256)
+def _user_name(uid: int) -> str:
+    """The account name of `uid` (the uid as text when it has none); cached, as NSS lookups may be slow."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _denied(pid: int) -> AccessDeniedError:
+    uid, owner = _owner(pid)
+    needs = f"needs CAP_SYS_PTRACE to read /proc/{pid}/fd"
+    if uid is not None and uid == os.geteuid():
+        return AccessDeniedError(
+            pid,
+            f"cannot read PID {pid}: it runs as {owner} like perftop but is protected (setuid or not "
+            f"dumpable): run perftop as root ({needs})",
+        )
+    return AccessDeniedError(
+        pid, f"cannot read PID {pid} (owned by {owner}): run perftop as that user or as root ({needs})"
+    )
+
+
+def _or_none(read: Callable[[], _T]) -> _T | None:
+    """`read()`, or None when the OS refuses it (the process itself still exists)."""
+    try:
+        return read()
+    except psutil.AccessDenied:
+        return None
+
+
+def _read_status(procfs: str, pid: int) -> dict[str, str]:
+    """/proc/PID/status as a dict of raw values (`VmData` -> `1234 kB`)."""
+    values: dict[str, str] = {}
+    try:
+        with open(os.path.join(procfs, str(pid), "status"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep:
+                    values[key] = value.strip()
+    except OSError:
+        pass
+    return values
+
+
+def _kib_to_bytes(value: str | None) -> int | None:
+    """`1234 kB` -> 1263616."""
+    if not value:
+        return None
+    try:
+        return int(value.split()[0]) * 1024
+    except ValueError:
+        return None
+
+
+def _sigq_used(value: str | None) -> int | None:
+    """`SigQ: 3/95571` -> 3 (signals queued for the real uid, which RLIMIT_SIGPENDING caps)."""
+    if not value:
+        return None
+    try:
+        return int(value.split("/")[0])
+    except ValueError:
+        return None
+
+
+def count_user_tasks(uid: int, procfs: str = "/proc") -> int:
+    """Threads whose process has real uid `uid`, across the system: what the kernel checks RLIMIT_NPROC
+    against. Counted from /proc/PID/status (Uid, Threads), which every user may read."""
+    total = 0
+    try:
+        names = os.listdir(procfs)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join(procfs, name, "status"), "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        real_uid = threads = None
+        for line in data.splitlines():
+            if line.startswith(b"Uid:"):
+                real_uid = int(line.split()[1])
+            elif line.startswith(b"Threads:"):
+                threads = int(line.split()[1])
+                break
+        if real_uid == uid and threads is not None:
+            total += threads
+    return total
+
+
+def _parse_proc_limits(text: str) -> dict[str, tuple[int | None, int | None]]:
+    """/proc/PID/limits rows by label: (soft, hard), None for unlimited."""
+    rows: dict[str, tuple[int | None, int | None]] = {}
+    for line in text.splitlines():
+        match = _PROC_LIMITS_ROW.match(line)
+        if match:
+            rows[match.group(1)] = (_limit_value(match.group(2)), _limit_value(match.group(3)))
+    return rows
+
+
+def _limit_value(raw: str | int) -> int | None:
+    """An rlimit value, None for unlimited (RLIM_INFINITY, shown as -1 or `unlimited`)."""
+    if isinstance(raw, str):
+        if raw == "unlimited":
+            return None
+        try:
+            raw = int(raw)
+        except ValueError:
+            return None
+    if raw < 0 or raw == psutil.RLIM_INFINITY or raw >= 2**63 - 1:
+        return None
+    return raw
+
+
+class ProcessCollector:
+    """Samples one process. Construction checks that it exists and can be read."""
+
+    def __init__(self, pid: int, connections_every_s: float = 5.0, procfs: str = "/proc") -> None:
+        self.pid = pid
+        self._procfs = procfs
+        self._connections_every_s = connections_every_s
+        self._proc = _open_process(pid)
+        _check_readable(self._proc)
+        self._num_connections: int | None = None
+        self._connections_at: float | None = None
+        self._connections_due = 0.0
+        self._nproc_used: int | None = None
+        self._nproc_uid: int | None = None
+        self._nproc_due = 0.0
+        with contextlib.suppress(psutil.Error):
+            self._proc.cpu_percent(None)
+
+    def sample(self) -> ProcessSample:
+        """One sample now. Raises NoSuchProcessError once the process has exited or become a zombie."""
+        try:
+            return self._sample()
+        except psutil.NoSuchProcess:  # includes ZombieProcess
+            raise _exited(self.pid) from None
+        except psutil.AccessDenied:
+            raise _denied(self.pid) from None
+
+    def _sample(self) -> ProcessSample:
+        proc = self._proc
+        if not proc.is_running():
+            raise _exited(self.pid)
+        now = time.monotonic()
+        with proc.oneshot():
+            status = proc.status()
+            if status == psutil.STATUS_ZOMBIE:
+                raise _zombie(self.pid)
+            name = proc.name()
+            cmdline = tuple(proc.cmdline())
+            uid = proc.uids().real
+            create_time = proc.create_time()
+            cpu_percent = proc.cpu_percent(None)
+            cpu_times = proc.cpu_times()
+            mem = proc.memory_info()
+            num_threads = proc.num_threads()
+            num_fds = _or_none(proc.num_fds)
+        if now >= self._connections_due:
+            self._num_connections = _or_none(lambda: len(proc.net_connections(kind="all")))
+            self._connections_at = time.time()
+            self._connections_due = now + self._connections_every_s
+        if now >= self._nproc_due or uid != self._nproc_uid:
+            self._nproc_used = count_user_tasks(uid, self._procfs)
+            self._nproc_uid = uid
+            self._nproc_due = now + NPROC_RECOUNT_S
+
+        proc_status = _read_status(self._procfs, self.pid)
+        used: dict[str, int | None] = {
+            "nofile": num_fds,
+            "nproc": self._nproc_used,
+            "as": mem.vms,
+            "data": _kib_to_bytes(proc_status.get("VmData")),
+            "stack": _kib_to_bytes(proc_status.get("VmStk")),
+            "memlock": _kib_to_bytes(proc_status.get("VmLck")),
+            "rss": mem.rss,
+            "sigpending": _sigq_used(proc_status.get("SigQ")),
+            "cpu": int(cpu_times.user + cpu_times.system),
+        }
+        limits = self._limits(used)
+        if not proc.is_running():
+            raise _exited(self.pid)  # the PID was reused while we read it
+        return ProcessSample(
+            pid=self.pid,
+            name=name,
+            cmdline=cmdline,
+            status=status,
+            username=_user_name(uid),
+            create_time=create_time,
+            cpu_percent=cpu_percent,
+            rss_bytes=mem.rss,
+            vms_bytes=mem.vms,
+            num_threads=num_threads,
+            num_fds=num_fds,
+            num_connections=self._num_connections,
+            connections_sampled_at=self._connections_at,
+            limits=limits,
+            cgroup=read_cgroup(self.pid, self._procfs),
+            taken_at=time.time(),
+        )
+
+    def _limits(self, used: dict[str, int | None]) -> tuple[Limit, ...]:
+        """Every limit with its usage; from prlimit, or /proc/PID/limits where prlimit is refused."""
+        limits: list[Limit] = []
+        fallback: dict[str, tuple[int | None, int | None]] | None = None
+        for spec in LIMIT_SPECS:
+            soft: int | None
+            hard: int | None
+            try:
+                raw_soft, raw_hard = self._proc.rlimit(spec.resource)
+                soft, hard = _limit_value(raw_soft), _limit_value(raw_hard)
+            except (psutil.AccessDenied, PermissionError):
+                if fallback is None:
+                    fallback = self._read_proc_limits()
+                if spec.proc_limits_label not in fallback:
+                    continue
+                soft, hard = fallback[spec.proc_limits_label]
+            limits.append(Limit(spec.name, soft, hard, used.get(spec.name), spec.unit))
+        return tuple(limits)
+
+    def _read_proc_limits(self) -> dict[str, tuple[int | None, int | None]]:
+        try:
+            with open(os.path.join(self._procfs, str(self.pid), "limits"), encoding="ascii") as f:
+                return _parse_proc_limits(f.read())
+        except OSError:
+            return {}

@@ -1,0 +1,358 @@
+"""ProcessCollector and check_pid against real child processes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pwd
+import resource
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from perftop.collectors.errors import AccessDeniedError, CollectorError, NoSuchProcessError
+from perftop.collectors.process import LIMIT_SPECS, ProcessCollector, _parse_proc_limits, check_pid
+
+TARGETS = Path(__file__).resolve().parent.parent / "targets"
+HOLDER = str(TARGETS / "coll_holder.py")
+READER = str(TARGETS / "coll_reader.py")
+REPO = str(Path(__file__).resolve().parent.parent.parent)
+
+Holder = Callable[..., subprocess.Popen[bytes]]
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Wait for the target's `ready` line, failing (not hanging) if it dies or takes too long."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if readable:
+            line = proc.stdout.readline()
+            assert line == b"ready\n", f"target said {line!r} (exit code {proc.poll()})"
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"target exited with {proc.returncode} before it was ready")
+    pytest.fail("target not ready in time")
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            stream.close()
+
+
+@pytest.fixture
+def holder() -> Iterator[Holder]:
+    """Starts coll_holder.py targets (waiting until they are ready) and always kills them afterwards."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, exe: str = sys.executable, **popen: object) -> subprocess.Popen[bytes]:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(
+            [exe, HOLDER, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            **popen,  # type: ignore[call-overload]
+        )
+        started.append(proc)
+        _wait_ready(proc)
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            _stop(proc)
+
+
+def _expected(value: int) -> int | None:
+    return None if value == resource.RLIM_INFINITY else value
+
+
+def test_limits_of_a_child_with_nofile_1234(holder: Holder) -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def lower_nofile() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1234, hard))
+
+    child = holder("--files", "50", preexec_fn=lower_nofile)
+    sample = ProcessCollector(child.pid).sample()
+
+    names = [lim.name for lim in sample.limits]
+    assert names[:8] == ["nofile", "nproc", "as", "data", "stack", "rss", "memlock", "core"]
+    psutil_names = {n[len("RLIMIT_") :].lower() for n in dir(psutil) if n.startswith("RLIMIT_")}
+    assert set(names) == psutil_names
+    assert len(names) == len(set(names))
+
+    nofile = sample.limit("nofile")
+    assert nofile is not None
+    assert (nofile.soft, nofile.hard) == (1234, _expected(hard))
+    assert nofile.used is not None and nofile.used >= 50
+    assert nofile.used == sample.num_fds
+    assert nofile.ratio == pytest.approx(nofile.used / 1234)
+
+    # Every other limit is inherited from this test process, so it must read the same as ours.
+    for spec in LIMIT_SPECS:
+        if spec.name == "nofile":
+            continue
+        soft, hard_ = resource.getrlimit(spec.resource)
+        lim = sample.limit(spec.name)
+        assert lim is not None
+        assert (lim.soft, lim.hard) == (_expected(soft), _expected(hard_)), spec.name
+
+    def used(name: str) -> int:
+        lim = sample.limit(name)
+        assert lim is not None and lim.used is not None, name
+        return lim.used
+
+    assert used("as") == sample.vms_bytes
+    assert used("rss") == sample.rss_bytes
+    assert 0 < used("data") <= sample.vms_bytes
+    assert 0 < used("stack") <= sample.vms_bytes
+    assert used("memlock") >= 0
+    assert used("sigpending") >= 0
+    assert used("cpu") >= 0
+    # nproc counts every task of the child's real uid: at least this test process's and the child's threads.
+    assert used("nproc") >= psutil.Process().num_threads() + sample.num_threads
+    units = {lim.name: lim.unit for lim in sample.limits}
+    assert units["as"] == units["data"] == units["stack"] == units["core"] == "bytes"
+    assert units["nofile"] == units["nproc"] == ""
+    assert units["cpu"] == "s"
+    for name in ("core", "fsize", "msgqueue", "locks"):  # listed although their usage is not measurable
+        lim = sample.limit(name)
+        assert lim is not None and lim.used is None
+
+
+def test_sample_fields(holder: Holder) -> None:
+    child = holder("--files", "5", "--threads", "3")
+    ps = psutil.Process(child.pid)
+    _wait_for(lambda: ps.status() == psutil.STATUS_SLEEPING, 10, "the child to block reading stdin")
+    collector = ProcessCollector(child.pid)
+    assert collector.pid == child.pid
+    sample = collector.sample()
+    assert sample.pid == child.pid
+    assert sample.name == ps.name()
+    assert sample.cmdline == (sys.executable, HOLDER, "--files", "5", "--threads", "3")
+    assert sample.status == psutil.STATUS_SLEEPING
+    assert sample.username == pwd.getpwuid(os.geteuid()).pw_name
+    assert sample.create_time == ps.create_time()
+    assert sample.num_threads == 4
+    assert sample.num_fds is not None and sample.num_fds >= 5 + 3  # the files, stdio
+    assert sample.rss_bytes > 0 and sample.vms_bytes >= sample.rss_bytes
+    assert sample.cpu_percent >= 0.0
+    if os.path.isdir("/sys/fs/cgroup"):
+        assert sample.cgroup is not None
+    as_json = sample.to_json()
+    assert as_json["limits"]["nofile"]["used"] == sample.num_fds
+    json.dumps(as_json)
+
+
+def test_cpu_percent_of_a_busy_child(holder: Holder) -> None:
+    child = holder("--busy")
+    collector = ProcessCollector(child.pid)
+    _wait_for(lambda: collector.sample().cpu_percent > 10.0, 20, "the busy child's CPU to show")
+
+
+def test_connections_counted_and_sampled_less_often(
+    holder: Holder,
+) -> None:
+    child = holder("--sockets")
+    expected = len(psutil.Process(child.pid).net_connections(kind="all"))
+    assert expected >= 3  # listener, client, accepted server side
+
+    rare = ProcessCollector(child.pid, connections_every_s=3600)
+    first = rare.sample()
+    second = rare.sample()
+    assert first.num_connections == expected
+    assert first.connections_sampled_at is not None
+    assert second.connections_sampled_at == first.connections_sampled_at
+    assert second.num_connections == expected
+
+    every = ProcessCollector(child.pid, connections_every_s=0)
+    a = every.sample()
+    b = every.sample()
+    assert a.connections_sampled_at is not None and b.connections_sampled_at is not None
+    assert b.connections_sampled_at > a.connections_sampled_at
+    assert b.num_connections == expected
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_no_such_process() -> None:
+    pid = _dead_pid()
+    with pytest.raises(NoSuchProcessError) as info:
+        check_pid(pid)
+    assert str(info.value) == f"no process with PID {pid}"
+    with pytest.raises(NoSuchProcessError):
+        ProcessCollector(pid)
+    with open("/proc/sys/kernel/pid_max") as f:
+        beyond = int(f.read()) + 1
+    for bad in (beyond, 0, -5):
+        with pytest.raises(NoSuchProcessError, match=f"no process with PID {bad}"):
+            check_pid(bad)
+    assert issubclass(NoSuchProcessError, CollectorError)
+
+
+def test_exit_between_samples(holder: Holder) -> None:
+    child = holder()
+    collector = ProcessCollector(child.pid)
+    collector.sample()
+    child.kill()
+    child.wait()
+    with pytest.raises(NoSuchProcessError, match=f"process {child.pid} has exited"):
+        collector.sample()
+
+
+def test_zombie_counts_as_exited(holder: Holder) -> None:
+    child = holder()
+    collector = ProcessCollector(child.pid)
+    collector.sample()
+    child.kill()  # not reaped yet: a zombie
+    _wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 10, "the zombie")
+    with pytest.raises(NoSuchProcessError):
+        collector.sample()
+    with pytest.raises(NoSuchProcessError, match="has exited"):
+        check_pid(child.pid)
+    with pytest.raises(NoSuchProcessError):
+        ProcessCollector(child.pid)
+
+
+def test_proc_limits_parsing_matches_getrlimit() -> None:
+    """The fallback used when prlimit is refused (another user's process) reads the same values."""
+    with open(f"/proc/{os.getpid()}/limits") as f:
+        rows = _parse_proc_limits(f.read())
+    for spec in LIMIT_SPECS:
+        soft, hard = resource.getrlimit(spec.resource)
+        assert rows[spec.proc_limits_label] == (_expected(soft), _expected(hard)), spec.name
+
+
+NOBODY = 65534
+STRANGER = 54321  # a uid with no account, distinct from nobody
+
+
+def _dropper(uid: int, gid: int) -> Callable[[], None]:
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return drop
+
+
+def _reader_env() -> dict[str, str]:
+    """The reader needs psutil from our virtualenv and perftop from the repository."""
+    site = str(Path(psutil.__file__).resolve().parent.parent)
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{REPO}:{site}"}
+
+
+@functools.cache
+def _interpreter_for(uid: int, gid: int) -> str | None:
+    """A Python that user `uid` can run and that imports psutil: ours, unless it lives in a private home."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [
+        sys.executable,
+        getattr(sys, "_base_executable", sys.executable),
+        *(f"{d}/{name}" for d in ("/usr/local/bin", "/usr/bin") for name in (version, "python3")),
+        shutil.which("python3"),
+    ]
+    for exe in dict.fromkeys(c for c in candidates if c):
+        try:
+            probe = subprocess.run(
+                [exe, "-c", "import psutil, perftop.collectors.process"],
+                preexec_fn=_dropper(uid, gid),
+                env=_reader_env(),
+                capture_output=True,
+                timeout=60,
+                cwd="/",
+                check=False,
+            )
+        except OSError:  # missing, or not executable by that user
+            continue
+        if probe.returncode == 0:
+            return exe
+    return None
+
+
+def _run_reader_as(uid: int, gid: int, pid: int) -> dict[str, object]:
+    exe = _interpreter_for(uid, gid)
+    if exe is None:
+        pytest.skip(f"no Python interpreter that uid {uid} may run and that can import psutil")
+    out = subprocess.run(
+        [exe, READER, str(pid)],
+        preexec_fn=_dropper(uid, gid),
+        env=_reader_env(),
+        capture_output=True,
+        timeout=60,
+        cwd="/",
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr.decode()
+    result: dict[str, object] = json.loads(out.stdout)
+    assert result["uid"] == uid
+    return result
+
+
+@pytest.fixture
+def as_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run processes as other users")
+    try:
+        pwd.getpwuid(NOBODY)
+    except KeyError:
+        pytest.skip(f"no user with uid {NOBODY} (nobody)")
+
+
+@pytest.mark.usefixtures("as_root")
+def test_access_denied_for_another_users_process(holder: Holder) -> None:
+    exe = _interpreter_for(NOBODY, NOBODY)
+    if exe is None:
+        pytest.skip(f"no Python interpreter that uid {NOBODY} may run and that can import psutil")
+    child = holder("--files", "3", exe=exe, preexec_fn=_dropper(NOBODY, NOBODY), env=_reader_env())
+    owner = pwd.getpwuid(NOBODY).pw_name
+
+    # A stranger may not read nobody's process.
+    result = _run_reader_as(STRANGER, STRANGER, child.pid)
+    assert result["ok"] is False
+    assert result["error"] == "AccessDeniedError"
+    message = str(result["message"])
+    assert f"cannot read PID {child.pid} (owned by {owner})" in message
+    assert f"/proc/{child.pid}/fd" in message
+    assert "\n" not in message
+
+    # nobody itself may.
+    result = _run_reader_as(NOBODY, NOBODY, child.pid)
+    assert result["ok"] is True
+    assert isinstance(result["num_fds"], int) and result["num_fds"] >= 3
+    assert result["limits"] == len(LIMIT_SPECS)
+
+    # And nobody may not read root's processes (this test process).
+    result = _run_reader_as(NOBODY, NOBODY, os.getpid())
+    assert result["error"] == "AccessDeniedError"
+    assert "(owned by root)" in str(result["message"])
+
+    # Root reads anything; the denial path never fires for it.
+    assert issubclass(AccessDeniedError, CollectorError)
+    check_pid(child.pid)

@@ -1,0 +1,123 @@
+"""ProcessLister against real processes: rows, CPU from deltas, object reuse, vanished processes."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from perftop.collectors.model import ProcessRow
+from perftop.collectors.proclist import ProcessLister
+
+HOLDER = str(Path(__file__).resolve().parent.parent / "targets" / "coll_holder.py")
+
+
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Starts coll_holder.py (waiting for its `ready` line) and always kills what it started."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, HOLDER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        started.append(proc)
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready and proc.stdout.readline() == b"ready\n"
+        return proc
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+def _row(rows: list[ProcessRow], pid: int) -> ProcessRow | None:
+    return next((r for r in rows if r.pid == pid), None)
+
+
+def test_finds_a_child_with_name_and_cmdline(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    child = spawn("--threads", "2", "--files", "1")
+    rows = ProcessLister().sample()
+    row = _row(rows, child.pid)
+    assert row is not None
+    assert row.name == psutil.Process(child.pid).name()
+    assert row.cmdline == f"{sys.executable} {HOLDER} --threads 2 --files 1"
+    assert row.username == pwd.getpwuid(os.geteuid()).pw_name
+    assert row.rss_bytes > 0
+    assert row.num_threads == 3
+    assert row.cpu_percent == 0.0  # first sight of it: no baseline yet
+    assert _row(rows, os.getpid()) is not None
+    assert [r.pid for r in rows] == sorted(r.pid for r in rows)
+    assert len({r.pid for r in rows}) == len(rows)
+
+
+def test_reuses_process_objects_between_samples(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    child = spawn()
+    lister = ProcessLister()
+    lister.sample()
+    first = lister.process(child.pid)
+    assert first is not None
+    lister.sample()
+    assert lister.process(child.pid) is first
+    assert lister.process(os.getpid()) is not None
+
+
+def test_cpu_percent_from_deltas(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    child = spawn("--busy")
+    lister = ProcessLister()
+    lister.sample()
+
+    def busy_shows() -> bool:
+        row = _row(lister.sample(), child.pid)
+        return row is not None and row.cpu_percent > 10.0
+
+    _wait_for(busy_shows, 20, "the busy child's CPU in the list")
+
+
+def test_vanished_processes_are_dropped(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    reaped = spawn()
+    zombie = spawn()
+    lister = ProcessLister()
+    rows = lister.sample()
+    assert _row(rows, reaped.pid) is not None and _row(rows, zombie.pid) is not None
+    reaped.kill()
+    reaped.wait()
+    zombie.kill()  # left unreaped until the fixture cleans up
+    _wait_for(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE, 10, "the zombie")
+    rows = lister.sample()
+    assert _row(rows, reaped.pid) is None
+    assert lister.process(reaped.pid) is None
+    zombie_row = _row(rows, zombie.pid)
+    assert zombie_row is None or zombie_row.rss_bytes == 0
+
+
+def test_kernel_threads_are_named_in_brackets() -> None:
+    rows = ProcessLister().sample()
+    kernel = [r for r in rows if r.pid == 2]
+    if not kernel or kernel[0].rss_bytes != 0:
+        pytest.skip("no kernel thread visible as PID 2 (e.g. in a PID namespace)")
+    assert kernel[0].cmdline == f"[{kernel[0].name}]"
