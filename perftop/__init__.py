@@ -1,5 +1,41 @@
-"""perftop: a live performance monitor for Python services."""
+"""perftop: a live performance monitor for Python services.
+
+The instrumentation API. Importing it needs only the standard library (no Textual, psutil or
+SQLAlchemy), and recording works before `start()`: `start()` only makes the data visible to viewers.
+
+    import perftop
+    perftop.start()
+    @perftop.time_it("checkout")
+    def checkout(): ...
+    with perftop.timer("render"): ...
+    perftop.count("cache.hit"); perftop.gauge("queue.depth", 17); perftop.observe("upstream", 12.5)
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from perftop._version import __version__
+from perftop.agent import socket_file, start, stop
+from perftop.agent.recorder import count, gauge, observe, time_it, timer
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    "count",
+    "gauge",
+    "instrument_sqlalchemy",
+    "observe",
+    "socket_file",
+    "start",
+    "stop",
+    "time_it",
+    "timer",
+]
+
+
+def instrument_sqlalchemy(engine: Any = None, slow_ms: float = 100) -> None:
+    """Time every SQLAlchemy execution of `engine` (None: every Engine in the process) by query
+    fingerprint; executions slower than `slow_ms` go to the slow list. SQLAlchemy is imported only here."""
+    import importlib
+
+    importlib.import_module("perftop.agent.sqlalchemy").instrument(engine, slow_ms)

@@ -12,7 +12,7 @@ import json
 import socket
 import struct
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -26,19 +26,30 @@ class ProtocolError(ValueError):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """One frame: the length prefix and the compact JSON of `message`."""
-    payload = json.dumps(message, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    """One frame: length prefix and compact JSON of `message`; ProtocolError if it is not JSON-able."""
+    try:
+        payload = json.dumps(message, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ProtocolError(f"message cannot be sent as JSON: {exc}") from None
     if len(payload) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(payload)} bytes exceeds the {MAX_FRAME_BYTES} byte limit")
     return _HEADER.pack(len(payload)) + payload
 
 
+def _reject_constant(name: str) -> Any:
+    raise ProtocolError(f"frame holds {name}, which is not JSON")
+
+
 def decode_payload(payload: bytes) -> dict[str, Any]:
-    """The JSON object in one frame's payload."""
+    """The JSON object in one frame's payload (strict JSON: NaN and Infinity are refused)."""
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except ProtocolError:
+        raise
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"frame is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("frame nests JSON too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError("frame must hold a JSON object")
     return obj
@@ -53,18 +64,24 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Messages completed by `data`. Raises ProtocolError on an oversized or malformed frame."""
-        self._buf += data
+        buf = self._buf
+        buf += data
         out: list[dict[str, Any]] = []
-        while len(self._buf) >= HEADER_BYTES:
-            (length,) = _HEADER.unpack_from(self._buf)
-            if length > self._max:
-                raise ProtocolError(f"frame of {length} bytes exceeds the {self._max} byte limit")
-            end = HEADER_BYTES + length
-            if len(self._buf) < end:
-                break
-            payload = bytes(self._buf[HEADER_BYTES:end])
-            del self._buf[:end]
-            out.append(decode_payload(payload))
+        pos = 0
+        try:
+            while len(buf) - pos >= HEADER_BYTES:
+                (length,) = _HEADER.unpack_from(buf, pos)
+                if length > self._max:
+                    raise ProtocolError(f"frame of {length} bytes exceeds the {self._max} byte limit")
+                end = pos + HEADER_BYTES + length
+                if len(buf) < end:
+                    break
+                payload = bytes(buf[pos + HEADER_BYTES : end])
+                pos = end
+                out.append(decode_payload(payload))
+        finally:
+            # One deletion per feed, not one per frame: many small frames in one read stay linear.
+            del buf[:pos]
         return out
 
     @property
@@ -194,7 +211,9 @@ class Request:
     def from_dict(cls, data: dict[str, Any]) -> Request:
         if data.get("type") != "request":
             raise ProtocolError("expected a request frame")
-        params = data.get("params") or {}
+        params = data.get("params")
+        if params is None:
+            params = {}
         if not isinstance(params, dict):
             raise ProtocolError("'params' must be an object")
         return cls(id=_require(data, "id", int), method=_require(data, "method", str), params=params)
@@ -243,7 +262,7 @@ class ErrorFrame:
         return cls(message=_require(data, "message", str))
 
 
-Message = Union[Hello, Request, Response, ErrorFrame]
+Message = Hello | Request | Response | ErrorFrame
 _TYPES: dict[str, Any] = {"hello": Hello, "request": Request, "response": Response, "error": ErrorFrame}
 
 

@@ -13,6 +13,7 @@ together past the cap), which bounds memory whatever the number of samples.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +26,9 @@ MAX_BINS = 2048
 """Bucket cap per sketch: with ALPHA=0.008 this spans a ratio of 1e14 between smallest and largest."""
 MAX_WIRE_BINS = 100_000
 """What `Sketch.from_dict` accepts at most: a guard against hostile input, far above MAX_BINS."""
+MAX_INDEX = math.ceil(-math.log(5e-324) * _INV_LOG_GAMMA) + 1
+"""Bucket indices of positive floats (down to the smallest subnormal) stay within +-MAX_INDEX;
+`from_dict` rejects any beyond."""
 
 
 class SketchError(ValueError):
@@ -38,7 +42,11 @@ def bucket_of(value: float) -> int:
 
 def bucket_value(index: int) -> float:
     """The representative value of a bucket: within ALPHA of every value that falls in it."""
-    return float(GAMMA**index * _REPR_FACTOR)
+    try:
+        return float(GAMMA**index * _REPR_FACTOR)
+    except OverflowError:
+        # Only the topmost buckets of the float range; callers clamp to the exact max.
+        return math.inf
 
 
 class Sketch:
@@ -166,7 +174,8 @@ class Sketch:
             "alpha": ALPHA,
             "count": self.count,
             "errors": self.errors,
-            "sum": self.sum,
+            # Clamped: JSON has no infinity, and only absurd values overflow a float sum.
+            "sum": min(max(self.sum, -sys.float_info.max), sys.float_info.max),
             "min": self.min if self.count else None,
             "max": self.max if self.count else None,
             "zero": self.zero,
@@ -185,7 +194,7 @@ class Sketch:
             count = _nonneg_int(data["count"], "count")
             out.errors = _nonneg_int(data["errors"], "errors")
             out.zero = _nonneg_int(data["zero"], "zero")
-            out.sum = float(data["sum"])
+            out.sum = _finite(data["sum"], "sum")
             bins = data["bins"]
             if not isinstance(bins, list) or len(bins) > MAX_WIRE_BINS:
                 raise SketchError("bins must be a list of [index, count] pairs")
@@ -194,8 +203,8 @@ class Sketch:
                 if not (isinstance(pair, list) and len(pair) == 2):
                     raise SketchError("bins must be a list of [index, count] pairs")
                 i, n = pair
-                if isinstance(i, bool) or not isinstance(i, int):
-                    raise SketchError("bin index must be an integer")
+                if isinstance(i, bool) or not isinstance(i, int) or not -MAX_INDEX <= i <= MAX_INDEX:
+                    raise SketchError("bin index must be an integer within the float range")
                 n = _nonneg_int(n, "bin count")
                 out.bins[i] = out.bins.get(i, 0) + n
                 total += n
@@ -203,8 +212,8 @@ class Sketch:
                 raise SketchError(f"bin counts add up to {total}, not count {count}")
             out.count = count
             if count:
-                out.min = float(data["min"])
-                out.max = float(data["max"])
+                out.min = _finite(data["min"], "min")
+                out.max = _finite(data["max"], "max")
                 if out.min > out.max:
                     raise SketchError("min is above max")
             if out.errors > count:
@@ -214,6 +223,18 @@ class Sketch:
         if len(out.bins) > MAX_BINS:
             out._collapse()
         return out
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SketchError(f"{what} must be a number")
+    try:
+        out = float(value)
+    except OverflowError:
+        raise SketchError(f"{what} is out of range") from None
+    if not math.isfinite(out):
+        raise SketchError(f"{what} must be finite")
+    return out
 
 
 def _nonneg_int(value: Any, what: str) -> int:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pwd
 import resource
 import select
-import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import pytest
 
 from perftop.collectors.errors import AccessDeniedError, CollectorError, NoSuchProcessError
 from perftop.collectors.process import LIMIT_SPECS, ProcessCollector, _parse_proc_limits, check_pid
+from tests.foreign_user import dropper, foreign_env, interpreter_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 HOLDER = str(TARGETS / "coll_holder.py")
@@ -253,57 +252,14 @@ NOBODY = 65534
 STRANGER = 54321  # a uid with no account, distinct from nobody
 
 
-def _dropper(uid: int, gid: int) -> Callable[[], None]:
-    def drop() -> None:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-
-    return drop
-
-
-def _reader_env() -> dict[str, str]:
-    """The reader needs psutil from our virtualenv and perftop from the repository."""
-    site = str(Path(psutil.__file__).resolve().parent.parent)
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{REPO}:{site}"}
-
-
-@functools.cache
-def _interpreter_for(uid: int, gid: int) -> str | None:
-    """A Python that user `uid` can run and that imports psutil: ours, unless it lives in a private home."""
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    candidates = [
-        sys.executable,
-        getattr(sys, "_base_executable", sys.executable),
-        *(f"{d}/{name}" for d in ("/usr/local/bin", "/usr/bin") for name in (version, "python3")),
-        shutil.which("python3"),
-    ]
-    for exe in dict.fromkeys(c for c in candidates if c):
-        try:
-            probe = subprocess.run(
-                [exe, "-c", "import psutil, perftop.collectors.process"],
-                preexec_fn=_dropper(uid, gid),
-                env=_reader_env(),
-                capture_output=True,
-                timeout=60,
-                cwd="/",
-                check=False,
-            )
-        except OSError:  # missing, or not executable by that user
-            continue
-        if probe.returncode == 0:
-            return exe
-    return None
-
-
 def _run_reader_as(uid: int, gid: int, pid: int) -> dict[str, object]:
-    exe = _interpreter_for(uid, gid)
+    exe = interpreter_for(uid, gid)
     if exe is None:
         pytest.skip(f"no Python interpreter that uid {uid} may run and that can import psutil")
     out = subprocess.run(
         [exe, READER, str(pid)],
-        preexec_fn=_dropper(uid, gid),
-        env=_reader_env(),
+        preexec_fn=dropper(uid, gid),
+        env=foreign_env(),
         capture_output=True,
         timeout=60,
         cwd="/",
@@ -327,10 +283,10 @@ def as_root() -> None:
 
 @pytest.mark.usefixtures("as_root")
 def test_access_denied_for_another_users_process(holder: Holder) -> None:
-    exe = _interpreter_for(NOBODY, NOBODY)
+    exe = interpreter_for(NOBODY, NOBODY)
     if exe is None:
         pytest.skip(f"no Python interpreter that uid {NOBODY} may run and that can import psutil")
-    child = holder("--files", "3", exe=exe, preexec_fn=_dropper(NOBODY, NOBODY), env=_reader_env())
+    child = holder("--files", "3", exe=exe, preexec_fn=dropper(NOBODY, NOBODY), env=foreign_env())
     owner = pwd.getpwuid(NOBODY).pw_name
 
     # A stranger may not read nobody's process.

@@ -1,0 +1,786 @@
+"""The agent thread: aggregates the recorder's buffers and serves viewers over a Unix socket.
+
+One daemon thread, "perftop-agent", runs a `selectors` loop over non-blocking sockets. It drains the
+recorder a few times a second whether or not a socket is served (so recording before `start()` stays
+bounded), and once `serve()` is called it listens on `<socket dir>/<pid>.sock` (directory 0700, socket
+0600, every peer checked with SO_PEERCRED). Each connection has a bounded output buffer: a viewer that
+stops reading is disconnected and counted, and the app never waits for it. Actions (profiling, explain)
+run on one separate worker thread, "perftop-action", so stats keep flowing while one runs.
+
+Standard library only. Nothing here raises into the app: failures are logged once and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import importlib
+import importlib.util
+import os
+import queue
+import selectors
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from perftop import _version
+from perftop.agent import gcwatch, paths
+from perftop.agent.recorder import log_once, registry
+from perftop.protocol import (
+    ErrorFrame,
+    FrameDecoder,
+    Hello,
+    ProtocolError,
+    Request,
+    Response,
+    encode,
+)
+
+FLUSH_INTERVAL_S = 0.2
+"""How often the recorder's buffers are aggregated."""
+OUTBUF_LIMIT = 4 * 1024 * 1024
+"""Bytes queued for one viewer beyond which it is disconnected as too slow (one frame always fits)."""
+MAX_CONNECTIONS = 64
+HANDSHAKE_TIMEOUT_S = 10.0
+"""A connection that has not said hello by then is closed."""
+MAX_ACTION_SECONDS = 300.0
+"""Cap on an action's `seconds` parameter."""
+ACTION_GRACE_S = 30.0
+"""After its seconds (or MAX_ACTION_SECONDS) plus this, a running action is asked to cancel."""
+ACCEPT_PAUSE_S = 1.0
+"""How long to stop accepting after accept() fails (out of file descriptors)."""
+RECV_BYTES = 256 * 1024
+MAX_REQUEST_BYTES = 1024 * 1024
+"""Largest frame a viewer may send (requests are small); far below MAX_FRAME_BYTES, so that 64 viewers
+cannot make the agent buffer gigabytes."""
+METHODS = ("info", "stats", "history", "action", "explain")
+_PEERCRED = struct.Struct("3i")
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    id: int
+    opened_at: float
+    peer_pid: int
+    decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(MAX_REQUEST_BYTES))
+    out: bytearray = field(default_factory=bytearray)
+    greeted: bool = False
+    writing: bool = False
+
+
+@dataclass
+class _Job:
+    method: str
+    name: str
+    params: dict[str, Any]
+    conn_id: int
+    request_id: int
+    started: float
+    deadline: float
+    cancel: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass
+class Counters:
+    """What the server has done, for its own stats (reported under `overflow`)."""
+
+    accepted: int = 0
+    refused_peer: int = 0
+    refused_full: int = 0
+    closed_slow: int = 0
+    closed_bad_frame: int = 0
+    closed_handshake_timeout: int = 0
+
+
+class Agent:
+    """The agent thread and, once `serve()` is called, the socket server it runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._quit = False
+        self._sel: selectors.BaseSelector | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._listen_ino: int | None = None
+        self.path: str | None = None
+        self.directory: str | None = None
+        self.name: str | None = None
+        self.started_at: float | None = None
+        self._want_serve = False
+        self._want_stop_serving = False
+        self._conns: dict[int, _Conn] = {}
+        self._next_conn_id = 1
+        self._stopped = threading.Event()
+        self.counters = Counters()
+        self._job: _Job | None = None
+        self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=1)
+        self._done: collections.deque[_Job] = collections.deque()
+        self._worker: threading.Thread | None = None
+        self._capabilities: list[str] = list(METHODS)
+        self._accept_paused_until: float | None = None
+        self._mp_hooked = False
+
+    # -- control, from any thread ---------------------------------------------------------------------
+
+    def ensure_thread(self) -> None:
+        """Start the agent thread if it is not running (it aggregates even without a socket)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._quit = False
+            self._sel = selectors.DefaultSelector()
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+            self._thread = threading.Thread(target=self._run, name="perftop-agent", daemon=True)
+            self._thread.start()
+
+    def serve(self, name: str | None, directory: str | None) -> None:
+        """Listen on this process's socket (idempotent). Raises OSError if the socket cannot be made."""
+        with self._lock:
+            if self._listener is not None:
+                if name:
+                    self.name = name  # e.g. a forked worker naming itself
+                return
+            directory = paths.socket_dir(directory)
+            paths.ensure_private_dir(directory)
+            paths.remove_stale_sockets(directory)
+            path = paths.socket_path(os.getpid(), directory)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(path)
+                os.chmod(path, 0o600)
+                sock.listen(64)
+                sock.setblocking(False)
+                self._listen_ino = os.stat(path).st_ino
+            except OSError:
+                sock.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+                raise
+            self._listener = sock
+            self.path = path
+            self.directory = directory
+            self.name = name or os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "") or "python"
+            self.started_at = time.time()
+            self._capabilities = _available_methods()
+            self._want_serve = True
+        self.ensure_thread()
+        self._wake()
+
+    def stop_serving(self, timeout: float = 5.0) -> None:
+        """Close the socket and every viewer connection, and remove the socket file."""
+        with self._lock:
+            if self._listener is None:
+                return
+            self._want_stop_serving = True
+            self._stopped.clear()
+            thread = self._thread
+        self._remove_socket_file()
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            self._wake()
+            self._stopped.wait(timeout)
+        else:
+            self._close_server()
+
+    @property
+    def serving(self) -> bool:
+        return self._listener is not None
+
+    def _wake(self) -> None:
+        wake = self._wake_w
+        if wake is not None:
+            with contextlib.suppress(OSError):
+                wake.send(b"\0")
+
+    def _remove_socket_file(self) -> None:
+        """Unlink our socket file, unless the path now holds someone else's socket."""
+        path, ino = self.path, self._listen_ino
+        if path is None:
+            return
+        self._listen_ino = None
+        try:
+            if os.stat(path).st_ino == ino:
+                os.unlink(path)
+        except OSError:
+            pass
+
+    def at_exit(self) -> None:
+        """At interpreter exit: remove the socket file and cancel a running action."""
+        self._remove_socket_file()
+        job = self._job
+        if job is not None:
+            job.cancel.set()
+        self._quit = True
+        self._wake()
+
+    def after_fork_in_child(self) -> None:
+        """In a forked child: drop the parent's sockets (without touching the shared epoll set) and
+        start afresh: the agent thread again, and a socket of our own if the parent served one."""
+        was_serving = self._listener is not None
+        name, directory = self.name, self.directory
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        for sock in [self._listener, self._wake_r, self._wake_w, *(c.sock for c in self._conns.values())]:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
+        if self._sel is not None:
+            with contextlib.suppress(OSError):
+                self._sel.close()
+        self._sel = self._wake_r = self._wake_w = self._listener = None
+        self._listen_ino = None
+        self.path = None
+        self._conns = {}
+        self._thread = None
+        self._want_serve = self._want_stop_serving = False
+        self.counters = Counters()
+        self._job = None
+        self._jobs = queue.Queue(maxsize=1)
+        self._done = collections.deque()
+        self._worker = None
+        self._accept_paused_until = None
+        if was_serving:
+            try:
+                self.serve(name, directory)
+            except Exception as exc:
+                log_once("fork-serve", "could not open the agent socket in a forked child", exc=exc)
+
+        elif registry.timings or registry.counters:
+            self.ensure_thread()
+
+    def before_fork(self) -> None:
+        """In the parent, just before a fork: if the app uses multiprocessing, make sure its workers
+        remove their sockets. They leave through os._exit, which skips atexit, so the cleanup goes in
+        multiprocessing's own finalizers; those are reset in each worker, hence the after-fork hook."""
+        if self._mp_hooked or self._listener is None:
+            return
+        util = sys.modules.get("multiprocessing.util")
+        register = getattr(util, "register_after_fork", None)
+        if register is None:
+            return
+        try:
+            register(self, _mp_worker_started)
+            self._mp_hooked = True
+        except Exception as exc:
+            log_once("mp-hook", "could not hook the socket cleanup into multiprocessing", exc=exc)
+
+    # -- the agent thread ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        set_native_thread_name("perftop-agent")
+        next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        while not self._quit:
+            try:
+                now = time.monotonic()
+                sel = self._sel
+                if sel is None:
+                    return
+                if self._want_serve:
+                    self._want_serve = False
+                    listener = self._listener
+                    if listener is not None:
+                        sel.register(listener, selectors.EVENT_READ, "listen")
+                if self._want_stop_serving:
+                    self._close_server()
+                    self._want_stop_serving = False
+                    self._stopped.set()
+                for key, mask in sel.select(max(0.0, next_flush - now)):
+                    self._on_event(key, mask)
+                self._finish_jobs()
+                now = time.monotonic()
+                if now >= next_flush:
+                    registry.flush()
+                    next_flush = now + FLUSH_INTERVAL_S
+                    self._housekeeping(now)
+            except Exception as exc:
+                log_once("agent-loop", "the agent thread hit an error and carries on", exc=exc)
+                time.sleep(FLUSH_INTERVAL_S)
+
+    def _on_event(self, key: selectors.SelectorKey, mask: int) -> None:
+        if key.data is None:
+            wake = self._wake_r
+            with contextlib.suppress(OSError):
+                while wake is not None and wake.recv(4096):
+                    pass
+        elif key.data == "listen":
+            self._accept()
+        else:
+            conn = self._conns.get(key.data)
+            if conn is None:
+                return
+            try:
+                if mask & selectors.EVENT_READ:
+                    self._read(conn)
+                if mask & selectors.EVENT_WRITE and conn.id in self._conns:
+                    self._flush_out(conn)
+            except Exception as exc:
+                # Whatever went wrong is confined to this viewer: drop it, keep serving the others.
+                log_once("conn-error", "dropped a viewer connection after an internal error", exc=exc)
+                self._close(conn)
+
+    def _accept(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        for _ in range(64):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # Out of file descriptors (the app's, not ours to take): stop accepting for a while
+                # instead of spinning on a listener that stays readable.
+                log_once("accept", f"accept() failed on the agent socket ({exc}); pausing for 1 s", exc=exc)
+                self._pause_accepting(time.monotonic() + ACCEPT_PAUSE_S)
+                return
+            sock.setblocking(False)
+            try:
+                peer_pid, peer_uid, _gid = _PEERCRED.unpack(
+                    sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+                )
+            except OSError:
+                peer_pid, peer_uid = -1, -1
+            if peer_uid not in (os.getuid(), 0):
+                self.counters.refused_peer += 1
+                _send_and_close(sock, f"refused: peer uid {peer_uid} is neither this process's uid nor root")
+                continue
+            if len(self._conns) >= MAX_CONNECTIONS:
+                self.counters.refused_full += 1
+                _send_and_close(sock, f"refused: this agent already serves {MAX_CONNECTIONS} viewers")
+                continue
+            conn = _Conn(sock=sock, id=self._next_conn_id, opened_at=time.monotonic(), peer_pid=peer_pid)
+            self._next_conn_id += 1
+            self._conns[conn.id] = conn
+            self.counters.accepted += 1
+            if self._sel is not None:
+                self._sel.register(sock, selectors.EVENT_READ, conn.id)
+            self._queue(conn, self._hello().to_dict())
+
+    def _pause_accepting(self, until: float) -> None:
+        listener = self._listener
+        if listener is not None and self._sel is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.unregister(listener)
+        self._accept_paused_until = until
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused_until = None
+        listener = self._listener
+        if listener is not None and self._sel is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.register(listener, selectors.EVENT_READ, "listen")
+
+    def _hello(self) -> Hello:
+        return Hello(
+            role="agent",
+            pid=os.getpid(),
+            agent_version=_version.__version__,
+            python=sys.version.split()[0],
+            argv=[str(a) for a in sys.argv],
+            started_at=self.started_at,
+            name=self.name,
+            capabilities=list(self._capabilities),
+        )
+
+    def _read(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        try:
+            messages = conn.decoder.feed(data)
+        except ProtocolError as exc:
+            self._fatal(conn, f"bad frame: {exc}")
+            return
+        for message in messages:
+            if conn.id not in self._conns:
+                return
+            self._handle(conn, message)
+
+    def _fatal(self, conn: _Conn, message: str) -> None:
+        """Say why in an error frame (best effort, without waiting) and close the connection."""
+        self.counters.closed_bad_frame += 1
+        self._close(conn, ErrorFrame(message).to_dict())
+
+    def _handle(self, conn: _Conn, message: dict[str, Any]) -> None:
+        if not conn.greeted:
+            try:
+                hello = Hello.from_dict(message)
+            except ProtocolError as exc:
+                self._fatal(conn, f"expected the viewer's hello: {exc}")
+                return
+            if hello.role != "viewer":
+                self._fatal(conn, f"expected a viewer's hello, got role {hello.role!r}")
+                return
+            conn.greeted = True
+            return
+        try:
+            request = Request.from_dict(message)
+        except ProtocolError as exc:
+            self._fatal(conn, f"bad request: {exc}")
+            return
+        try:
+            response = self._dispatch(conn, request)
+        except Exception as exc:
+            log_once(f"method-{request.method}", f"request {request.method!r} failed", exc=exc)
+            response = Response(
+                request.id, False, error=f"{request.method} failed: {type(exc).__name__}: {exc}"
+            )
+        if response is not None:
+            self._respond(conn, response)
+
+    def _respond(self, conn: _Conn, response: Response) -> None:
+        try:
+            frame = encode(response.to_dict())
+        except ProtocolError as exc:
+            frame = encode(
+                Response(response.id, False, error=f"the result could not be sent: {exc}").to_dict()
+            )
+        self._queue_bytes(conn, frame)
+
+    def _dispatch(self, conn: _Conn, request: Request) -> Response | None:
+        method, params = request.method, request.params
+        if method == "info":
+            info = self._hello().to_dict()
+            keys = ("pid", "protocol", "agent_version", "python", "argv", "started_at", "name")
+            return Response(request.id, True, {k: info[k] for k in keys})
+        if method == "stats":
+            window = params.get("window")
+            if window is not None and (isinstance(window, bool) or not isinstance(window, (int, float))):
+                return Response(request.id, False, error="'window' must be a number of seconds or null")
+            return Response(request.id, True, self._stats(None if window is None else float(window)))
+        if method == "history":
+            metric = params.get("metric")
+            if not isinstance(metric, str):
+                return Response(request.id, False, error="'metric' must be a metric name")
+            registry.flush()
+            history = registry.history(metric, bool(params.get("fine", False)))
+            if history is None:
+                return Response(request.id, False, error=f"no timing named {metric!r}")
+            return Response(request.id, True, history)
+        if method in ("action", "explain"):
+            return self._start_job(conn, request)
+        return Response(
+            request.id, False, error=f"unknown method {method!r}; this agent serves: {', '.join(METHODS)}"
+        )
+
+    def _stats(self, window: float | None) -> dict[str, Any]:
+        registry.flush()
+        now = time.time()
+        span = registry.span(window, now)
+        overflow = registry.overflow()
+        overflow.update(
+            viewers_closed_slow=self.counters.closed_slow,
+            viewers_refused=self.counters.refused_peer + self.counters.refused_full,
+        )
+        return {
+            "now": now,
+            "window_s": window,
+            "span_s": span,
+            "timings": registry.timings_stats(window, now),
+            "counters": registry.counters_stats(window, now, span),
+            "gauges": registry.gauges_stats(),
+            "overflow": overflow,
+            "gc": gcwatch.gc_stats(),
+            "queries": _query_stats(window),
+        }
+
+    # -- actions ---------------------------------------------------------------------------------------
+
+    def _start_job(self, conn: _Conn, request: Request) -> Response | None:
+        params = dict(request.params)
+        if request.method == "action":
+            name = params.pop("name", None)
+            if not isinstance(name, str) or not name:
+                return Response(request.id, False, error="'name' must name an action")
+        else:
+            name = "explain"
+        seconds = params.get("seconds")
+        limit = MAX_ACTION_SECONDS
+        if seconds is not None:
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+                return Response(request.id, False, error="'seconds' must be a positive number")
+            if seconds > MAX_ACTION_SECONDS:
+                params["seconds"] = MAX_ACTION_SECONDS
+            limit = min(float(seconds), MAX_ACTION_SECONDS)
+        job = self._job
+        if job is not None:
+            running = time.monotonic() - job.started
+            return Response(request.id, False, error=f"busy: {job.name} running for {running:.1f} s")
+        now = time.monotonic()
+        job = _Job(request.method, name, params, conn.id, request.id, now, now + limit + ACTION_GRACE_S)
+        self._job = job
+        self._ensure_worker()
+        try:
+            self._jobs.put_nowait(job)
+        except queue.Full:
+            self._job = None
+            return Response(request.id, False, error="busy: the action worker is not ready")
+        return None
+
+    def _ensure_worker(self) -> None:
+        if self._worker is not None and self._worker.is_alive():
+            return
+        self._worker = threading.Thread(target=self._work, name="perftop-action", daemon=True)
+        self._worker.start()
+
+    def _work(self) -> None:
+        """The action worker thread: runs one job at a time and hands it back to the agent thread."""
+        set_native_thread_name("perftop-action")
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            try:
+                job.result = _run_job(job)
+                job.ok = True
+            except Exception as exc:
+                job.error = _job_error(job, exc)
+            self._done.append(job)
+            self._wake()
+
+    def _finish_jobs(self) -> None:
+        while self._done:
+            job = self._done.popleft()
+            if self._job is job:
+                self._job = None
+            conn = self._conns.get(job.conn_id)
+            if conn is not None:
+                self._respond(
+                    conn, Response(job.request_id, job.ok, job.result if job.ok else None, job.error)
+                )
+
+    # -- output and closing ----------------------------------------------------------------------------
+
+    def _queue(self, conn: _Conn, message: dict[str, Any]) -> None:
+        self._queue_bytes(conn, encode(message))
+
+    def _queue_bytes(self, conn: _Conn, frame: bytes) -> None:
+        if conn.out and len(conn.out) + len(frame) > OUTBUF_LIMIT:
+            self.counters.closed_slow += 1
+            self._close(conn)
+            return
+        conn.out += frame
+        self._flush_out(conn)
+
+    def _flush_out(self, conn: _Conn) -> None:
+        while conn.out:
+            try:
+                sent = conn.sock.send(conn.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._close(conn)
+                return
+            del conn.out[:sent]
+        want_write = bool(conn.out)
+        if want_write != conn.writing and self._sel is not None:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+            self._sel.modify(conn.sock, events, conn.id)
+            conn.writing = want_write
+
+    def _close(self, conn: _Conn, last: dict[str, Any] | None = None) -> None:
+        if self._conns.pop(conn.id, None) is None:
+            return
+        if self._sel is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._sel.unregister(conn.sock)
+        job = self._job
+        if job is not None and job.conn_id == conn.id:
+            job.cancel.set()
+        if last is not None:
+            with contextlib.suppress(OSError):
+                conn.sock.send(bytes(conn.out) + encode(last))
+        with contextlib.suppress(OSError):
+            conn.sock.close()
+
+    def _close_server(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn, ErrorFrame("the agent is stopping").to_dict())
+        listener = self._listener
+        if listener is not None:
+            if self._sel is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._sel.unregister(listener)
+            with contextlib.suppress(OSError):
+                listener.close()
+        self._listener = None
+        job = self._job
+        if job is not None:
+            job.cancel.set()
+
+    def _housekeeping(self, now: float) -> None:
+        paused = self._accept_paused_until
+        if paused is not None and now >= paused:
+            self._resume_accepting()
+        for conn in list(self._conns.values()):
+            if not conn.greeted and now - conn.opened_at > HANDSHAKE_TIMEOUT_S:
+                self.counters.closed_handshake_timeout += 1
+                self._close(conn, ErrorFrame("no hello received in time").to_dict())
+        job = self._job
+        if job is not None and now > job.deadline:
+            job.cancel.set()
+        if self._listener is not None:
+            self._check_socket_file()
+
+    def _check_socket_file(self) -> None:
+        """Our socket file must still be ours: if someone removed it, say so once."""
+        path, ino = self.path, self._listen_ino
+        if path is None or ino is None:
+            return
+        try:
+            st = os.stat(path)
+            ok = stat.S_ISSOCK(st.st_mode) and st.st_ino == ino
+        except OSError:
+            ok = False
+        if not ok and self._listen_ino is not None:
+            log_once("socket-gone", f"the agent socket {path} was removed; viewers cannot attach")
+
+
+def set_native_thread_name(name: str) -> None:
+    """Name the calling thread for the OS too (top -H, /proc/PID/task/TID/comm); Linux only, best effort."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except Exception:
+        return
+
+
+def _send_and_close(sock: socket.socket, message: str) -> None:
+    with contextlib.suppress(OSError, ProtocolError):
+        sock.send(encode(ErrorFrame(message).to_dict()))
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _available_methods() -> list[str]:
+    """The methods whose implementation can be imported (actions and explain live in other modules)."""
+    out = ["info", "stats", "history"]
+    for method, module in (("action", "perftop.agent.actions"), ("explain", "perftop.agent.sqlalchemy")):
+        try:
+            if importlib.util.find_spec(module) is not None:
+                out.append(method)
+        except (ImportError, ValueError):
+            pass
+    return out
+
+
+def _run_job(job: _Job) -> Any:
+    """Run one action or explain (in the worker thread); ImportError means it is not available."""
+    if job.method == "explain":
+        try:
+            sa_hook = importlib.import_module("perftop.agent.sqlalchemy")
+        except ImportError as exc:
+            raise _NotAvailable(f"explain is not available in this agent: {exc}") from None
+        return sa_hook.explain(job.params)
+    try:
+        actions = importlib.import_module("perftop.agent.actions")
+    except ImportError as exc:
+        raise _NotAvailable(f"actions are not available in this agent: {exc}") from None
+    return actions.run_action(job.name, job.params, job.cancel)
+
+
+class _NotAvailable(Exception):
+    pass
+
+
+def _job_error(job: _Job, exc: Exception) -> str:
+    if isinstance(exc, _NotAvailable) or type(exc).__name__ in ("ActionError", "ExplainError"):
+        return str(exc) or type(exc).__name__
+    log_once(f"job-{job.name}-{type(exc).__name__}", f"action {job.name!r} failed", exc=exc)
+    return f"{job.name} failed: {type(exc).__name__}: {exc}"
+
+
+def _query_stats(window: float | None) -> Any:
+    """The SQLAlchemy hook's query stats if that hook has been loaded, else None."""
+    module = sys.modules.get("perftop.agent.sqlalchemy")
+    query_stats = getattr(module, "query_stats", None)
+    if query_stats is None:
+        return None
+    try:
+        return query_stats(window)
+    except Exception as exc:
+        log_once("query-stats", "the SQLAlchemy hook's query_stats failed", exc=exc)
+        return None
+
+
+agent = Agent()
+"""The process's one agent."""
+
+
+def start(name: str | None = None, socket_dir: str | None = None, max_metrics: int | None = None) -> None:
+    """Start the agent: gc pause recording, the agent thread, and the socket. Never raises."""
+    try:
+        if max_metrics is not None:
+            registry.max_metrics = max(1, int(max_metrics))
+        gcwatch.install()
+        agent.ensure_thread()
+        agent.serve(name, socket_dir)
+    except Exception as exc:
+        log_once("start", f"could not start the agent: {exc}", exc=exc)
+
+
+def stop() -> None:
+    """Stop serving: close the socket and every viewer, remove the socket file. Recording goes on."""
+    try:
+        agent.stop_serving()
+    except Exception as exc:
+        log_once("stop", f"could not stop the agent cleanly: {exc}", exc=exc)
+
+
+def socket_file() -> str | None:
+    """The socket this process serves, or None."""
+    return agent.path if agent.serving else None
+
+
+def _mp_worker_started(owner: Agent) -> None:
+    """In a multiprocessing worker (after its finalizers were reset): remove our socket at its exit."""
+    util = sys.modules.get("multiprocessing.util")
+    finalize = getattr(util, "Finalize", None)
+    if finalize is not None:
+        try:
+            finalize(None, owner._remove_socket_file, exitpriority=0)
+        except Exception as exc:
+            log_once("mp-finalize", "could not register the socket cleanup with multiprocessing", exc=exc)
+
+
+def _before_fork() -> None:
+    with contextlib.suppress(Exception):
+        agent.before_fork()
+
+
+def _after_fork_in_child() -> None:
+    try:
+        agent.after_fork_in_child()
+    except Exception as exc:
+        log_once("fork-agent", "could not restart the agent in a forked child", exc=exc)
+
+
+atexit.register(agent.at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

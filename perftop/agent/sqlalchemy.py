@@ -1,0 +1,833 @@
+"""The SQLAlchemy hook: per-fingerprint query statistics, N+1 detection, pool usage, slow list, EXPLAIN.
+
+Standard library only at import; SQLAlchemy is imported inside functions, when the app asks for it.
+
+How an execution is recorded (the hot path, in the app's thread):
+- One listener per DBAPI call, on the dialect-level `do_execute` / `do_executemany` /
+  `do_execute_no_params` events: it calls the dialect's own method itself between two
+  `perf_counter_ns()` calls and returns True, so SQLAlchemy makes one event dispatch per execution
+  instead of a before/after pair. It times the DBAPI `cursor.execute()` only (not fetching).
+- The fingerprint comes from a dict keyed by the raw statement text (one lookup when seen before), and
+  one tuple is appended to a list. No lock: appends are atomic, and the drain copies then deletes
+  exactly the first n items, so an append racing it lands after them and is taken next time.
+- Rows: the DBAPI `cursor.rowcount` when it is >= 0: rows affected for INSERT/UPDATE/DELETE, and for
+  SELECT the rows the driver received (psycopg, PyMySQL and most client-side cursors). Counting rows
+  actually fetched would mean wrapping every result, so it is not done; SQLite's SELECT rowcount is -1
+  and counts as 0.
+- N+1: a per-checkout dict counts executions per fingerprint on each DBAPI connection (reset at pool
+  checkout and checkin). When a count reaches the threshold, the call site is captured once for that
+  checkout and fingerprint; that and slow executions are the only times the stack is walked.
+- Errors: an exception from the DBAPI call is counted on its fingerprint and re-raised unchanged (a bare
+  `raise` in the listener: same object, type, message and traceback).
+- Only the last parameters of each fingerprint are kept, in memory, for EXPLAIN; they are never reported.
+
+A daemon thread aggregates the pending tuples once a second into per-fingerprint sketches
+(nanoseconds) over sliding windows (see `_Activity`), and `query_stats()` drains before answering.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from perftop.agent import explain as _explain
+from perftop.agent import fingerprint as _fingerprint
+from perftop.agent.recorder import SumWindows, log_once
+from perftop.sketch import Sketch, Windows
+
+__all__ = ["ExplainError", "explain", "instrument", "is_instrumented", "query_stats"]
+
+SLOW_LIST_MAX = 200
+"""Slow executions kept (most recent)."""
+N_PLUS_ONE_EVENTS_MAX = 1000
+POOL_EVENTS_MAX = 100_000
+"""Pool checkouts and waits pending aggregation; past this (no drain for a long time) the oldest go."""
+CHECKOUT_TABLE_MAX = 10_000
+"""Connections tracked for N+1 counting; the table is emptied past this (connections that vanished
+without a checkin event, e.g. invalidated ones, are forgotten that way)."""
+DROPPED_KEPT_MAX = 65_536
+"""Dropped fingerprints remembered to count them distinctly; past this each further drop counts as new."""
+DRAIN_INTERVAL_S = 1.0
+EXPLAIN_TIMEOUT_S = 10.0
+ERROR_TEXT_MAX = 300
+
+_perf = time.perf_counter_ns
+
+# -- hot-path state (module globals: the fastest lookups the listeners can make) ------------------------
+_pending: list[tuple[Any, ...]] = []
+"""(fingerprint, duration ns, end perf ns, rowcount, error, statement, parameters, engine) per execution."""
+_pending_append = _pending.append
+_fp_cache = _fingerprint._cache
+_fp_get = _fp_cache.get
+_checkout_counts: dict[int, dict[str, int]] = {}
+"""id(DBAPI connection) -> executions per fingerprint since that connection was checked out."""
+_slow_ns = 100_000_000
+_n1_threshold = 10
+_suppressed: set[int] = set()
+"""Threads whose executions are not recorded (perftop's own EXPLAIN and catalog queries)."""
+_slow: deque[tuple[str, int, float, dict[str, Any] | None, str | None]] = deque(maxlen=SLOW_LIST_MAX)
+_n1_events: deque[tuple[str, float, dict[str, Any] | None]] = deque(maxlen=N_PLUS_ONE_EVENTS_MAX)
+_checkouts: deque[tuple[int, int]] = deque(maxlen=POOL_EVENTS_MAX)
+"""(id(pool), perf ns) per checkout."""
+_waits: deque[tuple[int, int]] = deque(maxlen=POOL_EVENTS_MAX)
+"""(id(pool), ns spent getting a connection from the pool) per checkout."""
+
+# -- aggregated state (drain thread and readers, under _lock) -------------------------------------------
+_lock = threading.Lock()
+_started_at = time.time()
+_max_fingerprints = 2000
+_global = False
+_instrumented: dict[int, Any] = {}
+"""id(engine) -> weakref of each engine instrumented by itself (not through the global listeners)."""
+_pools: dict[int, _PoolState] = {}
+_pools_lock = threading.Lock()
+_drain_thread: threading.Thread | None = None
+_fork_hook_registered = False
+
+
+class ExplainError(ValueError):
+    """A request perftop refuses to EXPLAIN (unknown fingerprint, ANALYZE not allowed): one-line message."""
+
+
+class _FpStats:
+    """What is kept per fingerprint besides its timings (those are in `_activity`)."""
+
+    __slots__ = ("dialect", "last", "n1_at", "n1_site")
+
+    def __init__(self, dialect: str) -> None:
+        self.dialect = dialect
+        self.n1_at: float | None = None
+        self.n1_site: dict[str, Any] | None = None
+        self.last: tuple[str, Any, Any] | None = None
+        """(statement, parameters, engine) of the last execution: what EXPLAIN runs. Never reported."""
+
+
+class _Cell:
+    __slots__ = ("rows", "sketch")
+
+    def __init__(self) -> None:
+        self.sketch = Sketch()
+        self.rows = 0
+
+
+class _Activity:
+    """Timing sketches (ns) and row sums per fingerprint: since start, and over sliding windows.
+
+    The same rings and slot rules as `perftop.sketch.Windows` (10 one-second slots, 30 ten-second
+    slots), but sparse: a slot holds a cell only for the fingerprints executed during it. A `Windows`
+    per fingerprint preallocates its 41 sketches (about 10 kB), which is 20 MB at the 2,000-fingerprint
+    cap whatever the traffic; here memory follows what actually ran.
+    """
+
+    RINGS = ((1, 10), (10, 30))
+    """(slot width in seconds, number of slots): fine, then coarse."""
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.total: dict[str, _Cell] = {}
+        self.rings: list[dict[int, dict[str, _Cell]]] = [{}, {}]
+
+    def add(self, fp: str, second: int, sketch: Sketch, rows: int) -> None:
+        for (width, slots), ring in zip(self.RINGS, self.rings, strict=True):
+            epoch = second // width
+            cells = ring.get(epoch)
+            if cells is None:
+                cells = ring[epoch] = {}
+                for old in [e for e in ring if e <= epoch - slots]:
+                    del ring[old]
+            self._cell(cells, fp, sketch, rows)
+        self._cell(self.total, fp, sketch, rows)
+
+    @staticmethod
+    def _cell(cells: dict[str, _Cell], fp: str, sketch: Sketch, rows: int) -> None:
+        cell = cells.get(fp)
+        if cell is None:
+            cell = cells[fp] = _Cell()
+        cell.sketch.merge(sketch)
+        cell.rows += rows
+
+    def window(self, seconds: float | None, now: float) -> tuple[dict[str, _Cell], float]:
+        """Per fingerprint, the merged cell of the last `seconds` (None: since start), and the span
+        covered (what rates divide by), with `Windows.window`'s rules. Cells are not to be modified."""
+        since_start = max(now - self.started_at, 1e-9)
+        if seconds is None or seconds <= 0:
+            return self.total, since_start
+        k = 0 if seconds <= self.RINGS[0][0] * self.RINGS[0][1] else 1
+        width, slots = self.RINGS[k]
+        last = int(now // width)
+        first = last - min(max(1, math.ceil(seconds / width)), slots) + 1
+        out: dict[str, _Cell] = {}
+        for epoch, cells in self.rings[k].items():
+            if first <= epoch <= last:
+                for fp, cell in cells.items():
+                    self._cell(out, fp, cell.sketch, cell.rows)
+        return out, min(float(seconds), since_start, float(width * slots))
+
+
+class _PoolState:
+    """One pool seen at a checkout: its weakref, checkouts per window, wait times per window."""
+
+    __slots__ = ("checkouts", "pool", "waits")
+
+    def __init__(self, pool: Any, started_at: float) -> None:
+        self.pool = weakref.ref(pool)
+        self.checkouts = SumWindows(started_at)
+        self.waits = Windows(started_at)
+
+
+_stats: dict[str, _FpStats] = {}
+_activity = _Activity(_started_at)
+_dropped: set[int] = set()
+_dropped_extra = 0
+_executions_dropped = 0
+
+
+# -- the listeners (hot path) ----------------------------------------------------------------------------
+
+
+def _on_do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+    if context is None or (_suppressed and threading.get_ident() in _suppressed):
+        return False
+    t0 = _perf()
+    try:
+        context.dialect.do_execute(cursor, statement, parameters, context)
+    except BaseException as exc:
+        _record_error(cursor, statement, parameters, context, _perf() - t0, exc)
+        raise
+    _record(cursor, statement, parameters, context, t0, _perf())
+    return True
+
+
+def _on_do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
+    if context is None or (_suppressed and threading.get_ident() in _suppressed):
+        return False
+    t0 = _perf()
+    try:
+        context.dialect.do_execute_no_params(cursor, statement, context)
+    except BaseException as exc:
+        _record_error(cursor, statement, None, context, _perf() - t0, exc)
+        raise
+    _record(cursor, statement, None, context, t0, _perf())
+    return True
+
+
+def _on_do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+    if context is None or (_suppressed and threading.get_ident() in _suppressed):
+        return False
+    t0 = _perf()
+    try:
+        context.dialect.do_executemany(cursor, statement, parameters, context)
+    except BaseException as exc:
+        _record_error(cursor, statement, parameters[0] if parameters else None, context, _perf() - t0, exc)
+        raise
+    _record(cursor, statement, parameters[0] if parameters else None, context, t0, _perf())
+    return True
+
+
+def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int, t1: int) -> None:
+    try:
+        fp = _fp_get(statement)
+        if fp is None:
+            fp = _fingerprint_miss(statement)
+        dt = t1 - t0
+        _pending_append(
+            (fp, dt, t1, cursor.rowcount, 0, statement, parameters, context.root_connection.engine)
+        )
+        # The DBAPI connection, as the pool events see it (SQLAlchemy's async adapters keep it elsewhere).
+        conn = getattr(cursor, "connection", None)
+        if conn is None:
+            conn = getattr(cursor, "_adapt_connection", None)
+        if conn is not None:
+            key = id(conn)
+            counts = _checkout_counts.get(key)
+            if counts is None:
+                counts = _new_checkout(key)
+            n = counts.get(fp, 0) + 1
+            counts[fp] = n
+            if n == _n1_threshold:
+                _n1_events.append((fp, time.time(), _call_site()))
+        if dt >= _slow_ns:
+            _slow.append((fp, dt, time.time(), _call_site(), None))
+    except Exception as exc:
+        log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def _record_error(
+    cursor: Any, statement: str, parameters: Any, context: Any, dt: int, error: BaseException
+) -> None:
+    """A failed execution: counted as an error on its fingerprint (the caller re-raises it unchanged)."""
+    try:
+        fp = _fp_get(statement)
+        if fp is None:
+            fp = _fingerprint_miss(statement)
+        _pending_append((fp, dt, _perf(), 0, 1, statement, parameters, context.root_connection.engine))
+        if dt >= _slow_ns:
+            text = f"{type(error).__name__}: {error}".splitlines()[0][:ERROR_TEXT_MAX]
+            _slow.append((fp, dt, time.time(), _call_site(), text))
+    except Exception as exc:
+        log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def _fingerprint_miss(statement: str) -> str:
+    try:
+        return _fingerprint.fingerprint(statement)
+    except Exception as exc:  # the tokenizer is total; this is a last resort that still groups executions
+        log_once("sql-fingerprint", "could not fingerprint a statement", exc=exc)
+        fp = statement[: _fingerprint.MAX_FINGERPRINT_CHARS]
+        _fp_cache[statement] = fp
+        return fp
+
+
+def _new_checkout(key: int) -> dict[str, int]:
+    if len(_checkout_counts) >= CHECKOUT_TABLE_MAX:
+        _checkout_counts.clear()
+    counts: dict[str, int] = {}
+    _checkout_counts[key] = counts
+    return counts
+
+
+def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
+    """A connection leaves the pool: a fresh N+1 count for it, and one checkout for the pool."""
+    try:
+        _new_checkout(id(dbapi_connection))
+        pool = getattr(connection_proxy, "_pool", None)
+        if pool is not None:
+            key = id(pool)
+            if key not in _pools:
+                _track_pool(pool)
+            _checkouts.append((key, _perf()))
+    except Exception as exc:
+        log_once("sql-checkout", "could not record a pool checkout", exc=exc)
+
+
+def _on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+    if dbapi_connection is not None:
+        _checkout_counts.pop(id(dbapi_connection), None)
+
+
+def _track_pool(pool: Any) -> None:
+    """Start following a pool: its state, and a timer around its `_do_get` (what waits for a connection).
+
+    The wait is measured around the pool's internal `_do_get`, replaced on the instance: it is the time
+    spent blocked on a full pool plus, when the pool grows, the time to open a new DBAPI connection. A
+    pool first seen at a checkout event has that first checkout unmeasured.
+    """
+    with _pools_lock:  # not _lock: an app thread must never wait for an aggregation to finish
+        key = id(pool)
+        state = _pools.get(key)
+        if state is not None and state.pool() is pool:
+            return
+        _pools[key] = _PoolState(pool, _started_at)
+    original = getattr(pool, "_do_get", None)
+    if original is None or getattr(original, "_perftop_timed", False):
+        return
+
+    def _timed_do_get() -> Any:
+        t0 = _perf()
+        entry = original()
+        _waits.append((key, _perf() - t0))
+        return entry
+
+    _timed_do_get._perftop_timed = True  # type: ignore[attr-defined]
+    try:
+        pool._do_get = _timed_do_get
+    except Exception as exc:
+        log_once("sql-pool-wait", "cannot time waits for connections on this pool", exc=exc)
+
+
+# -- call sites ------------------------------------------------------------------------------------------
+
+_skip_prefixes: tuple[str, ...] = ()
+_internal_codes: dict[Any, bool] = {}
+
+
+def _init_skip_prefixes() -> None:
+    """Frames in these files are not call sites: SQLAlchemy, perftop's agent, logging, contextlib."""
+    global _skip_prefixes
+    import sqlalchemy
+
+    agent_dir = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    perftop_init = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "__init__.py")
+    _skip_prefixes = (
+        os.path.dirname(os.path.abspath(sqlalchemy.__file__)) + os.sep,
+        os.path.dirname(sqlalchemy.__file__) + os.sep,
+        agent_dir,
+        os.path.dirname(__file__) + os.sep,
+        perftop_init,
+        os.path.dirname(logging.__file__) + os.sep,
+        contextlib.__file__,
+    )
+
+
+def _call_site() -> dict[str, Any] | None:
+    """The first frame outside SQLAlchemy, perftop's agent, logging and contextlib (walks the stack)."""
+    frame: Any = sys._getframe(2)
+    fallback = None
+    while frame is not None:
+        code = frame.f_code
+        internal = _internal_codes.get(code)
+        if internal is None:
+            internal = code.co_filename.startswith(_skip_prefixes)
+            if len(_internal_codes) > 20_000:
+                _internal_codes.clear()
+            _internal_codes[code] = internal
+        if not internal:
+            function = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
+            site = {"file": code.co_filename, "line": frame.f_lineno, "function": function}
+            if not code.co_filename.startswith("<"):
+                return site
+            if fallback is None:
+                fallback = site  # generated code (`<string>`): keep looking for a real file
+        frame = frame.f_back
+    return fallback
+
+
+# -- instrumenting ---------------------------------------------------------------------------------------
+
+_LISTENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
+    ("do_execute", _on_do_execute),
+    ("do_execute_no_params", _on_do_execute_no_params),
+    ("do_executemany", _on_do_executemany),
+)
+
+
+def instrument(
+    engine: Any = None, slow_ms: float = 100.0, n_plus_one_threshold: int = 10, max_fingerprints: int = 2000
+) -> None:
+    """Record every execution of `engine` (None: every Engine of the process, also ones created later).
+
+    Idempotent per engine; a later call updates the settings. Never raises: a failure is logged once.
+    """
+    global _slow_ns, _n1_threshold, _max_fingerprints, _global
+    try:
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+        from sqlalchemy.pool import Pool
+
+        _slow_ns = max(0, int(float(slow_ms) * 1_000_000))
+        _n1_threshold = max(2, int(n_plus_one_threshold))
+        _max_fingerprints = max(1, int(max_fingerprints))
+        if not _skip_prefixes:
+            _init_skip_prefixes()
+        with _lock:
+            already = _global
+        if engine is None:
+            if not already:
+                for name, fn in _LISTENERS:
+                    event.listen(Engine, name, fn)
+                event.listen(Pool, "checkout", _on_checkout)
+                event.listen(Pool, "checkin", _on_checkin)
+                with _lock:
+                    _global = True
+                    engines = [ref() for ref in _instrumented.values()]
+                    _instrumented.clear()
+                for old in engines:  # the global listeners cover them now; one listener per event
+                    if old is not None:
+                        _remove_engine_listeners(old)
+        else:
+            engine = getattr(engine, "sync_engine", engine)  # an AsyncEngine wraps a sync one
+            with _lock:
+                ref = _instrumented.get(id(engine))
+                done = already or (ref is not None and ref() is engine)
+            if not done:
+                for name, fn in _LISTENERS:
+                    event.listen(engine, name, fn)
+                event.listen(engine, "checkout", _on_checkout)
+                event.listen(engine, "checkin", _on_checkin)
+                with _lock:
+                    _instrumented[id(engine)] = weakref.ref(engine)
+            _track_pool(engine.pool)
+        _ensure_drain_thread()
+    except Exception as exc:
+        log_once("sql-instrument", "could not instrument SQLAlchemy", exc=exc)
+
+
+def _remove_engine_listeners(engine: Any) -> None:
+    from sqlalchemy import event
+
+    pairs: list[tuple[str, Callable[..., Any]]] = [
+        *_LISTENERS,
+        ("checkout", _on_checkout),
+        ("checkin", _on_checkin),
+    ]
+    for name, fn in pairs:
+        if event.contains(engine, name, fn):
+            event.remove(engine, name, fn)
+
+
+def is_instrumented() -> bool:
+    """Whether `instrument()` has attached to at least one engine (or to all of them)."""
+    with _lock:
+        return _global or any(ref() is not None for ref in _instrumented.values())
+
+
+def _ensure_drain_thread() -> None:
+    global _drain_thread, _fork_hook_registered
+    with _lock:
+        if _drain_thread is not None and _drain_thread.is_alive():
+            return
+        _drain_thread = threading.Thread(target=_drain_loop, name="perftop-sql", daemon=True)
+        _drain_thread.start()
+        if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=_after_fork_in_child)
+            _fork_hook_registered = True
+
+
+def _drain_loop() -> None:
+    while True:
+        time.sleep(DRAIN_INTERVAL_S)
+        try:
+            with _lock:
+                _drain_locked()
+        except Exception as exc:
+            log_once("sql-drain", "could not aggregate query statistics", exc=exc)
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker starts empty (its parent's numbers are the parent's) and with its own thread."""
+    global _lock, _pools_lock, _drain_thread, _started_at, _dropped_extra, _executions_dropped, _activity
+    _lock = threading.Lock()
+    _pools_lock = threading.Lock()
+    _started_at = time.time()
+    _activity = _Activity(_started_at)
+    del _pending[:]
+    for q in (_slow, _n1_events, _checkouts, _waits):
+        q.clear()
+    _checkout_counts.clear()
+    _stats.clear()
+    _dropped.clear()
+    _dropped_extra = _executions_dropped = 0
+    for state in list(_pools.values()):
+        state.checkouts = SumWindows(_started_at)
+        state.waits = Windows(_started_at)
+    _drain_thread = None
+    if _global or _instrumented:
+        try:
+            _ensure_drain_thread()
+        except Exception as exc:
+            log_once("sql-fork", "could not restart the query aggregation thread after fork", exc=exc)
+
+
+@contextlib.contextmanager
+def _not_recorded() -> Iterator[None]:
+    """Executions of this thread inside the block are not recorded (perftop's own queries)."""
+    ident = threading.get_ident()
+    _suppressed.add(ident)
+    try:
+        yield
+    finally:
+        _suppressed.discard(ident)
+
+
+# -- aggregation -----------------------------------------------------------------------------------------
+
+
+def _drain_locked() -> None:
+    """Aggregate everything pending into the windows (caller holds _lock)."""
+    global _dropped_extra, _executions_dropped
+    wall_minus_perf = time.time() - _perf() / 1e9
+    n = len(_pending)
+    if n:
+        chunk = _pending[:n]
+        del _pending[:n]
+        groups: dict[tuple[str, int], tuple[Sketch, list[int]]] = {}
+        for fp, dt, t_end, rows, err, statement, parameters, engine in chunk:
+            stats = _stats.get(fp)
+            if stats is None:
+                if len(_stats) >= _max_fingerprints:
+                    _executions_dropped += 1
+                    h = hash(fp)
+                    if h not in _dropped:
+                        if len(_dropped) < DROPPED_KEPT_MAX:
+                            _dropped.add(h)
+                        else:
+                            _dropped_extra += 1
+                    continue
+                stats = _stats[fp] = _FpStats(_dialect_name(engine))
+            stats.last = (statement, parameters, engine)
+            second = int(t_end / 1e9 + wall_minus_perf)
+            group = groups.get((fp, second))
+            if group is None:
+                group = groups[(fp, second)] = (Sketch(), [0])
+            group[0].add(dt, 1, err)
+            if type(rows) is int and rows > 0:  # -1 or None: the driver does not know
+                group[1][0] += rows
+        for (fp, second), (sketch, rows_sum) in groups.items():
+            _activity.add(fp, second, sketch, rows_sum[0])
+    for _ in range(len(_n1_events)):
+        fp, at, site = _n1_events.popleft()
+        found = _stats.get(fp)
+        if found is not None:
+            found.n1_at, found.n1_site = at, site
+    _drain_pool_events(wall_minus_perf)
+
+
+def _drain_pool_events(wall_minus_perf: float) -> None:
+    for _ in range(len(_checkouts)):
+        key, t = _checkouts.popleft()
+        state = _pools.get(key)
+        if state is not None:
+            state.checkouts.add(t / 1e9 + wall_minus_perf, 1)
+    now = time.time()
+    for _ in range(len(_waits)):
+        key, wait = _waits.popleft()
+        state = _pools.get(key)
+        if state is not None:
+            state.waits.add(now, wait)
+    with _pools_lock:
+        for key, state in list(_pools.items()):
+            if state.pool() is None:
+                del _pools[key]
+
+
+def _dialect_name(engine: Any) -> str:
+    try:
+        return str(engine.dialect.name)
+    except Exception:
+        return "unknown"
+
+
+def _ms(ns: float | None) -> float | None:
+    return None if ns is None else ns / 1e6
+
+
+def query_stats(window_s: float | None, now: float | None = None) -> dict[str, Any]:
+    """Per-fingerprint statistics over the last `window_s` seconds (None: since start), the slow list,
+    the pool, and what the fingerprint cap dropped. Parameter values are never included."""
+    if now is None:
+        now = time.time()
+    with _lock:
+        _drain_locked()
+        rows_out: list[dict[str, Any]] = []
+        cells, _span = _activity.window(window_s, now)
+        for fp, cell in cells.items():
+            stats = _stats.get(fp)
+            sketch = cell.sketch
+            if stats is None or sketch.count == 0:
+                continue
+            p50, p95, p99 = sketch.quantiles((0.5, 0.95, 0.99))
+            n1 = stats.n1_at is not None and (window_s is None or stats.n1_at >= now - window_s)
+            rows_out.append(
+                {
+                    "fingerprint": fp,
+                    "count": sketch.count,
+                    "errors": sketch.errors,
+                    "total_ms": sketch.sum / 1e6,
+                    "mean_ms": _ms(sketch.mean),
+                    "p50_ms": _ms(p50),
+                    "p95_ms": _ms(p95),
+                    "p99_ms": _ms(p99),
+                    "max_ms": _ms(sketch.max),
+                    "rows": cell.rows,
+                    "share_percent": 0.0,
+                    "n_plus_one": n1,
+                    "n_plus_one_site": dict(stats.n1_site) if n1 and stats.n1_site else None,
+                    "dialect": stats.dialect,
+                    "sketch": sketch.to_dict(),
+                }
+            )
+        slow = [
+            {
+                "fingerprint": fp,
+                "duration_ms": dt / 1e6,
+                "at": at,
+                "call_site": dict(site) if site else None,
+                "error": error,
+            }
+            for fp, dt, at, site, error in reversed(_slow.copy())  # app threads append meanwhile
+            if window_s is None or at >= now - window_s
+        ]
+        pool = _pool_stats(window_s, now)
+        overflow = {
+            "fingerprints_dropped": len(_dropped) + _dropped_extra,
+            "executions_dropped": _executions_dropped,
+        }
+    grand = sum(r["total_ms"] for r in rows_out)
+    for r in rows_out:
+        r["share_percent"] = 100.0 * r["total_ms"] / grand if grand > 0 else 0.0
+    rows_out.sort(key=lambda r: r["total_ms"], reverse=True)
+    return {
+        "queries": rows_out,
+        "slow_queries": slow,
+        "pool": pool,
+        "overflow": overflow,
+        "slow_ms": _slow_ns / 1e6,
+    }
+
+
+def _pool_stats(window_s: float | None, now: float) -> dict[str, Any] | None:
+    """Summed over the live pools: size, checked out and overflow now; checkouts and waits in the window.
+
+    size/checked_out/overflow come from QueuePool's own counters (`size()`, `checkedout()`,
+    `overflow()`, the latter floored at 0); other pool classes report what they have, else 0.
+    """
+    pools: list[dict[str, Any]] = []
+    waits = Sketch()
+    checkouts = 0.0
+    span = 1e-9
+    for state in list(_pools.values()):
+        pool = state.pool()
+        if pool is None:
+            continue
+        sketch, span_one = state.waits.window(window_s, now)
+        span = max(span, span_one)
+        waits.merge(sketch)
+        n = state.checkouts.window(window_s, now)
+        checkouts += n
+        pools.append(
+            {
+                "class": type(pool).__name__,
+                "size": _pool_number(pool, "size"),
+                "checked_out": _pool_number(pool, "checkedout"),
+                "overflow": max(0, _pool_number(pool, "overflow")),
+                "checkouts_per_s": n / span_one,
+            }
+        )
+    if not pools:
+        return None
+    p99 = waits.quantile(0.99)
+    return {
+        "size": sum(p["size"] for p in pools),
+        "checked_out": sum(p["checked_out"] for p in pools),
+        "overflow": sum(p["overflow"] for p in pools),
+        "checkouts_per_s": checkouts / span,
+        "wait_p99_ms": _ms(p99),
+        "wait_max_ms": _ms(waits.max) if waits.count else None,
+        "pools": pools,
+    }
+
+
+def _pool_number(pool: Any, method: str) -> int:
+    fn = getattr(pool, method, None)
+    if fn is None:
+        return 0
+    try:
+        value = fn()
+    except Exception:
+        return 0
+    return value if isinstance(value, int) else 0
+
+
+# -- EXPLAIN ---------------------------------------------------------------------------------------------
+
+
+def explain(params: dict[str, Any]) -> dict[str, Any]:
+    """EXPLAIN the last execution of a fingerprint on its engine, with advice drawn from the plan.
+
+    params: {"fingerprint": str, "analyze": bool = False, "confirm": bool = False, "timeout_s": float}.
+    ANALYZE runs the statement, so it needs confirm=True and a SELECT that writes nothing, and runs in a
+    transaction that is rolled back (read-only on PostgreSQL). Plain EXPLAIN never runs the statement.
+    Raises ExplainError (a ValueError) with a one-line message when the request is refused.
+    """
+    fp = params.get("fingerprint")
+    if not isinstance(fp, str) or not fp:
+        raise ExplainError("'fingerprint' must be a non-empty string")
+    analyze = bool(params.get("analyze", False))
+    confirm = bool(params.get("confirm", False))
+    timeout_s = params.get("timeout_s", EXPLAIN_TIMEOUT_S)
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
+        raise ExplainError("'timeout_s' must be a positive number of seconds")
+    with _lock:
+        _drain_locked()
+        stats = _stats.get(fp)
+        last = stats.last if stats is not None else None
+    if last is None:
+        shown = fp if len(fp) <= 80 else fp[:77] + "..."
+        raise ExplainError(f"unknown fingerprint: {shown!r} (no execution of it was recorded)")
+    statement, parameters, engine = last
+    kind = _fingerprint.statement_kind(statement)
+    if kind not in _EXPLAINABLE:
+        raise ExplainError(f"{kind or 'this'} statements have no query plan to EXPLAIN")
+    if analyze and not _fingerprint.is_read_only_select(statement):
+        raise ExplainError(
+            "ANALYZE runs the statement, so it is only allowed for a SELECT that writes nothing"
+        )
+    if analyze and not confirm:
+        raise ExplainError("ANALYZE runs the statement: pass confirm=true to allow it")
+    dialect = _dialect_name(engine)
+    mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
+    with _not_recorded():
+        plan, analyzed = _run_explain(
+            engine, dialect, mariadb, statement, parameters, analyze, float(timeout_s)
+        )
+        catalog = _catalog(engine, _explain.plan_tables(dialect, plan, statement))
+    try:
+        advice = _explain.advise(dialect, plan, statement, catalog, analyzed=analyzed)
+    except Exception as exc:  # a plan shape the advisor does not know: the plan is still worth showing
+        log_once("sql-advice", f"could not read advice from a {dialect} plan", exc=exc)
+        advice = []
+    return {
+        "fingerprint": fp,
+        "dialect": dialect,
+        "statement": statement,
+        "plan": plan,
+        "advice": advice,
+        "analyzed": analyzed,
+    }
+
+
+_EXPLAINABLE = frozenset(
+    {"SELECT", "WITH", "VALUES", "TABLE", "INSERT", "UPDATE", "DELETE", "REPLACE", "MERGE"}
+)
+
+
+def _run_explain(
+    engine: Any, dialect: str, mariadb: bool, statement: str, parameters: Any, analyze: bool, timeout_s: float
+) -> tuple[Any, bool]:
+    """Run the EXPLAIN on a connection of its own from the same engine, in a transaction rolled back."""
+    sql, analyzed = _explain.explain_sql(dialect, statement, analyze, mariadb, timeout_s)
+    with engine.connect() as conn:
+        try:
+            if dialect == "postgresql":
+                # A real transaction even on an AUTOCOMMIT engine, so SET LOCAL, READ ONLY and the
+                # rollback below take effect (the pool resets the isolation level at checkin).
+                conn.execution_options(isolation_level="READ COMMITTED")
+                if analyzed:
+                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+            if parameters is None:  # as the app ran it: no parameters, so no placeholder parsing either
+                result = conn.execution_options(no_parameters=True).exec_driver_sql(sql)
+            else:
+                result = conn.exec_driver_sql(sql, parameters)
+            rows = result.fetchall()
+            keys = list(result.keys())
+        except Exception as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ExplainError(f"EXPLAIN failed: {type(exc).__name__}: {message}") from None
+        finally:
+            conn.rollback()
+    return _explain.plan_from_rows(dialect, keys, [tuple(r) for r in rows]), analyzed
+
+
+def _catalog(engine: Any, tables: list[str]) -> dict[str, dict[str, Any]] | None:
+    """Columns and indexes (column lists, primary key included) of the tables a plan mentions."""
+    if not tables:
+        return {}
+    try:
+        from sqlalchemy import inspect
+
+        inspector = inspect(engine)
+        out: dict[str, dict[str, Any]] = {}
+        for table in tables:
+            try:
+                columns = [c["name"] for c in inspector.get_columns(table)]
+            except Exception:
+                continue  # not a table the inspector knows (a view, another schema): no validation
+            indexes = [list(ix["column_names"]) for ix in inspector.get_indexes(table)]
+            pk = inspector.get_pk_constraint(table).get("constrained_columns") or []
+            if pk:
+                indexes.append(list(pk))
+            out[table] = {"columns": columns, "indexes": [[c for c in ix if c] for ix in indexes]}
+        return out
+    except Exception as exc:
+        log_once("sql-catalog", "could not read the table catalog for EXPLAIN advice", exc=exc)
+        return None

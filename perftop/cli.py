@@ -1,0 +1,222 @@
+"""The `perftop` command: argument parsing, bad-input errors, and dispatch to the TUI or a headless form.
+
+Errors are one line on stderr starting `perftop: ` with exit code 2 for bad usage or input and 1 for a
+runtime failure; never a traceback (see CLI.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from perftop._version import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: exit code 2."""
+
+
+class Failure(Exception):
+    """A runtime failure: exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (`perftop: ...`, exit 2) instead of usage dumps."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _pid(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"PID must be a positive whole number, not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"PID must be a positive whole number, not {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not 0.05 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"seconds must be between 0.05 and 3600, not {text}")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, interval: bool = True) -> None:
+    if interval:
+        p.add_argument(
+            "--interval", type=_seconds, default=1.0, metavar="S", help="refresh interval (default 1.0)"
+        )
+    p.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are (default as the agent's)")
+
+
+def _tui_options(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--theme", metavar="NAME", help="theme name or path to a theme file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="perftop",
+        description="A live performance monitor for Python services.",
+        epilog="Run 'perftop COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"perftop {__version__}")
+    parser.add_argument("--pid", type=_pid, help="attach to this process")
+    _tui_options(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    attach = sub.add_parser("attach", help="the TUI attached to PID", description="The TUI attached to PID.")
+    attach.add_argument("attach_pid", type=_pid, metavar="PID")
+    _tui_options(attach)
+
+    snap = sub.add_parser(
+        "snapshot",
+        help="one report as JSON or text, then exit",
+        description="Sample the host (and a process) over --interval, print one report, exit.",
+    )
+    snap.add_argument("--pid", type=_pid, dest="snap_pid", metavar="PID")
+    _common(snap)
+    snap.add_argument("--window", type=_seconds, metavar="S", help="timings window (default: since start)")
+    snap.add_argument("--json", action="store_true", help="print the JSON document of CLI.md")
+    snap.add_argument("--no-children", action="store_true", help="do not merge the agents of child processes")
+    run = sub.add_parser(
+        "run",
+        help="run a Python program with the agent started, no code change",
+        description="Run CMD with perftop's agent started in it (and in its Python children), every "
+        "SQLAlchemy engine instrumented. Exit code, signals and stdio pass through. PERFTOP=0 disables.",
+    )
+    run.add_argument("--name", help="the app name the agent reports")
+    run.add_argument("--slow-ms", type=float, help="slow-query threshold (default 100, or $PERFTOP_SLOW_MS)")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
+
+    demo = sub.add_parser(
+        "demo",
+        help="start the built-in demo service and attach to it",
+        description="Start the built-in demo service (instrumented, SQLite) and open the TUI attached to "
+        "it; quitting the TUI stops the service.",
+    )
+    demo.add_argument("--no-tui", action="store_true", help="run only the service; print its PID first")
+    demo.add_argument("--threads", type=int, default=4, help="worker threads in the service (default 4)")
+    _tui_options(demo)
+    return parser
+
+
+def _run_program(args: argparse.Namespace) -> int:
+    from perftop.runner import exec_with_agent
+
+    try:
+        exec_with_agent(args.cmd, args.name, args.slow_ms)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        raise UsageError(f"cannot run {args.cmd[-1] if args.cmd else ''}: {exc.strerror}") from None
+    return EXIT_FAILURE  # exec does not return
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from perftop.runner import demo_command, exec_with_agent, start_demo, stop_process, wait_for_agent
+
+    if args.no_tui:
+        sys.stdout.write(f"{os.getpid()}\n")
+        sys.stdout.flush()
+        exec_with_agent(demo_command(args.threads), "perftop-demo", 25.0)
+        return EXIT_FAILURE  # exec does not return
+    log_path = os.path.join(tempfile.gettempdir(), f"perftop-demo-{os.getuid()}.log")
+    proc = start_demo(args.threads, log_path)
+    try:
+        if not wait_for_agent(proc.pid, args.socket_dir):
+            raise Failure(f"the demo service did not start; see {log_path}")
+        return _run_tui(proc.pid, args)
+    finally:
+        stop_process(proc)
+
+
+def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
+    from perftop.collectors.errors import CollectorError
+    from perftop.collectors.process import check_pid
+    from perftop.themes import ThemeError, resolve_theme
+
+    if pid is not None:
+        try:
+            check_pid(pid)
+        except CollectorError as exc:
+            raise UsageError(str(exc)) from None
+    try:
+        theme, themes = resolve_theme(args.theme)
+    except ThemeError as exc:
+        raise UsageError(str(exc)) from None
+    from perftop.tui.app import PerftopApp
+    from perftop.tui.sources import LiveSources
+
+    app = PerftopApp(
+        sources=LiveSources(socket_dir=args.socket_dir),
+        pid=pid,
+        interval=args.interval,
+        theme_name=theme.name,
+        themes=themes,
+    )
+    app.run()
+    return app.return_code or EXIT_OK
+
+
+def _run_snapshot(args: argparse.Namespace) -> int:
+    from perftop.collectors.errors import CollectorError
+    from perftop.export.snapshot import snapshot_json, snapshot_text, take_snapshot
+
+    try:
+        snap = take_snapshot(
+            args.snap_pid, args.interval, args.window, args.socket_dir, children=not args.no_children
+        )
+    except CollectorError as exc:
+        raise UsageError(str(exc)) from None
+    if args.json:
+        sys.stdout.write(json.dumps(snapshot_json(snap), indent=2) + "\n")
+    else:
+        sys.stdout.write(snapshot_text(snap) + "\n")
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "attach": lambda a: _run_tui(a.attach_pid, a),
+    "snapshot": _run_snapshot,
+    "run": _run_program,
+    "demo": _run_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `perftop` script; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            return _run_tui(args.pid, args)
+        return _COMMANDS[args.command](args)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except Failure as exc:
+        return _fail(str(exc), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"perftop: {message}\n")
+    return code

@@ -1,0 +1,388 @@
+"""The viewer's side of the agent socket: a blocking client, and what to do with the stats it fetches.
+
+`AgentClient` connects, exchanges hellos and makes requests with timeouts. `merge_stats` merges the
+`stats` of several processes (gunicorn workers...) by merging their sketches, never by averaging
+percentiles; `timing_rows` turns stats into the `timings` object of `perftop snapshot --json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+from perftop.collectors.discovery import find_agent, find_child_agents, socket_dir
+from perftop.protocol import (
+    MAX_FRAME_BYTES,
+    ErrorFrame,
+    FrameDecoder,
+    Hello,
+    ProtocolError,
+    Request,
+    Response,
+    encode,
+)
+from perftop.sketch import Sketch, SketchError
+
+__all__ = [
+    "AgentClient",
+    "AgentError",
+    "RequestFailed",
+    "find_agent",
+    "find_child_agents",
+    "merge_queries",
+    "merge_stats",
+    "socket_dir",
+    "timing_rows",
+]
+
+NS_PER_MS = 1_000_000.0
+QUANTILES = (("p50_ms", 0.5), ("p90_ms", 0.9), ("p95_ms", 0.95), ("p99_ms", 0.99), ("p999_ms", 0.999))
+
+
+class AgentError(Exception):
+    """The agent refused, failed a request, spoke a different protocol, or went away."""
+
+
+class RequestFailed(AgentError):
+    """The agent answered a request with ok=false (the message says why); the connection stays usable."""
+
+
+class AgentClient:
+    """A blocking connection to one agent. Thread-safe (one request at a time); a context manager."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        """Connect to the agent socket at `path` and exchange hellos; AgentError if that fails."""
+        self.path = path
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._decoder = FrameDecoder(MAX_FRAME_BYTES)
+        self._pending: list[dict[str, Any]] = []
+        self._next_id = 1
+        self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.settimeout(timeout)
+            try:
+                self._sock.connect(path)
+            except PermissionError:
+                raise AgentError(f"permission denied connecting to the agent at {path}") from None
+            except FileNotFoundError:
+                raise AgentError(f"no agent socket at {path}") from None
+            except ConnectionRefusedError:
+                raise AgentError(f"the agent at {path} is not listening (stale socket?)") from None
+            except OSError as exc:
+                raise AgentError(f"cannot connect to the agent at {path}: {exc}") from None
+            first = self._read_message(time.monotonic() + timeout)
+            if first.get("type") == "error":
+                raise AgentError(f"the agent refused the connection: {_error_message(first)}")
+            try:
+                self.hello: Hello = Hello.from_dict(first)
+            except ProtocolError as exc:
+                raise AgentError(f"incompatible agent at {path}: {exc}") from None
+            if self.hello.role != "agent":
+                raise AgentError(f"{path} answered as a {self.hello.role}, not an agent")
+            self._send_bytes(encode(Hello(role="viewer", pid=os.getpid()).to_dict()))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def call(self, method: str, params: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
+        """Send one request and wait for its response; its result, or AgentError with the agent's message.
+
+        A timeout or a broken connection closes the client (the stream may be mid-frame) and raises
+        AgentError; a failed request (ok=false) leaves it usable.
+        """
+        with self._lock:
+            if self._sock is None:
+                raise AgentError("the connection to the agent is closed")
+            request_id = self._next_id
+            self._next_id += 1
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            try:
+                frame = encode(Request(request_id, method, params or {}).to_dict())
+            except ProtocolError as exc:
+                raise RequestFailed(f"the request cannot be sent: {exc}") from None
+            try:
+                self._send_bytes(frame)
+                while True:
+                    message = self._read_message(deadline)
+                    kind = message.get("type")
+                    if kind == "error":
+                        raise AgentError(f"the agent closed the connection: {_error_message(message)}")
+                    if kind != "response":
+                        continue
+                    response = Response.from_dict(message)
+                    if response.id != request_id:
+                        continue  # answers are matched by id; anything else is not ours
+                    if not response.ok:
+                        raise RequestFailed(response.error or "request failed")
+                    return response.result
+            except RequestFailed:
+                raise
+            except AgentError:
+                self.close()
+                raise
+            except ProtocolError as exc:
+                self.close()
+                raise AgentError(f"bad frame from the agent: {exc}") from None
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _send_bytes(self, frame: bytes) -> None:
+        sock = self._sock
+        if sock is None:
+            raise AgentError("the connection to the agent is closed")
+        try:
+            sock.sendall(frame)
+        except OSError as exc:
+            self.close()
+            raise AgentError(f"lost the connection to the agent: {exc}") from None
+
+    def _read_message(self, deadline: float) -> dict[str, Any]:
+        """The next whole message, waiting until `deadline` (monotonic) at most."""
+        while not self._pending:
+            sock = self._sock
+            if sock is None:
+                raise AgentError("the connection to the agent is closed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close()
+                raise AgentError(f"no answer from the agent at {self.path} in time")
+            sock.settimeout(left)
+            try:
+                data = sock.recv(1 << 20)
+            except TimeoutError:
+                self.close()
+                raise AgentError(f"no answer from the agent at {self.path} in time") from None
+            except OSError as exc:
+                self.close()
+                raise AgentError(f"lost the connection to the agent: {exc}") from None
+            if not data:
+                self.close()
+                raise AgentError("the agent closed the connection")
+            try:
+                self._pending.extend(self._decoder.feed(data))
+            except ProtocolError as exc:
+                self.close()
+                raise AgentError(f"bad frame from the agent: {exc}") from None
+        return self._pending.pop(0)
+
+
+def _error_message(message: dict[str, Any]) -> str:
+    try:
+        return ErrorFrame.from_dict(message).message
+    except ProtocolError:
+        return "(no reason given)"
+
+
+# -- merging and presenting stats -----------------------------------------------------------------------
+
+
+def merge_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge the `stats` results of several processes into one of the same shape.
+
+    Timings: sketches merged (bucket counts add; percentiles are never averaged), errors by type summed.
+    Counters: values and rates summed. Gauges: summed across processes (a queue depth per worker adds up
+    to the service's). span_s: the longest; gc: counts summed; overflow: numbers summed; queries: see
+    `merge_queries`. The result also says how many `processes` it merged.
+    """
+    if not results:
+        return {
+            "now": time.time(),
+            "window_s": None,
+            "span_s": 0.0,
+            "timings": {},
+            "counters": {},
+            "gauges": {},
+            "overflow": {},
+            "gc": None,
+            "queries": None,
+            "processes": 0,
+        }
+    if len(results) == 1:
+        return {**results[0], "processes": 1}
+    sketches: dict[str, Sketch] = {}
+    errors_by_type: dict[str, dict[str, int]] = {}
+    counters: dict[str, dict[str, float]] = {}
+    gauges: dict[str, float] = {}
+    overflow: dict[str, Any] = {}
+    gc_out: dict[str, Any] | None = None
+    queries: list[dict[str, Any]] = []
+    for stats in results:
+        for name, timing in (stats.get("timings") or {}).items():
+            try:
+                sketch = Sketch.from_dict(timing.get("sketch"))
+            except SketchError:
+                continue
+            sketches.setdefault(name, Sketch()).merge(sketch)
+            by_type = errors_by_type.setdefault(name, {})
+            for kind, n in (timing.get("errors_by_type") or {}).items():
+                by_type[kind] = by_type.get(kind, 0) + n
+        for name, counter in (stats.get("counters") or {}).items():
+            into = counters.setdefault(name, {"value": 0, "rate_per_s": 0.0})
+            into["value"] += counter.get("value") or 0
+            into["rate_per_s"] += counter.get("rate_per_s") or 0.0
+        for name, value in (stats.get("gauges") or {}).items():
+            gauges[name] = gauges.get(name, 0.0) + value
+        for key, value in (stats.get("overflow") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                overflow[key] = overflow.get(key, 0) + value
+        gc_stats = stats.get("gc")
+        if isinstance(gc_stats, dict):
+            gc_out = _merge_gc(gc_out, gc_stats)
+        q = stats.get("queries")
+        if isinstance(q, dict):
+            queries.append(q)
+    return {
+        "now": max(float(s.get("now") or 0.0) for s in results),
+        "window_s": results[0].get("window_s"),
+        "span_s": max(float(s.get("span_s") or 0.0) for s in results),
+        "timings": {
+            name: {"sketch": sk.to_dict(), "errors_by_type": errors_by_type.get(name, {})}
+            for name, sk in sketches.items()
+        },
+        "counters": counters,
+        "gauges": gauges,
+        "overflow": overflow,
+        "gc": gc_out,
+        "queries": merge_queries(queries) if queries else None,
+        "processes": len(results),
+    }
+
+
+def merge_queries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge the `queries` objects (the SQLAlchemy hook's `query_stats`) of several processes.
+
+    Per fingerprint the sketches are merged and every figure is recomputed from the merged sketch; rows
+    add up; n_plus_one is true if any process saw it. Slow queries: all of them, newest first. Pool:
+    sizes and rates summed, wait_p99_ms the worst of the processes (pools carry no sketch), pools listed.
+    """
+    sketches: dict[str, Sketch] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    slow: list[Any] = []
+    pools: list[dict[str, Any]] = []
+    overflow: dict[str, Any] = {}
+    for part in parts:
+        for row in part.get("queries") or []:
+            fp = row.get("fingerprint")
+            try:
+                sketch = Sketch.from_dict(row.get("sketch"))
+            except SketchError:
+                continue
+            sketches.setdefault(fp, Sketch()).merge(sketch)
+            seen = extra.setdefault(fp, {"rows": 0, "n_plus_one": False, "n_plus_one_site": None})
+            seen["rows"] += row.get("rows") or 0
+            seen["dialect"] = row.get("dialect")
+            if row.get("n_plus_one"):
+                seen["n_plus_one"] = True
+                seen["n_plus_one_site"] = seen["n_plus_one_site"] or row.get("n_plus_one_site")
+        slow.extend(part.get("slow_queries") or [])
+        if isinstance(part.get("pool"), dict):
+            pools.append(part["pool"])
+        for key, value in (part.get("overflow") or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                overflow[key] = overflow.get(key, 0) + value
+    rows: list[dict[str, Any]] = []
+    for fp, sketch in sketches.items():
+        p50, p95, p99 = sketch.quantiles((0.5, 0.95, 0.99))
+        mean = sketch.mean
+        rows.append(
+            {
+                "fingerprint": fp,
+                "count": sketch.count,
+                "errors": sketch.errors,
+                "total_ms": sketch.sum / NS_PER_MS,
+                "mean_ms": None if mean is None else mean / NS_PER_MS,
+                "p50_ms": None if p50 is None else p50 / NS_PER_MS,
+                "p95_ms": None if p95 is None else p95 / NS_PER_MS,
+                "p99_ms": None if p99 is None else p99 / NS_PER_MS,
+                "max_ms": sketch.max / NS_PER_MS if sketch.count else None,
+                "share_percent": 0.0,
+                **extra[fp],
+                "sketch": sketch.to_dict(),
+            }
+        )
+    grand = sum(r["total_ms"] for r in rows)
+    for r in rows:
+        r["share_percent"] = 100.0 * r["total_ms"] / grand if grand > 0 else 0.0
+    rows.sort(key=lambda r: r["total_ms"], reverse=True)
+    slow.sort(key=lambda q: q.get("at") or 0.0, reverse=True)
+    return {
+        "queries": rows,
+        "slow_queries": slow,
+        "pool": _merge_pools(pools),
+        "overflow": overflow,
+        "slow_ms": parts[0].get("slow_ms") if parts else None,
+    }
+
+
+def _merge_pools(pools: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not pools:
+        return None
+    if len(pools) == 1:
+        return pools[0]
+    out: dict[str, Any] = {}
+    for key in ("size", "checked_out", "overflow", "checkouts_per_s"):
+        out[key] = sum(p.get(key) or 0 for p in pools)
+    for key in ("wait_p99_ms", "wait_max_ms"):
+        values = [p[key] for p in pools if p.get(key) is not None]
+        out[key] = max(values) if values else None
+    out["pools"] = [q for p in pools for q in p.get("pools") or []]
+    return out
+
+
+def _merge_gc(into: dict[str, Any] | None, gc_stats: dict[str, Any]) -> dict[str, Any]:
+    if into is None:
+        return {
+            "collections": list(gc_stats.get("collections") or [0, 0, 0]),
+            "collected": list(gc_stats.get("collected") or [0, 0, 0]),
+            "uncollectable": gc_stats.get("uncollectable") or 0,
+        }
+    for key in ("collections", "collected"):
+        into[key] = [a + b for a, b in zip(into[key], gc_stats.get(key) or [0, 0, 0], strict=False)]
+    into["uncollectable"] += gc_stats.get("uncollectable") or 0
+    return into
+
+
+def timing_rows(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The `timings` object of `perftop snapshot --json`: per name, count, errors, rate and quantiles in
+    milliseconds, computed from the sketches (which hold nanoseconds); rate = count / span_s."""
+    span = float(stats.get("span_s") or 0.0)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, timing in (stats.get("timings") or {}).items():
+        try:
+            sketch = Sketch.from_dict(timing.get("sketch"))
+        except SketchError:
+            continue
+        row: dict[str, Any] = {
+            "count": sketch.count,
+            "errors": sketch.errors,
+            "rate_per_s": sketch.count / span if span > 0 else 0.0,
+        }
+        mean = sketch.mean
+        row["mean_ms"] = None if mean is None else mean / NS_PER_MS
+        for (key, _q), value in zip(QUANTILES, sketch.quantiles(q for _k, q in QUANTILES), strict=True):
+            row[key] = None if value is None else value / NS_PER_MS
+        row["max_ms"] = sketch.max / NS_PER_MS if sketch.count else None
+        rows[name] = row
+    return rows

@@ -1,0 +1,211 @@
+"""What the agents of one process (and of its children) report, merged into one view.
+
+Sketches of several processes are merged bucket by bucket, never by averaging percentiles, so the p99 of a
+gunicorn master is the p99 of all its workers' requests.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from perftop.collectors.agent_client import (
+    AgentClient,
+    AgentError,
+    find_agent,
+    find_child_agents,
+    merge_stats,
+    timing_rows,
+)
+from perftop.sketch import Sketch
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """The merged agent data of a PID (and its children), over one window."""
+
+    info: dict[str, Any]
+    """The `info` of the agent in the PID itself, or of the first child agent found."""
+    pids: tuple[int, ...]
+    """Every process whose agent is merged in."""
+    window_s: float | None
+    timings: dict[str, dict[str, Any]]
+    """The CLI.md `timings` rows by metric name."""
+    sketches: dict[str, Sketch]
+    """The merged sketch of each timing (values in ns), for histograms."""
+    counters: dict[str, dict[str, Any]]
+    gauges: dict[str, float]
+    gc: dict[str, Any] | None
+    queries: dict[str, Any] | None
+    """`query_stats` of the SQL hook, or None where no engine is instrumented."""
+    per_pid: dict[int, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    """Timings rows of each process separately, for the per-worker breakdown."""
+    errors_by_type: dict[str, dict[str, int]] = field(default_factory=dict)
+    overflow: dict[str, Any] = field(default_factory=dict)
+    taken_at: float = 0.0
+
+    def describe(self) -> str:
+        name = self.info.get("name") or "unnamed"
+        merged = f", {len(self.pids)} processes merged" if len(self.pids) > 1 else ""
+        return f"{name} pid {self.info.get('pid')} python {self.info.get('python')}{merged}"
+
+    @staticmethod
+    def empty_json() -> dict[str, Any]:
+        """The agent keys of the snapshot JSON where there is no agent."""
+        return {
+            "agent": None,
+            "timings": {},
+            "counters": {},
+            "gauges": {},
+            "queries": [],
+            "slow_queries": [],
+            "pool": None,
+            "gc": None,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The agent keys of the snapshot JSON (CLI.md)."""
+        queries = self.queries or {}
+        gc = None
+        if self.gc is not None:
+            pauses = [self.sketches[k] for k in ("gc.gen0", "gc.gen1", "gc.gen2") if k in self.sketches]
+            merged = Sketch()
+            for sk in pauses:
+                merged.merge(sk)
+            p99 = merged.quantile(0.99)
+            gc = {
+                "collections": self.gc.get("collections"),
+                "collected": self.gc.get("collected"),
+                "uncollectable": self.gc.get("uncollectable"),
+                "pause_p99_ms": None if p99 is None else p99 / 1e6,
+                "pause_max_ms": merged.max / 1e6 if merged.count else None,
+            }
+        return {
+            "agent": {**self.info, "merged_pids": list(self.pids)},
+            "timings": self.timings,
+            "counters": self.counters,
+            "gauges": self.gauges,
+            "queries": [{k: v for k, v in q.items() if k != "sketch"} for q in queries.get("queries", [])],
+            "slow_queries": queries.get("slow_queries", []),
+            "pool": queries.get("pool"),
+            "gc": gc,
+        }
+
+
+def agent_info(client: AgentClient) -> dict[str, Any]:
+    """The CLI.md `agent` object, from the agent's hello."""
+    h = client.hello
+    return {
+        "pid": h.pid,
+        "protocol": h.protocol,
+        "agent_version": h.agent_version,
+        "python": h.python,
+        "argv": h.argv,
+        "started_at": h.started_at,
+        "name": h.name,
+    }
+
+
+def build_view(
+    results: dict[int, dict[str, Any]], infos: dict[int, dict[str, Any]], window: float | None, main_pid: int
+) -> AgentView:
+    """Merge the `stats` results of several agents (by PID) into one view."""
+    pids = tuple(sorted(results))
+    merged = merge_stats([results[p] for p in pids])
+    info = infos.get(main_pid) or infos[pids[0]]
+    sketches = {name: Sketch.from_dict(t["sketch"]) for name, t in merged.get("timings", {}).items()}
+    per_pid = {p: timing_rows(results[p]) for p in pids} if len(pids) > 1 else {}
+    return AgentView(
+        info=info,
+        pids=pids,
+        window_s=window,
+        timings=timing_rows(merged),
+        sketches=sketches,
+        counters=merged.get("counters", {}),
+        gauges=merged.get("gauges", {}),
+        gc=merged.get("gc"),
+        queries=merged.get("queries"),
+        per_pid=per_pid,
+        errors_by_type={name: t.get("errors_by_type", {}) for name, t in merged.get("timings", {}).items()},
+        overflow=merged.get("overflow", {}),
+        taken_at=float(merged.get("now", 0.0)),
+    )
+
+
+class AgentWatcher:
+    """Keeps connections to the agents of one PID and its children open between ticks."""
+
+    def __init__(self, socket_dir: str | None = None, children: bool = True) -> None:
+        self.socket_dir = socket_dir
+        self.children = children
+        self._clients: dict[int, AgentClient] = {}
+        self._lock = threading.Lock()
+
+    def _discover(self, pid: int) -> dict[int, str]:
+        found: dict[int, str] = {}
+        own = find_agent(pid, self.socket_dir)
+        if own is not None:
+            found[pid] = own
+        if self.children:
+            found.update(find_child_agents(pid, self.socket_dir))
+        return found
+
+    def fetch(self, pid: int, window: float | None) -> AgentView | None:
+        """The merged view of `pid` and its children's agents; None where none has an agent."""
+        with self._lock:
+            found = self._discover(pid)
+            for gone in set(self._clients) - set(found):
+                self._clients.pop(gone).close()
+            results: dict[int, dict[str, Any]] = {}
+            infos: dict[int, dict[str, Any]] = {}
+            for apid, path in found.items():
+                client = self._clients.get(apid)
+                try:
+                    if client is None:
+                        client = AgentClient(path)
+                        self._clients[apid] = client
+                    results[apid] = client.call("stats", {"window": window})
+                    infos[apid] = agent_info(client)
+                except (OSError, AgentError):
+                    dead = self._clients.pop(apid, None)
+                    if dead is not None:
+                        dead.close()
+            if not results:
+                return None
+            return build_view(results, infos, window, pid)
+
+    def client(self, pid: int) -> AgentClient | None:
+        """An open client for the agent of `pid` itself (for actions)."""
+        with self._lock:
+            return self._clients.get(pid)
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+def call_agent(pid: int, method: str, params: dict[str, Any], socket_dir: str | None, timeout: float) -> Any:
+    """Run one request (an action, an explain) on the agent of `pid` over a connection of its own.
+
+    A connection of its own, so that a 5 s profile does not hold up the stats polled every tick.
+    Raises AgentError with a one-line message.
+    """
+    path = find_agent(pid, socket_dir)
+    if path is None:
+        raise AgentError(f"process {pid} has no perftop agent")
+    with AgentClient(path, timeout=min(timeout, 10.0)) as client:
+        return client.call(method, params, timeout=timeout)
+
+
+def fetch_agent_view(
+    pid: int, window: float | None, socket_dir: str | None, children: bool = True
+) -> AgentView | None:
+    """One-shot form of `AgentWatcher.fetch` (for `perftop snapshot`)."""
+    watcher = AgentWatcher(socket_dir, children)
+    try:
+        return watcher.fetch(pid, window)
+    finally:
+        watcher.close()

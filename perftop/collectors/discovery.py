@@ -1,0 +1,99 @@
+"""Finding the agent socket of a process (and of its children). Viewer side; may use psutil.
+
+An agent listens on `<socket dir>/<pid>.sock`. The socket directory is the viewer's (explicit,
+`$PERFTOP_SOCKET_DIR`, `$XDG_RUNTIME_DIR/perftop` or `/tmp/perftop-<uid>`), then `/tmp/perftop-<uid>` of
+the uid owning the target process (root attaching to a service user's process). Failing those, the
+process's own listening Unix sockets are read from /proc: an agent started with another socket directory
+is still found, as long as its socket is named `<pid>.sock`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+
+import psutil
+
+from perftop.agent import paths
+
+_ACCEPTCON = 0x10000
+"""__SO_ACCEPTCON in /proc/net/unix flags: the socket is listening."""
+
+
+def socket_dir(explicit: str | None = None) -> str:
+    """The directory where this viewer looks for agent sockets first (the agents' default choice)."""
+    return paths.socket_dir(explicit)
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _candidate_dirs(pid: int, explicit: str | None) -> list[str]:
+    dirs = [paths.socket_dir(explicit)]
+    with contextlib.suppress(OSError):
+        uid = os.stat(f"/proc/{pid}").st_uid
+        fallback = f"/tmp/perftop-{uid}"
+        if fallback not in dirs:
+            dirs.append(fallback)
+    return dirs
+
+
+def find_agent(pid: int, socket_dir: str | None = None) -> str | None:
+    """The socket path of `pid`'s agent, or None if it has none (or is not alive)."""
+    if not paths.pid_alive(pid):
+        return None
+    for directory in _candidate_dirs(pid, socket_dir):
+        path = paths.socket_path(pid, directory)
+        if _is_socket(path):
+            return path
+    return _listening_socket_of(pid)
+
+
+def _listening_socket_of(pid: int) -> str | None:
+    """A listening Unix socket of `pid` whose path ends in `/<pid>.sock`, from /proc (None if unreadable)."""
+    try:
+        inodes: set[int] = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(int(target[8:-1]))
+        if not inodes:
+            return None
+        with open(f"/proc/{pid}/net/unix", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()[1:]
+    except (OSError, ValueError):
+        return None
+    suffix = f"/{pid}{paths.SOCKET_SUFFIX}"
+    for line in lines:
+        # Num RefCount Protocol Flags Type St Inode Path
+        fields = line.split(None, 7)
+        if len(fields) < 8:
+            continue
+        try:
+            flags, inode = int(fields[3], 16), int(fields[6])
+        except ValueError:
+            continue
+        path = fields[7]
+        if inode in inodes and flags & _ACCEPTCON and path.endswith(suffix) and _is_socket(path):
+            return path
+    return None
+
+
+def find_child_agents(pid: int, socket_dir: str | None = None) -> dict[int, str]:
+    """{child pid: socket path} for every descendant of `pid` that runs an agent."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except (psutil.Error, OSError):
+        return {}
+    out: dict[int, str] = {}
+    for child in children:
+        path = find_agent(child.pid, socket_dir)
+        if path is not None:
+            out[child.pid] = path
+    return out

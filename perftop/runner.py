@@ -1,0 +1,91 @@
+"""`perftop run` and `perftop demo`: start Python programs with the agent inside, with no code change."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+BOOTSTRAP_DIR = str(Path(__file__).resolve().parent / "_bootstrap")
+"""Holds the `sitecustomize.py` that starts the agent in every Python process that has it on its path."""
+
+
+def agent_env(name: str | None, slow_ms: float | None, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes Python programs (and their Python children) start perftop's agent."""
+    env = dict(os.environ if base is None else base)
+    old = env.get("PYTHONPATH", "")
+    parts = [p for p in old.split(os.pathsep) if p and p != BOOTSTRAP_DIR]
+    env["PYTHONPATH"] = os.pathsep.join([BOOTSTRAP_DIR, *parts])
+    if name:
+        env["PERFTOP_NAME"] = name
+    if slow_ms is not None:
+        env["PERFTOP_SLOW_MS"] = repr(slow_ms)
+    return env
+
+
+def resolve_command(command: Sequence[str]) -> list[str]:
+    """The command with its program found on PATH; ValueError (one line) where it cannot be run."""
+    cmd = list(command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise ValueError("no command given: perftop run [--name NAME] -- python app.py ...")
+    program = shutil.which(cmd[0])
+    if program is None:
+        raise ValueError(f"command not found: {cmd[0]}")
+    return [program, *cmd[1:]]
+
+
+def exec_with_agent(command: Sequence[str], name: str | None, slow_ms: float | None) -> None:
+    """Replace this process with `command` (same PID, so signals, exit code and stdio pass through)."""
+    cmd = resolve_command(command)
+    os.execve(cmd[0], cmd, agent_env(name, slow_ms))
+
+
+def demo_command(threads: int) -> list[str]:
+    return [sys.executable, "-m", "perftop.demo", "--threads", str(threads)]
+
+
+def start_demo(threads: int, log_path: str) -> subprocess.Popen[bytes]:
+    """Start the demo service in the background with the agent; its output goes to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            demo_command(threads),
+            env=agent_env("perftop-demo", 25.0),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_agent(pid: int, socket_dir: str | None, timeout: float = 20.0) -> bool:
+    """Wait until the agent of `pid` answers on its socket; False after `timeout` or if `pid` died."""
+    from perftop.collectors.agent_client import find_agent
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if find_agent(pid, socket_dir) is not None:
+            return True
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,291 @@
+"""The perftop Textual application: a system pane above either the process list or the attached view."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.css.query import NoMatches
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.theme import Theme
+from textual.widget import Widget
+from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent, TabPane
+
+from perftop._version import __version__
+from perftop.collectors.agent_client import AgentError
+from perftop.tui.messages import (
+    AgentReply,
+    AgentSampled,
+    ProcessesListed,
+    ProcessExited,
+    ProcessSampled,
+    SystemSampled,
+)
+from perftop.tui.panes.process import ProcessPane
+from perftop.tui.panes.proclist import ProcessListPane
+from perftop.tui.panes.queries import QueriesPane
+from perftop.tui.panes.system import SystemPane
+from perftop.tui.panes.timings import TimingsPane
+from perftop.tui.sampler import Sampler
+from perftop.tui.sources import Sources
+
+W = TypeVar("W", bound=Widget)
+
+INTERVALS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
+"""The refresh intervals `+` and `-` step through."""
+
+
+class PerftopApp(App[int]):
+    """`perftop`: host metrics always; a process list, or one attached process with its agent's data."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "perftop"
+
+    BINDINGS = [
+        Binding("q", "quit", "Quit"),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("plus,equals_sign", "slower", "+Interval", key_display="+"),
+        Binding("minus", "faster", "-Interval", key_display="-"),
+        Binding("escape", "detach", "Back", show=False, priority=True),
+        Binding("question_mark", "help", "Keys", key_display="?"),
+        Binding("1", "tab('tab-process')", "Process tab", show=False),
+        Binding("2", "tab('tab-timings')", "Timings tab", show=False),
+        Binding("3", "tab('tab-queries')", "Queries tab", show=False),
+    ]
+
+    paused: reactive[bool] = reactive(False)
+    """Sampling is paused: the screen keeps the last values."""
+    interval: reactive[float] = reactive(1.0)
+    """Seconds between samples."""
+    attached: reactive[int | None] = reactive(None)
+    """The PID shown in the attached view, or None for the process list."""
+
+    def __init__(
+        self,
+        sources: Sources,
+        pid: int | None = None,
+        interval: float = 1.0,
+        theme_name: str | None = None,
+        themes: dict[str, Theme] | None = None,
+        start_sampler: bool = True,
+    ) -> None:
+        super().__init__()
+        self.sources = sources
+        self._initial_pid = pid
+        self._theme_name = theme_name
+        self._themes = themes or {}
+        self.sampler = Sampler(self, sources, interval)
+        self._start_sampler = start_sampler
+        self.set_reactive(PerftopApp.interval, interval)
+
+    def compose(self) -> ComposeResult:
+        yield Label("", id="status")
+        yield SystemPane(id="system")
+        with ContentSwitcher(initial="list", id="main"):
+            yield ProcessListPane(id="list")
+            with Vertical(id="attached"), TabbedContent(id="tabs"):
+                with TabPane("Process", id="tab-process"):
+                    yield ProcessPane(id="process")
+                with TabPane("Timings", id="tab-timings"):
+                    yield TimingsPane(id="timings")
+                with TabPane("Queries", id="tab-queries"):
+                    yield QueriesPane(id="queries")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for theme in self._themes.values():
+            self.register_theme(theme)
+        if self._theme_name:
+            self.theme = self._theme_name
+        if self._initial_pid is not None:
+            self.attach(self._initial_pid)
+        else:
+            self.query_one(ProcessListPane).query_one("DataTable").focus()
+        self._status()
+
+    def on_ready(self) -> None:
+        """The first frame is drawn and every pane composed: data may flow."""
+        if self._start_sampler:
+            self.sampler.start()
+
+    def on_unmount(self) -> None:
+        self.sampler.stop()
+
+    # -- data in ---------------------------------------------------------------------------------------
+
+    def _pane(self, kind: type[W]) -> W | None:
+        """The pane of that type, or None while the app is starting or shutting down."""
+        try:
+            return self.query_one(kind)
+        except NoMatches:
+            return None
+
+    @on(SystemSampled)
+    def _system(self, msg: SystemSampled) -> None:
+        if pane := self._pane(SystemPane):
+            pane.sample = msg.sample
+
+    @on(ProcessesListed)
+    def _processes(self, msg: ProcessesListed) -> None:
+        if self.attached is None and (pane := self._pane(ProcessListPane)):
+            pane.rows = msg.rows
+
+    @on(ProcessSampled)
+    def _process(self, msg: ProcessSampled) -> None:
+        if msg.sample.pid == self.attached and (pane := self._pane(ProcessPane)):
+            pane.now = self.sources.now()
+            pane.sample = msg.sample
+
+    @on(ProcessExited)
+    def _exited(self, msg: ProcessExited) -> None:
+        process, timings = self._pane(ProcessPane), self._pane(TimingsPane)
+        if msg.pid == self.attached and process and timings:
+            process.gone = msg.reason
+            timings.gone = msg.reason
+            self.notify(f"process {msg.pid} exited: last values kept", severity="warning")
+
+    @on(AgentSampled)
+    def _agent(self, msg: AgentSampled) -> None:
+        if msg.pid == self.attached and (pane := self._pane(TimingsPane)):
+            pane.show(msg.view, msg.error)
+            if queries := self._pane(QueriesPane):
+                queries.show(None if msg.view is None else msg.view.queries, self.sources.now())
+
+    @on(TimingsPane.WindowChanged)
+    def _window(self, msg: TimingsPane.WindowChanged) -> None:
+        self.sampler.window = msg.window
+        self.sampler.poke()
+
+    # -- requests to the agent -------------------------------------------------------------------------
+
+    def agent_call(
+        self, method: str, params: dict[str, Any], reply_to: Widget, timeout: float = 30.0
+    ) -> bool:
+        """Send one request to the attached process's agent in a thread worker; the answer is posted to
+        `reply_to` as an AgentReply. False where nothing is attached."""
+        pid = self.attached
+        if pid is None:
+            return False
+
+        def run() -> None:
+            try:
+                result = self.sources.call(pid, method, params, timeout)
+            except AgentError as exc:
+                reply_to.post_message(AgentReply(pid, method, params, error=str(exc)))
+            except Exception as exc:
+                reply_to.post_message(AgentReply(pid, method, params, error=f"{type(exc).__name__}: {exc}"))
+            else:
+                reply_to.post_message(AgentReply(pid, method, params, result=result))
+
+        self.run_worker(
+            run,
+            thread=True,
+            group=f"agent-{method}",
+            description=f"{method} in pid {pid}",
+            exit_on_error=False,
+        )
+        return True
+
+    # -- attach and detach -----------------------------------------------------------------------------
+
+    @on(ProcessListPane.Attach)
+    def _attach_selected(self, msg: ProcessListPane.Attach) -> None:
+        self.attach(msg.pid)
+
+    def attach(self, pid: int) -> None:
+        """Show the attached view for `pid`."""
+        self.attached = pid
+        process = self.query_one(ProcessPane)
+        process.gone = None
+        process.sample = None
+        self.query_one(TimingsPane).reset(pid)
+        self.query_one(QueriesPane).reset()
+        self.query_one("#main", ContentSwitcher).current = "attached"
+        self.query_one(TabbedContent).active = "tab-process"
+        self.call_after_refresh(process.focus)
+        self.sampler.attach(pid)
+        self._status()
+
+    def action_detach(self) -> None:
+        """Escape: back to the process list."""
+        if self.attached is None:
+            return
+        pid = self.attached
+        self.attached = None
+        self.sampler.attach(None)
+        self.query_one("#main", ContentSwitcher).current = "list"
+        plist = self.query_one(ProcessListPane)
+        plist.select_pid(pid)
+        plist.query_one("DataTable").focus()
+        self._status()
+
+    # -- keys ------------------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Escape detaches only from the main screen while attached; otherwise it goes to the widgets."""
+        if action == "detach":
+            return self.attached is not None and self.screen is self.screen_stack[0]
+        return True
+
+    def action_tab(self, tab: str) -> None:
+        """Number keys: switch tabs of the attached view."""
+        if self.attached is not None:
+            self.query_one(TabbedContent).active = tab
+            pane = self.query_one(f"#{tab} > *")
+            target = pane.query("DataTable").first() if pane.query("DataTable") else pane
+            target.focus()
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+
+    def watch_paused(self, paused: bool) -> None:
+        self.sampler.paused = paused
+        self.sampler.poke()
+        self._status()
+
+    def action_slower(self) -> None:
+        self.interval = next((i for i in INTERVALS if i > self.interval), INTERVALS[-1])
+
+    def action_faster(self) -> None:
+        self.interval = next((i for i in reversed(INTERVALS) if i < self.interval), INTERVALS[0])
+
+    def watch_interval(self, interval: float) -> None:
+        self.sampler.interval = interval
+        self.sampler.poke()
+        self._status()
+
+    def action_help(self) -> None:
+        """`?`: the panel of every key that applies here."""
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def _status(self) -> None:
+        if not self.is_running:
+            return
+        where = "process list" if self.attached is None else f"attached to {self.attached}"
+        state = " · [reverse] PAUSED [/reverse]" if self.paused else ""
+        self.query_one("#status", Label).update(
+            f"perftop {__version__} · {where} · every {self.interval:g}s{state} · ? keys · ctrl+p commands"
+        )
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand(
+            "app: Pause or resume", "Freeze the screen on the current values", self.action_toggle_pause
+        )
+        yield SystemCommand("app: Slower refresh", "Lengthen the refresh interval", self.action_slower)
+        yield SystemCommand("app: Faster refresh", "Shorten the refresh interval", self.action_faster)
+        if self.attached is not None:
+            yield SystemCommand("process: Back to the list", "Detach from the process", self.action_detach)
+        else:
+            plist = self.query_one(ProcessListPane)
+            yield SystemCommand("processes: Filter", "Filter by name or command line", plist.action_filter)
+            yield SystemCommand("processes: Cycle sort", "cpu, mem, pid, name", plist.action_cycle_sort)
+            yield SystemCommand("processes: Attach", "Attach to the selected process", plist.action_attach)

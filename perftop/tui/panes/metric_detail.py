@@ -1,0 +1,98 @@
+"""A metric's detail: its latency distribution drawn from the sketch, and p50/p99 over time."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Label, Sparkline, Static
+
+from perftop.sketch import Sketch, bucket_value
+from perftop.units import fmt_ms
+
+
+def histogram(sketch: Sketch, rows: int = 16) -> list[tuple[float, float, int]]:
+    """The sketch's buckets regrouped into at most `rows` log-spaced bins: (low_ms, high_ms, count)."""
+    if not sketch.bins:
+        return []
+    lo_i, hi_i = min(sketch.bins), max(sketch.bins)
+    span = hi_i - lo_i + 1
+    per = max(1, math.ceil(span / rows))
+    out: list[tuple[float, float, int]] = []
+    for start in range(lo_i, hi_i + 1, per):
+        n = sum(sketch.bins.get(i, 0) for i in range(start, start + per))
+        out.append((bucket_value(start - 1) / 1e6, bucket_value(start + per - 1) / 1e6, n))
+    return out
+
+
+def histogram_text(sketch: Sketch, width: int = 50, rows: int = 16) -> str:
+    """Horizontal bars, one per log-spaced bin, with the bin's range and count."""
+    bins = histogram(sketch, rows)
+    if not bins:
+        return "no samples in this window"
+    top = max(n for _, _, n in bins) or 1
+    lines = []
+    for lo, hi, n in bins:
+        bar = "█" * round(n / top * width)
+        lines.append(f"{fmt_ms(lo):>8} to {fmt_ms(hi):<8} {bar} {n}")
+    return "\n".join(lines)
+
+
+class MetricDetail(ModalScreen[None]):
+    """Escape closes it."""
+
+    DEFAULT_CSS = """
+    MetricDetail { align: center middle; }
+    MetricDetail > Vertical {
+        width: 90%; height: 90%; border: thick $accent; background: $surface; padding: 0 1;
+    }
+    MetricDetail .title { text-style: bold; color: $accent; }
+    MetricDetail .section { color: $secondary; text-style: bold; margin-top: 1; }
+    MetricDetail Sparkline { height: 2; }
+    MetricDetail #hist { height: auto; }
+    """
+
+    BINDINGS = [Binding("escape,q", "dismiss", "Close")]
+
+    def __init__(
+        self,
+        name: str,
+        sketch: Sketch,
+        row: dict[str, Any],
+        p50_history: list[float],
+        p99_history: list[float],
+        errors_by_type: dict[str, int],
+    ) -> None:
+        super().__init__()
+        self.metric = name
+        self.sketch = sketch
+        self.row = row
+        self.p50_history = p50_history
+        self.p99_history = p99_history
+        self.errors_by_type = errors_by_type
+
+    def compose(self) -> ComposeResult:
+        r = self.row
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors_by_type.items(), key=lambda kv: -kv[1]))
+        with Vertical():
+            yield Label(f"{self.metric}", classes="title")
+            yield Label(
+                f"n {r.get('count')}  errors {r.get('errors')}  mean {fmt_ms(r.get('mean_ms'))}"
+                f"  p50 {fmt_ms(r.get('p50_ms'))}  p99 {fmt_ms(r.get('p99_ms'))}"
+                f"  p99.9 {fmt_ms(r.get('p999_ms'))}  max {fmt_ms(r.get('max_ms'))}"
+            )
+            if errors:
+                yield Label(f"errors by type: {errors}")
+            yield Label("distribution (log-spaced bins)", classes="section")
+            yield Static(histogram_text(self.sketch), id="hist")
+            yield Label(f"p99 over time (last {len(self.p99_history)} samples)", classes="section")
+            yield Sparkline(self.p99_history, id="p99-spark")
+            yield Label(f"p50 over time (last {len(self.p50_history)} samples)", classes="section")
+            yield Sparkline(self.p50_history, id="p50-spark")
+
+    async def action_dismiss(self, result: None = None) -> None:
+        self.dismiss(result)

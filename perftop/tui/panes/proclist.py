@@ -1,0 +1,181 @@
+"""The process list: every process, sortable and filterable; Enter attaches to the selected one."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import DataTable, Input
+
+from perftop.collectors.model import ProcessRow
+from perftop.units import fmt_bytes
+
+SORTS: tuple[str, ...] = ("cpu", "mem", "pid", "name")
+"""The sort orders `s` cycles through."""
+
+
+def sort_rows(rows: list[ProcessRow], sort: str) -> list[ProcessRow]:
+    """Rows in display order: CPU and memory descending, PID and name ascending."""
+    if sort == "cpu":
+        return sorted(rows, key=lambda r: (-r.cpu_percent, -r.rss_bytes, r.pid))
+    if sort == "mem":
+        return sorted(rows, key=lambda r: (-r.rss_bytes, r.pid))
+    if sort == "pid":
+        return sorted(rows, key=lambda r: r.pid)
+    return sorted(rows, key=lambda r: (r.name.lower(), r.pid))
+
+
+def filter_rows(rows: list[ProcessRow], text: str) -> list[ProcessRow]:
+    """Rows whose name or command line contains `text` (case-insensitive), or whose PID is `text`."""
+    needle = text.strip().lower()
+    if not needle:
+        return rows
+    return [
+        r for r in rows if needle in r.name.lower() or needle in r.cmdline.lower() or needle == str(r.pid)
+    ]
+
+
+class ProcessListPane(Vertical):
+    """A table of processes. Posts `ProcessListPane.Attach` when the user picks one."""
+
+    DEFAULT_CSS = """
+    ProcessListPane { height: 1fr; border: round $primary; border-title-color: $primary; }
+    ProcessListPane > Input { display: none; height: 1; border: none; padding: 0 1; }
+    ProcessListPane.-filtering > Input { display: block; }
+    ProcessListPane > DataTable { height: 1fr; }
+    """
+
+    BINDINGS = [
+        Binding("slash", "filter", "Filter"),
+        Binding("s", "cycle_sort", "Sort"),
+        Binding("enter", "attach", "Attach", show=True),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    class Attach(Message):
+        """The user chose a process to attach to."""
+
+        def __init__(self, pid: int) -> None:
+            super().__init__()
+            self.pid = pid
+
+    rows: reactive[list[ProcessRow]] = reactive(list, always_update=True)
+    """The latest process list, unsorted and unfiltered."""
+    sort: reactive[str] = reactive("cpu")
+    """The current sort order, one of SORTS."""
+    filter_text: reactive[str] = reactive("")
+    """The name/cmdline filter typed after `/`."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._shown: list[int] = []
+        self._input = Input(
+            placeholder="filter by name, command line or PID; Enter keeps it, Escape clears it"
+        )
+        self._table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
+
+    def compose(self) -> ComposeResult:
+        yield self._input
+        table = self._table
+        table.add_column("PID", key="pid", width=8)
+        table.add_column("USER", key="user", width=9)
+        table.add_column("CPU%", key="cpu", width=6)
+        table.add_column("RSS", key="mem", width=10)
+        table.add_column("THR", key="thr", width=4)
+        table.add_column("COMMAND", key="cmd")
+        yield table
+
+    def on_mount(self) -> None:
+        self._title()
+
+    def _title(self) -> None:
+        filt = f" · filter {self.filter_text!r}" if self.filter_text else ""
+        self.border_title = f"processes ({len(self._shown)}) · sort {self.sort}{filt}"
+
+    def watch_rows(self) -> None:
+        self._refresh_table()
+
+    def watch_sort(self) -> None:
+        self._refresh_table()
+
+    def watch_filter_text(self) -> None:
+        self._refresh_table()
+
+    @property
+    def shown_pids(self) -> list[int]:
+        """PIDs in display order, after sort and filter."""
+        return list(self._shown)
+
+    def _refresh_table(self) -> None:
+        if not self.is_mounted:
+            return
+        table = self._table
+        selected = self.selected_pid
+        rows = sort_rows(filter_rows(self.rows, self.filter_text), self.sort)
+        table.clear()
+        for r in rows:
+            table.add_row(
+                str(r.pid),
+                r.username[:9],
+                f"{r.cpu_percent:5.1f}",
+                fmt_bytes(r.rss_bytes),
+                str(r.num_threads),
+                r.cmdline or r.name,
+                key=str(r.pid),
+            )
+        self._shown = [r.pid for r in rows]
+        if selected in self._shown:
+            table.move_cursor(row=self._shown.index(selected), animate=False)
+        self._title()
+
+    @property
+    def selected_pid(self) -> int | None:
+        """The PID under the cursor, if any."""
+        table = self._table
+        if not self._shown or table.cursor_row < 0 or table.cursor_row >= len(self._shown):
+            return None
+        return self._shown[table.cursor_row]
+
+    def select_pid(self, pid: int) -> bool:
+        """Move the cursor to `pid`; False where it is not shown."""
+        if pid not in self._shown:
+            return False
+        self._table.move_cursor(row=self._shown.index(pid), animate=False)
+        return True
+
+    def action_filter(self) -> None:
+        self.add_class("-filtering")
+        self._input.focus()
+
+    def action_cycle_sort(self) -> None:
+        self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
+
+    def action_attach(self) -> None:
+        pid = self.selected_pid
+        if pid is not None:
+            self.post_message(self.Attach(pid))
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_attach()
+
+    @on(Input.Changed)
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+
+    @on(Input.Submitted)
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self._table.focus()
+        if not event.value:
+            self.remove_class("-filtering")
+
+    def action_clear_filter(self) -> None:
+        """Escape clears the filter and returns to the table."""
+        self._input.value = ""
+        self.filter_text = ""
+        self.remove_class("-filtering")
+        self._table.focus()

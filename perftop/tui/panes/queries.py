@@ -1,0 +1,331 @@
+"""The slow-query pane: SQL fingerprints by cost, the slowest recent executions, the pool, EXPLAIN."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.reactive import reactive
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Input, Label, Static
+
+from perftop.tui.messages import AgentReply
+from perftop.tui.widgets.confirm import Confirm
+from perftop.units import fmt_count, fmt_ms
+
+COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("fingerprint", "fingerprint", 44),
+    ("count", "count", 6),
+    ("total", "total_ms", 8),
+    ("share", "share_percent", 6),
+    ("mean", "mean_ms", 7),
+    ("p95", "p95_ms", 7),
+    ("max", "max_ms", 7),
+    ("rows", "rows", 6),
+    ("N+1", "n_plus_one", 4),
+)
+SORTABLE = tuple(k for _, k, _ in COLUMNS if k not in ("fingerprint", "n_plus_one"))
+
+NOT_INSTRUMENTED = (
+    "No SQL is recorded in this process.\n\n"
+    "Instrument SQLAlchemy in the app:  perftop.instrument_sqlalchemy(engine)  (or engine=None for all),\n"
+    "or run it under perftop, which does it for every engine:  perftop run -- python app.py"
+)
+
+
+def site_text(site: dict[str, Any] | None) -> str:
+    if not site:
+        return "-"
+    return f"{site.get('file')}:{site.get('line')} in {site.get('function')}"
+
+
+class ExplainView(ModalScreen[None]):
+    """The plan the database returned for a fingerprint, and the advice read from it."""
+
+    DEFAULT_CSS = """
+    ExplainView { align: center middle; }
+    ExplainView > Vertical {
+        width: 95%; height: 90%; border: thick $accent; background: $surface; padding: 0 1;
+    }
+    ExplainView .title { color: $accent; text-style: bold; }
+    ExplainView .section { color: $secondary; text-style: bold; margin-top: 1; }
+    ExplainView .advice { color: $warning; }
+    ExplainView #plan { height: 1fr; overflow-y: auto; }
+    """
+
+    BINDINGS = [Binding("escape,q", "close", "Close")]
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__()
+        self.result = result
+
+    def compose(self) -> ComposeResult:
+        r = self.result
+        advice = r.get("advice") or []
+        with Vertical():
+            analyzed = " (ANALYZE: executed and rolled back)" if r.get("analyzed") else ""
+            yield Label(f"EXPLAIN on {r.get('dialect')}{analyzed}", classes="title")
+            yield Label(str(r.get("statement") or r.get("fingerprint")))
+            yield Label(f"advice ({len(advice)})", classes="section")
+            if not advice:
+                yield Label("nothing to suggest: the plan uses indexes where it filters")
+            for item in advice:
+                yield Label(f"• {item.get('message')}", classes="advice", id=f"advice-{advice.index(item)}")
+                if item.get("sql"):
+                    yield Label(f"    {item['sql']}")
+            yield Label("plan", classes="section")
+            plan = r.get("plan")
+            yield Static(plan if isinstance(plan, str) else json.dumps(plan, indent=2), id="plan")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+
+class QueriesPane(Vertical):
+    """Fingerprints by total time; `e` explains the selected one in the app, `E` with ANALYZE."""
+
+    DEFAULT_CSS = """
+    QueriesPane { height: 1fr; border: round $primary; border-title-color: $primary; }
+    QueriesPane > #queries-help { display: none; padding: 1 2; color: $text-muted; }
+    QueriesPane.-empty > #queries-help { display: block; }
+    QueriesPane.-empty > DataTable { display: none; }
+    QueriesPane > Input { display: none; height: 1; border: none; padding: 0 1; }
+    QueriesPane.-filtering > Input { display: block; }
+    QueriesPane > #query-table { height: 2fr; }
+    QueriesPane > .section { color: $secondary; text-style: bold; padding: 0 1; }
+    QueriesPane > #slow-table { height: 1fr; }
+    QueriesPane > #pool { height: 1; padding: 0 1; color: $text-muted; }
+    QueriesPane > #selected { height: auto; max-height: 3; padding: 0 1; }
+    """
+
+    BINDINGS = [
+        Binding("e", "explain(False)", "Explain"),
+        Binding("E", "explain(True)", "Explain analyze"),
+        Binding("o", "cycle_sort", "Sort col"),
+        Binding("slash", "filter", "Filter"),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+
+    sort: reactive[str] = reactive("total_ms")
+    """Row key the fingerprints are sorted by (descending)."""
+    filter_text: reactive[str] = reactive("")
+    """Substring the fingerprints must contain."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.stats: dict[str, Any] | None = None
+        self._shown: list[str] = []
+        self.explaining: str | None = None
+        """The fingerprint an EXPLAIN is running for, or None."""
+        self.last_explain: dict[str, Any] | None = None
+        self._help = Static(NOT_INSTRUMENTED, id="queries-help")
+        self._input = Input(placeholder="filter fingerprints; Enter keeps it, Escape clears it")
+        self._table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True, id="query-table")
+        self._selected = Static("", id="selected")
+        self._slow: DataTable[str] = DataTable(cursor_type="row", id="slow-table")
+        self._pool = Label("", id="pool")
+
+    def compose(self) -> ComposeResult:
+        for header, key, width in COLUMNS:
+            self._table.add_column(header, key=key, width=width)
+        for header, width in (("ms", 8), ("ago", 6), ("fingerprint", 50), ("call site", 40)):
+            self._slow.add_column(header, width=width)
+        yield self._help
+        yield self._input
+        yield self._table
+        yield self._selected
+        yield Label("slowest recent executions", classes="section", id="slow-title")
+        yield self._slow
+        yield self._pool
+
+    def on_mount(self) -> None:
+        self.set_class(True, "-empty")
+        self._title()
+
+    def reset(self) -> None:
+        self.stats = None
+        self._shown = []
+        self.explaining = None
+        if self.is_mounted:
+            self._table.clear()
+            self._slow.clear()
+            self.set_class(True, "-empty")
+
+    def show(self, stats: dict[str, Any] | None, now: float | None = None) -> None:
+        """New query stats from the agent (None: this process records no SQL)."""
+        if stats is None or not (stats.get("queries") or stats.get("slow_queries") or stats.get("pool")):
+            if self.stats is None:
+                self.set_class(True, "-empty")
+            return
+        self.set_class(False, "-empty")
+        self.stats = stats
+        self._refresh_table()
+        now = time.time() if now is None else now
+        self._slow.clear()
+        for slow in stats.get("slow_queries", [])[:50]:
+            self._slow.add_row(
+                f"{slow.get('duration_ms', 0):.1f}",
+                f"{max(0.0, now - float(slow.get('at') or now)):.0f}s",
+                str(slow.get("fingerprint")),
+                ("ERROR " + str(slow["error"]) + " " if slow.get("error") else "")
+                + site_text(slow.get("call_site")),
+            )
+        pool = stats.get("pool")
+        if pool:
+            self._pool.update(
+                f"pool: size {pool.get('size')} · checked out {pool.get('checked_out')} · overflow "
+                f"{pool.get('overflow')} · {pool.get('checkouts_per_s', 0):.1f} checkouts/s · wait p99 "
+                f"{fmt_ms(pool.get('wait_p99_ms'))} max {fmt_ms(pool.get('wait_max_ms'))}"
+            )
+        else:
+            self._pool.update("pool: none seen")
+        self._title()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Fingerprint rows in display order, filtered."""
+        if self.stats is None:
+            return []
+        needle = self.filter_text.lower().strip()
+        rows = [q for q in self.stats.get("queries", []) if needle in str(q.get("fingerprint", "")).lower()]
+        rows.sort(key=lambda q: -(q.get(self.sort) or 0))
+        return rows
+
+    def _refresh_table(self) -> None:
+        table = self._table
+        selected = self.selected_fingerprint
+        table.clear()
+        self._shown = []
+        for q in self.rows():
+            fp = str(q.get("fingerprint"))
+            table.add_row(
+                fp if len(fp) <= 44 else fp[:43] + "…",
+                fmt_count(q.get("count")),
+                fmt_ms(q.get("total_ms")),
+                f"{q.get('share_percent', 0):.0f}%",
+                fmt_ms(q.get("mean_ms")),
+                fmt_ms(q.get("p95_ms")),
+                fmt_ms(q.get("max_ms")),
+                fmt_count(q.get("rows")),
+                "N+1" if q.get("n_plus_one") else "",
+            )
+            self._shown.append(fp)
+        if selected in self._shown:
+            table.move_cursor(row=self._shown.index(selected), animate=False)
+        self._describe_selected()
+
+    def _title(self) -> None:
+        n = len(self.stats.get("queries", [])) if self.stats else 0
+        threshold = self.stats.get("slow_ms") if self.stats else None
+        slow = f" · slow ≥ {threshold:g}ms" if threshold is not None else ""
+        self.border_title = f"queries ({n} fingerprints) · sort {self.sort.removesuffix('_ms')}{slow}"
+
+    @property
+    def selected_fingerprint(self) -> str | None:
+        cursor = self._table.cursor_row
+        return self._shown[cursor] if 0 <= cursor < len(self._shown) else None
+
+    def _selected_row(self) -> dict[str, Any] | None:
+        fp = self.selected_fingerprint
+        return next((q for q in self.rows() if q.get("fingerprint") == fp), None)
+
+    @on(DataTable.RowHighlighted, "#query-table")
+    def _highlighted(self) -> None:
+        self._describe_selected()
+
+    def _describe_selected(self) -> None:
+        q = self._selected_row()
+        if q is None:
+            self._selected.update("")
+            return
+        n1 = (
+            f"\nN+1: run {q.get('count')}x, from {site_text(q.get('n_plus_one_site'))}"
+            if q.get("n_plus_one")
+            else ""
+        )
+        errors = f" · {q.get('errors')} errors" if q.get("errors") else ""
+        self._selected.update(f"[b]{q.get('dialect', '')}[/b] {q.get('fingerprint')}{errors}{n1}")
+
+    def watch_sort(self) -> None:
+        if self.is_mounted and self.stats is not None:
+            self._refresh_table()
+            self._title()
+
+    def watch_filter_text(self) -> None:
+        if self.is_mounted and self.stats is not None:
+            self._refresh_table()
+
+    def action_cycle_sort(self) -> None:
+        self.sort = SORTABLE[(SORTABLE.index(self.sort) + 1) % len(SORTABLE)]
+
+    def action_filter(self) -> None:
+        self.add_class("-filtering")
+        self._input.focus()
+
+    def action_clear_filter(self) -> None:
+        self._input.value = ""
+        self.filter_text = ""
+        self.remove_class("-filtering")
+        self._table.focus()
+
+    @on(Input.Changed)
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+
+    @on(Input.Submitted)
+    def _filter_done(self, event: Input.Submitted) -> None:
+        self._table.focus()
+        if not event.value:
+            self.remove_class("-filtering")
+
+    def action_explain(self, analyze: bool) -> None:
+        """EXPLAIN the selected fingerprint in the app, on its own engine; ANALYZE asks first."""
+        fp = self.selected_fingerprint
+        if fp is None:
+            self.notify("no fingerprint selected", severity="warning")
+            return
+        if self.explaining is not None:
+            self.notify(f"EXPLAIN is already running for: {self.explaining[:60]}", severity="warning")
+            return
+        if not analyze:
+            self._explain(fp, False)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._explain(fp, True)
+
+        self.app.push_screen(
+            Confirm(
+                "EXPLAIN ANALYZE executes the statement (a SELECT only, inside a transaction that is rolled "
+                f"back).\n\n{fp[:300]}\n\nRun it?"
+            ),
+            answered,
+        )
+
+    def _explain(self, fp: str, analyze: bool) -> None:
+        from perftop.tui.app import PerftopApp
+
+        app = self.app
+        if not isinstance(app, PerftopApp):
+            return
+        params = {"fingerprint": fp, "analyze": analyze, "confirm": analyze}
+        if app.agent_call("explain", params, self, timeout=60.0):
+            self.explaining = fp
+            self.notify("EXPLAIN running in the app…")
+
+    @on(AgentReply)
+    def _reply(self, msg: AgentReply) -> None:
+        if msg.method != "explain":
+            return
+        msg.stop()
+        self.explaining = None
+        if msg.error is not None:
+            self.notify(f"EXPLAIN failed: {msg.error}", severity="error", timeout=8)
+            return
+        self.last_explain = msg.result
+        self.app.push_screen(ExplainView(msg.result))

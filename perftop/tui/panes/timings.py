@@ -1,0 +1,311 @@
+"""The timings pane: live percentiles per metric from the attached process's agent(s)."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widgets import DataTable, Static
+
+from perftop.collectors.agent_view import AgentView
+from perftop.tui.panes.metric_detail import MetricDetail
+from perftop.units import fmt_count, fmt_ms
+
+WINDOWS: tuple[tuple[float | None, str], ...] = (
+    (None, "since start"),
+    (10.0, "10 s"),
+    (60.0, "1 min"),
+    (300.0, "5 min"),
+)
+"""The windows `w` cycles through: (seconds or None, label)."""
+
+COLUMNS: tuple[tuple[str, str, int], ...] = (
+    ("metric", "name", 24),
+    ("rate/s", "rate_per_s", 7),
+    ("count", "count", 7),
+    ("err%", "error_percent", 5),
+    ("mean", "mean_ms", 7),
+    ("p50", "p50_ms", 7),
+    ("p90", "p90_ms", 7),
+    ("p95", "p95_ms", 7),
+    ("p99", "p99_ms", 7),
+    ("p99.9", "p999_ms", 7),
+    ("max", "max_ms", 7),
+    ("p99 trend", "trend", 12),
+)
+"""(header, row key, width) of each column; any column but the trend can be the sort key."""
+SORTABLE = tuple(key for _, key, _ in COLUMNS if key != "trend")
+NARROW = 110
+"""Below this width only the columns in NARROW_KEYS are shown, so p99 stays on an 80-column screen."""
+NARROW_KEYS = ("name", "rate_per_s", "error_percent", "p50_ms", "p99_ms", "p999_ms", "max_ms")
+TREND = 30
+_LEVELS = "▁▂▃▄▅▆▇█"
+
+NO_AGENT = (
+    "This process has no perftop agent, so only the OS can be asked about it (see the Process tab).\n\n"
+    "To see timings, instrument the app:\n"
+    "  import perftop\n"
+    "  perftop.start()\n"
+    "  @perftop.time_it('checkout')          # or: with perftop.timer('render'): ...\n\n"
+    "or run it unchanged under perftop:  perftop run -- python app.py"
+)
+
+
+def trend_glyphs(values: list[float]) -> str:
+    """A tiny text sparkline, scaled from 0 to the largest value shown."""
+    if not values:
+        return ""
+    top = max(values) or 1.0
+    return "".join(_LEVELS[min(7, int(v / top * 7.999))] for v in values[-12:])
+
+
+def sort_key(row: dict[str, Any], key: str) -> Any:
+    """Numbers sort high first; names alphabetically."""
+    if key == "name":
+        return row["name"]
+    value = row.get(key)
+    return -(value if isinstance(value, (int, float)) else -1.0)
+
+
+class TimingsPane(Vertical):
+    """Per-metric latency table, counters and gauges. Enter opens a metric's distribution."""
+
+    DEFAULT_CSS = """
+    TimingsPane { height: 1fr; border: round $primary; border-title-color: $primary; }
+    TimingsPane > #timings-help { display: none; padding: 1 2; color: $text-muted; }
+    TimingsPane.-no-agent > #timings-help { display: block; }
+    TimingsPane.-no-agent > DataTable { display: none; }
+    TimingsPane > #timings-gone { display: none; background: $error; color: $text; }
+    TimingsPane.-gone > #timings-gone { display: block; }
+    TimingsPane > DataTable { height: 1fr; }
+    TimingsPane > #counters { height: auto; max-height: 6; padding: 0 1; color: $text-muted; }
+    """
+
+    BINDINGS = [
+        Binding("w", "cycle_window", "Window"),
+        Binding("o", "cycle_sort", "Sort col"),
+        Binding("enter", "detail", "Detail"),
+        Binding("b", "breakdown", "Per worker"),
+    ]
+
+    class WindowChanged(Message):
+        """The user picked another window; the sampler should ask the agent for it."""
+
+        def __init__(self, window: float | None) -> None:
+            super().__init__()
+            self.window = window
+
+    window_index: reactive[int] = reactive(0)
+    """Index into WINDOWS."""
+    sort: reactive[str] = reactive("p99_ms")
+    """Row key the table is sorted by."""
+    breakdown: reactive[bool] = reactive(False)
+    """Show one row per worker process as well as the merged row."""
+    gone: reactive[str | None] = reactive(None)
+    """Why the process stopped answering, or None."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.view: AgentView | None = None
+        self._trends: dict[str, deque[float]] = {}
+        self._p50: dict[str, deque[float]] = {}
+        self._shown: list[str] = []
+        self.pid: int | None = None
+        self._gone = Static("", id="timings-gone")
+        self._help = Static(NO_AGENT, id="timings-help")
+        self._table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
+        self._counters = Static("", id="counters")
+
+        self._narrow: bool | None = None
+
+    def _columns(self) -> list[tuple[str, str, int]]:
+        if not self._narrow:
+            return list(COLUMNS)
+        return [(h, k, 16 if k == "name" else w) for h, k, w in COLUMNS if k in NARROW_KEYS]
+
+    def on_resize(self) -> None:
+        if self._set_columns(self.size.width < NARROW):
+            self._refresh_table()
+
+    def _set_columns(self, narrow: bool) -> bool:
+        """Lay out the columns for a narrow or wide pane; True where they changed."""
+        if narrow == self._narrow:
+            return False
+        self._narrow = narrow
+        self._table.clear(columns=True)
+        for header, key, width in self._columns():
+            self._table.add_column(header, key=key, width=width)
+        return True
+
+    def compose(self) -> ComposeResult:
+        yield self._gone
+        yield self._help
+        yield self._table
+        yield self._counters
+
+    def on_mount(self) -> None:
+        self._title()
+
+    def reset(self, pid: int) -> None:
+        """A new process was attached: forget the previous one's data."""
+        self.pid = pid
+        self.view = None
+        self.gone = None
+        self._trends.clear()
+        self._p50.clear()
+        self.set_class(False, "-no-agent")
+        if self.is_mounted:
+            self._table.clear()
+            self._counters.update("")
+            self._title()
+
+    def watch_gone(self, reason: str | None) -> None:
+        self.set_class(reason is not None, "-gone")
+        if reason is not None:
+            self._gone.update(f"process gone: {reason}. Last values kept.")
+
+    def show(self, view: AgentView | None, error: str | None = None) -> None:
+        """New agent data (None: the process has no agent)."""
+        if view is None:
+            if self.view is None:
+                self.set_class(True, "-no-agent")
+                if error:
+                    self._help.update(f"agent error: {error}\n\n{NO_AGENT}")
+            return
+        self.set_class(False, "-no-agent")
+        self.view = view
+        for name, row in view.timings.items():
+            if row["p99_ms"] is not None:
+                self._trends.setdefault(name, deque(maxlen=TREND)).append(row["p99_ms"])
+                self._p50.setdefault(name, deque(maxlen=TREND)).append(row["p50_ms"] or 0.0)
+        self._refresh_table()
+        parts = [
+            f"{name} {fmt_count(c.get('value'))} ({c.get('rate_per_s', 0):.1f}/s)"
+            for name, c in sorted(view.counters.items())
+        ]
+        parts += [f"{name} = {value:g}" for name, value in sorted(view.gauges.items())]
+        self._counters.update("   ".join(parts) if parts else "")
+        self._title()
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Table rows in display order (merged rows, and per-worker rows under each with `b`)."""
+        if self.view is None:
+            return []
+        rows = []
+        for name, t in self.view.timings.items():
+            count = t.get("count") or 0
+            rows.append(
+                {**t, "name": name, "error_percent": 100.0 * (t.get("errors") or 0) / count if count else 0.0}
+            )
+        rows.sort(key=lambda r: sort_key(r, self.sort))
+        if not (self.breakdown and self.view.per_pid):
+            return rows
+        out = []
+        for row in rows:
+            out.append(row)
+            for pid, per in sorted(self.view.per_pid.items()):
+                if row["name"] in per:
+                    sub = per[row["name"]]
+                    count = sub.get("count") or 0
+                    out.append(
+                        {
+                            **sub,
+                            "name": f"  └ pid {pid}",
+                            "metric": row["name"],
+                            "error_percent": 100.0 * (sub.get("errors") or 0) / count if count else 0.0,
+                        }
+                    )
+        return out
+
+    def _refresh_table(self) -> None:
+        if self._narrow is None:
+            self._set_columns(0 < self.size.width < NARROW)
+        table = self._table
+        cursor = table.cursor_row
+        selected = self._shown[cursor] if 0 <= cursor < len(self._shown) else None
+        table.clear()
+        self._shown = []
+        columns = self._columns()
+        for row in self.rows():
+            name = row["name"]
+            table.add_row(*(self._cell(row, key, width) for _, key, width in columns))
+            self._shown.append(row.get("metric", name))
+        if selected in self._shown:
+            table.move_cursor(row=self._shown.index(selected), animate=False)
+
+    def _cell(self, row: dict[str, Any], key: str, width: int) -> str:
+        if key == "name":
+            name: str = row["name"]
+            return name if len(name) <= width else name[: width - 1] + "…"
+        if key == "rate_per_s":
+            return f"{row.get('rate_per_s', 0):.1f}"
+        if key == "count":
+            return fmt_count(row.get("count"))
+        if key == "error_percent":
+            return f"{row['error_percent']:.1f}"
+        if key == "trend":
+            return trend_glyphs(list(self._trends.get(row.get("metric", row["name"]), ())))
+        return fmt_ms(row.get(key))
+
+    def _title(self) -> None:
+        label = WINDOWS[self.window_index][1]
+        who = "" if self.view is None else f" · {self.view.describe()}"
+        self.border_title = f"timings · window {label} · sort {self.sort.removesuffix('_ms')}{who}"
+
+    def watch_window_index(self, index: int) -> None:
+        self._trends.clear()
+        self._p50.clear()
+        self.post_message(self.WindowChanged(WINDOWS[index][0]))
+        if self.is_mounted:
+            self._title()
+
+    def watch_sort(self) -> None:
+        if self.is_mounted:
+            self._refresh_table()
+            self._title()
+
+    def watch_breakdown(self) -> None:
+        if self.is_mounted:
+            self._refresh_table()
+
+    def action_cycle_window(self) -> None:
+        self.window_index = (self.window_index + 1) % len(WINDOWS)
+
+    def action_cycle_sort(self) -> None:
+        self.sort = SORTABLE[(SORTABLE.index(self.sort) + 1) % len(SORTABLE)]
+
+    def action_breakdown(self) -> None:
+        if self.view is not None and not self.view.per_pid:
+            self.notify("only one process reports to this view: nothing to break down")
+        self.breakdown = not self.breakdown
+
+    @property
+    def selected_metric(self) -> str | None:
+        cursor = self._table.cursor_row
+        return self._shown[cursor] if 0 <= cursor < len(self._shown) else None
+
+    def action_detail(self) -> None:
+        name = self.selected_metric
+        if name is None or self.view is None or name not in self.view.sketches:
+            return
+        self.app.push_screen(
+            MetricDetail(
+                name,
+                self.view.sketches[name],
+                self.view.timings[name],
+                list(self._p50.get(name, ())),
+                list(self._trends.get(name, ())),
+                self.view.errors_by_type.get(name, {}),
+            )
+        )
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_detail()

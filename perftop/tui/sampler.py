@@ -1,0 +1,91 @@
+"""The sampler: one background thread that runs the collectors and posts their results as messages.
+
+The timer lives here, not on the UI thread: psutil and socket calls never run in the event loop. Pausing
+stops the posting; a change of interval or of the attached PID wakes the thread at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from textual.app import App
+
+from perftop.collectors.errors import CollectorError
+from perftop.tui.messages import (
+    AgentSampled,
+    ProcessesListed,
+    ProcessExited,
+    ProcessSampled,
+    SystemSampled,
+)
+from perftop.tui.sources import Sources
+
+log = logging.getLogger("perftop")
+
+
+class Sampler(threading.Thread):
+    """Samples every `interval` seconds: the host always; the process list or the attached process."""
+
+    def __init__(self, app: App[Any], sources: Sources, interval: float) -> None:
+        super().__init__(name="perftop-sampler", daemon=True)
+        self.app = app
+        self.sources = sources
+        self.interval = interval
+        self.paused = False
+        self.pid: int | None = None
+        """The attached PID; None shows the process list."""
+        self.window: float | None = None
+        """The timings window asked of the agent (seconds), None for since start."""
+        self._gone: int | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+
+    def poke(self) -> None:
+        """Sample now (after a change of PID, window, interval or pause)."""
+        self._wake.set()
+
+    def attach(self, pid: int | None) -> None:
+        self.pid = pid
+        self._gone = None
+        self.poke()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            if not self.paused:
+                self.tick()
+            self._wake.wait(self.interval)
+            self._wake.clear()
+
+    def tick(self) -> None:
+        """One round of sampling; every failure is contained so the thread never dies."""
+        try:
+            self.app.post_message(SystemSampled(self.sources.system()))
+        except Exception:
+            log.exception("system sampling failed")
+        pid = self.pid
+        if pid is None:
+            try:
+                self.app.post_message(ProcessesListed(self.sources.processes()))
+            except Exception:
+                log.exception("process listing failed")
+            return
+        if pid == self._gone:
+            return
+        try:
+            self.app.post_message(ProcessSampled(self.sources.process(pid)))
+        except CollectorError as exc:
+            self._gone = pid
+            self.app.post_message(ProcessExited(pid, str(exc)))
+            return
+        except Exception:
+            log.exception("process sampling failed")
+        try:
+            self.app.post_message(AgentSampled(pid, self.sources.agent(pid, self.window)))
+        except Exception as exc:
+            self.app.post_message(AgentSampled(pid, None, error=str(exc) or type(exc).__name__))

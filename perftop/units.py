@@ -1,0 +1,75 @@
+"""Human-readable numbers: bytes, rates, durations, counts. Shared by the TUI and the text report."""
+
+from __future__ import annotations
+
+import math
+
+_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def fmt_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB'; None -> '-'."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in _BYTE_UNITS:
+        if abs(value) < 1024 or unit == _BYTE_UNITS[-1]:
+            if unit == "B":
+                return f"{value:.0f} B"
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def fmt_rate(n: float | None) -> str:
+    """Bytes per second: 1536 -> '1.5 KiB/s'."""
+    return "-" if n is None else fmt_bytes(n) + "/s"
+
+
+def fmt_ms(ms: float | None) -> str:
+    """A duration in milliseconds, to three significant figures, in the unit that reads best."""
+    if ms is None or (isinstance(ms, float) and math.isnan(ms)):
+        return "-"
+    if ms < 0.001:
+        return f"{ms * 1e6:.0f}ns"
+    if ms < 1:
+        return f"{ms * 1000:.3g}µs"
+    if ms < 1000:
+        return f"{ms:.3g}ms"
+    return f"{ms / 1000:.3g}s"
+
+
+def fmt_count(n: float | None) -> str:
+    """12345 -> '12.3k'."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("", "k", "M", "G"):
+        if abs(value) < 1000:
+            return f"{value:.0f}{unit}" if unit == "" or value >= 100 else f"{value:.1f}{unit}"
+        value /= 1000
+    return f"{value:.1f}T"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """An uptime: 93784 -> '1d 2h03m'."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    days, s = divmod(s, 86400)
+    hours, s = divmod(s, 3600)
+    minutes, s = divmod(s, 60)
+    if days:
+        return f"{days}d {hours}h{minutes:02d}m"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{s:02d}s"
+    return f"{s}s"
+
+
+def fmt_limit(value: int | None, unit: str) -> str:
+    """A limit value: None is 'unlimited'; bytes are humanised."""
+    if value is None:
+        return "unlimited"
+    return fmt_bytes(value) if unit == "bytes" else f"{value:,}"

@@ -1,0 +1,48 @@
+"""perftop in a real terminal under tmux: attach to a child, read the screen, quit with q."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.tmux import Tmux
+
+pytestmark = pytest.mark.e2e
+
+CHILD = (
+    "import resource, time\n"
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (777, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))\n"
+    "files = [open('/dev/null') for _ in range(40)]\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.fixture
+def child() -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_attach_shows_system_and_process_panes_and_q_quits(
+    child: subprocess.Popen[str], tmp_path: Path
+) -> None:
+    term = Tmux([sys.executable, "-m", "perftop", "--pid", str(child.pid)], tmp_path, 100, 30)
+    try:
+        screen = term.wait_screen(lambda s: f"process {child.pid}" in s and "nofile" in s)
+        assert "system" in screen
+        assert "cpu" in screen and "mem" in screen
+        nofile = next(line for line in screen.splitlines() if "nofile" in line)
+        assert "777" in nofile, nofile
+        term.send("q")
+        assert term.wait_exit() == 0
+    finally:
+        term.kill()
+    assert child.poll() is None  # perftop never touched the process it watched

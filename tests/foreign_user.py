@@ -1,0 +1,64 @@
+"""Running test programs as another user (e.g. `nobody`) from a root test run.
+
+The test's own interpreter may live in a private home (pyenv under /root), so a Python the other user can
+run is probed for, and given psutil from our environment and perftop from the repository.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+REPO = str(Path(__file__).resolve().parent.parent)
+
+
+def dropper(uid: int, gid: int) -> Callable[[], None]:
+    """A preexec_fn that becomes `uid`:`gid` with no supplementary groups."""
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return drop
+
+
+def foreign_env() -> dict[str, str]:
+    """The environment for such a program: psutil from our virtualenv and perftop from the repository."""
+    site = str(Path(psutil.__file__).resolve().parent.parent)
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{REPO}:{site}"}
+
+
+@functools.cache
+def interpreter_for(uid: int, gid: int) -> str | None:
+    """A Python that user `uid` can run and that imports psutil and perftop, or None."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    candidates = [
+        sys.executable,
+        getattr(sys, "_base_executable", sys.executable),
+        *(f"{d}/{name}" for d in ("/usr/local/bin", "/usr/bin") for name in (version, "python3")),
+        shutil.which("python3"),
+    ]
+    for exe in dict.fromkeys(c for c in candidates if c):
+        try:
+            probe = subprocess.run(
+                [exe, "-c", "import psutil, perftop.collectors.process"],
+                preexec_fn=dropper(uid, gid),
+                env=foreign_env(),
+                capture_output=True,
+                timeout=60,
+                cwd="/",
+                check=False,
+            )
+        except OSError:  # missing, or not executable by that user
+            continue
+        if probe.returncode == 0:
+            return exe
+    return None

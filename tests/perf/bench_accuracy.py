@@ -1,0 +1,130 @@
+"""Benchmark: quantile accuracy end to end, and memory per metric.
+
+Run by hand: `.venv/bin/python tests/perf/bench_accuracy.py`. A target process started with the agent
+observes 1M samples of a lognormal and of a bimodal distribution through `perftop.observe`; the figures
+are read back through the socket and `timing_rows`, and compared with the exact nearest-rank quantiles
+of the same samples. Then 4 forked worker processes observe 250k samples each and their stats are merged
+(`find_child_agents` + `merge_stats`). Last, in this process, tracemalloc measures what one metric holds
+after 1M samples.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import perftop
+from perftop.agent.recorder import registry
+from perftop.collectors.agent_client import AgentClient, find_child_agents, merge_stats, timing_rows
+from perftop.sketch import Sketch, Windows
+from tests.targets.agent_harness import Target, short_tmp_dir, wait_for
+from tests.targets.agent_target import samples
+
+N = 1_000_000
+WORKERS = 4
+QS = (("p50_ms", 0.5), ("p90_ms", 0.9), ("p99_ms", 0.99), ("p999_ms", 0.999))
+
+
+def out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def exact(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[math.floor(q * (len(ordered) - 1))]
+
+
+def report(label: str, row: dict[str, float], values: list[float]) -> float:
+    worst = 0.0
+    out(f"{label}: count {row['count']} (expected {len(values)})")
+    for key, q in QS:
+        want = exact(values, q)
+        got = row[key]
+        err = abs(got - want) / want
+        worst = max(worst, err)
+        out(f"  {key:8} sketch {got:10.4f} ms  exact {want:10.4f} ms  relative error {err * 100:.3f}%")
+    return worst
+
+
+def stats_of(path: str) -> dict[str, object]:
+    with AgentClient(path, timeout=30) as client:
+        result: dict[str, object] = client.call("stats")
+        return result
+
+
+def main() -> None:
+    worst = 0.0
+    with short_tmp_dir() as tmp, Target(os.path.join(tmp, "socks")) as target:
+        for dist in ("lognormal", "bimodal"):
+            started = time.perf_counter()
+            assert target.cmd(f"samples {dist} 7 {N}", timeout=300) == f"done {N}"
+            elapsed = time.perf_counter() - started
+            row = timing_rows(stats_of(target.socket))[dist]
+            worst = max(
+                worst, report(f"{dist}, 1 process ({elapsed:.1f} s to observe)", row, samples(dist, 7, N))
+            )
+        line = target.cmd(f"workers {WORKERS} lognormal {N // WORKERS}", timeout=60)
+        pids = [int(p) for p in line.split()[1:]]
+        target.children.extend(pids)
+
+        def all_done() -> list[dict[str, object]] | None:
+            agents = find_child_agents(target.pid, target.socket_dir)
+            if len(agents) < WORKERS:
+                return None
+            results = [stats_of(path) for path in agents.values()]
+            counts = [timing_rows(r).get("lognormal", {}).get("count", 0) for r in results]
+            return results if all(c == N // WORKERS for c in counts) else None
+
+        results = wait_for(all_done, timeout=300, interval=0.5)
+        merged = merge_stats(results)
+        union = [v for i in range(WORKERS) for v in samples("lognormal", i, N // WORKERS)]
+        worst = max(
+            worst,
+            report(f"lognormal, {WORKERS} worker processes merged", timing_rows(merged)["lognormal"], union),
+        )
+    out(f"worst relative error: {worst * 100:.3f}% (promised: <= 1%)")
+
+    # Memory: what one metric holds once 1M samples are aggregated (the windows: at most 41 sketches).
+    values = samples("lognormal", 11, N)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    for ms in values:
+        perftop.observe("memory.probe", ms)
+    registry.flush()
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    bins = len(registry.timings["memory.probe"].windows.total.bins)
+    out(f"memory per metric after {N} samples in ~1 s: {grown / 1024:.1f} KiB (total sketch: {bins} bins)")
+
+    # Worst case: the same samples spread over 5 minutes, so that all 41 sketches of the rings are full.
+    t0 = 1_000_000.0
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    windows = Windows(started_at=t0)
+    per_second = N // 300
+    for s in range(300):
+        sketch = Sketch()
+        for ms in values[s * per_second : (s + 1) * per_second]:
+            sketch.add(ms * 1e6)
+        windows.add_sketch(t0 + s, sketch)
+        del sketch
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    out(f"memory per metric with every window slot filled (41 sketches): {grown / 1024:.1f} KiB")
+
+
+if __name__ == "__main__":
+    main()

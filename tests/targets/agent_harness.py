@@ -1,0 +1,205 @@
+"""Helpers for the agent tests: run `agent_target.py` as a real process and talk to it and its socket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from perftop.protocol import FrameDecoder, Hello, encode
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = Path(__file__).resolve().parent / "agent_target.py"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll `predicate` until it returns something truthy; that value, or AssertionError at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def short_tmp_dir() -> Iterator[str]:
+    """A fresh directory with a short path (Unix socket paths are limited to 107 bytes), removed after."""
+    path = tempfile.mkdtemp(prefix="pt-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def target_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    env.pop("PERFTOP_SOCKET_DIR", None)
+    return env
+
+
+class Target:
+    """One `agent_target.py` process: send it commands, read its answers, kill it at the end."""
+
+    def __init__(
+        self, socket_dir: str, name: str = "agent-target", script: Path = TARGET, expect_socket: bool = True
+    ) -> None:
+        self.socket_dir = socket_dir
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), socket_dir, name],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(ROOT),
+            env=target_env(),
+        )
+        self.children: list[int] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+        try:
+            ready = self.read_line(timeout=20).split()
+            assert ready[0] == "ready", ready
+            self.pid = int(ready[1])
+            self.socket = ready[2]
+            if expect_socket:
+                assert self.socket != "None", f"the agent did not start: {self.stderr}"
+        except BaseException:
+            self.kill()
+            raise
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._stderr)
+
+    def read_line(self, timeout: float = 10.0) -> str:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            message = f"no answer from the target within {timeout} s; stderr: {self.stderr}"
+            raise AssertionError(message) from None
+        if line is None:
+            raise AssertionError(f"the target exited ({self.proc.poll()}); stderr: {self.stderr}")
+        return line
+
+    def cmd(self, line: str, timeout: float = 20.0) -> str:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.read_line(timeout)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        for child in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(child, 0)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+
+    def __enter__(self) -> Target:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def thread_names(pid: int) -> list[str]:
+    names = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/comm") as f:
+            names.append(f.read().strip())
+    return names
+
+
+class RawViewer:
+    """A viewer speaking the protocol by hand, to send what a well-behaved client never would."""
+
+    def __init__(self, path: str, timeout: float = 5.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.decoder = FrameDecoder()
+        self.pending: list[dict[str, Any]] = []
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sock.sendall(encode(message))
+
+    def hello(self) -> dict[str, Any]:
+        """Read the agent's hello and answer with ours."""
+        first = self.read()
+        assert first is not None and first["type"] == "hello", first
+        self.send(Hello(role="viewer", pid=os.getpid()).to_dict())
+        return first
+
+    def read(self) -> dict[str, Any] | None:
+        """The next message, or None once the agent has closed the connection."""
+        while not self.pending:
+            try:
+                data = self.sock.recv(65536)
+            except ConnectionResetError:
+                return None
+            if not data:
+                return None
+            self.pending.extend(self.decoder.feed(data))
+        return self.pending.pop(0)
+
+    def read_all(self) -> list[dict[str, Any]]:
+        """Every message until the agent closes the connection."""
+        out = []
+        while (message := self.read()) is not None:
+            out.append(message)
+        return out
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+    def __enter__(self) -> RawViewer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
