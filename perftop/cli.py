@@ -19,6 +19,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+ACTIONS = ("gc", "memory", "profile", "profile_exact", "threads", "explain")
+
 
 class UsageError(Exception):
     """Bad usage or bad input: exit code 2."""
@@ -93,6 +95,35 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--window", type=_seconds, metavar="S", help="timings window (default: since start)")
     snap.add_argument("--json", action="store_true", help="print the JSON document of CLI.md")
     snap.add_argument("--no-children", action="store_true", help="do not merge the agents of child processes")
+    act = sub.add_parser(
+        "action",
+        help="run an action inside the attached agent",
+        description="Run an action inside PID's agent: gc, memory, profile, profile_exact, threads, or "
+        "explain --fingerprint FP. Prints a text report, or the JSON of CLI.md with --json.",
+    )
+    act.add_argument("--pid", type=_pid, dest="act_pid", metavar="PID", required=True)
+    act.add_argument("action", choices=ACTIONS, metavar="ACTION", help=", ".join(ACTIONS))
+    act.add_argument("--seconds", type=_seconds, help="profile duration (default 5)")
+    act.add_argument("--hz", type=float, help="profile sampling rate (default 100, at most 1000)")
+    act.add_argument("--threads", help="profile: all (default), main, or a thread name or ident")
+    act.add_argument("--include-idle", action="store_true", help="profile: count waiting threads too")
+    act.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="profile: save folded stacks (.folded/.txt) or speedscope JSON (.json)",
+    )
+    act.add_argument("--frames", type=int, help="memory: traceback depth when tracing starts (default 10)")
+    act.add_argument("--top", type=int, help="memory/profile_exact: how many sites to list")
+    act.add_argument("--stop", action="store_true", help="memory: stop tracing and free its memory")
+    act.add_argument("--generation", type=int, choices=(0, 1, 2), help="gc: up to this generation")
+    act.add_argument("--count-objects", action="store_true", help="gc: count tracked objects (slow)")
+    act.add_argument("--fingerprint", help="explain: the query fingerprint (from the queries list)")
+    act.add_argument("--analyze", action="store_true", help="explain: EXPLAIN ANALYZE (runs the SELECT)")
+    act.add_argument("--yes", action="store_true", help="explain --analyze: do not ask for confirmation")
+    act.add_argument("--json", action="store_true", help="print the JSON result")
+    act.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are")
+
     run = sub.add_parser(
         "run",
         help="run a Python program with the agent started, no code change",
@@ -113,6 +144,74 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=4, help="worker threads in the service (default 4)")
     _tui_options(demo)
     return parser
+
+
+def _action_params(args: argparse.Namespace) -> dict[str, object]:
+    """The request parameters of `perftop action`, from its options."""
+    if args.action == "explain":
+        if not args.fingerprint:
+            raise UsageError("explain needs --fingerprint FP (see the queries in 'perftop snapshot --json')")
+        if args.analyze and not args.yes:
+            if not sys.stdin.isatty():
+                raise UsageError("EXPLAIN ANALYZE runs the statement: add --yes to confirm")
+            sys.stderr.write("EXPLAIN ANALYZE runs the statement (SELECT only, rolled back). Go on? [y/N] ")
+            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+                raise Failure("cancelled")
+        return {"fingerprint": args.fingerprint, "analyze": args.analyze, "confirm": args.analyze}
+    options = {
+        "seconds": args.seconds,
+        "hz": args.hz,
+        "threads": args.threads,
+        "include_idle": args.include_idle or None,
+        "frames": args.frames,
+        "top": args.top,
+        "stop": args.stop or None,
+        "generation": args.generation,
+        "count_objects": args.count_objects or None,
+    }
+    return {"name": args.action, **{k: v for k, v in options.items() if v is not None}}
+
+
+def _run_action(args: argparse.Namespace) -> int:
+    from perftop.actions_view import render
+    from perftop.collectors.agent_client import AgentError, RequestFailed
+    from perftop.collectors.agent_view import call_agent
+    from perftop.collectors.errors import CollectorError
+    from perftop.collectors.process import check_pid
+
+    try:
+        check_pid(args.act_pid)
+    except CollectorError as exc:
+        raise UsageError(str(exc)) from None
+    params = _action_params(args)
+    method = "explain" if args.action == "explain" else "action"
+    timeout = (args.seconds or 5.0) + 60.0
+    try:
+        result = call_agent(args.act_pid, method, params, args.socket_dir, timeout)
+    except RequestFailed as exc:
+        raise Failure(f"{args.action} failed in PID {args.act_pid}: {exc}") from None
+    except AgentError as exc:
+        raise UsageError(
+            f"{exc}; start one with perftop.start() in the app, 'perftop run', or 'perftop inject PID'"
+        ) from None
+    if args.output and args.action == "profile":
+        _save_profile(result, args.output)
+    if args.json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        sys.stdout.write(render(args.action, result) + "\n")
+    return EXIT_OK
+
+
+def _save_profile(result: dict[str, object], path: str) -> None:
+    """Folded stacks for flamegraph.pl, or a speedscope document for .json paths."""
+    text = json.dumps(result.get("speedscope")) if path.endswith(".json") else str(result.get("folded", ""))
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(text)
+    except OSError as exc:
+        raise Failure(f"cannot write {path}: {exc.strerror}") from None
+    sys.stderr.write(f"perftop: profile saved to {path}\n")
 
 
 def _run_program(args: argparse.Namespace) -> int:
@@ -195,6 +294,7 @@ def _run_snapshot(args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "attach": lambda a: _run_tui(a.attach_pid, a),
     "snapshot": _run_snapshot,
+    "action": _run_action,
     "run": _run_program,
     "demo": _run_demo,
 }
