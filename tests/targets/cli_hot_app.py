@@ -6,7 +6,7 @@ import time
 
 import perftop
 
-LEAK: list[bytes] = []
+LEAK: list[bytearray] = []
 
 
 def burn_cpu_here() -> int:
@@ -17,7 +17,7 @@ def burn_cpu_here() -> int:
 
 
 def leak_a_little() -> None:
-    LEAK.extend(b"x" * 100 for _ in range(500))
+    LEAK.extend(bytearray(100) for _ in range(500))
 
 
 def worker(stop: threading.Event) -> None:
