@@ -56,6 +56,7 @@ class Sampler(threading.Thread):
         self._wake.set()
 
     def run(self) -> None:
+        self._wake.clear()  # a poke before the start is served by the first tick itself
         while not self._stopping.is_set():
             if not self.paused:
                 self.tick()
