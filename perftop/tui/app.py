@@ -8,7 +8,6 @@ from typing import Any, TypeVar
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -26,6 +25,8 @@ from perftop.tui.messages import (
     ProcessSampled,
     SystemSampled,
 )
+from perftop.tui.panes.actions import ActionsPane
+from perftop.tui.panes.attached import AttachedView
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.proclist import ProcessListPane
 from perftop.tui.panes.queries import QueriesPane
@@ -56,6 +57,7 @@ class PerftopApp(App[int]):
         Binding("1", "tab('tab-process')", "Process tab", show=False),
         Binding("2", "tab('tab-timings')", "Timings tab", show=False),
         Binding("3", "tab('tab-queries')", "Queries tab", show=False),
+        Binding("4", "tab('tab-actions')", "Actions tab", show=False),
     ]
 
     paused: reactive[bool] = reactive(False)
@@ -73,6 +75,7 @@ class PerftopApp(App[int]):
         theme_name: str | None = None,
         themes: dict[str, Theme] | None = None,
         start_sampler: bool = True,
+        profile_seconds: float = 5.0,
     ) -> None:
         super().__init__()
         self.sources = sources
@@ -81,6 +84,7 @@ class PerftopApp(App[int]):
         self._themes = themes or {}
         self.sampler = Sampler(self, sources, interval)
         self._start_sampler = start_sampler
+        self._profile_seconds = profile_seconds
         self.set_reactive(PerftopApp.interval, interval)
 
     def compose(self) -> ComposeResult:
@@ -88,13 +92,15 @@ class PerftopApp(App[int]):
         yield SystemPane(id="system")
         with ContentSwitcher(initial="list", id="main"):
             yield ProcessListPane(id="list")
-            with Vertical(id="attached"), TabbedContent(id="tabs"):
+            with AttachedView(id="attached"), TabbedContent(id="tabs"):
                 with TabPane("Process", id="tab-process"):
                     yield ProcessPane(id="process")
                 with TabPane("Timings", id="tab-timings"):
                     yield TimingsPane(id="timings")
                 with TabPane("Queries", id="tab-queries"):
                     yield QueriesPane(id="queries")
+                with TabPane("Actions", id="tab-actions"):
+                    yield ActionsPane(id="actions", profile_seconds=self._profile_seconds)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -205,6 +211,7 @@ class PerftopApp(App[int]):
         process.sample = None
         self.query_one(TimingsPane).reset(pid)
         self.query_one(QueriesPane).reset()
+        self.query_one(ActionsPane).reset(pid)
         self.query_one("#main", ContentSwitcher).current = "attached"
         self.query_one(TabbedContent).active = "tab-process"
         self.call_after_refresh(process.focus)
@@ -284,6 +291,16 @@ class PerftopApp(App[int]):
         yield SystemCommand("app: Faster refresh", "Shorten the refresh interval", self.action_faster)
         if self.attached is not None:
             yield SystemCommand("process: Back to the list", "Detach from the process", self.action_detach)
+            view = self.query_one(AttachedView)
+            for verb, action, help_text in (
+                ("CPU profile", "profile", "Sample every thread for the set seconds"),
+                ("Exact profile", "profile_exact", "cProfile for the set seconds"),
+                ("Memory snapshot", "memory", "Start tracemalloc, or diff against the last snapshot"),
+                ("Stop memory tracing", "memory_stop", "Stop tracemalloc and free its memory"),
+                ("Force GC", "gc", "gc.collect() with before/after"),
+                ("Thread dump", "threads", "Every thread's stack, and asyncio tasks"),
+            ):
+                yield SystemCommand(f"process: {verb}", help_text, lambda a=action: view.action_run(a))
         else:
             plist = self.query_one(ProcessListPane)
             yield SystemCommand("processes: Filter", "Filter by name or command line", plist.action_filter)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -46,3 +47,36 @@ def test_attach_shows_system_and_process_panes_and_q_quits(
     finally:
         term.kill()
     assert child.poll() is None  # perftop never touched the process it watched
+
+
+HOT = str(Path(__file__).resolve().parent.parent / "targets" / "cli_hot_app.py")
+
+
+def test_p_profiles_and_shows_the_hot_function(tmp_path: Path) -> None:
+    env_dir = str(tmp_path / "sockets")
+    target = subprocess.Popen(
+        [sys.executable, HOT],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PERFTOP_SOCKET_DIR": env_dir},
+    )
+    term = None
+    try:
+        assert target.stdout is not None and target.stdout.readline().strip() == "ready"
+        os.environ["PERFTOP_SOCKET_DIR"] = env_dir
+        try:
+            term = Tmux([sys.executable, "-m", "perftop", "--pid", str(target.pid)], tmp_path, 120, 40)
+        finally:
+            del os.environ["PERFTOP_SOCKET_DIR"]
+        term.wait_screen(lambda s: f"process {target.pid}" in s)
+        term.send("p")
+        screen = term.wait_screen(lambda s: "burn_cpu_here" in s, timeout=40)
+        assert "CPU profile" in screen
+        term.send("q")
+        assert term.wait_exit() == 0
+    finally:
+        if term is not None:
+            term.kill()
+        target.kill()
+        target.wait()

@@ -1,0 +1,205 @@
+"""The actions pane: results of the actions run inside the attached process (profile, memory, gc, threads).
+
+The keys that start actions belong to the attached view (`AttachedView`), so they work from every tab of
+it; the results land here, stay on screen after the action, and `s` saves them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.reactive import reactive
+from textual.widgets import Label, ProgressBar, Static
+
+from perftop.actions_view import render
+from perftop.tui.messages import AgentReply
+from perftop.tui.widgets.flame import FlameView
+
+TITLES = {
+    "profile": "CPU profile (sampling)",
+    "profile_exact": "exact profile (cProfile)",
+    "memory": "memory (tracemalloc)",
+    "gc": "forced GC",
+    "threads": "thread dump",
+}
+PROFILE_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+"""The profile durations `,` and `.` step through."""
+
+
+class ActionsPane(Vertical):
+    """Progress of the running action and the last result; `f` flips a profile between table and flame."""
+
+    DEFAULT_CSS = """
+    ActionsPane { height: 1fr; border: round $primary; border-title-color: $primary; }
+    ActionsPane > #action-status { height: 1; padding: 0 1; }
+    ActionsPane > #action-status > Label { width: 1fr; }
+    ActionsPane > #action-status > ProgressBar { width: 40; display: none; }
+    ActionsPane.-running > #action-status > ProgressBar { display: block; }
+    ActionsPane > #result-scroll { height: 1fr; padding: 0 1; }
+    ActionsPane > FlameView { display: none; }
+    ActionsPane.-flame > FlameView { display: block; }
+    ActionsPane.-flame > #result-scroll { display: none; }
+    """
+
+    BINDINGS = [
+        Binding("f", "toggle_flame", "Flame/table"),
+        Binding("s", "save", "Save result"),
+        Binding("comma", "seconds(-1)", "-Profile s", key_display=","),
+        Binding("full_stop", "seconds(1)", "+Profile s", key_display="."),
+    ]
+
+    profile_seconds: reactive[float] = reactive(5.0)
+    """How long `p` and `P` profile for."""
+    running: reactive[str | None] = reactive(None)
+    """The action under way, or None."""
+
+    def __init__(self, *, id: str | None = None, profile_seconds: float = 5.0) -> None:
+        super().__init__(id=id)
+        self.set_reactive(ActionsPane.profile_seconds, profile_seconds)
+        self.results: dict[str, Any] = {}
+        """The last result of each action, by name."""
+        self.last: str | None = None
+        """The action whose result is shown."""
+        self._started = 0.0
+        self._duration = 0.0
+        self._status = Label("", id="action-status-text")
+        self._progress = ProgressBar(total=100, show_eta=False, id="action-progress")
+        self._text = Static("", id="result")
+        self._flame = FlameView(id="flame")
+        self.pid: int | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="action-status"):
+            yield self._status
+            yield self._progress
+        with VerticalScroll(id="result-scroll"):
+            yield self._text
+        yield self._flame
+
+    def on_mount(self) -> None:
+        self.set_interval(0.1, self._tick)
+        self._show_status()
+        self._text.update(
+            "Keys on the attached process (from any tab):\n"
+            "  p  CPU profile for the set seconds (all threads, sampled in the app's agent)\n"
+            "  P  exact profile (cProfile; its overhead is stated with the result)\n"
+            "  m  memory: first press starts tracemalloc, later presses diff against the previous snapshot\n"
+            "  M  stop tracing and free tracemalloc's memory\n"
+            "  g  forced GC with before/after     t  thread dump (and asyncio tasks)\n"
+            "Here: , and . change the profile seconds, f flame view, s save the result."
+        )
+        self.border_title = "actions"
+
+    def reset(self, pid: int) -> None:
+        self.pid = pid
+        self.results.clear()
+        self.last = None
+        self.running = None
+
+    def start(self, name: str, params: dict[str, Any]) -> bool:
+        """Run an action in the attached agent; refused (with a notice) while another runs."""
+        from perftop.tui.app import PerftopApp
+
+        if self.running is not None:
+            elapsed = time.monotonic() - self._started
+            self.notify(
+                f"{TITLES[self.running]} is running ({elapsed:.1f} s); wait for it", severity="warning"
+            )
+            return False
+        app = self.app
+        if not isinstance(app, PerftopApp):
+            return False
+        seconds = float(params.get("seconds", 0.0))
+        if not app.agent_call("action", {"name": name, **params}, self, timeout=seconds + 60.0):
+            return False
+        self.running = name
+        self._started = time.monotonic()
+        self._duration = seconds
+        self._progress.update(total=max(seconds, 0.1), progress=0)
+        self._show_status()
+        return True
+
+    def watch_running(self, running: str | None) -> None:
+        self.set_class(running is not None and self._duration > 0, "-running")
+
+    def _tick(self) -> None:
+        if self.running is not None:
+            elapsed = time.monotonic() - self._started
+            if self._duration:
+                self._progress.update(progress=min(elapsed, self._duration))
+            self._show_status()
+
+    def _show_status(self) -> None:
+        if self.running is not None:
+            elapsed = time.monotonic() - self._started
+            of = f" of {self._duration:g} s" if self._duration else ""
+            text = f"{TITLES[self.running]}: running {elapsed:.1f} s{of}"
+        elif self.last is not None:
+            text = f"{TITLES[self.last]}: done · s saves it"
+        else:
+            text = "no action run yet"
+        self._status.update(f"{text} · profile length {self.profile_seconds:g} s")
+
+    @on(AgentReply)
+    def _reply(self, msg: AgentReply) -> None:
+        if msg.method != "action":
+            return
+        msg.stop()
+        name = str(msg.params.get("name"))
+        self.running = None
+        if msg.error is not None:
+            self.notify(f"{TITLES.get(name, name)} failed: {msg.error}", severity="error", timeout=8)
+            self._show_status()
+            return
+        self.results[name] = msg.result
+        self.last = name
+        self._text.update(render(name, msg.result))
+        if name == "profile" and isinstance(msg.result, dict):
+            self._flame.load(msg.result.get("tree"))
+        self.set_class(False, "-flame")
+        self._show_status()
+        self.border_title = f"actions · {TITLES.get(name, name)}"
+
+    def action_toggle_flame(self) -> None:
+        if self.last != "profile":
+            self.notify("the flame view needs a CPU profile: press p")
+            return
+        self.toggle_class("-flame")
+        if self.has_class("-flame"):
+            self._flame.focus()
+
+    def action_seconds(self, step: int) -> None:
+        i = min(range(len(PROFILE_SECONDS)), key=lambda k: abs(PROFILE_SECONDS[k] - self.profile_seconds))
+        self.profile_seconds = PROFILE_SECONDS[max(0, min(len(PROFILE_SECONDS) - 1, i + step))]
+        self._show_status()
+
+    def action_save(self) -> None:
+        """Write the shown result as JSON (and a profile's folded stacks and speedscope file) here."""
+        if self.last is None:
+            self.notify("nothing to save yet")
+            return
+        paths = save_result(self.last, self.results[self.last], self.pid or 0, Path.cwd())
+        self.notify("saved " + ", ".join(str(p) for p in paths), timeout=10)
+
+
+def save_result(name: str, result: Any, pid: int, folder: Path) -> list[Path]:
+    """Files for one result: a `.json`, plus `.folded` and `.speedscope.json` for profiles."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = folder / f"perftop-{name}-{pid}-{stamp}"
+    paths = [base.with_suffix(".json")]
+    paths[0].write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if name == "profile" and isinstance(result, dict):
+        folded = base.with_suffix(".folded")
+        folded.write_text(str(result.get("folded", "")), encoding="utf-8")
+        speedscope = Path(os.fspath(base) + ".speedscope.json")
+        speedscope.write_text(json.dumps(result.get("speedscope")), encoding="utf-8")
+        paths += [folded, speedscope]
+    return paths

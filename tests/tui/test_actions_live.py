@@ -1,0 +1,88 @@
+"""The Actions pane against a real instrumented process: the keys run real actions in its agent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from textual.widgets import TabbedContent
+
+from perftop.collectors.discovery import find_agent
+from perftop.tui.app import PerftopApp
+from perftop.tui.panes.actions import ActionsPane
+from perftop.tui.panes.process import ProcessPane
+from perftop.tui.sources import LiveSources
+from perftop.tui.widgets.flame import FlameView
+from tests.tui.waiting import wait_for
+
+TARGET = str(Path(__file__).resolve().parent.parent / "targets" / "cli_hot_app.py")
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    sockets = str(tmp_path / "sockets")
+    env = {**os.environ, "PERFTOP_SOCKET_DIR": sockets}
+    proc = subprocess.Popen(
+        [sys.executable, TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 10
+    while find_agent(proc.pid, sockets) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield proc, sockets
+    proc.kill()
+    proc.wait()
+
+
+async def test_action_keys_run_in_the_agent_and_show_results(
+    target: tuple[subprocess.Popen[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc, sockets = target
+    monkeypatch.chdir(tmp_path)
+    app = PerftopApp(sources=LiveSources(socket_dir=sockets), pid=proc.pid, interval=0.5, profile_seconds=1.0)
+    async with app.run_test(size=(140, 45)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
+        pane = app.query_one(ActionsPane)
+        await pilot.press("p")
+        assert app.query_one(TabbedContent).active == "tab-actions"
+        assert pane.running == "profile"
+        await pilot.press("p")  # refused while the first one runs
+        await wait_for(pilot, lambda: "profile" in pane.results, timeout=30)
+        profile = pane.results["profile"]
+        assert profile["top"][0]["function"] == "burn_cpu_here"
+        assert "burn_cpu_here" in str(pane.query_one("#result").render())
+        # the flame view: navigable, zooms
+        pane.query_one("#result-scroll").focus()
+        await pilot.press("f")
+        flame = pane.query_one(FlameView)
+        assert flame.display and flame.has_focus
+        root = flame.root
+        assert root is not None and flame.cursor is not None
+        await pilot.press("down", "enter")
+        zoomed = flame.root
+        assert zoomed is not root and zoomed is flame.cursor and zoomed is not None
+        await pilot.press("backspace")
+        assert flame.root is zoomed.parent
+        # gc, threads, memory twice, stop
+        await pilot.press("g")
+        await wait_for(pilot, lambda: "gc" in pane.results, timeout=30)
+        assert "collected" in str(pane.query_one("#result").render())
+        await pilot.press("t")
+        await wait_for(pilot, lambda: "threads" in pane.results, timeout=30)
+        assert "idle-waiter" in {t["name"] for t in pane.results["threads"]}
+        await pilot.press("m")
+        await wait_for(pilot, lambda: "memory" in pane.results, timeout=30)
+        assert pane.results["memory"]["started"] is True
+        await pilot.press("M")
+        await wait_for(pilot, lambda: pane.results["memory"]["tracing"] is False, timeout=30)
+        # results stay and can be saved
+        pane.query_one("#result-scroll").focus()
+        await pilot.press("s")
+        assert len(list(tmp_path.glob("perftop-memory-*.json"))) == 1
+    assert proc.poll() is None
