@@ -55,7 +55,7 @@ class Shop:
         self._leak_per_call = leak_per_call
         self._lock = threading.Lock()
 
-    def setup(self, customers: int = 2000, orders: int = 40000) -> None:
+    def setup(self, customers: int = 2000, orders: int = 150_000) -> None:
         """Create and fill the schema; `orders.status` and `customers.email` are left unindexed."""
         from sqlalchemy import text
 

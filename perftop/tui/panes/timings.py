@@ -41,7 +41,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
 )
 """(header, row key, width) of each column; any column but the trend can be the sort key."""
 SORTABLE = tuple(key for _, key, _ in COLUMNS if key != "trend")
-NARROW = 110
+NARROW = 132
 """Below this width only the columns in NARROW_KEYS are shown, so p99 stays on an 80-column screen."""
 NARROW_KEYS = ("name", "rate_per_s", "error_percent", "p50_ms", "p99_ms", "p999_ms", "max_ms")
 TREND = 30
