@@ -202,3 +202,16 @@ async def test_second_explain_while_one_runs_is_refused() -> None:
         await pilot.press("e")
         await wait_for(pilot, lambda: isinstance(app.screen, ExplainView), timeout=10)
         assert len(sources.requests) == 1
+
+
+async def test_resizing_down_to_tiny_and_back_never_crashes() -> None:
+    app, _ = make_app(pid=202)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
+        for tab in ("1", "2", "3", "4"):
+            await pilot.press(tab)
+            for size in ((80, 24), (40, 12), (20, 5), (200, 60), (80, 24)):
+                await pilot.resize_terminal(*size)
+                await pilot.pause()
+        assert app.is_running
+        assert app.query_one(ProcessPane).sample is not None
