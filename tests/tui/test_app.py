@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from textual.widgets import ContentSwitcher, DataTable, Label, TabbedContent
 
+from perftop.themes import resolve_theme
 from perftop.tui.app import PerftopApp
 from perftop.tui.panes.metric_detail import MetricDetail
 from perftop.tui.panes.process import ProcessPane
@@ -11,6 +13,7 @@ from perftop.tui.panes.proclist import ProcessListPane
 from perftop.tui.panes.queries import ExplainView, QueriesPane
 from perftop.tui.panes.system import SystemPane
 from perftop.tui.panes.timings import TimingsPane
+from perftop.tui.widgets.bar import UsageBar
 from perftop.tui.widgets.confirm import Confirm
 from tests.tui.fixed import FixedSources
 from tests.tui.waiting import wait_for
@@ -215,3 +218,17 @@ async def test_resizing_down_to_tiny_and_back_never_crashes() -> None:
                 await pilot.pause()
         assert app.is_running
         assert app.query_one(ProcessPane).sample is not None
+
+
+@pytest.mark.parametrize("theme", ["perftop-dark", "perftop-light", "perftop-contrast"])
+async def test_themes_load_and_warnings_read_without_colour(theme: str) -> None:
+    _, themes = resolve_theme(theme)
+    app = PerftopApp(sources=FixedSources(), pid=202, interval=0.1, theme_name=theme, themes=themes)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = app.query_one(ProcessPane)
+        await wait_for(pilot, lambda: pane.query("#limit-nproc UsageBar.-error"))
+        assert app.theme == theme
+        nofile = pane.query_one("#limit-nofile UsageBar", UsageBar)
+        nproc = pane.query_one("#limit-nproc UsageBar", UsageBar)
+        assert nofile.has_class("-warning") and str(nofile.render()).rstrip().endswith(" 85%!")
+        assert str(nproc.render()).rstrip().endswith(" 97%!!")

@@ -29,11 +29,11 @@ class UsageBar(Widget):
         self.set_class(ratio is not None and ratio >= ERROR_AT, "-error")
 
     def render(self) -> Text:
-        width = max(self.size.width - 6, 2)
+        width = max(self.size.width - 7, 2)
         ratio = self.ratio
         if ratio is None:
-            return Text("·" * width + "    -")
+            return Text("·" * width + "    -  ")
         filled = round(min(max(ratio, 0.0), 1.0) * width)
         mark = "!!" if ratio >= ERROR_AT else "!" if ratio >= WARN_AT else ""
         pct = f"{ratio * 100:3.0f}%{mark}"
-        return Text("█" * filled + "░" * (width - filled) + " " + pct[:5].ljust(5))
+        return Text("█" * filled + "░" * (width - filled) + " " + pct.ljust(6))
