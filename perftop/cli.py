@@ -14,6 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from perftop._version import __version__
+from perftop.export.prometheus import add_export_parser, run_export
+from perftop.recording import add_record_parser, add_replay_parser, run_record, run_replay
+from perftop.web import add_web_parser, run_web
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -143,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-tui", action="store_true", help="run only the service; print its PID first")
     demo.add_argument("--threads", type=int, default=4, help="worker threads in the service (default 4)")
     _tui_options(demo)
+
+    add_export_parser(sub)
+    add_record_parser(sub)
+    add_replay_parser(sub)
+    add_web_parser(sub)
     return parser
 
 
@@ -295,6 +303,10 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "attach": lambda a: _run_tui(a.attach_pid, a),
     "snapshot": _run_snapshot,
     "action": _run_action,
+    "export": run_export,
+    "record": run_record,
+    "replay": run_replay,
+    "web": run_web,
     "run": _run_program,
     "demo": _run_demo,
 }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -17,6 +18,7 @@ from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent, TabPa
 
 from perftop._version import __version__
 from perftop.collectors.agent_client import AgentError
+from perftop.recording import Recorder, RecordingError
 from perftop.tui.messages import (
     AgentReply,
     AgentSampled,
@@ -58,6 +60,7 @@ class PerftopApp(App[int]):
         Binding("2", "tab('tab-timings')", "Timings tab", show=False),
         Binding("3", "tab('tab-queries')", "Queries tab", show=False),
         Binding("4", "tab('tab-actions')", "Actions tab", show=False),
+        Binding("r", "toggle_recording", "Record", show=False),
     ]
 
     paused: reactive[bool] = reactive(False)
@@ -85,6 +88,8 @@ class PerftopApp(App[int]):
         self.sampler = Sampler(self, sources, interval)
         self._start_sampler = start_sampler
         self._profile_seconds = profile_seconds
+        self.recorder: Recorder | None = None
+        """The recording of the attached process that `r` started, while it runs."""
         self.set_reactive(PerftopApp.interval, interval)
 
     def compose(self) -> ComposeResult:
@@ -121,6 +126,10 @@ class PerftopApp(App[int]):
 
     def on_unmount(self) -> None:
         self.sampler.stop()
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.on_finish = None  # the app is going: nobody to tell
+            recorder.stop()
 
     # -- data in ---------------------------------------------------------------------------------------
 
@@ -247,6 +256,53 @@ class PerftopApp(App[int]):
             target = pane.query("DataTable").first() if pane.query("DataTable") else pane
             target.focus()
 
+    def action_toggle_recording(self) -> None:
+        """`r`: start recording the attached process to a file here, or stop the recording under way."""
+        recorder = self.recorder
+        if recorder is not None:
+            self.recorder = None
+            self.run_worker(recorder.stop, thread=True, group="recording", description="stop recording")
+            self.notify(f"recording stopped: {recorder.intervals} intervals in {recorder.path}")
+            self._status()
+            return
+        pid = self.attached
+        if pid is None:
+            self.notify("attach to a process first (Enter in the list), then press r to record it")
+            return
+        path = f"perftop-{pid}-{time.strftime('%Y%m%d-%H%M%S')}.rec"
+        recorder = Recorder(
+            pid,
+            path,
+            self.interval,
+            getattr(self.sources, "socket_dir", None),
+            on_finish=lambda r: self.call_from_thread(self._recording_ended, r),
+        )
+        self.recorder = recorder
+
+        def start() -> None:
+            try:
+                recorder.start()
+            except RecordingError as exc:
+                self.call_from_thread(self._recording_failed, recorder, str(exc))
+            else:
+                self.call_from_thread(self.notify, f"recording pid {pid} to {path} (r stops)")
+
+        self.run_worker(start, thread=True, group="recording", description=f"record pid {pid}")
+        self._status()
+
+    def _recording_failed(self, recorder: Recorder, message: str) -> None:
+        if self.recorder is recorder:
+            self.recorder = None
+        self.notify(f"cannot record: {message}", severity="error")
+        self._status()
+
+    def _recording_ended(self, recorder: Recorder) -> None:
+        if self.recorder is recorder:
+            self.recorder = None
+        why = recorder.error or recorder.ended or "stopped"
+        self.notify(f"recording ended ({why}): {recorder.intervals} intervals in {recorder.path}")
+        self._status()
+
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
 
@@ -278,6 +334,8 @@ class PerftopApp(App[int]):
             return
         where = "process list" if self.attached is None else f"attached to {self.attached}"
         state = " · [reverse] PAUSED [/reverse]" if self.paused else ""
+        if self.recorder is not None:
+            state += f" · ● REC {self.recorder.path}"
         self.query_one("#status", Label).update(
             f"perftop {__version__} · {where} · every {self.interval:g}s{state} · ? keys · ctrl+p commands"
         )
@@ -291,6 +349,11 @@ class PerftopApp(App[int]):
         yield SystemCommand("app: Faster refresh", "Shorten the refresh interval", self.action_faster)
         if self.attached is not None:
             yield SystemCommand("process: Back to the list", "Detach from the process", self.action_detach)
+            yield SystemCommand(
+                "process: Start or stop recording",
+                "Record this process to a file for perftop replay",
+                self.action_toggle_recording,
+            )
             view = self.query_one(AttachedView)
             for verb, action, help_text in (
                 ("CPU profile", "profile", "Sample every thread for the set seconds"),

@@ -13,6 +13,7 @@ import pytest
 from textual.widgets import TabbedContent
 
 from perftop.collectors.discovery import find_agent
+from perftop.recording import RecordingReader
 from perftop.tui.app import PerftopApp
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
@@ -86,3 +87,27 @@ async def test_action_keys_run_in_the_agent_and_show_results(
         await pilot.press("s")
         assert len(list(tmp_path.glob("perftop-memory-*.json"))) == 1
     assert proc.poll() is None
+
+
+async def test_r_records_the_attached_process_and_r_again_stops(
+    target: tuple[subprocess.Popen[str], str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc, sockets = target
+    monkeypatch.chdir(tmp_path)
+    app = PerftopApp(sources=LiveSources(socket_dir=sockets), pid=proc.pid, interval=0.25)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
+        await pilot.press("r")
+        recorder = app.recorder
+        assert recorder is not None
+        assert "REC" in str(app.query_one("#status").render())
+        await wait_for(pilot, lambda: recorder.intervals >= 3, timeout=30)
+        await pilot.press("r")
+        assert app.recorder is None
+        await wait_for(pilot, lambda: not recorder.running, timeout=30)
+    reader = RecordingReader(recorder.path)
+    assert reader.pid == proc.pid
+    assert len(reader.times) >= 3
+    frame = reader.frame(len(reader) - 1)
+    assert frame["process"]["pid"] == proc.pid
+    assert "work" in frame["timings"]  # the target's own metric, from its agent

@@ -1,0 +1,797 @@
+"""`perftop export`: a Prometheus scrape endpoint for this host's agents, system and processes.
+
+Built on prometheus_client: one custom collector yields metric families on every scrape and the library's
+exposition writes them, as the Prometheus text format or as OpenMetrics depending on the Accept header.
+Each scrape samples the host (the SystemCollector is kept, so rates are measured between scrapes), every
+process that has an agent in the socket directory or was named with `--pid` (one ProcessCollector each,
+dropped when the process goes), and asks every agent for its stats since start.
+
+Every timing is exported twice: as a summary (p50/p90/p99 from the agent's sketch) and as a classic
+histogram whose `le` buckets are the same on every host (a 1-2-5 series from 100 µs to 50 s), so that
+`histogram_quantile(0.99, sum by (le) (rate(perftop_timing_histogram_seconds_bucket[5m])))` gives the p99
+of a whole fleet. Bucket counts come from the sketch's bins: a bin counts towards `le` when its upper
+bound is at most `le` (so a count is never over-stated; a bin straddling `le` goes to the next bucket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import accumulate
+from typing import TYPE_CHECKING, Any
+
+from perftop.agent import paths
+from perftop.sketch import ALPHA, GAMMA
+from perftop.web import is_loopback, parse_listen
+
+if TYPE_CHECKING:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
+
+    from perftop.collectors.agent_client import AgentClient
+    from perftop.collectors.model import ProcessSample, SystemSample
+    from perftop.collectors.process import ProcessCollector
+
+# prometheus_client, psutil and the collectors are imported where they are used, so that registering
+# this command on the CLI's parser costs nothing to the other commands.
+
+log = logging.getLogger("perftop")
+
+NS_PER_S = 1e9
+BUCKETS_S: tuple[float, ...] = tuple(m * 10.0**e for e in range(-4, 2) for m in (1.0, 2.0, 5.0))
+"""The `le` bounds of every timing histogram, in seconds: 100 µs, 200 µs, 500 µs, 1 ms, ... 20 s, 50 s."""
+QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
+"""The quantiles of the timing summaries."""
+DEFAULT_LISTEN = "127.0.0.1:9464"
+DEFAULT_MAX_QUERIES = 50
+AGENT_TIMEOUT_S = 5.0
+"""How long one agent may take to answer a scrape's stats request."""
+
+
+def _bin_thresholds(bounds_s: Sequence[float]) -> list[int]:
+    """For each bound, the highest sketch bin index whose upper edge (GAMMA**i ns) is at most the bound."""
+    out = []
+    for bound in bounds_s:
+        ns = bound * NS_PER_S
+        i = math.ceil(math.log(ns) / math.log(GAMMA))
+        while GAMMA**i > ns:
+            i -= 1
+        while GAMMA ** (i + 1) <= ns:
+            i += 1
+        out.append(i)
+    return out
+
+
+_THRESHOLDS = _bin_thresholds(BUCKETS_S)
+_LE = [*(f"{b:g}" for b in BUCKETS_S), "+Inf"]
+_REPR = 2.0 / (GAMMA + 1.0)
+
+
+class TimingDigest:
+    """What one scrape exports of one timing sketch: count, sum, quantiles and cumulative bucket counts."""
+
+    __slots__ = ("buckets", "count", "errors", "quantiles", "sum_s")
+
+    def __init__(
+        self, count: int, errors: int, sum_s: float, quantiles: list[float], buckets: list[float]
+    ) -> None:
+        self.count = count
+        self.errors = errors
+        self.sum_s = sum_s
+        self.quantiles = quantiles
+        """Seconds, one per QUANTILES (NaN when the sketch is empty)."""
+        self.buckets = buckets
+        """Cumulative counts, one per BUCKETS_S and a last one for +Inf (the count)."""
+
+
+def digest_sketch(data: Any) -> TimingDigest:
+    """Summarise a serialized sketch (`Sketch.to_dict`, values in ns) in one pass over its sorted bins.
+
+    The quantiles are those `Sketch.quantile` gives (nearest rank, bucket representative, clamped to the
+    exact min and max). ValueError or TypeError when the sketch is malformed.
+    """
+    if not isinstance(data, dict) or data.get("alpha") != ALPHA:
+        raise ValueError("not a sketch of this accuracy")
+    count = int(data["count"])
+    zero = int(data["zero"])
+    bins = data["bins"]
+    if not isinstance(bins, list):
+        raise TypeError("bins must be a list")
+    # Columns at C speed; a pair of the wrong length fails the unpacking, a non-number the arithmetic.
+    idx, counts = (list(column) for column in zip(*bins, strict=True)) if bins else ([], [])
+    if idx != sorted(idx):
+        order = sorted(range(len(idx)), key=idx.__getitem__)
+        idx = [idx[k] for k in order]
+        counts = [counts[k] for k in order]
+    cum = list(accumulate(counts))
+    if (cum[-1] if cum else 0) + zero != count or count < 0 or zero < 0 or min(counts, default=0) < 0:
+        raise ValueError("bin counts do not add up to the count")
+    buckets: list[float] = []
+    for threshold in _THRESHOLDS:
+        pos = bisect_right(idx, threshold)
+        buckets.append(float(zero + (cum[pos - 1] if pos else 0)))
+    buckets.append(float(count))
+    quantiles: list[float] = []
+    if count:
+        lo, hi = float(data["min"]), float(data["max"])
+        for q in QUANTILES:
+            rank = math.floor(q * (count - 1))
+            if rank < zero:
+                value = 0.0
+            else:
+                pos = bisect_right(cum, rank - zero)
+                value = GAMMA ** idx[pos] * _REPR if pos < len(idx) else hi
+            quantiles.append(min(max(value, lo), hi) / NS_PER_S)
+    else:
+        quantiles = [math.nan] * len(QUANTILES)
+    return TimingDigest(
+        count, int(data.get("errors") or 0), float(data["sum"]) / NS_PER_S, quantiles, buckets
+    )
+
+
+class _Agent:
+    """One agent the exporter talks to: its socket, an open client kept between scrapes, its name."""
+
+    def __init__(self, pid: int, path: str) -> None:
+        self.pid = pid
+        self.path = path
+        self.client: AgentClient | None = None
+        self.info: dict[str, Any] = {}
+
+    def stats(self) -> dict[str, Any]:
+        """The agent's stats since start; AgentError (and the client closed) if it cannot answer."""
+        from perftop.collectors.agent_client import AgentClient, AgentError
+
+        if self.client is None or self.client.closed:
+            self.client = AgentClient(self.path, timeout=AGENT_TIMEOUT_S)
+            h = self.client.hello
+            self.info = {
+                "name": h.name or "",
+                "agent_version": h.agent_version,
+                "python": h.python,
+                "protocol": str(h.protocol),
+            }
+        result = self.client.call("stats", {"window": None}, timeout=AGENT_TIMEOUT_S)
+        if not isinstance(result, dict):
+            raise AgentError("the agent answered stats with something other than an object")
+        return result
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+class _Families:
+    """The metric families of one scrape, created on first use so empty ones are not exposed."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Metric] = {}
+
+    def gauge(self, name: str, doc: str, labels: Sequence[str], unit: str = "") -> GaugeMetricFamily:
+        from prometheus_client.core import GaugeMetricFamily
+
+        fam = self._by_name.get(name)
+        if fam is None:
+            fam = self._by_name[name] = GaugeMetricFamily(name, doc, labels=labels, unit=unit)
+        assert isinstance(fam, GaugeMetricFamily)
+        return fam
+
+    def counter(self, name: str, doc: str, labels: Sequence[str], unit: str = "") -> CounterMetricFamily:
+        from prometheus_client.core import CounterMetricFamily
+
+        fam = self._by_name.get(name)
+        if fam is None:
+            fam = self._by_name[name] = CounterMetricFamily(name, doc, labels=labels, unit=unit)
+        assert isinstance(fam, CounterMetricFamily)
+        return fam
+
+    def add(self, fam: Metric) -> Metric:
+        return self._by_name.setdefault(fam.name, fam)
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._by_name.values())
+
+
+def _limit_value(value: int | float | None) -> float:
+    """A limit for Prometheus: unlimited (None) is +Inf, so `used / limit` reads 0."""
+    return math.inf if value is None else float(value)
+
+
+class HostCollector:
+    """The prometheus_client collector of `perftop export`: everything perftop sees on this host.
+
+    Thread-safe: concurrent scrapes are served one after the other (the system and process collectors
+    measure rates between calls and must not be sampled twice at once).
+    """
+
+    def __init__(
+        self,
+        socket_dir: str | None = None,
+        pids: Iterable[int] = (),
+        max_queries: int = DEFAULT_MAX_QUERIES,
+    ) -> None:
+        self.socket_dir = paths.socket_dir(socket_dir)
+        self.explicit_socket_dir = socket_dir
+        self.pids = tuple(dict.fromkeys(pids))
+        self.max_queries = max_queries
+        self._lock = threading.Lock()
+        from perftop.collectors.system import SystemCollector
+
+        self._system = SystemCollector()
+        self._processes: dict[int, ProcessCollector] = {}
+        self._gone: set[int] = set()
+        """--pid processes that exited: not looked at again (their PID may be reused)."""
+        self._agents: dict[int, _Agent] = {}
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="perftop-export")
+        self.last_duration_s = 0.0
+
+    def close(self) -> None:
+        with self._lock:
+            for agent in self._agents.values():
+                agent.close()
+            self._agents.clear()
+        self._pool.shutdown(wait=False)
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing: the families depend on what each scrape finds (registered with auto_describe off)."""
+        return []
+
+    # -- discovery -------------------------------------------------------------------------------------
+
+    def _discover(self) -> dict[int, str]:
+        """{pid: socket path} of every live agent in the socket dir, and of the --pid processes' agents."""
+        found: dict[int, str] = {}
+        try:
+            names = os.listdir(self.socket_dir)
+        except OSError:
+            names = []
+        for name in names:
+            pid = paths.pid_of_socket_name(name)
+            if pid is not None and pid != os.getpid() and paths.pid_alive(pid):
+                found[pid] = os.path.join(self.socket_dir, name)
+        from perftop.collectors.discovery import find_agent
+
+        for pid in self.pids:
+            if pid not in found and pid not in self._gone:
+                path = find_agent(pid, self.explicit_socket_dir)
+                if path is not None:
+                    found[pid] = path
+        return found
+
+    def _sync_agents(self, found: dict[int, str]) -> None:
+        for pid in set(self._agents) - set(found):
+            self._agents.pop(pid).close()
+        for pid, path in found.items():
+            agent = self._agents.get(pid)
+            if agent is None or agent.path != path:
+                if agent is not None:
+                    agent.close()
+                self._agents[pid] = _Agent(pid, path)
+
+    def _fetch(self, agent: _Agent) -> dict[str, Any] | None:
+        from perftop.collectors.agent_client import AgentError
+
+        try:
+            return agent.stats()
+        except (AgentError, OSError) as exc:
+            log.debug("agent %s did not answer: %s", agent.pid, exc)
+            agent.close()
+            return None
+
+    def _sample_processes(self, agent_pids: Iterable[int]) -> dict[int, ProcessSample]:
+        from perftop.collectors.errors import CollectorError
+        from perftop.collectors.process import ProcessCollector
+
+        wanted = [p for p in dict.fromkeys([*self.pids, *agent_pids]) if p not in self._gone]
+        for pid in set(self._processes) - set(wanted):
+            del self._processes[pid]
+        out: dict[int, ProcessSample] = {}
+        for pid in wanted:
+            try:
+                collector = self._processes.get(pid)
+                if collector is None:
+                    collector = self._processes[pid] = ProcessCollector(pid)
+                out[pid] = collector.sample()
+            except CollectorError:
+                self._processes.pop(pid, None)
+                if pid in self.pids:
+                    self._gone.add(pid)
+        return out
+
+    # -- one scrape ------------------------------------------------------------------------------------
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            started = time.perf_counter()
+            found = self._discover()
+            self._sync_agents(found)
+            agents = list(self._agents.values())
+            futures = [self._pool.submit(self._fetch, agent) for agent in agents]
+            system = self._system.sample()
+            processes = self._sample_processes(found)
+            fams = _Families()
+            self._system_families(fams, system)
+            apps: dict[int, str] = {}
+            for agent, future in zip(agents, futures, strict=True):
+                stats = future.result()
+                app = agent.info.get("name") or (processes[agent.pid].name if agent.pid in processes else "")
+                apps[agent.pid] = app
+                labels = [app, str(agent.pid)]
+                fams.gauge(
+                    "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
+                ).add_metric(labels, 0.0 if stats is None else 1.0)
+                if stats is not None:
+                    self._agent_families(fams, labels, agent, stats)
+            for pid, sample in processes.items():
+                self._process_families(fams, apps.get(pid) or sample.name, sample)
+            fams.gauge("perftop_export_agents", "Agents found by this scrape", []).add_metric(
+                [], float(len(agents))
+            )
+            self.last_duration_s = time.perf_counter() - started
+            fams.gauge(
+                "perftop_export_collect_seconds",
+                "Time this scrape took to collect (before rendering)",
+                [],
+                unit="seconds",
+            ).add_metric([], self.last_duration_s)
+            return list(fams)
+
+    @staticmethod
+    def _system_families(fams: _Families, s: SystemSample) -> None:
+        def g(name: str, doc: str, value: float, unit: str = "") -> None:
+            fams.gauge(f"perftop_system_{name}", doc, [], unit).add_metric([], value)
+
+        g("cpu_percent", "Host CPU busy share since the previous scrape", s.cpu_percent)
+        core = fams.gauge("perftop_system_cpu_core_percent", "Busy share of each CPU", ["cpu"])
+        for i, value in enumerate(s.per_cpu_percent):
+            core.add_metric([str(i)], value)
+        load = fams.gauge("perftop_system_load_average", "Load average", ["period"])
+        for period, value in zip(("1m", "5m", "15m"), s.load_avg, strict=True):
+            load.add_metric([period], value)
+        g("memory_total_bytes", "Host memory", s.memory.total_bytes, "bytes")
+        g("memory_used_bytes", "Host memory in use", s.memory.used_bytes, "bytes")
+        g("memory_available_bytes", "Host memory available", s.memory.available_bytes, "bytes")
+        g("swap_total_bytes", "Host swap", s.swap.total_bytes, "bytes")
+        g("swap_used_bytes", "Host swap in use", s.swap.used_bytes, "bytes")
+        g(
+            "disk_read_bytes_per_second",
+            "Disk read rate since the previous scrape",
+            s.disk_io.read_bytes_per_s,
+        )
+        g("disk_write_bytes_per_second", "Disk write rate", s.disk_io.write_bytes_per_s)
+        g("disk_read_ops_per_second", "Disk read operations per second", s.disk_io.read_ops_per_s)
+        g("disk_write_ops_per_second", "Disk write operations per second", s.disk_io.write_ops_per_s)
+        g("network_sent_bytes_per_second", "Network send rate", s.net_io.sent_bytes_per_s)
+        g("network_received_bytes_per_second", "Network receive rate", s.net_io.recv_bytes_per_s)
+        if s.pressure:
+            psi = fams.gauge(
+                "perftop_system_pressure_percent",
+                "Linux PSI: share of time tasks stalled on a resource",
+                ["resource", "kind", "window"],
+            )
+            for resource, p in s.pressure.items():
+                rows: list[tuple[str, str, float | None]] = [
+                    ("some", "10s", p.some_avg10),
+                    ("some", "60s", p.some_avg60),
+                    ("some", "300s", p.some_avg300),
+                    ("full", "10s", p.full_avg10),
+                    ("full", "60s", p.full_avg60),
+                    ("full", "300s", p.full_avg300),
+                ]
+                for kind, window, avg in rows:
+                    if avg is not None:
+                        psi.add_metric([resource, kind, window], avg)
+
+    @staticmethod
+    def _process_families(fams: _Families, app: str, p: ProcessSample) -> None:
+        labels = [app, str(p.pid), p.name]
+        names = ["app", "pid", "name"]
+
+        def g(name: str, doc: str, value: float | None, unit: str = "") -> None:
+            if value is not None:
+                fams.gauge(f"perftop_process_{name}", doc, names, unit).add_metric(labels, float(value))
+
+        g("cpu_percent", "Process CPU use since the previous scrape (100 = one core)", p.cpu_percent)
+        g("resident_memory_bytes", "Resident set size", p.rss_bytes, "bytes")
+        g("virtual_memory_bytes", "Virtual memory size", p.vms_bytes, "bytes")
+        g("threads", "Threads", p.num_threads)
+        g("open_fds", "Open file descriptors", p.num_fds)
+        g("connections", "Network connections (sampled every few seconds)", p.num_connections)
+        g("start_time_seconds", "Start time, unix seconds", p.create_time, "seconds")
+        soft = fams.gauge("perftop_process_limit_soft", "Soft rlimit (+Inf: unlimited)", [*names, "limit"])
+        hard = fams.gauge("perftop_process_limit_hard", "Hard rlimit (+Inf: unlimited)", [*names, "limit"])
+        used = fams.gauge(
+            "perftop_process_limit_used", "Usage the kernel checks the rlimit against", [*names, "limit"]
+        )
+        for lim in p.limits:
+            soft.add_metric([*labels, lim.name], _limit_value(lim.soft))
+            hard.add_metric([*labels, lim.name], _limit_value(lim.hard))
+            if lim.used is not None:
+                used.add_metric([*labels, lim.name], float(lim.used))
+        cg = p.cgroup
+        if cg is not None:
+            g(
+                "cgroup_memory_limit_bytes",
+                "cgroup memory limit (+Inf: none)",
+                _limit_value(cg.memory_limit_bytes),
+            )
+            g("cgroup_memory_used_bytes", "cgroup memory in use", cg.memory_used_bytes, "bytes")
+            g("cgroup_pids_limit", "cgroup task limit (+Inf: none)", _limit_value(cg.pids_limit))
+            g("cgroup_pids_current", "cgroup tasks", cg.pids_current)
+            g(
+                "cgroup_cpu_limit_cores",
+                "cgroup CPU quota in cores (+Inf: none)",
+                _limit_value(cg.cpu_limit_cores),
+            )
+            for name, doc, value in (
+                ("cgroup_cpu_throttled", "Periods the cgroup was throttled", cg.cpu_throttled_count),
+                ("cgroup_cpu_throttled_seconds", "Time the cgroup was throttled", cg.cpu_throttled_s),
+                ("cgroup_oom_kills", "OOM kills in the cgroup", cg.oom_kills),
+            ):
+                if value is not None:
+                    fams.counter(f"perftop_process_{name}", doc, names).add_metric(labels, float(value))
+
+    def _agent_families(
+        self, fams: _Families, labels: list[str], agent: _Agent, stats: dict[str, Any]
+    ) -> None:
+        from prometheus_client.core import HistogramMetricFamily, InfoMetricFamily, SummaryMetricFamily
+        from prometheus_client.samples import Sample
+
+        base = ["app", "pid"]
+        info = fams.add(InfoMetricFamily("perftop_agent", "The perftop agent in a process", labels=base))
+        assert isinstance(info, InfoMetricFamily)
+        info.add_metric(
+            labels,
+            {k: str(agent.info.get(k, "")) for k in ("agent_version", "python", "protocol")},
+        )
+        mlabels = [*base, "metric"]
+        summary = fams.add(
+            SummaryMetricFamily(
+                "perftop_timing_seconds", "Timings: quantiles from the agent's sketch", labels=mlabels
+            )
+        )
+        histogram = fams.add(
+            HistogramMetricFamily(
+                "perftop_timing_histogram_seconds",
+                "Timings in fixed log-spaced buckets, for histogram_quantile() across processes and hosts",
+                labels=mlabels,
+            )
+        )
+        assert isinstance(summary, SummaryMetricFamily) and isinstance(histogram, HistogramMetricFamily)
+        errors = fams.counter("perftop_timing_errors", "Timed calls that raised", mlabels)
+        app, pid = labels
+        for metric, timing in (stats.get("timings") or {}).items():
+            try:
+                d = digest_sketch(timing.get("sketch"))
+            except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+                continue
+            key = [app, pid, str(metric)]
+            for q, value in zip(QUANTILES, d.quantiles, strict=True):
+                summary.samples.append(
+                    Sample(
+                        "perftop_timing_seconds",
+                        {"app": app, "pid": pid, "metric": str(metric), "quantile": str(q)},
+                        value,
+                    )
+                )
+            summary.add_metric(key, d.count, d.sum_s)
+            histogram.add_metric(key, list(zip(_LE, d.buckets, strict=True)), d.sum_s)
+            errors.add_metric(key, float(d.errors))
+        counters = stats.get("counters") or {}
+        if counters:
+            fam = fams.counter("perftop_counter", "Counters (perftop.count)", mlabels)
+            for metric, counter in counters.items():
+                total = counter.get("value") if isinstance(counter, dict) else None
+                if isinstance(total, (int, float)):
+                    fam.add_metric([app, pid, str(metric)], float(total))
+        gauges = stats.get("gauges") or {}
+        if gauges:
+            gfam = fams.gauge("perftop_gauge", "Gauges (perftop.gauge)", mlabels)
+            for metric, value in gauges.items():
+                if isinstance(value, (int, float)):
+                    gfam.add_metric([app, pid, str(metric)], float(value))
+        gc = stats.get("gc")
+        if isinstance(gc, dict):
+            glabels = [*base, "generation"]
+            for gc_key, name, doc in (
+                ("collections", "perftop_gc_collections", "Garbage collections by generation"),
+                ("collected", "perftop_gc_collected_objects", "Objects freed by the GC by generation"),
+            ):
+                fam = fams.counter(name, doc, glabels)
+                for gen, n in enumerate(gc.get(gc_key) or []):
+                    fam.add_metric([app, pid, str(gen)], float(n))
+            fams.counter(
+                "perftop_gc_uncollectable_objects", "Objects the GC found uncollectable", base
+            ).add_metric(labels, float(gc.get("uncollectable") or 0))
+        overflow = stats.get("overflow") or {}
+        if overflow:
+            ofam = fams.gauge(
+                "perftop_agent_overflow",
+                "What the agent had to drop or refuse (it counts, never hides)",
+                [*base, "kind"],
+            )
+            for kind, value in overflow.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    ofam.add_metric([app, pid, str(kind)], float(value))
+        self._query_families(fams, labels, stats.get("queries"))
+
+    def _query_families(self, fams: _Families, labels: list[str], queries: Any) -> None:
+        if not isinstance(queries, dict):
+            return
+        rows = [r for r in queries.get("queries") or [] if isinstance(r, dict)]
+        rows.sort(key=lambda r: r.get("total_ms") or 0.0, reverse=True)
+        qlabels = ["app", "pid", "fingerprint"]
+        doc = f"top {self.max_queries} by total time"
+        calls = fams.counter("perftop_query_calls", f"SQL executions per fingerprint ({doc})", qlabels)
+        seconds = fams.counter(
+            "perftop_query_seconds", f"Total SQL time per fingerprint ({doc})", qlabels, unit="seconds"
+        )
+        errs = fams.counter("perftop_query_errors", f"Failed SQL executions per fingerprint ({doc})", qlabels)
+        rows_fam = fams.counter("perftop_query_rows", f"Rows returned per fingerprint ({doc})", qlabels)
+        for row in rows[: self.max_queries]:
+            key = [*labels, str(row.get("fingerprint"))]
+            calls.add_metric(key, float(row.get("count") or 0))
+            seconds.add_metric(key, float(row.get("total_ms") or 0.0) / 1000.0)
+            errs.add_metric(key, float(row.get("errors") or 0))
+            rows_fam.add_metric(key, float(row.get("rows") or 0))
+        if len(rows) > self.max_queries:
+            fams.gauge(
+                "perftop_query_fingerprints_not_exported",
+                "Fingerprints left out by --max-queries",
+                ["app", "pid"],
+            ).add_metric(labels, float(len(rows) - self.max_queries))
+
+
+class _Frozen:
+    """The families of one past collection, for rendering them again in another format."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+
+class Prerenderer:
+    """`--refresh S`: collect and render in a background thread every S seconds, so that a scrape is
+    answered at once with data at most S seconds old, whatever the size of the host.
+
+    Only the formats scrapers asked for are rendered ahead (the first scrape of a format renders it).
+    """
+
+    def __init__(self, collector: HostCollector, every_s: float) -> None:
+        self.collector = collector
+        self.every_s = every_s
+        self._lock = threading.Lock()
+        self._families: list[Metric] | None = None
+        self._bodies: dict[str, bytes] = {}
+        self._encoders: dict[str, Callable[[Collector], bytes]] = {}
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="perftop-export-refresh", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                families = list(self.collector.collect())
+                with self._lock:
+                    encoders = dict(self._encoders)
+                bodies = {ctype: encode(_Frozen(families)) for ctype, encode in encoders.items()}
+            except Exception:
+                log.exception("perftop export: collecting failed")
+            else:
+                with self._lock:
+                    self._families, self._bodies = families, bodies
+                self._ready.set()
+            self._stopping.wait(max(0.0, self.every_s - (time.monotonic() - started)))
+
+    def body(self, accept: str) -> tuple[bytes, str]:
+        """The latest rendering in the format `accept` asks for, and its content type."""
+        from prometheus_client.exposition import choose_encoder
+
+        encoder, ctype = choose_encoder(accept)
+        self._ready.wait(timeout=60)
+        with self._lock:
+            self._encoders.setdefault(ctype, encoder)
+            body, families = self._bodies.get(ctype), self._families
+        if body is None:
+            if families is None:
+                raise RuntimeError("nothing collected yet")
+            body = encoder(_Frozen(families))
+            with self._lock:
+                if self._families is families:
+                    self._bodies[ctype] = body
+        return body, ctype
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """`/metrics` (text format or OpenMetrics, by the Accept header; gzipped if the scraper accepts it, as
+    Prometheus does) and `/healthz`."""
+
+    server: MetricsServer
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._send(200, b"ok\n", "text/plain; charset=utf-8")
+        elif path in ("/metrics", "/"):
+            accept = self.headers.get("Accept", "")
+            try:
+                if self.server.prerender is not None:
+                    body, content_type = self.server.prerender.body(accept)
+                else:
+                    from prometheus_client.exposition import choose_encoder
+
+                    encoder, content_type = choose_encoder(accept)
+                    body = encoder(self.server.registry)
+            except Exception:
+                log.exception("perftop export: collecting failed")
+                self._send(500, b"collecting failed; see the exporter's log\n", "text/plain; charset=utf-8")
+                return
+            gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+            self._send(200, gzip.compress(body, compresslevel=1) if gzipped else body, content_type, gzipped)
+        else:
+            self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
+
+    def _send(self, code: int, body: bytes, content_type: str, gzipped: bool = False) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        if gzipped:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(OSError):
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: a scrape every 15 s is not news."""
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """The exporter's HTTP server: a thread per request, one collector behind a lock; with `refresh_s`,
+    scrapes are answered from a background collection instead (see Prerenderer)."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], collector: HostCollector, refresh_s: float = 0.0) -> None:
+        from prometheus_client.registry import CollectorRegistry
+
+        self.address_family = _family(address[0])
+        super().__init__(address, _Handler)
+        self.collector = collector
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(collector)
+        self.prerender = Prerenderer(collector, refresh_s) if refresh_s > 0 else None
+        if self.prerender is not None:
+            self.prerender.start()
+
+    def server_close(self) -> None:
+        if self.prerender is not None:
+            self.prerender.stop()
+        super().server_close()
+
+
+def _family(host: str) -> Any:
+    import socket
+
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+# -- the command -----------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}")
+    return value
+
+
+def add_export_parser(sub: Any) -> None:
+    """Register `perftop export` on the CLI's subparsers."""
+    from perftop.cli import _pid
+
+    p = sub.add_parser(
+        "export",
+        help="Prometheus scrape endpoint for this host's agents, system and processes",
+        description="Serve /metrics (Prometheus text format or OpenMetrics) and /healthz. Every scrape "
+        "samples the host, every process with an agent in the socket directory and every --pid process, "
+        "and exports each timing as a summary and as a histogram with fixed buckets.",
+    )
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}")
+    p.add_argument(
+        "--pid",
+        type=_pid,
+        action="append",
+        default=[],
+        dest="export_pids",
+        metavar="PID",
+        help="also export this process (repeatable), agent or not",
+    )
+    p.add_argument(
+        "--max-queries",
+        type=_positive_int,
+        default=DEFAULT_MAX_QUERIES,
+        metavar="N",
+        help=f"query fingerprints per agent, top N by total time (default {DEFAULT_MAX_QUERIES})",
+    )
+    p.add_argument(
+        "--refresh",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="collect in the background every S seconds and answer scrapes from the latest result "
+        "(default 0: collect on each scrape)",
+    )
+    p.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are (default as the agent's)")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """`perftop export`: serve until interrupted. One-line `perftop: ` errors, exit 2 for bad input."""
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    from perftop.collectors.errors import CollectorError
+    from perftop.collectors.process import check_pid
+
+    pids: list[int] = list(getattr(args, "export_pids", []) or [])
+    for pid in pids:
+        try:
+            check_pid(pid)
+        except CollectorError as exc:
+            return _fail(str(exc), 2)
+    collector = HostCollector(args.socket_dir, pids, args.max_queries)
+    try:
+        server = MetricsServer((host, port), collector, max(0.0, getattr(args, "refresh", 0.0) or 0.0))
+    except OSError as exc:
+        collector.close()
+        return _fail(f"cannot listen on {args.listen}: {exc.strerror or exc}", 2)
+    if not is_loopback(host):
+        sys.stderr.write(
+            f"perftop: warning: serving metrics on {host}, reachable from other machines"
+            " (metric names, command names and SQL fingerprints are visible to anyone who can connect)\n"
+        )
+    bound = server.server_address
+    sys.stderr.write(f"perftop: exporting on http://{args.listen.rsplit(':', 1)[0]}:{bound[1]}/metrics\n")
+    sys.stderr.flush()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        collector.close()
+    return 0
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"perftop: {message}\n")
+    return code

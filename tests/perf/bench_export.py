@@ -1,0 +1,130 @@
+"""How long a scrape of `perftop export` takes on a host with 20 agents x 100 timings (goal: <= 100 ms).
+
+Starts 20 real instrumented processes (tests/targets/exp_target.py), each with 100 timings of 2,000
+lognormal samples (a few hundred sketch bins each, like a real latency distribution), then `perftop export`
+on a free loopback port, and times whole scrapes over HTTP (request to last byte), in the Prometheus text
+format and in OpenMetrics. Also reports the exporter's own collection time (the rest is rendering).
+
+Run: .venv/bin/python tests/perf/bench_export.py [--agents 20] [--metrics 100] [--scrapes 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TARGET = ROOT / "tests" / "targets" / "exp_target.py"
+CLI = ROOT / "tests" / "targets" / "exp_cli.py"
+
+
+def scrape(port: int, accept: str | None) -> tuple[float, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if accept:
+        request.add_header("Accept", accept)
+    started = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body: bytes = response.read()
+    return time.perf_counter() - started, body
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", type=int, default=20)
+    parser.add_argument("--metrics", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--scrapes", type=int, default=10)
+    parser.add_argument("--pause", type=float, default=0.5, help="seconds between scrapes")
+    args = parser.parse_args()
+    procs: list[subprocess.Popen[str]] = []
+    with tempfile.TemporaryDirectory(prefix="perftop-bench-export-") as sockets:
+        try:
+            for i in range(args.agents):
+                proc = subprocess.Popen(
+                    [sys.executable, str(TARGET), sockets, f"bench{i:02d}"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                procs.append(proc)
+            for proc in procs:
+                assert proc.stdout is not None and proc.stdin is not None
+                assert proc.stdout.readline().startswith("ready")
+                proc.stdin.write(f"metrics {args.metrics} {args.samples}\n")
+                proc.stdin.flush()
+            for proc in procs:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().startswith("done")
+            for refresh in ("0", "5"):
+                exporter = subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(CLI),
+                        "export",
+                        "--listen",
+                        "127.0.0.1:0",
+                        "--socket-dir",
+                        sockets,
+                        "--refresh",
+                        refresh,
+                    ],
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                procs.append(exporter)
+                run(exporter, args, f"--refresh {refresh}")
+                exporter.kill()
+                exporter.wait()
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+
+
+def run(exporter: subprocess.Popen[str], args: argparse.Namespace, mode: str) -> None:
+    """Time scrapes of one running exporter in both formats and print one line for each.
+
+    Scrapes are spaced by --pause seconds, so with --refresh some of them meet a background collection.
+    """
+    assert exporter.stderr is not None
+    match = None
+    while match is None:
+        line = exporter.stderr.readline()
+        if not line:
+            raise SystemExit("the exporter did not start")
+        match = re.search(r":(\d+)/metrics", line)
+    port = int(match.group(1))
+    for label, accept in (
+        ("text 0.0.4", None),
+        ("OpenMetrics", "application/openmetrics-text; version=1.0.0"),
+    ):
+        scrape(port, accept)  # warm up: connections to the agents, CPU baselines, the format asked for
+        times: list[float] = []
+        collect: list[float] = []
+        body = b""
+        for _ in range(args.scrapes):
+            elapsed, body = scrape(port, accept)
+            times.append(elapsed)
+            found = re.search(rb"\nperftop_export_collect_seconds (\S+)", body)
+            if found:
+                collect.append(float(found.group(1)))
+            time.sleep(args.pause)
+        lines = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+        times.sort()
+        sys.stdout.write(
+            f"{mode:12} {label:12} {args.agents} agents x {args.metrics} timings: scrape median "
+            f"{statistics.median(times) * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms; collection "
+            f"median {statistics.median(collect) * 1000:.0f} ms; {lines} samples, {len(body) / 1e6:.1f} MB\n"
+        )
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
