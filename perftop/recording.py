@@ -829,18 +829,20 @@ def sketch_difference(later: Sketch, earlier: Sketch) -> Sketch:
     The exact min and max of that span are unknown unless they moved; otherwise they are taken from the
     outermost buckets left (so quantiles stay within the bucket accuracy)."""
     out = Sketch()
+    before = earlier.bins
     for i, n in later.bins.items():
-        d = n - earlier.bins.get(i, 0)
+        d = n - before.get(i, 0)
         if d > 0:
-            out.bins[i] = d
+            out.add_bin(i, d)
     out.zero = max(0, later.zero - earlier.zero)
-    out.count = out.zero + sum(out.bins.values())
+    bins = out.bins
+    out.count = out.zero + sum(bins.values())
     if out.count == 0:
         return Sketch()
     out.errors = min(out.count, max(0, later.errors - earlier.errors))
     out.sum = max(0.0, later.sum - earlier.sum)
-    if out.bins:
-        low, high = bucket_value(min(out.bins)), bucket_value(max(out.bins))
+    if bins:
+        low, high = bucket_value(min(bins)), bucket_value(max(bins))
         out.min = 0.0 if out.zero else (later.min if later.min < earlier.min else min(low, later.max))
         out.max = later.max if later.max > earlier.max else max(min(high, later.max), out.min)
     else:

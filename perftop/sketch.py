@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -50,13 +51,20 @@ def bucket_value(index: int) -> float:
 
 
 class Sketch:
-    """Counts of values in log-spaced buckets, with exact count, sum, min, max and an error count."""
+    """Counts of values in log-spaced buckets, with exact count, sum, min, max and an error count.
 
-    __slots__ = ("bins", "count", "errors", "max", "min", "sum", "zero")
+    The bucket counts are stored densely, as one array of 8-byte counts from the lowest bucket index in
+    use to the highest: latency buckets are contiguous, so this costs about a tenth of a dict's memory.
+    The span is capped at MAX_BINS buckets by folding the lowest ones together.
+    """
+
+    __slots__ = ("_counts", "_lo", "count", "errors", "max", "min", "sum", "zero")
 
     def __init__(self) -> None:
-        self.bins: dict[int, int] = {}
-        """Bucket index -> number of values in it (positive values only)."""
+        self._lo = 0
+        """Bucket index of `_counts[0]`."""
+        self._counts = array("q")
+        """Number of values in buckets `_lo`, `_lo + 1`, ... (positive values only)."""
         self.zero = 0
         """Number of values <= 0 (a timer can read 0 ns)."""
         self.count = 0
@@ -66,16 +74,42 @@ class Sketch:
         self.min = math.inf
         self.max = -math.inf
 
+    @property
+    def bins(self) -> dict[int, int]:
+        """Bucket index -> number of values in it, for the buckets in use (a copy: use `add_bin` to write)."""
+        lo = self._lo
+        return {lo + k: n for k, n in enumerate(self._counts) if n}
+
+    def add_bin(self, index: int, n: int) -> None:
+        """Add n to the count of bucket `index` (count, sum and extremes are the caller's to keep)."""
+        counts = self._counts
+        if not counts:
+            self._lo = index
+            counts.append(n)
+            return
+        k = index - self._lo
+        if k < 0:
+            counts[0:0] = array("q", bytes(8 * -k))
+            self._lo = index
+            k = 0
+        elif k >= len(counts):
+            counts.extend(array("q", bytes(8 * (k - len(counts) + 1))))
+        counts[k] += n
+        if len(counts) > MAX_BINS:
+            self._collapse()
+
     def add(self, value: float, n: int = 1, errors: int = 0) -> None:
         """Record `value` n times, `errors` of which were failed calls."""
         if n <= 0:
             return
         if value > 0:
             i = math.ceil(math.log(value) * _INV_LOG_GAMMA)
-            bins = self.bins
-            bins[i] = bins.get(i, 0) + n
-            if len(bins) > MAX_BINS:
-                self._collapse()
+            k = i - self._lo
+            counts = self._counts
+            if counts and 0 <= k < len(counts):
+                counts[k] += n
+            else:
+                self.add_bin(i, n)
         else:
             self.zero += n
         self.count += n
@@ -95,11 +129,20 @@ class Sketch:
         """Add every value of `other` to this sketch (exact: bucket counts add)."""
         if other.count == 0:
             return
-        bins = self.bins
-        for i, n in other.bins.items():
-            bins[i] = bins.get(i, 0) + n
-        if len(bins) > MAX_BINS:
-            self._collapse()
+        theirs = other._counts
+        if theirs:
+            # Widen to cover their span once, then add element by element.
+            self.add_bin(other._lo, 0)
+            self.add_bin(other._lo + len(theirs) - 1, 0)
+            mine, off = self._counts, other._lo - self._lo
+            if off >= 0:
+                for k, n in enumerate(theirs):
+                    if n:
+                        mine[off + k] += n
+            else:  # our lowest buckets were folded past theirs: fold theirs the same way
+                for k, n in enumerate(theirs):
+                    if n:
+                        mine[max(0, off + k)] += n
         self.zero += other.zero
         self.count += other.count
         self.errors += other.errors
@@ -113,54 +156,44 @@ class Sketch:
         return out
 
     def _collapse(self) -> None:
-        """Fold the lowest buckets into one so that at most MAX_BINS remain (only low quantiles lose)."""
-        keys = sorted(self.bins)
-        extra = len(keys) - MAX_BINS
-        target = keys[extra]
-        folded = sum(self.bins.pop(k) for k in keys[:extra])
-        self.bins[target] += folded
+        """Fold the lowest buckets into one so that the span is MAX_BINS (only low quantiles lose)."""
+        counts = self._counts
+        extra = len(counts) - MAX_BINS
+        folded = sum(counts[: extra + 1])
+        del counts[:extra]
+        counts[0] = folded
+        self._lo += extra
 
     def quantile(self, q: float) -> float | None:
         """The value at quantile q (0..1) by nearest rank floor(q * (count - 1)), or None if empty."""
-        if self.count == 0:
-            return None
-        if not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile must be between 0 and 1, not {q}")
-        rank = math.floor(q * (self.count - 1))
-        if rank < self.zero:
-            return 0.0
-        seen = self.zero
-        value = self.max
-        for i in sorted(self.bins):
-            seen += self.bins[i]
-            if seen > rank:
-                value = bucket_value(i)
-                break
-        # The exact extremes are known: never answer outside them.
-        return min(max(value, self.min), self.max)
+        return self.quantiles((q,))[0]
 
     def quantiles(self, qs: Iterable[float]) -> list[float | None]:
-        """Several quantiles in one pass over the sorted buckets."""
+        """Several quantiles in one pass over the buckets, by nearest rank floor(q * (count - 1))."""
         qs = list(qs)
+        for q in qs:
+            if not 0.0 <= q <= 1.0:
+                raise ValueError(f"quantile must be between 0 and 1, not {q}")
         if self.count == 0:
             return [None] * len(qs)
         order = sorted(range(len(qs)), key=lambda k: qs[k])
         out: list[float | None] = [None] * len(qs)
-        keys = sorted(self.bins)
+        counts, lo = self._counts, self._lo
         seen = self.zero
         pos = 0
         for k in order:
-            q = qs[k]
-            if not 0.0 <= q <= 1.0:
-                raise ValueError(f"quantile must be between 0 and 1, not {q}")
-            rank = math.floor(q * (self.count - 1))
+            rank = math.floor(qs[k] * (self.count - 1))
             if rank < self.zero:
                 out[k] = 0.0
                 continue
-            while pos < len(keys) and seen + self.bins[keys[pos]] <= rank:
-                seen += self.bins[keys[pos]]
+            if rank == 0 or rank == self.count - 1:  # the exact extremes are kept
+                out[k] = self.min if rank == 0 else self.max
+                continue
+            while pos < len(counts) and seen + counts[pos] <= rank:
+                seen += counts[pos]
                 pos += 1
-            value = bucket_value(keys[pos]) if pos < len(keys) else self.max
+            value = bucket_value(lo + pos) if pos < len(counts) else self.max
+            # The exact extremes are known: never answer outside them.
             out[k] = min(max(value, self.min), self.max)
         return out
 
@@ -179,7 +212,7 @@ class Sketch:
             "min": self.min if self.count else None,
             "max": self.max if self.count else None,
             "zero": self.zero,
-            "bins": [[i, n] for i, n in sorted(self.bins.items())],
+            "bins": [[self._lo + k, n] for k, n in enumerate(self._counts) if n],
         }
 
     @classmethod
@@ -199,6 +232,7 @@ class Sketch:
             if not isinstance(bins, list) or len(bins) > MAX_WIRE_BINS:
                 raise SketchError("bins must be a list of [index, count] pairs")
             total = out.zero
+            found: dict[int, int] = {}
             for pair in bins:
                 if not (isinstance(pair, list) and len(pair) == 2):
                     raise SketchError("bins must be a list of [index, count] pairs")
@@ -206,7 +240,7 @@ class Sketch:
                 if isinstance(i, bool) or not isinstance(i, int) or not -MAX_INDEX <= i <= MAX_INDEX:
                     raise SketchError("bin index must be an integer within the float range")
                 n = _nonneg_int(n, "bin count")
-                out.bins[i] = out.bins.get(i, 0) + n
+                found[i] = found.get(i, 0) + n
                 total += n
             if total != count:
                 raise SketchError(f"bin counts add up to {total}, not count {count}")
@@ -220,8 +254,11 @@ class Sketch:
                 raise SketchError("more errors than values")
         except (KeyError, TypeError) as exc:
             raise SketchError(f"malformed sketch: {exc!r}") from None
-        if len(out.bins) > MAX_BINS:
-            out._collapse()
+        if found:
+            keys = sorted(found)
+            floor = keys[-1] - MAX_BINS + 1  # never allocate more than MAX_BINS, whatever the input says
+            for i in keys:
+                out.add_bin(max(i, floor), found[i])
         return out
 
 
@@ -241,6 +278,10 @@ def _nonneg_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise SketchError(f"{what} must be a non-negative integer")
     return value
+
+
+_UNUSED = Sketch()
+"""The placeholder of ring slots not used yet: epoch -1 never matches, so nothing ever adds to it."""
 
 
 class Windows:
@@ -265,8 +306,10 @@ class Windows:
         self.total = Sketch()
         self._fine_s = fine_s
         self._coarse_s = coarse_s
-        self._fine: list[tuple[int, Sketch]] = [(-1, Sketch()) for _ in range(fine_slots)]
-        self._coarse: list[tuple[int, Sketch]] = [(-1, Sketch()) for _ in range(coarse_slots)]
+        # Unused slots share one empty sketch that is never written to (a slot gets a sketch of its own
+        # when its second first comes round), so an idle metric costs two short lists.
+        self._fine: list[tuple[int, Sketch]] = [(-1, _UNUSED)] * fine_slots
+        self._coarse: list[tuple[int, Sketch]] = [(-1, _UNUSED)] * coarse_slots
 
     @staticmethod
     def _slot(ring: list[tuple[int, Sketch]], width: int, now: float) -> Sketch:

@@ -103,14 +103,27 @@ def test_bins_are_bounded_whatever_the_range() -> None:
     for v in values:
         sk.add(v)
     assert len(sk.bins) <= MAX_BINS
-    # Only the lowest buckets are folded: high quantiles keep their accuracy.
-    for q in (0.5, 0.9, 0.99, 1.0):
+    assert len(sk.to_dict()["bins"]) <= MAX_BINS
+    # Only the lowest buckets are folded: the quantiles near the top keep their accuracy.
+    for q in (0.99, 1.0):
         want = exact(values, q)
         assert abs(sk.quantile(q) - want) <= 0.01 * want  # type: ignore[operator]
     merged = Sketch()
     merged.merge(sk)
     merged.merge(sk)
     assert len(merged.bins) <= MAX_BINS
+    assert merged.count == 2 * sk.count
+
+
+def test_every_quantile_is_accurate_over_the_whole_span_of_timings() -> None:
+    # 1 ns to 3 hours in ns: the cap (a span of 1.3e14 between smallest and largest bucket) folds nothing.
+    values = [10.0 ** (e / 10) for e in range(0, 140)] * 2 + [7.0, 7.0, 7.0]
+    sk = Sketch()
+    for v in values:
+        sk.add(v)
+    for q in (0.0, 0.01, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0):
+        want = exact(values, q)
+        assert abs(sk.quantile(q) - want) <= 0.01 * want  # type: ignore[operator]
 
 
 def test_empty_sketch() -> None:
