@@ -191,7 +191,8 @@ def _sigq_used(value: str | None) -> int | None:
 
 def count_user_tasks(uid: int, procfs: str = "/proc") -> int:
     """Threads whose process has real uid `uid`, across the system: what the kernel checks RLIMIT_NPROC
-    against. Counted from /proc/PID/status (Uid, Threads), which every user may read."""
+    against. Counted from /proc/PID/status (Uid, Threads), which every user may read; read with bare
+    os.read and bytes.find, as this visits every process."""
     total = 0
     try:
         names = os.listdir(procfs)
@@ -201,20 +202,79 @@ def count_user_tasks(uid: int, procfs: str = "/proc") -> int:
         if not name.isdigit():
             continue
         try:
-            with open(os.path.join(procfs, name, "status"), "rb") as f:
-                data = f.read()
-        except OSError:
+            fd = os.open(f"{procfs}/{name}/status", os.O_RDONLY)
+            try:
+                data = os.read(fd, 8192)
+            finally:
+                os.close(fd)
+            at = data.index(b"\nUid:") + 5
+            if int(data[at : data.index(b"\n", at)].split()[0]) != uid:
+                continue
+            at = data.index(b"\nThreads:", at) + 9
+            total += int(data[at : data.index(b"\n", at)])
+        except (OSError, ValueError):
             continue
-        real_uid = threads = None
-        for line in data.splitlines():
-            if line.startswith(b"Uid:"):
-                real_uid = int(line.split()[1])
-            elif line.startswith(b"Threads:"):
-                threads = int(line.split()[1])
-                break
-        if real_uid == uid and threads is not None:
-            total += threads
     return total
+
+
+_SOCKET_TABLES = {"tcp": 9, "tcp6": 9, "udp": 9, "udp6": 9, "unix": 6}
+"""The tables of psutil's `net_connections(kind="all")`, with the column of each that holds the inode."""
+
+_TABLE_OF_PROTOCOL = {b"TCP": "tcp", b"TCPv6": "tcp6", b"UDP": "udp", b"UDPv6": "udp6"}
+"""Socket protocol names (the `system.sockprotoname` attribute of a socket fd) to the table listing them."""
+
+
+def _socket_table(fd_path: str) -> str | None:
+    """The /proc/net table that can list the socket at `fd_path`: "" for none (netlink, packet...), None
+    where the kernel does not say (then every table is read)."""
+    try:
+        proto = os.getxattr(fd_path, "system.sockprotoname").rstrip(b"\0")
+    except OSError:
+        return None
+    if proto.startswith(b"UNIX"):
+        return "unix"
+    return _TABLE_OF_PROTOCOL.get(proto, "")
+
+
+def count_connections(pid: int, procfs: str = "/proc") -> int:
+    """What `len(psutil.Process(pid).net_connections(kind="all"))` counts, at a fraction of its cost.
+
+    Like psutil, it matches the socket inodes of `pid`'s fds against the inode column of
+    /proc/net/{tcp,tcp6,udp,udp6,unix}, counting an inet socket once and a unix socket once per fd. But it
+    decodes no address, and reads only the tables that can hold one of those sockets (each socket fd names
+    its protocol): reading /proc/net/tcp or tcp6 walks the kernel's whole connection hash table, ~4 ms on a
+    host with 262,144 buckets, even when it lists nothing. Raises PermissionError where the fds of `pid` may
+    not be read, FileNotFoundError once it has exited.
+    """
+    fd_dir = f"{procfs}/{pid}/fd"
+    inodes: dict[bytes, int] = {}
+    tables: set[str] = set()
+    for fd in os.listdir(fd_dir):
+        path = f"{fd_dir}/{fd}"
+        try:
+            target = os.readlink(path)
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inode = target[8:-1].encode()
+            if inode not in inodes:
+                table = _socket_table(path)
+                tables.update(_SOCKET_TABLES if table is None else (table,) if table else ())
+            inodes[inode] = inodes.get(inode, 0) + 1
+    count = 0
+    for table in tables:
+        column = _SOCKET_TABLES[table]
+        try:
+            with open(f"{procfs}/net/{table}", "rb") as f:
+                lines = f.read().split(b"\n")
+        except OSError:  # no IPv6 here
+            continue
+        per_fd = table == "unix"
+        for line in lines[1:]:
+            fields = line.split(None, column + 1)
+            if len(fields) > column and (n := inodes.get(fields[column])):
+                count += n if per_fd else 1
+    return count
 
 
 def _parse_proc_limits(text: str) -> dict[str, tuple[int | None, int | None]]:
@@ -287,7 +347,7 @@ class ProcessCollector:
             num_threads = proc.num_threads()
             num_fds = _or_none(proc.num_fds)
         if now >= self._connections_due:
-            self._num_connections = _or_none(lambda: len(proc.net_connections(kind="all")))
+            self._num_connections = self._count_connections()
             self._connections_at = time.time()
             self._connections_due = now + self._connections_every_s
         if now >= self._nproc_due or uid != self._nproc_uid:
@@ -328,6 +388,15 @@ class ProcessCollector:
             cgroup=read_cgroup(self.pid, self._procfs),
             taken_at=time.time(),
         )
+
+    def _count_connections(self) -> int | None:
+        """The connection count, None where the OS refuses it."""
+        try:
+            return count_connections(self.pid, self._procfs)
+        except FileNotFoundError:
+            raise _exited(self.pid) from None
+        except PermissionError:
+            return None
 
     def _limits(self, used: dict[str, int | None]) -> tuple[Limit, ...]:
         """Every limit with its usage; from prlimit, or /proc/PID/limits where prlimit is refused."""

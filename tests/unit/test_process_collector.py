@@ -17,7 +17,14 @@ import psutil
 import pytest
 
 from perftop.collectors.errors import AccessDeniedError, CollectorError, NoSuchProcessError
-from perftop.collectors.process import LIMIT_SPECS, ProcessCollector, _parse_proc_limits, check_pid
+from perftop.collectors.process import (
+    LIMIT_SPECS,
+    ProcessCollector,
+    _parse_proc_limits,
+    check_pid,
+    count_connections,
+    count_user_tasks,
+)
 from tests.foreign_user import dropper, foreign_env, interpreter_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
@@ -194,6 +201,60 @@ def test_connections_counted_and_sampled_less_often(
     assert b.num_connections == expected
 
 
+_SOCKETS_CHILD = """
+import os, socket, sys
+held = []
+listener = socket.create_server(("127.0.0.1", 0))
+client = socket.create_connection(listener.getsockname())
+held += [listener, client, listener.accept()[0]]             # 3 TCP over IPv4
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("127.0.0.1", 0))
+held.append(udp)                                           # 1 UDP
+a, b = socket.socketpair()
+held += [a, b, os.dup(a.fileno())]                         # 2 unix sockets, one of them on 2 fds: 3
+held.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW))  # not a connection
+held.append(socket.socket(socket.AF_INET, socket.SOCK_STREAM))  # unbound: in no table
+six = 0
+if socket.has_ipv6 and os.path.exists("/proc/net/tcp6"):
+    try:
+        v6 = socket.create_server(("::1", 0), family=socket.AF_INET6)
+        held.append(v6)
+        six = 1
+    except OSError:
+        pass
+sys.stdout.write(f"ready {3 + 1 + 3 + six}\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+def test_count_connections_matches_psutil() -> None:
+    """Inet sockets once, unix sockets once per fd, netlink and unbound sockets not at all, as psutil."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SOCKETS_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], 20)
+        assert ready
+        word, expected = child.stdout.readline().split()
+        assert word == b"ready"
+        assert count_connections(child.pid) == int(expected)
+        assert count_connections(child.pid) == len(psutil.Process(child.pid).net_connections(kind="all"))
+        collector = ProcessCollector(child.pid, connections_every_s=0)
+        assert collector.sample().num_connections == int(expected)
+    finally:
+        _stop(child)
+    with pytest.raises(FileNotFoundError):
+        count_connections(child.pid)
+
+
+def test_count_connections_of_a_process_without_sockets(holder: Holder) -> None:
+    child = holder("--files", "2")
+    assert count_connections(child.pid) == 0
+    assert ProcessCollector(child.pid).sample().num_connections == 0
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
@@ -312,3 +373,17 @@ def test_access_denied_for_another_users_process(holder: Holder) -> None:
     # Root reads anything; the denial path never fires for it.
     assert issubclass(AccessDeniedError, CollectorError)
     check_pid(child.pid)
+
+
+@pytest.mark.usefixtures("as_root")
+def test_count_user_tasks_counts_the_threads_of_a_uid(holder: Holder) -> None:
+    """A child of uid nobody with 5 extra threads adds exactly 6 tasks to nobody's count."""
+    exe = interpreter_for(NOBODY, NOBODY)
+    if exe is None:
+        pytest.skip(f"no Python interpreter that uid {NOBODY} may run and that can import psutil")
+    before = count_user_tasks(NOBODY)
+    child = holder("--threads", "5", exe=exe, preexec_fn=dropper(NOBODY, NOBODY), env=foreign_env())
+    assert count_user_tasks(NOBODY) == before + 6
+    _stop(child)
+    assert count_user_tasks(NOBODY) == before
+    assert count_user_tasks(2**31 - 7) == 0

@@ -121,3 +121,104 @@ def test_kernel_threads_are_named_in_brackets() -> None:
     if not kernel or kernel[0].rss_bytes != 0:
         pytest.skip("no kernel thread visible as PID 2 (e.g. in a PID namespace)")
     assert kernel[0].cmdline == f"[{kernel[0].name}]"
+
+
+_REEXEC = """
+import os, sys
+if sys.argv[1] == "first":
+    sys.stdout.write("ready\\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+    os.execv(sys.executable, [sys.executable, "-c", os.environ["REEXEC"], "second"])
+sys.stdout.write("again\\n")
+sys.stdout.flush()
+sys.stdin.read()
+"""
+
+
+@pytest.fixture
+def reexec() -> Iterator[subprocess.Popen[bytes]]:
+    """A Python child that, on a line from stdin, execs itself with other arguments (same PID, same name)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _REEXEC, "first"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "REEXEC": _REEXEC},
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready and proc.stdout.readline() == b"ready\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def _exec_again(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.flush()
+    ready, _, _ = select.select([proc.stdout], [], [], 20)
+    assert ready and proc.stdout.readline() == b"again\n"
+
+
+def test_exec_to_another_program_is_followed_at_once() -> None:
+    """An exec keeps the PID and start time but changes the command name: the row follows at once."""
+    code = "import sys; sys.stdin.read()"
+    shell = subprocess.Popen(
+        ["sh", "-c", f'read line; exec {sys.executable} -c "{code}"'],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        lister = ProcessLister(cmdline_max_age_s=3600)
+        _wait_for(lambda: _row(lister.sample(), shell.pid) is not None, 10, "the shell in the list")
+        row = _row(lister.sample(), shell.pid)
+        assert row is not None and row.name == "sh" and row.cmdline.startswith("sh -c read line")
+        assert shell.stdin is not None
+        shell.stdin.write(b"go\n")
+        shell.stdin.flush()
+        _wait_for(lambda: psutil.Process(shell.pid).name() != "sh", 10, "the exec")
+        row = _row(lister.sample(), shell.pid)
+        assert row is not None
+        assert row.name == psutil.Process(shell.pid).name()
+        assert row.cmdline == f"{sys.executable} -c {code}"
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+        shell.wait()
+        if shell.stdin is not None:
+            shell.stdin.close()
+
+
+def test_rewritten_command_line_is_read_again_after_max_age(reexec: subprocess.Popen[bytes]) -> None:
+    """A new command line under the same command name shows once the cached one is older than the max age."""
+    fresh = ProcessLister(cmdline_max_age_s=0)
+    cached = ProcessLister(cmdline_max_age_s=3600)
+    for lister in (fresh, cached):
+        row = _row(lister.sample(), reexec.pid)
+        assert row is not None and row.cmdline.endswith(" first")
+    _exec_again(reexec)
+    row = _row(fresh.sample(), reexec.pid)
+    assert row is not None and row.cmdline.endswith(" second")
+    row = _row(cached.sample(), reexec.pid)
+    assert row is not None and row.cmdline.endswith(" first")  # within its max age: the cached one
+
+
+def test_cpu_percent_matches_psutil(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+    """The CPU share of a busy child agrees with psutil's own measure over the same interval."""
+    child = spawn("--busy")
+    lister = ProcessLister()
+    proc = psutil.Process(child.pid)
+    lister.sample()
+    proc.cpu_percent(None)
+    time.sleep(1.0)  # the measuring interval, not a synchronisation
+    ours = _row(lister.sample(), child.pid)
+    theirs = proc.cpu_percent(None)
+    assert ours is not None
+    assert ours.cpu_percent > 10.0
+    assert abs(ours.cpu_percent - theirs) < 15.0

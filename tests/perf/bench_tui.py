@@ -1,0 +1,445 @@
+"""Benchmark (run by hand): what the perftop TUI itself costs, in a real terminal, beside glances and htop.
+
+    .venv/bin/python tests/perf/bench_tui.py [--seconds 30] [--launches 5] [--size 120x40]
+        [--glances /tmp/glances-venv/bin/glances] [--no-glances] [--no-htop] [--json FILE] [--profile DIR]
+
+Each program runs in tmux on a private server (`tmux -L`), at --interval 1 (glances `-t 1`, htop `-d 10`):
+
+- perftop (process list): plain `perftop`: the system pane and the process list.
+- perftop --pid CHILD: the system pane and the process pane of an idle Python child started here.
+- perftop demo: `perftop demo --threads 2`: the process pane of the instrumented demo service, whose agent
+  perftop polls each tick. Its launch time includes starting the demo service and waiting for its agent.
+
+Figures, per program:
+- CPU: utime+stime of the program's own process (the tmux pane's process, found with `display -p
+  '#{pane_pid}'`) from /proc/PID/stat over --seconds, starting 2 s after the first full frame so the start-up
+  is left out; as a percentage of one core. Its children (the demo service) are reported apart.
+- RSS: VmRSS at the end of that window, and VmHWM (the peak since launch), from /proc/PID/status.
+- First full frame: from launch (just before tmux starts the program) until capture-pane, polled every
+  10 ms, shows both the system pane with data and the process list (or the process pane) with data; the
+  median of --launches launches. `python -c "import textual.app"` is timed for reference.
+
+Other processes on this machine (tests of other work) add noise: the load average is printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SETTLE_S = 2.0
+"""Seconds between the first full frame and the start of the CPU window."""
+POLL_S = 0.01
+
+_SYSTEM_DATA = re.compile(r"\d+\.\d%\s+load \d")
+_LIST_DATA = re.compile(r"processes \(([1-9]\d*)\)")
+_PROCESS_DATA = re.compile(r"pid (\d+) · .*\n(?:.*\n)*.*nofile")
+
+Predicate = Callable[[str], bool]
+
+
+@dataclass
+class Result:
+    """The figures of one program."""
+
+    label: str
+    cpu_percent: float
+    children_cpu_percent: float | None
+    rss_mb: float
+    hwm_mb: float
+    first_frame_s: float | None = None
+    first_frames_s: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Terminal:
+    """A private tmux server with a fixed-size window per launched program."""
+
+    def __init__(self, width: int, height: int) -> None:
+        if shutil.which("tmux") is None:
+            raise SystemExit("tmux is not installed (apt-get install tmux)")
+        self.server = f"perftop-bench-{uuid.uuid4().hex[:8]}"
+        self.width, self.height = width, height
+        # A placeholder session keeps the server up, so launches do not pay for starting it.
+        self._tmux("new-session", "-d", "-s", "keep", "-x", "20", "-y", "5", "sleep 100000")
+        self._n = 0
+
+    def _tmux(self, *args: str) -> str:
+        out = subprocess.run(
+            ["tmux", "-L", self.server, *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        return out.stdout
+
+    def launch(self, argv: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
+        """Start `argv` in a new session; its name and the launch time (monotonic, just before tmux)."""
+        self._n += 1
+        session = f"s{self._n}"
+        assign = " ".join(f"{k}={shlex.quote(v)}" for k, v in (env or {}).items())
+        command = f"exec env {assign} {shlex.join(argv)}"
+        start = time.monotonic()
+        self._tmux(
+            "new-session", "-d", "-s", session, "-x", str(self.width), "-y", str(self.height),
+            "-c", str(REPO), command,
+        )  # fmt: skip
+        return session, start
+
+    def pid(self, session: str) -> int:
+        return int(self._tmux("display", "-p", "-t", session, "#{pane_pid}").strip())
+
+    def screen(self, session: str) -> str:
+        return self._tmux("capture-pane", "-p", "-t", session)
+
+    def send(self, session: str, *keys: str) -> None:
+        self._tmux("send-keys", "-t", session, *keys)
+
+    def wait_screen(self, session: str, predicate: Predicate, timeout: float = 30.0) -> float:
+        """Poll the screen every 10 ms until `predicate` holds; the monotonic time it first did."""
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.screen(session)
+            if predicate(text):
+                return time.monotonic()
+            time.sleep(POLL_S)
+        raise RuntimeError(f"screen never matched within {timeout}s; last screen:\n{text}")
+
+    def close(self, session: str, pid: int, keys: tuple[str, ...] = ("q",)) -> None:
+        """Quit the program with `keys`; kill it and what it started if it has not exited in 10 s."""
+        family = [pid, *descendants(pid)]
+        self.send(session, *keys)
+        if not wait_gone(pid, 10.0):
+            for p in family:
+                with suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGKILL)
+        for p in family[1:]:
+            if not wait_gone(p, 10.0):
+                with suppress(ProcessLookupError, PermissionError):
+                    os.kill(p, signal.SIGKILL)
+        self._tmux("kill-session", "-t", session)
+
+    def kill(self) -> None:
+        """Stop the server and remove its socket file, which tmux leaves behind."""
+        subprocess.run(["tmux", "-L", self.server, "kill-server"], capture_output=True, check=False)
+        tmpdir = os.environ.get("TMUX_TMPDIR", "/tmp")
+        with suppress(OSError):
+            os.unlink(os.path.join(tmpdir, f"tmux-{os.getuid()}", self.server))
+
+
+def wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: field 3 (state) is [0]."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2 :].decode().split()
+
+
+def _state(pid: int) -> str:
+    try:
+        return _stat_fields(pid)[0]
+    except (OSError, ValueError):
+        return "?"
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of `pid` in clock ticks."""
+    fields = _stat_fields(pid)
+    return int(fields[11]) + int(fields[12])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, from the ppid field of /proc/*/stat."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                ppid = int(_stat_fields(int(name))[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(name))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of `pid` in MB."""
+    values: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+    return values["VmRSS"], values["VmHWM"]
+
+
+def measure(pid: int, seconds: float) -> tuple[float, float | None, float, float]:
+    """CPU % of one core of `pid` and of its descendants together over `seconds`; its RSS and peak RSS."""
+    kids = descendants(pid)
+    start = time.monotonic()
+    own0 = cpu_ticks(pid)
+    kids0 = {k: cpu_ticks(k) for k in kids}
+    time.sleep(seconds)
+    own1 = cpu_ticks(pid)
+    kids_delta = 0
+    for k, before in kids0.items():
+        with suppress(ProcessLookupError, PermissionError):
+            try:
+                kids_delta += cpu_ticks(k) - before
+            except OSError:
+                continue
+    wall = time.monotonic() - start
+    rss, hwm = memory_mb(pid)
+    own = 100.0 * (own1 - own0) / CLK_TCK / wall
+    return own, (100.0 * kids_delta / CLK_TCK / wall if kids else None), rss, hwm
+
+
+def run_program(
+    term: Terminal,
+    label: str,
+    argv: list[str],
+    ready: Predicate,
+    launches: int,
+    seconds: float,
+    env: dict[str, str],
+    quit_keys: tuple[str, ...] = ("q",),
+    timed: bool = True,
+    profile_dir: Path | None = None,
+) -> Result:
+    """Launch `argv` `launches` times, timing the first full frame; measure the last launch over `seconds`."""
+    frames: list[float] = []
+    for n in range(launches):
+        session, start = term.launch(argv, env)
+        pid = term.pid(session)
+        try:
+            frames.append(term.wait_screen(session, ready) - start)
+            if n < launches - 1:
+                continue
+            time.sleep(SETTLE_S)
+            own, kids, rss, hwm = measure(pid, seconds)
+            if profile_dir is not None:
+                profile(pid, label, profile_dir, seconds)
+        finally:
+            term.close(session, pid, quit_keys)
+    first = statistics.median(frames) if timed else None
+    return Result(label, own, kids, rss, hwm, first, frames if timed else [], seconds)
+
+
+def profile(pid: int, label: str, out_dir: Path, seconds: float) -> None:
+    """py-spy record of `pid` (not during the CPU window, which py-spy would disturb)."""
+    py_spy = shutil.which("py-spy") or "/tmp/pyspy-venv/bin/py-spy"
+    if not os.path.exists(py_spy):
+        sys.stdout.write("py-spy not found (python3 -m venv /tmp/pyspy-venv && .../pip install py-spy)\n")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+    for fmt, ext in (("speedscope", "json"), ("raw", "txt")):
+        subprocess.run(
+            [py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+             "--nonblocking", "--threads", "--format", fmt, "-o", str(out_dir / f"{slug}.{ext}")],
+            capture_output=True, check=False,
+        )  # fmt: skip
+
+
+def import_time(code: str, runs: int = 5) -> float:
+    """Median wall time of `python -c code` in seconds."""
+    times = []
+    for _ in range(runs):
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+        times.append(time.monotonic() - start)
+    return statistics.median(times)
+
+
+def machine() -> dict[str, object]:
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "processes": sum(1 for n in os.listdir("/proc") if n.isdigit()),
+        "load_avg": os.getloadavg(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+
+
+def child_process() -> subprocess.Popen[bytes]:
+    """An idle Python child holding a few files and a TCP listener with one connection."""
+    code = (
+        "import os, socket, sys, time\n"
+        "files = [open(os.devnull) for _ in range(8)]\n"
+        "srv = socket.create_server(('127.0.0.1', 0))\n"
+        "cli = socket.create_connection(srv.getsockname()); acc = srv.accept()\n"
+        "sys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    if proc.stdout.readline() != b"ready\n":
+        proc.kill()
+        raise RuntimeError("the child did not start")
+    return proc
+
+
+def table(results: list[Result], info: dict[str, object]) -> str:
+    load = " ".join(f"{x:.2f}" for x in info["load_avg"])  # type: ignore[attr-defined]
+    lines = [
+        f"Machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['processes']} processes, Linux "
+        f"{info['kernel']}, Python {info['python']}; load average {load} at the start, "
+        f"{info['load_end']} at the end. Each program at a 1 s refresh for {results[0].seconds:g} s in tmux "
+        f"{info['size']}.",
+        "",
+        f"| program | CPU, % of one core | RSS (peak) | first full frame (median of {info['launches']}) |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in results:
+        kids = "" if r.children_cpu_percent is None else f" (+{r.children_cpu_percent:.2f}% its child)"
+        first = "-" if r.first_frame_s is None else f"{r.first_frame_s:.2f} s"
+        lines.append(
+            f"| {r.label} | {r.cpu_percent:.2f}%{kids} | {r.rss_mb:.0f} MB ({r.hwm_mb:.0f} MB) | {first} |"
+        )
+    lines += [
+        "",
+        f'Reference: `python -c pass` {info["python_start_s"]:.3f} s, `python -c "import textual.app"` '
+        f'{info["textual_import_s"]:.3f} s, `python -c "import perftop.tui.app"` '
+        f"{info['perftop_import_s']:.3f} s (medians of 5).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=30.0, help="CPU window per program (default 30)")
+    parser.add_argument("--launches", type=int, default=5, help="launches timed per perftop mode (default 5)")
+    parser.add_argument("--size", default="120x40", help="terminal size, e.g. 100x30 (default 120x40)")
+    parser.add_argument("--glances", default="/tmp/glances-venv/bin/glances", help="the glances to run")
+    parser.add_argument("--no-glances", action="store_true")
+    parser.add_argument("--no-htop", action="store_true")
+    parser.add_argument(
+        "--only", choices=("list", "pid", "demo"), action="append", help="perftop modes to run"
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--profile", type=Path, help="after each perftop window, py-spy record into this dir")
+    args = parser.parse_args()
+    width, height = (int(x) for x in args.size.split("x"))
+    modes = args.only or ["list", "pid", "demo"]
+
+    info = machine()
+    info.update(size=args.size, launches=args.launches)
+    info["python_start_s"] = import_time("pass")
+    info["textual_import_s"] = import_time("import textual.app")
+    info["perftop_import_s"] = import_time("import perftop.tui.app")
+
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "VIRTUAL_ENV", "LANG")}
+    env.update(TERM="xterm-256color", COLORTERM="truecolor")
+    perftop = [sys.executable, "-m", "perftop"]
+    term = Terminal(width, height)
+    child = child_process()
+    results: list[Result] = []
+    try:
+
+        def has_list(s: str) -> bool:
+            return bool(_SYSTEM_DATA.search(s) and _LIST_DATA.search(s))
+
+        def has_process(pid: int | None) -> Predicate:
+            def ready(s: str) -> bool:
+                m = _PROCESS_DATA.search(s)
+                return bool(_SYSTEM_DATA.search(s) and m and (pid is None or int(m.group(1)) == pid))
+
+            return ready
+
+        common = dict(launches=args.launches, seconds=args.seconds, env=env, profile_dir=args.profile)
+        if "list" in modes:
+            results.append(
+                run_program(term, "perftop (system + process list)", [*perftop, "--interval", "1"],
+                            has_list, **common)  # type: ignore[arg-type]
+            )  # fmt: skip
+        if "pid" in modes:
+            results.append(
+                run_program(term, "perftop --pid (system + process pane)",
+                            [*perftop, "--interval", "1", "--pid", str(child.pid)],
+                            has_process(child.pid), **common)  # type: ignore[arg-type]
+            )  # fmt: skip
+        if "demo" in modes:
+            results.append(
+                run_program(term, "perftop demo (system + process pane + agent)",
+                            [*perftop, "demo", "--threads", "2", "--interval", "1"],
+                            has_process(None), **common)  # type: ignore[arg-type]
+            )  # fmt: skip
+        if not args.no_glances:
+            if os.path.exists(args.glances):
+                results.append(
+                    run_program(term, "glances -t 1", [args.glances, "-t", "1"],
+                                lambda s: "CPU" in s and "MEM" in s and "PID" in s, 1, args.seconds, env,
+                                timed=False)
+                )  # fmt: skip
+            else:
+                sys.stdout.write(f"glances not found at {args.glances}: skipped\n")
+        if not args.no_htop:
+            htop = shutil.which("htop")
+            if htop:
+                results.append(
+                    run_program(term, "htop -d 10", [htop, "-d", "10"], lambda s: "PID" in s and "Load" in s,
+                                1, args.seconds, env, quit_keys=("q",), timed=False)
+                )  # fmt: skip
+            else:
+                sys.stdout.write("htop not installed (apt-get install -y htop): skipped\n")
+    finally:
+        term.kill()
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            child.wait(5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        if child.stdout is not None:
+            child.stdout.close()
+
+    info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    sys.stdout.write(table(results, info) + "\n")
+    for r in results:
+        if r.first_frames_s:
+            frames = ", ".join(f"{x:.3f}" for x in r.first_frames_s)
+            sys.stdout.write(f"  {r.label}: first full frames {frames} s\n")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "results": [asdict(r) for r in results]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
