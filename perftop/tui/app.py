@@ -116,7 +116,7 @@ class PerftopApp(App[int]):
         if self._initial_pid is not None:
             self.attach(self._initial_pid)
         else:
-            self.query_one(ProcessListPane).query_one("DataTable").focus()
+            self.query_one(ProcessListPane).query_one("LineTable").focus()
         self._status()
 
     def on_ready(self) -> None:
@@ -237,7 +237,7 @@ class PerftopApp(App[int]):
         self.query_one("#main", ContentSwitcher).current = "list"
         plist = self.query_one(ProcessListPane)
         plist.select_pid(pid)
-        plist.query_one("DataTable").focus()
+        plist.query_one("LineTable").focus()
         self._status()
 
     # -- keys ------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ class LimitRow(Horizontal):
         yield self._values
 
     def watch_text(self, text: str) -> None:
-        self._values.update(text)
+        self._values.update(text, layout=False)
 
 
 def limit_text(lim: Limit) -> str:
@@ -91,16 +91,17 @@ class ProcessPane(VerticalScroll):
     ProcessPane.-cgroup .cgroup { display: block; }
     """
 
-    sample: reactive[ProcessSample | None] = reactive(None, always_update=True)
+    sample: reactive[ProcessSample | None] = reactive(None, always_update=True, repaint=False)
     """The latest sample of the attached process."""
     gone: reactive[str | None] = reactive(None)
     """Why the process can no longer be sampled (it exited), or None while it runs."""
-    now: reactive[float] = reactive(0.0)
+    now: reactive[float] = reactive(0.0, repaint=False)
     """The clock used for uptime and for the age of the connections count."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.border_title = "process"
+        self._head_pid: int | None = None
         self._gone = Static("", id="gone")
         self._head = Static("waiting for the first sample…", id="head")
         self._cgroup_title = Label("cgroup", classes="section cgroup", id="cgroup-title")
@@ -123,7 +124,10 @@ class ProcessPane(VerticalScroll):
     def watch_sample(self, p: ProcessSample | None) -> None:
         if p is None or not self.is_mounted:
             return
-        self.border_title = f"process {p.pid} · {p.name}"
+        relayout = self._head_pid != p.pid  # the head's height is fixed after its first text
+        self._head_pid = p.pid
+        if (title := f"process {p.pid} · {p.name}") != self.border_title:
+            self.border_title = title
         uptime = fmt_duration(self.now - p.create_time) if self.now else "-"
         conn_age = (
             ""
@@ -137,12 +141,12 @@ class ProcessPane(VerticalScroll):
             f"  threads {p.num_threads}  fds {fmt_count(p.num_fds)}"
             f"  conns {fmt_count(p.num_connections)}{conn_age}\n"
             f"cmd {cmd[:200]}",
-            layout=True,
+            layout=relayout,
         )
         cg = p.cgroup
         self.set_class(cg is not None, "-cgroup")
         if cg is not None:
-            self._cgroup_title.update(f"cgroup v{cg.version} {cg.path}")
+            self._cgroup_title.update(f"cgroup v{cg.version} {cg.path}", layout=False)
             for name, ratio, text in cgroup_rows(cg):
                 self._show(name, ratio, text)
         for lim in p.limits:

@@ -8,9 +8,10 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
 from textual.reactive import reactive
-from textual.widgets import DataTable, Input
+from textual.widgets import Input, Static
 
 from perftop.collectors.model import ProcessRow
+from perftop.tui.widgets.proctable import LineTable
 from perftop.units import fmt_bytes
 
 SORTS: tuple[str, ...] = ("cpu", "mem", "pid", "name")
@@ -38,6 +39,11 @@ def filter_rows(rows: list[ProcessRow], text: str) -> list[ProcessRow]:
     ]
 
 
+def _line(pid: str, user: str, cpu: str, rss: str, thr: str, cmd: str) -> str:
+    """One row of the table, in fixed-width columns."""
+    return f" {pid:>7} {user:<9} {cpu:>5} {rss:>10} {thr:>4}  {cmd}"
+
+
 class ProcessListPane(Vertical):
     """A table of processes. Posts `ProcessListPane.Attach` when the user picks one."""
 
@@ -45,7 +51,8 @@ class ProcessListPane(Vertical):
     ProcessListPane { height: 1fr; border: round $primary; border-title-color: $primary; }
     ProcessListPane > Input { display: none; height: 1; border: none; padding: 0 1; }
     ProcessListPane.-filtering > Input { display: block; }
-    ProcessListPane > DataTable { height: 1fr; }
+    ProcessListPane > LineTable { height: 1fr; }
+    ProcessListPane > .header { height: 1; text-style: bold; color: $accent; }
     """
 
     BINDINGS = [
@@ -62,7 +69,7 @@ class ProcessListPane(Vertical):
             super().__init__()
             self.pid = pid
 
-    rows: reactive[list[ProcessRow]] = reactive(list, always_update=True)
+    rows: reactive[list[ProcessRow]] = reactive(list, always_update=True, repaint=False)
     """The latest process list, unsorted and unfiltered."""
     sort: reactive[str] = reactive("cpu")
     """The current sort order, one of SORTS."""
@@ -75,25 +82,21 @@ class ProcessListPane(Vertical):
         self._input = Input(
             placeholder="filter by name, command line or PID; Enter keeps it, Escape clears it"
         )
-        self._table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
+        self._table = LineTable()
 
     def compose(self) -> ComposeResult:
         yield self._input
-        table = self._table
-        table.add_column("PID", key="pid", width=8)
-        table.add_column("USER", key="user", width=9)
-        table.add_column("CPU%", key="cpu", width=6)
-        table.add_column("RSS", key="mem", width=10)
-        table.add_column("THR", key="thr", width=4)
-        table.add_column("COMMAND", key="cmd")
-        yield table
+        yield Static(_line("PID", "USER", "CPU%", "RSS", "THR", "COMMAND"), classes="header", markup=False)
+        yield self._table
 
     def on_mount(self) -> None:
         self._title()
 
     def _title(self) -> None:
         filt = f" · filter {self.filter_text!r}" if self.filter_text else ""
-        self.border_title = f"processes ({len(self._shown)}) · sort {self.sort}{filt}"
+        title = f"processes ({len(self._shown)}) · sort {self.sort}{filt}"
+        if title != self.border_title:
+            self.border_title = title
 
     def watch_rows(self) -> None:
         self._refresh_table()
@@ -115,20 +118,22 @@ class ProcessListPane(Vertical):
         table = self._table
         selected = self.selected_pid
         rows = sort_rows(filter_rows(self.rows, self.filter_text), self.sort)
-        table.clear()
-        for r in rows:
-            table.add_row(
-                str(r.pid),
-                r.username[:9],
-                f"{r.cpu_percent:5.1f}",
-                fmt_bytes(r.rss_bytes),
-                str(r.num_threads),
-                r.cmdline or r.name,
-                key=str(r.pid),
-            )
+        table.set_rows(
+            [
+                _line(
+                    str(r.pid),
+                    r.username[:9],
+                    f"{r.cpu_percent:5.1f}",
+                    fmt_bytes(r.rss_bytes),
+                    str(r.num_threads),
+                    r.cmdline or r.name,
+                )
+                for r in rows
+            ]
+        )
         self._shown = [r.pid for r in rows]
         if selected in self._shown:
-            table.move_cursor(row=self._shown.index(selected), animate=False)
+            table.move_cursor(self._shown.index(selected))
         self._title()
 
     @property
@@ -143,7 +148,7 @@ class ProcessListPane(Vertical):
         """Move the cursor to `pid`; False where it is not shown."""
         if pid not in self._shown:
             return False
-        self._table.move_cursor(row=self._shown.index(pid), animate=False)
+        self._table.move_cursor(self._shown.index(pid))
         return True
 
     def action_filter(self) -> None:
@@ -158,8 +163,8 @@ class ProcessListPane(Vertical):
         if pid is not None:
             self.post_message(self.Attach(pid))
 
-    @on(DataTable.RowSelected)
-    def _row_selected(self, event: DataTable.RowSelected) -> None:
+    @on(LineTable.Clicked)
+    def _row_selected(self, event: LineTable.Clicked) -> None:
         event.stop()
         self.action_attach()
 

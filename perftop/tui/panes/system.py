@@ -7,10 +7,11 @@ from collections import deque
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
-from textual.widgets import Label, Sparkline
+from textual.widgets import Label
 
 from perftop.collectors.model import SystemSample
 from perftop.tui.widgets.bar import UsageBar
+from perftop.tui.widgets.spark import TextSparkline
 from perftop.units import fmt_bytes, fmt_rate
 
 HISTORY = 60
@@ -31,7 +32,7 @@ class _Row(Horizontal):
     _Row > .name { width: 5; color: $accent; text-style: bold; }
     _Row > .text { width: 34; }
     _Row > UsageBar { width: 18; margin-right: 1; }
-    _Row > Sparkline { width: 1fr; min-width: 8; }
+    _Row > TextSparkline { width: 1fr; min-width: 8; }
     """
 
 
@@ -43,7 +44,7 @@ class SystemPane(Vertical):
     SystemPane #cores { height: 1; color: $text-muted; }
     """
 
-    sample: reactive[SystemSample | None] = reactive(None, always_update=True)
+    sample: reactive[SystemSample | None] = reactive(None, always_update=True, repaint=False)
     """The latest host sample; each one is appended to the histories."""
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -54,7 +55,7 @@ class SystemPane(Vertical):
         }
 
         self._texts = {k: Label("-", classes="text", id=f"{k}-text") for k in self._hist}
-        self._sparks = {k: Sparkline([], id=f"{k}-spark") for k in self._hist}
+        self._sparks = {k: TextSparkline(id=f"{k}-spark") for k in self._hist}
         self._bars = {k: UsageBar(id=f"{k}-bar") for k in ("cpu", "mem")}
         self._cores = Label("", id="cores")
 
@@ -101,10 +102,10 @@ class SystemPane(Vertical):
             psi = f"psi {psi}"
         else:
             psi = "psi n/a"
-        self._cores.update(f"cores [{core_glyphs(s.per_cpu_percent)}] {cores}%  ·  {psi}")
+        self._cores.update(f"cores [{core_glyphs(s.per_cpu_percent)}] {cores}%  ·  {psi}", layout=False)
 
     def _set(self, key: str, text: str, value: float) -> None:
-        self._texts[key].update(text)
+        self._texts[key].update(text, layout=False)
         hist = self._hist[key]
         hist.append(value)
-        self._sparks[key].data = list(hist)
+        self._sparks[key].data = tuple(hist)
