@@ -129,6 +129,8 @@ class QueriesPane(Vertical):
         self._selected = Static("", id="selected")
         self._slow: DataTable[str] = DataTable(cursor_type="row", id="slow-table")
         self._pool = Label("", id="pool")
+        self._now = 0.0
+        self._stale = False
 
     def compose(self) -> ComposeResult:
         for header, key, width in COLUMNS:
@@ -164,8 +166,22 @@ class QueriesPane(Vertical):
             return
         self.set_class(False, "-empty")
         self.stats = stats
+        self._now = time.time() if now is None else now
+        self._stale = True
+        if self.is_on_screen:
+            self._redraw()
+
+    def on_show(self) -> None:
+        """A hidden tab is not redrawn every tick: catch up when it is shown."""
+        if self._stale:
+            self._redraw()
+
+    def _redraw(self) -> None:
+        self._stale = False
+        stats, now = self.stats, self._now
+        if stats is None:
+            return
         self._refresh_table()
-        now = time.time() if now is None else now
         self._slow.clear()
         for slow in stats.get("slow_queries", [])[:50]:
             self._slow.add_row(

@@ -123,6 +123,7 @@ class TimingsPane(Vertical):
         self._counters = Static("", id="counters")
 
         self._narrow: bool | None = None
+        self._stale = False
 
     def _columns(self) -> list[tuple[str, str, int]]:
         if not self._narrow:
@@ -184,6 +185,20 @@ class TimingsPane(Vertical):
             if row["p99_ms"] is not None:
                 self._trends.setdefault(name, deque(maxlen=TREND)).append(row["p99_ms"])
                 self._p50.setdefault(name, deque(maxlen=TREND)).append(row["p50_ms"] or 0.0)
+        self._stale = True
+        if self.is_on_screen:
+            self._redraw()
+
+    def on_show(self) -> None:
+        """A hidden tab is not redrawn every tick: catch up when it is shown."""
+        if self._stale:
+            self._redraw()
+
+    def _redraw(self) -> None:
+        self._stale = False
+        view = self.view
+        if view is None:
+            return
         self._refresh_table()
         parts = [
             f"{name} {fmt_count(c.get('value'))} ({c.get('rate_per_s', 0):.1f}/s)"
