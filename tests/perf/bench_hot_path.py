@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import perftop
+from perftop.agent.recorder import Timing
 
 CALLS = 300_000
 REPEATS = 9
@@ -132,6 +133,23 @@ def main() -> None:
     out(f"{'variant':55} {'per call':>10} {'added':>10}")
     for label, per_call in results.items():
         out(f"{label:55} {per_call * 1e6:8.3f}us {(per_call - base) * 1e6:8.3f}us")
+    out(f"agent-side aggregation, per recorded call: {aggregation_ns():.0f} ns (on the agent thread)")
+
+
+def aggregation_ns() -> float:
+    """What draining one recorded call costs the agent thread (it holds the GIL meanwhile)."""
+    metric = Timing("bench.drain", time.time())
+    for _ in range(CALLS):
+        t0 = time.perf_counter_ns()
+        metric.append(time.perf_counter_ns() - t0 + 150)
+    runs = []
+    for _ in range(REPEATS):
+        values = list(metric.buf)
+        start = time.perf_counter_ns()
+        metric.drain(time.time())
+        runs.append((time.perf_counter_ns() - start) / CALLS)
+        metric.buf.extend(values)
+    return statistics.median(runs)
 
 
 if __name__ == "__main__":
