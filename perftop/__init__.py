@@ -13,11 +13,37 @@ SQLAlchemy), and recording works before `start()`: `start()` only makes the data
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from perftop._version import __version__
-from perftop.agent import socket_file, start, stop
-from perftop.agent.recorder import count, gauge, observe, time_it, timer
+
+if TYPE_CHECKING:
+    from perftop.agent import socket_file, start, stop
+    from perftop.agent.recorder import count, gauge, observe, time_it, timer
+
+_LAZY = {
+    "socket_file": "perftop.agent",
+    "start": "perftop.agent",
+    "stop": "perftop.agent",
+    "count": "perftop.agent.recorder",
+    "gauge": "perftop.agent.recorder",
+    "observe": "perftop.agent.recorder",
+    "time_it": "perftop.agent.recorder",
+    "timer": "perftop.agent.recorder",
+}
+"""Where each name of the API lives. They are imported on first use, so that the `perftop` command (which
+imports this package too) starts fast; after that first use a name is a plain module attribute."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'perftop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "__version__",
@@ -36,6 +62,4 @@ __all__ = [
 def instrument_sqlalchemy(engine: Any = None, slow_ms: float = 100) -> None:
     """Time every SQLAlchemy execution of `engine` (None: every Engine in the process) by query
     fingerprint; executions slower than `slow_ms` go to the slow list. SQLAlchemy is imported only here."""
-    import importlib
-
     importlib.import_module("perftop.agent.sqlalchemy").instrument(engine, slow_ms)

@@ -14,9 +14,6 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from perftop._version import __version__
-from perftop.export.prometheus import add_export_parser, run_export
-from perftop.recording import add_record_parser, add_replay_parser, run_record, run_replay
-from perftop.web import add_web_parser, run_web
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -147,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=4, help="worker threads in the service (default 4)")
     _tui_options(demo)
 
+    inject = sub.add_parser(
+        "inject",
+        help="start an agent inside a running Python process",
+        description="Start perftop's agent inside a running CPython process that has none (gdb on "
+        "3.10-3.13, sys.remote_exec on 3.14+). The process keeps running; nothing needs installing in it.",
+    )
+    inject.add_argument("inject_pid", type=_pid, metavar="PID")
+    inject.add_argument("--timeout", type=_seconds, default=10.0, help="give up after S seconds (default 10)")
+    inject.add_argument("--socket-dir", metavar="DIR", help="where the agent's socket goes")
+
+    from perftop.export.prometheus import add_export_parser
+    from perftop.recording import add_record_parser, add_replay_parser
+    from perftop.web import add_web_parser
+
     add_export_parser(sub)
     add_record_parser(sub)
     add_replay_parser(sub)
@@ -220,6 +231,50 @@ def _save_profile(result: dict[str, object], path: str) -> None:
     except OSError as exc:
         raise Failure(f"cannot write {path}: {exc.strerror}") from None
     sys.stderr.write(f"perftop: profile saved to {path}\n")
+
+
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command implemented in another module, imported only when it runs."""
+    import importlib
+
+    run: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), name)
+    return run
+
+
+def _run_inject(args: argparse.Namespace) -> int:
+    from perftop.inject import InjectError, inject
+
+    try:
+        path = inject(args.inject_pid, args.socket_dir, timeout=args.timeout)
+    except InjectError as exc:
+        raise (UsageError if exc.bad_input else Failure)(str(exc)) from None
+    sys.stdout.write(f"agent started in PID {args.inject_pid}: {path}\n")
+    return EXIT_OK
+
+
+def _fast_run(argv: list[str]) -> int:
+    """`perftop run` without building the whole parser: its start-up cost is added to the program's."""
+    name: str | None = None
+    slow_ms: float | None = None
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        option, _, value = argv[i].partition("=")
+        if option not in ("--name", "--slow-ms"):
+            raise UsageError(f"unrecognized arguments: {argv[i]} (see 'perftop run --help')")
+        if not value:
+            i += 1
+            if i >= len(argv):
+                raise UsageError(f"argument {option}: expected one argument")
+            value = argv[i]
+        if option == "--name":
+            name = value
+        else:
+            try:
+                slow_ms = float(value)
+            except ValueError:
+                raise UsageError(f"argument --slow-ms: invalid float value: {value!r}") from None
+        i += 1
+    return _run_program(argparse.Namespace(cmd=argv[i:], name=name, slow_ms=slow_ms))
 
 
 def _run_program(args: argparse.Namespace) -> int:
@@ -303,10 +358,11 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "attach": lambda a: _run_tui(a.attach_pid, a),
     "snapshot": _run_snapshot,
     "action": _run_action,
-    "export": run_export,
-    "record": run_record,
-    "replay": run_replay,
-    "web": run_web,
+    "inject": lambda a: _run_inject(a),
+    "export": lambda a: _command("perftop.export.prometheus", "run_export")(a),
+    "record": lambda a: _command("perftop.recording", "run_record")(a),
+    "replay": lambda a: _command("perftop.recording", "run_replay")(a),
+    "web": lambda a: _command("perftop.web", "run_web")(a),
     "run": _run_program,
     "demo": _run_demo,
 }
@@ -314,7 +370,12 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `perftop` script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["run"] and not {"-h", "--help"} & set(
+            argv[1 : argv.index("--") if "--" in argv else None]
+        ):
+            return _fast_run(argv[1:])
         args = build_parser().parse_args(argv)
         if args.command is None:
             return _run_tui(args.pid, args)

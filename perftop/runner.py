@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
+import stat
 import sys
-import time
-from collections.abc import Sequence
-from pathlib import Path
 
-BOOTSTRAP_DIR = str(Path(__file__).resolve().parent / "_bootstrap")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import subprocess
+    from collections.abc import Sequence
+
+# `perftop run` execs the program as soon as it can, so this module imports next to nothing (subprocess,
+# shutil, typing and time would cost it milliseconds; `perftop demo` imports what it needs itself).
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "_bootstrap")
 """Holds the `sitecustomize.py` that starts the agent in every Python process that has it on its path."""
 
 
@@ -34,16 +37,44 @@ def resolve_command(command: Sequence[str]) -> list[str]:
         cmd = cmd[1:]
     if not cmd:
         raise ValueError("no command given: perftop run [--name NAME] -- python app.py ...")
-    program = shutil.which(cmd[0])
+    program = which(cmd[0])
     if program is None:
         raise ValueError(f"command not found: {cmd[0]}")
     return [program, *cmd[1:]]
 
 
+def which(name: str) -> str | None:
+    """Like shutil.which (an executable file; `name` with a slash is taken as a path), without shutil."""
+    candidates = [name] if os.sep in name else [os.path.join(d or ".", name) for d in os.get_exec_path()]
+    for path in candidates:
+        try:
+            if stat.S_ISREG(os.stat(path).st_mode) and os.access(path, os.X_OK):
+                return path
+        except OSError:
+            continue
+    return None
+
+
 def exec_with_agent(command: Sequence[str], name: str | None, slow_ms: float | None) -> None:
-    """Replace this process with `command` (same PID, so signals, exit code and stdio pass through)."""
-    cmd = resolve_command(command)
-    os.execve(cmd[0], cmd, agent_env(name, slow_ms))
+    """Replace this process with `command` (same PID, so signals, exit code and stdio pass through).
+
+    The program gets the argv it was given (argv[0] as typed, as a shell would pass it) and the signal
+    dispositions a shell would give it: Python ignores SIGPIPE and SIGXFSZ, and exec keeps ignored
+    signals ignored, so they are reset first (as subprocess does with restore_signals).
+    """
+    cmd = list(command)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    program = resolve_command(cmd)[0]
+    import signal
+
+    for signame in ("SIGPIPE", "SIGXFZ", "SIGXFSZ"):
+        sig = getattr(signal, signame, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_DFL)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execve(program, cmd, agent_env(name, slow_ms))
 
 
 def demo_command(threads: int) -> list[str]:
@@ -52,6 +83,8 @@ def demo_command(threads: int) -> list[str]:
 
 def start_demo(threads: int, log_path: str) -> subprocess.Popen[bytes]:
     """Start the demo service in the background with the agent; its output goes to `log_path`."""
+    import subprocess
+
     with open(log_path, "ab") as log:
         return subprocess.Popen(
             demo_command(threads),
@@ -65,6 +98,8 @@ def start_demo(threads: int, log_path: str) -> subprocess.Popen[bytes]:
 
 def wait_for_agent(pid: int, socket_dir: str | None, timeout: float = 20.0) -> bool:
     """Wait until the agent of `pid` answers on its socket; False after `timeout` or if `pid` died."""
+    import time
+
     from perftop.collectors.agent_client import find_agent
 
     deadline = time.monotonic() + timeout
@@ -81,6 +116,8 @@ def wait_for_agent(pid: int, socket_dir: str | None, timeout: float = 20.0) -> b
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL after `grace` seconds."""
+    import subprocess
+
     if proc.poll() is not None:
         return
     proc.terminate()

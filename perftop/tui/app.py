@@ -251,10 +251,18 @@ class PerftopApp(App[int]):
     def action_tab(self, tab: str) -> None:
         """Number keys: switch tabs of the attached view."""
         if self.attached is not None:
-            self.query_one(TabbedContent).active = tab
+            tabs = self.query_one(TabbedContent)
+            tabs.active = tab
             pane = self.query_one(f"#{tab} > *")
-            target = pane.query("DataTable").first() if pane.query("DataTable") else pane
-            target.focus()
+            tables = [t for t in pane.query("DataTable") if t.display and t.parent is pane]
+            # A pane with no table to show (no agent yet) takes focus itself, so that focus stays inside
+            # the attached view and its keys (p, m, g, t, i...) keep working.
+            if tables and not pane.has_class("-no-agent", "-empty"):
+                tables[0].focus()
+            elif pane.can_focus:
+                pane.focus()
+            else:
+                next((w for w in pane.query("*") if w.focusable), tabs).focus()
 
     def action_toggle_recording(self) -> None:
         """`r`: start recording the attached process to a file here, or stop the recording under way."""

@@ -17,7 +17,7 @@ def burn_cpu_here() -> int:
 
 
 def leak_a_little() -> None:
-    LEAK.extend(bytearray(100) for _ in range(500))
+    LEAK.extend(bytearray(400) for _ in range(1000))
 
 
 def worker(stop: threading.Event) -> None:

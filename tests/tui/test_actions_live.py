@@ -18,6 +18,7 @@ from perftop.tui.app import PerftopApp
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.sources import LiveSources
+from perftop.tui.widgets.confirm import Confirm
 from perftop.tui.widgets.flame import FlameView
 from tests.tui.waiting import wait_for
 
@@ -111,3 +112,27 @@ async def test_r_records_the_attached_process_and_r_again_stops(
     frame = reader.frame(len(reader) - 1)
     assert frame["process"]["pid"] == proc.pid
     assert "work" in frame["timings"]  # the target's own metric, from its agent
+
+
+async def test_i_injects_an_agent_into_a_plain_python_process(tmp_path: Path) -> None:
+    sockets = str(tmp_path / "sockets")
+    plain = subprocess.Popen(
+        [sys.executable, "-c", "import time\nwhile True: time.sleep(0.1)"],
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    try:
+        app = PerftopApp(sources=LiveSources(socket_dir=sockets), pid=plain.pid, interval=0.25)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
+            await pilot.press("2")
+            timings = app.query_one("TimingsPane")
+            await wait_for(pilot, lambda: timings.has_class("-no-agent"), timeout=20)
+            await pilot.press("i")
+            await wait_for(pilot, lambda: isinstance(app.screen, Confirm))
+            await pilot.press("y")
+            await wait_for(pilot, lambda: find_agent(plain.pid, sockets) is not None, timeout=30)
+            await wait_for(pilot, lambda: not timings.has_class("-no-agent"), timeout=20)
+        assert plain.poll() is None  # the target survived
+    finally:
+        plain.kill()
+        plain.wait()

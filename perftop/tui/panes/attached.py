@@ -7,6 +7,7 @@ from textual.containers import Vertical
 from textual.widgets import TabbedContent
 
 from perftop.tui.panes.actions import ActionsPane
+from perftop.tui.widgets.confirm import Confirm
 
 
 class AttachedView(Vertical):
@@ -19,7 +20,44 @@ class AttachedView(Vertical):
         Binding("M", "run('memory_stop')", "Stop tracing", show=False),
         Binding("g", "run('gc')", "Force GC"),
         Binding("t", "run('threads')", "Threads"),
+        Binding("i", "inject", "Inject agent", show=False),
     ]
+
+    def action_inject(self) -> None:
+        """`i`: start an agent inside the attached Python process (after a confirmation)."""
+        from perftop.tui.app import PerftopApp
+
+        app = self.app
+        pid = app.attached if isinstance(app, PerftopApp) else None
+        if pid is None:
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_worker(
+                    lambda: self._inject(pid), thread=True, group="inject", description=f"inject {pid}"
+                )
+                self.notify(f"injecting an agent into PID {pid}…")
+
+        app.push_screen(
+            Confirm(
+                f"Start perftop's agent inside PID {pid}?\n\nIt attaches with gdb (Python 3.10-3.13) or "
+                "sys.remote_exec (3.14+) for a moment, runs a few lines of Python in the process, and leaves "
+                "a daemon thread serving a Unix socket. The process keeps running."
+            ),
+            answered,
+        )
+
+    def _inject(self, pid: int) -> None:
+        from perftop.inject import InjectError, inject
+
+        socket_dir = getattr(getattr(self.app, "sources", None), "socket_dir", None)
+        try:
+            path = inject(pid, socket_dir)
+        except InjectError as exc:
+            self.app.call_from_thread(self.notify, f"inject failed: {exc}", severity="error", timeout=15)
+        else:
+            self.app.call_from_thread(self.notify, f"agent started in PID {pid} ({path})")
 
     def action_run(self, name: str) -> None:
         """Start an action in the attached process and show the Actions tab."""

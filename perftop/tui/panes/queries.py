@@ -86,7 +86,7 @@ class ExplainView(ModalScreen[None]):
         self.dismiss(None)
 
 
-class QueriesPane(Vertical):
+class QueriesPane(Vertical, can_focus=True):
     """Fingerprints by total time; `e` explains the selected one in the app, `E` with ANALYZE."""
 
     DEFAULT_CSS = """
@@ -162,6 +162,8 @@ class QueriesPane(Vertical):
         """New query stats from the agent (None: this process records no SQL)."""
         if stats is None or not (stats.get("queries") or stats.get("slow_queries") or stats.get("pool")):
             if self.stats is None:
+                if self._table.has_focus:
+                    self.focus()  # the table is about to hide: keep focus (and the keys) in this view
                 self.set_class(True, "-empty")
             return
         self.set_class(False, "-empty")

@@ -53,7 +53,8 @@ NO_AGENT = (
     "  import perftop\n"
     "  perftop.start()\n"
     "  @perftop.time_it('checkout')          # or: with perftop.timer('render'): ...\n\n"
-    "or run it unchanged under perftop:  perftop run -- python app.py"
+    "or run it unchanged under perftop:  perftop run -- python app.py\n\n"
+    "or, for a Python process already running, press i to inject an agent into it (perftop inject PID)"
 )
 
 
@@ -73,7 +74,7 @@ def sort_key(row: dict[str, Any], key: str) -> Any:
     return -(value if isinstance(value, (int, float)) else -1.0)
 
 
-class TimingsPane(Vertical):
+class TimingsPane(Vertical, can_focus=True):
     """Per-metric latency table, counters and gauges. Enter opens a metric's distribution."""
 
     DEFAULT_CSS = """
@@ -175,6 +176,8 @@ class TimingsPane(Vertical):
         """New agent data (None: the process has no agent)."""
         if view is None:
             if self.view is None:
+                if self._table.has_focus:
+                    self.focus()  # the table is about to hide: keep focus (and the keys) in this view
                 self.set_class(True, "-no-agent")
                 if error:
                     self._help.update(f"agent error: {error}\n\n{NO_AGENT}")

@@ -1,0 +1,236 @@
+"""`perftop run -- python SCRIPT`: the agent in an unmodified program (and its Python children), with its
+exit code, signals and stdio untouched. Real processes, real sockets, real SQLite."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from perftop.agent import paths
+from perftop.collectors.discovery import find_agent, find_child_agents
+
+REPO = Path(__file__).resolve().parent.parent.parent
+TARGETS = REPO / "tests" / "targets"
+T = TypeVar("T")
+
+
+def wait_for(predicate: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_gone(path: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} is still there"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def sock_dir() -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="ptrun") as d:
+        yield d
+
+
+def run_env(sock_dir: str, **extra: str) -> dict[str, str]:
+    """Our virtualenv's `python` first on PATH, agent sockets in `sock_dir`, no inherited PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PERFTOP", "PERFTOP_NAME")}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    env["PERFTOP_SOCKET_DIR"] = sock_dir
+    env.update(extra)
+    return env
+
+
+def perftop_run(
+    *cmd: str, env: dict[str, str], options: tuple[str, ...] = (), **kw: Any
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "perftop", "run", *options, "--", *cmd],
+        env=env,
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        **kw,
+    )
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(30)
+
+
+def snapshot(pid: int, sock_dir: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "perftop", "snapshot", "--pid", str(pid), "--json", "--interval", "0.2"],
+        env=run_env(sock_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    snap: dict[str, Any] = json.loads(result.stdout)
+    return snap
+
+
+def read_line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    return proc.stdout.readline().strip()
+
+
+def test_sqlalchemy_program_is_seen_and_its_stdio_and_exit_code_pass_through(sock_dir: str) -> None:
+    script = str(TARGETS / "run_sqla.py")
+    proc = perftop_run(
+        "python", script, "3", env=run_env(sock_dir), options=("--name", "billing"), stdin=subprocess.PIPE
+    )
+    try:
+        assert read_line(proc) == "ready"
+        socket_path = wait_for(lambda: find_agent(proc.pid, sock_dir), what="the agent's socket")
+        assert os.path.dirname(socket_path) == sock_dir
+        snap = snapshot(proc.pid, sock_dir)
+        agent = snap["agent"]
+        assert agent is not None and agent["pid"] == proc.pid
+        assert agent["argv"] == [script, "3"]
+        assert agent["name"] == "billing"
+        fingerprints = [q["fingerprint"] for q in snap["queries"]]
+        inserts = [q for q in snap["queries"] if "insert into run_items" in q["fingerprint"].lower()]
+        assert inserts and inserts[0]["count"] == 20, fingerprints
+        assert any("select count(*) from run_items" in f.lower() for f in fingerprints), fingerprints
+        assert proc.stdin is not None
+        proc.stdin.write("hello there\n")
+        proc.stdin.flush()
+        assert read_line(proc) == "echo: hello there"
+        proc.stdin.close()
+        assert proc.wait(30) == 3
+        assert not os.path.exists(socket_path), "the socket outlived the program"
+    finally:
+        kill(proc)
+
+
+def test_exit_code_zero_and_output(sock_dir: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "perftop", "run", "--", "python", "-c", "print('hi')"],
+        env=run_env(sock_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hi\n", "")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_killed_by_a_signal_like_the_program_alone(sig: signal.Signals, sock_dir: str) -> None:
+    script = str(TARGETS / "run_wait.py")
+    codes = []
+    for via_perftop in (False, True):
+        env = run_env(sock_dir)
+        if via_perftop:
+            proc = perftop_run("python", script, env=env, stderr=subprocess.DEVNULL)
+        else:
+            proc = subprocess.Popen(
+                [sys.executable, script],
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        try:
+            assert read_line(proc) == "ready"
+            if via_perftop:
+                wait_for(functools.partial(find_agent, proc.pid, sock_dir), what="the agent's socket")
+            proc.send_signal(sig)
+            codes.append(proc.wait(30))
+        finally:
+            kill(proc)
+    assert codes[0] == codes[1], codes
+    assert codes[1] == -sig
+
+
+def probe(env: dict[str, str]) -> dict[str, Any]:
+    proc = perftop_run("python", str(TARGETS / "run_probe.py"), env=env)
+    try:
+        out: dict[str, Any] = json.loads(read_line(proc))
+        assert proc.wait(30) == 0
+    finally:
+        kill(proc)
+    return out
+
+
+def test_existing_sitecustomize_still_runs(sock_dir: str, tmp_path: Path) -> None:
+    (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['RUN_CHAINED_MARK'] = 'chained'\n")
+    out = probe(run_env(sock_dir, PYTHONPATH=str(tmp_path)))
+    assert out["chained"] == "chained"
+    assert "_PerftopFinder" in out["finders"]
+    disabled = probe(run_env(sock_dir, PYTHONPATH=str(tmp_path), PERFTOP="0"))
+    assert disabled["chained"] == "chained"
+    assert out["sys_path"] == disabled["sys_path"], "the agent changed the program's sys.path"
+
+
+def test_perftop_0_disables_it(sock_dir: str) -> None:
+    out = probe(run_env(sock_dir, PERFTOP="0"))
+    assert out["perftop_loaded"] is False
+    assert "_PerftopFinder" not in out["finders"] and "_SQLAlchemyHook" not in out["finders"]
+    assert os.listdir(sock_dir) == []
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_multiprocessing_child_has_its_own_agent(method: str, sock_dir: str) -> None:
+    proc = perftop_run(
+        "python", str(TARGETS / "run_mp.py"), method, env=run_env(sock_dir), stdin=subprocess.PIPE
+    )
+    child = 0
+    try:
+        line = read_line(proc)
+        assert line.startswith("child "), line
+        child = int(line.split()[1])
+        parent_sock = wait_for(lambda: find_agent(proc.pid, sock_dir), what="the parent's agent")
+        child_sock = wait_for(lambda: find_agent(child, sock_dir), what="the child's agent")
+        assert child_sock != parent_sock
+        assert os.path.basename(child_sock) == f"{child}.sock"
+        assert child in wait_for(lambda: find_child_agents(proc.pid, sock_dir), what="child discovery")
+        assert snapshot(child, sock_dir)["agent"]["pid"] == child
+        assert proc.stdin is not None
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
+        assert read_line(proc) == "joined 0"
+        assert proc.wait(30) == 0
+        wait_gone(child_sock)
+    finally:
+        if child and paths.pid_alive(child):
+            os.kill(child, signal.SIGKILL)
+        kill(proc)
+
+
+def test_unknown_command_is_a_usage_error(sock_dir: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "perftop", "run", "--", "no-such-command-xyz", "arg"],
+        env=run_env(sock_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == "perftop: command not found: no-such-command-xyz\n"
