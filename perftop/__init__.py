@@ -20,6 +20,7 @@ from perftop._version import __version__
 
 if TYPE_CHECKING:
     from perftop.agent import socket_file, start, stop
+    from perftop.agent.loop import watch_loop
     from perftop.agent.recorder import count, gauge, observe, time_it, timer
 
 _LAZY = {
@@ -31,6 +32,7 @@ _LAZY = {
     "observe": "perftop.agent.recorder",
     "time_it": "perftop.agent.recorder",
     "timer": "perftop.agent.recorder",
+    "watch_loop": "perftop.agent.loop",
 }
 """Where each name of the API lives. They are imported on first use, so that the `perftop` command (which
 imports this package too) starts fast; after that first use a name is a plain module attribute."""
@@ -56,6 +58,7 @@ __all__ = [
     "stop",
     "time_it",
     "timer",
+    "watch_loop",
 ]
 
 

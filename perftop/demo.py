@@ -247,6 +247,7 @@ async def _async_part(stop: threading.Event) -> None:
         with perftop.timer("async.fetch"):
             await asyncio.sleep(random.lognormvariate(math.log(0.03), 0.5))
 
+    perftop.watch_loop()  # the loop's lag, as the timing asyncio.loop_lag
     while not stop.is_set():
         await asyncio.gather(*(fetch(i) for i in range(5)))
         perftop.gauge("async.tasks", len(asyncio.all_tasks()))
