@@ -69,7 +69,8 @@ def test_p_profiles_and_shows_the_hot_function(tmp_path: Path) -> None:
             term = Tmux([sys.executable, "-m", "perftop", "--pid", str(target.pid)], tmp_path, 120, 40)
         finally:
             del os.environ["PERFTOP_SOCKET_DIR"]
-        term.wait_screen(lambda s: f"process {target.pid}" in s)
+        # the footer lists the attached view's keys once focus is inside it
+        term.wait_screen(lambda s: f"process {target.pid}" in s and "p Profile" in s)
         term.send("p")
         screen = term.wait_screen(lambda s: "burn_cpu_here" in s, timeout=40)
         assert "CPU profile" in screen

@@ -17,7 +17,8 @@ def burn_cpu_here() -> int:
 
 
 def leak_a_little() -> None:
-    LEAK.extend(bytearray(400) for _ in range(1000))
+    if len(LEAK) < 300_000:  # about 100 MB at most, however long a test keeps the app running
+        LEAK.extend(bytearray(200) for _ in range(300))
 
 
 def worker(stop: threading.Event) -> None:
