@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-tui", action="store_true", help="run only the service; print its PID first")
     demo.add_argument("--threads", type=int, default=4, help="worker threads in the service (default 4)")
+    demo.add_argument(
+        "--url", help="SQLAlchemy URL of a database for the demo (default: a temporary SQLite file)"
+    )
     _tui_options(demo)
 
     inject = sub.add_parser(
@@ -297,10 +300,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     if args.no_tui:
         sys.stdout.write(f"{os.getpid()}\n")
         sys.stdout.flush()
-        exec_with_agent(demo_command(args.threads), "perftop-demo", 25.0)
+        exec_with_agent(demo_command(args.threads, args.url), "perftop-demo", 25.0)
         return EXIT_FAILURE  # exec does not return
     log_path = os.path.join(tempfile.gettempdir(), f"perftop-demo-{os.getuid()}.log")
-    proc = start_demo(args.threads, log_path)
+    proc = start_demo(args.threads, log_path, args.url)
     try:
         if not wait_for_agent(proc.pid, args.socket_dir):
             raise Failure(f"the demo service did not start; see {log_path}")

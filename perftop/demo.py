@@ -38,17 +38,19 @@ class PaymentDeclined(Exception):
 class Shop:
     """The demo's endpoints, each timed with perftop."""
 
-    def __init__(self, db_path: str, leak_per_call: int = 50) -> None:
+    def __init__(self, url: str, leak_per_call: int = 50) -> None:
         from sqlalchemy import create_engine
         from sqlalchemy.pool import QueuePool
 
+        sqlite = url.startswith("sqlite")
         self.engine = create_engine(
-            f"sqlite:///{db_path}",
+            url,
             poolclass=QueuePool,
             pool_size=4,
             max_overflow=2,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, "timeout": 30} if sqlite else {},
         )
+        self._id = "INTEGER PRIMARY KEY" if sqlite else "SERIAL PRIMARY KEY"
         perftop.instrument_sqlalchemy(self.engine, slow_ms=25)
         self.rng = random.Random(42)
         self._leak: list[bytes] = []
@@ -63,12 +65,10 @@ class Shop:
         with self.engine.begin() as conn:
             conn.execute(text("DROP TABLE IF EXISTS orders"))
             conn.execute(text("DROP TABLE IF EXISTS customers"))
-            conn.execute(
-                text("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, email TEXT, country TEXT)")
-            )
+            conn.execute(text(f"CREATE TABLE customers (id {self._id}, name TEXT, email TEXT, country TEXT)"))
             conn.execute(
                 text(
-                    "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer_id INTEGER, total REAL,"
+                    f"CREATE TABLE orders (id {self._id}, customer_id INTEGER, total REAL,"
                     " status TEXT, created_at REAL)"
                 )
             )
@@ -254,14 +254,14 @@ async def _async_part(stop: threading.Event) -> None:
         await asyncio.sleep(0.2)
 
 
-def run(db_path: str | None, threads: int, pace: float, duration: float | None) -> None:
+def run(url: str | None, threads: int, pace: float, duration: float | None) -> None:
     """Run the demo until SIGTERM/SIGINT or `duration` seconds."""
     perftop.start(name="perftop-demo")
     tmp = None
-    if db_path is None:
+    if url is None:
         tmp = tempfile.TemporaryDirectory(prefix="perftop-demo-")
-        db_path = str(Path(tmp.name) / "shop.db")
-    shop = Shop(db_path)
+        url = f"sqlite:///{Path(tmp.name) / 'shop.db'}"
+    shop = Shop(url)
     shop.setup()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -286,12 +286,16 @@ def run(db_path: str | None, threads: int, pace: float, duration: float | None) 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perftop.demo", description=__doc__)
-    parser.add_argument("--db", help="SQLite file to use (default: a temporary one)")
+    parser.add_argument(
+        "--url",
+        help="SQLAlchemy URL of the database to use, e.g. postgresql+psycopg://postgres@127.0.0.1/test "
+        "(default: a temporary SQLite file); the demo drops and recreates its tables customers and orders",
+    )
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--pace", type=float, default=0.05, help="mean pause between calls per thread, s")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     args = parser.parse_args(argv)
-    run(args.db, args.threads, args.pace, args.duration)
+    run(args.url, args.threads, args.pace, args.duration)
     return 0
 
 

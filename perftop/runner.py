@@ -77,17 +77,17 @@ def exec_with_agent(command: Sequence[str], name: str | None, slow_ms: float | N
     os.execve(program, cmd, agent_env(name, slow_ms))
 
 
-def demo_command(threads: int) -> list[str]:
-    return [sys.executable, "-m", "perftop.demo", "--threads", str(threads)]
+def demo_command(threads: int, url: str | None = None) -> list[str]:
+    return [sys.executable, "-m", "perftop.demo", "--threads", str(threads), *(["--url", url] if url else [])]
 
 
-def start_demo(threads: int, log_path: str) -> subprocess.Popen[bytes]:
+def start_demo(threads: int, log_path: str, url: str | None = None) -> subprocess.Popen[bytes]:
     """Start the demo service in the background with the agent; its output goes to `log_path`."""
     import subprocess
 
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            demo_command(threads),
+            demo_command(threads, url),
             env=agent_env("perftop-demo", 25.0),
             stdin=subprocess.DEVNULL,
             stdout=log,
