@@ -10,12 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from textual.widgets import TabbedContent
+from textual.widgets import DataTable, TabbedContent
 
 from perftop.collectors.discovery import find_agent
 from perftop.recording import RecordingReader
 from perftop.tui.app import PerftopApp
-from perftop.tui.panes.actions import ActionsPane
+from perftop.tui.panes.actions import ActionsPane, TracebackView
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.sources import LiveSources
 from perftop.tui.widgets.confirm import Confirm
@@ -81,6 +81,16 @@ async def test_action_keys_run_in_the_agent_and_show_results(
         await pilot.press("m")
         await wait_for(pilot, lambda: "memory" in pane.results, timeout=30)
         assert pane.results["memory"]["started"] is True
+        await pilot.press("m")  # the second press diffs against the first snapshot
+        await wait_for(pilot, lambda: pane.results["memory"]["started"] is False, timeout=30)
+        sites = pane.query_one("#memory-sites", DataTable)
+        assert pane.has_class("-memory") and sites.row_count > 0
+        sites.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, TracebackView))
+        assert "cli_hot_app.py" in str(app.screen.query_one("#traceback").render())
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not isinstance(app.screen, TracebackView))
         await pilot.press("M")
         await wait_for(pilot, lambda: pane.results["memory"]["tracing"] is False, timeout=30)
         # results stay and can be saved

@@ -17,7 +17,8 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
-from textual.widgets import Label, ProgressBar, Static
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Label, ProgressBar, Static
 
 from perftop.actions_view import render
 from perftop.tui.messages import AgentReply
@@ -45,6 +46,9 @@ class ActionsPane(Vertical):
     ActionsPane.-running > #action-status > ProgressBar { display: block; }
     ActionsPane > #result-scroll { height: 1fr; padding: 0 1; }
     ActionsPane > FlameView { display: none; }
+    ActionsPane > #memory-sites { display: none; height: 1fr; }
+    ActionsPane.-memory > #memory-sites { display: block; }
+    ActionsPane.-memory > #result-scroll { height: auto; max-height: 4; }
     ActionsPane.-flame > FlameView { display: block; }
     ActionsPane.-flame > #result-scroll { display: none; }
     """
@@ -73,6 +77,8 @@ class ActionsPane(Vertical):
         self._status = Label("", id="action-status-text")
         self._progress = ProgressBar(total=100, show_eta=False, id="action-progress")
         self._text = Static("", id="result")
+        self._sites: DataTable[str] = DataTable(cursor_type="row", id="memory-sites")
+        self._site_rows: list[dict[str, Any]] = []
         self._flame = FlameView(id="flame")
         self.pid: int | None = None
 
@@ -82,9 +88,12 @@ class ActionsPane(Vertical):
             yield self._progress
         with VerticalScroll(id="result-scroll"):
             yield self._text
+        yield self._sites
         yield self._flame
 
     def on_mount(self) -> None:
+        for header, width in (("growth", 12), ("objects", 9), ("size now", 11), ("allocated at", 70)):
+            self._sites.add_column(header, width=width)
         self.set_interval(0.1, self._tick)
         self._show_status()
         self._text.update(
@@ -162,11 +171,35 @@ class ActionsPane(Vertical):
         self.results[name] = msg.result
         self.last = name
         self._text.update(render(name, msg.result))
+        self._show_sites(msg.result if name == "memory" and isinstance(msg.result, dict) else None)
         if name == "profile" and isinstance(msg.result, dict):
             self._flame.load(msg.result.get("tree"))
         self.set_class(False, "-flame")
         self._show_status()
         self.border_title = f"actions · {TITLES.get(name, name)}"
+
+    def _show_sites(self, result: dict[str, Any] | None) -> None:
+        """Memory results: the allocation sites that grew, in a table; Enter shows a site's traceback."""
+        self._sites.clear()
+        rows = [] if result is None or not result.get("tracing") else list(result.get("diff") or [])
+        self._site_rows = rows[:200]
+        for d in self._site_rows:
+            self._sites.add_row(
+                f"{d.get('size_diff_bytes', 0):+,}",
+                f"{d.get('count_diff', 0):+,}",
+                f"{d.get('size_bytes', 0):,}",
+                f"{d.get('file')}:{d.get('line')}",
+            )
+        self.set_class(bool(self._site_rows), "-memory")
+        if self._site_rows:
+            self._text.update(render("memory", {**(result or {}), "diff": [], "top": []}).split("\n\n")[0])
+
+    @on(DataTable.RowSelected, "#memory-sites")
+    def _site_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        row = self._site_rows[event.cursor_row] if 0 <= event.cursor_row < len(self._site_rows) else None
+        if row is not None:
+            self.app.push_screen(TracebackView(row))
 
     def action_toggle_flame(self) -> None:
         if self.last != "profile":
@@ -188,6 +221,39 @@ class ActionsPane(Vertical):
             return
         paths = save_result(self.last, self.results[self.last], self.pid or 0, Path.cwd())
         self.notify("saved " + ", ".join(str(p) for p in paths), timeout=10)
+
+
+class TracebackView(ModalScreen[None]):
+    """Where a memory allocation site was called from, outermost first."""
+
+    DEFAULT_CSS = """
+    TracebackView { align: center middle; }
+    TracebackView > VerticalScroll {
+        width: 90%; height: auto; max-height: 80%; border: thick $accent; background: $surface; padding: 0 1;
+    }
+    """
+
+    BINDINGS = [Binding("escape,q,enter", "close", "Close")]
+
+    def __init__(self, site: dict[str, Any]) -> None:
+        super().__init__()
+        self.site = site
+
+    def compose(self) -> ComposeResult:
+        frames = self.site.get("traceback") or [
+            {"file": self.site.get("file"), "line": self.site.get("line")}
+        ]
+        lines = [
+            f"{self.site.get('size_diff_bytes', 0):+,} bytes, {self.site.get('count_diff', 0):+,} objects"
+            " since the previous snapshot, allocated at:",
+            "",
+            *(f"  {f.get('file')}:{f.get('line')}" for f in frames),
+        ]
+        with VerticalScroll():
+            yield Static("\n".join(lines), id="traceback")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
 
 
 def save_result(name: str, result: Any, pid: int, folder: Path) -> list[Path]:
