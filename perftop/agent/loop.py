@@ -3,12 +3,13 @@
 A callback scheduled every `interval` seconds notes how late it runs: that lateness is what every
 coroutine of the loop waits behind a blocking call. It is recorded (in nanoseconds, like every timing)
 under `asyncio.loop_lag`, so a viewer sees its percentiles next to the app's own timings. The cost is
-one callback per interval on the loop's thread.
+one callback per interval (50 ms by default: a block shorter than that can go unseen) on the loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 import weakref
@@ -22,7 +23,7 @@ _lock = threading.Lock()
 
 
 def watch_loop(
-    loop: asyncio.AbstractEventLoop | None = None, interval: float = 0.25, name: str = DEFAULT_NAME
+    loop: asyncio.AbstractEventLoop | None = None, interval: float = 0.05, name: str = DEFAULT_NAME
 ) -> None:
     """Record the lag of `loop` (default: the running loop) every `interval` seconds; idempotent per loop.
 
@@ -60,3 +61,26 @@ def _on_loop_thread(loop: Any) -> bool:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
+
+
+def discover_loops() -> int:
+    """Watch every running asyncio loop found in asyncio's task registry (O(tasks); 3.10-3.13).
+
+    Called from the agent thread, so an app that never calls `watch_loop` still gets its loop lag.
+    Returns how many loops were newly watched. Never raises.
+    """
+    if "asyncio" not in sys.modules:
+        return 0
+    try:
+        from perftop.agent.threads import _task_registry_loops
+
+        loops = _task_registry_loops() or []
+        new = 0
+        for found in loops:
+            if found.is_running() and found not in _watched:
+                watch_loop(found)
+                new += 1
+        return new
+    except Exception as exc:
+        log_once("loop-discovery", "could not look for asyncio loops", exc=exc)
+        return 0

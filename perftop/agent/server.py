@@ -60,6 +60,8 @@ MAX_REQUEST_BYTES = 1024 * 1024
 """Largest frame a viewer may send (requests are small); far below MAX_FRAME_BYTES, so that 64 viewers
 cannot make the agent buffer gigabytes."""
 METHODS = ("info", "stats", "history", "action", "explain")
+LOOP_DISCOVERY_S = 5.0
+"""How often the agent thread looks for running asyncio loops to record their lag (perftop.agent.loop)."""
 _PEERCRED = struct.Struct("3i")
 
 
@@ -106,6 +108,7 @@ class Agent:
     """The agent thread and, once `serve()` is called, the socket server it runs."""
 
     def __init__(self) -> None:
+        self._next_loop_discovery = time.monotonic() + 1.0
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._quit = False
@@ -643,6 +646,12 @@ class Agent:
             job.cancel.set()
         if self._listener is not None:
             self._check_socket_file()
+        if now >= self._next_loop_discovery:
+            self._next_loop_discovery = now + LOOP_DISCOVERY_S
+            if "asyncio" in sys.modules:  # never import asyncio into an app that does not use it
+                from perftop.agent.loop import discover_loops
+
+                discover_loops()
 
     def _check_socket_file(self) -> None:
         """Our socket file must still be ours: if someone removed it, say so once."""
