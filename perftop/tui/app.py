@@ -36,6 +36,7 @@ from perftop.tui.panes.system import SystemPane
 from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.sampler import Sampler
 from perftop.tui.sources import Sources
+from perftop.tui.widgets.filterbar import FilterBar
 
 W = TypeVar("W", bound=Widget)
 
@@ -245,7 +246,9 @@ class PerftopApp(App[int]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Escape detaches only from the main screen while attached; otherwise it goes to the widgets."""
         if action == "detach":
-            return self.attached is not None and self.screen is self.screen_stack[0]
+            # An open filter on screen takes Escape first (it clears the filter).
+            filtering = any(bar.has_class("-open") and bar.is_on_screen for bar in self.query(FilterBar))
+            return self.attached is not None and self.screen is self.screen_stack[0] and not filtering
         return True
 
     def action_tab(self, tab: str) -> None:

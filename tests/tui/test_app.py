@@ -168,6 +168,12 @@ async def test_queries_pane_sorted_by_total_with_n_plus_one_and_explain() -> Non
         assert "N+1" in str(pane.query_one("#query-table", DataTable).get_row_at(1))
         await pilot.press("down")
         assert "/srv/shop/views.py:165" in str(pane.query_one("#selected").render())
+        await pilot.press("slash", *"status")
+        assert len(pane.rows()) == 1
+        await pilot.press("enter")  # keeps the filter, back to the table
+        assert pane.filter_text == "status" and pane.query_one("#query-table").has_focus
+        await pilot.press("escape")
+        assert pane.filter_text == "" and len(pane.rows()) == 2
         await pilot.press("up", "e")
         await wait_for(pilot, lambda: isinstance(app.screen, ExplainView))
         assert sources.requests[-1] == (

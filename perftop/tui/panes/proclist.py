@@ -11,6 +11,7 @@ from textual.reactive import reactive
 from textual.widgets import Input, Static
 
 from perftop.collectors.model import ProcessRow
+from perftop.tui.widgets.filterbar import FilterBar
 from perftop.tui.widgets.proctable import LineTable
 from perftop.units import fmt_bytes
 
@@ -49,8 +50,6 @@ class ProcessListPane(Vertical):
 
     DEFAULT_CSS = """
     ProcessListPane { height: 1fr; border: round $primary; border-title-color: $primary; }
-    ProcessListPane > Input { display: none; height: 1; border: none; padding: 0 1; }
-    ProcessListPane.-filtering > Input { display: block; }
     ProcessListPane > LineTable { height: 1fr; }
     ProcessListPane > .header { height: 1; text-style: bold; color: $accent; }
     """
@@ -79,10 +78,10 @@ class ProcessListPane(Vertical):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self._shown: list[int] = []
-        self._input = Input(
-            placeholder="filter by name, command line or PID; Enter keeps it, Escape clears it"
-        )
         self._table = LineTable()
+        self._input = FilterBar(
+            "filter by name, command line or PID; Enter keeps it, Escape clears it", self._table
+        )
 
     def compose(self) -> ComposeResult:
         yield self._input
@@ -152,8 +151,7 @@ class ProcessListPane(Vertical):
         return True
 
     def action_filter(self) -> None:
-        self.add_class("-filtering")
-        self._input.focus()
+        self._input.open()
 
     def action_cycle_sort(self) -> None:
         self.sort = SORTS[(SORTS.index(self.sort) + 1) % len(SORTS)]
@@ -172,15 +170,7 @@ class ProcessListPane(Vertical):
     def _filter_changed(self, event: Input.Changed) -> None:
         self.filter_text = event.value
 
-    @on(Input.Submitted)
-    def _filter_done(self, event: Input.Submitted) -> None:
-        self._table.focus()
-        if not event.value:
-            self.remove_class("-filtering")
-
     def action_clear_filter(self) -> None:
         """Escape clears the filter and returns to the table."""
-        self._input.value = ""
+        self._input.clear()
         self.filter_text = ""
-        self.remove_class("-filtering")
-        self._table.focus()

@@ -16,6 +16,7 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from perftop.tui.messages import AgentReply
 from perftop.tui.widgets.confirm import Confirm
+from perftop.tui.widgets.filterbar import FilterBar
 from perftop.units import fmt_count, fmt_ms
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -94,8 +95,6 @@ class QueriesPane(Vertical, can_focus=True):
     QueriesPane > #queries-help { display: none; padding: 1 2; color: $text-muted; }
     QueriesPane.-empty > #queries-help { display: block; }
     QueriesPane.-empty > DataTable { display: none; }
-    QueriesPane > Input { display: none; height: 1; border: none; padding: 0 1; }
-    QueriesPane.-filtering > Input { display: block; }
     QueriesPane > #query-table { height: 2fr; }
     QueriesPane > .section { color: $secondary; text-style: bold; padding: 0 1; }
     QueriesPane > #slow-table { height: 1fr; }
@@ -124,8 +123,8 @@ class QueriesPane(Vertical, can_focus=True):
         """The fingerprint an EXPLAIN is running for, or None."""
         self.last_explain: dict[str, Any] | None = None
         self._help = Static(NOT_INSTRUMENTED, id="queries-help")
-        self._input = Input(placeholder="filter fingerprints; Enter keeps it, Escape clears it")
         self._table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True, id="query-table")
+        self._input = FilterBar("filter fingerprints; Enter keeps it, Escape clears it", self._table)
         self._selected = Static("", id="selected")
         self._slow: DataTable[str] = DataTable(cursor_type="row", id="slow-table")
         self._pool = Label("", id="pool")
@@ -281,24 +280,15 @@ class QueriesPane(Vertical, can_focus=True):
         self.sort = SORTABLE[(SORTABLE.index(self.sort) + 1) % len(SORTABLE)]
 
     def action_filter(self) -> None:
-        self.add_class("-filtering")
-        self._input.focus()
+        self._input.open()
 
     def action_clear_filter(self) -> None:
-        self._input.value = ""
+        self._input.clear()
         self.filter_text = ""
-        self.remove_class("-filtering")
-        self._table.focus()
 
     @on(Input.Changed)
     def _filter_changed(self, event: Input.Changed) -> None:
         self.filter_text = event.value
-
-    @on(Input.Submitted)
-    def _filter_done(self, event: Input.Submitted) -> None:
-        self._table.focus()
-        if not event.value:
-            self.remove_class("-filtering")
 
     def action_explain(self, analyze: bool) -> None:
         """EXPLAIN the selected fingerprint in the app, on its own engine; ANALYZE asks first."""
