@@ -164,7 +164,7 @@ class ProcessLister:
             if extended.startswith(name):
                 name = extended
         entry.name = name
-        entry.cmdline = " ".join(args) if args else f"[{name}]"
+        entry.cmdline = " ".join(" ".join(args).split()) if args else f"[{name}]"
         entry.cmdline_due = now + self._cmdline_max_age_s
 
     def process(self, pid: int) -> psutil.Process | None:

@@ -222,3 +222,16 @@ def test_cpu_percent_matches_psutil(spawn: Callable[..., subprocess.Popen[bytes]
     assert ours is not None
     assert ours.cpu_percent > 10.0
     assert abs(ours.cpu_percent - theirs) < 15.0
+
+
+def test_command_line_with_newlines_is_one_line() -> None:
+    """A newline inside an argument (bash -c 'a\\nb', python -c) must not split the process list's row."""
+    child = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(30)\t", "x  y"])
+    try:
+        _wait_for(lambda: Path(f"/proc/{child.pid}/cmdline").read_bytes().count(b"\0") == 4, 10, "exec")
+        row = _row(ProcessLister().sample(), child.pid)
+        assert row is not None
+        assert row.cmdline == f"{sys.executable} -c import time time.sleep(30) x y"
+    finally:
+        child.kill()
+        child.wait()

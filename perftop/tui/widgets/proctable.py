@@ -17,6 +17,10 @@ from textual.reactive import reactive
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+_CONTROLS = dict.fromkeys([*range(32), 127], " ")
+"""Control characters as spaces: a newline or an escape in a line (a command line may hold either) would
+otherwise reach the terminal raw, scroll it, or start an escape sequence."""
+
 
 class LineTable(ScrollView, can_focus=True):
     """Rows of pre-formatted text with a row cursor. Enter is left to the parent's bindings."""
@@ -101,7 +105,7 @@ class LineTable(ScrollView, can_focus=True):
                 style += self.get_component_rich_style("line-table--cursor")
             elif kind == 0:
                 style += self.get_component_rich_style("line-table--even")
-            strip = Strip([Segment(text, style)]).crop_extend(0, width, style)
+            strip = Strip([Segment(text.translate(_CONTROLS), style)]).crop_extend(0, width, style)
             self._strips[key] = strip
         return strip
 
