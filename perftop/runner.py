@@ -68,7 +68,7 @@ def exec_with_agent(command: Sequence[str], name: str | None, slow_ms: float | N
     program = resolve_command(cmd)[0]
     import signal
 
-    for signame in ("SIGPIPE", "SIGXFZ", "SIGXFSZ"):
+    for signame in ("SIGPIPE", "SIGXFSZ"):
         sig = getattr(signal, signame, None)
         if sig is not None:
             signal.signal(sig, signal.SIG_DFL)

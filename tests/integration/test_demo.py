@@ -35,7 +35,7 @@ def perftop(*args: str, sock_dir: str, timeout: float = 60) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def demo() -> Iterator[tuple[int, str]]:
     """The demo service's PID and socket directory; the service is killed afterwards, whatever happens."""
-    with tempfile.TemporaryDirectory(prefix="ptdemo") as sock_dir:
+    with tempfile.TemporaryDirectory(prefix="ptdemo") as sock_dir, tempfile.TemporaryFile("w+") as err:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PERFTOP")}
         env["PERFTOP_SOCKET_DIR"] = sock_dir
         proc = subprocess.Popen(
@@ -44,7 +44,7 @@ def demo() -> Iterator[tuple[int, str]]:
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=err,
             text=True,
             start_new_session=True,
         )
@@ -54,7 +54,9 @@ def demo() -> Iterator[tuple[int, str]]:
             assert pid == proc.pid, "the printed PID is not the service's"
             deadline = time.monotonic() + 60
             while find_agent(pid, sock_dir) is None:
-                assert proc.poll() is None, "the demo service exited"
+                if proc.poll() is not None:
+                    err.seek(0)
+                    pytest.fail(f"the demo service exited with {proc.returncode}: {err.read()[-3000:]}")
                 assert time.monotonic() < deadline, "the demo's agent never answered"
                 time.sleep(0.1)
             yield pid, sock_dir
