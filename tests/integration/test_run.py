@@ -4,8 +4,10 @@ exit code, signals and stdio untouched. Real processes, real sockets, real SQLit
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -234,3 +236,47 @@ def test_unknown_command_is_a_usage_error(sock_dir: str) -> None:
     )
     assert result.returncode == 2
     assert result.stderr == "perftop: command not found: no-such-command-xyz\n"
+
+
+def cpython(minor: int) -> str | None:
+    """A CPython 3.<minor> on this machine (pyenv, then PATH), or None."""
+    if sys.version_info[:2] == (3, minor):
+        return sys.executable
+    pyenv = os.environ.get("PYENV_ROOT", "/root/.pyenv")
+    for exe in [*sorted(glob.glob(f"{pyenv}/versions/3.{minor}.*/bin/python3.{minor}")), f"python3.{minor}"]:
+        found = shutil.which(exe)
+        if found is not None:
+            return found
+    return None
+
+
+@pytest.mark.parametrize("minor", [10, 11, 12, 13])
+def test_agent_on_every_cpython_keeps_the_main_thread_known(minor: int, sock_dir: str) -> None:
+    """The agent starts in a thread while the program starts; where that thread imports threading first,
+    Python before 3.13 took it for the main thread (asyncio, signal helpers and the thread dump rely on
+    threading.main_thread())."""
+    exe = cpython(minor)
+    if exe is None:
+        pytest.skip(f"no CPython 3.{minor} on this machine (looked in pyenv and PATH)")
+    proc = perftop_run(exe, str(TARGETS / "run_versions.py"), env=run_env(sock_dir), stdin=subprocess.PIPE)
+    try:
+        assert read_line(proc) == "main thread known: True"
+        assert read_line(proc) == "ready"
+        snap = snapshot(proc.pid, sock_dir)
+        assert snap["agent"]["python"].startswith(f"3.{minor}.")
+        assert snap["timings"]["versions.work"]["count"] == 100
+        threads = subprocess.run(
+            [sys.executable, "-m", "perftop", "action", "--pid", str(proc.pid), "threads", "--json"],
+            env=run_env(sock_dir),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        names = {t["name"] for t in json.loads(threads.stdout)}
+        assert "MainThread" in names, names
+        assert proc.stdin is not None
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+    finally:
+        kill(proc)
