@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -203,7 +203,9 @@ class FixedSources:
         self.gone: set[int] = set()
         self.calls = 0
         self.requests: list[tuple[str, dict[str, Any]]] = []
-        self.reply_delay = 0.0
+        self.hold = threading.Event()
+        """Agent calls wait for this until it is set (set by default: calls answer at once)."""
+        self.hold.set()
 
     def system(self) -> SystemSample:
         self.calls += 1
@@ -228,8 +230,7 @@ class FixedSources:
     def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
         """Answers explain with a fixed plan; every request is kept in `requests`."""
         self.requests.append((method, dict(params)))
-        if self.reply_delay:
-            time.sleep(self.reply_delay)
+        self.hold.wait(60)
         if method == "explain":
             return {**EXPLAIN_RESULT, "analyzed": bool(params.get("analyze"))}
         raise AgentError(f"{method}: not available in the fixed sources")

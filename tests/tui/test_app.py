@@ -200,7 +200,7 @@ async def test_queries_pane_sorted_by_total_with_n_plus_one_and_explain() -> Non
 
 async def test_second_explain_while_one_runs_is_refused() -> None:
     app, sources = make_app(pid=202)
-    sources.reply_delay = 1.0
+    sources.hold.clear()
     async with app.run_test(size=(160, 50)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
         await pilot.press("3")
@@ -209,6 +209,9 @@ async def test_second_explain_while_one_runs_is_refused() -> None:
         await pilot.press("e")
         assert pane.explaining is not None
         await pilot.press("e")
+        await pilot.pause(0.2)
+        assert len(sources.requests) == 1
+        sources.hold.set()
         await wait_for(pilot, lambda: isinstance(app.screen, ExplainView), timeout=10)
         assert len(sources.requests) == 1
 

@@ -29,6 +29,7 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("metric", "name", 24),
     ("rate/s", "rate_per_s", 7),
     ("count", "count", 7),
+    ("errors", "errors", 6),
     ("err%", "error_percent", 5),
     ("mean", "mean_ms", 7),
     ("p50", "p50_ms", 7),
@@ -41,9 +42,35 @@ COLUMNS: tuple[tuple[str, str, int], ...] = (
 )
 """(header, row key, width) of each column; any column but the trend can be the sort key."""
 SORTABLE = tuple(key for _, key, _ in COLUMNS if key != "trend")
-NARROW = 132
-"""Below this width only the columns in NARROW_KEYS are shown, so p99 stays on an 80-column screen."""
-NARROW_KEYS = ("name", "rate_per_s", "error_percent", "p50_ms", "p99_ms", "p999_ms", "max_ms")
+PRIORITY = (
+    "name", "p99_ms", "p50_ms", "max_ms", "rate_per_s", "error_percent", "p999_ms", "count", "errors",
+    "p95_ms", "mean_ms", "p90_ms", "trend",
+)  # fmt: skip
+"""Which columns a narrow pane keeps first (p99 stays on an 80-column screen); shown in COLUMNS' order."""
+NAME_MIN, NAME_MAX = 20, 48
+"""The metric column's width: at least NAME_MIN, then what is left over, up to the longest name."""
+CELL_PAD = 2
+"""DataTable's padding around every cell (one column each side)."""
+FRAME = 4
+"""The pane's border and the table's vertical scrollbar."""
+
+
+def layout_columns(width: int, longest_name: int) -> list[tuple[str, str, int]]:
+    """The columns that fit in a pane `width` cells wide, with the metric column widened into the rest."""
+    room = width - FRAME
+    widths = {key: w for _, key, w in COLUMNS}
+    widths["name"] = NAME_MIN
+    chosen: set[str] = set()
+    used = 0
+    for key in PRIORITY:
+        need = widths[key] + CELL_PAD
+        if used + need <= room or not chosen:
+            chosen.add(key)
+            used += need
+    widths["name"] += max(0, min(room - used, max(longest_name, NAME_MIN) - NAME_MIN, NAME_MAX - NAME_MIN))
+    return [(header, key, widths[key]) for header, key, _ in COLUMNS if key in chosen]
+
+
 TREND = 30
 _LEVELS = "▁▂▃▄▅▆▇█"
 
@@ -123,25 +150,25 @@ class TimingsPane(Vertical, can_focus=True):
         self._table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
         self._counters = Static("", id="counters")
 
-        self._narrow: bool | None = None
+        self._columns: list[tuple[str, str, int]] = []
         self._stale = False
 
-    def _columns(self) -> list[tuple[str, str, int]]:
-        if not self._narrow:
-            return list(COLUMNS)
-        return [(h, k, 16 if k == "name" else w) for h, k, w in COLUMNS if k in NARROW_KEYS]
-
     def on_resize(self) -> None:
-        if self._set_columns(self.size.width < NARROW):
+        if self._lay_out():
             self._refresh_table()
 
-    def _set_columns(self, narrow: bool) -> bool:
-        """Lay out the columns for a narrow or wide pane; True where they changed."""
-        if narrow == self._narrow:
+    def _lay_out(self) -> bool:
+        """Fit the columns to the pane's width and the longest metric name; True where they changed."""
+        names = self.view.timings if self.view is not None else ()
+        longest = max((len(name) for name in names), default=0)
+        if self.breakdown and self.view is not None and self.view.per_pid:
+            longest = max(longest, len(f"  └ pid {max(self.view.per_pid)}"))
+        columns = layout_columns(self.size.width or 80, longest)
+        if columns == self._columns:
             return False
-        self._narrow = narrow
+        self._columns = columns
         self._table.clear(columns=True)
-        for header, key, width in self._columns():
+        for header, key, width in columns:
             self._table.add_column(header, key=key, width=width)
         return True
 
@@ -242,14 +269,13 @@ class TimingsPane(Vertical, can_focus=True):
         return out
 
     def _refresh_table(self) -> None:
-        if self._narrow is None:
-            self._set_columns(0 < self.size.width < NARROW)
+        self._lay_out()
         table = self._table
         cursor = table.cursor_row
         selected = self._shown[cursor] if 0 <= cursor < len(self._shown) else None
         table.clear()
         self._shown = []
-        columns = self._columns()
+        columns = self._columns
         for row in self.rows():
             name = row["name"]
             table.add_row(*(self._cell(row, key, width) for _, key, width in columns))
@@ -263,8 +289,8 @@ class TimingsPane(Vertical, can_focus=True):
             return name if len(name) <= width else name[: width - 1] + "…"
         if key == "rate_per_s":
             return f"{row.get('rate_per_s', 0):.1f}"
-        if key == "count":
-            return fmt_count(row.get("count"))
+        if key in ("count", "errors"):
+            return fmt_count(row.get(key) or 0)
         if key == "error_percent":
             return f"{row['error_percent']:.1f}"
         if key == "trend":
