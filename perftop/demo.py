@@ -254,8 +254,19 @@ async def _async_part(stop: threading.Event) -> None:
         await asyncio.sleep(0.2)
 
 
-def run(url: str | None, threads: int, pace: float, duration: float | None) -> None:
-    """Run the demo until SIGTERM/SIGINT or `duration` seconds."""
+def watch_parent(parent: int, stop: threading.Event, every_s: float = 0.5) -> None:
+    """Set `stop` once `parent` is no longer our parent (it exited, and we were reparented)."""
+    while os.getppid() == parent:
+        if stop.wait(every_s):
+            return
+    log.warning("perftop demo: parent %d is gone, stopping", parent)
+    stop.set()
+
+
+def run(
+    url: str | None, threads: int, pace: float, duration: float | None, parent: int | None = None
+) -> None:
+    """Run the demo until SIGTERM/SIGINT, `duration` seconds, or the end of the `parent` process."""
     perftop.start(name="perftop-demo")
     tmp = None
     if url is None:
@@ -265,6 +276,9 @@ def run(url: str | None, threads: int, pace: float, duration: float | None) -> N
     shop.setup()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if parent is not None:
+        watch = threading.Thread(target=watch_parent, args=(parent, stop), name="demo-watch", daemon=True)
+        watch.start()
     pool = [
         threading.Thread(target=worker, args=(shop, stop, i, pace), name=f"demo-worker-{i}", daemon=True)
         for i in range(threads)
@@ -294,8 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--pace", type=float, default=0.05, help="mean pause between calls per thread, s")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--parent", type=int, default=None, help="stop when the process PARENT is gone")
     args = parser.parse_args(argv)
-    run(args.url, args.threads, args.pace, args.duration)
+    run(args.url, args.threads, args.pace, args.duration, args.parent)
     return 0
 
 

@@ -77,17 +77,29 @@ def exec_with_agent(command: Sequence[str], name: str | None, slow_ms: float | N
     os.execve(program, cmd, agent_env(name, slow_ms))
 
 
-def demo_command(threads: int, url: str | None = None) -> list[str]:
-    return [sys.executable, "-m", "perftop.demo", "--threads", str(threads), *(["--url", url] if url else [])]
+def demo_command(threads: int, url: str | None = None, parent: int | None = None) -> list[str]:
+    """The demo service's command line; with `parent`, it stops by itself once that process is gone."""
+    return [
+        sys.executable,
+        "-m",
+        "perftop.demo",
+        "--threads",
+        str(threads),
+        *(["--url", url] if url else []),
+        *(["--parent", str(parent)] if parent else []),
+    ]
 
 
 def start_demo(threads: int, log_path: str, url: str | None = None) -> subprocess.Popen[bytes]:
-    """Start the demo service in the background with the agent; its output goes to `log_path`."""
+    """Start the demo service in the background with the agent; its output goes to `log_path`.
+
+    It stops with us: by `stop_process` when the TUI quits, or by itself when this process is gone
+    however it ended (a closed terminal's SIGHUP, SIGKILL), rather than running on unwatched."""
     import subprocess
 
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            demo_command(threads, url),
+            demo_command(threads, url, parent=os.getpid()),
             env=agent_env("perftop-demo", 25.0),
             stdin=subprocess.DEVNULL,
             stdout=log,

@@ -22,7 +22,11 @@ class Tmux:
         self.session = "t"
         self.rc_file = tmp / "rc"
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in _passthrough_env().items())
-        inner = f"cd {shlex.quote(os.getcwd())} && env {env} {shlex.join(command)}; echo $? > {self.rc_file}"
+        # COLUMNS and LINES, where the environment has them, would override the terminal's real size.
+        inner = (
+            f"cd {shlex.quote(os.getcwd())} && env -u COLUMNS -u LINES {env} {shlex.join(command)};"
+            f" echo $? > {self.rc_file}"
+        )
         self._tmux(
             "new-session", "-d", "-s", self.session, "-x", str(width), "-y", str(height), "sh", "-c", inner
         )

@@ -1,0 +1,90 @@
+"""`perftop demo`, README's first command, in a real terminal under tmux: every tab shows the demo's live
+data, q quits and stops the service, and a terminal that goes away takes the service with it."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.e2e.tmux import Tmux
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def sockets(tmp_path: Path) -> Iterator[str]:
+    """A private socket directory for the demo's agent (tmux passes PERFTOP_SOCKET_DIR through)."""
+    path = str(tmp_path / "sockets")
+    old = os.environ.get("PERFTOP_SOCKET_DIR")
+    os.environ["PERFTOP_SOCKET_DIR"] = path
+    yield path
+    if old is None:
+        del os.environ["PERFTOP_SOCKET_DIR"]
+    else:
+        os.environ["PERFTOP_SOCKET_DIR"] = old
+
+
+def perftop_demo() -> list[str]:
+    """`perftop demo` as installed beside this interpreter (the script pip made), else `python -m`."""
+    script = Path(sys.executable).with_name("perftop")
+    return [str(script), "demo"] if script.exists() else [sys.executable, "-m", "perftop", "demo"]
+
+
+def demo_pid(term: Tmux) -> int:
+    screen = term.wait_screen(lambda s: re.search(r"attached to \d+", s) is not None, timeout=60)
+    match = re.search(r"attached to (\d+)", screen)
+    assert match is not None
+    return int(match.group(1))
+
+
+def wait_gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"the demo service {pid} is still running"
+        time.sleep(0.1)
+
+
+def test_demo_shows_every_tab_and_q_stops_the_service(tmp_path: Path, sockets: str) -> None:
+    term = Tmux(perftop_demo(), tmp_path, 120, 40)
+    pid = None
+    try:
+        pid = demo_pid(term)
+        assert "perftop.demo" in " ".join(psutil.Process(pid).cmdline())
+        screen = term.wait_screen(lambda s: "nofile" in s and "p Profile" in s)
+        assert len(screen.splitlines()[1]) == 120, "the TUI did not take the terminal's width"
+        term.send("2")
+        screen = term.wait_screen(lambda s: "api.checkout" in s and "api.search" in s, timeout=30)
+        assert "p99" in screen and "perftop-demo" in screen
+        term.send("3")
+        screen = term.wait_screen(lambda s: "N+1" in s and "FROM orders" in s, timeout=30)
+        assert "pool:" in screen
+        term.send("4")
+        term.send("t")
+        term.wait_screen(lambda s: "thread MainThread" in s and "_async_part" in s, timeout=30)
+        term.send("q")
+        assert term.wait_exit(timeout=30) == 0
+        wait_gone(pid, timeout=15)
+    finally:
+        term.kill()
+        if pid is not None and psutil.pid_exists(pid):
+            psutil.Process(pid).kill()
+
+
+def test_closing_the_terminal_stops_the_demo_service(tmp_path: Path, sockets: str) -> None:
+    term = Tmux(perftop_demo(), tmp_path, 100, 30)
+    pid = None
+    try:
+        pid = demo_pid(term)
+        term.kill()  # the terminal goes away: perftop gets SIGHUP and dies without its cleanup
+        wait_gone(pid, timeout=15)
+    finally:
+        term.kill()
+        if pid is not None and psutil.pid_exists(pid):
+            psutil.Process(pid).kill()
