@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from perftop.units import fmt_bytes, fmt_count, fmt_ms
+from perftop.units import fmt_bytes, fmt_count, fmt_ms, short_path
 
 
 def _site(file: Any, line: Any) -> str:
-    return f"{file}:{line}"
+    return f"{short_path(file)}:{line}"
 
 
 def _signed_bytes(n: float) -> str:

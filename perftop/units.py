@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -73,3 +74,21 @@ def fmt_limit(value: int | None, unit: str) -> str:
     if value is None:
         return "unlimited"
     return fmt_bytes(value) if unit == "bytes" else f"{value:,}"
+
+
+_PACKAGES = re.compile(r".*/(?:site|dist)-packages/")
+_STDLIB = re.compile(r".*/lib/python3\.\d+t?/")
+
+
+def short_path(path: object, keep: int = 3, longer_than: int = 40) -> str:
+    """A source path as py-spy shows it: an installed package from its own name on
+    (`sqlalchemy/engine/cursor.py`), the standard library from its root (`asyncio/base_events.py`), and
+    any other path longer than `longer_than` by its last `keep` components (`…/perftop/demo.py`)."""
+    text = str(path)
+    short = _PACKAGES.sub("", text, count=1)
+    if short == text:
+        short = _STDLIB.sub("", text, count=1)
+    if short != text or len(text) <= longer_than or not text.startswith("/"):
+        return short
+    parts = text.split("/")
+    return text if len(parts) <= keep + 1 else "…/" + "/".join(parts[-keep:])

@@ -12,8 +12,9 @@ How an execution is recorded (the hot path, in the app's thread):
   exactly the first n items, so an append racing it lands after them and is taken next time.
 - Rows: the DBAPI `cursor.rowcount` when it is >= 0: rows affected for INSERT/UPDATE/DELETE, and for
   SELECT the rows the driver received (psycopg, PyMySQL and most client-side cursors). Counting rows
-  actually fetched would mean wrapping every result, so it is not done; SQLite's SELECT rowcount is -1
-  and counts as 0.
+  actually fetched would mean wrapping every result, so it is not done; SQLite's SELECT rowcount is -1:
+  such executions add nothing to `rows` and are left out of `rows_counted` (the executions whose rows
+  are known), so a viewer can say "unknown" rather than 0.
 - N+1: a per-checkout dict counts executions per fingerprint on each DBAPI connection (reset at pool
   checkout and checkin). When a count reaches the threshold, the call site is captured once for that
   checkout and fingerprint; that and slow executions are the only times the stack is walked.
@@ -112,11 +113,13 @@ class _FpStats:
 
 
 class _Cell:
-    __slots__ = ("rows", "sketch")
+    __slots__ = ("counted", "rows", "sketch")
 
     def __init__(self) -> None:
         self.sketch = Sketch()
         self.rows = 0
+        self.counted = 0
+        """Executions whose row count the driver gave."""
 
 
 class _Activity:
@@ -136,7 +139,7 @@ class _Activity:
         self.total: dict[str, _Cell] = {}
         self.rings: list[dict[int, dict[str, _Cell]]] = [{}, {}]
 
-    def add(self, fp: str, second: int, sketch: Sketch, rows: int) -> None:
+    def add(self, fp: str, second: int, sketch: Sketch, rows: int, counted: int) -> None:
         for (width, slots), ring in zip(self.RINGS, self.rings, strict=True):
             epoch = second // width
             cells = ring.get(epoch)
@@ -144,16 +147,17 @@ class _Activity:
                 cells = ring[epoch] = {}
                 for old in [e for e in ring if e <= epoch - slots]:
                     del ring[old]
-            self._cell(cells, fp, sketch, rows)
-        self._cell(self.total, fp, sketch, rows)
+            self._cell(cells, fp, sketch, rows, counted)
+        self._cell(self.total, fp, sketch, rows, counted)
 
     @staticmethod
-    def _cell(cells: dict[str, _Cell], fp: str, sketch: Sketch, rows: int) -> None:
+    def _cell(cells: dict[str, _Cell], fp: str, sketch: Sketch, rows: int, counted: int) -> None:
         cell = cells.get(fp)
         if cell is None:
             cell = cells[fp] = _Cell()
         cell.sketch.merge(sketch)
         cell.rows += rows
+        cell.counted += counted
 
     def window(self, seconds: float | None, now: float) -> tuple[dict[str, _Cell], float]:
         """Per fingerprint, the merged cell of the last `seconds` (None: since start), and the span
@@ -169,7 +173,7 @@ class _Activity:
         for epoch, cells in self.rings[k].items():
             if first <= epoch <= last:
                 for fp, cell in cells.items():
-                    self._cell(out, fp, cell.sketch, cell.rows)
+                    self._cell(out, fp, cell.sketch, cell.rows, cell.counted)
         return out, min(float(seconds), since_start, float(width * slots))
 
 
@@ -540,6 +544,7 @@ def _drain_locked() -> None:
         chunk = _pending[:n]
         del _pending[:n]
         groups: dict[tuple[str, int], tuple[Sketch, list[int]]] = {}
+        """(fingerprint, second) -> (sketch, [rows, executions whose rows are known])."""
         for fp, dt, t_end, rows, err, statement, parameters, engine in chunk:
             stats = _stats.get(fp)
             if stats is None:
@@ -557,12 +562,13 @@ def _drain_locked() -> None:
             second = int(t_end / 1e9 + wall_minus_perf)
             group = groups.get((fp, second))
             if group is None:
-                group = groups[(fp, second)] = (Sketch(), [0])
+                group = groups[(fp, second)] = (Sketch(), [0, 0])
             group[0].add(dt, 1, err)
-            if type(rows) is int and rows > 0:  # -1 or None: the driver does not know
+            if type(rows) is int and rows >= 0:  # -1 or None: the driver does not know
                 group[1][0] += rows
-        for (fp, second), (sketch, rows_sum) in groups.items():
-            _activity.add(fp, second, sketch, rows_sum[0])
+                group[1][1] += 1
+        for (fp, second), (sketch, (rows_sum, counted)) in groups.items():
+            _activity.add(fp, second, sketch, rows_sum, counted)
     for _ in range(len(_n1_events)):
         fp, at, site = _n1_events.popleft()
         found = _stats.get(fp)
@@ -628,6 +634,7 @@ def query_stats(window_s: float | None, now: float | None = None) -> dict[str, A
                     "p99_ms": _ms(p99),
                     "max_ms": _ms(sketch.max),
                     "rows": cell.rows,
+                    "rows_counted": cell.counted,
                     "share_percent": 0.0,
                     "n_plus_one": n1,
                     "n_plus_one_site": dict(stats.n1_site) if n1 and stats.n1_site else None,

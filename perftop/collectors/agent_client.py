@@ -274,8 +274,9 @@ def merge_queries(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Merge the `queries` objects (the SQLAlchemy hook's `query_stats`) of several processes.
 
     Per fingerprint the sketches are merged and every figure is recomputed from the merged sketch; rows
-    add up; n_plus_one is true if any process saw it. Slow queries: all of them, newest first. Pool:
-    sizes and rates summed, wait_p99_ms the worst of the processes (pools carry no sketch), pools listed.
+    and rows_counted add up; n_plus_one is true if any process saw it. Slow queries: all of them, newest
+    first. Pool: sizes and rates summed, wait_p99_ms the worst of the processes (pools carry no sketch),
+    pools listed.
     """
     sketches: dict[str, Sketch] = {}
     extra: dict[str, dict[str, Any]] = {}
@@ -290,8 +291,11 @@ def merge_queries(parts: list[dict[str, Any]]) -> dict[str, Any]:
             except SketchError:
                 continue
             sketches.setdefault(fp, Sketch()).merge(sketch)
-            seen = extra.setdefault(fp, {"rows": 0, "n_plus_one": False, "n_plus_one_site": None})
+            seen = extra.setdefault(
+                fp, {"rows": 0, "rows_counted": 0, "n_plus_one": False, "n_plus_one_site": None}
+            )
             seen["rows"] += row.get("rows") or 0
+            seen["rows_counted"] += row.get("rows_counted", row.get("count") or 0) or 0
             seen["dialect"] = row.get("dialect")
             if row.get("n_plus_one"):
                 seen["n_plus_one"] = True

@@ -10,6 +10,7 @@ from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.markup import escape
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.theme import Theme
@@ -273,7 +274,7 @@ class PerftopApp(App[int]):
         if recorder is not None:
             self.recorder = None
             self.run_worker(recorder.stop, thread=True, group="recording", description="stop recording")
-            self.notify(f"recording stopped: {recorder.intervals} intervals in {recorder.path}")
+            self.notify(f"recording stopped: {recorder.intervals} intervals in {recorder.path}", markup=False)
             self._status()
             return
         pid = self.attached
@@ -304,14 +305,16 @@ class PerftopApp(App[int]):
     def _recording_failed(self, recorder: Recorder, message: str) -> None:
         if self.recorder is recorder:
             self.recorder = None
-        self.notify(f"cannot record: {message}", severity="error")
+        self.notify(f"cannot record: {message}", severity="error", markup=False)
         self._status()
 
     def _recording_ended(self, recorder: Recorder) -> None:
         if self.recorder is recorder:
             self.recorder = None
         why = recorder.error or recorder.ended or "stopped"
-        self.notify(f"recording ended ({why}): {recorder.intervals} intervals in {recorder.path}")
+        self.notify(
+            f"recording ended ({why}): {recorder.intervals} intervals in {recorder.path}", markup=False
+        )
         self._status()
 
     def action_toggle_pause(self) -> None:
@@ -346,7 +349,7 @@ class PerftopApp(App[int]):
         where = "process list" if self.attached is None else f"attached to {self.attached}"
         state = " · [reverse] PAUSED [/reverse]" if self.paused else ""
         if self.recorder is not None:
-            state += f" · ● REC {self.recorder.path}"
+            state += f" · ● REC {escape(str(self.recorder.path))}"
         self.query_one("#status", Label).update(
             f"perftop {__version__} · {where} · every {self.interval:g}s{state} · ? keys · ctrl+p commands"
         )

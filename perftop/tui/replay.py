@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from textual.app import RenderResult
 from textual.binding import Binding
+from textual.markup import escape
 from textual.message import Message
 from textual.reactive import reactive
 from textual.theme import Theme
@@ -284,7 +285,7 @@ class ReplayApp(PerftopApp):
             else f"playing, one interval every {self.interval:g}s"
         )
         self.query_one("#status", Label).update(
-            f"perftop {__version__} · replay of {os.path.basename(self.reader.path)}"
+            f"perftop {__version__} · replay of {escape(os.path.basename(self.reader.path))}"
             f" (pid {self.reader.pid}, recorded every {self.reader.interval:g}s) · {state}"
             " · ←/→ step · \\[ ] ±10 · space play"
         )

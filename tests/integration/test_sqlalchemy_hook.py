@@ -46,7 +46,10 @@ def test_slowest_fingerprint_is_the_slow_workload(kind: str, order: str, tmp_pat
     fast = _by_fingerprint(stats, f"FROM items_{suffix} WHERE items_{suffix}.id = ?")
     assert fast["count"] == 100
     assert fast["n_plus_one"] is False  # one connection per query
-    assert fast["rows"] == (100 if kind == "postgresql" else 0)  # SQLite's SELECT rowcount is -1
+    # SQLite's SELECT rowcount is -1: no rows known, and the hook says so rather than counting 0.
+    assert (fast["rows"], fast["rows_counted"]) == ((100, 100) if kind == "postgresql" else (0, 0))
+    insert = _by_fingerprint(stats, f"INSERT INTO items_{suffix}")
+    assert insert["rows"] == 2000 and insert["rows_counted"] == insert["count"]  # DML: rows affected
     assert fast["p50_ms"] <= fast["p95_ms"] <= fast["p99_ms"] <= fast["max_ms"]
     sketch = Sketch.from_dict(fast["sketch"])
     assert sketch.count == 100 and sketch.sum / 1e6 == pytest.approx(fast["total_ms"])

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -23,6 +24,7 @@ from textual.widgets import DataTable, Label, ProgressBar, Static
 from perftop.actions_view import render
 from perftop.tui.messages import AgentReply
 from perftop.tui.widgets.flame import FlameView
+from perftop.units import short_path
 
 TITLES = {
     "profile": "CPU profile (sampling)",
@@ -74,10 +76,10 @@ class ActionsPane(Vertical):
         """The action whose result is shown."""
         self._started = 0.0
         self._duration = 0.0
-        self._status = Label("", id="action-status-text")
+        self._status = Label("", id="action-status-text", markup=False)
         self._progress = ProgressBar(total=100, show_eta=False, id="action-progress")
-        self._text = Static("", id="result")
-        self._sites: DataTable[str] = DataTable(cursor_type="row", id="memory-sites")
+        self._text = Static("", id="result", markup=False)
+        self._sites: DataTable[Text] = DataTable(cursor_type="row", id="memory-sites")
         self._site_rows: list[dict[str, Any]] = []
         self._flame = FlameView(id="flame")
         self.pid: int | None = None
@@ -165,7 +167,9 @@ class ActionsPane(Vertical):
         name = str(msg.params.get("name"))
         self.running = None
         if msg.error is not None:
-            self.notify(f"{TITLES.get(name, name)} failed: {msg.error}", severity="error", timeout=8)
+            self.notify(
+                f"{TITLES.get(name, name)} failed: {msg.error}", severity="error", timeout=8, markup=False
+            )
             self._show_status()
             return
         self.results[name] = msg.result
@@ -185,10 +189,10 @@ class ActionsPane(Vertical):
         self._site_rows = rows[:200]
         for d in self._site_rows:
             self._sites.add_row(
-                f"{d.get('size_diff_bytes', 0):+,}",
-                f"{d.get('count_diff', 0):+,}",
-                f"{d.get('size_bytes', 0):,}",
-                f"{d.get('file')}:{d.get('line')}",
+                Text(f"{d.get('size_diff_bytes', 0):+,}"),
+                Text(f"{d.get('count_diff', 0):+,}"),
+                Text(f"{d.get('size_bytes', 0):,}"),
+                Text(f"{short_path(d.get('file'))}:{d.get('line')}"),
             )
         self.set_class(bool(self._site_rows), "-memory")
         if self._site_rows:
@@ -220,7 +224,7 @@ class ActionsPane(Vertical):
             self.notify("nothing to save yet")
             return
         paths = save_result(self.last, self.results[self.last], self.pid or 0, Path.cwd())
-        self.notify("saved " + ", ".join(str(p) for p in paths), timeout=10)
+        self.notify("saved " + ", ".join(str(p) for p in paths), timeout=10, markup=False)
 
 
 class TracebackView(ModalScreen[None]):
@@ -250,7 +254,7 @@ class TracebackView(ModalScreen[None]):
             *(f"  {f.get('file')}:{f.get('line')}" for f in frames),
         ]
         with VerticalScroll():
-            yield Static("\n".join(lines), id="traceback")
+            yield Static("\n".join(lines), id="traceback", markup=False)
 
     def action_close(self) -> None:
         self.dismiss(None)

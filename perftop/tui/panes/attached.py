@@ -55,9 +55,11 @@ class AttachedView(Vertical):
         try:
             path = inject(pid, socket_dir)
         except InjectError as exc:
-            self.app.call_from_thread(self.notify, f"inject failed: {exc}", severity="error", timeout=15)
+            self.app.call_from_thread(
+                self.notify, f"inject failed: {exc}", severity="error", timeout=15, markup=False
+            )
         else:
-            self.app.call_from_thread(self.notify, f"agent started in PID {pid} ({path})")
+            self.app.call_from_thread(self.notify, f"agent started in PID {pid} ({path})", markup=False)
 
     def action_run(self, name: str) -> None:
         """Start an action in the attached process and show the Actions tab."""

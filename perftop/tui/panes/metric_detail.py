@@ -79,14 +79,14 @@ class MetricDetail(ModalScreen[None]):
         r = self.row
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors_by_type.items(), key=lambda kv: -kv[1]))
         with Vertical():
-            yield Label(f"{self.metric}", classes="title")
+            yield Label(self.metric, classes="title", markup=False)
             yield Label(
                 f"n {r.get('count')}  errors {r.get('errors')}  mean {fmt_ms(r.get('mean_ms'))}"
                 f"  p50 {fmt_ms(r.get('p50_ms'))}  p99 {fmt_ms(r.get('p99_ms'))}"
                 f"  p99.9 {fmt_ms(r.get('p999_ms'))}  max {fmt_ms(r.get('max_ms'))}"
             )
             if errors:
-                yield Label(f"errors by type: {errors}")
+                yield Label(f"errors by type: {errors}", markup=False)
             yield Label("distribution (log-spaced bins)", classes="section")
             yield Static(histogram_text(self.sketch), id="hist")
             yield Label(f"p99 over time (last {len(self.p99_history)} samples)", classes="section")

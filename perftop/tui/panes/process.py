@@ -30,7 +30,7 @@ class LimitRow(Horizontal):
     def __init__(self, name: str, classes: str | None = None) -> None:
         super().__init__(id=f"limit-{name.replace('.', '-')}", classes=classes)
         self.limit_name = name
-        self._values = Label("", classes="values")
+        self._values = Label("", classes="values", markup=False)
 
     def compose(self) -> ComposeResult:
         yield Label(self.limit_name, classes="name")
@@ -102,9 +102,9 @@ class ProcessPane(VerticalScroll):
         super().__init__(id=id)
         self.border_title = "process"
         self._head_pid: int | None = None
-        self._gone = Static("", id="gone")
-        self._head = Static("waiting for the first sample…", id="head")
-        self._cgroup_title = Label("cgroup", classes="section cgroup", id="cgroup-title")
+        self._gone = Static("", id="gone", markup=False)
+        self._head = Static("waiting for the first sample…", id="head", markup=False)
+        self._cgroup_title = Label("cgroup", classes="section cgroup", id="cgroup-title", markup=False)
         self._rows: dict[str, LimitRow] = {
             name: LimitRow(name, classes="cgroup") for name in ("cg.memory", "cg.pids", "cg.cpu")
         }

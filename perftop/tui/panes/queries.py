@@ -6,10 +6,12 @@ import json
 import time
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Static
@@ -17,7 +19,7 @@ from textual.widgets import DataTable, Input, Label, Static
 from perftop.tui.messages import AgentReply
 from perftop.tui.widgets.confirm import Confirm
 from perftop.tui.widgets.filterbar import FilterBar
-from perftop.units import fmt_count, fmt_ms
+from perftop.units import fmt_count, fmt_ms, short_path
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("fingerprint", "fingerprint", 44),
@@ -39,10 +41,30 @@ NOT_INSTRUMENTED = (
 )
 
 
-def site_text(site: dict[str, Any] | None) -> str:
+FINGERPRINT_MIN = 30
+FRAME = 4
+"""The pane's border and a table's vertical scrollbar."""
+SLOW_FIXED = (("ms", 8), ("ago", 6))
+"""The slow list's fixed columns; its fingerprint and call site share what is left."""
+
+
+def site_text(site: dict[str, Any] | None, short: bool = False) -> str:
+    """`file:line in function` of a call site; `short` shortens the path as py-spy does."""
     if not site:
         return "-"
-    return f"{site.get('file')}:{site.get('line')} in {site.get('function')}"
+    file = short_path(site.get("file"), keep=2, longer_than=0) if short else site.get("file")
+    return f"{file}:{site.get('line')} in {site.get('function')}"
+
+
+def fingerprint_width(width: int) -> int:
+    """The fingerprint column's width in a pane `width` cells wide: what the other columns leave."""
+    others = sum(w + 2 for _, key, w in COLUMNS if key != "fingerprint")
+    return max(FINGERPRINT_MIN, width - FRAME - others - 2)
+
+
+def rows_text(q: dict[str, Any]) -> str:
+    """Rows returned or affected; '-' where the driver never said (SQLite's SELECT rowcount is -1)."""
+    return "-" if q.get("rows_counted", 1) == 0 else fmt_count(q.get("rows"))
 
 
 class ExplainView(ModalScreen[None]):
@@ -71,17 +93,24 @@ class ExplainView(ModalScreen[None]):
         with Vertical():
             analyzed = " (ANALYZE: executed and rolled back)" if r.get("analyzed") else ""
             yield Label(f"EXPLAIN on {r.get('dialect')}{analyzed}", classes="title")
-            yield Label(str(r.get("statement") or r.get("fingerprint")))
+            yield Label(str(r.get("statement") or r.get("fingerprint")), markup=False)
             yield Label(f"advice ({len(advice)})", classes="section")
             if not advice:
                 yield Label("nothing to suggest: the plan uses indexes where it filters")
             for item in advice:
-                yield Label(f"• {item.get('message')}", classes="advice", id=f"advice-{advice.index(item)}")
+                yield Label(
+                    f"• {item.get('message')}",
+                    classes="advice",
+                    id=f"advice-{advice.index(item)}",
+                    markup=False,
+                )
                 if item.get("sql"):
-                    yield Label(f"    {item['sql']}")
+                    yield Label(f"    {item['sql']}", markup=False)
             yield Label("plan", classes="section")
             plan = r.get("plan")
-            yield Static(plan if isinstance(plan, str) else json.dumps(plan, indent=2), id="plan")
+            yield Static(
+                plan if isinstance(plan, str) else json.dumps(plan, indent=2), id="plan", markup=False
+            )
 
     def action_close(self) -> None:
         self.dismiss(None)
@@ -122,20 +151,18 @@ class QueriesPane(Vertical, can_focus=True):
         self.explaining: str | None = None
         """The fingerprint an EXPLAIN is running for, or None."""
         self.last_explain: dict[str, Any] | None = None
-        self._help = Static(NOT_INSTRUMENTED, id="queries-help")
-        self._table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True, id="query-table")
+        self._help = Static(NOT_INSTRUMENTED, id="queries-help", markup=False)
+        self._table: DataTable[Text] = DataTable(cursor_type="row", zebra_stripes=True, id="query-table")
         self._input = FilterBar("filter fingerprints; Enter keeps it, Escape clears it", self._table)
         self._selected = Static("", id="selected")
-        self._slow: DataTable[str] = DataTable(cursor_type="row", id="slow-table")
+        self._slow: DataTable[Text] = DataTable(cursor_type="row", id="slow-table")
         self._pool = Label("", id="pool")
         self._now = 0.0
         self._stale = False
+        self._fp_width = 0
 
     def compose(self) -> ComposeResult:
-        for header, key, width in COLUMNS:
-            self._table.add_column(header, key=key, width=width)
-        for header, width in (("ms", 8), ("ago", 6), ("fingerprint", 50), ("call site", 40)):
-            self._slow.add_column(header, width=width)
+        self._lay_out(80)
         yield self._help
         yield self._input
         yield self._table
@@ -147,6 +174,29 @@ class QueriesPane(Vertical, can_focus=True):
     def on_mount(self) -> None:
         self.set_class(True, "-empty")
         self._title()
+
+    def on_resize(self) -> None:
+        if self._lay_out(self.size.width) and self.stats is not None:
+            self._redraw()
+
+    def _lay_out(self, width: int) -> bool:
+        """Give the fingerprint columns the width the pane has; True where it changed."""
+        fp_width = fingerprint_width(width)
+        if fp_width == self._fp_width:
+            return False
+        self._fp_width = fp_width
+        self._table.clear(columns=True)
+        for header, key, w in COLUMNS:
+            self._table.add_column(header, key=key, width=fp_width if key == "fingerprint" else w)
+        rest = max(40, width - FRAME - sum(w + 2 for _, w in SLOW_FIXED) - 4)
+        self._slow.clear(columns=True)
+        for header, w in (
+            *SLOW_FIXED,
+            ("fingerprint", rest * 11 // 20),
+            ("call site", rest - rest * 11 // 20),
+        ):
+            self._slow.add_column(header, width=w)
+        return True
 
     def reset(self) -> None:
         self.stats = None
@@ -186,11 +236,13 @@ class QueriesPane(Vertical, can_focus=True):
         self._slow.clear()
         for slow in stats.get("slow_queries", [])[:50]:
             self._slow.add_row(
-                f"{slow.get('duration_ms', 0):.1f}",
-                f"{max(0.0, now - float(slow.get('at') or now)):.0f}s",
-                str(slow.get("fingerprint")),
-                ("ERROR " + str(slow["error"]) + " " if slow.get("error") else "")
-                + site_text(slow.get("call_site")),
+                Text(f"{slow.get('duration_ms', 0):.1f}"),
+                Text(f"{max(0.0, now - float(slow.get('at') or now)):.0f}s"),
+                Text(str(slow.get("fingerprint"))),
+                Text(
+                    ("ERROR " + str(slow["error"]) + " " if slow.get("error") else "")
+                    + site_text(slow.get("call_site"), short=True)
+                ),
             )
         pool = stats.get("pool")
         if pool:
@@ -219,17 +271,19 @@ class QueriesPane(Vertical, can_focus=True):
         self._shown = []
         for q in self.rows():
             fp = str(q.get("fingerprint"))
-            table.add_row(
-                fp if len(fp) <= 44 else fp[:43] + "…",
+            width = self._fp_width
+            cells = (
+                fp if len(fp) <= width else fp[: width - 1] + "…",
                 fmt_count(q.get("count")),
                 fmt_ms(q.get("total_ms")),
                 f"{q.get('share_percent', 0):.0f}%",
                 fmt_ms(q.get("mean_ms")),
                 fmt_ms(q.get("p95_ms")),
                 fmt_ms(q.get("max_ms")),
-                fmt_count(q.get("rows")),
+                rows_text(q),
                 "N+1" if q.get("n_plus_one") else "",
             )
+            table.add_row(*(Text(cell) for cell in cells))
             self._shown.append(fp)
         if selected in self._shown:
             table.move_cursor(row=self._shown.index(selected), animate=False)
@@ -265,7 +319,8 @@ class QueriesPane(Vertical, can_focus=True):
             else ""
         )
         errors = f" · {q.get('errors')} errors" if q.get("errors") else ""
-        self._selected.update(f"[b]{q.get('dialect', '')}[/b] {q.get('fingerprint')}{errors}{n1}")
+        text = f"{q.get('fingerprint')}{errors}{n1}"
+        self._selected.update(f"[b]{escape(str(q.get('dialect', '')))}[/b] {escape(text)}")
 
     def watch_sort(self) -> None:
         if self.is_mounted and self.stats is not None:
@@ -297,7 +352,9 @@ class QueriesPane(Vertical, can_focus=True):
             self.notify("no fingerprint selected", severity="warning")
             return
         if self.explaining is not None:
-            self.notify(f"EXPLAIN is already running for: {self.explaining[:60]}", severity="warning")
+            self.notify(
+                f"EXPLAIN is already running for: {self.explaining[:60]}", severity="warning", markup=False
+            )
             return
         if not analyze:
             self._explain(fp, False)
@@ -333,7 +390,7 @@ class QueriesPane(Vertical, can_focus=True):
         msg.stop()
         self.explaining = None
         if msg.error is not None:
-            self.notify(f"EXPLAIN failed: {msg.error}", severity="error", timeout=8)
+            self.notify(f"EXPLAIN failed: {msg.error}", severity="error", timeout=8, markup=False)
             return
         self.last_explain = msg.result
         self.app.push_screen(ExplainView(msg.result))

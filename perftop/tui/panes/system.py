@@ -54,10 +54,10 @@ class SystemPane(Vertical):
             k: deque(maxlen=HISTORY) for k in ("cpu", "mem", "disk", "net")
         }
 
-        self._texts = {k: Label("-", classes="text", id=f"{k}-text") for k in self._hist}
+        self._texts = {k: Label("-", classes="text", id=f"{k}-text", markup=False) for k in self._hist}
         self._sparks = {k: TextSparkline(id=f"{k}-spark") for k in self._hist}
         self._bars = {k: UsageBar(id=f"{k}-bar") for k in ("cpu", "mem")}
-        self._cores = Label("", id="cores")
+        self._cores = Label("", id="cores", markup=False)
 
     def compose(self) -> ComposeResult:
         for key in self._hist:

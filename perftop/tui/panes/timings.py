@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -145,10 +146,10 @@ class TimingsPane(Vertical, can_focus=True):
         self._p50: dict[str, deque[float]] = {}
         self._shown: list[str] = []
         self.pid: int | None = None
-        self._gone = Static("", id="timings-gone")
-        self._help = Static(NO_AGENT, id="timings-help")
-        self._table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
-        self._counters = Static("", id="counters")
+        self._gone = Static("", id="timings-gone", markup=False)
+        self._help = Static(NO_AGENT, id="timings-help", markup=False)
+        self._table: DataTable[Text] = DataTable(cursor_type="row", zebra_stripes=True)
+        self._counters = Static("", id="counters", markup=False)
 
         self._columns: list[tuple[str, str, int]] = []
         self._stale = False
@@ -278,7 +279,7 @@ class TimingsPane(Vertical, can_focus=True):
         columns = self._columns
         for row in self.rows():
             name = row["name"]
-            table.add_row(*(self._cell(row, key, width) for _, key, width in columns))
+            table.add_row(*(Text(self._cell(row, key, width)) for _, key, width in columns))
             self._shown.append(row.get("metric", name))
         if selected in self._shown:
             table.move_cursor(row=self._shown.index(selected), animate=False)

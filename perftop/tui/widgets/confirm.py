@@ -31,7 +31,7 @@ class Confirm(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question)
+            yield Label(self.question, markup=False)
             yield Label("y / Enter: yes    n / Escape: no", classes="keys")
 
     def action_answer(self, yes: bool) -> None:
