@@ -14,11 +14,13 @@ SQLAlchemy), and recording works before `start()`: `start()` only makes the data
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from perftop._version import __version__
 
+TYPE_CHECKING = False  # not `typing`: importing it costs an app, and `perftop run`, 10 ms and more
 if TYPE_CHECKING:
+    from typing import Any
+
     from perftop.agent import socket_file, start, stop
     from perftop.agent.loop import watch_loop
     from perftop.agent.recorder import count, gauge, observe, time_it, timer

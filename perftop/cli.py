@@ -7,13 +7,17 @@ runtime failure; never a traceback (see CLI.md).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 from perftop._version import __version__
+
+# `perftop run` execs the program as soon as it can: json and typing (10 ms and more) are imported only
+# where they are needed.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import NoReturn
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -219,6 +223,8 @@ def _run_action(args: argparse.Namespace) -> int:
     if args.output and args.action == "profile":
         _save_profile(result, args.output)
     if args.json:
+        import json
+
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
         sys.stdout.write(render(args.action, result) + "\n")
@@ -227,6 +233,8 @@ def _run_action(args: argparse.Namespace) -> int:
 
 def _save_profile(result: dict[str, object], path: str) -> None:
     """Folded stacks for flamegraph.pl, or a speedscope document for .json paths."""
+    import json
+
     text = json.dumps(result.get("speedscope")) if path.endswith(".json") else str(result.get("folded", ""))
     try:
         with open(path, "w", encoding="utf-8") as out:
@@ -351,6 +359,8 @@ def _run_snapshot(args: argparse.Namespace) -> int:
     except CollectorError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
+        import json
+
         sys.stdout.write(json.dumps(snapshot_json(snap), indent=2) + "\n")
     else:
         sys.stdout.write(snapshot_text(snap) + "\n")
