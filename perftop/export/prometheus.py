@@ -1,10 +1,12 @@
 """`perftop export`: a Prometheus scrape endpoint for this host's agents, system and processes.
 
-Built on prometheus_client: one custom collector yields metric families on every scrape and the library's
-exposition writes them, as the Prometheus text format or as OpenMetrics depending on the Accept header.
-Each scrape samples the host (the SystemCollector is kept, so rates are measured between scrapes), every
-process that has an agent in the socket directory or was named with `--pid` (one ProcessCollector each,
-dropped when the process goes), and asks every agent for its stats since start.
+Built on prometheus_client: one custom collector yields metric families on every collection and the
+library's exposition writes them, as the Prometheus text format or as OpenMetrics depending on the Accept
+header. A collection samples the host (the SystemCollector is kept, so rates are measured between
+collections), every process that has an agent in the socket directory or was named with `--pid` (one
+ProcessCollector each, dropped when the process goes), and asks every agent for its stats since start.
+By default a collection is made ahead of each scrape, timed by the scrapes so far (see Prerenderer), so
+that a large host is answered in milliseconds; the `X-Perftop-Data-Age` header says how old it is.
 
 Every timing is exported twice: as a summary (p50/p90/p99 from the agent's sketch) and as a classic
 histogram whose `le` buckets are the same on every host (a 1-2-5 series from 100 µs to 50 s), so that
@@ -25,10 +27,11 @@ import sys
 import threading
 import time
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
 from perftop.agent import paths
@@ -564,64 +567,166 @@ class _Frozen:
         return self.families
 
 
+class Rendering:
+    """One scrape's answer: the body, its content type, and how it was made."""
+
+    __slots__ = ("age_s", "ahead", "body", "content_type")
+
+    def __init__(self, body: bytes, content_type: str, age_s: float, ahead: bool) -> None:
+        self.body = body
+        self.content_type = content_type
+        self.age_s = age_s
+        """Seconds since its collection began."""
+        self.ahead = ahead
+        """Rendered in the background before the scrape asked, rather than for it."""
+
+
 class Prerenderer:
-    """`--refresh S`: collect and render in a background thread every S seconds, so that a scrape is
-    answered at once with data at most S seconds old, whatever the size of the host.
+    """Answers scrapes from a collection rendered ahead of them in a background thread, so that a
+    scrape is answered at once whatever the size of the host (prometheus_client writes about 10 µs a
+    line: 20 agents x 100 timings take a second to collect and write).
+
+    - `every_s` > 0 (`--refresh S`): a collection every S seconds; scrapes get the latest one.
+    - `every_s` == 0 (the default): paced by the scrapes. After each scrape the next collection is timed
+      to end just before the next scrape is due (the median of the last gaps between scrapes, less
+      the last collection's duration and a margin), so nothing is collected when nobody scrapes. A scrape
+      is answered from a collection made since the previous scrape was answered and at most `max_age`
+      old; else (the first scrape, an irregular scraper, `Cache-Control: no-cache`) it is collected
+      for that scrape, as it would be without a prerenderer.
 
     Only the formats scrapers asked for are rendered ahead (the first scrape of a format renders it).
     """
 
-    def __init__(self, collector: HostCollector, every_s: float) -> None:
+    MARGIN_S = 0.5
+    JITTER = 0.05
+    """A paced collection should end MARGIN_S plus JITTER of the gap before the next scrape is due."""
+
+    def __init__(self, collector: HostCollector, every_s: float = 0.0) -> None:
         self.collector = collector
         self.every_s = every_s
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._families: list[Metric] | None = None
         self._bodies: dict[str, bytes] = {}
         self._encoders: dict[str, Callable[[Collector], bytes]] = {}
-        self._ready = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="perftop-export-refresh", daemon=True)
+        self._started_at = 0.0
+        """When the latest collection began (monotonic)."""
+        self._generation = 0
+        """Counts collections; a paced scrape wants one newer than what the previous scrape got."""
+        self._served = 0
+        self._took_s = 0.0
+        self._scrapes: deque[float] = deque(maxlen=6)
+        self._due: float | None = None
+        self._running = 0
+        """Collections under way."""
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="perftop-export-prerender", daemon=True)
 
     def start(self) -> None:
+        if self.every_s > 0:
+            self._due = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
-        self._stopping.set()
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
         self._thread.join(timeout=30)
 
+    @property
+    def max_age_s(self) -> float:
+        """The oldest collection a scrape may be answered from."""
+        if self.every_s > 0:
+            return math.inf
+        gaps = sorted(b - a for a, b in pairwise(self._scrapes))
+        jitter = self.JITTER * gaps[len(gaps) // 2] if gaps else 0.0
+        return 2 * (self._took_s + jitter) + self.MARGIN_S + 1.0
+
+    def _collect(self, encoders: dict[str, Callable[[Collector], bytes]]) -> None:
+        """Collect now and render every format in `encoders`; the result becomes the latest."""
+        started = time.monotonic()
+        with self._cond:
+            self._running += 1
+        try:
+            families = list(self.collector.collect())
+            bodies = {ctype: encode(_Frozen(families)) for ctype, encode in encoders.items()}
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify_all()
+        with self._cond:
+            if started >= self._started_at:
+                self._families, self._bodies, self._started_at = families, bodies, started
+                self._generation += 1
+                self._took_s = time.monotonic() - started
+                self._cond.notify_all()
+
     def _run(self) -> None:
-        while not self._stopping.is_set():
-            started = time.monotonic()
+        while True:
+            with self._cond:
+                while not self._stopping and (self._due is None or time.monotonic() < self._due):
+                    self._cond.wait(None if self._due is None else max(0.0, self._due - time.monotonic()))
+                if self._stopping:
+                    return
+                self._due = time.monotonic() + self.every_s if self.every_s > 0 else None
+                encoders = dict(self._encoders)
             try:
-                families = list(self.collector.collect())
-                with self._lock:
-                    encoders = dict(self._encoders)
-                bodies = {ctype: encode(_Frozen(families)) for ctype, encode in encoders.items()}
+                self._collect(encoders)
             except Exception:
                 log.exception("perftop export: collecting failed")
-            else:
-                with self._lock:
-                    self._families, self._bodies = families, bodies
-                self._ready.set()
-            self._stopping.wait(max(0.0, self.every_s - (time.monotonic() - started)))
 
-    def body(self, accept: str) -> tuple[bytes, str]:
-        """The latest rendering in the format `accept` asks for, and its content type."""
+    def _schedule(self, now: float) -> None:
+        """Paced mode: time the next collection from the gaps between the last scrapes' arrivals, `now`
+        being this one's (lock held)."""
+        gaps = sorted(b - a for a, b in pairwise(self._scrapes))
+        if gaps:  # the median: one stray scrape (a curl by hand) does not upset the rhythm
+            gap = gaps[len(gaps) // 2]
+            self._due = now + gap * (1 - self.JITTER) - self._took_s - self.MARGIN_S
+            self._cond.notify_all()
+
+    def _usable(self, now: float) -> bool:
+        """The latest collection may answer a scrape that arrived at `now` (lock held)."""
+        newer = self._generation > (0 if self.every_s > 0 else self._served)
+        return newer and now - self._started_at <= self.max_age_s
+
+    def body(self, accept: str, fresh: bool = False) -> Rendering:
+        """The answer to a scrape whose Accept header is `accept`; `fresh` insists on a new collection."""
         from prometheus_client.exposition import choose_encoder
 
         encoder, ctype = choose_encoder(accept)
-        self._ready.wait(timeout=60)
-        with self._lock:
+        now = time.monotonic()
+        with self._cond:
             self._encoders.setdefault(ctype, encoder)
-            body, families = self._bodies.get(ctype), self._families
-        if body is None:
-            if families is None:
-                raise RuntimeError("nothing collected yet")
+            if self.every_s > 0 and not fresh:
+                self._cond.wait_for(lambda: self._generation > 0 or self._stopping, timeout=60)
+            if not fresh and self._running and not self._usable(now):
+                seen = self._generation  # one is under way (made ahead, or for another scrape): wait for it
+                self._cond.wait_for(
+                    lambda: self._generation != seen or not self._running or self._stopping, timeout=60
+                )
+            usable = not fresh and self._usable(now)
+            body = self._bodies.get(ctype) if usable else None
+            families = self._families if usable else None
+            generation, started = self._generation, self._started_at
+        ahead = usable
+        if usable and body is None and families is not None:
             body = encoder(_Frozen(families))
-            with self._lock:
-                if self._families is families:
+            with self._cond:
+                if self._generation == generation:
                     self._bodies[ctype] = body
-        return body, ctype
+        if body is None:
+            self._collect({ctype: encoder})
+            with self._cond:
+                body = self._bodies.get(ctype)
+                generation, started = self._generation, self._started_at
+            if body is None:  # a background collection ended meanwhile, without this format
+                body = encoder(self.collector)
+            ahead = False
+        with self._cond:
+            self._served = max(self._served, generation)
+            if self.every_s == 0:
+                self._scrapes.append(now)
+                self._schedule(now)
+        return Rendering(body, ctype, max(0.0, time.monotonic() - started), ahead)
 
 
 # -- HTTP ------------------------------------------------------------------------------------------------
@@ -640,26 +745,46 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, b"ok\n", "text/plain; charset=utf-8")
         elif path in ("/metrics", "/"):
             accept = self.headers.get("Accept", "")
+            fresh = "no-cache" in self.headers.get("Cache-Control", "")
             try:
                 if self.server.prerender is not None:
-                    body, content_type = self.server.prerender.body(accept)
+                    rendering = self.server.prerender.body(accept, fresh)
                 else:
                     from prometheus_client.exposition import choose_encoder
 
                     encoder, content_type = choose_encoder(accept)
-                    body = encoder(self.server.registry)
+                    rendering = Rendering(encoder(self.server.registry), content_type, 0.0, False)
             except Exception:
                 log.exception("perftop export: collecting failed")
                 self._send(500, b"collecting failed; see the exporter's log\n", "text/plain; charset=utf-8")
                 return
             gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
-            self._send(200, gzip.compress(body, compresslevel=1) if gzipped else body, content_type, gzipped)
+            body = rendering.body
+            self._send(
+                200,
+                gzip.compress(body, compresslevel=1) if gzipped else body,
+                rendering.content_type,
+                gzipped,
+                {
+                    "X-Perftop-Data-Age": f"{rendering.age_s:.3f}",
+                    "X-Perftop-Rendered": "ahead" if rendering.ahead else "on-request",
+                },
+            )
         else:
             self._send(404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8")
 
-    def _send(self, code: int, body: bytes, content_type: str, gzipped: bool = False) -> None:
+    def _send(
+        self,
+        code: int,
+        body: bytes,
+        content_type: str,
+        gzipped: bool = False,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         if gzipped:
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
@@ -672,12 +797,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MetricsServer(ThreadingHTTPServer):
-    """The exporter's HTTP server: a thread per request, one collector behind a lock; with `refresh_s`,
-    scrapes are answered from a background collection instead (see Prerenderer)."""
+    """The exporter's HTTP server: a thread per request, one collector behind a lock. `refresh_s`: 0
+    (the default) answers scrapes from collections paced by the scrapes, S > 0 from one every S
+    seconds (see Prerenderer), None collects on each scrape."""
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], collector: HostCollector, refresh_s: float = 0.0) -> None:
+    def __init__(
+        self, address: tuple[str, int], collector: HostCollector, refresh_s: float | None = 0.0
+    ) -> None:
         from prometheus_client.registry import CollectorRegistry
 
         self.address_family = _family(address[0])
@@ -685,7 +813,7 @@ class MetricsServer(ThreadingHTTPServer):
         self.collector = collector
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
-        self.prerender = Prerenderer(collector, refresh_s) if refresh_s > 0 else None
+        self.prerender = Prerenderer(collector, max(0.0, refresh_s)) if refresh_s is not None else None
         if self.prerender is not None:
             self.prerender.start()
 
@@ -712,6 +840,19 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}")
     return value
+
+
+def _refresh(text: str) -> float | None:
+    """`--refresh`: 'auto' -> 0.0 (paced by the scrapes), 0 -> None (on each scrape), S -> S."""
+    if text == "auto":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of seconds, not {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"seconds must be between 0 and 3600, not {text}")
+    return value or None
 
 
 def add_export_parser(sub: Any) -> None:
@@ -744,11 +885,11 @@ def add_export_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--refresh",
-        type=float,
-        default=0.0,
+        type=_refresh,
+        default="auto",
         metavar="S",
-        help="collect in the background every S seconds and answer scrapes from the latest result "
-        "(default 0: collect on each scrape)",
+        help="auto (default): collect ahead of each scrape, timed by the scrapes so far, and answer from "
+        "that; S seconds: collect in the background every S seconds; 0: collect on each scrape",
     )
     p.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are (default as the agent's)")
 
@@ -770,7 +911,7 @@ def run_export(args: argparse.Namespace) -> int:
             return _fail(str(exc), 2)
     collector = HostCollector(args.socket_dir, pids, args.max_queries)
     try:
-        server = MetricsServer((host, port), collector, max(0.0, getattr(args, "refresh", 0.0) or 0.0))
+        server = MetricsServer((host, port), collector, getattr(args, "refresh", 0.0))
     except OSError as exc:
         collector.close()
         return _fail(f"cannot listen on {args.listen}: {exc.strerror or exc}", 2)

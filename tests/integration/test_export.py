@@ -8,6 +8,7 @@ import math
 import resource
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -55,8 +56,10 @@ def exporter(stack: ExitStack, sockets: str, *args: str) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def scrape(url: str) -> list[Sample]:
-    status, content_type, body = http_get(f"{url}/metrics")
+def scrape(url: str, fresh: bool = True) -> list[Sample]:
+    """One scrape, parsed. `fresh` (Cache-Control: no-cache) sees the state of this instant: tests that
+    change what the exporter sees between scrapes need it; a scraper like Prometheus does not send it."""
+    status, content_type, body = http_get(f"{url}/metrics", fresh=fresh)
     assert status == 200, body
     assert content_type.startswith("text/plain; version=0.0.4"), content_type
     return [(s.name, s.labels, s.value) for fam in parse_text(body) for s in fam.samples]
@@ -263,11 +266,59 @@ def test_refresh_answers_from_a_background_collection(stack: ExitStack, sockets:
     wait_for(lambda: count() == 15, timeout=20)
 
 
+def scrape_with_headers(url: str) -> tuple[list[Sample], str, float]:
+    """A scrape as Prometheus makes it, with how the exporter made its answer and the data's age."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
+        body = response.read().decode()
+        made, age = response.headers["X-Perftop-Rendered"], float(response.headers["X-Perftop-Data-Age"])
+    return [(s.name, s.labels, s.value) for fam in parse_text(body) for s in fam.samples], made, age
+
+
+def test_regular_scrapes_are_answered_from_a_collection_made_ahead(stack: ExitStack, sockets: str) -> None:
+    """The default: once the exporter has seen the scrapes' rhythm, it collects just before each one."""
+    app = target(stack, sockets, "paced")
+    app.cmd("work 10")
+    url = exporter(stack, sockets)
+    answers = []
+    for _ in range(6):
+        found, made, age = scrape_with_headers(url)
+        answers.append((made, age))
+        assert value(found, "perftop_timing_seconds_count", metric="work", pid=str(app.pid)) == 10
+        time.sleep(1.0)
+    assert answers[0][0] == "on-request" and answers[1][0] == "on-request", answers  # no rhythm yet
+    assert [made for made, _ in answers[3:]] == ["ahead"] * 3, answers
+    assert all(age < 3.0 for _, age in answers), answers
+    # What changes between scrapes shows up in the next ones: at most one collection behind.
+    app.cmd("work 5")
+    counts = []
+    for _ in range(2):
+        time.sleep(1.0)
+        found, _, _ = scrape_with_headers(url)
+        counts.append(value(found, "perftop_timing_seconds_count", metric="work", pid=str(app.pid)))
+    assert counts[-1] == 15, counts
+    # Cache-Control: no-cache gets this instant's state, collected for the request.
+    status, _, _ = http_get(f"{url}/metrics", fresh=True)
+    assert status == 200
+
+
+def test_refresh_0_collects_on_every_scrape(stack: ExitStack, sockets: str) -> None:
+    app = target(stack, sockets, "each")
+    app.cmd("work 3")
+    url = exporter(stack, sockets, "--refresh", "0")
+    for _ in range(4):
+        found, made, _ = scrape_with_headers(url)
+        assert made == "on-request"
+        assert value(found, "perftop_timing_seconds_count", metric="work", pid=str(app.pid)) == 3
+        time.sleep(0.3)
+
+
 def test_bad_arguments_are_one_line_errors(sockets: str) -> None:
     for args, fragment in (
         (("--listen", "nowhere"), "HOST:PORT"),
         (("--listen", "127.0.0.1:99999"), "between 0 and 65535"),
         (("--pid", "999999999"), "no process with PID 999999999"),
+        (("--refresh", "soon"), "expected auto or a number of seconds"),
+        (("--refresh", "-1"), "between 0 and 3600"),
     ):
         result = run("export", "--socket-dir", sockets, *args)
         assert result.returncode == 2, result

@@ -3,7 +3,9 @@
 Starts 20 real instrumented processes (tests/targets/exp_target.py), each with 100 timings of 2,000
 lognormal samples (a few hundred sketch bins each, like a real latency distribution), then `perftop export`
 on a free loopback port, and times whole scrapes over HTTP (request to last byte), in the Prometheus text
-format and in OpenMetrics. Also reports the exporter's own collection time (the rest is rendering).
+format and in OpenMetrics, in each `--refresh` mode: 0 (collect on each scrape), auto (the default:
+collect ahead of each scrape, paced by the scrapes) and 5 (every 5 s in the background). Also reports the
+exporter's own collection time (the rest is rendering) and how many answers were made ahead.
 
 Run: .venv/bin/python tests/perf/bench_export.py [--agents 20] [--metrics 100] [--scrapes 10]
 """
@@ -25,14 +27,16 @@ TARGET = ROOT / "tests" / "targets" / "exp_target.py"
 CLI = ROOT / "tests" / "targets" / "exp_cli.py"
 
 
-def scrape(port: int, accept: str | None) -> tuple[float, bytes]:
+def scrape(port: int, accept: str | None) -> tuple[float, bytes, bool]:
+    """(seconds from request to last byte, body, answered from a collection made ahead)."""
     request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
     if accept:
         request.add_header("Accept", accept)
     started = time.perf_counter()
     with urllib.request.urlopen(request, timeout=60) as response:
         body: bytes = response.read()
-    return time.perf_counter() - started, body
+        ahead = response.headers.get("X-Perftop-Rendered") == "ahead"
+    return time.perf_counter() - started, body, ahead
 
 
 def main() -> None:
@@ -41,7 +45,10 @@ def main() -> None:
     parser.add_argument("--metrics", type=int, default=100)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--scrapes", type=int, default=10)
-    parser.add_argument("--pause", type=float, default=0.5, help="seconds between scrapes")
+    parser.add_argument(
+        "--every", type=float, default=5.0, help="seconds from one scrape's start to the next, as Prometheus"
+    )
+    parser.add_argument("--modes", default="0,auto,5", help="the --refresh values to time, comma-separated")
     args = parser.parse_args()
     procs: list[subprocess.Popen[str]] = []
     with tempfile.TemporaryDirectory(prefix="perftop-bench-export-") as sockets:
@@ -62,7 +69,7 @@ def main() -> None:
             for proc in procs:
                 assert proc.stdout is not None
                 assert proc.stdout.readline().startswith("done")
-            for refresh in ("0", "5"):
+            for refresh in args.modes.split(","):
                 exporter = subprocess.Popen(
                     [
                         sys.executable,
@@ -91,7 +98,7 @@ def main() -> None:
 def run(exporter: subprocess.Popen[str], args: argparse.Namespace, mode: str) -> None:
     """Time scrapes of one running exporter in both formats and print one line for each.
 
-    Scrapes are spaced by --pause seconds, so with --refresh some of them meet a background collection.
+    Scrapes start every --every seconds, as Prometheus makes them (a slow answer does not delay the next).
     """
     assert exporter.stderr is not None
     match = None
@@ -109,19 +116,23 @@ def run(exporter: subprocess.Popen[str], args: argparse.Namespace, mode: str) ->
         times: list[float] = []
         collect: list[float] = []
         body = b""
-        for _ in range(args.scrapes):
-            elapsed, body = scrape(port, accept)
+        ahead = 0
+        start = time.monotonic() + args.every
+        for k in range(args.scrapes):
+            time.sleep(max(0.0, start + k * args.every - time.monotonic()))
+            elapsed, body, was_ahead = scrape(port, accept)
             times.append(elapsed)
+            ahead += was_ahead
             found = re.search(rb"\nperftop_export_collect_seconds (\S+)", body)
             if found:
                 collect.append(float(found.group(1)))
-            time.sleep(args.pause)
         lines = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
         times.sort()
         sys.stdout.write(
             f"{mode:12} {label:12} {args.agents} agents x {args.metrics} timings: scrape median "
             f"{statistics.median(times) * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms; collection "
-            f"median {statistics.median(collect) * 1000:.0f} ms; {lines} samples, {len(body) / 1e6:.1f} MB\n"
+            f"median {statistics.median(collect) * 1000:.0f} ms; {ahead}/{len(times)} made ahead; {lines} "
+            f"samples, {len(body) / 1e6:.1f} MB\n"
         )
         sys.stdout.flush()
 

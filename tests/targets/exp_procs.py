@@ -96,11 +96,15 @@ def run(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     )
 
 
-def http_get(url: str, accept: str | None = None, timeout: float = 30.0) -> tuple[int, str, str]:
-    """(status, content type, body) of a GET."""
+def http_get(
+    url: str, accept: str | None = None, timeout: float = 30.0, fresh: bool = False
+) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET; `fresh` asks for no cached answer (Cache-Control)."""
     request = urllib.request.Request(url)
     if accept:
         request.add_header("Accept", accept)
+    if fresh:
+        request.add_header("Cache-Control", "no-cache")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.headers.get("Content-Type", ""), response.read().decode()
