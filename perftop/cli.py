@@ -51,14 +51,21 @@ def _pid(text: str) -> int:
     return value
 
 
-def _seconds(text: str) -> float:
+def parse_seconds(
+    text: str, low: float = 0.05, high: float = 3600, expected: str = "a number of seconds"
+) -> float:
+    """An argparse type: seconds from `low` to `high`, else a one-line error."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
-    if not 0.05 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"seconds must be between 0.05 and 3600, not {text}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"seconds must be between {low:g} and {high:g}, not {text}")
     return value
+
+
+def _seconds(text: str) -> float:
+    return parse_seconds(text)
 
 
 def _common(p: argparse.ArgumentParser, interval: bool = True) -> None:

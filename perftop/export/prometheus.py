@@ -844,15 +844,11 @@ def _positive_int(text: str) -> int:
 
 def _refresh(text: str) -> float | None:
     """`--refresh`: 'auto' -> 0.0 (paced by the scrapes), 0 -> None (on each scrape), S -> S."""
+    from perftop.cli import parse_seconds
+
     if text == "auto":
         return 0.0
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or a number of seconds, not {text!r}") from None
-    if not 0 <= value <= 3600:
-        raise argparse.ArgumentTypeError(f"seconds must be between 0 and 3600, not {text}")
-    return value or None
+    return parse_seconds(text, 0, 3600, "auto or a number of seconds") or None
 
 
 def add_export_parser(sub: Any) -> None:
