@@ -6,16 +6,16 @@ runtime failure; never a traceback (see CLI.md).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 from perftop._version import __version__
 
-# `perftop run` execs the program as soon as it can: json and typing (10 ms and more) are imported only
-# where they are needed.
+# `perftop run` execs the program as soon as it can: argparse (with re, 13 ms), json and typing are
+# imported only where they are needed, never on its way.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
     from typing import NoReturn
 
@@ -34,14 +34,20 @@ class Failure(Exception):
     """A runtime failure: exit code 1."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (`perftop: ...`, exit 2) instead of usage dumps."""
+def _parser_class() -> type[argparse.ArgumentParser]:
+    """argparse's parser with one-line errors (`perftop: ...`, exit 2) instead of usage dumps."""
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(f"{message} (see '{self.prog} --help')")
+
+    return _Parser
 
 
 def _pid(text: str) -> int:
+    import argparse
+
     try:
         value = int(text)
     except ValueError:
@@ -55,6 +61,8 @@ def parse_seconds(
     text: str, low: float = 0.05, high: float = 3600, expected: str = "a number of seconds"
 ) -> float:
     """An argparse type: seconds from `low` to `high`, else a one-line error."""
+    import argparse
+
     try:
         value = float(text)
     except ValueError:
@@ -82,7 +90,10 @@ def _tui_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    import argparse
+
+    parser_class = _parser_class()
+    parser = parser_class(
         prog="perftop",
         description="A live performance monitor for Python services.",
         epilog="Run 'perftop COMMAND --help' for a command's options.",
@@ -90,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"perftop {__version__}")
     parser.add_argument("--pid", type=_pid, help="attach to this process")
     _tui_options(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
 
     attach = sub.add_parser("attach", help="the TUI attached to PID", description="The TUI attached to PID.")
     attach.add_argument("attach_pid", type=_pid, metavar="PID")
@@ -292,18 +303,22 @@ def _fast_run(argv: list[str]) -> int:
             except ValueError:
                 raise UsageError(f"argument --slow-ms: invalid float value: {value!r}") from None
         i += 1
-    return _run_program(argparse.Namespace(cmd=argv[i:], name=name, slow_ms=slow_ms))
+    return _exec_program(argv[i:], name, slow_ms)
 
 
 def _run_program(args: argparse.Namespace) -> int:
+    return _exec_program(args.cmd, args.name, args.slow_ms)
+
+
+def _exec_program(cmd: list[str], name: str | None, slow_ms: float | None) -> int:
     from perftop.runner import exec_with_agent
 
     try:
-        exec_with_agent(args.cmd, args.name, args.slow_ms)
+        exec_with_agent(cmd, name, slow_ms)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise UsageError(f"cannot run {args.cmd[-1] if args.cmd else ''}: {exc.strerror}") from None
+        raise UsageError(f"cannot run {cmd[-1] if cmd else ''}: {exc.strerror}") from None
     return EXIT_FAILURE  # exec does not return
 
 

@@ -66,12 +66,12 @@ def exec_with_agent(command: Sequence[str], name: str | None, slow_ms: float | N
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]
     program = resolve_command(cmd)[0]
-    import signal
+    import _signal  # type: ignore[import-not-found]  # what `signal` wraps, without its enum (10 ms)
 
     for signame in ("SIGPIPE", "SIGXFSZ"):
-        sig = getattr(signal, signame, None)
+        sig = getattr(_signal, signame, None)
         if sig is not None:
-            signal.signal(sig, signal.SIG_DFL)
+            _signal.signal(sig, _signal.SIG_DFL)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os.execve(program, cmd, agent_env(name, slow_ms))
