@@ -280,3 +280,20 @@ def test_agent_on_every_cpython_keeps_the_main_thread_known(minor: int, sock_dir
         assert proc.wait(30) == 0
     finally:
         kill(proc)
+
+
+def test_the_program_gets_default_sigpipe_and_sigxfsz(sock_dir: str) -> None:
+    """Python ignores SIGPIPE and SIGXFSZ and exec keeps ignored signals ignored: perftop resets them, so
+    `perftop run -- cmd | head` ends cmd as a shell would."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "perftop", "run", "--", "grep", "SigIgn", "/proc/self/status"],
+        env=run_env(sock_dir),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    ignored = int(proc.stdout.split()[1], 16)
+    assert not ignored & (1 << (signal.SIGPIPE - 1)), proc.stdout
+    assert not ignored & (1 << (signal.SIGXFSZ - 1)), proc.stdout
