@@ -5,8 +5,8 @@ not that package's site-packages on sys.path, so the app's imports are untouched
 any `sitecustomize` the environment already had. Standard library only; never raises into the program.
 
 Start-up cost is what users notice, so only cheap things happen before the program runs: the finder,
-a meta-path hook that instruments SQLAlchemy when the program imports it, `threading` (before Python 3.13,
-which must see it imported in the main thread), and a thread that imports
+a meta-path hook that instruments SQLAlchemy when the program imports it, `importlib` and `threading`
+(before Python 3.13), whose first imports must not race another thread's, and a thread that imports
 perftop and starts the agent while the program starts (its socket appears a few tens of milliseconds
 later). A fork waits for that thread to finish (bounded), so that a child does not inherit a
 half-done import (and, while the thread runs, `os.register_at_fork` keeps that wait first in line); the
@@ -228,9 +228,14 @@ def _boot() -> None:
                 _instrument_sqlalchemy()
             else:
                 sys.meta_path.insert(0, _SQLAlchemyHook())
+            # Two first imports that must not race the start-up thread. `importlib`: while its package
+            # is half-imported in one thread, `importlib.util` imported in another (runpy does, for -m)
+            # makes a second, broken `importlib._bootstrap`, and every later import_module raises
+            # "NameError: name 'sys' is not defined" (seen in 1 start of 30). `threading`, before 3.13:
+            # it takes the thread that first imports it for the main thread.
+            import importlib  # noqa: F401
+
             if sys.version_info < (3, 13) and "threading" not in sys.modules:
-                # Before 3.13, threading takes the thread that first imports it for the main thread: left
-                # to the start-up thread, threading.main_thread() would be wrong for the whole program.
                 import threading  # noqa: F401
             if _real_register_at_fork is not None:
                 _real_register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -21,6 +21,7 @@ import pytest
 
 from perftop.agent import paths
 from perftop.collectors.discovery import find_agent, find_child_agents
+from perftop.runner import agent_env
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TARGETS = REPO / "tests" / "targets"
@@ -297,3 +298,24 @@ def test_the_program_gets_default_sigpipe_and_sigxfsz(sock_dir: str) -> None:
     ignored = int(proc.stdout.split()[1], 16)
     assert not ignored & (1 << (signal.SIGPIPE - 1)), proc.stdout
     assert not ignored & (1 << (signal.SIGXFSZ - 1)), proc.stdout
+
+
+def test_python_dash_m_programs_start_cleanly_every_time(sock_dir: str) -> None:
+    """`python -m` runs runpy, which imports importlib.util in the main thread while the agent's start-up
+    thread imports importlib: left to race, 1 start in 30 got a broken importlib and died with
+    "NameError: name 'sys' is not defined" (the demo did). 100 starts: about a 95% chance to see it."""
+    env = agent_env(None, None, base=run_env(sock_dir))  # what `perftop run` execs with, minus the exec
+    failures = []
+    for _ in range(100):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.targets.run_dash_m"],
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if proc.returncode != 0 or proc.stderr:
+            failures.append((proc.returncode, proc.stderr[-500:]))
+    assert not failures, f"{len(failures)} of 100 starts failed; first: {failures[0]}"

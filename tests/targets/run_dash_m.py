@@ -1,0 +1,12 @@
+"""Run with `python -m tests.targets.run_dash_m` under `perftop run`: imports perftop's API right away, as
+`python -m perftop.demo` does, while the agent's start-up thread is importing too."""
+
+import perftop
+
+
+@perftop.time_it("dash_m.work")
+def work() -> None:
+    return None
+
+
+work()
