@@ -15,7 +15,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.theme import Theme
 from textual.widget import Widget
-from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent, TabPane
+from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent
 
 from perftop._version import __version__
 from perftop.collectors.agent_client import AgentError
@@ -99,24 +99,17 @@ class PerftopApp(App[int]):
         yield SystemPane(id="system")
         with ContentSwitcher(initial="list", id="main"):
             yield ProcessListPane(id="list")
-            with AttachedView(id="attached"), TabbedContent(id="tabs"):
-                with TabPane("Process", id="tab-process"):
-                    yield ProcessPane(id="process")
-                with TabPane("Timings", id="tab-timings"):
-                    yield TimingsPane(id="timings")
-                with TabPane("Queries", id="tab-queries"):
-                    yield QueriesPane(id="queries")
-                with TabPane("Actions", id="tab-actions"):
-                    yield ActionsPane(id="actions", profile_seconds=self._profile_seconds)
+            if self._initial_pid is not None:
+                yield AttachedView(id="attached", profile_seconds=self._profile_seconds)
         yield Footer()
 
-    def on_mount(self) -> None:
+    async def on_mount(self) -> None:
         for theme in self._themes.values():
             self.register_theme(theme)
         if self._theme_name:
             self.theme = self._theme_name
         if self._initial_pid is not None:
-            self.attach(self._initial_pid)
+            await self.attach(self._initial_pid)
         else:
             self.query_one(ProcessListPane).query_one("LineTable").focus()
         self._status()
@@ -211,11 +204,15 @@ class PerftopApp(App[int]):
     # -- attach and detach -----------------------------------------------------------------------------
 
     @on(ProcessListPane.Attach)
-    def _attach_selected(self, msg: ProcessListPane.Attach) -> None:
-        self.attach(msg.pid)
+    async def _attach_selected(self, msg: ProcessListPane.Attach) -> None:
+        await self.attach(msg.pid)
 
-    def attach(self, pid: int) -> None:
-        """Show the attached view for `pid`."""
+    async def attach(self, pid: int) -> None:
+        """Show the attached view for `pid`. The view is made on the first attach: composing its four
+        tabs is more than half of the start-up of the process list, which most sessions begin with."""
+        switcher = self.query_one("#main", ContentSwitcher)
+        if not switcher.query_children(AttachedView):
+            await switcher.add_content(AttachedView(id="attached", profile_seconds=self._profile_seconds))
         self.attached = pid
         process = self.query_one(ProcessPane)
         process.gone = None

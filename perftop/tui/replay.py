@@ -213,8 +213,8 @@ class ReplayApp(PerftopApp):
         self.time_bar = TimeBar(reader.times, id="timebar")
         self.title = f"perftop replay {os.path.basename(reader.path)}"
 
-    def on_mount(self) -> None:
-        self.mount(self.time_bar, after="#main")
+    async def on_mount(self) -> None:
+        await self.mount(self.time_bar, after="#main")
 
     @property
     def position(self) -> int:

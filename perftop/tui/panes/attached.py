@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import TabbedContent
+from textual.widgets import TabbedContent, TabPane
 
 from perftop.tui.panes.actions import ActionsPane
+from perftop.tui.panes.process import ProcessPane
+from perftop.tui.panes.queries import QueriesPane
+from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.widgets.confirm import Confirm
 
 
 class AttachedView(Vertical):
-    """Owns the action keys, so that they work from every tab; results show in the Actions tab."""
+    """The tabs of one process. Owns the action keys, so that they work from every tab; results show in
+    the Actions tab."""
 
     BINDINGS = [
         Binding("p", "run('profile')", "Profile"),
@@ -22,6 +27,21 @@ class AttachedView(Vertical):
         Binding("t", "run('threads')", "Threads"),
         Binding("i", "inject", "Inject agent", show=False),
     ]
+
+    def __init__(self, *, id: str | None = None, profile_seconds: float = 5.0) -> None:
+        super().__init__(id=id)
+        self._profile_seconds = profile_seconds
+
+    def compose(self) -> ComposeResult:
+        with TabbedContent(id="tabs"):
+            with TabPane("Process", id="tab-process"):
+                yield ProcessPane(id="process")
+            with TabPane("Timings", id="tab-timings"):
+                yield TimingsPane(id="timings")
+            with TabPane("Queries", id="tab-queries"):
+                yield QueriesPane(id="queries")
+            with TabPane("Actions", id="tab-actions"):
+                yield ActionsPane(id="actions", profile_seconds=self._profile_seconds)
 
     def action_inject(self) -> None:
         """`i`: start an agent inside the attached Python process (after a confirmation)."""
