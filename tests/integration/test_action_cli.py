@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from perftop.collectors.agent_client import AgentClient
 from perftop.collectors.discovery import find_agent
 
 TARGET = str(Path(__file__).resolve().parent.parent / "targets" / "cli_hot_app.py")
@@ -64,6 +65,15 @@ def test_profile_finds_the_hot_function_and_saves_folded_stacks(
     assert text.returncode == 0 and "burn_cpu_here" in text.stdout.splitlines()[3]
 
 
+def works(pid: int) -> int:
+    """How many iterations the target's worker has finished (its `work` timing's count)."""
+    path = find_agent(pid)
+    assert path is not None
+    with AgentClient(path) as client:
+        stats = client.call("stats", {"window": None})
+    return int(stats["timings"]["work"]["sketch"]["count"]) if "work" in stats["timings"] else 0
+
+
 def test_gc_threads_and_memory_diff(target: subprocess.Popen[str]) -> None:
     gc = json.loads(action(target.pid, "gc", "--json").stdout)
     assert {"collected", "collected_by_generation", "rss_before_bytes", "counts_after"} <= set(gc)
@@ -73,7 +83,13 @@ def test_gc_threads_and_memory_diff(target: subprocess.Popen[str]) -> None:
     assert any(f["function"] == "waiter" for f in by_name["idle-waiter"]["stack"])
     first = json.loads(action(target.pid, "memory", "--json").stdout)
     assert first["tracing"] is True and first["started"] is True
-    time.sleep(1.5)  # a few leaking iterations, each 1000 new objects from that one line
+    # A few leaking iterations (300 new objects each from that one line). Traced, one iteration of the
+    # allocation-heavy burner can take over a second on a loaded machine: count them, do not guess.
+    done = works(target.pid)
+    deadline = time.monotonic() + 30
+    while works(target.pid) < done + 3:
+        assert time.monotonic() < deadline, "the target's worker made no progress"
+        time.sleep(0.1)
     second = json.loads(action(target.pid, "memory", "--json").stdout)
     source = Path(TARGET).read_text().splitlines()
     leak_line = next(n for n, line in enumerate(source, 1) if "LEAK.extend" in line)
