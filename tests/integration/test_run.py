@@ -80,9 +80,10 @@ def kill(proc: subprocess.Popen[str]) -> None:
     proc.wait(30)
 
 
-def snapshot(pid: int, sock_dir: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "perftop", "snapshot", "--pid", str(pid), "--json", "--interval", "0.2"],
+def perftop_cli(*args: str, sock_dir: str) -> subprocess.CompletedProcess[str]:
+    """`perftop ARGS...` run to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "perftop", *args],
         env=run_env(sock_dir),
         cwd=REPO,
         capture_output=True,
@@ -90,6 +91,10 @@ def snapshot(pid: int, sock_dir: str) -> dict[str, Any]:
         timeout=60,
         check=False,
     )
+
+
+def snapshot(pid: int, sock_dir: str) -> dict[str, Any]:
+    result = perftop_cli("snapshot", "--pid", str(pid), "--json", "--interval", "0.2", sock_dir=sock_dir)
     assert result.returncode == 0, result.stderr
     snap: dict[str, Any] = json.loads(result.stdout)
     return snap
@@ -130,15 +135,7 @@ def test_sqlalchemy_program_is_seen_and_its_stdio_and_exit_code_pass_through(soc
 
 
 def test_exit_code_zero_and_output(sock_dir: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "perftop", "run", "--", "python", "-c", "print('hi')"],
-        env=run_env(sock_dir),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = perftop_cli("run", "--", "python", "-c", "print('hi')", sock_dir=sock_dir)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "hi\n", "")
 
 
@@ -226,15 +223,7 @@ def test_multiprocessing_child_has_its_own_agent(method: str, sock_dir: str) -> 
 
 
 def test_unknown_command_is_a_usage_error(sock_dir: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "perftop", "run", "--", "no-such-command-xyz", "arg"],
-        env=run_env(sock_dir),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = perftop_cli("run", "--", "no-such-command-xyz", "arg", sock_dir=sock_dir)
     assert result.returncode == 2
     assert result.stderr == "perftop: command not found: no-such-command-xyz\n"
 
@@ -266,14 +255,8 @@ def test_agent_on_every_cpython_keeps_the_main_thread_known(minor: int, sock_dir
         snap = snapshot(proc.pid, sock_dir)
         assert snap["agent"]["python"].startswith(f"3.{minor}.")
         assert snap["timings"]["versions.work"]["count"] == 100
-        threads = subprocess.run(
-            [sys.executable, "-m", "perftop", "action", "--pid", str(proc.pid), "threads", "--json"],
-            env=run_env(sock_dir),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
+        threads = perftop_cli("action", "--pid", str(proc.pid), "threads", "--json", sock_dir=sock_dir)
+        assert threads.returncode == 0, threads.stderr
         names = {t["name"] for t in json.loads(threads.stdout)}
         assert "MainThread" in names, names
         assert proc.stdin is not None
@@ -286,15 +269,8 @@ def test_agent_on_every_cpython_keeps_the_main_thread_known(minor: int, sock_dir
 def test_the_program_gets_default_sigpipe_and_sigxfsz(sock_dir: str) -> None:
     """Python ignores SIGPIPE and SIGXFSZ and exec keeps ignored signals ignored: perftop resets them, so
     `perftop run -- cmd | head` ends cmd as a shell would."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "perftop", "run", "--", "grep", "SigIgn", "/proc/self/status"],
-        env=run_env(sock_dir),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    proc = perftop_cli("run", "--", "grep", "SigIgn", "/proc/self/status", sock_dir=sock_dir)
+    assert proc.returncode == 0, proc.stderr
     ignored = int(proc.stdout.split()[1], 16)
     assert not ignored & (1 << (signal.SIGPIPE - 1)), proc.stdout
     assert not ignored & (1 << (signal.SIGXFSZ - 1)), proc.stdout
