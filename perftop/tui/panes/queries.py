@@ -17,6 +17,7 @@ from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Static
 
 from perftop.tui.messages import AgentReply
+from perftop.tui.panes import CELL_PAD, FRAME
 from perftop.tui.widgets.confirm import Confirm
 from perftop.tui.widgets.filterbar import FilterBar
 from perftop.units import fmt_count, fmt_ms, short_path
@@ -42,8 +43,6 @@ NOT_INSTRUMENTED = (
 
 
 FINGERPRINT_MIN = 30
-FRAME = 4
-"""The pane's border and a table's vertical scrollbar."""
 SLOW_FIXED = (("ms", 8), ("ago", 6))
 """The slow list's fixed columns; its fingerprint and call site share what is left."""
 
@@ -58,8 +57,8 @@ def site_text(site: dict[str, Any] | None, short: bool = False) -> str:
 
 def fingerprint_width(width: int) -> int:
     """The fingerprint column's width in a pane `width` cells wide: what the other columns leave."""
-    others = sum(w + 2 for _, key, w in COLUMNS if key != "fingerprint")
-    return max(FINGERPRINT_MIN, width - FRAME - others - 2)
+    others = sum(w + CELL_PAD for _, key, w in COLUMNS if key != "fingerprint")
+    return max(FINGERPRINT_MIN, width - FRAME - others - CELL_PAD)
 
 
 def rows_text(q: dict[str, Any]) -> str:
@@ -188,7 +187,7 @@ class QueriesPane(Vertical, can_focus=True):
         self._table.clear(columns=True)
         for header, key, w in COLUMNS:
             self._table.add_column(header, key=key, width=fp_width if key == "fingerprint" else w)
-        rest = max(40, width - FRAME - sum(w + 2 for _, w in SLOW_FIXED) - 4)
+        rest = max(40, width - FRAME - sum(w + CELL_PAD for _, w in SLOW_FIXED) - 2 * CELL_PAD)
         self._slow.clear(columns=True)
         for header, w in (
             *SLOW_FIXED,

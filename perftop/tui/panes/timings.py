@@ -15,6 +15,7 @@ from textual.reactive import reactive
 from textual.widgets import DataTable, Static
 
 from perftop.collectors.agent_view import AgentView
+from perftop.tui.panes import CELL_PAD, FRAME
 from perftop.tui.panes.metric_detail import MetricDetail
 from perftop.units import fmt_count, fmt_ms
 
@@ -50,10 +51,6 @@ PRIORITY = (
 """Which columns a narrow pane keeps first (p99 stays on an 80-column screen); shown in COLUMNS' order."""
 NAME_MIN, NAME_MAX = 20, 48
 """The metric column's width: at least NAME_MIN, then what is left over, up to the longest name."""
-CELL_PAD = 2
-"""DataTable's padding around every cell (one column each side)."""
-FRAME = 4
-"""The pane's border and the table's vertical scrollbar."""
 
 
 def layout_columns(width: int, longest_name: int) -> list[tuple[str, str, int]]:
