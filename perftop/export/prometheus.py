@@ -637,9 +637,15 @@ class Prerenderer:
         """The oldest collection a scrape may be answered from."""
         if self.every_s > 0:
             return math.inf
-        gaps = sorted(b - a for a, b in pairwise(self._scrapes))
-        jitter = self.JITTER * gaps[len(gaps) // 2] if gaps else 0.0
+        gap = self._typical_gap()
+        jitter = self.JITTER * gap if gap is not None else 0.0
         return 2 * (self._took_s + jitter) + self.MARGIN_S + 1.0
+
+    def _typical_gap(self) -> float | None:
+        """The median gap between the last scrapes' arrivals, None before two (lock held): the median, so
+        that one stray scrape (a curl by hand) does not upset the rhythm."""
+        gaps = sorted(b - a for a, b in pairwise(self._scrapes))
+        return gaps[len(gaps) // 2] if gaps else None
 
     def _collect(self, encoders: dict[str, Callable[[Collector], bytes]]) -> None:
         """Collect now and render every format in `encoders`; the result becomes the latest."""
@@ -677,9 +683,8 @@ class Prerenderer:
     def _schedule(self, now: float) -> None:
         """Paced mode: time the next collection from the gaps between the last scrapes' arrivals, `now`
         being this one's (lock held)."""
-        gaps = sorted(b - a for a, b in pairwise(self._scrapes))
-        if gaps:  # the median: one stray scrape (a curl by hand) does not upset the rhythm
-            gap = gaps[len(gaps) // 2]
+        gap = self._typical_gap()
+        if gap is not None:
             self._due = now + gap * (1 - self.JITTER) - self._took_s - self.MARGIN_S
             self._cond.notify_all()
 
