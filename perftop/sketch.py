@@ -3,11 +3,12 @@
 Standard library only: the agent (inside the monitored app) and the viewer share this module.
 
 The sketch is log-bucketed in the manner of DDSketch: a positive value v falls in bucket
-i = ceil(log(v) / log(gamma)) with gamma = (1 + a) / (1 - a), and every quantile is answered with the
-bucket's representative 2 * gamma**i / (gamma + 1), which is within a relative error a of every value in
-the bucket. Counts per bucket add up, so sketches of different seconds, windows or processes merge
-exactly; percentiles are never averaged. The number of buckets is capped (the lowest are folded
-together past the cap), which bounds memory whatever the number of samples.
+i = ceil(log(v) / log(gamma)) with gamma = (1 + a) / (1 - a). The quantile q is the value at nearest rank
+ceil(q * n), as HdrHistogram answers: the bucket's representative 2 * gamma**i / (gamma + 1), which is
+within a relative error a of every value in the bucket, clamped to the exact min and max that every
+sketch keeps (rank 1 and rank n answer them exactly). Counts per bucket add up, so sketches of different
+seconds, windows or processes merge exactly; percentiles are never averaged. The number of buckets is
+capped (the lowest are folded together past the cap), which bounds memory whatever the number of samples.
 """
 
 from __future__ import annotations
