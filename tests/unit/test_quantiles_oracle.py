@@ -250,7 +250,7 @@ def test_export_summaries_are_the_sketch_quantiles(values: list[float]) -> None:
 # -- end to end: a real agent, read back with `perftop snapshot` -------------------------------------------
 
 
-def snapshot(target: Target) -> dict[str, Any]:
+def snapshot(target: Target, *extra: str) -> dict[str, Any]:
     out = subprocess.run(
         [
             sys.executable,
@@ -261,6 +261,7 @@ def snapshot(target: Target) -> dict[str, Any]:
             str(target.pid),
             "--interval",
             "0.05",
+            *extra,
             "--json",
         ],
         capture_output=True,
@@ -317,10 +318,13 @@ def test_end_to_end_snapshot_of_a_real_agent() -> None:
             return doc if all(counts.get(k) == len(v) for k, v in expected.items()) else None
 
         doc = wait_for(complete, timeout=120, interval=0.5)
+        # The 5 min window (thirty 10 s sketches merged, in each process) holds all of it too.
+        windowed = snapshot(target, "--window", "300")["timings"]
     assert len(doc["agent"]["merged_pids"]) == workers + 1
     timings = doc["timings"]
     for name, values in expected.items():
         check_ms_row(timings[name], values, name)
+        check_ms_row(windowed[name], values, f"{name}, 5 min window")
     assert timings["ten"]["p95_ms"] == timings["ten"]["p99_ms"] == timings["ten"]["max_ms"]
     assert timings["two"]["p99_ms"] == timings["two"]["max_ms"] == pytest.approx(200.0, rel=1e-12)
     assert timings["two"]["p50_ms"] == timings["two"]["min_ms"] == pytest.approx(100.0, rel=1e-12)
