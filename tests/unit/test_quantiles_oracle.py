@@ -24,7 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from perftop.agent.recorder import Timing
-from perftop.collectors.agent_client import QUANTILES, merge_stats, timing_rows
+from perftop.collectors.agent_client import QUANTILES, merge_queries, merge_stats, timing_rows
+from perftop.collectors.agent_view import build_view
 from perftop.export.prometheus import QUANTILES as EXPORT_QUANTILES
 from perftop.export.prometheus import digest_sketch
 from perftop.sketch import Sketch, nearest_rank
@@ -233,6 +234,43 @@ def test_windows_of_several_workers_match_numpy(timelines: list[list[tuple[int, 
             check_row(row, want, f"window {window}")
         else:
             assert row["count"] == 0 and row["p99_ms"] is None and row["max_ms"] is None
+
+
+# -- GC pauses and SQL queries: the other figures read from sketches --------------------------------------
+
+
+@settings(deadline=None, max_examples=50)
+@given(
+    st.lists(
+        st.tuples(st.lists(durations, max_size=50), st.lists(durations, max_size=50)), min_size=1, max_size=3
+    )
+)
+def test_gc_pause_p99_of_merged_workers(workers: list[tuple[list[float], list[float]]]) -> None:
+    results = {}
+    for pid, (gen0, gen2) in enumerate(workers, start=100):
+        timings = {
+            name: {"sketch": sketch_of(values).to_dict(), "errors_by_type": {}}
+            for name, values in (("gc.gen0", gen0), ("gc.gen2", gen2))
+        }
+        gc = {"collections": [len(gen0), 0, len(gen2)], "collected": [0, 0, 0], "uncollectable": 0}
+        results[pid] = json.loads(json.dumps({"span_s": 1.0, "timings": timings, "gc": gc}))
+    view = build_view(results, {pid: {"pid": pid} for pid in results}, None, 100)
+    pauses = [v / NS_PER_MS for gen0, gen2 in workers for v in gen0 + gen2]
+    gc_json = view.to_json()["gc"]
+    if pauses:
+        check([gc_json["pause_p99_ms"], gc_json["pause_max_ms"]], pauses, [0.99, 1.0], "gc pauses")
+    else:
+        assert gc_json["pause_p99_ms"] is None and gc_json["pause_max_ms"] is None
+
+
+@settings(deadline=None, max_examples=50)
+@given(st.lists(st.lists(durations, min_size=1, max_size=100), min_size=1, max_size=3))
+def test_sql_query_figures_of_merged_workers(parts: list[list[float]]) -> None:
+    rows = [{"fingerprint": "SELECT ?", "sketch": sketch_of(part).to_dict()} for part in parts]
+    merged = merge_queries([{"queries": [row]} for row in json.loads(json.dumps(rows))])
+    (row,) = merged["queries"]
+    union = [v / NS_PER_MS for part in parts for v in part]
+    check([row["p50_ms"], row["p95_ms"], row["p99_ms"], row["max_ms"]], union, [0.5, 0.95, 0.99, 1.0], "sql")
 
 
 # -- the Prometheus exporter -----------------------------------------------------------------------------
