@@ -3,11 +3,12 @@
 Standard library only: the agent (inside the monitored app) and the viewer share this module.
 
 The sketch is log-bucketed in the manner of DDSketch: a positive value v falls in bucket
-i = ceil(log(v) / log(gamma)) with gamma = (1 + a) / (1 - a), and every quantile is answered with the
-bucket's representative 2 * gamma**i / (gamma + 1), which is within a relative error a of every value in
-the bucket. Counts per bucket add up, so sketches of different seconds, windows or processes merge
-exactly; percentiles are never averaged. The number of buckets is capped (the lowest are folded
-together past the cap), which bounds memory whatever the number of samples.
+i = ceil(log(v) / log(gamma)) with gamma = (1 + a) / (1 - a). The quantile q is the value at nearest rank
+ceil(q * n), as HdrHistogram answers: the bucket's representative 2 * gamma**i / (gamma + 1), which is
+within a relative error a of every value in the bucket, clamped to the exact min and max that every
+sketch keeps (rank 1 and rank n answer them exactly). Counts per bucket add up, so sketches of different
+seconds, windows or processes merge exactly; percentiles are never averaged. The number of buckets is
+capped (the lowest are folded together past the cap), which bounds memory whatever the number of samples.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import math
 import sys
 from array import array
-from collections.abc import Iterable, Mapping
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import accumulate
 from typing import Any
 
 ALPHA = 0.008
@@ -48,6 +51,58 @@ def bucket_value(index: int) -> float:
     except OverflowError:
         # Only the topmost buckets of the float range; callers clamp to the exact max.
         return math.inf
+
+
+def check_quantiles(qs: Iterable[float]) -> None:
+    """ValueError unless every q is within 0..1."""
+    for q in qs:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile must be between 0 and 1, not {q}")
+
+
+def nearest_rank(q: float, count: int) -> int:
+    """The 1-based rank of the value at quantile q among `count` sorted values: ceil(q * count), at least 1.
+
+    The definition of HdrHistogram, Prometheus summaries and numpy's `method="inverted_cdf"`: the p99 of
+    [100, 200] is 200, and the p99 of 20 requests is the slowest one.
+    """
+    return min(max(math.ceil(q * count), 1), count)
+
+
+def quantiles_of(
+    qs: Sequence[float],
+    count: int,
+    zero: int,
+    indices: Sequence[int],
+    counts: Iterable[int],
+    low: float,
+    high: float,
+) -> list[float]:
+    """The nearest-rank quantiles of a non-empty sketch given as its parts: `count` values, `zero` of them
+    <= 0, `counts[k]` in bucket `indices[k]` (ascending), exact extremes `low` and `high`.
+
+    Rank 1 and rank `count` answer the exact min and max; a rank in the zero bucket answers 0; any other
+    answers its bucket's representative (within ALPHA of the value at that rank). Every answer is clamped
+    to [low, high], which only brings it closer to the true value. `Sketch.quantiles` and the Prometheus
+    exporter both answer through here, so they agree to the bit.
+    """
+    check_quantiles(qs)
+    cumulative = list(accumulate(counts))
+    out: list[float] = []
+    for q in qs:
+        rank = nearest_rank(q, count)
+        if rank == 1:
+            value = low
+        elif rank == count:
+            value = high
+        elif rank <= zero:
+            value = 0.0
+        else:
+            # The first bucket whose running count reaches the rank holds the value at that rank.
+            pos = bisect_left(cumulative, rank - zero)
+            value = bucket_value(indices[pos]) if pos < len(cumulative) else high
+        out.append(min(max(value, low), high))
+    return out
 
 
 class Sketch:
@@ -165,37 +220,22 @@ class Sketch:
         self._lo += extra
 
     def quantile(self, q: float) -> float | None:
-        """The value at quantile q (0..1) by nearest rank floor(q * (count - 1)), or None if empty."""
+        """The value at quantile q (0..1) by nearest rank ceil(q * count), or None if empty."""
         return self.quantiles((q,))[0]
 
     def quantiles(self, qs: Iterable[float]) -> list[float | None]:
-        """Several quantiles in one pass over the buckets, by nearest rank floor(q * (count - 1))."""
+        """Several quantiles in one pass over the buckets, by nearest rank ceil(q * count) (see
+        `quantiles_of`); None for each if the sketch is empty."""
         qs = list(qs)
-        for q in qs:
-            if not 0.0 <= q <= 1.0:
-                raise ValueError(f"quantile must be between 0 and 1, not {q}")
         if self.count == 0:
+            check_quantiles(qs)
             return [None] * len(qs)
-        order = sorted(range(len(qs)), key=lambda k: qs[k])
-        out: list[float | None] = [None] * len(qs)
-        counts, lo = self._counts, self._lo
-        seen = self.zero
-        pos = 0
-        for k in order:
-            rank = math.floor(qs[k] * (self.count - 1))
-            if rank < self.zero:
-                out[k] = 0.0
-                continue
-            if rank == 0 or rank == self.count - 1:  # the exact extremes are kept
-                out[k] = self.min if rank == 0 else self.max
-                continue
-            while pos < len(counts) and seen + counts[pos] <= rank:
-                seen += counts[pos]
-                pos += 1
-            value = bucket_value(lo + pos) if pos < len(counts) else self.max
-            # The exact extremes are known: never answer outside them.
-            out[k] = min(max(value, self.min), self.max)
-        return out
+        lo = self._lo
+        return list(
+            quantiles_of(
+                qs, self.count, self.zero, range(lo, lo + len(self._counts)), self._counts, self.min, self.max
+            )
+        )
 
     @property
     def mean(self) -> float | None:

@@ -385,6 +385,7 @@ def timing_rows(stats: dict[str, Any]) -> dict[str, dict[str, Any]]:
         }
         mean = sketch.mean
         row["mean_ms"] = None if mean is None else mean / NS_PER_MS
+        row["min_ms"] = sketch.min / NS_PER_MS if sketch.count else None
         for (key, _q), value in zip(QUANTILES, sketch.quantiles(q for _k, q in QUANTILES), strict=True):
             row[key] = None if value is None else value / NS_PER_MS
         row["max_ms"] = sketch.max / NS_PER_MS if sketch.count else None

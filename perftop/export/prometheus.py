@@ -35,7 +35,7 @@ from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
 from perftop.agent import paths
-from perftop.sketch import ALPHA, GAMMA
+from perftop.sketch import ALPHA, GAMMA, quantiles_of
 from perftop.web import is_loopback, parse_listen
 
 if TYPE_CHECKING:
@@ -78,7 +78,6 @@ def _bin_thresholds(bounds_s: Sequence[float]) -> list[int]:
 
 _THRESHOLDS = _bin_thresholds(BUCKETS_S)
 _LE = [*(f"{b:g}" for b in BUCKETS_S), "+Inf"]
-_REPR = 2.0 / (GAMMA + 1.0)
 
 
 class TimingDigest:
@@ -101,8 +100,8 @@ class TimingDigest:
 def digest_sketch(data: Any) -> TimingDigest:
     """Summarise a serialized sketch (`Sketch.to_dict`, values in ns) in one pass over its sorted bins.
 
-    The quantiles are those `Sketch.quantile` gives (nearest rank, bucket representative, clamped to the
-    exact min and max). ValueError or TypeError when the sketch is malformed.
+    The quantiles come from `quantiles_of`, as `Sketch.quantiles` does (nearest rank ceil(q * count),
+    clamped to the exact min and max). ValueError or TypeError when the sketch is malformed.
     """
     if not isinstance(data, dict) or data.get("alpha") != ALPHA:
         raise ValueError("not a sketch of this accuracy")
@@ -125,17 +124,9 @@ def digest_sketch(data: Any) -> TimingDigest:
         pos = bisect_right(idx, threshold)
         buckets.append(float(zero + (cum[pos - 1] if pos else 0)))
     buckets.append(float(count))
-    quantiles: list[float] = []
     if count:
-        lo, hi = float(data["min"]), float(data["max"])
-        for q in QUANTILES:
-            rank = math.floor(q * (count - 1))
-            if rank < zero:
-                value = 0.0
-            else:
-                pos = bisect_right(cum, rank - zero)
-                value = GAMMA ** idx[pos] * _REPR if pos < len(idx) else hi
-            quantiles.append(min(max(value, lo), hi) / NS_PER_S)
+        values = quantiles_of(QUANTILES, count, zero, idx, counts, float(data["min"]), float(data["max"]))
+        quantiles = [value / NS_PER_S for value in values]
     else:
         quantiles = [math.nan] * len(QUANTILES)
     return TimingDigest(

@@ -96,8 +96,9 @@ def histogram_quantile(q: float, series: list[tuple[float, float]]) -> float:
 
 
 def exact_quantile(values: list[float], q: float) -> float:
+    """The nearest rank ceil(q * n), the summaries' definition."""
     ordered = sorted(values)
-    return ordered[math.floor(q * (len(ordered) - 1))]
+    return ordered[max(math.ceil(q * len(ordered)), 1) - 1]
 
 
 def test_timing_is_a_summary_and_a_histogram_with_the_calls_made(stack: ExitStack, sockets: str) -> None:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 import random
 import sys
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,9 +18,8 @@ QS = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
 
 
 def exact(values: list[float], q: float) -> float:
-    """Nearest rank floor(q * (n - 1)) of the sorted values: the definition the sketch follows."""
-    ordered = sorted(values)
-    return ordered[math.floor(q * (len(ordered) - 1))]
+    """numpy's nearest rank ceil(q * n) (`inverted_cdf`): the definition the sketch follows."""
+    return float(np.quantile(np.asarray(values, dtype=float), q, method="inverted_cdf"))
 
 
 def lognormal(n: int, seed: int) -> list[float]:
@@ -93,7 +92,8 @@ def test_zero_and_negative_values_count_in_the_zero_bin() -> None:
     for v in (0, 0, -5, 10, 20):
         sk.add(v)
     assert sk.zero == 3 and sk.count == 5
-    assert sk.quantile(0.0) == 0.0
+    assert sk.quantile(0.0) == -5  # rank 1: the exact min
+    assert sk.quantile(0.5) == 0.0  # rank 3 of -5, 0, 0, 10, 20
     assert sk.quantile(1.0) == pytest.approx(20, rel=ALPHA)
 
 
