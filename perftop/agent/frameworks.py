@@ -153,7 +153,25 @@ def _bottle(module: ModuleType) -> None:
 
 
 def _pyramid(module: ModuleType) -> None:
-    _wsgi_class(module.Router)
+    """Pyramid's Router: timed, and each request's matched route pattern noted once it is routed."""
+    router = module.Router
+    _wsgi_class(router)
+
+    def make(original: Any) -> Any:
+        def handle_request(self: Any, request: Any) -> Any:
+            try:
+                return original(self, request)
+            finally:
+                try:
+                    pattern = getattr(getattr(request, "matched_route", None), "pattern", None)
+                    if isinstance(pattern, str) and pattern:
+                        request.environ[ROUTE_KEY] = pattern if pattern.startswith("/") else "/" + pattern
+                except Exception as exc:
+                    log_once("pyramid-route", "could not read a Pyramid request's route", exc=exc)
+
+        return handle_request
+
+    _patch(router, "handle_request", make)
 
 
 def _falcon(module: ModuleType) -> None:

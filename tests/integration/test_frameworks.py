@@ -82,12 +82,12 @@ class Service:
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"the server exited: {self.output()}"
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{probe}", timeout=5):
-                    return
-            except urllib.error.HTTPError:
-                return
+                socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
             except OSError:
                 time.sleep(0.1)
+                continue
+            self.get(probe)  # the first request, timed by the client like the others
+            return
         raise AssertionError(f"the server did not answer on port {self.port}: {self.output()}")
 
     def get(self, path: str) -> int:
@@ -183,6 +183,16 @@ FASTAPI = [
     ("/missing/nope", 404, "http GET /missing/{thing}"),
     *[(f"/nope/{n}", 404, "http GET {not_found}") for n in ("a", "b")],
 ]
+PYRAMID = [
+    *[(f"/user/{n}", 200, "http GET /user/{username}") for n in ("alice", "bob")],
+    ("/boom", 500, "http GET /boom"),
+    ("/nope/a", 404, "http GET {not_found}"),
+]
+FALCON = [
+    *[(f"/user/{n}", 200, "http GET /user/{username}") for n in ("alice", "bob")],
+    *[(f"/orders/{i}", 200, "http GET /orders/{order_id:int}") for i in (1, 1999)],
+    ("/nope/a", 404, "http GET {not_found}"),
+]
 BOTTLE = [
     *[(f"/user/{n}", 200, "http GET /user/{username}") for n in ("alice", "bob")],
     *[(f"/orders/{i}", 200, "http GET /orders/{order_id}") for i in (1, 1999)],
@@ -219,6 +229,8 @@ def server_cmd(server: str, port: int) -> tuple[list[str], list[tuple[str, int, 
         ),
         "fastapi/hypercorn": (["hypercorn", "-b", f"127.0.0.1:{port}", fastapi_app], FASTAPI),
         "bottle/gunicorn-sync": (gunicorn(bottle_app, port), BOTTLE),
+        "pyramid/gunicorn-sync": (gunicorn("tests.targets.web.pyramid_app:app", port), PYRAMID),
+        "falcon/gunicorn-sync": (gunicorn("tests.targets.web.falcon_app:app", port), FALCON),
     }
     return commands[server]
 
@@ -235,6 +247,8 @@ SERVERS = [
     "fastapi/gunicorn-uvicornworker",
     "fastapi/hypercorn",
     "bottle/gunicorn-sync",
+    "pyramid/gunicorn-sync",
+    "falcon/gunicorn-sync",
 ]
 
 
@@ -244,8 +258,7 @@ def test_every_request_is_timed_once_by_its_route_template(serve: Any, server: s
     cmd, plan = server_cmd(server, port)
     if shutil.which(cmd[0], path=str(BIN)) is None and cmd[0] != "python":
         pytest.skip(f"{cmd[0]} is not installed in this environment")
-    if server.startswith("bottle"):
-        pytest.importorskip("bottle")
+    pytest.importorskip(server.split("/")[0])
     probe = plan[0][0]
     service = serve(cmd, port, probe=probe)
     for path, status, _ in plan:
@@ -263,10 +276,11 @@ def test_every_request_is_timed_once_by_its_route_template(serve: Any, server: s
             assert timings[metric]["errors"] == expected[metric], f"{metric} must count its 5xx as errors"
     ok = [m for _, s, m in plan if s < 500]
     assert all(timings[m]["errors"] == 0 for m in ok), timings
-    # The app's time of a request is inside the client's: never longer than the client waited.
+    # The app's time of a request is inside the client's (it may end a moment later, when the server closes
+    # the body after sending it: 5 ms of slack for a loaded machine).
     slowest_client = max(ms for times in service.client_ms.values() for ms in times)
     for name, t in timings.items():
-        assert 0 < t["max_ms"] <= slowest_client * 1.01 + 0.5, (name, t["max_ms"], slowest_client)
+        assert 0 < t["max_ms"] <= slowest_client + 5, (name, t["max_ms"], slowest_client)
 
 
 def test_an_app_that_also_adds_the_middleware_is_timed_once(serve: Any) -> None:
