@@ -150,10 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a Python program with the agent started, no code change",
         description="Run CMD with perftop's agent started in it (and in its Python children), every "
-        "SQLAlchemy engine instrumented. Exit code, signals and stdio pass through. PERFTOP=0 disables.",
+        "SQLAlchemy engine instrumented and every web request of Flask, Django, Starlette/FastAPI, Bottle, "
+        "Pyramid or Falcon timed by route. Exit code, signals and stdio pass through. PERFTOP=0 disables.",
     )
     run.add_argument("--name", help="the app name the agent reports")
     run.add_argument("--slow-ms", type=float, help="slow-query threshold (default 100, or $PERFTOP_SLOW_MS)")
+    run.add_argument(
+        "--no-frameworks",
+        action="store_true",
+        help="do not time web requests by route (also PERFTOP_FRAMEWORKS=0)",
+    )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
 
     demo = sub.add_parser(
@@ -288,6 +294,10 @@ def _fast_run(argv: list[str]) -> int:
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
         option, _, value = argv[i].partition("=")
+        if option == "--no-frameworks" and not value:
+            os.environ["PERFTOP_FRAMEWORKS"] = "0"
+            i += 1
+            continue
         if option not in ("--name", "--slow-ms"):
             raise UsageError(f"unrecognized arguments: {argv[i]} (see 'perftop run --help')")
         if not value:
@@ -307,6 +317,8 @@ def _fast_run(argv: list[str]) -> int:
 
 
 def _run_program(args: argparse.Namespace) -> int:
+    if args.no_frameworks:
+        os.environ["PERFTOP_FRAMEWORKS"] = "0"
     return _exec_program(args.cmd, args.name, args.slow_ms)
 
 
