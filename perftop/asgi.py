@@ -21,7 +21,7 @@ from typing import Any
 
 from perftop.agent.frameworks import TIMED_KEY
 from perftop.agent.recorder import log_once
-from perftop.wsgi import RouteFor, Routes, template_from_params
+from perftop.wsgi import RouteFor, Routes, queue_wait, template_from_params
 
 __all__ = ["Middleware", "timed"]
 
@@ -96,6 +96,10 @@ async def timed(
         return
     scope[TIMED_KEY] = True
     t0 = _pc()
+    for key, value in scope.get("headers") or ():
+        if key == b"x-request-start":
+            queue_wait(value.decode("latin-1"), time.time())
+            break
     status: int | None = None
     done = False
 

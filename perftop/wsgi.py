@@ -231,6 +231,34 @@ def _status_code(status: Any) -> int | None:
         return None
 
 
+QUEUE_METRIC = "http.queue"
+"""The timing of the time requests waited before the app got them (from X-Request-Start)."""
+MAX_QUEUE_S = 3600.0
+"""A queue wait beyond this (or negative: clocks apart) is a wrong header, not a wait."""
+
+
+def queue_wait(header: str, now: float) -> None:
+    """Record the wait of a request whose proxy stamped `X-Request-Start: t=<epoch>` (nginx: seconds with
+    milliseconds; Heroku, New Relic: milliseconds or microseconds, told apart by their size)."""
+    try:
+        text = header.strip()
+        if text.startswith("t="):
+            text = text[2:]
+        stamp = float(text)
+        if stamp > 1e14:
+            stamp /= 1e6
+        elif stamp > 1e11:
+            stamp /= 1e3
+        wait = now - stamp
+        if 0.0 <= wait <= MAX_QUEUE_S:
+            timing = registry.timings.get(QUEUE_METRIC) or registry.timing(QUEUE_METRIC)
+            timing.append(int(wait * 1e9))
+    except (ValueError, OverflowError):
+        return
+    except Exception as exc:
+        log_once("queue-wait", "could not record a request's queue wait", exc=exc)
+
+
 ZERO_CODE_ROUTES = Routes("http", None)
 """The routes of the requests timed by `perftop run`'s framework hooks (perftop.agent.frameworks)."""
 
@@ -265,6 +293,9 @@ def timed(
         return app(environ, start_response) if owner is None else app(owner, environ, start_response)
     environ[TIMED_KEY] = True
     t0 = _pc()
+    stamp = environ.get("HTTP_X_REQUEST_START")
+    if stamp is not None:
+        queue_wait(str(stamp), time.time())
     state: list[int | None] = [None]
 
     def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

@@ -90,10 +90,11 @@ class Service:
             return
         raise AssertionError(f"the server did not answer on port {self.port}: {self.output()}")
 
-    def get(self, path: str) -> int:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> int:
         t0 = time.perf_counter()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=headers or {})
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=30) as resp:
+            with urllib.request.urlopen(request, timeout=30) as resp:
                 resp.read()
                 status = int(resp.status)
         except urllib.error.HTTPError as exc:
@@ -102,8 +103,9 @@ class Service:
         self.client_ms.setdefault(path, []).append((time.perf_counter() - t0) * 1000)
         return status
 
-    def timings(self) -> dict[str, dict[str, Any]]:
-        """The merged timings of the server and its workers, as `perftop snapshot --json` reports them."""
+    def timings(self, prefix: str = "http ") -> dict[str, dict[str, Any]]:
+        """The merged timings of the server and its workers named `prefix...`, as `perftop snapshot --json`
+        reports them."""
         out = subprocess.run(
             [sys.executable, "-m", "perftop", "snapshot", "--pid", str(self.proc.pid), "--json"],
             cwd=REPO,
@@ -114,7 +116,7 @@ class Service:
         )
         assert out.returncode == 0, out.stderr
         timings: dict[str, dict[str, Any]] = json.loads(out.stdout)["timings"]
-        return {name: t for name, t in timings.items() if name.startswith("http ")}
+        return {name: t for name, t in timings.items() if name.startswith(prefix)}
 
     def wait_counts(self, expected: dict[str, int], timeout: float = 30.0) -> dict[str, dict[str, Any]]:
         deadline = time.monotonic() + timeout
@@ -325,3 +327,30 @@ def test_framework_timing_can_be_turned_off(serve: Any, how: str) -> None:
         assert service.get(f"/user/{name}") == 200
     time.sleep(1.5)
     assert service.timings() == {}
+
+
+@pytest.mark.parametrize("server", ["flask/gunicorn-sync", "fastapi/uvicorn"])
+def test_queue_wait_from_x_request_start(serve: Any, server: str) -> None:
+    """A proxy's X-Request-Start stamp (seconds, milliseconds or microseconds since the epoch) becomes the
+    `http.queue` timing: the time between the stamp and the app getting the request."""
+    port = free_port()
+    cmd, plan = server_cmd(server, port)
+    service = serve(cmd, port, probe=plan[0][0])
+    waits = [0.25, 0.5, 0.75]
+    formats = [lambda t: f"t={t:.3f}", lambda t: f"t={int(t * 1e3)}", lambda t: f"t={int(t * 1e6)}"]
+    sent = []
+    for wait, fmt in zip(waits, formats, strict=True):
+        before = time.time()
+        assert service.get("/user/queued", headers={"X-Request-Start": fmt(before - wait)}) == 200
+        sent.append((wait, time.time() - before))
+    assert service.get("/user/nostamp") == 200
+    assert service.get("/user/garbage", headers={"X-Request-Start": "t=yesterday"}) == 200
+    deadline = time.monotonic() + 30
+    while not (queue := service.timings("http.queue")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert list(queue) == ["http.queue"], queue
+    stats = queue["http.queue"]
+    assert stats["count"] == len(waits), stats
+    # Each recorded wait is the stamped one plus at most the client's round trip (stamp precision: 1 ms).
+    assert waits[0] * 1000 - 1 <= stats["min_ms"] <= (waits[0] + sent[0][1]) * 1000 + 1, stats
+    assert waits[-1] * 1000 - 1 <= stats["max_ms"] <= (waits[-1] + sent[-1][1]) * 1000 + 1, stats
