@@ -5,6 +5,7 @@ the middleware would: a request must still be timed once.
 """
 
 import os
+import time
 
 from flask import Blueprint, Flask, abort
 
@@ -20,6 +21,12 @@ def user(username: str) -> str:
 @app.route("/orders/<int:order_id>", methods=["GET", "POST"])
 def order(order_id: int) -> str:
     return str(order_id)
+
+
+@app.get("/sleep/<int:ms>")
+def sleep(ms: int) -> str:
+    time.sleep(ms / 1000)
+    return "slept"
 
 
 @app.get("/boom")
