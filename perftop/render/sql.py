@@ -59,7 +59,7 @@ def _join(tokens: list[str]) -> str:
         glued = (
             token == "(" and out[-1:].isalnum() and out.rsplit(" ", 1)[-1].upper() not in _SPACED_BEFORE_PAREN
         )
-        if not out or token in (",", ")") or out.endswith("(") or glued:
+        if not out or token in (",", ")", "[", "]") or out.endswith(("(", "[")) or glued:
             out += token
         else:
             out += " " + token
@@ -183,7 +183,10 @@ def _compact_tokens(tokens: list[str], long_condition: int, columns: bool = True
 
 
 def compact_sql(fingerprint: str, width: int | None = None) -> str:
-    """The fingerprint in a short form for a list, at most `width` characters (None: no limit)."""
+    """The fingerprint in a short form for a list, at most `width` characters (None: no limit); one that
+    fits is shown as it is."""
+    if width is not None and len(fingerprint) <= width:
+        return fingerprint
     tokens = _tokens(fingerprint)
     if not tokens:
         return fingerprint

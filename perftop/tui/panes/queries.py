@@ -16,6 +16,7 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Static
 
+from perftop.render.sql import compact_sql
 from perftop.tui.messages import AgentReply
 from perftop.tui.panes import CELL_PAD, FRAME
 from perftop.tui.widgets.confirm import Confirm
@@ -159,6 +160,7 @@ class QueriesPane(Vertical, can_focus=True):
         self._now = 0.0
         self._stale = False
         self._fp_width = 0
+        self._slow_fp_width = 0
 
     def compose(self) -> ComposeResult:
         self._lay_out(80)
@@ -188,10 +190,11 @@ class QueriesPane(Vertical, can_focus=True):
         for header, key, w in COLUMNS:
             self._table.add_column(header, key=key, width=fp_width if key == "fingerprint" else w)
         rest = max(40, width - FRAME - sum(w + CELL_PAD for _, w in SLOW_FIXED) - 2 * CELL_PAD)
+        self._slow_fp_width = rest * 11 // 20
         self._slow.clear(columns=True)
         for header, w in (
             *SLOW_FIXED,
-            ("fingerprint", rest * 11 // 20),
+            ("fingerprint", self._slow_fp_width),
             ("call site", rest - rest * 11 // 20),
         ):
             self._slow.add_column(header, width=w)
@@ -237,7 +240,7 @@ class QueriesPane(Vertical, can_focus=True):
             self._slow.add_row(
                 Text(f"{slow.get('duration_ms', 0):.1f}"),
                 Text(f"{max(0.0, now - float(slow.get('at') or now)):.0f}s"),
-                Text(str(slow.get("fingerprint"))),
+                Text(compact_sql(str(slow.get("fingerprint")), self._slow_fp_width)),
                 Text(
                     ("ERROR " + str(slow["error"]) + " " if slow.get("error") else "")
                     + site_text(slow.get("call_site"), short=True)
@@ -272,7 +275,7 @@ class QueriesPane(Vertical, can_focus=True):
             fp = str(q.get("fingerprint"))
             width = self._fp_width
             cells = (
-                fp if len(fp) <= width else fp[: width - 1] + "…",
+                compact_sql(fp, width),
                 fmt_count(q.get("count")),
                 fmt_ms(q.get("total_ms")),
                 f"{q.get('share_percent', 0):.0f}%",
