@@ -905,7 +905,7 @@ def _explain_on(
     }
 
 
-def _timeout_ms(timeout_s: float) -> int:
+def statement_timeout_ms(timeout_s: float) -> int:
     """PostgreSQL's statement_timeout for a budget: whole milliseconds rounded up, never 0 (no timeout)."""
     return max(1, math.ceil(timeout_s * 1000))
 
@@ -941,7 +941,7 @@ def _run_explain(
                 # rollback below take effect (the pool resets the isolation level at checkin).
                 conn.execution_options(isolation_level="READ COMMITTED")
                 conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {_timeout_ms(timeout_s)}")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {statement_timeout_ms(timeout_s)}")
             elif mysql and analyzed:
                 conn.exec_driver_sql("START TRANSACTION READ ONLY")
             stopper = _canceller(engine, dialect, conn)

@@ -12,8 +12,9 @@ Protocol: one JSON object per line on stdin, one reply per line on stdout; the f
         -> {"ok": true, "result": rows or rowcount} or {"ok": false, "type": NAME, "error": MSG}
         one transaction, committed unless it fails; params null runs S with no parameter parsing
   {"cmd": "sql_timed_out", "sql": S, "params": {..}, "timeout_ms": N}
-        -> PostgreSQL only: S under SET LOCAL statement_timeout (it fails, the fingerprint is recorded with
-           these parameters: a long pg_sleep the test then EXPLAIN ANALYZEs)
+        -> S under a statement timeout of N ms (PostgreSQL statement_timeout, MariaDB max_statement_time):
+           it fails, and its fingerprint is recorded with these parameters (a long sleep that the test
+           then EXPLAIN ANALYZEs); the exception's type name
   {"cmd": "exit"}
 """
 
@@ -80,11 +81,19 @@ def run_sql(engine: Any, request: dict[str, Any]) -> Any:
 def run_timed_out(engine: Any, request: dict[str, Any]) -> str:
     import sqlalchemy as sa
 
+    timeout_ms = int(request["timeout_ms"])
     try:
         with engine.begin() as conn:
-            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(request['timeout_ms'])}")
-            conn.execute(sa.text(request["sql"]), request.get("params") or {}).all()
-    except sa.exc.OperationalError as exc:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
+            else:
+                conn.exec_driver_sql(f"SET SESSION max_statement_time = {timeout_ms / 1000}")
+            try:
+                conn.execute(sa.text(request["sql"]), request.get("params") or {}).all()
+            finally:
+                if engine.dialect.name != "postgresql":
+                    conn.exec_driver_sql("SET SESSION max_statement_time = 0")
+    except sa.exc.DBAPIError as exc:
         return type(exc.orig).__name__
     raise AssertionError("the statement did not time out")
 
