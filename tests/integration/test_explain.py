@@ -215,3 +215,41 @@ def test_mariadb_block_nested_loop(tmp_path: Path) -> None:
     found = {(x["kind"], x["table"], tuple(x["columns"])) for x in advise("mysql", plan, sql)}
     assert ("nested_loop", t, ("email",)) in found, (found, plan)
     assert ("missing_index", t, ("n",)) in found
+
+
+@DB
+def test_explain_runs_on_an_engine_that_ran_the_fingerprint(tmp_path: Path) -> None:
+    """One app, a PostgreSQL and a SQLite engine, one fingerprint on both: EXPLAIN runs where it succeeded
+    (not where it last ran and failed), and on the dialect asked for."""
+    from perftop.collectors.agent_view import call_agent
+    from tests.targets.secret_client import secret_app
+
+    pg_url = database_url("postgresql", tmp_path)
+    table = f"both_{new_suffix()}"
+    select = f"SELECT count(*) FROM {table} WHERE n = :n"
+    create = f"CREATE TABLE {table} (id INT PRIMARY KEY, n INT)"
+    with secret_app(pg_url, database_url("sqlite", tmp_path)) as app:
+        try:
+            app.sql(create, engine=0)
+            assert app.sql(select, {"n": 1}, engine=0, fetch=True) == [[0]]
+            failed = app.failing_sql(select, {"n": 1}, engine=1)  # SQLite has no such table (yet)
+            fp = f"SELECT count(*) FROM {table} WHERE n = ?"
+
+            def explain(**params: Any) -> dict[str, Any]:
+                result: dict[str, Any] = call_agent(
+                    app.pid, "explain", {"fingerprint": fp, **params}, app.socket_dir, 60.0
+                )
+                return result
+
+            after_failure = explain()
+            app.sql(create, engine=1)
+            assert app.sql(select, {"n": 1}, engine=1, fetch=True) == [[0]]
+            most_recent = explain()
+            asked = explain(dialect="postgresql")
+        finally:
+            app.sql(f"DROP TABLE IF EXISTS {table}", engine=0)
+
+    assert "no such table" in failed.message
+    assert after_failure["dialect"] == "postgresql" and after_failure["plan"][0]["Plan"]["Node Type"]
+    assert most_recent["dialect"] == "sqlite" and most_recent["plan"][0]["detail"].startswith("SCAN")
+    assert asked["dialect"] == "postgresql"
