@@ -156,14 +156,15 @@ _NO_SPACE_AFTER = frozenset({"(", "[", ".", "::"})
 _SIGN_CONTEXT = frozenset({"(", ",", "=", "<", ">", "<=", ">=", "<>", "!=", "[", "+", "-", "*", "/", "%"})
 
 
-def normalize(sql: str) -> str:
-    """The fingerprint of `sql` (uncached)."""
+def normalize(sql: str, double_quoted_literals: bool = False) -> str:
+    """The fingerprint of `sql` (uncached). double_quoted_literals: `"..."` is a string (MySQL's default),
+    not an identifier, so it becomes `?` too."""
     out: list[str] = []
     kinds: list[int] = []
     for kind, text in tokenize(sql):
         if kind in (WS, COMMENT):
             continue
-        if kind in (STRING, NUMBER, PARAM):
+        if kind in (STRING, NUMBER, PARAM) or (double_quoted_literals and kind == QUOTED and text[0] == '"'):
             _drop_unary_sign(out, kinds)
             out.append("?")
             kinds.append(PARAM)
@@ -275,11 +276,13 @@ def _render(indices: list[int], tokens: list[str], kinds: list[int]) -> str:
 _cache: dict[str, str] = {}
 
 
-def fingerprint(sql: str) -> str:
-    """The cached fingerprint of `sql`: one dict lookup for a statement seen before."""
+def fingerprint(sql: str, double_quoted_literals: bool = False) -> str:
+    """The cached fingerprint of `sql`: one dict lookup for a statement seen before. The cache is keyed
+    by the text alone: the same text from a MySQL and a PostgreSQL engine gets the fingerprint it got first
+    (with `"..."` as a string if MySQL came first, which hides a name but never shows a value)."""
     fp = _cache.get(sql)
     if fp is None:
-        fp = normalize(sql)
+        fp = normalize(sql, double_quoted_literals)
         if len(_cache) >= CACHE_MAX:
             _cache.clear()
         _cache[sql] = fp

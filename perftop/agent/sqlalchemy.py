@@ -278,7 +278,7 @@ def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int,
     try:
         fp = _fp_get(statement)
         if fp is None:
-            fp = _fingerprint_miss(statement)
+            fp = _fingerprint_miss(statement, context)
         dt = t1 - t0
         _pending_append(
             (fp, dt, t1, cursor.rowcount, 0, statement, parameters, context.root_connection.engine)
@@ -309,7 +309,7 @@ def _record_error(
     try:
         fp = _fp_get(statement)
         if fp is None:
-            fp = _fingerprint_miss(statement)
+            fp = _fingerprint_miss(statement, context)
         _pending_append((fp, dt, _perf(), 0, 1, statement, parameters, context.root_connection.engine))
         if dt >= _slow_ns:
             text = _error_text(error, context.root_connection.engine)
@@ -342,9 +342,13 @@ def _keeps_values(engine: Any) -> bool:
         return False
 
 
-def _fingerprint_miss(statement: str) -> str:
+def _fingerprint_miss(statement: str, context: Any) -> str:
+    """A statement not in the cache: fingerprint it, `"..."` read as a string where the dialect does so
+    (MySQL and MariaDB, unless ANSI_QUOTES makes it an identifier), so its value is not in the key."""
     try:
-        return _fingerprint.fingerprint(statement)
+        dialect = context.dialect
+        literal_dq = dialect.name in ("mysql", "mariadb") and dialect.identifier_preparer.initial_quote != '"'
+        return _fingerprint.fingerprint(statement, literal_dq)
     except Exception as exc:  # the tokenizer is total; this is a last resort that still groups executions
         log_once("sql-fingerprint", "could not fingerprint a statement", exc=exc)
         fp = f"<statement perftop could not read, {len(statement)} chars>"

@@ -24,7 +24,9 @@ BAD_INT = "SECRET-ERR-VALUE"
 PARAM = "hunter2-SECRET-PARAM"
 INLINE = "SECRET-INLINE-LITERAL"
 NUMBER = "987654321"
-SECRETS = (DUP, BAD_INT, PARAM, INLINE, NUMBER)
+DOUBLE_QUOTED = "SECRET-DOUBLE-QUOTED"
+"""A string literal in MySQL's double quotes (elsewhere those quote names)."""
+SECRETS = (DUP, BAD_INT, PARAM, INLINE, NUMBER, DOUBLE_QUOTED)
 
 KINDS = [
     "sqlite",
@@ -58,6 +60,8 @@ def _plant(app: SecretApp, kind: str, table: str) -> dict[str, str]:
         ).message
     assert app.sql(f"SELECT id FROM {table} WHERE password = :p", {"p": PARAM}, fetch=True) == [[10000]]
     app.sql(f"SELECT id FROM {table} WHERE password = '{INLINE}' OR n = {NUMBER}", None, fetch=True)
+    if kind == "mariadb":
+        app.sql(f'SELECT n FROM {table} WHERE email = "{DOUBLE_QUOTED}"', None, fetch=True)
     return errors
 
 
@@ -159,6 +163,8 @@ def test_keep_values_is_the_apps_opt_in(kind: str, tmp_path: Path) -> None:
     )
     if kind == "mariadb":
         assert DUP in slow and BAD_INT in slow
+        # The fingerprint is the one part not covered by keep_values: it is a key, always normalized.
+        assert f"SELECT n FROM {table} WHERE email = ?" in out["stats"]
     if kind == "postgresql":
         assert BAD_INT in slow
     if kind != "sqlite":
