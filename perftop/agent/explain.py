@@ -461,6 +461,10 @@ _PLAN_KEPT_KEYS = frozenset(
         "prefix_cost",
         "sort_cost",
         "data_read_per_join",
+        "buffer_type",
+        "buffer_size",
+        "r_buffer_size",
+        "join_type",
     }
 )
 
