@@ -67,6 +67,8 @@ EXPLAIN_CANCEL_POLL_S = 0.05
 """How often a running EXPLAIN checks whether its viewer went away."""
 EXPLAIN_CANCEL_GRACE_S = 2.0
 """A database still running an EXPLAIN this long past its timeout is cancelled by perftop."""
+EXPLAIN_CANCEL_JOIN_S = 10.0
+"""How long an ended EXPLAIN waits for a cancel it sent to finish."""
 ENGINES_PER_FINGERPRINT_MAX = 8
 """Engines remembered per fingerprint for EXPLAIN (the most recent ones)."""
 ERROR_TEXT_MAX = 300
@@ -970,7 +972,9 @@ def _run_explain(
         finally:
             done.set()
             if watcher is not None:
-                watcher.join()
+                # A cancel in flight finishes before the connection goes back to the pool (so it cannot
+                # reach an app's statement); a side connection that hangs is left to its daemon thread.
+                watcher.join(EXPLAIN_CANCEL_JOIN_S)
             try:
                 if mysql and analyzed:
                     conn.exec_driver_sql("ROLLBACK")  # ends the explicit transaction on any engine
