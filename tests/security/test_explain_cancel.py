@@ -79,6 +79,10 @@ def test_a_killed_viewer_cancels_its_running_explain(kind: str, tmp_path: Path) 
         )
         try:
             wait_for(lambda: _running_sleeps(engine, kind) == 1, timeout=30)
+            # While it runs, the agent answers other requests.
+            t0 = time.monotonic()
+            stats = call_agent(app.pid, "stats", {"window": None}, app.socket_dir, 30.0)
+            stats_after = time.monotonic() - t0
             viewer.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             viewer.wait(timeout=10)
@@ -95,6 +99,7 @@ def test_a_killed_viewer_cancels_its_running_explain(kind: str, tmp_path: Path) 
             for stream in (viewer.stdout, viewer.stderr):
                 if stream is not None:
                     stream.close()
+    assert fp in [q["fingerprint"] for q in stats["queries"]["queries"]] and stats_after < CANCEL_BOUND_S
     assert cancelled_after < CANCEL_BOUND_S
     assert plain["analyzed"] is False and plain["fingerprint"] == fp
     assert answered_after < CANCEL_BOUND_S
