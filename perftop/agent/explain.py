@@ -477,6 +477,8 @@ def redact_plan(dialect: str, plan: Any) -> Any:
     SQLite's details never hold values, only names and subquery numbers, which are kept."""
     double_quoted = dialect in _MYSQL
     numbers = dialect != "sqlite"
+    if isinstance(plan, str) and dialect in _MYSQL:
+        return _redact_mysql_tree(plan)
 
     def walk(value: Any, kept: bool) -> Any:
         if isinstance(value, str):
@@ -488,6 +490,23 @@ def redact_plan(dialect: str, plan: Any) -> Any:
         return value
 
     return walk(plan, False)
+
+
+_MYSQL_FIGURES = re.compile(
+    r"((?:\s+\((?:cost=[\d.e+]+ rows=[\d.e+]+|rows=[\d.e+]+|actual time=[\d.e+]+ rows=[\d.e+]+ loops=\d+"
+    r"|actual rows=[\d.e+]+ loops=\d+|never executed)\))*\s*)$"
+)
+"""The measured figures at the end of a MySQL EXPLAIN ANALYZE line: `(cost=0.35 rows=1) (actual ...)`."""
+
+
+def _redact_mysql_tree(text: str) -> str:
+    """MySQL's EXPLAIN ANALYZE tree: each line's expression redacted, its cost and timing figures kept."""
+    lines = []
+    for line in text.split("\n"):
+        figures = _MYSQL_FIGURES.search(line)
+        cut = figures.start() if figures else len(line)
+        lines.append(redact_sql(line[:cut], True) + line[cut:])
+    return "\n".join(lines)
 
 
 # PostgreSQL -------------------------------------------------------------------------------------------

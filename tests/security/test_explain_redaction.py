@@ -231,3 +231,19 @@ def test_sqlite_plans_keep_their_numbers(tmp_path: Path) -> None:
         plan = _plan(conn, "sqlite", statement)
     assert redact_plan("sqlite", plan) == plan  # SQLite's details hold names and subquery numbers only
     assert "SECRETX" not in json.dumps(plan)
+
+
+def test_mysql_explain_analyze_text_keeps_its_figures() -> None:
+    """MySQL's EXPLAIN ANALYZE is a text tree (no MySQL server here: the form is MySQL 8's)."""
+    tree = (
+        "-> Filter: ((t.email = 'SECRETX') and (t.n = 424242))  (cost=0.35 rows=1) "
+        "(actual time=0.021..0.023 rows=1 loops=1)\n"
+        "    -> Table scan on t  (cost=0.35 rows=3) (actual time=0.019..0.020 rows=3 loops=1)\n"
+        "-> Filter: (rows = 515151)  (never executed)"
+    )
+    assert redact_plan("mysql", tree) == (
+        "-> Filter: ((t.email = ?) and (t.n = ?))  (cost=0.35 rows=1) "
+        "(actual time=0.021..0.023 rows=1 loops=1)\n"
+        "    -> Table scan on t  (cost=0.35 rows=3) (actual time=0.019..0.020 rows=3 loops=1)\n"
+        "-> Filter: (rows = ?)  (never executed)"
+    )
