@@ -63,6 +63,8 @@ DROPPED_KEPT_MAX = 65_536
 """Dropped fingerprints remembered to count them distinctly; past this each further drop counts as new."""
 DRAIN_INTERVAL_S = 1.0
 EXPLAIN_TIMEOUT_S = 10.0
+EXPLAIN_TIMEOUT_MAX_S = 300.0
+"""The longest timeout a viewer may ask for (PostgreSQL's statement_timeout tops out at 24.8 days anyway)."""
 EXPLAIN_CANCEL_POLL_S = 0.05
 """How often a running EXPLAIN checks whether its viewer went away."""
 EXPLAIN_CANCEL_GRACE_S = 2.0
@@ -841,8 +843,8 @@ def _explain_request(params: dict[str, Any], cancel: threading.Event) -> dict[st
     timeout_s = params.get("timeout_s", EXPLAIN_TIMEOUT_S)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise ExplainError("'timeout_s' must be a positive number of seconds")
-    if math.isinf(timeout_s):
-        raise ExplainError("'timeout_s' must be a finite number of seconds")
+    if timeout_s > EXPLAIN_TIMEOUT_MAX_S:
+        raise ExplainError(f"'timeout_s' must be at most {EXPLAIN_TIMEOUT_MAX_S:g} seconds")
     wanted = params.get("dialect")
     if wanted is not None and not isinstance(wanted, str):
         raise ExplainError("'dialect' must be a dialect name such as postgresql, mysql or sqlite")
@@ -951,8 +953,9 @@ def _run_explain(
             elif mysql and analyzed:
                 conn.exec_driver_sql("START TRANSACTION READ ONLY")
             stopper = _canceller(engine, dialect, conn)
-            # Servers time out by themselves; SQLite has no timeout of its own, so the watcher is it.
-            deadline = started + timeout_s + (0.0 if dialect == "sqlite" else EXPLAIN_CANCEL_GRACE_S)
+            # Servers time out by themselves; the watcher is the backstop (and SQLite's only timeout, for
+            # an EXPLAIN QUERY PLAN that only plans: never the long part).
+            deadline = started + timeout_s + EXPLAIN_CANCEL_GRACE_S
             watcher = threading.Thread(
                 target=_watch,
                 args=(stopper, cancel, done, deadline),

@@ -253,3 +253,19 @@ def test_explain_runs_on_an_engine_that_ran_the_fingerprint(tmp_path: Path) -> N
     assert after_failure["dialect"] == "postgresql" and after_failure["plan"][0]["Plan"]["Node Type"]
     assert most_recent["dialect"] == "sqlite" and most_recent["plan"][0]["detail"].startswith("SCAN")
     assert asked["dialect"] == "postgresql"
+
+
+def test_timeouts_must_be_positive_and_bounded(tmp_path: Path) -> None:
+    with running_app(database_url("sqlite", tmp_path)) as (app, suffix):
+        app.call("find_by_email", email="user5@example.com", times=1)
+        fp = _fingerprint(app, f"WHERE items_{suffix}.email = ?")
+        refused = []
+        for bad in (0, -1.0, 301.0, 1e300, True, "5"):
+            with pytest.raises(AppError) as failed:
+                app.call("explain", params={"fingerprint": fp, "timeout_s": bad})
+            refused.append(failed.value)
+        small = app.call("explain", params={"fingerprint": fp, "timeout_s": 0.0004})
+
+    for failed in refused:
+        assert failed.value_error and "timeout_s" in failed.message and "\n" not in failed.message
+    assert small["plan"][0]["detail"].startswith("SCAN")  # SQLite's plan takes no time: within any timeout
