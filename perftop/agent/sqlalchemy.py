@@ -971,7 +971,8 @@ def _run_explain(
             keys = list(result.keys())
         except Exception as exc:
             elapsed = time.monotonic() - started
-            raise _explain_failure(exc, dialect, analyzed, cancel, elapsed, timeout_s, keep) from None
+            database = "mariadb" if mariadb else dialect  # SQLAlchemy names MariaDB's dialect mysql
+            raise _explain_failure(exc, database, analyzed, cancel, elapsed, timeout_s, keep) from None
         finally:
             done.set()
             if watcher is not None:
