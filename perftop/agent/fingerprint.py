@@ -362,13 +362,19 @@ _IDENTIFIER_NOUN_TEXT = """
 _IDENTIFIER_NOUNS = frozenset(_IDENTIFIER_NOUN_TEXT.split())
 """Words after which a quoted name in an error message is an identifier (kept), not a value."""
 
+ERROR_SCAN_MAX = 2000
+"""Characters of an error message that are read (and redacted); the rest is cut off."""
+
 _ERROR_FORMS = (
     # PostgreSQL DETAIL: Key (email)=(bob@x) already exists. / is not present in table "t".
+    # Their values are not quoted: without the closing part (a message cut short), the rest goes.
     (
-        re.compile(r"(\bKey \((?:[^()]|\([^()]*\))*\)=\().*(\)(?: already| is not| conflicts))"),
+        re.compile(
+            r"(\bKey \((?:[^()]|\([^()]*\))*\)=\()(?:.*(\)(?: already| is not| conflicts))|.*)", re.DOTALL
+        ),
         r"\1?\2",
     ),
-    (re.compile(r"(\bFailing row contains \().*(\))"), r"\1?\2"),
+    (re.compile(r"(\bFailing row contains \()(?:.*(\))|.*)", re.DOTALL), r"\1?\2"),
     # MySQL / MariaDB: Duplicate entry 'x' for key 'email'; ... near '<SQL>' at line 1.
     (re.compile(r"(\bDuplicate entry )'.*'( for key )"), r"\1?\2"),
     (re.compile(r"(\bnear )'.*'( at line \d+)"), r"\1?\2"),
@@ -396,8 +402,11 @@ def redact_error(text: str) -> str:
     noun that names an identifier (`constraint "users_email_key"`, `for key 'email'`, `table 'x'`), and
     every number is a value unless it is a line, row or position. An unterminated quote hides the rest.
     An apostrophe inside a word (`doesn't`) is not a quote. SQLite's `UNIQUE constraint failed: t.c`
-    names columns only and is kept.
+    names columns only and is kept. Text past ERROR_SCAN_MAX characters is dropped first (an error
+    message is one line; this bounds the work on the app's thread), as `...`.
     """
+    if len(text) > ERROR_SCAN_MAX:
+        text = text[:ERROR_SCAN_MAX] + "..."
     for pattern, replacement in _ERROR_FORMS:
         text = pattern.sub(replacement, text)
     out: list[str] = []

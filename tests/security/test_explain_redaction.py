@@ -61,6 +61,11 @@ ERRORS = [
     ("cannot cast 'SECRETX' to 42", "cannot cast ? to ?"),
     ("a value cut in the middle: 'SECRETX and more", "a value cut in the middle: ?"),
     ("dollar $q$ SECRETX $q$ end", "dollar ? end"),
+    # cut short (only an error's first line is kept, and at most ERROR_SCAN_MAX characters of it)
+    ("DETAIL:  Key (email)=(bob-SECRETX", "DETAIL:  Key (email)=(?"),
+    ("Failing row contains (1, SECRETX", "Failing row contains (?"),
+    ("Duplicate entry 'SECRETX", "Duplicate entry ?"),
+    ("Duplicate entry '" + "x" * 3000 + "SECRETX' for key 'email'", "Duplicate entry ?"),
 ]
 
 
