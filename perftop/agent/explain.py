@@ -15,6 +15,10 @@ Advice (each `{"kind", "table", "columns", "message", "sql"}`):
 - `stale_statistics` (ANALYZE plans only): estimated and actual rows differ by more than 10x -> ANALYZE.
 Nodes that use an index give no index advice, and no index is suggested that an existing index (from
 the catalog) already provides.
+
+Values: advice is read from the plan as the database returned it, but its text quotes plan expressions
+with their literals redacted (unless the app opted in with keep_values), and `redact_plan` gives the
+plan to show, with the literal values of every string field replaced by `?`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from perftop.agent.fingerprint import KEYWORDS, QUOTED, WORD, significant
+from perftop.agent.fingerprint import KEYWORDS, QUOTED, WORD, redact_sql, significant
 
 Catalog = Mapping[str, Mapping[str, Any]]
 """table -> {"columns": [names], "indexes": [[column names], ...]} (primary key included)."""
@@ -269,12 +273,18 @@ def _index_name(table: str, columns: Sequence[str]) -> str:
 class _Advisor:
     """Collects advice for one plan: resolves aliases and columns, skips what an index already covers."""
 
-    def __init__(self, dialect: str, statement: str, catalog: Catalog | None) -> None:
+    def __init__(self, dialect: str, statement: str, catalog: Catalog | None, keep_values: bool) -> None:
         self.dialect = dialect
+        self.keep_values = keep_values
         self.info = parse_statement(statement)
         self.catalog = catalog or {}
         self.out: list[dict[str, Any]] = []
         self._seen: set[tuple[str, str | None, tuple[str, ...]]] = set()
+
+    def shown(self, expression: Any) -> str:
+        """A plan expression as advice text may quote it: its literal values redacted."""
+        text = str(expression)
+        return text if self.keep_values else redact_sql(text, self.dialect in _MYSQL)
 
     def real_table(self, name: str) -> str:
         """A plan's table name or alias -> the table's name (via the statement's aliases)."""
@@ -384,10 +394,18 @@ class _Advisor:
 
 
 def advise(
-    dialect: str, plan: Any, statement: str, catalog: Catalog | None = None, analyzed: bool = False
+    dialect: str,
+    plan: Any,
+    statement: str,
+    catalog: Catalog | None = None,
+    analyzed: bool = False,
+    keep_values: bool = False,
 ) -> list[dict[str, Any]]:
-    """Advice for one plan of `statement` (see the module docstring); [] when the plan looks fine."""
-    advisor = _Advisor(dialect, statement, catalog)
+    """Advice for one plan of `statement` (see the module docstring); [] when the plan looks fine.
+
+    `plan` and `statement` are the unredacted ones (advice needs the names in them); the text of the
+    advice quotes expressions with their values redacted unless `keep_values`."""
+    advisor = _Advisor(dialect, statement, catalog, keep_values)
     if dialect == "postgresql":
         for node in _pg_nodes(plan):
             _pg_node(advisor, node, analyzed)
@@ -405,6 +423,90 @@ def plan_tables(dialect: str, plan: Any, statement: str) -> list[str]:
     if dialect == "postgresql":
         tables.update(str(node["Relation Name"]) for node in _pg_nodes(plan) if "Relation Name" in node)
     return sorted(tables)
+
+
+# -- redacting a plan ------------------------------------------------------------------------------------
+
+_PLAN_KEPT_KEYS = frozenset(
+    {
+        # PostgreSQL: names and enumerations, never values
+        "Node Type",
+        "Relation Name",
+        "Schema",
+        "Alias",
+        "Index Name",
+        "Parent Relationship",
+        "Subplan Name",
+        "Strategy",
+        "Partial Mode",
+        "Join Type",
+        "Scan Direction",
+        "Sort Method",
+        "Sort Space Type",
+        "CTE Name",
+        "Function Name",
+        "Operation",
+        "Command",
+        # MySQL / MariaDB: names, access types and the cost figures MySQL writes as strings
+        "table_name",
+        "access_type",
+        "key",
+        "possible_keys",
+        "used_key_parts",
+        "key_length",
+        "select_type",
+        "query_cost",
+        "read_cost",
+        "eval_cost",
+        "prefix_cost",
+        "sort_cost",
+        "data_read_per_join",
+        "buffer_type",
+        "buffer_size",
+        "r_buffer_size",
+        "join_type",
+    }
+)
+
+
+def redact_plan(dialect: str, plan: Any) -> Any:
+    """A copy of `plan` with the literal values of every string field replaced by `?` (see
+    `redact_sql`): PostgreSQL's Filter, Index Cond, Recheck Cond, Hash Cond, Join Filter, Output, Sort
+    Key...; MariaDB's attached_condition and the rest; SQLite's detail; MySQL's EXPLAIN ANALYZE text.
+    Fields that only ever hold names (Relation Name, Index Name, table_name, key...) are kept as is.
+    SQLite's details never hold values, only names and subquery numbers, which are kept."""
+    double_quoted = dialect in _MYSQL
+    numbers = dialect != "sqlite"
+    if isinstance(plan, str) and dialect in _MYSQL:
+        return _redact_mysql_tree(plan)
+
+    def walk(value: Any, kept: bool) -> Any:
+        if isinstance(value, str):
+            return value if kept else redact_sql(value, double_quoted, numbers)
+        if isinstance(value, dict):
+            return {k: walk(v, k in _PLAN_KEPT_KEYS) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v, kept) for v in value]
+        return value
+
+    return walk(plan, False)
+
+
+_MYSQL_FIGURES = re.compile(
+    r"((?:\s+\((?:cost=[\d.e+]+ rows=[\d.e+]+|rows=[\d.e+]+|actual time=[\d.e+]+ rows=[\d.e+]+ loops=\d+"
+    r"|actual rows=[\d.e+]+ loops=\d+|never executed)\))*\s*)$"
+)
+"""The measured figures at the end of a MySQL EXPLAIN ANALYZE line: `(cost=0.35 rows=1) (actual ...)`."""
+
+
+def _redact_mysql_tree(text: str) -> str:
+    """MySQL's EXPLAIN ANALYZE tree: each line's expression redacted, its cost and timing figures kept."""
+    lines = []
+    for line in text.split("\n"):
+        figures = _MYSQL_FIGURES.search(line)
+        cut = figures.start() if figures else len(line)
+        lines.append(redact_sql(line[:cut], True) + line[cut:])
+    return "\n".join(lines)
 
 
 # PostgreSQL -------------------------------------------------------------------------------------------
@@ -464,14 +566,14 @@ def _pg_node(advisor: _Advisor, node: Mapping[str, Any], analyzed: bool) -> None
                 "missing_index",
                 relation,
                 columns,
-                f"a sequential scan of {relation} filters on {node['Filter']}",
+                f"a sequential scan of {relation} filters on {advisor.shown(node['Filter'])}",
             )
     elif node_type == "Sort" and (
         node.get("Sort Space Type") == "Disk" or "external" in str(node.get("Sort Method", ""))
     ):
         used_kb = float(node.get("Sort Space Used", 0) or 0)
         mb = max(4, math.ceil(used_kb * 4 / 1024))
-        keys = [str(k) for k in node.get("Sort Key", [])]
+        keys = [advisor.shown(k) for k in node.get("Sort Key", [])]
         advisor.add(
             "sort_spill",
             None,
@@ -532,11 +634,12 @@ def _mysql_table(advisor: _Advisor, table: Mapping[str, Any], join_condition: An
                 f"a block nested loop scans all ~{rows:.0f} rows of {real} per batch",
             )
         columns = advisor.columns_for(real, alias, own)
+        condition = advisor.shown(table.get("attached_condition"))
         advisor.add_index(
             "missing_index",
             real,
             columns,
-            f"a full scan of {real} (~{rows:.0f} rows) filters on {table.get('attached_condition')}",
+            f"a full scan of {real} (~{rows:.0f} rows) filters on {condition}",
         )
     if analyzed and "r_rows" in table and "rows" in table:
         loops = float(table.get("r_loops", 1) or 1)

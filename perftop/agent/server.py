@@ -706,7 +706,7 @@ def _run_job(job: _Job) -> Any:
             sa_hook = importlib.import_module("perftop.agent.sqlalchemy")
         except ImportError as exc:
             raise _NotAvailable(f"explain is not available in this agent: {exc}") from None
-        return sa_hook.explain(job.params)
+        return sa_hook.explain(job.params, job.cancel)
     try:
         actions = importlib.import_module("perftop.agent.actions")
     except ImportError as exc:

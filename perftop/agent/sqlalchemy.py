@@ -20,7 +20,11 @@ How an execution is recorded (the hot path, in the app's thread):
   checkout and fingerprint; that and slow executions are the only times the stack is walked.
 - Errors: an exception from the DBAPI call is counted on its fingerprint and re-raised unchanged (a bare
   `raise` in the listener: same object, type, message and traceback).
-- Only the last parameters of each fingerprint are kept, in memory, for EXPLAIN; they are never reported.
+- Only the last parameters of each fingerprint (per engine that ran it) are kept, in memory, for EXPLAIN;
+  they are never reported.
+- Values never leave the app: error text is redacted (`fingerprint.redact_error`) when it is recorded,
+  and EXPLAIN shows the fingerprint, a plan with its literals redacted and advice text without values,
+  unless the app opted in with `instrument(..., keep_values=True)` (a viewer cannot ask for them).
 
 A daemon thread aggregates the pending tuples once a second into per-fingerprint sketches
 (nanoseconds) over sliding windows (see `_Activity`), and `query_stats()` drains before answering.
@@ -59,6 +63,16 @@ DROPPED_KEPT_MAX = 65_536
 """Dropped fingerprints remembered to count them distinctly; past this each further drop counts as new."""
 DRAIN_INTERVAL_S = 1.0
 EXPLAIN_TIMEOUT_S = 10.0
+EXPLAIN_TIMEOUT_MAX_S = 300.0
+"""The longest timeout a viewer may ask for (PostgreSQL's statement_timeout tops out at 24.8 days anyway)."""
+EXPLAIN_CANCEL_POLL_S = 0.05
+"""How often a running EXPLAIN checks whether its viewer went away."""
+EXPLAIN_CANCEL_GRACE_S = 2.0
+"""A database still running an EXPLAIN this long past its timeout is cancelled by perftop."""
+EXPLAIN_CANCEL_JOIN_S = 10.0
+"""How long an ended EXPLAIN waits for a cancel it sent to finish."""
+ENGINES_PER_FINGERPRINT_MAX = 8
+"""Engines remembered per fingerprint for EXPLAIN (the most recent ones)."""
 ERROR_TEXT_MAX = 300
 
 _perf = time.perf_counter_ns
@@ -87,6 +101,10 @@ _lock = threading.Lock()
 _started_at = time.time()
 _max_fingerprints = 2000
 _global = False
+_keep_values_all = False
+"""`instrument(None, keep_values=True)`: every engine's values may be shown (the app's own opt-in)."""
+_keep_values_engines: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Engines the app instrumented with keep_values=True."""
 _instrumented: dict[int, Any] = {}
 """id(engine) -> weakref of each engine instrumented by itself (not through the global listeners)."""
 _pools: dict[int, _PoolState] = {}
@@ -108,8 +126,31 @@ class _FpStats:
         self.dialect = dialect
         self.n1_at: float | None = None
         self.n1_site: dict[str, Any] | None = None
-        self.last: tuple[str, Any, Any] | None = None
-        """(statement, parameters, engine) of the last execution: what EXPLAIN runs. Never reported."""
+        self.last: dict[int, tuple[Any, str, Any, bool]] = {}
+        """id(engine) -> (engine, statement, parameters, failed) of the last execution on each engine
+        that ran this fingerprint, least recent first: what EXPLAIN runs. Never reported."""
+
+    def ran(self, engine: Any, statement: str, parameters: Any, failed: bool) -> None:
+        """Remember an execution on `engine` for EXPLAIN (a failed one does not replace a success)."""
+        key = id(engine)
+        old = self.last.pop(key, None)
+        if failed and old is not None and not old[3]:
+            self.last[key] = old
+            return
+        self.last[key] = (engine, statement, parameters, failed)
+        if len(self.last) > ENGINES_PER_FINGERPRINT_MAX:
+            del self.last[next(iter(self.last))]
+
+    def candidates(self, dialect: str | None) -> list[tuple[Any, str, Any]]:
+        """(engine, statement, parameters) to EXPLAIN on: engines where it succeeded first, most
+        recent first; only those of `dialect` when given."""
+        found = [
+            (failed, engine, statement, parameters)
+            for engine, statement, parameters, failed in reversed(self.last.values())
+            if dialect is None or _dialect_name(engine) == dialect
+        ]
+        found.sort(key=lambda item: item[0])  # stable: recency kept within successes and failures
+        return [(engine, statement, parameters) for _, engine, statement, parameters in found]
 
 
 class _Cell:
@@ -241,7 +282,7 @@ def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int,
     try:
         fp = _fp_get(statement)
         if fp is None:
-            fp = _fingerprint_miss(statement)
+            fp = _fingerprint_miss(statement, context)
         dt = t1 - t0
         _pending_append(
             (fp, dt, t1, cursor.rowcount, 0, statement, parameters, context.root_connection.engine)
@@ -272,21 +313,49 @@ def _record_error(
     try:
         fp = _fp_get(statement)
         if fp is None:
-            fp = _fingerprint_miss(statement)
+            fp = _fingerprint_miss(statement, context)
         _pending_append((fp, dt, _perf(), 0, 1, statement, parameters, context.root_connection.engine))
         if dt >= _slow_ns:
-            text = f"{type(error).__name__}: {error}".splitlines()[0][:ERROR_TEXT_MAX]
+            text = _error_text(error, context.root_connection.engine)
             _slow.append((fp, dt, time.time(), _call_site(), text))
     except Exception as exc:
         log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
 
 
-def _fingerprint_miss(statement: str) -> str:
+def _error_text(error: BaseException, engine: Any) -> str:
+    """The one line an error shows in the slow list: its type and first line, values redacted unless the
+    app opted in. A DBAPI `(code, message)` pair (PyMySQL) has its message redacted inside the pair."""
+    args: tuple[Any, ...] = getattr(error, "args", ())
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        message = args[1].splitlines()[0] if args[1] else ""
+        if not _keeps_values(engine):
+            message = _fingerprint.redact_error(message)
+        return f'{type(error).__name__}: ({args[0]}, "{message}")'[:ERROR_TEXT_MAX]
+    lines = str(error).splitlines()
+    first = lines[0] if lines else ""
+    if not _keeps_values(engine):
+        first = _fingerprint.redact_error(first)
+    return f"{type(error).__name__}: {first}"[:ERROR_TEXT_MAX]
+
+
+def _keeps_values(engine: Any) -> bool:
+    """Whether the app opted in to showing the values of `engine`'s statements."""
     try:
-        return _fingerprint.fingerprint(statement)
+        return _keep_values_all or engine in _keep_values_engines
+    except TypeError:  # not weak-referenceable: never opted in
+        return False
+
+
+def _fingerprint_miss(statement: str, context: Any) -> str:
+    """A statement not in the cache: fingerprint it, `"..."` read as a string where the dialect does so
+    (MySQL and MariaDB, unless ANSI_QUOTES makes it an identifier), so its value is not in the key."""
+    try:
+        dialect = context.dialect
+        literal_dq = dialect.name in ("mysql", "mariadb") and dialect.identifier_preparer.initial_quote != '"'
+        return _fingerprint.fingerprint(statement, literal_dq)
     except Exception as exc:  # the tokenizer is total; this is a last resort that still groups executions
         log_once("sql-fingerprint", "could not fingerprint a statement", exc=exc)
-        fp = statement[: _fingerprint.MAX_FINGERPRINT_CHARS]
+        fp = f"<statement perftop could not read, {len(statement)} chars>"
         _fp_cache[statement] = fp
         return fp
 
@@ -405,13 +474,19 @@ _LISTENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
 
 
 def instrument(
-    engine: Any = None, slow_ms: float = 100.0, n_plus_one_threshold: int = 10, max_fingerprints: int = 2000
+    engine: Any = None,
+    slow_ms: float = 100.0,
+    n_plus_one_threshold: int = 10,
+    max_fingerprints: int = 2000,
+    keep_values: bool = False,
 ) -> None:
     """Record every execution of `engine` (None: every Engine of the process, also ones created later).
 
+    keep_values=True is the app's opt-in to showing its statements' values to viewers (error text in the
+    slow list, EXPLAIN's plan, advice and statement); by default they are redacted inside the app.
     Idempotent per engine; a later call updates the settings. Never raises: a failure is logged once.
     """
-    global _slow_ns, _n1_threshold, _max_fingerprints, _global
+    global _slow_ns, _n1_threshold, _max_fingerprints, _global, _keep_values_all
     try:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
@@ -425,6 +500,7 @@ def instrument(
         with _lock:
             already = _global
         if engine is None:
+            _keep_values_all = bool(keep_values)
             if not already:
                 for name, fn in _LISTENERS:
                     event.listen(Engine, name, fn)
@@ -439,6 +515,10 @@ def instrument(
                         _remove_engine_listeners(old)
         else:
             engine = getattr(engine, "sync_engine", engine)  # an AsyncEngine wraps a sync one
+            if keep_values:
+                _keep_values_engines.add(engine)
+            else:
+                _keep_values_engines.discard(engine)
             with _lock:
                 ref = _instrumented.get(id(engine))
                 done = already or (ref is not None and ref() is engine)
@@ -558,7 +638,7 @@ def _drain_locked() -> None:
                             _dropped_extra += 1
                     continue
                 stats = _stats[fp] = _FpStats(_dialect_name(engine))
-            stats.last = (statement, parameters, engine)
+            stats.ran(engine, statement, parameters, bool(err))
             second = int(t_end / 1e9 + wall_minus_perf)
             group = groups.get((fp, second))
             if group is None:
@@ -727,13 +807,33 @@ def _pool_number(pool: Any, method: str) -> int:
 # -- EXPLAIN ---------------------------------------------------------------------------------------------
 
 
-def explain(params: dict[str, Any]) -> dict[str, Any]:
-    """EXPLAIN the last execution of a fingerprint on its engine, with advice drawn from the plan.
+def explain(params: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
+    """EXPLAIN a fingerprint (see `_explain_request`); any failure is an ExplainError whose one line
+    has its values redacted (a driver's message can quote them), unless the app opted in."""
+    try:
+        return _explain_request(params, threading.Event() if cancel is None else cancel)
+    except ExplainError:
+        raise
+    except Exception as exc:
+        log_once("sql-explain", "EXPLAIN failed", exc=exc)
+        orig = getattr(exc, "orig", None) or exc
+        lines = str(orig).splitlines()
+        first = _fingerprint.redact_error(lines[0]) if lines else ""
+        raise ExplainError(f"EXPLAIN failed: {type(orig).__name__}: {first}"[:ERROR_TEXT_MAX]) from None
 
-    params: {"fingerprint": str, "analyze": bool = False, "confirm": bool = False, "timeout_s": float}.
+
+def _explain_request(params: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
+    """EXPLAIN the last execution of a fingerprint on an engine that ran it, with advice from the plan.
+
+    params: {"fingerprint": str, "analyze": bool = False, "confirm": bool = False, "timeout_s": float,
+    "dialect": str (optional: only an engine of this dialect)}. The engines that ran the fingerprint are
+    tried most recent first, those where it succeeded before those where it failed, until one answers.
     ANALYZE runs the statement, so it needs confirm=True and a SELECT that writes nothing, and runs in a
-    transaction that is rolled back (read-only on PostgreSQL). Plain EXPLAIN never runs the statement.
-    Raises ExplainError (a ValueError) with a one-line message when the request is refused.
+    read-only transaction that is rolled back (a database that refuses it there refuses the ANALYZE).
+    Plain EXPLAIN never runs the statement. `cancel` (set when the viewer that asked goes away) cancels
+    the statement in the database. The result shows the fingerprint, the plan with its literals redacted
+    and advice without values, unless the app opted in with keep_values.
+    Raises ExplainError (a ValueError) with a one-line message when the request is refused or fails.
     """
     fp = params.get("fingerprint")
     if not isinstance(fp, str) or not fp:
@@ -743,14 +843,20 @@ def explain(params: dict[str, Any]) -> dict[str, Any]:
     timeout_s = params.get("timeout_s", EXPLAIN_TIMEOUT_S)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise ExplainError("'timeout_s' must be a positive number of seconds")
+    if timeout_s > EXPLAIN_TIMEOUT_MAX_S:
+        raise ExplainError(f"'timeout_s' must be at most {EXPLAIN_TIMEOUT_MAX_S:g} seconds")
+    wanted = params.get("dialect")
+    if wanted is not None and not isinstance(wanted, str):
+        raise ExplainError("'dialect' must be a dialect name such as postgresql, mysql or sqlite")
     with _lock:
         _drain_locked()
         stats = _stats.get(fp)
-        last = stats.last if stats is not None else None
-    if last is None:
+        candidates = stats.candidates(wanted) if stats is not None else []
+    if not candidates:
         shown = fp if len(fp) <= 80 else fp[:77] + "..."
-        raise ExplainError(f"unknown fingerprint: {shown!r} (no execution of it was recorded)")
-    statement, parameters, engine = last
+        where = f" on a {wanted} engine" if wanted else ""
+        raise ExplainError(f"unknown fingerprint: {shown!r} (no execution of it{where} was recorded)")
+    statement = candidates[0][1]
     kind = _fingerprint.statement_kind(statement)
     if kind not in _EXPLAINABLE:
         raise ExplainError(f"{kind or 'this'} statements have no query plan to EXPLAIN")
@@ -760,26 +866,15 @@ def explain(params: dict[str, Any]) -> dict[str, Any]:
         )
     if analyze and not confirm:
         raise ExplainError("ANALYZE runs the statement: pass confirm=true to allow it")
-    dialect = _dialect_name(engine)
-    mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
-    with _not_recorded():
-        plan, analyzed = _run_explain(
-            engine, dialect, mariadb, statement, parameters, analyze, float(timeout_s)
-        )
-        catalog = _catalog(engine, _explain.plan_tables(dialect, plan, statement))
-    try:
-        advice = _explain.advise(dialect, plan, statement, catalog, analyzed=analyzed)
-    except Exception as exc:  # a plan shape the advisor does not know: the plan is still worth showing
-        log_once("sql-advice", f"could not read advice from a {dialect} plan", exc=exc)
-        advice = []
-    return {
-        "fingerprint": fp,
-        "dialect": dialect,
-        "statement": statement,
-        "plan": plan,
-        "advice": advice,
-        "analyzed": analyzed,
-    }
+    first_failure: _EngineFailed | None = None
+    for engine, statement, parameters in candidates:
+        try:
+            return _explain_on(fp, engine, statement, parameters, analyze, float(timeout_s), cancel)
+        except _EngineFailed as exc:  # this engine cannot run it (a table it lacks...): try the next one
+            if first_failure is None:
+                first_failure = exc
+    assert first_failure is not None
+    raise ExplainError(str(first_failure))
 
 
 _EXPLAINABLE = frozenset(
@@ -787,20 +882,87 @@ _EXPLAINABLE = frozenset(
 )
 
 
+class _EngineFailed(Exception):
+    """The EXPLAIN failed on one engine in a way another engine that ran the fingerprint may not."""
+
+
+def _explain_on(
+    fp: str, engine: Any, statement: str, parameters: Any, analyze: bool, timeout_s: float, cancel: Any
+) -> dict[str, Any]:
+    dialect = _dialect_name(engine)
+    mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
+    keep = _keeps_values(engine)
+    with _not_recorded():
+        plan, analyzed = _run_explain(
+            engine, dialect, mariadb, statement, parameters, analyze, timeout_s, cancel, keep
+        )
+        catalog = _catalog(engine, _explain.plan_tables(dialect, plan, statement))
+    try:
+        advice = _explain.advise(dialect, plan, statement, catalog, analyzed=analyzed, keep_values=keep)
+    except Exception as exc:  # a plan shape the advisor does not know: the plan is still worth showing
+        log_once("sql-advice", f"could not read advice from a {dialect} plan", exc=exc)
+        advice = []
+    return {
+        "fingerprint": fp,
+        "dialect": dialect,
+        "statement": statement if keep else fp,
+        "plan": plan if keep else _explain.redact_plan(dialect, plan),
+        "advice": advice,
+        "analyzed": analyzed,
+        "values_redacted": not keep,
+    }
+
+
+def statement_timeout_ms(timeout_s: float) -> int:
+    """PostgreSQL's statement_timeout for a budget: whole milliseconds rounded up, never 0 (no timeout)."""
+    return max(1, math.ceil(timeout_s * 1000))
+
+
+_READ_ONLY_REFUSALS = frozenset({"25006", 1792})
+"""PostgreSQL's read_only_sql_transaction SQLSTATE; MySQL/MariaDB's ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+(1792)."""
+
+
 def _run_explain(
-    engine: Any, dialect: str, mariadb: bool, statement: str, parameters: Any, analyze: bool, timeout_s: float
+    engine: Any,
+    dialect: str,
+    mariadb: bool,
+    statement: str,
+    parameters: Any,
+    analyze: bool,
+    timeout_s: float,
+    cancel: Any,
+    keep: bool,
 ) -> tuple[Any, bool]:
-    """Run the EXPLAIN on a connection of its own from the same engine, in a transaction rolled back."""
+    """Run the EXPLAIN on a connection of its own from the same engine, in a transaction rolled back
+    (read-only on PostgreSQL, and for ANALYZE on MySQL/MariaDB), with a watcher that cancels it in the
+    database when the viewer goes away or it outlives its timeout."""
     sql, analyzed = _explain.explain_sql(dialect, statement, analyze, mariadb, timeout_s)
+    mysql = dialect in ("mysql", "mariadb")
+    started = time.monotonic()
     with engine.connect() as conn:
+        done = threading.Event()
+        watcher: threading.Thread | None = None
         try:
             if dialect == "postgresql":
                 # A real transaction even on an AUTOCOMMIT engine, so SET LOCAL, READ ONLY and the
                 # rollback below take effect (the pool resets the isolation level at checkin).
                 conn.execution_options(isolation_level="READ COMMITTED")
-                if analyzed:
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {statement_timeout_ms(timeout_s)}")
+            elif mysql and analyzed:
+                conn.exec_driver_sql("START TRANSACTION READ ONLY")
+            stopper = _canceller(engine, dialect, conn)
+            # Servers time out by themselves; the watcher is the backstop (and SQLite's only timeout, for
+            # an EXPLAIN QUERY PLAN that only plans: never the long part).
+            deadline = started + timeout_s + EXPLAIN_CANCEL_GRACE_S
+            watcher = threading.Thread(
+                target=_watch,
+                args=(stopper, cancel, done, deadline),
+                name="perftop-explain-watch",
+                daemon=True,
+            )
+            watcher.start()
             if parameters is None:  # as the app ran it: no parameters, so no placeholder parsing either
                 result = conn.execution_options(no_parameters=True).exec_driver_sql(sql)
             else:
@@ -808,11 +970,106 @@ def _run_explain(
             rows = result.fetchall()
             keys = list(result.keys())
         except Exception as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ExplainError(f"EXPLAIN failed: {type(exc).__name__}: {message}") from None
+            elapsed = time.monotonic() - started
+            database = "mariadb" if mariadb else dialect  # SQLAlchemy names MariaDB's dialect mysql
+            raise _explain_failure(exc, database, analyzed, cancel, elapsed, timeout_s, keep) from None
         finally:
-            conn.rollback()
+            done.set()
+            if watcher is not None:
+                # A cancel in flight finishes before the connection goes back to the pool (so it cannot
+                # reach an app's statement); a side connection that hangs is left to its daemon thread.
+                watcher.join(EXPLAIN_CANCEL_JOIN_S)
+            try:
+                if mysql and analyzed:
+                    conn.exec_driver_sql("ROLLBACK")  # ends the explicit transaction on any engine
+                conn.rollback()
+            except Exception as exc:
+                log_once("sql-explain-rollback", "could not roll back after EXPLAIN", exc=exc)
+    if cancel.is_set():
+        raise ExplainError("EXPLAIN cancelled: the viewer that asked for it went away")
     return _explain.plan_from_rows(dialect, keys, [tuple(r) for r in rows]), analyzed
+
+
+def _explain_failure(
+    exc: Exception, dialect: str, analyzed: bool, cancel: Any, elapsed: float, timeout_s: float, keep: bool
+) -> Exception:
+    """The one-line error for an EXPLAIN that failed, its values redacted unless the app opted in."""
+    if cancel.is_set():
+        return ExplainError("EXPLAIN cancelled: the viewer that asked for it went away")
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    if code is None and args and isinstance(args[0], int):
+        code = args[0]
+    if code in _READ_ONLY_REFUSALS:
+        what = "ANALYZE" if analyzed else "EXPLAIN"
+        return ExplainError(
+            f"{what} refused: running this statement would write ({dialect} refused it in a read-only "
+            "transaction)" + ("; plain EXPLAIN shows its plan" if analyzed else "")
+        )
+    if elapsed >= timeout_s:
+        return ExplainError(f"EXPLAIN stopped: it ran longer than its {timeout_s:g} s timeout on {dialect}")
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        message = args[1]
+    else:
+        message = str(orig)
+    message = message.splitlines()[0] if message else type(orig).__name__
+    if not keep:
+        message = _fingerprint.redact_error(message)
+    return _EngineFailed(f"EXPLAIN failed on {dialect}: {type(orig).__name__}: {message}"[:ERROR_TEXT_MAX])
+
+
+def _canceller(engine: Any, dialect: str, conn: Any) -> Callable[[], None] | None:
+    """A function that cancels what `conn` is running, from another thread, or None if none is known.
+
+    SQLite: `interrupt()` on its connection. PostgreSQL: `pg_cancel_backend` of its backend, MySQL and
+    MariaDB: `KILL QUERY` of its connection id, both sent on a DBAPI connection of their own (made by the
+    engine's own connect function, outside the pool, so a full pool cannot delay it).
+    """
+    dbapi_conn = conn.connection.dbapi_connection
+    if dialect == "sqlite":
+        interrupt = getattr(dbapi_conn, "interrupt", None)
+        return interrupt if callable(interrupt) else None
+    if dialect == "postgresql":
+        backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        command = f"SELECT pg_cancel_backend({int(backend)})"
+    elif dialect in ("mysql", "mariadb"):
+        backend = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+        command = f"KILL QUERY {int(backend)}"
+    else:
+        return None
+
+    def stop() -> None:
+        creator = getattr(engine.pool, "_creator", None)
+        if callable(creator):
+            side = creator()
+        else:
+            cargs, cparams = engine.dialect.create_connect_args(engine.url)
+            side = engine.dialect.connect(*cargs, **cparams)
+        try:
+            cursor = side.cursor()
+            cursor.execute(command)
+            with contextlib.suppress(Exception):
+                cursor.fetchall()
+            with contextlib.suppress(Exception):
+                side.commit()
+        finally:
+            side.close()
+
+    return stop
+
+
+def _watch(stop: Callable[[], None] | None, cancel: Any, done: threading.Event, deadline: float) -> None:
+    """Until `done`: once the viewer is gone (`cancel`) or `deadline` passed, cancel the statement, and
+    again every half second (a cancel that arrived before the statement started cancels nothing)."""
+    while not done.wait(EXPLAIN_CANCEL_POLL_S):
+        if stop is None or not (cancel.is_set() or time.monotonic() >= deadline):
+            continue
+        try:
+            stop()
+        except Exception as exc:
+            log_once("sql-explain-cancel", "could not cancel a running EXPLAIN", exc=exc)
+        done.wait(0.5)
 
 
 def _catalog(engine: Any, tables: list[str]) -> dict[str, dict[str, Any]] | None:
