@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from perftop.render.plan import plan_text
 from perftop.units import fmt_bytes, fmt_count, fmt_ms, short_path
 
 
@@ -128,8 +129,7 @@ def explain_text(r: dict[str, Any]) -> str:
         lines.append(f"  - {a.get('message')}")
         if a.get("sql"):
             lines.append(f"    {a['sql']}")
-    plan = r.get("plan")
-    lines += ["", "plan:", plan if isinstance(plan, str) else json.dumps(plan, indent=2)]
+    lines += ["", "plan (>> costly node, ! warning):", plan_text(str(r.get("dialect")), r.get("plan"))]
     return "\n".join(lines)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from textual.widgets import ContentSwitcher, DataTable, Label, TabbedContent
+from textual.widgets import ContentSwitcher, DataTable, Label, Static, TabbedContent
 
 from perftop.themes import resolve_theme
 from perftop.tui.app import PerftopApp
@@ -15,7 +17,7 @@ from perftop.tui.panes.system import SystemPane
 from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.widgets.bar import UsageBar
 from perftop.tui.widgets.confirm import Confirm
-from tests.tui.fixed import FixedSources
+from tests.tui.fixed import EXPLAIN_RESULT, FixedSources
 from tests.tui.waiting import wait_for
 
 
@@ -183,6 +185,12 @@ async def test_queries_pane_sorted_by_total_with_n_plus_one_and_explain() -> Non
         assert "full scan of orders filtered on status" in str(app.screen.query_one("#advice-0").render())
         texts = [str(label.render()) for label in app.screen.query(Label)]
         assert any("CREATE INDEX ix_orders_status ON orders (status)" in t for t in texts)
+        plan = app.screen.query_one("#plan", Static)
+        assert str(plan.render()).splitlines() == ["SCAN orders", "     ! full table scan"]
+        await pilot.press("r")  # the plan as the database returned it
+        assert json.loads(str(plan.render())) == EXPLAIN_RESULT["plan"]
+        await pilot.press("r")
+        assert str(plan.render()).startswith("SCAN orders")
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, ExplainView))
         # ANALYZE asks first; declining sends nothing

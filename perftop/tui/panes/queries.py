@@ -11,11 +11,13 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.content import Content
 from textual.markup import escape
 from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Static
 
+from perftop.render.plan import plan_lines
 from perftop.render.sql import compact_sql
 from perftop.tui.messages import AgentReply
 from perftop.tui.panes import CELL_PAD, FRAME
@@ -81,11 +83,12 @@ class ExplainView(ModalScreen[None]):
     ExplainView #plan { height: 1fr; overflow-y: auto; }
     """
 
-    BINDINGS = [Binding("escape,q", "close", "Close")]
+    BINDINGS = [Binding("escape,q", "close", "Close"), Binding("r", "raw", "Raw plan")]
 
     def __init__(self, result: dict[str, Any]) -> None:
         super().__init__()
         self.result = result
+        self.raw = False
 
     def compose(self) -> ComposeResult:
         r = self.result
@@ -106,14 +109,41 @@ class ExplainView(ModalScreen[None]):
                 )
                 if item.get("sql"):
                     yield Label(f"    {item['sql']}", markup=False)
-            yield Label("plan", classes="section")
-            plan = r.get("plan")
-            yield Static(
-                plan if isinstance(plan, str) else json.dumps(plan, indent=2), id="plan", markup=False
-            )
+            yield Label("plan (r: raw)", classes="section", id="plan-title")
+            yield Static(plan_content(str(r.get("dialect")), r.get("plan")), id="plan")
+
+    def action_raw(self) -> None:
+        """`r`: the plan as the database returned it, or back to the tree."""
+        self.raw = not self.raw
+        plan = self.query_one("#plan", Static)
+        if self.raw:
+            raw = self.result.get("plan")
+            plan.update(Content(raw if isinstance(raw, str) else json.dumps(raw, indent=2)))
+        else:
+            plan.update(plan_content(str(self.result.get("dialect")), self.result.get("plan")))
+        self.query_one("#plan-title", Label).update("plan, raw (r: tree)" if self.raw else "plan (r: raw)")
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def plan_content(dialect: str, plan: Any) -> Content:
+    """The plan as an indented tree: the costly nodes in the theme's error colour with their share of the
+    time, conditions and figures dimmed beneath, warnings in the warning colour. App text stays plain."""
+    parts: list[Content] = []
+    for line in plan_lines(dialect, plan):
+        indent = "  " * line.depth + ("-> " if line.depth else "")
+        share = f"  {line.share:.0%}" if line.share is not None and line.share >= 0.05 else ""
+        style = "bold $error" if line.hot else "bold"
+        parts.append(
+            Content.from_markup(
+                f"$indent[{style}]$text[/][$accent]$share[/]", indent=indent, text=line.text, share=share
+            )
+        )
+        pad = "  " * line.depth + "     "
+        parts.extend(Content.from_markup("$pad[$text-muted]$d[/]", pad=pad, d=d) for d in line.details)
+        parts.extend(Content.from_markup("$pad[$warning]! $w[/]", pad=pad, w=w) for w in line.warn)
+    return Content("\n").join(parts)
 
 
 class QueriesPane(Vertical, can_focus=True):
