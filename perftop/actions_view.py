@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from perftop.render.plan import plan_text
+from perftop.render.plan import NO_ADVICE, NO_ADVICE_BUT_WARNINGS, plan_lines, plan_text
 from perftop.units import fmt_bytes, fmt_count, fmt_ms, short_path
 
 
@@ -122,9 +122,11 @@ def threads_text(r: list[dict[str, Any]]) -> str:
 def explain_text(r: dict[str, Any]) -> str:
     lines = [f"{r.get('dialect')}: {r.get('statement') or r.get('fingerprint')}"]
     advice = r.get("advice") or []
-    lines.append(
-        f"advice ({len(advice)}):" if advice else "advice: none (the plan uses indexes where it filters)"
-    )
+    if advice:
+        lines.append(f"advice ({len(advice)}):")
+    else:
+        warned = any(line.warn for line in plan_lines(str(r.get("dialect")), r.get("plan")))
+        lines.append("advice: " + (NO_ADVICE_BUT_WARNINGS if warned else NO_ADVICE))
     for a in advice:
         lines.append(f"  - {a.get('message')}")
         if a.get("sql"):

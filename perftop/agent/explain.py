@@ -10,6 +10,10 @@ Advice (each `{"kind", "table", "columns", "message", "sql"}`):
   per-execution `AUTOMATIC` index) -> CREATE INDEX on the filtered columns, equality columns first;
 - `nested_loop`: a nested loop whose inner side scans a whole table for each outer row -> index on the
   join columns;
+- `join_filter`: a PostgreSQL hash/merge join whose Join Filter drops most joined rows -> index on the
+  filtered columns of the table scanned whole under it;
+- `join_scan`: a PostgreSQL hash/merge join reading a large table whole to match a few rows of the other
+  side -> index on its join columns (a nested loop could then look them up);
 - `sort_spill` / `hash_spill`: PostgreSQL sort or hash that went to disk -> raise work_mem;
 - `order_index`: SQLite `USE TEMP B-TREE FOR ORDER BY` -> index matching the WHERE equalities + ORDER BY;
 - `stale_statistics` (ANALYZE plans only): estimated and actual rows differ by more than 10x -> ANALYZE.
@@ -40,6 +44,10 @@ NESTED_LOOP_MIN_ROWS = 1000
 PG_MIN_SCAN_COST = 20.0
 """PostgreSQL scans cheaper than this (a page or two) get no index advice: the planner would scan anyway."""
 MYSQL_MIN_SCAN_ROWS = 20
+JOIN_SCAN_MIN_ROWS = 10000
+"""A join input read whole gets index advice from this many rows up..."""
+JOIN_SCAN_RATIO = 20
+"""...when the other side has at least this many times fewer rows."""
 _NOT_COLUMNS = frozenset({"subplan", "initplan", "hashed", "any", "all", "some", "array", "row"})
 
 _MYSQL = ("mysql", "mariadb")
@@ -313,12 +321,16 @@ class _Advisor:
                     return value
         return meta
 
-    def columns_for(self, table: str, alias: str | None, refs: Sequence[ColumnRef]) -> list[str]:
-        """Columns of `table` among `refs`, equality ones first, each once, spelled as in the catalog."""
+    def columns_for(
+        self, table: str, alias: str | None, refs: Sequence[ColumnRef], scanned: bool = False
+    ) -> list[str]:
+        """Columns of `table` among `refs`, equality ones first, each once, spelled as in the catalog.
+        `scanned`: the refs are a condition of a scan of `table` itself, whose unqualified columns are its
+        own (PostgreSQL writes a scan's Filter without qualifiers)."""
         names = {table.lower()} | ({alias.lower()} if alias else set())
         meta = self._table_meta(table)
         known = {c.lower(): c for c in meta["columns"]} if meta else None
-        single = len(set(self.info.tables.values())) <= 1
+        single = scanned or len(set(self.info.tables.values())) <= 1
         picked: list[tuple[bool, str]] = []
         for qualifier, column, equality in refs:
             if qualifier is not None:
@@ -557,10 +569,12 @@ def _pg_node(advisor: _Advisor, node: Mapping[str, Any], analyzed: bool) -> None
                     columns,
                     f"a nested loop scans all of {inner_rel} for each of ~{outer_rows:.0f} outer rows",
                 )
+    elif node_type in ("Hash Join", "Merge Join"):
+        _pg_join(advisor, node, analyzed)
     elif node_type == "Seq Scan" and relation and "Filter" in node:
         if float(node.get("Total Cost", PG_MIN_SCAN_COST)) >= PG_MIN_SCAN_COST:
             columns = advisor.columns_for(
-                relation, node.get("Alias"), expression_columns(str(node["Filter"]))
+                relation, node.get("Alias"), expression_columns(str(node["Filter"])), scanned=True
             )
             advisor.add_index(
                 "missing_index",
@@ -592,6 +606,55 @@ def _pg_node(advisor: _Advisor, node: Mapping[str, Any], analyzed: bool) -> None
         )
     if analyzed and relation and "Actual Rows" in node and "Plan Rows" in node:
         advisor.add_stale(str(relation), float(node["Plan Rows"]), float(node["Actual Rows"]))
+
+
+def _pg_scanned(node: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The Seq Scan under a join input (through Hash, Materialize and Sort nodes), or None."""
+    while node.get("Node Type") in ("Hash", "Materialize", "Sort") and node.get("Plans"):
+        node = node["Plans"][0]
+    return node if node.get("Node Type") == "Seq Scan" and node.get("Relation Name") else None
+
+
+def _pg_join(advisor: _Advisor, node: Mapping[str, Any], analyzed: bool) -> None:
+    """Hash and merge joins: a join filter that throws most of the joined rows away, and a large table read
+    whole to be matched against a few rows of the other side (an index on its join columns would let a
+    nested loop look those few up)."""
+    children = [c for c in node.get("Plans") or [] if isinstance(c, Mapping)]
+    if len(children) != 2:
+        return
+    condition = str(node.get("Hash Cond") or node.get("Merge Cond") or "")
+    removed = float(node.get("Rows Removed by Join Filter", 0) or 0)
+    kept = _pg_rows(node, analyzed)
+    if node.get("Join Filter") and (removed >= NESTED_LOOP_MIN_ROWS or (not analyzed and kept == 0)):
+        refs = expression_columns(str(node["Join Filter"]))
+        for child in children:
+            scan = _pg_scanned(child)
+            if scan is None:
+                continue
+            columns = advisor.columns_for(str(scan["Relation Name"]), scan.get("Alias"), refs)
+            advisor.add_index(
+                "join_filter",
+                str(scan["Relation Name"]),
+                columns,
+                f"a {node.get('Node Type', 'join').lower()} joins all of {scan['Relation Name']} and then "
+                f"its filter {advisor.shown(node['Join Filter'])} drops {removed:,.0f} of the joined rows "
+                "(a condition on one table that an OR or a function keeps out of its scan)",
+            )
+    sizes = [_pg_rows(c, analyzed) for c in children]
+    for i, child in enumerate(children):
+        scan = _pg_scanned(child)
+        big, small = sizes[i], sizes[1 - i]
+        if scan is None or big < JOIN_SCAN_MIN_ROWS or small * JOIN_SCAN_RATIO > big:
+            continue
+        table = str(scan["Relation Name"])
+        columns = advisor.columns_for(table, scan.get("Alias"), expression_columns(condition))
+        advisor.add_index(
+            "join_scan",
+            table,
+            columns,
+            f"a {node.get('Node Type', 'join').lower()} reads all ~{big:,.0f} rows of {table} to match "
+            f"~{small:,.0f} rows on {advisor.shown(condition)}",
+        )
 
 
 # MySQL / MariaDB --------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+NO_ADVICE = "nothing to suggest: the plan uses indexes where it filters and joins"
+NO_ADVICE_BUT_WARNINGS = "no index to suggest; the plan's warnings (!) say what else to look at"
 HOT_SHARE = 0.3
 """A node is hot when it alone takes this share of the query's time (or cost)."""
 ESTIMATE_MISS = 10.0

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from perftop.agent.explain import advise
 from perftop.render.plan import PlanLine, plan_lines, plan_text
 from tests.targets.sql_client import database_url, new_suffix
 
@@ -211,3 +212,35 @@ def test_sqlite_query_plan_tree_and_its_warnings() -> None:
 def test_a_plan_of_unknown_shape_is_shown_as_its_text() -> None:
     lines = plan_lines("mysql", "-> Limit: 10 row(s)\n    -> Sort: t.ts DESC")
     assert [line.text for line in lines] == ["-> Limit: 10 row(s)", "    -> Sort: t.ts DESC"]
+
+
+def test_advice_reads_the_joins_of_a_follower_post_plan(pg: Any) -> None:
+    """The slow timeline query of a real ORM app: a hash join reading every post to match the few a user
+    follows, and an OR across both tables that only the join can apply."""
+    engine, names = pg
+    statement = JOIN.format(**names)
+    advice = advise("postgresql", pg_plan(engine, statement, analyze=True), statement, analyzed=True)
+    by_kind = {(a["kind"], a["table"]): a for a in advice}
+    assert by_kind[("missing_index", "followers")]["columns"] == ["follower_id"]
+    scan = by_kind[("join_scan", "post")]
+    assert scan["columns"] == ["user_id"] and "CREATE INDEX" in scan["sql"] and "(user_id)" in scan["sql"]
+    assert "20,000 rows of post" in scan["message"]
+
+    either = (
+        f"SELECT p.id FROM {names['post']} p JOIN {names['followers']} f ON f.followed_id = p.user_id "
+        "WHERE f.follower_id = 7 OR p.ts = 5"
+    )
+    plan = pg_plan(engine, either, analyze=True)
+    joins = [n for n in _pg_nodes(plan) if n.get("Join Filter")]
+    assert joins and joins[0]["Rows Removed by Join Filter"] > 1000, plan
+    advice = advise("postgresql", plan, either, analyzed=True)
+    filters = {a["table"]: a for a in advice if a["kind"] == "join_filter"}
+    assert filters["followers"]["columns"] == ["follower_id"]
+    assert filters["post"]["columns"] == ["ts"]
+    assert all("7" not in a["message"] and "= 5" not in a["message"] for a in advice)  # values redacted
+
+
+def test_a_plan_that_uses_its_indexes_gets_no_advice(pg: Any) -> None:
+    engine, names = pg
+    statement = f"SELECT * FROM {names['post']} WHERE id = 5"
+    assert advise("postgresql", pg_plan(engine, statement, analyze=True), statement, analyzed=True) == []

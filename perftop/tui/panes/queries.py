@@ -17,7 +17,7 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Static
 
-from perftop.render.plan import plan_lines
+from perftop.render.plan import NO_ADVICE, NO_ADVICE_BUT_WARNINGS, plan_lines
 from perftop.render.sql import compact_sql
 from perftop.tui.messages import AgentReply
 from perftop.tui.panes import CELL_PAD, FRAME
@@ -99,7 +99,8 @@ class ExplainView(ModalScreen[None]):
             yield Label(str(r.get("statement") or r.get("fingerprint")), markup=False)
             yield Label(f"advice ({len(advice)})", classes="section")
             if not advice:
-                yield Label("nothing to suggest: the plan uses indexes where it filters")
+                warned = any(line.warn for line in plan_lines(str(r.get("dialect")), r.get("plan")))
+                yield Label(NO_ADVICE_BUT_WARNINGS if warned else NO_ADVICE)
             for item in advice:
                 yield Label(
                     f"• {item.get('message')}",
