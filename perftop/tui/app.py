@@ -56,7 +56,9 @@ class PerftopApp(App[int]):
         Binding("space", "toggle_pause", "Pause"),
         Binding("plus,equals_sign", "slower", "+Interval", key_display="+"),
         Binding("minus", "faster", "-Interval", key_display="-"),
-        Binding("escape", "detach", "Back", show=False, priority=True),
+        Binding("backspace,h", "detach", "Back"),
+        Binding("escape", "dismiss", "Close", show=False),
+        Binding("f10", "quit", "Quit", show=False),
         Binding("question_mark", "help", "Keys", key_display="?"),
         Binding("1", "tab('tab-process')", "Process tab", show=False),
         Binding("2", "tab('tab-timings')", "Timings tab", show=False),
@@ -226,8 +228,16 @@ class PerftopApp(App[int]):
         self.sampler.attach(pid)
         self._status()
 
+    def action_dismiss(self) -> None:
+        """Escape, once no overlay, filter or widget took it: close the notifications shown; it never
+        leaves the attached view (that was too easy to do by accident), Backspace or h does."""
+        if self.screen.query("Toast"):
+            self.clear_notifications()
+        elif self.attached is not None:
+            self.notify("Backspace or h: back to the process list", timeout=2)
+
     def action_detach(self) -> None:
-        """Escape: back to the process list."""
+        """Backspace or h: back to the process list."""
         if self.attached is None:
             return
         pid = self.attached
@@ -242,9 +252,8 @@ class PerftopApp(App[int]):
     # -- keys ------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Escape detaches only from the main screen while attached; otherwise it goes to the widgets."""
+        """Detaching is offered only from the main screen while attached, not while a filter is open."""
         if action == "detach":
-            # An open filter on screen takes Escape first (it clears the filter).
             filtering = any(bar.has_class("-open") and bar.is_on_screen for bar in self.query(FilterBar))
             return self.attached is not None and self.screen is self.screen_stack[0] and not filtering
         return True

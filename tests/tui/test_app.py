@@ -58,9 +58,9 @@ async def test_filter_by_name_and_cmdline_then_escape_clears() -> None:
         assert app.attached is None  # escape in the list does not leave the app
 
 
-async def test_enter_attaches_and_escape_detaches() -> None:
+async def test_enter_attaches_and_backspace_detaches() -> None:
     app, _ = make_app()
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
         plist = app.query_one(ProcessListPane)
         await wait_for(pilot, lambda: plist.shown_pids)
         await pilot.press("down")  # second row: postgres, 101
@@ -71,7 +71,14 @@ async def test_enter_attaches_and_escape_detaches() -> None:
         await wait_for(pilot, lambda: pane.sample is not None and pane.sample.pid == 101)
         await wait_for(pilot, lambda: pane.query("#limit-nofile"))
         assert "870" in str(pane.query_one("#limit-nofile .values").render())
+        app.notify("a notification over the attached view")
+        await pilot.pause()
+        assert app.screen.query("Toast")
+        await pilot.press("escape")  # closes the notification, never the attached view
+        await wait_for(pilot, lambda: not app.screen.query("Toast"))
         await pilot.press("escape")
+        assert app.attached == 101
+        await pilot.press("backspace")
         assert app.attached is None
         assert app.query_one("#main", ContentSwitcher).current == "list"
         assert plist.selected_pid == 101
@@ -110,7 +117,7 @@ async def test_process_exit_keeps_last_values() -> None:
         assert "exited" in str(pane.query_one("#gone").render())
         assert pane.sample is not None and pane.sample.pid == 202  # last values kept
         assert "python3" in str(pane.query_one("#head").render())
-        await pilot.press("escape")  # and the app still works
+        await pilot.press("h")  # and the app still works
         assert app.attached is None
 
 
