@@ -45,15 +45,19 @@ def _parser_class() -> type[argparse.ArgumentParser]:
     return _Parser
 
 
+PID_MAX = 4_194_304
+"""The kernel's largest possible PID (PID_MAX_LIMIT on 64-bit Linux)."""
+
+
 def _pid(text: str) -> int:
     import argparse
 
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"PID must be a positive whole number, not {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"PID must be a positive whole number, not {text!r}")
+        value = 0
+    if not 0 < value <= PID_MAX:
+        raise argparse.ArgumentTypeError(f"PID must be a positive whole number up to {PID_MAX}, not {text!r}")
     return value
 
 

@@ -24,10 +24,14 @@ Every failure is an `InjectError` whose text is one line: the reason, then the f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import os
 import re
+import select
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -36,10 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NoReturn
 
+from perftop import inject_loader
 from perftop.agent import paths
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
 """The perftop package the target loads (it must be readable by the target's user)."""
+PROBE = os.path.join(PACKAGE_DIR, "inject_probe.py")
+"""The throwaway process of the preflight (run by the target's interpreter)."""
 MIN_PYTHON = (3, 10)
 """The oldest Python the agent runs on."""
 REMOTE_EXEC_PYTHON = (3, 14)
@@ -285,6 +292,7 @@ def main():
     for command in ("set confirm off", "set pagination off", "set debuginfod enabled off",
                     "set auto-load python-scripts off", "set unwindonsignal on",
                     "set print thread-events off", "set print inferior-events off",
+                    "set libthread-db-search-path $sdir",
                     "handle all nostop noprint pass",
                     "handle SIGINT nostop noprint pass",
                     "handle SIGSEGV SIGBUS SIGILL SIGFPE SIGABRT stop print nopass"):
@@ -509,6 +517,68 @@ def _remote_debug_disabled(pid: int) -> bool:
     return any(arg in (b"disable_remote_debug", b"-Xdisable_remote_debug") for arg in argv)
 
 
+# -- running things on the target's behalf -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who a process runs as: effective uid and gid, and supplementary groups."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def credentials(pid: int) -> Credentials:
+    """The effective uid and gid and the supplementary groups of `pid`, from /proc/PID/status."""
+    fields: dict[str, list[str]] = {}
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        key, _, rest = line.partition(":")
+        fields[key] = rest.split()
+    return Credentials(
+        int(fields["Uid"][1]), int(fields["Gid"][1]), tuple(int(g) for g in fields.get("Groups", []))
+    )
+
+
+def as_target(pid: int) -> Credentials | None:
+    """Who to run a child as on `pid`'s behalf: None (as we are) when we are its user, else its uid, gid
+    and groups, which only root can switch to (in the child, before it execs); refused otherwise, so
+    nothing runs as root, or as us, for another user."""
+    try:
+        who = credentials(pid)
+    except (OSError, KeyError, ValueError, IndexError) as exc:
+        raise InjectError(f"cannot read the credentials of PID {pid} ({exc}): check it with ps") from None
+    if os.geteuid() == who.uid:
+        return None
+    if os.geteuid() != 0:
+        raise InjectError(
+            f"PID {pid} runs as {_user_name(who.uid)}: perftop would have to run its interpreter as "
+            f"{_user_name(os.geteuid())}; run perftop inject as that user or as root",
+            bad_input=True,
+        )
+    return who
+
+
+def run_target_interpreter(pid: int, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `pid`'s own interpreter (/proc/PID/exe) with `args`, as `pid`'s uid, gid and groups
+    (`as_target`): the binary, its standard library and anything it loads are the target user's."""
+    who = as_target(pid)
+    return subprocess.run(
+        [f"/proc/{pid}/exe", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        check=False,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        user=None if who is None else who.uid,
+        group=None if who is None else who.gid,
+        extra_groups=None if who is None else list(who.groups),
+    )
+
+
 # -- injection -----------------------------------------------------------------------------------------
 
 
@@ -668,7 +738,6 @@ def _run_remote_exec(target: Target, code: str, deadline: float) -> str:
         f.write(code)
     os.chmod(script, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
     caller = [
-        f"/proc/{pid}/exe",
         "-I",
         "-S",
         "-c",
@@ -677,15 +746,11 @@ def _run_remote_exec(target: Target, code: str, deadline: float) -> str:
         script,
     ]
     try:
-        result = subprocess.run(
-            caller,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=max(1.0, deadline - time.monotonic()),
-            check=False,
-        )
+        result = run_target_interpreter(pid, caller, max(1.0, deadline - time.monotonic()))
+    except InjectError:
+        with contextlib.suppress(OSError):
+            os.unlink(script)
+        raise
     except (OSError, subprocess.TimeoutExpired) as exc:
         with contextlib.suppress(OSError):
             os.unlink(script)
@@ -707,6 +772,178 @@ def _run_remote_exec(target: Target, code: str, deadline: float) -> str:
             f"sys.remote_exec into PID {pid} failed: {last}: start the agent in the app (perftop run)"
         )
     return script
+
+
+_BUSY_SAMPLES = 15
+"""A target is busy if none of its threads is seen waiting in a system call in this many looks, 20 ms
+apart (an idle loop that wakes up briefly is caught waiting)."""
+
+
+class _PreflightFailed(Exception):
+    """A method harmed the throwaway process, or did not get its agent to answer (one-line reason)."""
+
+
+def _inject_by_ptrace(target: Target, code: str, deadline: float, timeout: float) -> None:
+    """Python 3.10-3.13: pyinjector on a thread waiting in a system call, else gdb; each used only after
+    it passed a preflight on a throwaway process of the target's interpreter, run as the target's user,
+    waiting the same way. If neither passes, the target is not touched and the error gives both reasons."""
+    pid = target.pid
+    waiting = inject_loader.waiting_threads(pid)
+    for _ in range(_BUSY_SAMPLES):
+        if waiting:
+            break
+        time.sleep(0.02)
+        waiting = inject_loader.waiting_threads(pid)
+    kind = waiting[0][1] if waiting else "busy"
+    refusals: list[str] = []
+    if kind == "busy":
+        refusals.append("pyinjector: no thread was waiting in a system call (all were running code)")
+    else:
+        unsupported = inject_loader.supported()
+        try:
+            if unsupported is not None:
+                raise _PreflightFailed(unsupported)
+            inject_loader.library()
+            _preflight(target, "pyinjector", kind, deadline, timeout)
+        except inject_loader.LoaderError as exc:
+            refusals.append(f"pyinjector: {exc}")
+        except _PreflightFailed as exc:
+            refusals.append(f"pyinjector: {exc}")
+        else:
+            _load_with_pyinjector(target, code, deadline)
+            return
+    if shutil.which("gdb") is None:
+        refusals.append("gdb: gdb is not installed (apt-get install gdb)")
+    else:
+        try:
+            _preflight(target, "gdb", kind, deadline, timeout)
+        except _PreflightFailed as exc:
+            refusals.append(f"gdb: {exc}")
+        else:
+            _run_gdb(target, code, deadline)
+            return
+    raise InjectError(
+        f"no safe way to inject into PID {pid} ({target.name}, waiting: {kind}) was found, so it was not "
+        f"touched ({'; '.join(refusals)}): start the agent in the app (perftop run, or perftop.start())"
+    )
+
+
+def _load_with_pyinjector(target: Target, code: str, deadline: float) -> None:
+    """dlopen the loader library carrying `code` in the target, on a thread waiting in a system call."""
+    pid = target.pid
+    try:
+        copy = inject_loader.copy_with_code(code)
+    except inject_loader.LoaderError as exc:
+        raise InjectError(f"cannot prepare the injection library: {exc}") from None
+    try:
+        inject_loader.load(pid, copy, deadline)
+    except inject_loader.PtraceDenied as exc:
+        raise InjectError(ptrace_denied_reason(pid, f"pyinjector: {exc}"), bad_input=True) from None
+    except inject_loader.NoWaitingThread as exc:
+        raise InjectError(f"{exc} in time, so it was not touched: try again in a moment") from None
+    except inject_loader.LoaderError as exc:
+        raise InjectError(f"could not load the agent into PID {pid}: {exc}: see dmesg") from None
+    finally:
+        inject_loader.remove_copy(copy)
+
+
+def _read_line(stream: IO[bytes], deadline: float) -> str:
+    """One line from a child's pipe, or what came before the deadline or its end."""
+    data = b""
+    fd = stream.fileno()
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").strip()
+
+
+def _ending(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _preflight(target: Target, method: str, kind: str, deadline: float, timeout: float) -> None:
+    """Inject with `method` into a throwaway process of the target's interpreter (/proc/PID/exe, as the
+    target's uid, gid and groups) waiting in `kind` (inject_probe.py); _PreflightFailed unless its agent
+    answers, it is still alive, and its wait then ends normally when woken."""
+    if not target.exe_is_python:
+        raise _PreflightFailed(
+            f"its interpreter is embedded in {target.exe}, so no throwaway process of it can be started"
+        )
+    socket_dir = tempfile.mkdtemp(prefix="perftop-preflight-")
+    if os.geteuid() == 0 and target.uid != 0:
+        os.chown(socket_dir, target.uid, -1)
+    status = _Status(target.uid)
+    ours, theirs = socket.socketpair() if kind == "recv" else (None, None)
+    who = as_target(target.pid)
+    try:
+        proc = subprocess.Popen(
+            [f"/proc/{target.pid}/exe", "-I", "-S", PROBE, kind],
+            stdin=theirs.fileno() if theirs is not None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            start_new_session=True,
+            user=None if who is None else who.uid,
+            group=None if who is None else who.gid,
+            extra_groups=None if who is None else list(who.groups),
+        )
+    except OSError as exc:
+        status.remove()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise _PreflightFailed(f"the throwaway process could not start ({exc})") from None
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        if _read_line(proc.stdout, deadline) != "ready":
+            raise _PreflightFailed(f"the throwaway process did not start ({_ending(proc.wait())})")
+        probe = dataclasses.replace(target, pid=proc.pid)
+        try:
+            if method == "pyinjector":
+                _load_with_pyinjector(probe, bootstrap_code(socket_dir, status.path), deadline)
+            else:
+                _run_gdb(probe, bootstrap_code(socket_dir, status.path), deadline)
+            _wait_for_agent(probe, socket_dir, status, deadline, timeout)
+        except InjectError as exc:
+            ended = proc.poll()
+            how = "" if ended is None else f"; the throwaway process was {_ending(ended)}"
+            raise _PreflightFailed(f"failed on a throwaway process ({exc}{how})") from None
+        if proc.poll() is not None:
+            raise _PreflightFailed(f"the throwaway process was {_ending(proc.returncode)}")
+        if ours is not None:
+            ours.sendall(b"x")
+        else:
+            assert proc.stdin is not None
+            proc.stdin.write(b"x\n")
+            proc.stdin.flush()
+        try:
+            out, err = proc.communicate(timeout=max(2.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise _PreflightFailed("the throwaway process's wait no longer ended when woken") from None
+        said = out.decode("utf-8", "replace").split()
+        if proc.returncode != 0 or said[-2:] != ["bye", kind]:
+            last = " ".join(err.decode("utf-8", "replace").strip().splitlines()[-1:])
+            raise _PreflightFailed(
+                f"the throwaway process was harmed ({_ending(proc.returncode)}{': ' + last if last else ''})"
+            )
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        for end in (ours, theirs):
+            if end is not None:
+                end.close()
+        status.remove()
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def inject(pid: int, socket_dir: str | None = None, timeout: float = 10.0) -> str:
@@ -745,7 +982,7 @@ def inject(pid: int, socket_dir: str | None = None, timeout: float = 10.0) -> st
         if use_remote_exec:
             cleanup.append(_run_remote_exec(target, code, deadline))
         else:
-            _run_gdb(target, code, deadline)
+            _inject_by_ptrace(target, code, deadline, timeout)
         return _wait_for_agent(target, socket_dir, status, deadline, timeout)
     finally:
         status.remove()
