@@ -7,14 +7,25 @@ untouched) and calls `perftop.start()`; the agent is standard library only.
 How the code gets in:
 - Python 3.14+ (PEP 768): `sys.remote_exec`, run by the target's own interpreter binary (/proc/PID/exe),
   since caller and target must be the same version. The target runs the script at its next safe point.
-- Older Pythons: gdb. A gdb Python script attaches, maps a page in the target with mmap and writes the
-  code there (so gdb never calls malloc in a target that may be stopped inside malloc), then picks the
-  safest way to run it:
+- Python 3.10-3.13, first choice: pyinjector (inject_loader.py), which borrows a thread stopped in a
+  blocking system call to dlopen a small library; the library starts a thread of its own that takes the
+  GIL and runs the code. Only the general registers of the borrowed thread are saved and put back; its
+  extended register state (where gdb 13 failed on CPUs with AMX, killing the target) is never written.
+- Otherwise (no thread waits in a system call: the target is busy; or no C compiler): gdb. A gdb Python
+  script attaches, maps a page in the target with mmap and writes the code there (so gdb never calls
+  malloc in a target that may be stopped inside malloc), then picks the safest way to run it:
   * a thread blocked in a system call, not holding the GIL, not inside the allocator or the dynamic
     loader (the usual idle main thread in sleep/select/read): `PyGILState_Ensure`, `PyRun_SimpleString`,
     `PyGILState_Release` on that thread. Its system call is interrupted; Python retries it (PEP 475);
   * otherwise (the main thread is running Python code): `Py_AddPendingCall(PyRun_SimpleString, code)`,
     which the main thread runs between two bytecodes, where the interpreter is consistent.
+
+Before either touches the target, a preflight injects the same way into a throwaway process of the
+target's interpreter (inject_probe.py), run as the target's user and waiting the same way: the method is
+used only if that process survives, its agent answers and its wait still ends when it should. If no
+method passes, the target is not touched and the error says why. Whatever runs on the target's behalf
+(its interpreter binary, for the 3.14 caller and the preflight) runs as the target's uid, gid and groups,
+never as root.
 
 The injected code catches everything (PyRun_SimpleString must return 0 inside a pending call, and a
 SystemExit must never reach it) and reports its outcome in a status file that this side reads.
@@ -788,6 +799,13 @@ def _inject_by_ptrace(target: Target, code: str, deadline: float, timeout: float
     it passed a preflight on a throwaway process of the target's interpreter, run as the target's user,
     waiting the same way. If neither passes, the target is not touched and the error gives both reasons."""
     pid = target.pid
+    if _other_mount_namespace(pid):
+        raise InjectError(
+            f"PID {pid} ({target.name}) runs in another mount namespace (a container?), where its "
+            "interpreter and libraries are not the files perftop sees, so no preflight can stand for it: "
+            "run perftop inject inside that container",
+            bad_input=True,
+        )
     waiting = inject_loader.waiting_threads(pid)
     for _ in range(_BUSY_SAMPLES):
         if waiting:
@@ -799,7 +817,7 @@ def _inject_by_ptrace(target: Target, code: str, deadline: float, timeout: float
     if kind == "busy":
         refusals.append("pyinjector: no thread was waiting in a system call (all were running code)")
     else:
-        unsupported = inject_loader.supported()
+        unsupported = inject_loader.supported() or inject_loader.untrusted_libc(pid)
         try:
             if unsupported is not None:
                 raise _PreflightFailed(unsupported)
@@ -826,6 +844,13 @@ def _inject_by_ptrace(target: Target, code: str, deadline: float, timeout: float
         f"no safe way to inject into PID {pid} ({target.name}, waiting: {kind}) was found, so it was not "
         f"touched ({'; '.join(refusals)}): start the agent in the app (perftop run, or perftop.start())"
     )
+
+
+def _other_mount_namespace(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return False
 
 
 def _load_with_pyinjector(target: Target, code: str, deadline: float) -> None:
@@ -953,8 +978,11 @@ def inject(pid: int, socket_dir: str | None = None, timeout: float = 10.0) -> st
     passed to the agent (None: the target's own default). Raises InjectError (a one-line reason with the
     fix) on every failure; the target keeps running in every case.
     """
+    from perftop.cli import PID_MAX
     from perftop.collectors.discovery import find_agent
 
+    if not 0 < pid <= PID_MAX:
+        raise InjectError(f"PID must be a positive whole number up to {PID_MAX}, not {pid}", bad_input=True)
     if not paths.pid_alive(pid):
         raise InjectError(
             f"no process with PID {pid} (it exited, or never existed): check the PID with ps", bad_input=True

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import platform
+import re
 import shutil
 import stat
 import subprocess
@@ -69,6 +70,31 @@ def supported() -> str | None:
         import pyinjector  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         return "pyinjector is not installed (pip install pyinjector)"
+    return None
+
+
+_LIBC = re.compile(r"\s(/\S*/libc(?:\.so\.\d+|-[\d.]+\.so))$")
+
+
+def untrusted_libc(pid: int) -> str | None:
+    """Why pyinjector must not read `pid`'s C library as root (it parses that ELF file to find dlopen),
+    or None: as root, the file must be root's and writable by no one else."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as f:
+            paths = {m.group(1) for m in map(_LIBC.search, f.read().splitlines()) if m}
+    except OSError as exc:
+        return f"cannot read /proc/{pid}/maps ({exc.strerror})"
+    if not paths:
+        return "no C library (libc.so) is mapped in it"
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            return f"its C library {path} cannot be checked ({exc.strerror})"
+        if info.st_uid != 0 or info.st_mode & 0o022:
+            return f"its C library {path} is not a root-owned file that only root may change"
     return None
 
 
