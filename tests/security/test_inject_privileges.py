@@ -12,6 +12,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shutil
 import subprocess
 import sys
 import threading
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from perftop.inject import inject, run_target_interpreter
+from perftop.inject import InjectError, inject, run_target_interpreter
 from tests.foreign_user import foreign_env, interpreter_for
+from tests.security.test_inject_safety import AMX
 
 REPO = Path(__file__).resolve().parent.parent.parent
 WHOAMI = (
@@ -143,3 +145,48 @@ def test_another_user_may_not_run_the_target_interpreter(
     assert result.stdout.startswith(
         f"refused PID {holder.pid} runs as root (uid 0): perftop would have to run"
     )
+
+
+def test_root_never_parses_a_c_library_another_user_controls(tmp_path: Path) -> None:
+    # pyinjector reads the target's libc to find dlopen: as root it must not read one that user nobody
+    # owns (a crafted ELF file); the target is then left to gdb (or, where gdb is unsafe, refused).
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    libc = next(
+        line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines() if "/libc.so" in line
+    )
+    own = tmp_path / "libs"
+    own.mkdir()
+    shutil.copy(libc, own / os.path.basename(libc))
+    os.chown(own / os.path.basename(libc), pwd.getpwnam("nobody").pw_uid, -1)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import sys; print('ready', flush=True); sys.stdin.readline(); print('bye')",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "LD_LIBRARY_PATH": str(own)},
+        cwd="/",
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        assert str(own) in Path(f"/proc/{proc.pid}/maps").read_text()
+        try:
+            path = inject(proc.pid, str(tmp_path), timeout=60)
+        except InjectError as exc:
+            assert AMX or shutil.which("gdb") is None, exc
+            assert f"pyinjector: its C library {own}/" in str(exc)
+        else:
+            assert os.path.exists(path)
+        assert "perftop-agent-loader" not in Path(f"/proc/{proc.pid}/maps").read_text()
+        assert proc.stdin is not None
+        proc.stdin.write(b"x\n")
+        proc.stdin.flush()
+        assert proc.communicate(timeout=30)[0] == b"bye\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
