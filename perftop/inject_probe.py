@@ -8,7 +8,7 @@ app does, until a line (or, for `recv`, a byte) arrives on its standard input, w
   recv    blocks in socket.recv on stdin
   event   blocks in threading.Event().wait(), set by a thread that reads stdin
   stdin   blocks in one read of stdin
-  busy    pure-Python arithmetic, looking at stdin (non-blocking) twice a second
+  busy    pure-Python arithmetic, looking at stdin (non-blocking) ten times a second
 Then prints `bye MODE` and exits 0: any other ending means the injection harmed it. Standard library only.
 """
 
@@ -42,10 +42,10 @@ def main() -> None:
         while not _poll_stdin():
             time.sleep(0.05)
     elif mode == "busy":
-        total, check_at = 0, time.monotonic() + 0.5
+        total, check_at = 0, time.monotonic() + 0.1
         while time.monotonic() < check_at or not _poll_stdin():
             if time.monotonic() >= check_at:
-                check_at = time.monotonic() + 0.5
+                check_at = time.monotonic() + 0.1
             for i in range(20000):
                 total += i * i
     elif mode == "select":
