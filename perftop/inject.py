@@ -846,6 +846,14 @@ def _inject_by_ptrace(target: Target, code: str, deadline: float, timeout: float
     )
 
 
+def _state(pid: int) -> str:
+    """The one-letter state of `pid` (R, S, D, T...), from /proc/PID/stat; "" if unreadable."""
+    try:
+        return _read(f"/proc/{pid}/stat").rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def _other_mount_namespace(pid: int) -> bool:
     try:
         return os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
@@ -997,6 +1005,12 @@ def inject(pid: int, socket_dir: str | None = None, timeout: float = 10.0) -> st
         raise InjectError(
             f"PID {pid} runs Python {_version_text(target)}; the agent needs 3.10 or later: upgrade the "
             "app's Python",
+            bad_input=True,
+        )
+    if _state(pid) == "T":
+        raise InjectError(
+            f"PID {pid} ({target.name}) is stopped (SIGSTOP, or Ctrl-Z): nothing could run in it; resume it "
+            f"first (kill -CONT {pid}), then try again",
             bad_input=True,
         )
     deadline = time.monotonic() + timeout

@@ -45,12 +45,12 @@ def _table(text: str) -> dict[int, str]:
 # System calls an idle thread waits in, by machine, and the kind of wait (the preflight's probe mode).
 _WAITS = {
     "x86_64": _table(
-        "stdin: 0 19 34 61 128 130 247; select: 7 23 232 270 271 281 441; sleep: 35 230; "
+        "stdin: 0 19 34 61 128 130 247; select: 7 23 270 271; epoll: 232 281 441; sleep: 35 230; "
         "recv: 43 45 47 288 299; event: 202"
     ),
     "aarch64": _table(
-        "stdin: 63 65 95 133 137 260; select: 22 72 73 441; sleep: 101 115; recv: 202 207 212 242 243; "
-        "event: 98"
+        "stdin: 63 65 95 133 137 260; select: 72 73; epoll: 22 441; sleep: 101 115; "
+        "recv: 202 207 212 242 243; event: 98"
     ),
 }
 _READS = {"x86_64": {0, 19}, "aarch64": {63, 65}}
@@ -187,8 +187,8 @@ def _syscall_fields(pid: int, tid: int) -> list[str]:
 
 
 def wait_kind(pid: int, tid: int, verify: bool = False) -> str | None:
-    """The kind of wait thread `tid` is in (`sleep`, `select`, `recv`, `event`, `stdin`), or None when it
-    is not in one of those system calls. `verify` (only while it is stopped under ptrace): also check
+    """The kind of wait thread `tid` is in (`sleep`, `select`, `epoll`, `recv`, `event`, `stdin`), or None
+    when it is not in one of those system calls. `verify` (only while it is stopped under ptrace): also check
     the instruction before its program counter, and that a read is not on a regular file."""
     machine = platform.machine()
     fields = _syscall_fields(pid, tid)

@@ -5,6 +5,7 @@ app does, until a line (or, for `recv`, a byte) arrives on its standard input, w
 `recv`, a socket:
   sleep   ticks on time.sleep(0.05), looking at stdin (non-blocking) after each tick
   select  blocks in select() on stdin
+  epoll   blocks in epoll_wait on stdin (as asyncio's loop does)
   recv    blocks in socket.recv on stdin
   event   blocks in threading.Event().wait(), set by a thread that reads stdin
   stdin   blocks in one read of stdin
@@ -50,6 +51,11 @@ def main() -> None:
                 total += i * i
     elif mode == "select":
         while not select.select([0], [], [], 3600)[0]:
+            pass
+    elif mode == "epoll":
+        poller = select.epoll()
+        poller.register(0, select.EPOLLIN)
+        while not poller.poll(3600):
             pass
     elif mode == "recv":
         if not socket.socket(fileno=0).recv(1):

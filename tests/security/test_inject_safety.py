@@ -1,10 +1,10 @@
 """`perftop inject` never harms its target (issue 10): idle and busy targets on every CPython 3.10-3.13.
 
-Each target (tests/targets/inj_idle.py, run with -S so nothing of perftop is importable in it) waits the
-way a service does: time.sleep, select, socket recv, threading.Event.wait, a read of stdin, or it is busy
-in pure-Python code. After `perftop inject`, its agent must answer, it must still be alive, still be
-waiting (nothing written yet), and its wait must then end exactly when woken, with what woke it: the byte
-or line sent after the injection; the sleeper must have kept ticking with no sleep cut short. A preflight
+Each target (tests/targets/inj_idle.py, run with -S so nothing of perftop is importable in it) waits the way a
+service does: time.sleep, select, an asyncio loop (epoll), socket recv, threading.Event.wait, a read of stdin,
+or it is busy in pure-Python code. After `perftop inject`, its agent must answer, it must still be alive,
+still be waiting (nothing written yet), and its wait must then end exactly when woken, with what woke it: the
+byte or line sent after the injection; the sleeper must have kept ticking with no sleep cut short. A preflight
 that fails leaves the target untouched: no agent, no tracer, no loader mapped, exit code 1, one line.
 """
 
@@ -30,7 +30,7 @@ from perftop.inject import InjectError, inject
 REPO = Path(__file__).resolve().parent.parent.parent
 IDLE = str(REPO / "tests" / "targets" / "inj_idle.py")
 PYENV = os.environ.get("PYENV_ROOT", "/root/.pyenv")
-IDLE_MODES = ["sleep", "select", "recv", "event", "stdin"]
+IDLE_MODES = ["sleep", "select", "asyncio", "recv", "event", "stdin"]
 AMX = any(
     "amx_tile" in line.split() for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line
 )

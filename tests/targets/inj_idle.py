@@ -5,6 +5,7 @@ standard input (a pipe, or for `recv` a socket) brings a line (a byte for `recv`
   sleep   time.sleep(0.05) in a loop, polling stdin (non-blocking) after each:
           `bye sleep TICKS SECONDS SHORTEST` (ticks done, seconds spent, the shortest sleep seen)
   select  select() on stdin, one-hour timeout: `bye select LINE`
+  asyncio an asyncio loop (epoll_wait) until a reader callback sees stdin readable: `bye asyncio LINE`
   recv    socket.recv(1) on stdin: `bye recv BYTE`
   event   threading.Event().wait(), set by a thread once it has read a line: `bye event LINE`
   stdin   one read of stdin: `bye stdin LINE`
@@ -51,6 +52,17 @@ def main() -> None:
         while not select.select([0], [], [], 3600)[0]:
             pass
         say("bye select " + sys.stdin.readline().strip())
+    elif mode == "asyncio":
+        import asyncio
+
+        async def wait_for_line() -> str:
+            loop = asyncio.get_running_loop()
+            readable = loop.create_future()
+            loop.add_reader(0, lambda: readable.done() or readable.set_result(None))
+            await readable
+            return sys.stdin.readline().strip()
+
+        say("bye asyncio " + asyncio.run(wait_for_line()))
     elif mode == "recv":
         say("bye recv " + socket.socket(fileno=0).recv(1).decode())
     elif mode == "event":
