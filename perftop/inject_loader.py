@@ -98,11 +98,15 @@ def untrusted_libc(pid: int) -> str | None:
     return None
 
 
-def _cache_dir() -> Path:
+def _cache_dir() -> Path | None:
+    """This user's cache directory for the built library, or None if it cannot be made (no home)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     path = Path(base) / "perftop"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path if os.access(path, os.W_OK) else None
 
 
 def _ours(path: Path) -> bool:
@@ -114,47 +118,47 @@ def _ours(path: Path) -> bool:
     return stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
 
 
-def library() -> Path:
-    """The built loader library, building it (about 0.3 s, once per user and source) if needed."""
+def library() -> bytes:
+    """The built loader library, built (about 0.3 s) once per user and source into the user's cache, or
+    for each injection where there is no cache."""
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source + platform.machine().encode()).hexdigest()[:16]
     cache = _cache_dir()
-    built = cache / f"inject-loader-{digest}.so"
-    if _ours(built):
-        return built
+    built = cache / f"inject-loader-{digest}.so" if cache is not None else None
+    if built is not None and _ours(built):
+        return built.read_bytes()
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise LoaderError("no C compiler to build the injection library: install one (apt-get install gcc)")
-    fd, partial = tempfile.mkstemp(prefix="inject-loader-", suffix=".so.part", dir=cache)
-    os.close(fd)
-    try:
-        result = subprocess.run(
-            [compiler, "-shared", "-fPIC", "-O2", "-o", partial, str(SOURCE), "-lpthread", "-ldl"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=60,
-            check=False,
-        )
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-            raise LoaderError(f"{compiler} could not build the injection library ({last})")
-        os.chmod(partial, 0o644)
-        os.replace(partial, built)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise LoaderError(f"could not build the injection library ({exc})") from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
-    return built
+    with tempfile.TemporaryDirectory(prefix="perftop-build-", dir=cache) as work:
+        partial = os.path.join(work, "inject-loader.so")
+        try:
+            result = subprocess.run(
+                [compiler, "-shared", "-fPIC", "-O2", "-o", partial, str(SOURCE), "-lpthread", "-ldl"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=60,
+                check=False,
+            )
+            if result.returncode != 0:
+                last = (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
+                raise LoaderError(f"{compiler} could not build the injection library ({last})")
+            data = Path(partial).read_bytes()
+            if built is not None:
+                os.chmod(partial, 0o644)
+                os.replace(partial, built)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise LoaderError(f"could not build the injection library ({exc})") from None
+    return data
 
 
 def copy_with_code(code: str) -> Path:
-    """A copy of the library carrying `code`, in a new root-owned directory any user can read.
+    """A copy of the library carrying `code`, in a new directory of ours that any user can read.
 
     The caller removes it (`remove_copy`) once it is loaded: the target keeps its mapping."""
-    data = library().read_bytes()
+    data = library()
     encoded = code.encode("ascii") + b"\0"
     at = data.find(_SLOT)
     if at < 0 or data.find(_SLOT, at + 1) >= 0:

@@ -190,3 +190,44 @@ def test_root_never_parses_a_c_library_another_user_controls(tmp_path: Path) -> 
         if proc.poll() is None:
             proc.kill()
         proc.communicate(timeout=30)
+
+
+def test_a_user_without_a_home_injects_into_its_own_process() -> None:
+    # As nobody (home /nonexistent: no cache, so the library is built for this injection), the usual
+    # unprivileged case: pyinjector into one's own idle process, after a preflight as oneself.
+    uid, gid, _, exe = nobody()
+    target = subprocess.Popen(
+        [exe, "-S", str(REPO / "tests" / "targets" / "inj_target.py"), "stdin", "/nonexistent/stop"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=foreign_env(),
+        cwd="/",
+        user=uid,
+        group=gid,
+        extra_groups=[],
+    )
+    try:
+        assert target.stdout is not None and target.stdin is not None
+        assert int(target.stdout.readline()) == target.pid and target.stdout.readline() == b"ready\n"
+        result = subprocess.run(
+            [exe, str(REPO / "tests" / "targets" / "inj_client.py"), str(target.pid), ""],
+            env=foreign_env(),
+            cwd="/",
+            user=uid,
+            group=gid,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"ok /tmp/perftop-{uid}/{target.pid}.sock\n"
+        assert "/perftop-agent-loader.so" in Path(f"/proc/{target.pid}/maps").read_text()
+        target.stdin.write(b"stop\n")
+        target.stdin.flush()
+        assert target.communicate(timeout=30)[0] == b"bye\n"
+    finally:
+        if target.poll() is None:
+            target.kill()
+        target.communicate(timeout=30)
