@@ -912,12 +912,12 @@ def _preflight(target: Target, method: str, kind: str, deadline: float, timeout:
         raise _PreflightFailed(
             f"its interpreter is embedded in {target.exe}, so no throwaway process of it can be started"
         )
+    who = as_target(target.pid)
     socket_dir = tempfile.mkdtemp(prefix="perftop-preflight-")
     if os.geteuid() == 0 and target.uid != 0:
         os.chown(socket_dir, target.uid, -1)
     status = _Status(target.uid)
     ours, theirs = socket.socketpair() if kind == "recv" else (None, None)
-    who = as_target(target.pid)
     try:
         proc = subprocess.Popen(
             [f"/proc/{target.pid}/exe", "-I", "-S", PROBE, kind],
@@ -932,13 +932,18 @@ def _preflight(target: Target, method: str, kind: str, deadline: float, timeout:
             extra_groups=None if who is None else list(who.groups),
         )
     except OSError as exc:
+        for end in (ours, theirs):
+            if end is not None:
+                end.close()
         status.remove()
         shutil.rmtree(socket_dir, ignore_errors=True)
         raise _PreflightFailed(f"the throwaway process could not start ({exc})") from None
     try:
         assert proc.stdout is not None and proc.stderr is not None
         if _read_line(proc.stdout, deadline) != "ready":
-            raise _PreflightFailed(f"the throwaway process did not start ({_ending(proc.wait())})")
+            ended = proc.poll()
+            how = "in time" if ended is None else f"({_ending(ended)})"
+            raise _PreflightFailed(f"the throwaway process did not start {how}")
         probe = dataclasses.replace(target, pid=proc.pid)
         try:
             if method == "pyinjector":
