@@ -904,6 +904,14 @@ def _ending(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
+def _harmed(proc: subprocess.Popen[bytes], err: bytes | None = None) -> str:
+    """How the throwaway process ended, with the last line it wrote on stderr (its traceback's)."""
+    if err is None:
+        err = proc.communicate()[1]
+    last = " ".join(err.decode("utf-8", "replace").strip().splitlines()[-1:])
+    return f"the throwaway process was harmed ({_ending(proc.returncode)}{': ' + last if last else ''})"
+
+
 def _preflight(target: Target, method: str, kind: str, deadline: float, timeout: float) -> None:
     """Inject with `method` into a throwaway process of the target's interpreter (/proc/PID/exe, as the
     target's uid, gid and groups) waiting in `kind` (inject_probe.py); _PreflightFailed unless its agent
@@ -952,11 +960,11 @@ def _preflight(target: Target, method: str, kind: str, deadline: float, timeout:
                 _run_gdb(probe, bootstrap_code(socket_dir, status.path), deadline)
             _wait_for_agent(probe, socket_dir, status, deadline, timeout)
         except InjectError as exc:
-            ended = proc.poll()
-            how = "" if ended is None else f"; the throwaway process was {_ending(ended)}"
-            raise _PreflightFailed(f"failed on a throwaway process ({exc}{how})") from None
+            if proc.poll() is not None:
+                raise _PreflightFailed(_harmed(proc)) from None
+            raise _PreflightFailed(f"failed on a throwaway process ({exc})") from None
         if proc.poll() is not None:
-            raise _PreflightFailed(f"the throwaway process was {_ending(proc.returncode)}")
+            raise _PreflightFailed(_harmed(proc))
         if ours is not None:
             ours.sendall(b"x")
         else:
@@ -967,12 +975,8 @@ def _preflight(target: Target, method: str, kind: str, deadline: float, timeout:
             out, err = proc.communicate(timeout=max(2.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise _PreflightFailed("the throwaway process's wait no longer ended when woken") from None
-        said = out.decode("utf-8", "replace").split()
-        if proc.returncode != 0 or said[-2:] != ["bye", kind]:
-            last = " ".join(err.decode("utf-8", "replace").strip().splitlines()[-1:])
-            raise _PreflightFailed(
-                f"the throwaway process was harmed ({_ending(proc.returncode)}{': ' + last if last else ''})"
-            )
+        if proc.returncode != 0 or out.decode("utf-8", "replace").split()[-2:] != ["bye", kind]:
+            raise _PreflightFailed(_harmed(proc, err))
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -219,3 +219,74 @@ def test_failed_preflight_leaves_the_target_untouched(
     assert idle.said_nothing(0.2)
     idle.wake("later")
     assert idle.finish() == (0, "bye select later", "")
+
+
+BROKEN_GDB = """#!{python}
+# gdb, made to fail the way gdb 13 does on CPUs with AMX: it leaves the thread it called into unable to
+# restart its interrupted system call (orig_rax -1), which then returns -ERESTART... (errno 514, 516) to
+# the program. Runs the real gdb on perftop's script with that one line added before it detaches.
+import os, sys
+
+args = sys.argv[1:]
+script = args[args.index("-x") + 1]
+with open(script) as f:
+    text = f.read()
+detach = 'gdb.execute("detach", to_string=True)'
+assert detach in text
+with open(script, "w") as f:
+    f.write(text.replace(detach, 'gdb.execute("set $orig_rax = -1"); ' + detach))
+os.execv({gdb!r}, [{gdb!r}, *args])
+"""
+
+
+def test_a_method_that_harms_the_throwaway_process_is_not_used(
+    idles: list[Idle], tmp_path: Path, sock_dir: str
+) -> None:
+    # No C compiler and no built library (so no pyinjector), and a gdb that breaks system-call restarts:
+    # the preflight's sleeping process dies of it, so the sleeping target is refused, untouched.
+    gdb = shutil.which("gdb")
+    if gdb is None or not Path("/proc/self/syscall").exists() or os.uname().machine != "x86_64":
+        pytest.skip("needs gdb on x86_64")
+    exe = pyenv_python(11) or sys.executable
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gdb").write_text(BROKEN_GDB.format(python=sys.executable, gdb=gdb))
+    (bin_dir / "gdb").chmod(0o755)
+    idle = Idle(exe, "sleep")
+    idles.append(idle)
+    env = {**os.environ, "PATH": str(bin_dir), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "perftop",
+            "inject",
+            str(idle.pid),
+            "--socket-dir",
+            sock_dir,
+            "--timeout",
+            "60",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (1, ""), result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"perftop: no safe way to inject into PID {idle.pid} (")
+    assert "pyinjector: no C compiler" in lines[0]
+    assert (
+        "gdb: " in lines[0]
+        and "the throwaway process was harmed (exit code 1: OSError: [Errno 51" in lines[0]
+    )
+    assert os.listdir(sock_dir) == []
+    assert "perftop" not in Path(f"/proc/{idle.pid}/maps").read_text()
+    assert idle.said_nothing(0.2)
+    idle.wake("later")
+    code, out, err = idle.finish()
+    assert (code, err) == (0, ""), out
+    check_ending("sleep", out)
