@@ -142,6 +142,23 @@ def check_ending(mode: str, out: str) -> None:
         assert words == ["bye", mode, "later"]
 
 
+@pytest.mark.parametrize("minor", [10, 13])
+def test_busy_main_thread_with_a_waiting_thread(minor: int, idles: list[Idle], sock_dir: str) -> None:
+    # The usual service: the main thread computes while another waits. pyinjector borrows the waiting one.
+    exe = pyenv_python(minor)
+    if exe is None:
+        pytest.skip(f"no CPython 3.{minor} under {PYENV}/versions")
+    idle = Idle(exe, "mixed")
+    idles.append(idle)
+    path = inject(idle.pid, sock_dir, timeout=60)
+    with AgentClient(path, timeout=30) as client:
+        assert client.call("info")["pid"] == idle.pid
+    assert "/perftop-agent-loader.so" in Path(f"/proc/{idle.pid}/maps").read_text()
+    assert idle.proc.poll() is None and idle.said_nothing(0.2)
+    idle.wake("later")
+    assert idle.finish() == (0, "bye mixed later", "")
+
+
 @pytest.mark.parametrize("minor", [10, 11, 12, 13])
 def test_busy_target_injected_or_refused_untouched(minor: int, idles: list[Idle], sock_dir: str) -> None:
     # No thread waits in a system call, so pyinjector may not borrow one: gdb's pending call is the only

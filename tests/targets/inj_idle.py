@@ -10,6 +10,8 @@ standard input (a pipe, or for `recv` a socket) brings a line (a byte for `recv`
   event   threading.Event().wait(), set by a thread once it has read a line: `bye event LINE`
   stdin   one read of stdin: `bye stdin LINE`
   busy    pure-Python arithmetic, polling stdin (non-blocking) twice a second: `bye busy LINE`
+  mixed   pure-Python arithmetic in the main thread while another thread blocks reading stdin:
+          `bye mixed LINE` once that thread has its line
 then exits 0. It imports nothing from perftop.
 """
 
@@ -87,6 +89,14 @@ def main() -> None:
             for i in range(20000):
                 total += i * i
         say("bye busy " + line)
+    elif mode == "mixed":
+        lines: list[str] = []
+        threading.Thread(target=lambda: lines.append(sys.stdin.readline().strip()), daemon=True).start()
+        total = 0
+        while not lines:
+            for i in range(20000):
+                total += i * i
+        say("bye mixed " + lines[0])
     else:
         sys.exit(2)
 
