@@ -39,8 +39,9 @@ def main() -> None:
     mode = sys.argv[1]
     if mode in ("sleep", "busy"):
         os.set_blocking(0, False)
-    say(str(os.getpid()))
-    say("ready")
+    if mode != "asyncio":  # that one says it once its loop runs
+        say(str(os.getpid()))
+        say("ready")
     start = time.monotonic()
     if mode == "sleep":
         ticks, shortest = 0, 1e9
@@ -61,6 +62,8 @@ def main() -> None:
             loop = asyncio.get_running_loop()
             readable = loop.create_future()
             loop.add_reader(0, lambda: readable.done() or readable.set_result(None))
+            say(str(os.getpid()))
+            say("ready")
             await readable
             return sys.stdin.readline().strip()
 
