@@ -801,9 +801,10 @@ def _inject_by_ptrace(target: Target, code: str, deadline: float, timeout: float
     pid = target.pid
     if _other_mount_namespace(pid):
         raise InjectError(
-            f"PID {pid} ({target.name}) runs in another mount namespace (a container?), where its "
-            "interpreter and libraries are not the files perftop sees, so no preflight can stand for it: "
-            "run perftop inject inside that container",
+            f"PID {pid} ({target.name}) runs in another mount namespace (a container, or a systemd service "
+            "with PrivateTmp), where its interpreter, libraries and /tmp are not the files perftop sees, so "
+            "no preflight can stand for it: run perftop inject inside that namespace (nsenter -m -t "
+            f"{pid}), or start the agent in the app",
             bad_input=True,
         )
     waiting = inject_loader.waiting_threads(pid)
