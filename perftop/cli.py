@@ -45,15 +45,19 @@ def _parser_class() -> type[argparse.ArgumentParser]:
     return _Parser
 
 
+PID_MAX = 4_194_304
+"""The kernel's largest possible PID (PID_MAX_LIMIT on 64-bit Linux)."""
+
+
 def _pid(text: str) -> int:
     import argparse
 
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"PID must be a positive whole number, not {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"PID must be a positive whole number, not {text!r}")
+        value = 0
+    if not 0 < value <= PID_MAX:
+        raise argparse.ArgumentTypeError(f"PID must be a positive whole number up to {PID_MAX}, not {text!r}")
     return value
 
 
@@ -178,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     inject = sub.add_parser(
         "inject",
         help="start an agent inside a running Python process",
-        description="Start perftop's agent inside a running CPython process that has none (gdb on "
-        "3.10-3.13, sys.remote_exec on 3.14+). The process keeps running; nothing needs installing in it.",
+        description="Start perftop's agent inside a running CPython process that has none (pyinjector, "
+        "else gdb, on 3.10-3.13, each only after a preflight on a throwaway process of the same "
+        "interpreter; sys.remote_exec on 3.14+). The process keeps running; nothing needs installing in it.",
     )
     inject.add_argument("inject_pid", type=_pid, metavar="PID")
     inject.add_argument("--timeout", type=_seconds, default=10.0, help="give up after S seconds (default 10)")
