@@ -61,9 +61,10 @@ class AttachedView(Vertical):
 
         app.push_screen(
             Confirm(
-                f"Start perftop's agent inside PID {pid}?\n\nIt attaches with gdb (Python 3.10-3.13) or "
-                "sys.remote_exec (3.14+) for a moment, runs a few lines of Python in the process, and leaves "
-                "a daemon thread serving a Unix socket. The process keeps running."
+                f"Start perftop's agent inside PID {pid}?\n\nIt first tries the method on a throwaway copy "
+                "of the process's interpreter, then attaches for a moment (pyinjector, or gdb for a busy "
+                "process, on Python 3.10-3.13; sys.remote_exec on 3.14+), runs a few lines of Python in "
+                "the process and leaves a daemon thread serving a Unix socket. The process keeps running."
             ),
             answered,
         )
