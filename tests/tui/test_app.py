@@ -147,6 +147,8 @@ async def test_timings_pane_window_sort_and_detail() -> None:
         assert next(r["name"] for r in pane.rows()) == "checkout"  # highest p99 first
         await pilot.press("w")
         assert app.sampler.window == 10.0
+        assert "window 10 s" in str(pane.border_title)
+        assert "window 10 s" in str(app.query_one(QueriesPane).border_title)  # w changes every pane
         await pilot.press("o")
         assert pane.sort == "p999_ms"
         await pilot.press("enter")

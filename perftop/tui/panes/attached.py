@@ -10,7 +10,7 @@ from textual.widgets import TabbedContent, TabPane
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.queries import QueriesPane
-from perftop.tui.panes.timings import TimingsPane
+from perftop.tui.panes.timings import WINDOWS, TimingsPane
 from perftop.tui.widgets.confirm import Confirm
 
 
@@ -26,6 +26,7 @@ class AttachedView(Vertical):
         Binding("g", "run('gc')", "Force GC"),
         Binding("t", "run('threads')", "Threads"),
         Binding("i", "inject", "Inject agent", show=False),
+        Binding("w", "cycle_window", "Window"),
     ]
 
     def __init__(self, *, id: str | None = None, profile_seconds: float = 5.0) -> None:
@@ -81,6 +82,14 @@ class AttachedView(Vertical):
             )
         else:
             self.app.call_from_thread(self.notify, f"agent started in PID {pid} ({path})", markup=False)
+
+    def action_cycle_window(self) -> None:
+        """`w` on any tab: the next window for the timings and the queries both, said in a notification."""
+        timings = self.query_one(TimingsPane)
+        timings.action_cycle_window()
+        label = WINDOWS[timings.window_index][1]
+        self.query_one(QueriesPane).window_label = label
+        self.notify(f"window: {label} (timings and queries)", timeout=2)
 
     def action_run(self, name: str) -> None:
         """Start an action in the attached process and show the Actions tab."""

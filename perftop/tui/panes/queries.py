@@ -172,6 +172,8 @@ class QueriesPane(Vertical, can_focus=True):
 
     sort: reactive[str] = reactive("total_ms")
     """Row key the fingerprints are sorted by (descending)."""
+    window_label: reactive[str] = reactive("since start")
+    """The window the agent's figures cover (the timings pane's, changed by `w` on any tab)."""
     filter_text: reactive[str] = reactive("")
     """Substring the fingerprints must contain."""
 
@@ -326,7 +328,14 @@ class QueriesPane(Vertical, can_focus=True):
         n = len(self.stats.get("queries", [])) if self.stats else 0
         threshold = self.stats.get("slow_ms") if self.stats else None
         slow = f" · slow ≥ {threshold:g}ms" if threshold is not None else ""
-        self.border_title = f"queries ({n} fingerprints) · sort {self.sort.removesuffix('_ms')}{slow}"
+        self.border_title = (
+            f"queries ({n} fingerprints) · window {self.window_label} · sort "
+            f"{self.sort.removesuffix('_ms')}{slow}"
+        )
+
+    def watch_window_label(self) -> None:
+        if self.is_mounted:
+            self._title()
 
     @property
     def selected_fingerprint(self) -> str | None:
