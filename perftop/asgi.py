@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from perftop.agent import requests
 from perftop.agent.frameworks import TIMED_KEY
 from perftop.agent.recorder import log_once
 from perftop.wsgi import RouteFor, Routes, queue_wait, template_from_params
@@ -95,10 +96,12 @@ async def timed(
             await app(owner, scope, receive, send)
         return
     scope[TIMED_KEY] = True
+    trace = requests.begin()
     t0 = _pc()
+    queue_ms = None
     for key, value in scope.get("headers") or ():
         if key == b"x-request-start":
-            queue_wait(value.decode("latin-1"), time.time())
+            queue_ms = queue_wait(value.decode("latin-1"), time.time())
             break
     status: int | None = None
     done = False
@@ -115,7 +118,7 @@ async def timed(
         except Exception as exc2:
             log_once("middleware-route", "could not name a web request", exc=exc2)
             return
-        routes.record(method, route, status, duration, exc)
+        routes.record(method, route, status, duration, exc, trace, queue_ms)
 
     async def timed_send(message: Message) -> None:
         nonlocal status

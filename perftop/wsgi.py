@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from perftop.agent import requests
 from perftop.agent.frameworks import ROUTE_KEY, TIMED_KEY
 from perftop.agent.recorder import Timing, count, log_once, registry
 
@@ -188,9 +189,17 @@ class Routes:
         return metric
 
     def record(
-        self, method: str, route: str, status: int | None, duration_ns: int, exc: BaseException | None
+        self,
+        method: str,
+        route: str,
+        status: int | None,
+        duration_ns: int,
+        exc: BaseException | None,
+        trace: requests.Trace | None = None,
+        queue_ms: float | None = None,
     ) -> None:
-        """One finished request: its duration (an error for 5xx or an exception) and its status class."""
+        """One finished request: its duration (an error for 5xx or an exception) and its status class;
+        with its `trace`, its SQL time and queries for the route's breakdown."""
         try:
             method = method if method in METHODS else "OTHER"
             metric = self.timing(method, route)
@@ -202,6 +211,8 @@ class Routes:
                 status = 500 if status is None else status
             else:
                 metric.append(duration_ns)
+            if trace is not None:
+                requests.end(trace, f"{method} {route}", duration_ns, status >= 500, queue_ms)
             name = self._class_names.get(status // 100)
             if name is not None:
                 count(name)
@@ -237,9 +248,10 @@ MAX_QUEUE_S = 3600.0
 """A queue wait beyond this (or negative: clocks apart) is a wrong header, not a wait."""
 
 
-def queue_wait(header: str, now: float) -> None:
+def queue_wait(header: str, now: float) -> float | None:
     """Record the wait of a request whose proxy stamped `X-Request-Start: t=<epoch>` (nginx: seconds with
-    milliseconds; Heroku, New Relic: milliseconds or microseconds, told apart by their size)."""
+    milliseconds; Heroku, New Relic: milliseconds or microseconds, told apart by their size); the wait in
+    milliseconds, None for a header that is not a time."""
     try:
         text = header.strip()
         if text.startswith("t="):
@@ -253,10 +265,12 @@ def queue_wait(header: str, now: float) -> None:
         if 0.0 <= wait <= MAX_QUEUE_S:
             timing = registry.timings.get(QUEUE_METRIC) or registry.timing(QUEUE_METRIC)
             timing.append(int(wait * 1e9))
+            return wait * 1000
     except (ValueError, OverflowError):
-        return
+        return None
     except Exception as exc:
         log_once("queue-wait", "could not record a request's queue wait", exc=exc)
+    return None
 
 
 ZERO_CODE_ROUTES = Routes("http", None)
@@ -292,10 +306,10 @@ def timed(
     if environ.get(TIMED_KEY):
         return app(environ, start_response) if owner is None else app(owner, environ, start_response)
     environ[TIMED_KEY] = True
+    trace = requests.begin()
     t0 = _pc()
     stamp = environ.get("HTTP_X_REQUEST_START")
-    if stamp is not None:
-        queue_wait(str(stamp), time.time())
+    queue_ms = None if stamp is None else queue_wait(str(stamp), time.time())
     state: list[int | None] = [None]
 
     def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -307,13 +321,19 @@ def timed(
     try:
         result = app(environ, start) if owner is None else app(owner, environ, start)
     except BaseException as exc:
-        _finish(routes, environ, state[0], t0, exc)
+        _finish(routes, environ, state[0], t0, exc, trace, queue_ms)
         raise
-    return _Body(result, routes, environ, state, t0)
+    return _Body(result, routes, environ, state, t0, trace, queue_ms)
 
 
 def _finish(
-    routes: Routes, environ: dict[str, Any], status: int | None, t0: int, exc: BaseException | None
+    routes: Routes,
+    environ: dict[str, Any],
+    status: int | None,
+    t0: int,
+    exc: BaseException | None,
+    trace: requests.Trace,
+    queue_ms: float | None,
 ) -> None:
     duration = _pc() - t0
     try:
@@ -322,13 +342,13 @@ def _finish(
     except Exception as exc2:
         log_once("middleware-route", "could not name a web request", exc=exc2)
         return
-    routes.record(method, route, status, duration, exc)
+    routes.record(method, route, status, duration, exc, trace, queue_ms)
 
 
 class _Body:
     """The app's response body, passed through; the request is recorded when the server closes it."""
 
-    __slots__ = ("_done", "_environ", "_result", "_routes", "_state", "_t0")
+    __slots__ = ("_done", "_environ", "_queue_ms", "_result", "_routes", "_state", "_t0", "_trace")
 
     def __init__(
         self,
@@ -337,8 +357,12 @@ class _Body:
         environ: dict[str, Any],
         state: list[int | None],
         t0: int,
+        trace: requests.Trace,
+        queue_ms: float | None,
     ) -> None:
         self._result = result
+        self._trace = trace
+        self._queue_ms = queue_ms
         self._routes = routes
         self._environ = environ
         self._state = state
@@ -367,4 +391,4 @@ class _Body:
     def _record(self, exc: BaseException | None) -> None:
         if not self._done:
             self._done = True
-            _finish(self._routes, self._environ, self._state[0], self._t0, exc)
+            _finish(self._routes, self._environ, self._state[0], self._t0, exc, self._trace, self._queue_ms)

@@ -31,6 +31,7 @@ from typing import Any
 
 from perftop import _version
 from perftop.agent import gcwatch, paths
+from perftop.agent import requests as request_stats
 from perftop.agent.recorder import log_once, registry
 from perftop.protocol import (
     ErrorFrame,
@@ -508,6 +509,7 @@ class Agent:
             "overflow": overflow,
             "gc": gcwatch.gc_stats(),
             "queries": _query_stats(window),
+            "requests": request_stats.snapshot(),
         }
 
     # -- actions ---------------------------------------------------------------------------------------

@@ -46,10 +46,14 @@ from typing import Any
 
 from perftop.agent import explain as _explain
 from perftop.agent import fingerprint as _fingerprint
+from perftop.agent import requests as request_stats
 from perftop.agent.recorder import SumWindows, log_once
 from perftop.sketch import Sketch, Windows
 
 __all__ = ["ExplainError", "explain", "instrument", "is_instrumented", "query_stats"]
+
+_request_current = request_stats.current.get
+"""The web request being served in this thread or task, if any (its queries feed the route breakdown)."""
 
 SLOW_LIST_MAX = 200
 """Slow executions kept (most recent)."""
@@ -302,6 +306,8 @@ def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int,
                 _n1_events.append((fp, time.time(), _call_site()))
         if dt >= _slow_ns:
             _slow.append((fp, dt, time.time(), _call_site(), None))
+        if _request_current() is not None:
+            request_stats.note_query(fp, dt, cursor.rowcount, _call_site())
     except Exception as exc:
         log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
 
@@ -315,6 +321,8 @@ def _record_error(
         if fp is None:
             fp = _fingerprint_miss(statement, context)
         _pending_append((fp, dt, _perf(), 0, 1, statement, parameters, context.root_connection.engine))
+        if _request_current() is not None:
+            request_stats.note_query(fp, dt, None, _call_site())
         if dt >= _slow_ns:
             text = _error_text(error, context.root_connection.engine)
             _slow.append((fp, dt, time.time(), _call_site(), text))

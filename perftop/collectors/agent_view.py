@@ -18,6 +18,7 @@ from perftop.collectors.agent_client import (
     merge_stats,
     timing_rows,
 )
+from perftop.collectors.requests import merge_requests, request_rows
 from perftop.sketch import Sketch
 
 
@@ -44,6 +45,8 @@ class AgentView:
     errors_by_type: dict[str, dict[str, int]] = field(default_factory=dict)
     overflow: dict[str, Any] = field(default_factory=dict)
     taken_at: float = 0.0
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The CLI.md `requests` rows by route (web requests timed by the middleware or `perftop run`)."""
 
     def describe(self) -> str:
         name = self.info.get("name") or "unnamed"
@@ -56,6 +59,7 @@ class AgentView:
         return {
             "agent": None,
             "timings": {},
+            "requests": {},
             "counters": {},
             "gauges": {},
             "queries": [],
@@ -84,6 +88,7 @@ class AgentView:
         return {
             "agent": {**self.info, "merged_pids": list(self.pids)},
             "timings": self.timings,
+            "requests": self.requests,
             "counters": self.counters,
             "gauges": self.gauges,
             "queries": [{k: v for k, v in q.items() if k != "sketch"} for q in queries.get("queries", [])],
@@ -130,6 +135,7 @@ def build_view(
         errors_by_type={name: t.get("errors_by_type", {}) for name, t in merged.get("timings", {}).items()},
         overflow=merged.get("overflow", {}),
         taken_at=float(merged.get("now", 0.0)),
+        requests=request_rows(merge_requests(results[p].get("requests") for p in pids)),
     )
 
 

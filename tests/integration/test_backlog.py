@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from perftop.collectors.process import ProcessCollector, listen_backlog
+from tests.integration.test_frameworks import CONTROL
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -67,7 +68,7 @@ def test_a_busy_gunicorn_shows_the_requests_waiting_in_its_backlog(tmp_path: Pat
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PERFTOP_SOCKET_DIR"] = str(tmp_path / "sockets")
-    cmd = ["gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "--backlog", "64"]
+    cmd = ["gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "--backlog", "64", *CONTROL]
     server = subprocess.Popen(
         [sys.executable, "-m", "perftop", "run", "--", *cmd, "tests.targets.web.flask_app:app"],
         cwd=REPO,

@@ -202,8 +202,37 @@ BOTTLE = [
 ]
 
 
+def _control_option() -> tuple[str, ...]:
+    """gunicorn 24+ opens a control socket at one fixed path per user: parallel servers would share it."""
+    try:
+        out = subprocess.run(
+            ["gunicorn", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"},
+        )
+    except OSError:
+        return ()
+    return ("--no-control-socket",) if "--no-control-socket" in out.stdout else ()
+
+
+CONTROL = _control_option()
+
+
 def gunicorn(app: str, port: int, *extra: str) -> list[str]:
-    return ["gunicorn", "-w", "2", "-b", f"127.0.0.1:{port}", "--graceful-timeout", "2", *extra, app]
+    return [
+        "gunicorn",
+        "-w",
+        "2",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--graceful-timeout",
+        "2",
+        *CONTROL,
+        *extra,
+        app,
+    ]
 
 
 def server_cmd(server: str, port: int) -> tuple[list[str], list[tuple[str, int, str]]]:
@@ -354,3 +383,76 @@ def test_queue_wait_from_x_request_start(serve: Any, server: str) -> None:
     # Each recorded wait is the stamped one plus at most the client's round trip (stamp precision: 1 ms).
     assert waits[0] * 1000 - 1 <= stats["min_ms"] <= (waits[0] + sent[0][1]) * 1000 + 1, stats
     assert waits[-1] * 1000 - 1 <= stats["max_ms"] <= (waits[-1] + sent[-1][1]) * 1000 + 1, stats
+
+
+def snapshot_requests(service: Service) -> dict[str, dict[str, Any]]:
+    out = subprocess.run(
+        [sys.executable, "-m", "perftop", "snapshot", "--pid", str(service.proc.pid), "--json"],
+        cwd=REPO,
+        env=service.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr + service.output()
+    requests: dict[str, dict[str, Any]] = json.loads(out.stdout)["requests"]
+    return requests
+
+
+def test_each_route_shows_its_sql_time_and_queries_per_request(serve: Any, tmp_path: Path) -> None:
+    """Concurrent requests of three routes on threaded gunicorn workers: each route's queries per request
+    are exact (nothing leaks between requests served side by side), its SQL time per request agrees with
+    the app's own timing of the same statements, and its slowest requests list their queries in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    cmd = gunicorn("tests.targets.web.flask_sql_app:app", port, "-k", "gthread", "--threads", "4")
+    service = serve(cmd, port, env={"PERFTOP_TEST_DB": str(tmp_path / "app.db")}, probe="/fast")
+
+    def get_json(path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as resp:
+            body: dict[str, Any] = json.loads(resp.read())
+            return body
+
+    paths = ["/users/3/posts"] * 40 + ["/fast"] * 40 + ["/slow/300"] * 2
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(get_json, paths))
+    app_sql = [a["sql_ms"] for p, a in zip(paths, answers, strict=True) if p == "/users/3/posts"]
+    assert all(a["queries"] == 6 for p, a in zip(paths, answers, strict=True) if p.startswith("/users"))
+
+    names = {"GET /users/{uid}/posts": 40, "GET /fast": 41, "GET /slow/{ms}": 2}
+    deadline = time.monotonic() + 30
+    while True:
+        routes = snapshot_requests(service)
+        if {r: routes.get(r, {}).get("count") for r in names} == names or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert {r: routes.get(r, {}).get("count") for r in names} == names, routes.keys()
+
+    posts, fast, slow = (routes[r] for r in names)
+    assert posts["queries_mean"] == pytest.approx(6.0) and posts["queries_max"] == 6
+    assert posts["queries_p99"] == pytest.approx(6.0, rel=0.01)
+    assert fast["queries_max"] == 0 and fast["sql_ms_mean"] == 0
+    assert slow["queries_max"] == 1
+    # SQL time per request against the app's own timing of the same statements (execute + fetch): each
+    # query's time as perftop records it lies inside the app's measurement of it.
+    app_mean = sum(app_sql) / len(app_sql)
+    assert 0.5 * app_mean <= posts["sql_ms_mean"] <= app_mean * 1.05 + 0.05, (posts["sql_ms_mean"], app_mean)
+    assert slow["sql_share_percent"] < 10 < posts["sql_share_percent"]
+    assert posts["top_fingerprints"][:2] == [
+        "SELECT name FROM users WHERE id = ?",
+        "SELECT id, user_id FROM posts WHERE user_id = ?",
+    ] or posts["top_fingerprints"][:2] == [
+        "SELECT id, user_id FROM posts WHERE user_id = ?",
+        "SELECT name FROM users WHERE id = ?",
+    ]
+    # The waterfall of a slow request: its one query, the rest of its 300 ms outside SQL.
+    slowest = slow["slowest"][0]
+    assert slowest["duration_ms"] >= 300 and [q["fingerprint"] for q in slowest["queries"]] == [
+        "SELECT count(*) FROM posts"
+    ]
+    waterfall = posts["slowest"][0]["queries"]
+    assert [q["fingerprint"] for q in waterfall] == ["SELECT id, user_id FROM posts WHERE user_id = ?"] + [
+        "SELECT name FROM users WHERE id = ?"
+    ] * 5
+    assert all(q["call_site"]["file"].endswith("flask_sql_app.py") for q in waterfall)
