@@ -5,7 +5,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane, Tabs
 
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
@@ -103,4 +103,8 @@ class AttachedView(Vertical):
         params = extra.get(name, {})
         action = "memory" if name == "memory_stop" else name
         if pane.start(action, params):
-            self.query_one(TabbedContent).active = "tab-actions"
+            tabs = self.query_one(TabbedContent)
+            tabs.active = "tab-actions"
+            # The focused widget was in the tab now hidden: keep focus (and so the keys) in this view.
+            target = next((w for w in pane.query("*") if w.focusable and w.display), None)
+            (target or tabs.query_one(Tabs)).focus()
