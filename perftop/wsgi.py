@@ -24,7 +24,7 @@ from typing import Any
 
 from perftop.agent import requests
 from perftop.agent.frameworks import ROUTE_KEY, TIMED_KEY
-from perftop.agent.recorder import Timing, count, log_once, registry
+from perftop.agent.recorder import MAX_PENDING, Timing, count, log_once, registry
 
 __all__ = ["NOT_FOUND_ROUTE", "Middleware", "ServerError", "normalize_path", "timed"]
 
@@ -209,8 +209,10 @@ class Routes:
             elif status is None or status >= 500:
                 metric.error(duration_ns, _SERVER_ERROR)
                 status = 500 if status is None else status
-            else:
+            elif len(metric.buf) < MAX_PENDING:
                 metric.append(duration_ns)
+            else:
+                metric.dropped += 1
             if trace is not None:
                 requests.end(trace, f"{method} {route}", duration_ns, status >= 500, queue_ms)
             name = self._class_names.get(status // 100)
@@ -264,7 +266,10 @@ def queue_wait(header: str, now: float) -> float | None:
         wait = now - stamp
         if 0.0 <= wait <= MAX_QUEUE_S:
             timing = registry.timings.get(QUEUE_METRIC) or registry.timing(QUEUE_METRIC)
-            timing.append(int(wait * 1e9))
+            if len(timing.buf) < MAX_PENDING:
+                timing.append(int(wait * 1e9))
+            else:
+                timing.dropped += 1
             return wait * 1000
     except (ValueError, OverflowError):
         return None
