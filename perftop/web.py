@@ -37,8 +37,9 @@ MIN_TOKEN_LENGTH = 16
 DEFAULT_MAX_SESSIONS = 4
 MAX_COLUMNS, MAX_ROWS = 500, 200
 """The largest terminal a browser may ask for: Textual's screen buffers grow with its area."""
-DEFAULT_SESSION_MEMORY_MB = 1024
-"""Address-space limit of each session's perftop process (RLIMIT_AS), in MiB."""
+DEFAULT_SESSION_MEMORY_MB, MIN_SESSION_MEMORY_MB = 1024, 512
+"""Address-space limit of each session's perftop process (RLIMIT_AS), in MiB: attached and profiling, a
+session maps about 280 MiB."""
 BUSY_CLOSE_CODE = 1013
 """WebSocket close code 'try again later', for a session past --max-sessions."""
 
@@ -113,7 +114,7 @@ def add_web_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--session-memory",
-        type=_count(128, 1 << 20),
+        type=_count(MIN_SESSION_MEMORY_MB, 1 << 20),
         default=DEFAULT_SESSION_MEMORY_MB,
         metavar="MB",
         help=f"address-space limit of each session's perftop process (default {DEFAULT_SESSION_MEMORY_MB})",
@@ -135,7 +136,8 @@ def tui_command(
     args = tui_args[1:] if tui_args[:1] == ["--"] else list(tui_args)
     flags = ["--read-only"] if read_only else []
     perftop = shlex.join([sys.executable, "-m", "perftop", *flags, *args])
-    return f"ulimit -v {memory_mb * 1024} && exec {perftop}"
+    # Few malloc arenas: each thread's 64 MiB arena reservation would otherwise count against the limit.
+    return f"ulimit -v {memory_mb * 1024} && export MALLOC_ARENA_MAX=2 && exec {perftop}"
 
 
 def public_url(host: str, port: int) -> str:
@@ -201,6 +203,12 @@ def make_server(
             text="perftop: this server needs its token: open the URL `perftop web` printed at start\n"
         )
 
+    async def harden(request: web.Request, response: web.StreamResponse) -> None:
+        """Every response: no Referer carrying the token's URL elsewhere, no framing by another page."""
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
+
     class GuardedServer(Server):
         """textual-serve's server, with the token middleware, the Origin check, the session limit and
         the terminal size clamp."""
@@ -211,6 +219,7 @@ def make_server(
         async def _make_app(self) -> web.Application:
             app = await super()._make_app()
             app.middlewares.append(require_token)
+            app.on_response_prepare.append(harden)
             return app
 
         async def on_startup(self, app: web.Application) -> None:
@@ -221,15 +230,15 @@ def make_server(
             origin = request.headers.get("Origin")
             if origin is None or origin_of(origin) not in origins:
                 raise web.HTTPForbidden(text=f"perftop: websocket from a foreign origin refused: {origin}\n")
-            if GuardedServer.sessions >= max_sessions:
+            if self.sessions >= max_sessions:
                 return await self._refuse_busy(request)
             width, height = clamp_size(request.query.get("width", 80), request.query.get("height", 24))
             clamped = request.clone(rel_url=request.rel_url.update_query(width=width, height=height))
-            GuardedServer.sessions += 1
+            self.sessions += 1
             try:
                 return await super().handle_websocket(clamped)
             finally:
-                GuardedServer.sessions -= 1
+                self.sessions -= 1
 
         async def _refuse_busy(self, request: web.Request) -> web.WebSocketResponse:
             """Past --max-sessions: say so on the page's terminal, then close ('try again later')."""

@@ -158,6 +158,7 @@ async def test_no_token_or_a_wrong_one_is_refused_everywhere(shared: Web) -> Non
             for query in ("", "?token=", f"?token={shared.token[:-1]}", f"?token={shared.token}x"):
                 async with session.get(f"{shared.base}{path}{query}") as response:
                     assert response.status == 403, (path, query)
+                    assert response.headers["Referrer-Policy"] == "no-referrer"
                     assert "perftop: this server needs its token" in await response.text()
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
             await session.ws_connect(f"ws://127.0.0.1:{shared.port}/ws", origin=shared.origin)
@@ -176,6 +177,7 @@ async def test_the_token_sets_a_strict_httponly_cookie_that_opens_the_rest(share
             cookie = page.headers["Set-Cookie"]
         assert cookie.startswith(f"perftop_token_{shared.port}={shared.token};")
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+        assert page.headers["Referrer-Policy"] == "no-referrer" and page.headers["X-Frame-Options"] == "DENY"
         async with session.get(f"{shared.base}/static/js/textual.js") as script:
             assert script.status == 200
 
@@ -209,6 +211,7 @@ async def test_the_right_token_and_origin_start_a_session_with_a_clamped_size_an
         assert child.environ()["COLUMNS"] == "500" and child.environ()["ROWS"] == "200"
         limits = Path(f"/proc/{child.pid}/limits").read_text()
         assert re.search(rf"Max address space\s+{512 << 20}\s+{512 << 20}\s+bytes", limits), limits
+        assert child.environ()["MALLOC_ARENA_MAX"] == "2"
         await screen.ws.close()
     wait_for(lambda: not shared.sessions(), timeout=30, interval=0.1)
 
@@ -253,6 +256,7 @@ def test_bad_guard_options_are_one_line_errors() -> None:
         (("--token", "short"), "at least 16 characters"),
         (("--max-sessions", "0"), "between 1 and 64"),
         (("--session-memory", "lots"), "whole number"),
+        (("--session-memory", "100"), "between 512 and"),
         (("--public-url", "ftp://example.com"), "http:// or https://"),
     ):
         result = run("web", "--listen", f"127.0.0.1:{free_port()}", *args)
