@@ -15,6 +15,7 @@ import argparse
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import shlex
@@ -175,6 +176,20 @@ def clamp_size(width: object, height: object) -> tuple[int, int]:
     return max(1, min(whole(width, 80), MAX_COLUMNS)), max(1, min(whole(height, 24), MAX_ROWS))
 
 
+class Redact(logging.Filter):
+    """Writes `<token>` for the token in the access log's lines (the first page's URL carries it)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if self.token in message:
+            record.msg, record.args = message.replace(self.token, "<token>"), ()
+        return True
+
+
 def make_server(
     command: str, host: str, port: int, url: str, token: str, origins: set[str], max_sessions: int
 ) -> Any:
@@ -215,6 +230,10 @@ def make_server(
 
         sessions = 0
         """Websocket sessions open now."""
+
+        def initialize_logging(self) -> None:
+            super().initialize_logging()
+            logging.getLogger("aiohttp.access").addFilter(Redact(token))
 
         async def _make_app(self) -> web.Application:
             app = await super()._make_app()

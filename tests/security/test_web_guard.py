@@ -265,6 +265,32 @@ def test_bad_guard_options_are_one_line_errors() -> None:
         assert len(lines) == 1 and lines[0].startswith("perftop: ") and fragment in lines[0], result.stderr
 
 
+async def test_the_access_log_does_not_keep_the_token(tmp_path: Path) -> None:
+    log = tmp_path / "web.log"
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "300"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "perftop", "web", "--listen", f"127.0.0.1:{port}"],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=str(ROOT),
+        )
+    try:
+        assert proc.stderr is not None
+        token = re.search(r"\?token=([\w-]+) ", proc.stderr.readline()).group(1)  # type: ignore[union-attr]
+        wait_for(lambda: _listening(port), timeout=30, interval=0.05)
+        async with client() as session, session.get(f"http://127.0.0.1:{port}/?token={token}") as page:
+            assert page.status == 200
+        wait_for(lambda: "GET /?token=<token>" in log.read_text(), timeout=30, interval=0.1)
+        assert token not in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_the_token_can_be_chosen_on_the_command_line_or_in_the_environment() -> None:
     chosen = "a-token-chosen-by-the-user-0123456789"
     with web("--token", chosen) as server:
