@@ -17,6 +17,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import socket
@@ -35,6 +36,8 @@ NOT_IN_BROWSER = ("web", "export", "record", "run", "snapshot", "action", "injec
 TOKEN_ENV = "PERFTOP_WEB_TOKEN"
 """The token, where `--token` is not given (an environment variable is not visible to `ps`)."""
 MIN_TOKEN_LENGTH = 16
+TOKEN_CHARACTERS = re.compile(r"[A-Za-z0-9_-]+")
+"""What a token may be made of: safe in a URL and a cookie unquoted (`secrets.token_urlsafe`'s alphabet)."""
 DEFAULT_MAX_SESSIONS = 4
 MAX_COLUMNS, MAX_ROWS = 500, 200
 """The largest terminal a browser may ask for: Textual's screen buffers grow with its area."""
@@ -248,7 +251,7 @@ def make_server(
         async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
             origin = request.headers.get("Origin")
             if origin is None or origin_of(origin) not in origins:
-                raise web.HTTPForbidden(text=f"perftop: websocket from a foreign origin refused: {origin}\n")
+                raise web.HTTPForbidden(text="perftop: a websocket from another origin than this server's\n")
             if self.sessions >= max_sessions:
                 return await self._refuse_busy(request)
             width, height = clamp_size(request.query.get("width", 80), request.query.get("height", 24))
@@ -309,8 +312,10 @@ def run_web(args: argparse.Namespace) -> int:
     if first in NOT_IN_BROWSER:
         return _fail(f"'perftop {first}' is not the TUI: nothing to show in a browser", 2)
     token = args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(32)
-    if len(token) < MIN_TOKEN_LENGTH:
-        return _fail(f"the token must be at least {MIN_TOKEN_LENGTH} characters long", 2)
+    if len(token) < MIN_TOKEN_LENGTH or not TOKEN_CHARACTERS.fullmatch(token):
+        return _fail(
+            f"the token must be at least {MIN_TOKEN_LENGTH} characters, each a letter, a digit, - or _", 2
+        )
     url = (args.public_url or public_url(host, port)).rstrip("/")
     if origin_of(url) is None:
         return _fail(f"--public-url must be an http:// or https:// URL, not {args.public_url!r}", 2)

@@ -254,6 +254,7 @@ async def test_sessions_past_the_limit_are_refused_with_a_reason() -> None:
 def test_bad_guard_options_are_one_line_errors() -> None:
     for args, fragment in (
         (("--token", "short"), "at least 16 characters"),
+        (("--token", "long enough; but not for a cookie"), "a letter, a digit, - or _"),
         (("--max-sessions", "0"), "between 1 and 64"),
         (("--session-memory", "lots"), "whole number"),
         (("--session-memory", "100"), "between 512 and"),
