@@ -365,6 +365,7 @@ class PerftopApp(App[int]):
             return
         where = "process list" if self.attached is None else f"attached to {self.attached}"
         state = " · [reverse] PAUSED [/reverse]" if self.paused else ""
+        state += " · read-only" if self.read_only else ""
         if self.recorder is not None:
             state += f" · ● REC {escape(str(self.recorder.path))}"
         self.query_one("#status", Label).update(

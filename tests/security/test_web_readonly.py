@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Label
 
 from perftop.tui import app as app_module
 from perftop.tui.app import PerftopApp
@@ -43,6 +43,7 @@ async def test_a_read_only_app_refuses_what_changes_the_target_and_says_why() ->
     app = NotingApp(sources=sources, pid=202, interval=0.1, read_only=True)
     async with app.run_test(size=(160, 50)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
+        assert "· read-only ·" in str(app.query_one("#status", Label).render())
         for key, what in (("g", "forced GC"), ("m", "memory tracing"), ("M", "memory tracing")):
             await pilot.press(key)
             await wait_for(
@@ -85,6 +86,7 @@ async def test_the_same_keys_reach_the_agent_when_actions_are_allowed() -> None:
     app = NotingApp(sources=sources, pid=202, interval=0.1)
     async with app.run_test(size=(160, 50)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
+        assert "read-only" not in str(app.query_one("#status", Label).render())
         await pilot.press("g")
         await wait_for(pilot, lambda: sources.requests == [("action", {"name": "gc"})])
         assert not any("refused" in n for n in notices(app))
