@@ -12,6 +12,7 @@ tracing or EXPLAIN ANALYZE) unless `--allow-actions` is given.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hmac
 import ipaddress
 import json
@@ -28,7 +29,6 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from aiohttp import web
     from aiohttp.typedefs import Handler
-    from textual_serve.app_service import AppService
 
 DEFAULT_LISTEN = "127.0.0.1:8000"
 NOT_IN_BROWSER = ("web", "export", "record", "run", "snapshot", "action", "inject")
@@ -199,6 +199,7 @@ def make_server(
     """textual-serve's Server with the guards; imported here so that `perftop web --help` needs no
     textual-serve."""
     from aiohttp import WSMsgType, web
+    from textual_serve.app_service import AppService
     from textual_serve.server import Server
 
     cookie = f"perftop_token_{port}"
@@ -227,9 +228,18 @@ def make_server(
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Content-Security-Policy"] = "frame-ancestors 'none'"
 
+    class Session(AppService):
+        """One session's perftop process. The page is closed when the process ends, however it ends
+        (textual-serve closes it only on the app's own exit message), so that a killed session frees its
+        place under --max-sessions."""
+
+        async def run(self) -> None:
+            await super().run()
+            await self.remote_close()
+
     class GuardedServer(Server):
-        """textual-serve's server, with the token middleware, the Origin check, the session limit and
-        the terminal size clamp."""
+        """textual-serve's server, with the token middleware, the Origin check, the session limit, the
+        terminal size clamp and sessions that end with their process."""
 
         sessions = 0
         """Websocket sessions open now."""
@@ -249,18 +259,41 @@ def make_server(
             token)."""
 
         async def handle_websocket(self, request: web.Request) -> web.WebSocketResponse:
+            """One browser session (textual-serve's handler, with the guards and `Session`)."""
             origin = request.headers.get("Origin")
             if origin is None or origin_of(origin) not in origins:
                 raise web.HTTPForbidden(text="perftop: a websocket from another origin than this server's\n")
             if self.sessions >= max_sessions:
                 return await self._refuse_busy(request)
             width, height = clamp_size(request.query.get("width", 80), request.query.get("height", 24))
-            clamped = request.clone(rel_url=request.rel_url.update_query(width=width, height=height))
+            websocket = web.WebSocketResponse(heartbeat=15)
+            service: Session | None = None
+
+            async def close() -> None:
+                await websocket.close()
+
             self.sessions += 1
             try:
-                return await super().handle_websocket(clamped)
+                await websocket.prepare(request)
+                service = Session(
+                    self.command,
+                    write_bytes=websocket.send_bytes,
+                    write_str=websocket.send_str,
+                    close=close,
+                    download_manager=self.download_manager,
+                    debug=self.debug,
+                )
+                await service.start(width, height)
+                await self._process_messages(websocket, service)
+            except asyncio.CancelledError:
+                await websocket.close()
+            except Exception:
+                logging.getLogger("textual-serve").exception("perftop web: the session failed")
             finally:
+                if service is not None:
+                    await service.stop()
                 self.sessions -= 1
+            return websocket
 
         async def _refuse_busy(self, request: web.Request) -> web.WebSocketResponse:
             """Past --max-sessions: say so on the page's terminal, then close ('try again later')."""

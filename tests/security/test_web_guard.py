@@ -251,6 +251,19 @@ async def test_sessions_past_the_limit_are_refused_with_a_reason() -> None:
             await third.ws.close()
 
 
+async def test_a_session_whose_process_dies_is_closed_and_frees_its_place() -> None:
+    with web("--max-sessions", "1") as server:
+        async with client() as session:
+            first = await open_session(server, session)
+            await first.until(lambda: "process list" in first.text())
+            (child,) = server.sessions()
+            child.kill()  # as the kernel would past its memory, with no word to textual-serve
+            await first.until(lambda: first.closed is not None, timeout=30)
+            second = await open_session(server, session)
+            await second.until(lambda: "process list" in second.text())
+            await second.ws.close()
+
+
 def test_bad_guard_options_are_one_line_errors() -> None:
     for args, fragment in (
         (("--token", "short"), "at least 16 characters"),
