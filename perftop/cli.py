@@ -104,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"perftop {__version__}")
     parser.add_argument("--pid", type=_pid, help="attach to this process")
+    # `perftop web` runs sessions with this: keys that change the target are refused.
+    parser.add_argument("--read-only", action="store_true", help=argparse.SUPPRESS)
     _tui_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
 
@@ -382,6 +384,7 @@ def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
         interval=args.interval,
         theme_name=theme.name,
         themes=themes,
+        read_only=getattr(args, "read_only", False),
     )
     app.run()
     return app.return_code or EXIT_OK
