@@ -222,6 +222,7 @@ def _run_action(args: argparse.Namespace) -> int:
     from perftop.collectors.agent_view import call_agent
     from perftop.collectors.errors import CollectorError
     from perftop.collectors.process import check_pid
+    from perftop.units import safe_json
 
     try:
         check_pid(args.act_pid)
@@ -241,9 +242,7 @@ def _run_action(args: argparse.Namespace) -> int:
     if args.output and args.action == "profile":
         _save_profile(result, args.output)
     if args.json:
-        import json
-
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(safe_json(result) + "\n")
     else:
         sys.stdout.write(render(args.action, result) + "\n")
     return EXIT_OK
@@ -259,7 +258,7 @@ def _save_profile(result: dict[str, object], path: str) -> None:
             out.write(text)
     except OSError as exc:
         raise Failure(f"cannot write {path}: {exc.strerror}") from None
-    sys.stderr.write(f"perftop: profile saved to {path}\n")
+    sys.stderr.write(f"perftop: profile saved to {_safe_line(path)}\n")
 
 
 def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -373,6 +372,7 @@ def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
 def _run_snapshot(args: argparse.Namespace) -> int:
     from perftop.collectors.errors import CollectorError
     from perftop.export.snapshot import snapshot_json, snapshot_text, take_snapshot
+    from perftop.units import safe_json, safe_text
 
     try:
         snap = take_snapshot(
@@ -381,11 +381,9 @@ def _run_snapshot(args: argparse.Namespace) -> int:
     except CollectorError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        import json
-
-        sys.stdout.write(json.dumps(snapshot_json(snap), indent=2) + "\n")
+        sys.stdout.write(safe_json(snapshot_json(snap)) + "\n")
     else:
-        sys.stdout.write(snapshot_text(snap) + "\n")
+        sys.stdout.write(safe_text(snapshot_text(snap)) + "\n")
     return EXIT_OK
 
 
@@ -426,5 +424,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"perftop: {message}\n")
+    sys.stderr.write(f"perftop: {_safe_line(message)}\n")
     return code
+
+
+def _safe_line(text: str) -> str:
+    """`text` as one line with no control character (paths and errors can hold app-chosen bytes)."""
+    from perftop.units import safe_text
+
+    return safe_text(text, newlines=False)

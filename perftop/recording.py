@@ -947,10 +947,7 @@ def run_record(args: argparse.Namespace) -> int:
         recorder.start()
     except RecordingError as exc:
         return _fail(str(exc), 2)
-    sys.stderr.write(
-        f"perftop: recording PID {args.record_pid} to {path} every {args.interval:g}s (Ctrl+C stops)\n"
-    )
-    sys.stderr.flush()
+    _say(f"recording PID {args.record_pid} to {path} every {args.interval:g}s (Ctrl+C stops)")
     previous = signal.signal(signal.SIGTERM, lambda *_: recorder.stop(timeout=0))
     try:
         while not recorder.wait(0.5):
@@ -964,13 +961,21 @@ def run_record(args: argparse.Namespace) -> int:
         return _fail(recorder.error, 1)
     why = f" ({recorder.ended})" if recorder.ended else ""
     dropped = f", {recorder.dropped} oldest dropped for the size cap" if recorder.dropped else ""
-    sys.stderr.write(f"perftop: recorded {recorder.intervals} intervals to {path}{dropped}{why}\n")
+    _say(f"recorded {recorder.intervals} intervals to {path}{dropped}{why}")
     return 0
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"perftop: {message}\n")
+    _say(message)
     return code
+
+
+def _say(message: str) -> None:
+    """One `perftop: ` line on stderr, with any control character in it (paths, errors) escaped."""
+    from perftop.units import safe_text
+
+    sys.stderr.write(f"perftop: {safe_text(message, newlines=False)}\n")
+    sys.stderr.flush()
 
 
 # -- the `replay` command --------------------------------------------------------------------------------

@@ -917,13 +917,12 @@ def run_export(args: argparse.Namespace) -> int:
         collector.close()
         return _fail(f"cannot listen on {args.listen}: {exc.strerror or exc}", 2)
     if not is_loopback(host):
-        sys.stderr.write(
-            f"perftop: warning: serving metrics on {host}, reachable from other machines"
-            " (metric names, command names and SQL fingerprints are visible to anyone who can connect)\n"
+        _say(
+            f"warning: serving metrics on {host}, reachable from other machines"
+            " (metric names, command names and SQL fingerprints are visible to anyone who can connect)"
         )
     bound = server.server_address
-    sys.stderr.write(f"perftop: exporting on http://{args.listen.rsplit(':', 1)[0]}:{bound[1]}/metrics\n")
-    sys.stderr.flush()
+    _say(f"exporting on http://{args.listen.rsplit(':', 1)[0]}:{bound[1]}/metrics")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -935,5 +934,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"perftop: {message}\n")
+    _say(message)
     return code
+
+
+def _say(message: str) -> None:
+    """One `perftop: ` line on stderr, with any control character in it (paths, errors) escaped."""
+    from perftop.units import safe_text
+
+    sys.stderr.write(f"perftop: {safe_text(message, newlines=False)}\n")
+    sys.stderr.flush()
