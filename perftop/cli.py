@@ -7,6 +7,7 @@ runtime failure; never a traceback (see CLI.md).
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 from perftop._version import __version__
@@ -196,7 +197,7 @@ def _action_params(args: argparse.Namespace) -> dict[str, object]:
         if not args.fingerprint:
             raise UsageError("explain needs --fingerprint FP (see the queries in 'perftop snapshot --json')")
         if args.analyze and not args.yes:
-            if not sys.stdin.isatty():
+            if sys.stdin is None or sys.stdin.closed or not sys.stdin.isatty():
                 raise UsageError("EXPLAIN ANALYZE runs the statement: add --yes to confirm")
             sys.stderr.write("EXPLAIN ANALYZE runs the statement (SELECT only, rolled back). Go on? [y/N] ")
             if sys.stdin.readline().strip().lower() not in ("y", "yes"):
@@ -331,7 +332,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         exec_with_agent(demo_command(args.threads, args.url), "perftop-demo", 25.0)
         return EXIT_FAILURE  # exec does not return
-    log_path = os.path.join(tempfile.gettempdir(), f"perftop-demo-{os.getuid()}.log")
+    log_path = _demo_log(os.path.join(tempfile.gettempdir(), f"perftop-demo-{os.getuid()}"))
     proc = start_demo(args.threads, log_path, args.url)
     try:
         if not wait_for_agent(proc.pid, args.socket_dir):
@@ -339,6 +340,26 @@ def _run_demo(args: argparse.Namespace) -> int:
         return _run_tui(proc.pid, args)
     finally:
         stop_process(proc)
+
+
+def _demo_log(directory: str) -> str:
+    """The demo service's log file, `demo.log` in `directory`: a directory of ours, mode 0700 (so nobody
+    else can plant a symlink in it), and a regular file of ours opened without following a symlink."""
+    from perftop.agent.paths import ensure_private_dir
+
+    path = os.path.join(directory, "demo.log")
+    try:
+        ensure_private_dir(directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UsageError(f"cannot use {path} for the demo's log: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        raise UsageError(f"cannot use {path} for the demo's log: not a regular file of this user")
+    return path
 
 
 def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
