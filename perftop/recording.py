@@ -638,7 +638,7 @@ class RecordingReader:
                 index = conn.execute(
                     select(samples.c.id, samples.c.taken_at, samples.c.key_id).order_by(samples.c.id)
                 ).all()
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, UnicodeDecodeError) as exc:
             raise RecordingError(f"{path} is not a readable perftop recording: {_db_message(exc)}") from None
         if not index:
             raise RecordingError(f"{path} holds no recorded interval yet")
@@ -735,7 +735,7 @@ class RecordingReader:
                         size,
                     ).where(samples.c.id == row_id)
                 ).one_or_none()
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, UnicodeDecodeError) as exc:
             raise RecordingError(f"{self.path}: cannot read interval {row_id}: {_db_message(exc)}") from None
         if row is None:
             raise RecordingError(f"{self.path}: interval {row_id} is gone (dropped by the size cap?)")
