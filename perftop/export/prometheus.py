@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from perftop.agent import paths
 from perftop.sketch import ALPHA, GAMMA
+from perftop.units import safe_text
 from perftop.web import is_loopback, parse_listen
 
 if TYPE_CHECKING:
@@ -216,6 +217,12 @@ class _Families:
         return iter(self._by_name.values())
 
 
+def _label(value: object) -> str:
+    """A label value from the app (names, fingerprints, versions) with its control characters shown as
+    escapes: the exposition format would carry an ESC raw, to whoever curls /metrics to a terminal."""
+    return safe_text(value, newlines=False)
+
+
 def _limit_value(value: int | float | None) -> float:
     """A limit for Prometheus: unlimited (None) is +Inf, so `used / limit` reads 0."""
     return math.inf if value is None else float(value)
@@ -352,7 +359,9 @@ class HostCollector:
             apps: dict[int, str] = {}
             for agent, future in zip(agents, futures, strict=True):
                 stats = future.result()
-                app = agent.info.get("name") or (processes[agent.pid].name if agent.pid in processes else "")
+                app = _label(
+                    agent.info.get("name") or (processes[agent.pid].name if agent.pid in processes else "")
+                )
                 apps[agent.pid] = app
                 labels = [app, str(agent.pid)]
                 fams.gauge(
@@ -422,7 +431,7 @@ class HostCollector:
 
     @staticmethod
     def _process_families(fams: _Families, app: str, p: ProcessSample) -> None:
-        labels = [app, str(p.pid), p.name]
+        labels = [_label(app), str(p.pid), _label(p.name)]
         names = ["app", "pid", "name"]
 
         def g(name: str, doc: str, value: float | None, unit: str = "") -> None:
@@ -480,7 +489,7 @@ class HostCollector:
         assert isinstance(info, InfoMetricFamily)
         info.add_metric(
             labels,
-            {k: str(agent.info.get(k, "")) for k in ("agent_version", "python", "protocol")},
+            {k: _label(agent.info.get(k, "")) for k in ("agent_version", "python", "protocol")},
         )
         mlabels = [*base, "metric"]
         summary = fams.add(
@@ -503,12 +512,12 @@ class HostCollector:
                 d = digest_sketch(timing.get("sketch"))
             except (ValueError, TypeError, KeyError, IndexError, OverflowError):
                 continue
-            key = [app, pid, str(metric)]
+            key = [app, pid, _label(metric)]
             for q, value in zip(QUANTILES, d.quantiles, strict=True):
                 summary.samples.append(
                     Sample(
                         "perftop_timing_seconds",
-                        {"app": app, "pid": pid, "metric": str(metric), "quantile": str(q)},
+                        {"app": app, "pid": pid, "metric": key[2], "quantile": str(q)},
                         value,
                     )
                 )
@@ -521,13 +530,13 @@ class HostCollector:
             for metric, counter in counters.items():
                 total = counter.get("value") if isinstance(counter, dict) else None
                 if isinstance(total, (int, float)):
-                    fam.add_metric([app, pid, str(metric)], float(total))
+                    fam.add_metric([app, pid, _label(metric)], float(total))
         gauges = stats.get("gauges") or {}
         if gauges:
             gfam = fams.gauge("perftop_gauge", "Gauges (perftop.gauge)", mlabels)
             for metric, value in gauges.items():
                 if isinstance(value, (int, float)):
-                    gfam.add_metric([app, pid, str(metric)], float(value))
+                    gfam.add_metric([app, pid, _label(metric)], float(value))
         gc = stats.get("gc")
         if isinstance(gc, dict):
             glabels = [*base, "generation"]
@@ -550,7 +559,7 @@ class HostCollector:
             )
             for kind, value in overflow.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    ofam.add_metric([app, pid, str(kind)], float(value))
+                    ofam.add_metric([app, pid, _label(kind)], float(value))
         self._query_families(fams, labels, stats.get("queries"))
 
     def _query_families(self, fams: _Families, labels: list[str], queries: Any) -> None:
@@ -567,7 +576,7 @@ class HostCollector:
         errs = fams.counter("perftop_query_errors", f"Failed SQL executions per fingerprint ({doc})", qlabels)
         rows_fam = fams.counter("perftop_query_rows", f"Rows returned per fingerprint ({doc})", qlabels)
         for row in rows[: self.max_queries]:
-            key = [*labels, str(row.get("fingerprint"))]
+            key = [*labels, _label(row.get("fingerprint"))]
             calls.add_metric(key, float(row.get("count") or 0))
             seconds.add_metric(key, float(row.get("total_ms") or 0.0) / 1000.0)
             errs.add_metric(key, float(row.get("errors") or 0))

@@ -10,13 +10,16 @@ import os
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from perftop.units import safe_json, safe_text
 from tests.targets.agent_harness import ROOT, short_tmp_dir, target_env, wait_for
+from tests.targets.exp_procs import Command
 
 TITLE = "\x1b]0;OWNED\x07"
 CLIPBOARD = "\x1b]52;c;b3duZWQ=\x07"
@@ -135,3 +138,21 @@ def test_error_lines_escape_the_paths_they_name(tmp_path: Path) -> None:
     assert record.returncode == 2
     assert b"already exists" in record.stderr and record.stderr.count(b"\n") == 1
     assert controls(record.stderr) == []
+
+
+def test_export_label_values_carry_no_raw_control(evil_app: tuple[int, str]) -> None:
+    """The exposition format escapes only backslash, quote and newline: other controls are shown as
+    escapes by the exporter, and the body stays valid (prometheus_client's parser reads it)."""
+    _, sockets = evil_app
+    with Command("export", "--listen", "127.0.0.1:0", "--socket-dir", sockets) as cmd:
+        port = cmd.wait_line(r"exporting on http://[^:]+:(\d+)/metrics").group(1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as response:
+            body = response.read()
+    assert controls(body) == []
+    metrics = {
+        s.labels["metric"]
+        for fam in parse_text(body.decode())
+        for s in fam.samples
+        if s.name == "perftop_timing_seconds_count"
+    }
+    assert safe_text("metric" + EVIL, newlines=False) in metrics, metrics
