@@ -720,8 +720,8 @@ class Prerenderer:
                 encoders = dict(self._encoders)
             try:
                 self._collect(encoders)
-            except Exception:
-                log.exception("perftop export: collecting failed")
+            except Exception as exc:  # one line, not a traceback: the next collection may well succeed
+                log.warning("perftop: export: collecting failed: %s: %s", type(exc).__name__, exc)
 
     def _schedule(self, now: float) -> None:
         """Paced mode: time the next collection from the gaps between the last scrapes' arrivals, `now`
@@ -897,6 +897,8 @@ class MetricsServer(HTTPServer):
     WORKERS = 8
     MAX_WAITING = 256
     MAX_QUEUED = 64
+    request_queue_size = 128
+    """The listen backlog: a burst of connections waits in the kernel, not refused (5 by default)."""
 
     def __init__(
         self, address: tuple[str, int], collector: HostCollector, refresh_s: float | None = 0.0

@@ -243,6 +243,8 @@ def test_the_first_scrape_reports_a_busy_process_cpu(stack: ExitStack, sockets: 
         if s.name == "perftop_process_cpu_percent" and s.labels["pid"] == str(busy.pid)
     ]
     assert len(exported) == 1, body
-    assert oracle > 20, f"the busy process got only {oracle:.0f}% CPU: the machine is too loaded to tell"
-    # The exporter measures over a part of the oracle's interval: generous, but 0.0 is far outside.
-    assert abs(exported[0] - oracle) <= max(30.0, 0.4 * oracle), (exported[0], oracle)
+    if oracle < 10:
+        pytest.skip(f"the busy process got only {oracle:.1f}% CPU: the machine is too loaded to tell")
+    # The exporter measures over most of the oracle's interval (0.5 s of about 0.6 s), with the 10 ms
+    # resolution of CPU times: a few points apart at most; the 0.0 of an unprimed first sample is not.
+    assert abs(exported[0] - oracle) <= max(4.0, 0.4 * oracle), (exported[0], oracle)
