@@ -167,7 +167,9 @@ def decompress(blob: bytes, key: bytes | None) -> bytes:
     except zlib.error as exc:
         raise RecordingError(f"a recorded interval is damaged: {exc}") from None
     if len(raw) > MAX_DOCUMENT_BYTES or do.unconsumed_tail:
-        raise RecordingError(f"a recorded interval inflates past {MAX_DOCUMENT_BYTES // MB} MB: not ours")
+        raise RecordingError(
+            f"a recorded interval inflates past {MAX_DOCUMENT_BYTES // MB} MB (not one perftop wrote)"
+        )
     if not do.eof:
         raise RecordingError("a recorded interval is damaged: it is truncated")
     return raw
