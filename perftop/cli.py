@@ -77,6 +77,35 @@ def _seconds(text: str) -> float:
     return parse_seconds(text)
 
 
+def _hz(text: str) -> float:
+    """A sampling rate from 1 to 1000 Hz (what the agent accepts), else a one-line error (exit 2)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in Hz, not {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"the rate must be between 1 and 1000 Hz, not {text}")
+    return value
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high` (what the agent accepts)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {text}")
+        return value
+
+    return parse
+
+
 def _common(p: argparse.ArgumentParser, interval: bool = True) -> None:
     if interval:
         p.add_argument(
@@ -127,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--pid", type=_pid, dest="act_pid", metavar="PID", required=True)
     act.add_argument("action", choices=ACTIONS, metavar="ACTION", help=", ".join(ACTIONS))
     act.add_argument("--seconds", type=_seconds, help="profile duration (default 5)")
-    act.add_argument("--hz", type=float, help="profile sampling rate (default 100, at most 1000)")
+    act.add_argument("--hz", type=_hz, help="profile sampling rate (default 100, at most 1000)")
     act.add_argument("--threads", help="profile: all (default), main, or a thread name or ident")
     act.add_argument("--include-idle", action="store_true", help="profile: count waiting threads too")
     act.add_argument(
@@ -136,8 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="profile: save folded stacks (.folded/.txt) or speedscope JSON (.json)",
     )
-    act.add_argument("--frames", type=int, help="memory: traceback depth when tracing starts (default 10)")
-    act.add_argument("--top", type=int, help="memory/profile_exact: how many sites to list")
+    act.add_argument(
+        "--frames", type=_whole(1, 100), help="memory: traceback depth when tracing starts (default 10)"
+    )
+    act.add_argument("--top", type=_whole(1, 1000), help="memory/profile_exact: how many sites to list")
     act.add_argument("--stop", action="store_true", help="memory: stop tracing and free its memory")
     act.add_argument("--generation", type=int, choices=(0, 1, 2), help="gc: up to this generation")
     act.add_argument("--count-objects", action="store_true", help="gc: count tracked objects (slow)")

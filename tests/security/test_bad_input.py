@@ -218,3 +218,21 @@ def test_demo_refuses_a_planted_symlink_for_its_log(tmp_path: Path) -> None:
     (private / "demo.log").symlink_to(victim)
     assert_one_line(perftop("demo", env=env), "demo.log")
     assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--hz", "inf"),
+        ("--hz", "nan"),
+        ("--hz", "1e400"),
+        ("--hz", "0"),
+        ("--frames", "1" + "0" * 30),
+        ("--top", "-5"),
+        ("--frames", "many"),
+    ],
+)
+def test_action_options_out_of_range_are_exit_2_before_reaching_the_agent(option: str, value: str) -> None:
+    """Values the agent would refuse (or that JSON cannot carry) are bad input, not a runtime failure."""
+    result = perftop("action", "--pid", str(os.getpid()), "profile", option, value)
+    assert_one_line(result, f"argument {option}")
