@@ -57,6 +57,8 @@ def load_theme_file(path: Path) -> Theme:
         data: Any = json.loads(_read_small_file(path))
     except OSError as exc:
         raise ThemeError(f"theme file {path}: cannot read it ({exc.strerror})") from None
+    except ThemeError:
+        raise
     except ValueError as exc:
         raise ThemeError(f"theme file {path}: not valid JSON ({exc})") from None
     except RecursionError:

@@ -69,7 +69,7 @@ def test_a_theme_nested_100k_deep_is_one_line(tmp_path: Path) -> None:
     assert_one_line(perftop("--theme", str(deep)), "deep.json")
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
-    assert_one_line(perftop("--theme", str(fifo)), "not a regular file")
+    assert_one_line(perftop("--theme", str(fifo)), "fifo.json: not a regular file")
 
 
 @pytest.mark.parametrize("interval", ["0", "-1", "1e400", '"1"', "true"])
