@@ -938,28 +938,41 @@ class MetricsServer(HTTPServer):
             self._wake_w.send(b"x")
 
     def _wait_loop(self) -> None:
-        waiting = self._waiting
+        """The selector thread: it must outlive anything one connection does."""
         while not self._closing:
-            for key, _ in self._selector.select(timeout=1.0):
-                sock = key.fileobj
-                if sock is self._wake_r:
-                    with contextlib.suppress(OSError):
-                        self._wake_r.recv(4096)
-                    continue
-                assert isinstance(sock, socket.socket)
-                self._read_head(sock)
-            with self._lock:
-                incoming, self._incoming = self._incoming, deque()
-            deadline = time.monotonic() + REQUEST_TIMEOUT_S
-            for sock, address in incoming:
+            try:
+                self._wait_once()
+            except Exception as exc:
+                self.note(f"the connection loop recovered from {type(exc).__name__}: {exc}")
+                time.sleep(0.1)
+
+    def _wait_once(self) -> None:
+        """Read what the readable connections sent, take in the new ones, close the silent ones."""
+        waiting = self._waiting
+        for key, _ in self._selector.select(timeout=1.0):
+            sock = key.fileobj
+            if sock is self._wake_r:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(4096)
+                continue
+            assert isinstance(sock, socket.socket)
+            self._read_head(sock)
+        with self._lock:
+            incoming, self._incoming = self._incoming, deque()
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        for sock, address in incoming:
+            try:
                 sock.setblocking(False)
-                waiting[sock] = (address, deadline, bytearray())
                 self._selector.register(sock, selectors.EVENT_READ)
-            now = time.monotonic()
-            stale = [sock for sock, (_, due, _) in waiting.items() if due <= now]
-            stale += list(waiting)[: max(0, len(waiting) - len(stale) - self.MAX_WAITING)]
-            for sock in dict.fromkeys(stale):
-                self._drop(sock)
+            except (OSError, ValueError):
+                self.shutdown_request(sock)
+                continue
+            waiting[sock] = (address, deadline, bytearray())
+        now = time.monotonic()
+        stale = [sock for sock, (_, due, _) in waiting.items() if due <= now]
+        stale += list(waiting)[: max(0, len(waiting) - len(stale) - self.MAX_WAITING)]
+        for sock in dict.fromkeys(stale):
+            self._drop(sock)
 
     def _read_head(self, sock: socket.socket) -> None:
         """Read what arrived of a request's head; dispatch it once whole (a GET has no body)."""
@@ -980,8 +993,9 @@ class MetricsServer(HTTPServer):
             self._dispatch(sock, address, bytes(head))
 
     def _drop(self, sock: socket.socket) -> None:
-        self._selector.unregister(sock)
-        del self._waiting[sock]
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(sock)
+        self._waiting.pop(sock, None)
         self.shutdown_request(sock)
 
     def _dispatch(self, sock: socket.socket, address: Any, head: bytes) -> None:
