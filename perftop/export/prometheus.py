@@ -255,6 +255,9 @@ class HostCollector:
         self._agents: dict[int, _Agent] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="perftop-export")
         self.last_duration_s = 0.0
+        self._unsampled: dict[int, float] = {}
+        """PIDs whose collector has not been sampled yet: when it took its CPU baseline (monotonic)."""
+        self._open_processes(self._discover())  # baselines from now: the first scrape is primed already
 
     def close(self) -> None:
         with self._lock:
@@ -309,27 +312,37 @@ class HostCollector:
             agent.close()
             return None
 
-    def _sample_processes(self, agent_pids: Iterable[int]) -> dict[int, ProcessSample]:
+    def _open_processes(self, agent_pids: Iterable[int]) -> list[int]:
+        """The PIDs to sample: a collector for each (a new one takes its CPU baseline now); the
+        collectors of PIDs no longer wanted are dropped."""
         from perftop.collectors.errors import CollectorError
         from perftop.collectors.process import ProcessCollector
 
         wanted = [p for p in dict.fromkeys([*self.pids, *agent_pids]) if p not in self._gone]
         for pid in set(self._processes) - set(wanted):
             del self._processes[pid]
-        primed = 0.0
+            self._unsampled.pop(pid, None)
         for pid in wanted:
             if pid not in self._processes:
                 try:
-                    self._processes[pid] = ProcessCollector(pid)  # its CPU baseline, taken now
+                    self._processes[pid] = ProcessCollector(pid)
                 except CollectorError:
                     if pid in self.pids:
                         self._gone.add(pid)
                     continue
-                primed = time.monotonic()
-        if primed:
-            # A process seen for the first time has no CPU baseline but the one just taken: measure its
-            # CPU over PRIME_S, so that the first scrape is as right as the later ones (not 0.0).
-            time.sleep(max(0.0, primed + PRIME_S - time.monotonic()))
+                self._unsampled[pid] = time.monotonic()
+        return wanted
+
+    def _sample_processes(self, agent_pids: Iterable[int]) -> dict[int, ProcessSample]:
+        from perftop.collectors.errors import CollectorError
+
+        wanted = self._open_processes(agent_pids)
+        baselines = [self._unsampled[pid] for pid in wanted if pid in self._unsampled]
+        if baselines:
+            # A process never sampled has only the CPU baseline its collector took when it was opened
+            # (at start-up, or just now for one that appeared since): let PRIME_S pass since then, so
+            # that its first CPU share is measured as well as the later ones (not 0.0 over no time).
+            time.sleep(max(0.0, max(baselines) + PRIME_S - time.monotonic()))
         out: dict[int, ProcessSample] = {}
         for pid in wanted:
             collector = self._processes.get(pid)
@@ -341,6 +354,7 @@ class HostCollector:
                 self._processes.pop(pid, None)
                 if pid in self.pids:
                     self._gone.add(pid)
+            self._unsampled.pop(pid, None)
         return out
 
     # -- one scrape ------------------------------------------------------------------------------------
@@ -636,6 +650,8 @@ class Prerenderer:
     """Collections made for a request (`Cache-Control: no-cache`, a first or irregular scrape, `--refresh
     0`) start at least this long apart, and requests arriving together share one: whatever clients send,
     every agent is asked for its stats at most about once a second, plus the collections made ahead."""
+    MIN_PACED_GAP_S = 0.5
+    """Collections made ahead of scrapes start at least this long after the previous collection."""
 
     def __init__(self, collector: HostCollector, every_s: float = 0.0, always_fresh: bool = False) -> None:
         """`always_fresh` (`--refresh 0`): every scrape is answered as one with `Cache-Control: no-cache`."""
@@ -729,8 +745,9 @@ class Prerenderer:
         gap = self._typical_gap()
         if gap is not None:
             due = now + gap * (1 - self.JITTER) - self._took_s - self.MARGIN_S
-            # Scrapes in a tight loop do not make collections back to back: one a second at most.
-            self._due = max(due, self._started_at + self.ON_REQUEST_GAP_S)
+            # Scrapes in a tight loop do not make collections back to back: two a second at most (one
+            # would delay the first paced collection after an on-request one past the next scrape).
+            self._due = max(due, self._started_at + self.MIN_PACED_GAP_S)
             self._cond.notify_all()
 
     def _usable(self, now: float) -> bool:

@@ -202,8 +202,8 @@ def test_no_cache_cannot_make_the_exporter_hammer_the_agents(stack: ExitStack, s
     elapsed = time.monotonic() - started
     calls = agent.requests - start_count
     assert set(answered) == {200} and len(answered) >= 8
-    # At most one collection a second for requests, and one a second made ahead of paced scrapes.
-    assert calls <= 2 * elapsed + 3, f"{calls} stats requests for {len(answered)} scrapes in {elapsed:.1f} s"
+    # At most one collection a second for requests, and two a second made ahead of paced scrapes.
+    assert calls <= 3 * elapsed + 3, f"{calls} stats requests for {len(answered)} scrapes in {elapsed:.1f} s"
     # Still fresh: what an agent has now is in the next no-cache answer (here: the agent is gone).
     agent.close()
     body = http_get(f"{url}/metrics", fresh=True, timeout=30)[2]
