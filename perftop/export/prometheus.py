@@ -637,8 +637,11 @@ class Prerenderer:
       to end just before the next scrape is due (the median of the last gaps between scrapes, less
       the last collection's duration and a margin), so nothing is collected when nobody scrapes. A scrape
       is answered from a collection made since the previous scrape was answered and at most `max_age`
-      old; else (the first scrape, an irregular scraper, `Cache-Control: no-cache`) it is collected
-      for that scrape, as it would be without a prerenderer.
+      old; else (the first scrape, an irregular scraper) from one begun within the last second, or one
+      collected for it.
+    - `always_fresh` (`--refresh 0`), or a scrape with `Cache-Control: no-cache`: from a collection begun
+      after the scrape arrived. Such collections are shared by the scrapes waiting for them and start at
+      least ON_REQUEST_GAP_S apart, so no client can make the exporter hammer the agents.
 
     Only the formats scrapers asked for are rendered ahead (the first scrape of a format renders it).
     """
