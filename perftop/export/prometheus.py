@@ -1129,7 +1129,8 @@ def add_export_parser(sub: Any) -> None:
         default="auto",
         metavar="S",
         help="auto (default): collect ahead of each scrape, timed by the scrapes so far, and answer from "
-        "that; S seconds: collect in the background every S seconds; 0: collect on each scrape",
+        "that; S seconds: collect in the background every S seconds; 0: collect for each scrape (at most"
+        " once a second, shared by the scrapes that arrive meanwhile)",
     )
     p.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are (default as the agent's)")
 
