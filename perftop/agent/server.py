@@ -40,6 +40,7 @@ from perftop.protocol import (
     Request,
     Response,
     encode,
+    window_seconds,
 )
 
 FLUSH_INTERVAL_S = 0.2
@@ -470,10 +471,11 @@ class Agent:
             keys = ("pid", "protocol", "agent_version", "python", "argv", "started_at", "name")
             return Response(request.id, True, {k: info[k] for k in keys})
         if method == "stats":
-            window = params.get("window")
-            if window is not None and (isinstance(window, bool) or not isinstance(window, (int, float))):
-                return Response(request.id, False, error="'window' must be a number of seconds or null")
-            return Response(request.id, True, self._stats(None if window is None else float(window)))
+            try:
+                window = window_seconds(params.get("window"))
+            except ProtocolError as exc:
+                return Response(request.id, False, error=str(exc))
+            return Response(request.id, True, self._stats(window))
         if method == "history":
             metric = params.get("metric")
             if not isinstance(metric, str):
