@@ -4,8 +4,16 @@ One daemon thread, "perftop-agent", runs a `selectors` loop over non-blocking so
 recorder a few times a second whether or not a socket is served (so recording before `start()` stays
 bounded), and once `serve()` is called it listens on `<socket dir>/<pid>.sock` (directory 0700, socket
 0600, every peer checked with SO_PEERCRED). Each connection has a bounded output buffer: a viewer that
-stops reading is disconnected and counted, and the app never waits for it. Actions (profiling, explain)
-run on one separate worker thread, "perftop-action", so stats keep flowing while one runs.
+stops reading is disconnected and counted, and the app never waits for it. Idle viewers, viewers that
+send a frame too slowly and viewers that stop reading are closed after a timeout, and when every slot is
+taken the longest-idle viewer makes room for a new one. Actions (profiling, explain) run on one separate
+worker thread, "perftop-action", so stats keep flowing while one runs.
+
+The app may close the agent's file descriptors under it (a daemonizing app closes every fd, and its next
+socket reuses the numbers). So the agent remembers each of its sockets' identity (fd, device, inode),
+checks it before every read, write or close, and a few times a second: a socket that is no longer its own
+is forgotten without being touched, and the agent makes new ones (wake-up pair, listening socket). The
+selector is poll(), which holds no fd of its own.
 
 Standard library only. Nothing here raises into the app: failures are logged once and the loop goes on.
 """
@@ -53,6 +61,14 @@ MAX_ACTION_SECONDS = 300.0
 """Cap on an action's `seconds` parameter."""
 ACTION_GRACE_S = 30.0
 """After its seconds (or MAX_ACTION_SECONDS) plus this, a running action is asked to cancel."""
+IDLE_TIMEOUT_S = 300.0
+"""A greeted viewer that sends no request for this long (and waits for no action) is closed."""
+IDLE_EVICT_S = 5.0
+"""When every slot is taken, a viewer idle for this long is closed to make room for a new one."""
+FRAME_TIMEOUT_S = 10.0
+"""A frame must arrive whole within this time of its first byte (a 1 byte/s sender is closed)."""
+WRITE_TIMEOUT_S = 30.0
+"""A viewer whose queued output makes no progress for this long is closed as too slow."""
 ACCEPT_PAUSE_S = 1.0
 """How long to stop accepting after accept() fails (out of file descriptors)."""
 RECV_BYTES = 256 * 1024
@@ -64,6 +80,54 @@ LOOP_DISCOVERY_S = 5.0
 """How often the agent thread looks for running asyncio loops to record their lag (perftop.agent.loop)."""
 _PEERCRED = struct.Struct("3i")
 
+_Identity = tuple[int, int, int]
+"""(fd, st_dev, st_ino) of a socket when the agent made or accepted it."""
+
+
+def _identity(sock: socket.socket) -> _Identity | None:
+    """The identity of a socket we just made or accepted, or None if it has no usable fd."""
+    fd = sock.fileno()
+    if fd < 0:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (fd, st.st_dev, st.st_ino)
+
+
+def _is_ours(sock: socket.socket | None, ident: _Identity | None) -> bool:
+    """Whether `sock`'s fd still refers to the socket we made: the app may have closed it and reused the
+    number for one of its own files or connections, which we must never read, write or close."""
+    if sock is None or ident is None:
+        return False
+    fd = sock.fileno()
+    if fd != ident[0]:
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (ident[1], ident[2])
+
+
+def _let_go(sock: socket.socket | None, ident: _Identity | None) -> None:
+    """Close `sock` if its fd is still ours; otherwise forget it without closing the fd (no longer ours)."""
+    if sock is None:
+        return
+    if _is_ours(sock, ident):
+        with contextlib.suppress(OSError):
+            sock.close()
+    else:
+        with contextlib.suppress(OSError):
+            sock.detach()
+
+
+def _new_selector() -> selectors.BaseSelector:
+    """poll() where available: unlike epoll it has no fd of its own for the app to close."""
+    poll_selector = getattr(selectors, "PollSelector", None)
+    return poll_selector() if poll_selector is not None else selectors.SelectSelector()
+
 
 @dataclass
 class _Conn:
@@ -71,10 +135,17 @@ class _Conn:
     id: int
     opened_at: float
     peer_pid: int
+    ident: _Identity | None = None
     decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(MAX_REQUEST_BYTES))
     out: bytearray = field(default_factory=bytearray)
     greeted: bool = False
     writing: bool = False
+    last_active: float = 0.0
+    """When it was opened or last sent a whole frame or got an action's answer (monotonic)."""
+    frame_started: float | None = None
+    """When the first byte of a frame still incomplete arrived."""
+    stalled_since: float | None = None
+    """Since when queued output has made no progress."""
 
 
 @dataclass
@@ -102,6 +173,10 @@ class Counters:
     closed_slow: int = 0
     closed_bad_frame: int = 0
     closed_handshake_timeout: int = 0
+    closed_idle: int = 0
+    closed_frame_timeout: int = 0
+    fds_lost: int = 0
+    """Times the agent found one of its sockets closed (or its fd reused) by the app, and made new ones."""
 
 
 class Agent:
@@ -114,8 +189,11 @@ class Agent:
         self._quit = False
         self._sel: selectors.BaseSelector | None = None
         self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
+        self._wake_r_ident: _Identity | None = None
+        self._waker: tuple[socket.socket, _Identity] | None = None
+        """The write end of the wake-up pair with its identity, read atomically by other threads."""
         self._listener: socket.socket | None = None
+        self._listener_ident: _Identity | None = None
         self._listen_ino: int | None = None
         self.path: str | None = None
         self.directory: str | None = None
@@ -143,11 +221,8 @@ class Agent:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._quit = False
-            self._sel = selectors.DefaultSelector()
-            self._wake_r, self._wake_w = socket.socketpair()
-            self._wake_r.setblocking(False)
-            self._wake_w.setblocking(False)
-            self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+            self._sel = _new_selector()
+            self._new_wake_pair()
             self._thread = threading.Thread(target=self._run, name="perftop-agent", daemon=True)
             self._thread.start()
 
@@ -162,21 +237,7 @@ class Agent:
             paths.ensure_private_dir(directory)
             paths.remove_stale_sockets(directory)
             path = paths.socket_path(os.getpid(), directory)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(path)
-                os.chmod(path, 0o600)
-                sock.listen(64)
-                sock.setblocking(False)
-                self._listen_ino = os.stat(path).st_ino
-            except OSError:
-                sock.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                raise
-            self._listener = sock
+            self._bind(path)
             self.path = path
             self.directory = directory
             self.name = name or os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "") or "python"
@@ -205,11 +266,56 @@ class Agent:
     def serving(self) -> bool:
         return self._listener is not None
 
-    def _wake(self) -> None:
-        wake = self._wake_w
-        if wake is not None:
+    def _bind(self, path: str) -> None:
+        """Listen on `path` (replacing whatever file is there: the directory is ours and private)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(64)
+            sock.setblocking(False)
+            self._listen_ino = os.stat(path).st_ino
+        except OSError:
+            sock.close()
             with contextlib.suppress(OSError):
-                wake.send(b"\0")
+                os.unlink(path)
+            raise
+        self._listener = sock
+        self._listener_ident = _identity(sock)
+
+    def _new_wake_pair(self) -> None:
+        """A fresh wake-up pair, registered with the selector (the old one, if any, is let go first)."""
+        old = self._waker
+        self._waker = None
+        if old is not None:
+            _let_go(*old)
+        if self._wake_r is not None:
+            if self._sel is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._sel.unregister(self._wake_r)
+            _let_go(self._wake_r, self._wake_r_ident)
+            self._wake_r = None
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        r_ident, w_ident = _identity(r), _identity(w)
+        if r_ident is None or w_ident is None:
+            r.close()
+            w.close()
+            raise OSError("the wake-up pair has no usable fds")
+        self._wake_r, self._wake_r_ident = r, r_ident
+        if self._sel is not None:
+            self._sel.register(r, selectors.EVENT_READ, None)
+        self._waker = (w, w_ident)
+
+    def _wake(self) -> None:
+        """Wake the agent thread; writes only to a wake-up socket verified to be still ours."""
+        waker = self._waker
+        if waker is not None and _is_ours(*waker):
+            with contextlib.suppress(OSError):
+                waker[0].send(b"\0")
 
     def _remove_socket_file(self) -> None:
         """Unlink our socket file, unless the path now holds someone else's socket."""
@@ -239,14 +345,18 @@ class Agent:
         name, directory = self.name, self.directory
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        for sock in [self._listener, self._wake_r, self._wake_w, *(c.sock for c in self._conns.values())]:
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
+        _let_go(self._listener, self._listener_ident)
+        _let_go(self._wake_r, self._wake_r_ident)
+        if self._waker is not None:
+            _let_go(*self._waker)
+        for conn in self._conns.values():
+            _let_go(conn.sock, conn.ident)
         if self._sel is not None:
             with contextlib.suppress(OSError):
                 self._sel.close()
-        self._sel = self._wake_r = self._wake_w = self._listener = None
+        self._sel = self._wake_r = self._listener = None
+        self._waker = None
+        self._wake_r_ident = self._listener_ident = None
         self._listen_ino = None
         self.path = None
         self._conns = {}
@@ -288,44 +398,124 @@ class Agent:
     def _run(self) -> None:
         set_native_thread_name("perftop-agent")
         next_flush = time.monotonic() + FLUSH_INTERVAL_S
-        while not self._quit:
-            try:
-                now = time.monotonic()
-                sel = self._sel
-                if sel is None:
-                    return
-                if self._want_serve:
-                    self._want_serve = False
-                    listener = self._listener
-                    if listener is not None:
-                        sel.register(listener, selectors.EVENT_READ, "listen")
-                if self._want_stop_serving:
-                    self._close_server()
-                    self._want_stop_serving = False
-                    self._stopped.set()
-                for key, mask in sel.select(max(0.0, next_flush - now)):
-                    self._on_event(key, mask)
-                self._finish_jobs()
-                now = time.monotonic()
-                if now >= next_flush:
+        while not self._quit and self._sel is not None:
+            now = time.monotonic()
+            if now >= next_flush:
+                # First, and whatever else fails: the recorder's buffers are drained on time.
+                next_flush = now + FLUSH_INTERVAL_S
+                try:
                     registry.flush()
-                    next_flush = now + FLUSH_INTERVAL_S
+                except Exception as exc:
+                    log_once("agent-flush", "the agent thread could not aggregate", exc=exc)
+                try:
                     self._housekeeping(now)
+                except Exception as exc:
+                    log_once("agent-housekeeping", "the agent's housekeeping failed", exc=exc)
+            try:
+                self._step(max(0.0, next_flush - time.monotonic()))
             except Exception as exc:
                 log_once("agent-loop", "the agent thread hit an error and carries on", exc=exc)
                 time.sleep(FLUSH_INTERVAL_S)
 
+    def _step(self, timeout: float) -> None:
+        """One pass of the loop: apply serve/stop requests, wait for events up to `timeout`, handle them."""
+        sel = self._sel
+        if sel is None:
+            return
+        if self._want_serve:
+            self._want_serve = False
+            listener = self._listener
+            if listener is not None:
+                sel.register(listener, selectors.EVENT_READ, "listen")
+        if self._want_stop_serving:
+            self._close_server()
+            self._want_stop_serving = False
+            self._stopped.set()
+        try:
+            events = sel.select(timeout)
+        except OSError:
+            # One of our fds is no longer valid (closed by the app): make new ones, then carry on.
+            self._recover()
+            time.sleep(min(timeout, FLUSH_INTERVAL_S))
+            return
+        for key, mask in events:
+            self._on_event(key, mask)
+        self._finish_jobs()
+
+    def _recover(self) -> bool:
+        """Check every socket of ours; let go of those that are not ours any more and make new ones.
+
+        Returns True if something had been lost. Runs in the agent thread.
+        """
+        lost = False
+        for conn in list(self._conns.values()):
+            if not _is_ours(conn.sock, conn.ident):
+                lost = True
+                self._close(conn)
+        if not (_is_ours(self._wake_r, self._wake_r_ident) and self._waker and _is_ours(*self._waker)):
+            lost = True
+            self._new_wake_pair()
+        listener = self._listener
+        if listener is not None and not _is_ours(listener, self._listener_ident):
+            lost = True
+            if self._sel is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._sel.unregister(listener)
+            _let_go(listener, None)
+            self._listener = self._listener_ident = None
+            self._rebind()
+        if lost:
+            self.counters.fds_lost += 1
+            log_once(
+                "fds-lost",
+                "the app closed the agent's file descriptors; the agent let them go and made new ones"
+                + (f" (socket {self.path})" if self._listener is not None else ""),
+            )
+        return lost
+
+    def _rebind(self) -> None:
+        """Listen again on our socket path, after the app closed our listening socket's fd."""
+        path = self.path
+        if path is None:
+            return
+        try:
+            st = os.lstat(path)
+            if st.st_ino != self._listen_ino:
+                log_once("rebind-other", f"{path} is not our socket any more; not serving there again")
+                return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log_once("rebind", f"could not check {path}: {exc}", exc=exc)
+            return
+        try:
+            self._bind(path)
+        except OSError as exc:
+            log_once("rebind", f"could not listen on {path} again: {exc}", exc=exc)
+            return
+        if self._sel is not None and self._accept_paused_until is None and self._listener is not None:
+            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+
     def _on_event(self, key: selectors.SelectorKey, mask: int) -> None:
         if key.data is None:
             wake = self._wake_r
+            if not _is_ours(wake, self._wake_r_ident):
+                self._recover()
+                return
             with contextlib.suppress(OSError):
                 while wake is not None and wake.recv(4096):
                     pass
         elif key.data == "listen":
+            if not _is_ours(self._listener, self._listener_ident):
+                self._recover()
+                return
             self._accept()
         else:
             conn = self._conns.get(key.data)
             if conn is None:
+                return
+            if not _is_ours(conn.sock, conn.ident):
+                self._recover()
                 return
             try:
                 if mask & selectors.EVENT_READ:
@@ -353,6 +543,7 @@ class Agent:
                 self._pause_accepting(time.monotonic() + ACCEPT_PAUSE_S)
                 return
             sock.setblocking(False)
+            ident = _identity(sock)
             try:
                 peer_pid, peer_uid, _gid = _PEERCRED.unpack(
                     sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
@@ -363,17 +554,36 @@ class Agent:
                 self.counters.refused_peer += 1
                 _send_and_close(sock, f"refused: peer uid {peer_uid} is neither this process's uid nor root")
                 continue
-            if len(self._conns) >= MAX_CONNECTIONS:
+            now = time.monotonic()
+            if len(self._conns) >= MAX_CONNECTIONS and not self._evict_idle(now):
                 self.counters.refused_full += 1
-                _send_and_close(sock, f"refused: this agent already serves {MAX_CONNECTIONS} viewers")
+                _send_and_close(sock, f"refused: this agent already serves {MAX_CONNECTIONS} busy viewers")
                 continue
-            conn = _Conn(sock=sock, id=self._next_conn_id, opened_at=time.monotonic(), peer_pid=peer_pid)
+            conn = _Conn(sock, self._next_conn_id, now, peer_pid, ident=ident, last_active=now)
             self._next_conn_id += 1
             self._conns[conn.id] = conn
             self.counters.accepted += 1
             if self._sel is not None:
                 self._sel.register(sock, selectors.EVENT_READ, conn.id)
             self._queue(conn, self._hello().to_dict())
+
+    def _evict_idle(self, now: float) -> bool:
+        """Close the longest-idle viewer (idle for IDLE_EVICT_S at least) to make room; whether one was."""
+        job = self._job
+        idle = [
+            c
+            for c in self._conns.values()
+            if now - c.last_active >= IDLE_EVICT_S
+            and not c.out
+            and not (job is not None and job.conn_id == c.id)
+        ]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        self.counters.closed_idle += 1
+        message = f"closed: idle for {now - victim.last_active:.0f} s and another viewer needed the slot"
+        self._close(victim, ErrorFrame(message).to_dict())
+        return True
 
     def _pause_accepting(self, until: float) -> None:
         listener = self._listener
@@ -402,6 +612,9 @@ class Agent:
         )
 
     def _read(self, conn: _Conn) -> None:
+        if not _is_ours(conn.sock, conn.ident):
+            self._close(conn)
+            return
         try:
             data = conn.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -417,6 +630,13 @@ class Agent:
         except ProtocolError as exc:
             self._fatal(conn, f"bad frame: {exc}")
             return
+        now = time.monotonic()
+        if messages:
+            conn.last_active = now
+        if not conn.decoder.pending:
+            conn.frame_started = None
+        elif messages or conn.frame_started is None:
+            conn.frame_started = now
         for message in messages:
             if conn.id not in self._conns:
                 return
@@ -497,6 +717,9 @@ class Agent:
         overflow.update(
             viewers_closed_slow=self.counters.closed_slow,
             viewers_refused=self.counters.refused_peer + self.counters.refused_full,
+            viewers_closed_idle=self.counters.closed_idle,
+            viewers_closed_frame_timeout=self.counters.closed_frame_timeout,
+            fds_lost=self.counters.fds_lost,
         )
         return {
             "now": now,
@@ -570,6 +793,7 @@ class Agent:
                 self._job = None
             conn = self._conns.get(job.conn_id)
             if conn is not None:
+                conn.last_active = time.monotonic()
                 self._respond(
                     conn, Response(job.request_id, job.ok, job.result if job.ok else None, job.error)
                 )
@@ -588,6 +812,10 @@ class Agent:
         self._flush_out(conn)
 
     def _flush_out(self, conn: _Conn) -> None:
+        if not _is_ours(conn.sock, conn.ident):
+            self._close(conn)
+            return
+        progressed = False
         while conn.out:
             try:
                 sent = conn.sock.send(conn.out)
@@ -597,6 +825,11 @@ class Agent:
                 self._close(conn)
                 return
             del conn.out[:sent]
+            progressed = progressed or sent > 0
+        if not conn.out:
+            conn.stalled_since = None
+        elif progressed or conn.stalled_since is None:
+            conn.stalled_since = time.monotonic()
         want_write = bool(conn.out)
         if want_write != conn.writing and self._sel is not None:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
@@ -612,6 +845,9 @@ class Agent:
         job = self._job
         if job is not None and job.conn_id == conn.id:
             job.cancel.set()
+        if not _is_ours(conn.sock, conn.ident):
+            _let_go(conn.sock, None)
+            return
         if last is not None:
             with contextlib.suppress(OSError):
                 conn.sock.send(bytes(conn.out) + encode(last))
@@ -626,9 +862,8 @@ class Agent:
             if self._sel is not None:
                 with contextlib.suppress(KeyError, ValueError, OSError):
                     self._sel.unregister(listener)
-            with contextlib.suppress(OSError):
-                listener.close()
-        self._listener = None
+            _let_go(listener, self._listener_ident)
+        self._listener = self._listener_ident = None
         job = self._job
         if job is not None:
             job.cancel.set()
@@ -637,10 +872,8 @@ class Agent:
         paused = self._accept_paused_until
         if paused is not None and now >= paused:
             self._resume_accepting()
-        for conn in list(self._conns.values()):
-            if not conn.greeted and now - conn.opened_at > HANDSHAKE_TIMEOUT_S:
-                self.counters.closed_handshake_timeout += 1
-                self._close(conn, ErrorFrame("no hello received in time").to_dict())
+        self._recover()
+        self._expire_connections(now)
         job = self._job
         if job is not None and now > job.deadline:
             job.cancel.set()
@@ -652,6 +885,25 @@ class Agent:
                 from perftop.agent.loop import discover_loops
 
                 discover_loops()
+
+    def _expire_connections(self, now: float) -> None:
+        """Close viewers that never said hello, send a frame too slowly, idle, or stopped reading."""
+        job = self._job
+        for conn in list(self._conns.values()):
+            waiting = job is not None and job.conn_id == conn.id
+            if not conn.greeted and now - conn.opened_at > HANDSHAKE_TIMEOUT_S:
+                self.counters.closed_handshake_timeout += 1
+                self._close(conn, ErrorFrame("no hello received in time").to_dict())
+            elif conn.frame_started is not None and now - conn.frame_started > FRAME_TIMEOUT_S:
+                self.counters.closed_frame_timeout += 1
+                message = f"a frame took more than {FRAME_TIMEOUT_S:.0f} s to arrive"
+                self._close(conn, ErrorFrame(message).to_dict())
+            elif conn.stalled_since is not None and now - conn.stalled_since > WRITE_TIMEOUT_S:
+                self.counters.closed_slow += 1
+                self._close(conn)
+            elif not waiting and now - conn.last_active > IDLE_TIMEOUT_S:
+                self.counters.closed_idle += 1
+                self._close(conn, ErrorFrame(f"closed: idle for {IDLE_TIMEOUT_S:.0f} s").to_dict())
 
     def _check_socket_file(self) -> None:
         """Our socket file must still be ours: if someone removed it, say so once."""
