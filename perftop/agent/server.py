@@ -197,6 +197,8 @@ class Agent:
         self._listen_ino: int | None = None
         self.path: str | None = None
         self.directory: str | None = None
+        self._asked_dir: str | None = None
+        """The directory `serve()` was given (None: the default), which a forked child asks for again."""
         self.name: str | None = None
         self.started_at: float | None = None
         self._want_serve = False
@@ -233,12 +235,14 @@ class Agent:
                 if name:
                     self.name = name  # e.g. a forked worker naming itself
                 return
-            directory = paths.socket_dir(directory)
-            paths.ensure_private_dir(directory)
+            self._asked_dir = directory
+            directory, fallback_reason = paths.agent_socket_dir(directory)
             paths.remove_stale_sockets(directory)
             path = paths.socket_path(os.getpid(), directory)
             self._bind(path)
             self.path = path
+            if fallback_reason is not None:
+                log_once("socket-dir-fallback", f"{fallback_reason}; this agent listens at {path} instead")
             self.directory = directory
             self.name = name or os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "") or "python"
             self.started_at = time.time()
@@ -342,7 +346,7 @@ class Agent:
         """In a forked child: drop the parent's sockets (without touching the shared epoll set) and
         start afresh: the agent thread again, and a socket of our own if the parent served one."""
         was_serving = self._listener is not None
-        name, directory = self.name, self.directory
+        name, directory = self.name, self._asked_dir
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         _let_go(self._listener, self._listener_ident)
