@@ -40,6 +40,7 @@ from typing import Any
 from perftop import _version
 from perftop.agent import gcwatch, paths
 from perftop.agent.recorder import log_once, registry
+from perftop.agent.threads import refresh_native_id, set_native_thread_name
 from perftop.protocol import (
     ErrorFrame,
     FrameDecoder,
@@ -923,19 +924,6 @@ class Agent:
             log_once("socket-gone", f"the agent socket {path} was removed; viewers cannot attach")
 
 
-def set_native_thread_name(name: str) -> None:
-    """Name the calling thread for the OS too (top -H, /proc/PID/task/TID/comm); Linux only, best effort."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except Exception:
-        return
-
-
 def _send_and_close(sock: socket.socket, message: str) -> None:
     with contextlib.suppress(OSError, ProtocolError):
         sock.send(encode(ErrorFrame(message).to_dict()))
@@ -1034,13 +1022,66 @@ def _mp_worker_started(owner: Agent) -> None:
             log_once("mp-finalize", "could not register the socket cleanup with multiprocessing", exc=exc)
 
 
+FORK_LOCK_BUDGET_S = 0.5
+"""How long a fork may wait, in all, for the agent's locks (held for microseconds unless something is
+wrong): past it, the fork goes ahead and the child replaces the locks anyway."""
+_LAZY_MODULES = (
+    "perftop.agent.actions",
+    "perftop.agent.profiler",
+    "perftop.agent.memory",
+    "perftop.agent.loop",
+    "perftop.agent.sqlalchemy",
+    "perftop.agent.explain",
+    "perftop.agent.fingerprint",
+)
+"""Modules the agent's threads import on first use: a child forked mid-import would wait on the module's
+import lock forever (its holder does not exist in the child), so a fork first lets such an import finish."""
+_held_for_fork: list[threading.Lock] = []
+
+
+def _settle_imports() -> None:
+    """Wait until no other thread is importing one of `_LAZY_MODULES` (a no-op when none is)."""
+    bootstrap = sys.modules.get("importlib._bootstrap")
+    module_locks = getattr(bootstrap, "_module_locks", None)
+    for name in _LAZY_MODULES:
+        spec = getattr(sys.modules.get(name), "__spec__", None)
+        busy = bool(getattr(spec, "_initializing", False))
+        if not busy and isinstance(module_locks, dict):
+            ref = module_locks.get(name)
+            busy = ref is not None and (not callable(ref) or ref() is not None)
+        if busy:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)  # returns once the other thread's import is done
+
+
 def _before_fork() -> None:
+    """Just before a fork, in the forking thread: let imports finish and take the agent's locks, so the
+    child starts from consistent state; `_after_fork_in_parent` gives the locks back."""
+    with contextlib.suppress(Exception):
+        _settle_imports()
+    deadline = time.monotonic() + FORK_LOCK_BUDGET_S
+    for lock in (agent._lock, registry.lock, registry.drain_lock):
+        try:
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                _held_for_fork.append(lock)
+        except Exception as exc:
+            log_once("fork-lock", "could not take the agent's locks before a fork", exc=exc)
     with contextlib.suppress(Exception):
         agent.before_fork()
 
 
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        with contextlib.suppress(RuntimeError):
+            _held_for_fork.pop().release()
+
+
 def _after_fork_in_child() -> None:
+    """In the child: the locks taken before the fork are replaced (by the recorder's hook and here), the
+    forking thread's native id is its own, and the agent restarts: thread, socket, fresh state."""
+    _held_for_fork.clear()
     try:
+        refresh_native_id()
         agent.after_fork_in_child()
     except Exception as exc:
         log_once("fork-agent", "could not restart the agent in a forked child", exc=exc)
@@ -1048,4 +1089,6 @@ def _after_fork_in_child() -> None:
 
 atexit.register(agent.at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )

@@ -9,6 +9,7 @@ the loop runs, so every read is defensive and retried on a race. Standard librar
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import weakref
@@ -27,6 +28,44 @@ _RETRIES = 5
 _loops_lock = threading.Lock()
 _weak_loops: weakref.WeakSet[Any] = weakref.WeakSet()
 _strong_loops: list[Any] = []
+
+
+def refresh_native_id() -> None:
+    """In a forked child, make `threading` report the kernel id of the thread that forked (now the only one).
+
+    CPython 3.10 to 3.12 keep the parent's id in `Thread.native_id` after a fork: thread dumps then named
+    the parent's thread, and the per-thread CPU clock built from it read the parent's thread (or failed),
+    so the profiler could not tell a waiting thread from a running one. Called by the agent's fork hook.
+    """
+    thread = threading.current_thread()
+    native = threading.get_native_id()
+    if getattr(thread, "_native_id", native) != native:
+        thread._native_id = native  # type: ignore[attr-defined]
+
+
+def set_native_thread_name(name: str) -> None:
+    """Name the calling thread for the OS too (top -H, /proc/PID/task/TID/comm); Linux only, best effort.
+
+    Written to /proc rather than through ctypes: a thread must import nothing to start, or a fork taken
+    while another thread held that import's lock would leave the child's thread waiting forever.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w", encoding="utf-8") as f:
+            f.write(name[:15])
+    except (OSError, UnicodeError):
+        return
+
+
+def _after_fork_in_child() -> None:
+    global _loops_lock
+    _loops_lock = threading.Lock()
+    refresh_native_id()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def watch_loop(loop: asyncio.AbstractEventLoop) -> None:
