@@ -121,3 +121,14 @@ def test_a_viewer_that_stops_reading_is_closed_after_the_write_timeout(target: T
             return bool(watcher.call("stats")["overflow"]["viewers_closed_slow"] == 1)
 
         wait_for(closed_slow, timeout=30)
+
+
+def test_a_client_closed_as_idle_reconnects_on_its_next_request(target: Target) -> None:
+    assert target.cmd("set IDLE_TIMEOUT_S 1") == "set"
+    with AgentClient(target.socket) as client:
+        assert client.call("info")["pid"] == target.pid
+        first = client._sock
+        with AgentClient(target.socket) as watcher:
+            wait_for(lambda: watcher.call("stats")["overflow"]["viewers_closed_idle"] >= 1, timeout=30)
+        assert client.call("info")["pid"] == target.pid
+        assert client._sock is not first
