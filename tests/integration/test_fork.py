@@ -8,6 +8,7 @@ forkserver, and a real gunicorn with 2 workers under `perftop run`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -93,9 +94,18 @@ def check_worker(pid: int, socket_dir: str | None = None) -> dict[str, Any]:
     return dict(stats)
 
 
+def cli_thread_dump(pid: int, socket_dir: str) -> list[dict[str, Any]]:
+    """`perftop action --pid PID threads --json`, as the user runs it."""
+    cmd = [sys.executable, "-m", "perftop", "action", "--pid", str(pid), "threads", "--json"]
+    env = {**target_env(), "PERFTOP_SOCKET_DIR": socket_dir}
+    result = subprocess.run(cmd, env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return list(json.loads(result.stdout))
+
+
 def test_200_forks_while_recording_and_polled_every_child_answers(target: Target) -> None:
     with polling(target.socket) as answered:
-        for _batch in range(10):
+        for batch in range(10):
             pids = [int(p) for p in target.cmd("fork 20", timeout=60).split()[1:]]
             target.children.extend(pids)
             try:
@@ -103,6 +113,9 @@ def test_200_forks_while_recording_and_polled_every_child_answers(target: Target
                     stats = check_worker(pid)
                     # The child's numbers are its own: none of the parent's recording came with it.
                     assert "parent.work" not in stats["timings"]
+                if batch == 0:  # and through the CLI (forked right after start, as in the report)
+                    dump = cli_thread_dump(pids[0], target.socket_dir)
+                    assert [t["native_id"] for t in dump if t["main"]] == [pids[0]]
             finally:
                 assert target.cmd("kill " + " ".join(map(str, pids)), timeout=60) == "killed"
                 for pid in pids:
