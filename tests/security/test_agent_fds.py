@@ -142,16 +142,20 @@ def test_pending_buffers_stay_bounded_while_the_agent_thread_is_stuck() -> None:
     counted, and once it runs again the recorded plus the dropped are exactly the calls made."""
     calls = MAX_PENDING + 50_000
     with short_tmp_dir() as tmp, Target(os.path.join(tmp, "socks"), script=LC_TARGET) as target:
-        pending, dropped = map(int, target.cmd(f"stall {calls}", timeout=120).split()[1:])
-        assert pending == MAX_PENDING
-        assert dropped == calls - MAX_PENDING
+        words = target.cmd(f"stall {calls}", timeout=300).split()[1:]
+        report = {words[i]: (int(words[i + 1]), int(words[i + 2])) for i in range(0, len(words), 3)}
+        # Every hot path: the decorator, timer(), count() and observe().
+        expected = (MAX_PENDING, calls - MAX_PENDING)
+        assert report == {name: expected for name in ("work", "block", "hits", "lat")}
         with AgentClient(target.socket, timeout=20) as client:
 
-            def recorded() -> int:
-                timing = client.call("stats")["timings"].get("work")
-                return int(timing["sketch"]["count"]) if timing else 0
+            def recorded() -> tuple[int, ...]:
+                stats = client.call("stats")
+                timings = [stats["timings"].get(name) for name in ("work", "block", "lat")]
+                counted = [int(t["sketch"]["count"]) if t else 0 for t in timings]
+                return (*counted, int(stats["counters"].get("hits", {}).get("value", 0)))
 
-            wait_for(lambda: recorded() == MAX_PENDING, timeout=20)
+            wait_for(lambda: recorded() == (MAX_PENDING,) * 4, timeout=30)
             overflow = client.call("stats")["overflow"]
-            assert overflow["pending_dropped"] == calls - MAX_PENDING
-            assert recorded() + overflow["pending_dropped"] == calls
+            assert overflow["pending_dropped"] == 4 * (calls - MAX_PENDING)
+            assert sum(recorded()) + overflow["pending_dropped"] == 4 * calls

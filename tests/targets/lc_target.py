@@ -11,8 +11,9 @@ each command line with one line:
                                                                                      -> tcp FD...
   bye                send `bye I\\n` on the I-th TCP connection                         -> sent
   stall N            hold the recorder's drain lock (the agent thread is stuck behind it) while
-                     calling `work` N times; report the pending buffer's length and drops,
-                     then release                                                      -> stalled LEN DROPPED
+                     recording N times through each hot path (`work` decorated, `block` timer,
+                     `hits` counter, `lat` observe); report each pending buffer's length and
+                     drops, then release              -> stalled work LEN DROPPED block LEN DROPPED ...
   exit               sys.exit(0) (the agent's atexit hook runs)                        -> (exits)
 """
 
@@ -87,12 +88,22 @@ def main() -> None:
             reply("sent")
         elif cmd == "stall":
             n = int(args[0])
-            metric = registry.timings["work"]
+            out = []
             with registry.drain_lock:
                 for i in range(n):
                     work(i)
-                pending, dropped = len(metric.buf), metric.dropped
-            reply(f"stalled {pending} {dropped}")
+                for _ in range(n):
+                    with perftop.timer("block"):
+                        pass
+                for _ in range(n):
+                    perftop.count("hits", 1)
+                for _ in range(n):
+                    perftop.observe("lat", 1.5)
+                metrics = [registry.timings["work"], registry.timings["block"]]
+                metrics += [registry.counters["hits"], registry.timings["lat"]]
+                for m in metrics:
+                    out.append(f"{m.name} {len(m.buf)} {m.dropped}")
+            reply("stalled " + " ".join(out))
         elif cmd == "exit":
             sys.exit(0)
         else:
