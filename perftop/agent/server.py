@@ -199,6 +199,8 @@ class Agent:
         self.path: str | None = None
         self.directory: str | None = None
         self._asked_dir: str | None = None
+        self._serve_after_fork: tuple[str | None, str | None] | None = None
+        """In a forked child: (name, directory) the agent thread serves with once it runs."""
         """The directory `serve()` was given (None: the default), which a forked child asks for again."""
         self.name: str | None = None
         self.started_at: float | None = None
@@ -373,13 +375,10 @@ class Agent:
         self._done = collections.deque()
         self._worker = None
         self._accept_paused_until = None
-        if was_serving:
-            try:
-                self.serve(name, directory)
-            except Exception as exc:
-                log_once("fork-serve", "could not open the agent socket in a forked child", exc=exc)
-
-        elif registry.timings or registry.counters:
+        # The socket is made by the new agent thread, not here: a fork about to exec (subprocess with a
+        # preexec_fn runs these hooks too) then leaves no socket file and does no I/O before the exec.
+        self._serve_after_fork = (name, directory) if was_serving else None
+        if was_serving or registry.timings or registry.counters:
             self.ensure_thread()
 
     def before_fork(self) -> None:
@@ -402,6 +401,12 @@ class Agent:
 
     def _run(self) -> None:
         set_native_thread_name("perftop-agent")
+        pending, self._serve_after_fork = self._serve_after_fork, None
+        if pending is not None and self._listener is None:
+            try:
+                self.serve(*pending)
+            except Exception as exc:
+                log_once("fork-serve", "could not open the agent socket in a forked child", exc=exc)
         next_flush = time.monotonic() + FLUSH_INTERVAL_S
         while not self._quit and self._sel is not None:
             now = time.monotonic()

@@ -127,6 +127,21 @@ def test_200_forks_while_recording_and_polled_every_child_answers(target: Target
     assert os.path.exists(target.socket)
 
 
+def test_a_fork_that_execs_leaves_no_socket(target: Target) -> None:
+    """subprocess with a preexec_fn runs the at-fork hooks in its child before the exec: the child must
+    not make a socket (it would be left behind, named after a process that is no longer Python)."""
+    (pid,) = (int(p) for p in target.cmd("preexec").split()[1:])
+    try:
+        wait_for(lambda: psutil.Process(pid).name() == "sleep")  # exec'd
+        # A forked Python child serves within a moment (test above); give this one far longer.
+        (forked,) = (int(p) for p in target.cmd("fork 1").split()[1:])
+        target.children.append(forked)
+        wait_for(lambda: os.path.exists(paths.socket_path(forked, target.socket_dir)), timeout=30)
+        assert not os.path.exists(paths.socket_path(pid, target.socket_dir))
+    finally:
+        target.cmd(f"kill {pid}")
+
+
 def profile_main(path: str) -> dict[str, Any]:
     with AgentClient(path, timeout=ACTION_TIMEOUT_S) as client:
         params = {"name": "profile", "seconds": 2, "threads": "main"}

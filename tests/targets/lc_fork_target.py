@@ -9,6 +9,8 @@ time. Commands (one answer line each):
                    forkserver preloads a module that starts the agent, as `perftop run` does) -> mp PID...
   kill PID...      SIGKILL these children and reap them                              -> killed
   spin S           keep the main thread busy on the CPU for S seconds                -> spun
+  preexec          start `sleep 30` through subprocess with a preexec_fn (the fork runs the
+                   at-fork hooks, then execs)                                        -> preexec PID
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import faulthandler
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -95,6 +98,10 @@ def main() -> None:
                 proc.start()
                 _mp[proc.pid] = proc
             reply("mp " + " ".join(str(p.pid) for p in procs))
+        elif cmd == "preexec":
+            proc = subprocess.Popen(["sleep", "30"], preexec_fn=os.getpid)
+            _mp[proc.pid] = proc
+            reply(f"preexec {proc.pid}")
         elif cmd == "spin":
             until = time.monotonic() + float(args[0])
             while time.monotonic() < until:
@@ -104,7 +111,9 @@ def main() -> None:
             for pid in map(int, args):
                 os.kill(pid, signal.SIGKILL)
                 proc = _mp.pop(pid, None)
-                if proc is not None:
+                if isinstance(proc, subprocess.Popen):
+                    proc.wait()
+                elif proc is not None:
                     proc.join()
                 else:
                     os.waitpid(pid, 0)
