@@ -346,8 +346,8 @@ class Agent:
         self._wake()
 
     def after_fork_in_child(self) -> None:
-        """In a forked child: drop the parent's sockets (without touching the shared epoll set) and
-        start afresh: the agent thread again, and a socket of our own if the parent served one."""
+        """In a forked child: let go of the parent's sockets and start afresh: fresh state, the agent
+        thread again, and (made by that thread) a socket of our own if the parent served one."""
         was_serving = self._listener is not None
         name, directory = self.name, self._asked_dir
         self._lock = threading.Lock()
