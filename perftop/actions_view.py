@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from perftop.render.plan import NO_ADVICE, NO_ADVICE_BUT_WARNINGS, plan_lines, plan_text
-from perftop.units import fmt_bytes, fmt_count, fmt_ms, short_path
+from perftop.units import fmt_bytes, fmt_count, fmt_ms, safe_text, short_path
 
 
 def _site(file: Any, line: Any) -> str:
@@ -146,6 +146,7 @@ RENDERERS: dict[str, Any] = {
 
 
 def render(name: str, result: Any) -> str:
-    """The text form of an action's result."""
+    """The text form of an action's result, with the control characters of app-chosen text (function and
+    thread names, paths, SQL) escaped so that printing it cannot drive the terminal."""
     renderer = RENDERERS.get(name)
-    return json.dumps(result, indent=2) if renderer is None else str(renderer(result))
+    return safe_text(json.dumps(result, indent=2) if renderer is None else str(renderer(result)))

@@ -43,6 +43,8 @@ W = TypeVar("W", bound=Widget)
 
 INTERVALS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """The refresh intervals `+` and `-` step through."""
+CHANGES_TARGET = frozenset({"gc", "memory"})
+"""Agent actions that change the attached process: refused in a read-only session."""
 
 
 class PerftopApp(App[int]):
@@ -83,8 +85,11 @@ class PerftopApp(App[int]):
         themes: dict[str, Theme] | None = None,
         start_sampler: bool = True,
         profile_seconds: float = 5.0,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
+        self.read_only = read_only
+        """Refuse the actions that change the target (`perftop web` without --allow-actions)."""
         self.sources = sources
         self._initial_pid = pid
         self._theme_name = theme_name
@@ -175,6 +180,16 @@ class PerftopApp(App[int]):
 
     # -- requests to the agent -------------------------------------------------------------------------
 
+    def refuses(self, what: str) -> bool:
+        """True, with a notice saying why, where `what` changes the target and this session is read-only."""
+        if self.read_only:
+            self.notify(
+                f"{what} refused: this session is read-only (perftop web --allow-actions allows it)",
+                severity="warning",
+                markup=False,
+            )
+        return self.read_only
+
     def agent_call(
         self, method: str, params: dict[str, Any], reply_to: Widget, timeout: float = 30.0
     ) -> bool:
@@ -182,6 +197,11 @@ class PerftopApp(App[int]):
         `reply_to` as an AgentReply. False where nothing is attached."""
         pid = self.attached
         if pid is None:
+            return False
+        what = "EXPLAIN ANALYZE" if method == "explain" and params.get("analyze") else None
+        if method == "action" and params.get("name") in CHANGES_TARGET:
+            what = f"the {params['name']} action"
+        if what is not None and self.refuses(what):
             return False
 
         def run() -> None:
@@ -354,6 +374,7 @@ class PerftopApp(App[int]):
             return
         where = "process list" if self.attached is None else f"attached to {self.attached}"
         state = " · [reverse] PAUSED [/reverse]" if self.paused else ""
+        state += " · read-only" if self.read_only else ""
         if self.recorder is not None:
             state += f" · ● REC {escape(str(self.recorder.path))}"
         self.query_one("#status", Label).update(

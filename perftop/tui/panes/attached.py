@@ -49,9 +49,9 @@ class AttachedView(Vertical):
         from perftop.tui.app import PerftopApp
 
         app = self.app
-        pid = app.attached if isinstance(app, PerftopApp) else None
-        if pid is None:
+        if not isinstance(app, PerftopApp) or app.attached is None or app.refuses("injecting an agent"):
             return
+        pid = app.attached
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -93,6 +93,12 @@ class AttachedView(Vertical):
 
     def action_run(self, name: str) -> None:
         """Start an action in the attached process and show the Actions tab."""
+        from perftop.tui.app import PerftopApp
+
+        titles = {"gc": "forced GC", "memory": "memory tracing", "memory_stop": "memory tracing"}
+        app = self.app
+        if name in titles and isinstance(app, PerftopApp) and app.refuses(titles[name]):
+            return
         pane = self.query_one(ActionsPane)
         seconds = pane.profile_seconds
         extra: dict[str, dict[str, object]] = {

@@ -401,6 +401,10 @@ class QueriesPane(Vertical, can_focus=True):
         if not analyze:
             self._explain(fp, False)
             return
+        from perftop.tui.app import PerftopApp
+
+        if isinstance(self.app, PerftopApp) and self.app.refuses("EXPLAIN ANALYZE"):
+            return
 
         def answered(yes: bool | None) -> None:
             if yes:
