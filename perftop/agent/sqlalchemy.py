@@ -6,13 +6,22 @@ How an execution is recorded (the hot path, in the app's thread):
 - One listener per DBAPI call, on the dialect-level `do_execute` / `do_executemany` /
   `do_execute_no_params` events: it calls the dialect's own method itself between two
   `perf_counter_ns()` calls and returns True, so SQLAlchemy makes one event dispatch per execution
-  instead of a before/after pair. It times the DBAPI `cursor.execute()` only (not fetching).
+  instead of a before/after pair.
+- A query's time is the app's: from the start of `cursor.execute()` until its result is fully fetched
+  or closed, whichever comes first (round trip, driver and fetching included; not server time).
+  SQLite's `execute()` returns at the first row and scans while rows are fetched, and so do server-side
+  cursors (`stream_results`, `yield_per`): timing `execute()` alone would miss the work. A statement
+  that returns rows gets a small `_Open` record on its execution context; `CursorResult._soft_close`
+  (wrapped once, on the class: what SQLAlchemy calls when the rows are exhausted or the result closed)
+  ends it. A result never fetched nor closed ends when the connection goes back to the pool or when
+  its context is freed (`_Open.__del__`), whichever comes first. Statements without rows end at
+  `execute()`'s return, as before.
 - The fingerprint comes from a dict keyed by the raw statement text (one lookup when seen before), and
   one tuple is appended to a list. No lock: appends are atomic, and the drain copies then deletes
   exactly the first n items, so an append racing it lands after them and is taken next time.
 - Rows: the DBAPI `cursor.rowcount` when it is >= 0: rows affected for INSERT/UPDATE/DELETE, and for
   SELECT the rows the driver received (psycopg, PyMySQL and most client-side cursors). Counting rows
-  actually fetched would mean wrapping every result, so it is not done; SQLite's SELECT rowcount is -1:
+  actually fetched would mean wrapping every fetch, so it is not done; SQLite's SELECT rowcount is -1:
   such executions add nothing to `rows` and are left out of `rows_counted` (the executions whose rows
   are known), so a viewer can say "unknown" rather than 0.
 - N+1: a per-checkout dict counts executions per fingerprint on each DBAPI connection (reset at pool
@@ -71,6 +80,11 @@ _fp_cache = _fingerprint._cache
 _fp_get = _fp_cache.get
 _checkout_counts: dict[int, dict[str, int]] = {}
 """id(DBAPI connection) -> executions per fingerprint since that connection was checked out."""
+_opened: dict[int, dict[int, weakref.ref[_Open]]] = {}
+"""id(DBAPI connection) -> id(record) -> record, of its executions whose result is still open (ended at
+checkin). Weak: a record belongs to its execution context, so it goes when the context goes."""
+_results_hooked = False
+"""Whether `CursorResult._soft_close` is wrapped; if not, executions end at `execute()`'s return."""
 _slow_ns = 100_000_000
 _n1_threshold = 10
 _suppressed: set[int] = set()
@@ -198,6 +212,65 @@ _executions_dropped = 0
 # -- the listeners (hot path) ----------------------------------------------------------------------------
 
 
+class _Open:
+    """An execution whose rows are not all fetched yet: recorded by `_end` when its result is exhausted
+    or closed, its connection checked in, or its execution context freed, whichever comes first.
+
+    Referenced strongly only by its execution context (`context._perftop_open`) and refers to nothing
+    that refers back, so it adds no reference cycle; `_opened` holds it weakly.
+    """
+
+    __slots__ = ("__weakref__", "conn", "engine", "fp", "parameters", "rowcount", "statement", "t0")
+
+    def __init__(
+        self, fp: str, t0: int, rowcount: Any, statement: str, parameters: Any, engine: Any, conn: int
+    ) -> None:
+        self.fp: str | None = fp
+        """None once recorded."""
+        self.t0 = t0
+        self.rowcount = rowcount
+        self.statement = statement
+        self.parameters = parameters
+        self.engine = engine
+        self.conn = conn
+        """id() of the DBAPI connection, 0 if unknown."""
+
+    def __del__(self) -> None:
+        if self.fp is not None:  # nothing ended it before its context was freed
+            with contextlib.suppress(Exception):  # at interpreter exit the module may be gone
+                _end(self, _perf())
+
+
+def _end(op: _Open, t1: int) -> None:
+    """Record an execution that returned rows, now that its result is finished."""
+    fp = op.fp
+    if fp is None:
+        return
+    op.fp = None
+    try:
+        dt = t1 - op.t0
+        _pending_append((fp, dt, t1, op.rowcount, 0, op.statement, op.parameters, op.engine))
+        if op.conn:
+            opens = _opened.get(op.conn)
+            if opens is not None:
+                opens.pop(id(op), None)
+        if dt >= _slow_ns:
+            _slow.append((fp, dt, time.time(), _call_site(), None))
+    except Exception as exc:
+        log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def _end_open_results(key: int) -> None:
+    """The connection `key` is back in the pool (or out again): its results still open end now."""
+    opens = _opened.pop(key, None)
+    if opens:
+        t1 = _perf()
+        for ref in list(opens.values()):
+            op = ref()
+            if op is not None:
+                _end(op, t1)
+
+
 def _on_do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
     if context is None or (_suppressed and threading.get_ident() in _suppressed):
         return False
@@ -238,20 +311,27 @@ def _on_do_executemany(cursor: Any, statement: str, parameters: Any, context: An
 
 
 def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int, t1: int) -> None:
+    """Record an execution: now if it returned no rows, else once its result is finished (`_Open`)."""
     try:
         fp = _fp_get(statement)
         if fp is None:
             fp = _fingerprint_miss(statement)
-        dt = t1 - t0
-        _pending_append(
-            (fp, dt, t1, cursor.rowcount, 0, statement, parameters, context.root_connection.engine)
-        )
         # The DBAPI connection, as the pool events see it (SQLAlchemy's async adapters keep it elsewhere).
         conn = getattr(cursor, "connection", None)
         if conn is None:
             conn = getattr(cursor, "_adapt_connection", None)
-        if conn is not None:
-            key = id(conn)
+        key = 0 if conn is None else id(conn)
+        engine = context.root_connection.engine
+        dt = t1 - t0
+        if (
+            cursor.description is None
+            or not _results_hooked
+            or not _open(fp, t0, cursor.rowcount, statement, parameters, engine, key, context)
+        ):
+            _pending_append((fp, dt, t1, cursor.rowcount, 0, statement, parameters, engine))
+            if dt >= _slow_ns:
+                _slow.append((fp, dt, time.time(), _call_site(), None))
+        if key:
             counts = _checkout_counts.get(key)
             if counts is None:
                 counts = _new_checkout(key)
@@ -259,10 +339,29 @@ def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int,
             counts[fp] = n
             if n == _n1_threshold:
                 _n1_events.append((fp, time.time(), _call_site()))
-        if dt >= _slow_ns:
-            _slow.append((fp, dt, time.time(), _call_site(), None))
     except Exception as exc:
         log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def _open(
+    fp: str, t0: int, rowcount: Any, statement: str, parameters: Any, engine: Any, key: int, context: Any
+) -> bool:
+    """Leave an execution with rows open on its context until its result is finished (False: cannot)."""
+    op = _Open(fp, t0, rowcount, statement, parameters, engine, key)
+    try:
+        # Replacing an earlier record (insertmanyvalues batches share a context) ends that one.
+        context._perftop_open = op
+    except AttributeError:  # a context class with __slots__: record at execute's end
+        op.fp = None
+        return False
+    if key:
+        opens = _opened.get(key)
+        if opens is None:
+            if len(_opened) >= CHECKOUT_TABLE_MAX:
+                _opened.clear()
+            opens = _opened[key] = {}
+        opens[id(op)] = weakref.ref(op)
+    return True
 
 
 def _record_error(
@@ -302,7 +401,10 @@ def _new_checkout(key: int) -> dict[str, int]:
 def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
     """A connection leaves the pool: a fresh N+1 count for it, and one checkout for the pool."""
     try:
-        _new_checkout(id(dbapi_connection))
+        key = id(dbapi_connection)
+        _new_checkout(key)
+        if key in _opened:  # results left open without a checkin event (an invalidated connection)
+            _end_open_results(key)
         pool = getattr(connection_proxy, "_pool", None)
         if pool is not None:
             key = id(pool)
@@ -314,8 +416,15 @@ def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy
 
 
 def _on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+    """A connection returns to the pool: its N+1 count is over, and so are its results still open."""
     if dbapi_connection is not None:
-        _checkout_counts.pop(id(dbapi_connection), None)
+        key = id(dbapi_connection)
+        _checkout_counts.pop(key, None)
+        if key in _opened:
+            try:
+                _end_open_results(key)
+            except Exception as exc:
+                log_once("sql-checkin", "could not end the open results of a connection", exc=exc)
 
 
 def _track_pool(pool: Any) -> None:
@@ -424,6 +533,7 @@ def instrument(
             _init_skip_prefixes()
         with _lock:
             already = _global
+            _hook_results()
         if engine is None:
             if not already:
                 for name, fn in _LISTENERS:
@@ -453,6 +563,37 @@ def instrument(
         _ensure_drain_thread()
     except Exception as exc:
         log_once("sql-instrument", "could not instrument SQLAlchemy", exc=exc)
+
+
+def _hook_results() -> None:
+    """Wrap `CursorResult._soft_close` once: what SQLAlchemy calls when a result's rows are exhausted
+    or the result is closed (including `.first()`, `.scalar()`, `.all()`, ORM loads, `yield_per`), so
+    the execution's `_Open` record ends there. A result of an engine perftop does not record has no
+    record: the wrapper costs it one attribute lookup."""
+    global _results_hooked
+    if _results_hooked:
+        return
+    from sqlalchemy.engine.cursor import CursorResult
+    from sqlalchemy.engine.default import DefaultExecutionContext
+
+    original = CursorResult.__dict__.get("_soft_close")
+    if original is None:
+        log_once("sql-results", "cannot see when results are fetched: queries are timed to execute's end")
+        return
+    if getattr(original, "_perftop", False):  # wrapped by another copy of this module
+        return
+
+    def _soft_close(self: Any, hard: bool = False) -> None:
+        original(self, hard)
+        op = getattr(self.context, "_perftop_open", None)
+        if op is not None and self._soft_closed:
+            _end(op, _perf())
+
+    _soft_close._perftop = True  # type: ignore[attr-defined]
+    _soft_close.__doc__ = original.__doc__
+    DefaultExecutionContext._perftop_open = None  # type: ignore[attr-defined]
+    CursorResult._soft_close = _soft_close  # type: ignore[method-assign]
+    _results_hooked = True
 
 
 def _remove_engine_listeners(engine: Any) -> None:
@@ -507,6 +648,7 @@ def _after_fork_in_child() -> None:
     for q in (_slow, _n1_events, _checkouts, _waits):
         q.clear()
     _checkout_counts.clear()
+    _opened.clear()
     _stats.clear()
     _dropped.clear()
     _dropped_extra = _executions_dropped = 0
