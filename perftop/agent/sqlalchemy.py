@@ -69,6 +69,8 @@ DROPPED_KEPT_MAX = 65_536
 DRAIN_INTERVAL_S = 1.0
 EXPLAIN_TIMEOUT_S = 10.0
 ERROR_TEXT_MAX = 300
+ROWCOUNT_UNKNOWN = 2**63
+"""A DBAPI rowcount this large is -1 read as unsigned: unknown, like -1."""
 
 _perf = time.perf_counter_ns
 
@@ -706,7 +708,8 @@ def _drain_locked() -> None:
             if group is None:
                 group = groups[(fp, second)] = (Sketch(), [0, 0])
             group[0].add(dt, 1, err)
-            if type(rows) is int and rows >= 0:  # -1 or None: the driver does not know
+            # -1 or None: the driver does not know; 2**64 - 1 is -1 unsigned (PyMySQL's unbuffered cursor).
+            if type(rows) is int and 0 <= rows < ROWCOUNT_UNKNOWN:
                 group[1][0] += rows
                 group[1][1] += 1
         for (fp, second), (sketch, (rows_sum, counted)) in groups.items():
