@@ -28,7 +28,9 @@ How an execution is recorded (the hot path, in the app's thread):
   checkout and checkin). When a count reaches the threshold, the call site is captured once for that
   checkout and fingerprint; that and slow executions are the only times the stack is walked.
 - Errors: an exception from the DBAPI call is counted on its fingerprint and re-raised unchanged (a bare
-  `raise` in the listener: same object, type, message and traceback).
+  `raise` in the listener: same object, type, message and traceback). One from a fetch (SQLite raises
+  most runtime errors there) is counted too, seen in `CursorFetchStrategy.handle_exception` (wrapped
+  once, on the class), which SQLAlchemy then raises as it always does.
 - Only the last parameters of each fingerprint are kept, in memory, for EXPLAIN; they are never reported.
 
 A daemon thread aggregates the pending tuples once a second into per-fingerprint sketches
@@ -252,14 +254,27 @@ def _end(op: _Open, t1: int) -> None:
     try:
         dt = t1 - op.t0
         _pending_append((fp, dt, t1, op.rowcount, 0, op.statement, op.parameters, op.engine))
-        if op.conn:
-            opens = _opened.get(op.conn)
-            if opens is not None:
-                opens.pop(id(op), None)
+        _forget(op)
         if dt >= _slow_ns:
             _slow.append((fp, dt, time.time(), _call_site(), None))
     except Exception as exc:
         log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def _end_failed(op: _Open, context: Any, error: BaseException) -> None:
+    """A fetch failed (SQLite reports most runtime errors there): the execution is an error."""
+    if op.fp is None:
+        return
+    op.fp = None
+    _forget(op)
+    _record_error(None, op.statement, op.parameters, context, _perf() - op.t0, error)
+
+
+def _forget(op: _Open) -> None:
+    if op.conn:
+        opens = _opened.get(op.conn)
+        if opens is not None:
+            opens.pop(id(op), None)
 
 
 def _end_open_results(key: int) -> None:
@@ -535,7 +550,10 @@ def instrument(
             _init_skip_prefixes()
         with _lock:
             already = _global
-            _hook_results()
+            try:
+                _hook_results()
+            except Exception as exc:  # queries are then timed to execute's end, as before
+                log_once("sql-results", "cannot see when results are fetched", exc=exc)
         if engine is None:
             if not already:
                 for name, fn in _LISTENERS:
@@ -575,7 +593,7 @@ def _hook_results() -> None:
     global _results_hooked
     if _results_hooked:
         return
-    from sqlalchemy.engine.cursor import CursorResult
+    from sqlalchemy.engine.cursor import CursorFetchStrategy, CursorResult
     from sqlalchemy.engine.default import DefaultExecutionContext
 
     original = CursorResult.__dict__.get("_soft_close")
@@ -593,9 +611,28 @@ def _hook_results() -> None:
 
     _soft_close._perftop = True  # type: ignore[attr-defined]
     _soft_close.__doc__ = original.__doc__
+    _soft_close.__wrapped__ = original  # type: ignore[attr-defined]
     DefaultExecutionContext._perftop_open = None  # type: ignore[attr-defined]
     CursorResult._soft_close = _soft_close  # type: ignore[method-assign]
     _results_hooked = True
+
+    # A fetch that fails goes through the strategy's handle_exception, which re-raises it wrapped.
+    failed = CursorFetchStrategy.__dict__.get("handle_exception")
+    if failed is None:
+        return
+
+    def _handle_exception(self: Any, result: Any, dbapi_cursor: Any, err: BaseException) -> Any:
+        try:
+            op = getattr(result.context, "_perftop_open", None)
+            if op is not None:
+                _end_failed(op, result.context, err)
+        except Exception as exc:
+            log_once("sql-fetch-error", "could not record a failed fetch", exc=exc)
+        return failed(self, result, dbapi_cursor, err)
+
+    _handle_exception.__doc__ = failed.__doc__
+    _handle_exception.__wrapped__ = failed  # type: ignore[attr-defined]
+    CursorFetchStrategy.handle_exception = _handle_exception  # type: ignore[method-assign]
 
 
 def _remove_engine_listeners(engine: Any) -> None:

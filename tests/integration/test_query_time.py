@@ -53,9 +53,9 @@ class QueryTimeApp(SqlApp):
 
 
 @contextlib.contextmanager
-def running(kind: str, tmp_path: Path, rows: int = 300_000) -> Iterator[QueryTimeApp]:
+def running(kind: str, tmp_path: Path, rows: int = 300_000, suffix: str = "") -> Iterator[QueryTimeApp]:
     url = database_url(kind, tmp_path)
-    app = QueryTimeApp(url, new_suffix(), "--slow-ms", str(SLOW_MS), "--rows", str(rows))
+    app = QueryTimeApp(url, suffix or new_suffix(), "--slow-ms", str(SLOW_MS), "--rows", str(rows))
     try:
         yield app
     finally:
@@ -99,6 +99,19 @@ def test_sqlite_full_scan_is_timed_with_its_fetch_and_lands_in_the_slow_list(
     assert min(app_ms) > SLOW_MS  # the scan is slow by the app's clock (else this test proves nothing)
     _assert_each_covered(stats, query["fingerprint"], app_ms)
     assert (query["rows"], query["rows_counted"]) == (0, 0)  # SQLite does not say how many it returned
+
+
+def test_a_scan_failing_while_fetched_is_an_error_timed_until_it_failed(tmp_path: Path) -> None:
+    with running("sqlite", tmp_path) as app:
+        app_ms = app.call("scan", mode="fails", times=3)
+        stats = app.stats()
+
+    query = _query(stats, "fails_id")
+    assert (query["count"], query["errors"]) == (3, 3)
+    _assert_each_covered(stats, query["fingerprint"], app_ms)
+    for entry in stats["slow_queries"]:
+        if entry["fingerprint"] == query["fingerprint"]:
+            assert entry["error"] == "OperationalError: integer overflow"
 
 
 @pytest.mark.parametrize("mode", ["close", "dropped", "checkin"])
@@ -170,3 +183,48 @@ def test_mariadb_is_timed_with_its_fetch(mode: str, tmp_path: Path) -> None:
     _assert_each_covered(stats, query["fingerprint"], app_ms)
     if mode == "stream":  # an unbuffered cursor does not know its row count (PyMySQL says 2**64 - 1)
         assert (query["rows"], query["rows_counted"]) == (0, 0)
+
+
+def _pg_stat_statements() -> Any:
+    """An engine on the test database with pg_stat_statements usable, or a skip saying why not."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url("postgresql", Path()), poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        preloaded = str(conn.exec_driver_sql("SHOW shared_preload_libraries").scalar())
+    if "pg_stat_statements" not in preloaded:
+        engine.dispose()
+        pytest.skip(f"pg_stat_statements is not in shared_preload_libraries ({preloaded!r})")
+    with contextlib.suppress(sa.exc.IntegrityError, sa.exc.ProgrammingError), engine.begin() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")  # races another test
+    return engine
+
+
+@pytest.mark.db
+def test_postgresql_counts_match_pg_stat_statements_and_app_time_includes_server_time(tmp_path: Path) -> None:
+    """The server's own statistics for the same statements: the same number of calls, and less time
+    (its execution only; perftop's is the app's: round trip, driver and fetching included)."""
+    engine = _pg_stat_statements()
+    suffix = new_suffix()
+    try:
+        with running("postgresql", tmp_path, rows=50_000, suffix=suffix) as app:
+            lookup_ms = app.call("pk_lookup", times=200)
+            scan_ms = app.call("scan", mode="all", times=3)
+            stats = app.stats()
+        with engine.connect() as conn:
+            server = {
+                alias: conn.exec_driver_sql(
+                    "SELECT sum(calls), sum(total_exec_time) FROM pg_stat_statements"
+                    " WHERE query LIKE %(alias)s AND query LIKE %(table)s",
+                    {"alias": f"%AS {alias},%", "table": f"%big_{suffix} %"},
+                ).one()
+                for alias in ("pk_id", "all_id")
+            }
+    finally:
+        engine.dispose()
+
+    for alias, app_ms in (("pk_id", lookup_ms), ("all_id", scan_ms)):
+        query = _query(stats, alias)
+        calls, server_ms = server[alias]
+        assert query["count"] == calls == len(app_ms)
+        assert server_ms <= query["total_ms"] <= sum(app_ms) + NESTED_SLACK_MS * len(app_ms)

@@ -58,7 +58,14 @@ class App:
                 conn.exec_driver_sql(f"ANALYZE {self.table}")
 
     def statement(self, mode: str) -> str:
-        """A full scan of the table (no index on `a`); the alias gives each mode its own fingerprint."""
+        """A full scan of the table (no index on `a`); the alias gives each mode its own fingerprint.
+        With mode `fails`, the scan fails at the table's last row (SQLite: integer overflow)."""
+        if mode == "fails":
+            last = f"(SELECT max(id) FROM {self.table})"
+            return (
+                f"SELECT abs(CASE WHEN id = {last} THEN -9223372036854775807 - 1 ELSE id END) AS fails_id,"
+                f" a, b FROM {self.table} WHERE a = 5 OR id = {last}"
+            )
         return f"SELECT id AS {mode}_id, a, b FROM {self.table} WHERE a = 5"
 
     # -- commands -------------------------------------------------------------------------------------
@@ -86,6 +93,12 @@ class App:
             result = conn.execution_options(**options).execute(sql)
             if mode in ("all", "stream"):
                 result.all()
+            elif mode == "fails":
+                try:
+                    result.all()
+                except self.sa.exc.DBAPIError:
+                    return (clock() - t0) / 1e6
+                raise AssertionError("the scan did not fail")
             elif mode == "iter" or mode == "yield_per":
                 for _ in result:
                     pass
