@@ -15,7 +15,10 @@ How an execution is recorded (the hot path, in the app's thread):
   (wrapped once, on the class: what SQLAlchemy calls when the rows are exhausted or the result closed)
   ends it. A result never fetched nor closed ends when the connection goes back to the pool or when
   its context is freed (`_Open.__del__`), whichever comes first. Statements without rows end at
-  `execute()`'s return, as before.
+  `execute()`'s return, as before. The slow list, the time windows and the sketches all use that end;
+  a slow entry's call site is where the result was finished (usually the line that executed it, as in
+  `conn.execute(...).all()`). N+1 counts executions, so it is counted at `execute()`. Cost: about
+  2-3 us more per query that returns rows (tests/perf/bench_sql_hook.py).
 - The fingerprint comes from a dict keyed by the raw statement text (one lookup when seen before), and
   one tuple is appended to a list. No lock: appends are atomic, and the drain copies then deletes
   exactly the first n items, so an append racing it lands after them and is taken next time.
