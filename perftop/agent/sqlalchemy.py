@@ -89,7 +89,8 @@ _checkout_counts: dict[int, dict[str, int]] = {}
 """id(DBAPI connection) -> executions per fingerprint since that connection was checked out."""
 _opened: dict[int, dict[int, weakref.ref[_Open]]] = {}
 """id(DBAPI connection) -> id(record) -> record, of its executions whose result is still open (ended at
-checkin). Weak: a record belongs to its execution context, so it goes when the context goes."""
+checkin). Weak: a record belongs to its execution context, so it goes when the context goes. Emptied
+past CHECKOUT_TABLE_MAX connections, as `_checkout_counts` is."""
 _results_hooked = False
 """Whether `CursorResult._soft_close` is wrapped; if not, executions end at `execute()`'s return."""
 _slow_ns = 100_000_000
@@ -280,15 +281,16 @@ def _forget(op: _Open) -> None:
             opens.pop(id(op), None)
 
 
-def _end_open_results(key: int) -> None:
-    """The connection `key` is back in the pool (or out again): its results still open end now."""
-    opens = _opened.pop(key, None)
-    if opens:
-        t1 = _perf()
-        for ref in list(opens.values()):
-            op = ref()
-            if op is not None:
-                _end(op, t1)
+def _end_open_results(opens: dict[int, weakref.ref[_Open]]) -> None:
+    """A connection is back in the pool (or out again): its results still open end now. Its table is
+    emptied, not dropped, so a connection per query does not allocate one per query."""
+    refs = list(opens.values())
+    opens.clear()
+    t1 = _perf()
+    for ref in refs:
+        op = ref()
+        if op is not None:
+            _end(op, t1)
 
 
 def _on_do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
@@ -423,8 +425,9 @@ def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy
     try:
         key = id(dbapi_connection)
         _new_checkout(key)
-        if key in _opened:  # results left open without a checkin event (an invalidated connection)
-            _end_open_results(key)
+        opens = _opened.get(key)
+        if opens:  # results left open without a checkin event (an invalidated connection)
+            _end_open_results(opens)
         pool = getattr(connection_proxy, "_pool", None)
         if pool is not None:
             key = id(pool)
@@ -440,9 +443,10 @@ def _on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
     if dbapi_connection is not None:
         key = id(dbapi_connection)
         _checkout_counts.pop(key, None)
-        if key in _opened:
+        opens = _opened.get(key)
+        if opens:
             try:
-                _end_open_results(key)
+                _end_open_results(opens)
             except Exception as exc:
                 log_once("sql-checkin", "could not end the open results of a connection", exc=exc)
 
