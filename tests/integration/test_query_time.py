@@ -172,6 +172,18 @@ def test_postgresql_server_side_cursors_are_timed_with_their_fetch(mode: str, tm
 
 
 @pytest.mark.db
+def test_postgresql_async_stream_is_timed_with_its_fetch(tmp_path: Path) -> None:
+    """An AsyncEngine's `stream()` fetches through the same SQLAlchemy result, awaited row by row."""
+    with running("postgresql", tmp_path, rows=5000) as app:
+        app_ms = app.call("async_stream", times=3, limit=5000)
+        stats = app.stats()
+
+    query = _query(stats, "async_id")
+    assert query["count"] == 3 and query["errors"] == 0
+    _assert_each_covered(stats, query["fingerprint"], app_ms)
+
+
+@pytest.mark.db
 @pytest.mark.parametrize("mode", ["all", "stream"])
 def test_mariadb_is_timed_with_its_fetch(mode: str, tmp_path: Path) -> None:
     with running("mariadb", tmp_path) as app:

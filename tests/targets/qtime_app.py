@@ -6,7 +6,7 @@ Usage: python tests/targets/qtime_app.py URL SUFFIX [--slow-ms MS] [--rows N]
 
 Protocol: one JSON object per line on stdin, one reply per line on stdout:
   {"cmd": NAME, ...args}  ->  {"ok": true, "result": ...} or {"ok": false, "error": MSG, "type": NAME}
-Commands: scan, pk_lookup, leak_check, stats, teardown, exit.
+Commands: scan, async_stream, pk_lookup, leak_check, stats, teardown, exit.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class App:
         self.sa = sa
         self.engine = sa.create_engine(args.url, pool_size=2)
         hook.instrument(self.engine, slow_ms=args.slow_ms)
+        self.slow_ms = args.slow_ms
         self.bare = sa.create_engine(args.url, pool_size=2)  # never instrumented: the leak oracle
         self.table = f"big_{args.suffix}"
         self.dialect = self.engine.dialect.name
@@ -128,6 +129,34 @@ class App:
             return (clock() - t0) / 1e6
         finally:
             conn.close()
+
+    def async_stream(self, times: int = 3, limit: int = 5000) -> list[float]:
+        """PostgreSQL through an AsyncEngine (psycopg's async driver): `conn.stream()` (a server-side
+        cursor), iterated to the end; the app's own milliseconds per execution."""
+        import asyncio
+
+        from sqlalchemy.ext.asyncio import create_async_engine
+
+        url = self.engine.url.set(drivername="postgresql+psycopg_async")
+        sql = self.sa.text(f"SELECT id AS async_id, a, b FROM {self.table} WHERE id <= :n")
+
+        async def run() -> list[float]:
+            engine = create_async_engine(url)
+            hook.instrument(engine, slow_ms=self.slow_ms)
+            out: list[float] = []
+            try:
+                for _ in range(times):
+                    async with engine.connect() as conn:
+                        t0 = time.perf_counter_ns()
+                        result = await conn.stream(sql, {"n": limit})
+                        async for _row in result:
+                            pass
+                        out.append((time.perf_counter_ns() - t0) / 1e6)
+            finally:
+                await engine.dispose()
+            return out
+
+        return asyncio.run(run())
 
     def pk_lookup(self, times: int = 200) -> list[float]:
         """A primary-key lookup, as the app times it (execute + fetch)."""
@@ -218,7 +247,8 @@ def main() -> None:
     args = parser.parse_args()
     app = App(args)
     commands: dict[str, Callable[..., Any]] = {
-        name: getattr(app, name) for name in ("scan", "pk_lookup", "leak_check", "stats", "teardown")
+        name: getattr(app, name)
+        for name in ("scan", "async_stream", "pk_lookup", "leak_check", "stats", "teardown")
     }
     out = sys.stdout
     out.write(json.dumps({"ready": True, "pid": os.getpid(), "dialect": app.dialect}) + "\n")
