@@ -369,9 +369,11 @@ def _open(
     fp: str, t0: int, rowcount: Any, statement: str, parameters: Any, engine: Any, key: int, context: Any
 ) -> bool:
     """Leave an execution with rows open on its context until its result is finished (False: cannot)."""
+    earlier = getattr(context, "_perftop_open", None)
+    if earlier is not None:  # an earlier batch of insertmanyvalues (one context): fetched before this ran
+        _end(earlier, t0)
     op = _Open(fp, t0, rowcount, statement, parameters, engine, key)
     try:
-        # Replacing an earlier record (insertmanyvalues batches share a context) ends that one.
         context._perftop_open = op
     except AttributeError:  # a context class with __slots__: record at execute's end
         op.fp = None

@@ -142,6 +142,22 @@ def test_results_never_fetched_and_first_rows_still_count(tmp_path: Path) -> Non
         assert 0 < query["total_ms"] <= sum(app_ms) + NESTED_SLACK_MS
 
 
+def test_insertmanyvalues_batches_are_timed_once_each(tmp_path: Path) -> None:
+    """2,500 rows with RETURNING go as batches of 1,000 on one execution context: each batch ends
+    when the next starts, so together they fit in the app's time of the whole call."""
+    with running("sqlite", tmp_path, rows=100) as app:
+        app_ms = app.call("insert_returning", rows=2500)
+        stats = app.stats()
+
+    batches = [
+        q
+        for q in stats["queries"]
+        if q["fingerprint"].startswith("INSERT INTO big_") and "RETURNING" in q["fingerprint"]
+    ]
+    assert sum(q["count"] for q in batches) == 3
+    assert 0 < sum(q["total_ms"] for q in batches) <= app_ms + NESTED_SLACK_MS
+
+
 def test_no_reference_cycle_and_no_leak(tmp_path: Path) -> None:
     with running("sqlite", tmp_path, rows=100) as app:
         found = app.call("leak_check", n=300)

@@ -6,7 +6,7 @@ Usage: python tests/targets/qtime_app.py URL SUFFIX [--slow-ms MS] [--rows N]
 
 Protocol: one JSON object per line on stdin, one reply per line on stdout:
   {"cmd": NAME, ...args}  ->  {"ok": true, "result": ...} or {"ok": false, "error": MSG, "type": NAME}
-Commands: scan, async_stream, pk_lookup, leak_check, stats, teardown, exit.
+Commands: scan, async_stream, insert_returning, pk_lookup, leak_check, stats, teardown, exit.
 """
 
 from __future__ import annotations
@@ -158,6 +158,21 @@ class App:
 
         return asyncio.run(run())
 
+    def insert_returning(self, rows: int = 2500) -> float:
+        """One executemany INSERT ... RETURNING, which SQLAlchemy sends as several insertmanyvalues
+        batches on one execution context; the app's own milliseconds for it."""
+        sa = self.sa
+        table = sa.Table(self.table, sa.MetaData(), autoload_with=self.engine)
+        first = 10_000_000
+        values = [{"id": first + i, "a": -1, "b": "inserted"} for i in range(rows)]
+        with self.engine.begin() as conn:
+            t0 = time.perf_counter_ns()
+            ids = conn.execute(table.insert().returning(table.c.id), values).all()
+            elapsed = (time.perf_counter_ns() - t0) / 1e6
+            conn.execute(table.delete().where(table.c.a == -1))
+        assert len(ids) == rows
+        return elapsed
+
     def pk_lookup(self, times: int = 200) -> list[float]:
         """A primary-key lookup, as the app times it (execute + fetch)."""
         sql = self.sa.text(f"SELECT id AS pk_id, a, b FROM {self.table} WHERE id = :id")
@@ -248,7 +263,15 @@ def main() -> None:
     app = App(args)
     commands: dict[str, Callable[..., Any]] = {
         name: getattr(app, name)
-        for name in ("scan", "async_stream", "pk_lookup", "leak_check", "stats", "teardown")
+        for name in (
+            "scan",
+            "async_stream",
+            "insert_returning",
+            "pk_lookup",
+            "leak_check",
+            "stats",
+            "teardown",
+        )
     }
     out = sys.stdout
     out.write(json.dumps({"ready": True, "pid": os.getpid(), "dialect": app.dialect}) + "\n")
