@@ -228,10 +228,17 @@ class _Open:
     that refers back, so it adds no reference cycle; `_opened` holds it weakly.
     """
 
-    __slots__ = ("__weakref__", "conn", "engine", "fp", "parameters", "rowcount", "statement", "t0")
+    __slots__ = ("__weakref__", "engine", "fp", "opens", "parameters", "rowcount", "statement", "t0")
 
     def __init__(
-        self, fp: str, t0: int, rowcount: Any, statement: str, parameters: Any, engine: Any, conn: int
+        self,
+        fp: str,
+        t0: int,
+        rowcount: Any,
+        statement: str,
+        parameters: Any,
+        engine: Any,
+        opens: dict[int, weakref.ref[_Open]] | None,
     ) -> None:
         self.fp: str | None = fp
         """None once recorded."""
@@ -240,8 +247,8 @@ class _Open:
         self.statement = statement
         self.parameters = parameters
         self.engine = engine
-        self.conn = conn
-        """id() of the DBAPI connection, 0 if unknown."""
+        self.opens = opens
+        """The `_opened` table of its DBAPI connection (None if unknown)."""
 
     def __del__(self) -> None:
         if self.fp is not None:  # nothing ended it before its context was freed
@@ -258,7 +265,9 @@ def _end(op: _Open, t1: int) -> None:
     try:
         dt = t1 - op.t0
         _pending_append((fp, dt, t1, op.rowcount, 0, op.statement, op.parameters, op.engine))
-        _forget(op)
+        opens = op.opens
+        if opens is not None:
+            opens.pop(id(op), None)
         if dt >= _slow_ns:
             _slow.append((fp, dt, time.time(), _call_site(), None))
     except Exception as exc:
@@ -270,15 +279,9 @@ def _end_failed(op: _Open, context: Any, error: BaseException) -> None:
     if op.fp is None:
         return
     op.fp = None
-    _forget(op)
+    if op.opens is not None:
+        op.opens.pop(id(op), None)
     _record_error(None, op.statement, op.parameters, context, _perf() - op.t0, error)
-
-
-def _forget(op: _Open) -> None:
-    if op.conn:
-        opens = _opened.get(op.conn)
-        if opens is not None:
-            opens.pop(id(op), None)
 
 
 def _end_open_results(opens: dict[int, weakref.ref[_Open]]) -> None:
@@ -372,18 +375,20 @@ def _open(
     earlier = getattr(context, "_perftop_open", None)
     if earlier is not None:  # an earlier batch of insertmanyvalues (one context): fetched before this ran
         _end(earlier, t0)
-    op = _Open(fp, t0, rowcount, statement, parameters, engine, key)
-    try:
-        context._perftop_open = op
-    except AttributeError:  # a context class with __slots__: record at execute's end
-        op.fp = None
-        return False
+    opens = None
     if key:
         opens = _opened.get(key)
         if opens is None:
             if len(_opened) >= CHECKOUT_TABLE_MAX:
                 _opened.clear()
             opens = _opened[key] = {}
+    op = _Open(fp, t0, rowcount, statement, parameters, engine, opens)
+    try:
+        context._perftop_open = op
+    except AttributeError:  # a context class with __slots__: record at execute's end
+        op.fp = None
+        return False
+    if opens is not None:
         opens[id(op)] = weakref.ref(op)
     return True
 
