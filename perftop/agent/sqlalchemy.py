@@ -8,7 +8,8 @@ How an execution is recorded (the hot path, in the app's thread):
   `perf_counter_ns()` calls and returns True, so SQLAlchemy makes one event dispatch per execution
   instead of a before/after pair.
 - A query's time is the app's: from the start of `cursor.execute()` until its result is fully fetched
-  or closed, whichever comes first (round trip, driver and fetching included; not server time).
+  or closed, whichever comes first (round trip, driver and fetching included; not server time). For
+  a result read row by row, what the app does between two rows is inside that span too.
   SQLite's `execute()` returns at the first row and scans while rows are fetched, and so do server-side
   cursors (`stream_results`, `yield_per`): timing `execute()` alone would miss the work. A statement
   that returns rows gets a small `_Open` record on its execution context; `CursorResult._soft_close`
