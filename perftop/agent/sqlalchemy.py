@@ -6,20 +6,35 @@ How an execution is recorded (the hot path, in the app's thread):
 - One listener per DBAPI call, on the dialect-level `do_execute` / `do_executemany` /
   `do_execute_no_params` events: it calls the dialect's own method itself between two
   `perf_counter_ns()` calls and returns True, so SQLAlchemy makes one event dispatch per execution
-  instead of a before/after pair. It times the DBAPI `cursor.execute()` only (not fetching).
+  instead of a before/after pair.
+- A query's time is the app's: from the start of `cursor.execute()` until its result is fully fetched
+  or closed, whichever comes first (round trip, driver and fetching included; not server time). For
+  a result read row by row, what the app does between two rows is inside that span too.
+  SQLite's `execute()` returns at the first row and scans while rows are fetched, and so do server-side
+  cursors (`stream_results`, `yield_per`): timing `execute()` alone would miss the work. A statement
+  that returns rows gets a small `_Open` record on its execution context; `CursorResult._soft_close`
+  (wrapped once, on the class: what SQLAlchemy calls when the rows are exhausted or the result closed)
+  ends it. A result never fetched nor closed ends when the connection goes back to the pool or when
+  its context is freed (`_Open.__del__`), whichever comes first. Statements without rows end at
+  `execute()`'s return, as before. The slow list, the time windows and the sketches all use that end;
+  a slow entry's call site is where the result was finished (usually the line that executed it, as in
+  `conn.execute(...).all()`). N+1 counts executions, so it is counted at `execute()`. Cost: about
+  2-3 us more per query that returns rows (tests/perf/bench_sql_hook.py).
 - The fingerprint comes from a dict keyed by the raw statement text (one lookup when seen before), and
   one tuple is appended to a list. No lock: appends are atomic, and the drain copies then deletes
   exactly the first n items, so an append racing it lands after them and is taken next time.
 - Rows: the DBAPI `cursor.rowcount` when it is >= 0: rows affected for INSERT/UPDATE/DELETE, and for
   SELECT the rows the driver received (psycopg, PyMySQL and most client-side cursors). Counting rows
-  actually fetched would mean wrapping every result, so it is not done; SQLite's SELECT rowcount is -1:
+  actually fetched would mean wrapping every fetch, so it is not done; SQLite's SELECT rowcount is -1:
   such executions add nothing to `rows` and are left out of `rows_counted` (the executions whose rows
   are known), so a viewer can say "unknown" rather than 0.
 - N+1: a per-checkout dict counts executions per fingerprint on each DBAPI connection (reset at pool
   checkout and checkin). When a count reaches the threshold, the call site is captured once for that
   checkout and fingerprint; that and slow executions are the only times the stack is walked.
 - Errors: an exception from the DBAPI call is counted on its fingerprint and re-raised unchanged (a bare
-  `raise` in the listener: same object, type, message and traceback).
+  `raise` in the listener: same object, type, message and traceback). One from a fetch (SQLite raises
+  most runtime errors there) is counted too, seen in `CursorFetchStrategy.handle_exception` (wrapped
+  once, on the class), which SQLAlchemy then raises as it always does.
 - Only the last parameters of each fingerprint (per engine that ran it) are kept, in memory, for EXPLAIN;
   they are never reported.
 - Values never leave the app: error text is redacted (`fingerprint.redact_error`) when it is recorded,
@@ -78,6 +93,8 @@ EXPLAIN_CANCEL_JOIN_S = 10.0
 ENGINES_PER_FINGERPRINT_MAX = 8
 """Engines remembered per fingerprint for EXPLAIN (the most recent ones)."""
 ERROR_TEXT_MAX = 300
+ROWCOUNT_UNKNOWN = 2**63
+"""A DBAPI rowcount this large is -1 read as unsigned: unknown, like -1."""
 
 _perf = time.perf_counter_ns
 
@@ -89,6 +106,12 @@ _fp_cache = _fingerprint._cache
 _fp_get = _fp_cache.get
 _checkout_counts: dict[int, dict[str, int]] = {}
 """id(DBAPI connection) -> executions per fingerprint since that connection was checked out."""
+_opened: dict[int, dict[int, weakref.ref[_Open]]] = {}
+"""id(DBAPI connection) -> id(record) -> record, of its executions whose result is still open (ended at
+checkin). Weak: a record belongs to its execution context, so it goes when the context goes. Emptied
+past CHECKOUT_TABLE_MAX connections, as `_checkout_counts` is."""
+_results_hooked = False
+"""Whether `CursorResult._soft_close` is wrapped; if not, executions end at `execute()`'s return."""
 _slow_ns = 100_000_000
 _n1_threshold = 10
 _suppressed: set[int] = set()
@@ -243,6 +266,98 @@ _executions_dropped = 0
 # -- the listeners (hot path) ----------------------------------------------------------------------------
 
 
+class _Open:
+    """An execution whose rows are not all fetched yet: recorded by `_end` when its result is exhausted
+    or closed, its connection checked in, or its execution context freed, whichever comes first.
+
+    Referenced strongly only by its execution context (`context._perftop_open`) and refers to nothing
+    that refers back, so it adds no reference cycle; `_opened` holds it weakly.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "engine",
+        "fp",
+        "opens",
+        "parameters",
+        "rowcount",
+        "site",
+        "statement",
+        "t0",
+        "trace",
+    )
+
+    def __init__(
+        self,
+        fp: str,
+        t0: int,
+        rowcount: Any,
+        statement: str,
+        parameters: Any,
+        engine: Any,
+        opens: dict[int, weakref.ref[_Open]] | None,
+    ) -> None:
+        self.fp: str | None = fp
+        """None once recorded."""
+        self.t0 = t0
+        self.rowcount = rowcount
+        self.statement = statement
+        self.parameters = parameters
+        self.engine = engine
+        self.opens = opens
+        """The `_opened` table of its DBAPI connection (None if unknown)."""
+        self.trace = _request_current()
+        """The web request that ran it (its SQL time counts there), or None."""
+        self.site = _call_site() if self.trace is not None else None
+
+    def __del__(self) -> None:
+        if self.fp is not None:  # nothing ended it before its context was freed
+            with contextlib.suppress(Exception):  # at interpreter exit the module may be gone
+                _end(self, _perf())
+
+
+def _end(op: _Open, t1: int) -> None:
+    """Record an execution that returned rows, now that its result is finished."""
+    fp = op.fp
+    if fp is None:
+        return
+    op.fp = None
+    try:
+        dt = t1 - op.t0
+        _pending_append((fp, dt, t1, op.rowcount, 0, op.statement, op.parameters, op.engine))
+        opens = op.opens
+        if opens is not None:
+            opens.pop(id(op), None)
+        if dt >= _slow_ns:
+            _slow.append((fp, dt, time.time(), _call_site(), None))
+        if op.trace is not None:  # the request that ran it, even if it ends in another's time (GC, pool)
+            op.trace.add(fp, dt, _rows(op.rowcount), op.site)
+    except Exception as exc:
+        log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def _end_failed(op: _Open, context: Any, error: BaseException) -> None:
+    """A fetch failed (SQLite reports most runtime errors there): the execution is an error."""
+    if op.fp is None:
+        return
+    op.fp = None
+    if op.opens is not None:
+        op.opens.pop(id(op), None)
+    _record_error(None, op.statement, op.parameters, context, _perf() - op.t0, error)
+
+
+def _end_open_results(opens: dict[int, weakref.ref[_Open]]) -> None:
+    """A connection is back in the pool (or out again): its results still open end now. Its table is
+    emptied, not dropped, so a connection per query does not allocate one per query."""
+    refs = list(opens.values())
+    opens.clear()
+    t1 = _perf()
+    for ref in refs:
+        op = ref()
+        if op is not None:
+            _end(op, t1)
+
+
 def _on_do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
     if context is None or (_suppressed and threading.get_ident() in _suppressed):
         return False
@@ -283,20 +398,30 @@ def _on_do_executemany(cursor: Any, statement: str, parameters: Any, context: An
 
 
 def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int, t1: int) -> None:
+    """Record an execution: now if it returned no rows, else once its result is finished (`_Open`)."""
     try:
         fp = _fp_get(statement)
         if fp is None:
             fp = _fingerprint_miss(statement, context)
-        dt = t1 - t0
-        _pending_append(
-            (fp, dt, t1, cursor.rowcount, 0, statement, parameters, context.root_connection.engine)
-        )
         # The DBAPI connection, as the pool events see it (SQLAlchemy's async adapters keep it elsewhere).
         conn = getattr(cursor, "connection", None)
         if conn is None:
             conn = getattr(cursor, "_adapt_connection", None)
-        if conn is not None:
-            key = id(conn)
+        key = 0 if conn is None else id(conn)
+        engine = context.root_connection.engine
+        dt = t1 - t0
+        if (
+            cursor.description is None
+            or not _results_hooked
+            or not _open(fp, t0, cursor.rowcount, statement, parameters, engine, key, context)
+        ):
+            _pending_append((fp, dt, t1, cursor.rowcount, 0, statement, parameters, engine))
+            if dt >= _slow_ns:
+                _slow.append((fp, dt, time.time(), _call_site(), None))
+            trace = _request_current()
+            if trace is not None:
+                trace.add(fp, dt, _rows(cursor.rowcount), _call_site())
+        if key:
             counts = _checkout_counts.get(key)
             if counts is None:
                 counts = _new_checkout(key)
@@ -304,12 +429,33 @@ def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int,
             counts[fp] = n
             if n == _n1_threshold:
                 _n1_events.append((fp, time.time(), _call_site()))
-        if dt >= _slow_ns:
-            _slow.append((fp, dt, time.time(), _call_site(), None))
-        if _request_current() is not None:
-            request_stats.note_query(fp, dt, cursor.rowcount, _call_site())
     except Exception as exc:
         log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def _open(
+    fp: str, t0: int, rowcount: Any, statement: str, parameters: Any, engine: Any, key: int, context: Any
+) -> bool:
+    """Leave an execution with rows open on its context until its result is finished (False: cannot)."""
+    earlier = getattr(context, "_perftop_open", None)
+    if earlier is not None:  # an earlier batch of insertmanyvalues (one context): fetched before this ran
+        _end(earlier, t0)
+    opens = None
+    if key:
+        opens = _opened.get(key)
+        if opens is None:
+            if len(_opened) >= CHECKOUT_TABLE_MAX:
+                _opened.clear()
+            opens = _opened[key] = {}
+    op = _Open(fp, t0, rowcount, statement, parameters, engine, opens)
+    try:
+        context._perftop_open = op
+    except AttributeError:  # a context class with __slots__: record at execute's end
+        op.fp = None
+        return False
+    if opens is not None:
+        opens[id(op)] = weakref.ref(op)
+    return True
 
 
 def _record_error(
@@ -321,8 +467,9 @@ def _record_error(
         if fp is None:
             fp = _fingerprint_miss(statement, context)
         _pending_append((fp, dt, _perf(), 0, 1, statement, parameters, context.root_connection.engine))
-        if _request_current() is not None:
-            request_stats.note_query(fp, dt, None, _call_site())
+        trace = _request_current()
+        if trace is not None:
+            trace.add(fp, dt, None, _call_site())
         if dt >= _slow_ns:
             text = _error_text(error, context.root_connection.engine)
             _slow.append((fp, dt, time.time(), _call_site(), text))
@@ -379,7 +526,11 @@ def _new_checkout(key: int) -> dict[str, int]:
 def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
     """A connection leaves the pool: a fresh N+1 count for it, and one checkout for the pool."""
     try:
-        _new_checkout(id(dbapi_connection))
+        key = id(dbapi_connection)
+        _new_checkout(key)
+        opens = _opened.get(key)
+        if opens:  # results left open without a checkin event (an invalidated connection)
+            _end_open_results(opens)
         pool = getattr(connection_proxy, "_pool", None)
         if pool is not None:
             key = id(pool)
@@ -391,8 +542,16 @@ def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy
 
 
 def _on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+    """A connection returns to the pool: its N+1 count is over, and so are its results still open."""
     if dbapi_connection is not None:
-        _checkout_counts.pop(id(dbapi_connection), None)
+        key = id(dbapi_connection)
+        _checkout_counts.pop(key, None)
+        opens = _opened.get(key)
+        if opens:
+            try:
+                _end_open_results(opens)
+            except Exception as exc:
+                log_once("sql-checkin", "could not end the open results of a connection", exc=exc)
 
 
 def _track_pool(pool: Any) -> None:
@@ -428,48 +587,88 @@ def _track_pool(pool: Any) -> None:
 # -- call sites ------------------------------------------------------------------------------------------
 
 _skip_prefixes: tuple[str, ...] = ()
-_internal_codes: dict[Any, bool] = {}
+_library_prefixes: tuple[str, ...] = ()
+_internal_codes: dict[Any, int] = {}
+"""Code object -> _APP, _LIBRARY or _INTERNAL (what `_call_site` makes of its frames)."""
 
 
 def _init_skip_prefixes() -> None:
-    """Frames in these files are not call sites: SQLAlchemy, perftop's agent, logging, contextlib."""
-    global _skip_prefixes
+    """Frames in these files are never call sites: SQLAlchemy, perftop's agent and middleware, logging,
+    contextlib; and frames
+    of installed libraries and the standard library are passed over while an app frame is further up."""
+    global _skip_prefixes, _library_prefixes
+    import sysconfig
+
     import sqlalchemy
 
     agent_dir = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    perftop_init = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "__init__.py")
+    perftop_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     _skip_prefixes = (
         os.path.dirname(os.path.abspath(sqlalchemy.__file__)) + os.sep,
         os.path.dirname(sqlalchemy.__file__) + os.sep,
         agent_dir,
         os.path.dirname(__file__) + os.sep,
-        perftop_init,
+        *(os.path.join(perftop_dir, name) for name in ("__init__.py", "wsgi.py", "asgi.py")),
         os.path.dirname(logging.__file__) + os.sep,
         contextlib.__file__,
     )
+    libraries: set[str] = set()
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if paths.get(key):
+            libraries.add(os.path.abspath(paths[key]) + os.sep)
+    for entry in sys.path:
+        if entry.endswith(("site-packages", "dist-packages")):
+            libraries.add(os.path.abspath(entry) + os.sep)
+    _library_prefixes = tuple(sorted(libraries))
+
+
+_APP, _LIBRARY, _INTERNAL = 0, 1, 2
+
+
+def _kind_of(code: Any) -> int:
+    kind = _internal_codes.get(code)
+    if kind is None:
+        name = code.co_filename
+        if name.startswith(_skip_prefixes):
+            kind = _INTERNAL
+        elif name.startswith(_library_prefixes) or name.startswith("<frozen"):
+            kind = _LIBRARY
+        else:
+            kind = _APP
+        if len(_internal_codes) > 20_000:
+            _internal_codes.clear()
+        _internal_codes[code] = kind
+    return kind
+
+
+def _rows(rowcount: Any) -> int | None:
+    """A DBAPI rowcount as a row count, None where the driver does not know (-1, or -1 read unsigned)."""
+    return rowcount if type(rowcount) is int and 0 <= rowcount < ROWCOUNT_UNKNOWN else None
 
 
 def _call_site() -> dict[str, Any] | None:
-    """The first frame outside SQLAlchemy, perftop's agent, logging and contextlib (walks the stack)."""
+    """The first frame of the app's own code (not SQLAlchemy, perftop, the standard library or another
+    installed library: an ORM's lazy load inside a Jinja2 loop is placed at the template's line, whose code
+    carries the template's file name); where the stack has none, the first frame outside SQLAlchemy and
+    perftop (walks the stack)."""
     frame: Any = sys._getframe(2)
     fallback = None
+    library = None
     while frame is not None:
         code = frame.f_code
-        internal = _internal_codes.get(code)
-        if internal is None:
-            internal = code.co_filename.startswith(_skip_prefixes)
-            if len(_internal_codes) > 20_000:
-                _internal_codes.clear()
-            _internal_codes[code] = internal
-        if not internal:
+        kind = _kind_of(code)
+        if kind != _INTERNAL:
             function = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
             site = {"file": code.co_filename, "line": frame.f_lineno, "function": function}
-            if not code.co_filename.startswith("<"):
+            if kind == _APP and not code.co_filename.startswith("<"):
                 return site
-            if fallback is None:
+            if kind == _APP and fallback is None:
                 fallback = site  # generated code (`<string>`): keep looking for a real file
+            elif kind == _LIBRARY and library is None:
+                library = site
         frame = frame.f_back
-    return fallback
+    return fallback or library
 
 
 # -- instrumenting ---------------------------------------------------------------------------------------
@@ -507,6 +706,10 @@ def instrument(
             _init_skip_prefixes()
         with _lock:
             already = _global
+            try:
+                _hook_results()
+            except Exception as exc:  # queries are then timed to execute's end, as before
+                log_once("sql-results", "cannot see when results are fetched", exc=exc)
         if engine is None:
             _keep_values_all = bool(keep_values)
             if not already:
@@ -541,6 +744,56 @@ def instrument(
         _ensure_drain_thread()
     except Exception as exc:
         log_once("sql-instrument", "could not instrument SQLAlchemy", exc=exc)
+
+
+def _hook_results() -> None:
+    """Wrap `CursorResult._soft_close` once: what SQLAlchemy calls when a result's rows are exhausted
+    or the result is closed (including `.first()`, `.scalar()`, `.all()`, ORM loads, `yield_per`), so
+    the execution's `_Open` record ends there. A result of an engine perftop does not record has no
+    record: the wrapper costs it one attribute lookup."""
+    global _results_hooked
+    if _results_hooked:
+        return
+    from sqlalchemy.engine.cursor import CursorFetchStrategy, CursorResult
+    from sqlalchemy.engine.default import DefaultExecutionContext
+
+    original = CursorResult.__dict__.get("_soft_close")
+    if original is None:
+        log_once("sql-results", "cannot see when results are fetched: queries are timed to execute's end")
+        return
+    if getattr(original, "_perftop", False):  # wrapped by another copy of this module
+        return
+
+    def _soft_close(self: Any, hard: bool = False) -> None:
+        original(self, hard)
+        op = getattr(self.context, "_perftop_open", None)
+        if op is not None and self._soft_closed:
+            _end(op, _perf())
+
+    _soft_close._perftop = True  # type: ignore[attr-defined]
+    _soft_close.__doc__ = original.__doc__
+    _soft_close.__wrapped__ = original  # type: ignore[attr-defined]
+    DefaultExecutionContext._perftop_open = None  # type: ignore[attr-defined]
+    CursorResult._soft_close = _soft_close  # type: ignore[method-assign]
+    _results_hooked = True
+
+    # A fetch that fails goes through the strategy's handle_exception, which re-raises it wrapped.
+    failed = CursorFetchStrategy.__dict__.get("handle_exception")
+    if failed is None:
+        return
+
+    def _handle_exception(self: Any, result: Any, dbapi_cursor: Any, err: BaseException) -> Any:
+        try:
+            op = getattr(result.context, "_perftop_open", None)
+            if op is not None:
+                _end_failed(op, result.context, err)
+        except Exception as exc:
+            log_once("sql-fetch-error", "could not record a failed fetch", exc=exc)
+        return failed(self, result, dbapi_cursor, err)
+
+    _handle_exception.__doc__ = failed.__doc__
+    _handle_exception.__wrapped__ = failed  # type: ignore[attr-defined]
+    CursorFetchStrategy.handle_exception = _handle_exception  # type: ignore[method-assign]
 
 
 def _remove_engine_listeners(engine: Any) -> None:
@@ -595,6 +848,7 @@ def _after_fork_in_child() -> None:
     for q in (_slow, _n1_events, _checkouts, _waits):
         q.clear()
     _checkout_counts.clear()
+    _opened.clear()
     _stats.clear()
     _dropped.clear()
     _dropped_extra = _executions_dropped = 0
@@ -652,7 +906,8 @@ def _drain_locked() -> None:
             if group is None:
                 group = groups[(fp, second)] = (Sketch(), [0, 0])
             group[0].add(dt, 1, err)
-            if type(rows) is int and rows >= 0:  # -1 or None: the driver does not know
+            # -1 or None: the driver does not know; 2**64 - 1 is -1 unsigned (PyMySQL's unbuffered cursor).
+            if type(rows) is int and 0 <= rows < ROWCOUNT_UNKNOWN:
                 group[1][0] += rows
                 group[1][1] += 1
         for (fp, second), (sketch, (rows_sum, counted)) in groups.items():

@@ -45,6 +45,9 @@ NOT_INSTRUMENTED = (
 )
 
 
+TIME_MEANING = "app time: execute until rows fetched or closed, round trip included; not server time"
+"""What every time in this pane is (the agent's SQL hook measures it in the app, see its docstring)."""
+
 FINGERPRINT_MIN = 30
 SLOW_FIXED = (("ms", 8), ("ago", 6))
 """The slow list's fixed columns; its fingerprint and call site share what is left."""
@@ -186,6 +189,9 @@ class QueriesPane(Vertical, can_focus=True):
         self.last_explain: dict[str, Any] | None = None
         self._help = Static(NOT_INSTRUMENTED, id="queries-help", markup=False)
         self._table: DataTable[Text] = DataTable(cursor_type="row", zebra_stripes=True, id="query-table")
+        self._table.tooltip = (
+            f"times ({', '.join(h for h, k, _ in COLUMNS if k.endswith('_ms'))}): {TIME_MEANING}"
+        )
         self._input = FilterBar("filter fingerprints; Enter keeps it, Escape clears it", self._table)
         self._selected = Static("", id="selected")
         self._slow: DataTable[Text] = DataTable(cursor_type="row", id="slow-table")
@@ -201,7 +207,7 @@ class QueriesPane(Vertical, can_focus=True):
         yield self._input
         yield self._table
         yield self._selected
-        yield Label("slowest recent executions", classes="section", id="slow-title")
+        yield Label(f"slowest recent executions · {TIME_MEANING}", classes="section", id="slow-title")
         yield self._slow
         yield self._pool
 
