@@ -662,6 +662,11 @@ def _call_site() -> dict[str, Any] | None:
             function = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
             site = {"file": code.co_filename, "line": frame.f_lineno, "function": function}
             if kind == _APP and not code.co_filename.startswith("<"):
+                template = frame.f_globals.get("__jinja_template__")
+                if template is not None:  # a compiled Jinja2 template: its own line, not the Python one
+                    with contextlib.suppress(Exception):
+                        site["line"] = template.get_corresponding_lineno(frame.f_lineno)
+                        site["function"] = "template"
                 return site
             if kind == _APP and fallback is None:
                 fallback = site  # generated code (`<string>`): keep looking for a real file

@@ -399,6 +399,16 @@ def snapshot_requests(service: Service) -> dict[str, dict[str, Any]]:
     return requests
 
 
+def sql_app_db(tmp_path: Path) -> dict[str, str]:
+    """The SQLite file of flask_sql_app, made before its workers start (two creating it at once collide)."""
+    db = str(tmp_path / "app.db")
+    env = {**os.environ, "PERFTOP": "0", "PERFTOP_TEST_DB": db}
+    subprocess.run(
+        [sys.executable, "-c", "import tests.targets.web.flask_sql_app"], cwd=REPO, env=env, check=True
+    )
+    return {"PERFTOP_TEST_DB": db}
+
+
 def test_each_route_shows_its_sql_time_and_queries_per_request(serve: Any, tmp_path: Path) -> None:
     """Concurrent requests of three routes on threaded gunicorn workers: each route's queries per request
     are exact (nothing leaks between requests served side by side), its SQL time per request agrees with
@@ -407,7 +417,7 @@ def test_each_route_shows_its_sql_time_and_queries_per_request(serve: Any, tmp_p
 
     port = free_port()
     cmd = gunicorn("tests.targets.web.flask_sql_app:app", port, "-k", "gthread", "--threads", "4")
-    service = serve(cmd, port, env={"PERFTOP_TEST_DB": str(tmp_path / "app.db")}, probe="/fast")
+    service = serve(cmd, port, env=sql_app_db(tmp_path), probe="/fast")
 
     def get_json(path: str) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=60) as resp:
@@ -435,9 +445,10 @@ def test_each_route_shows_its_sql_time_and_queries_per_request(serve: Any, tmp_p
     assert fast["queries_max"] == 0 and fast["sql_ms_mean"] == 0
     assert slow["queries_max"] == 1
     # SQL time per request against the app's own timing of the same statements (execute + fetch): each
-    # query's time as perftop records it lies inside the app's measurement of it.
+    # query's time as perftop records it lies inside the app's measurement of it; for these 0.1 ms SQLite
+    # lookups SQLAlchemy's own work around the driver call (compiling, row processing) is a large share.
     app_mean = sum(app_sql) / len(app_sql)
-    assert 0.5 * app_mean <= posts["sql_ms_mean"] <= app_mean * 1.05 + 0.05, (posts["sql_ms_mean"], app_mean)
+    assert 0.4 * app_mean <= posts["sql_ms_mean"] <= app_mean * 1.05 + 0.05, (posts["sql_ms_mean"], app_mean)
     assert slow["sql_share_percent"] < 10 < posts["sql_share_percent"]
     assert posts["top_fingerprints"][:2] == [
         "SELECT name FROM users WHERE id = ?",
@@ -456,3 +467,36 @@ def test_each_route_shows_its_sql_time_and_queries_per_request(serve: Any, tmp_p
         "SELECT name FROM users WHERE id = ?"
     ] * 5
     assert all(q["call_site"]["file"].endswith("flask_sql_app.py") for q in waterfall)
+
+
+def test_an_n_plus_one_inside_a_template_points_at_the_template_line(serve: Any, tmp_path: Path) -> None:
+    """An ORM lazy load run from a Jinja2 loop: the N+1's call site is the template's line, not Jinja2's
+    or SQLAlchemy's frames, and the route's breakdown counts the 21 queries of the request."""
+    port = free_port()
+    cmd = gunicorn("tests.targets.web.flask_sql_app:app", port)
+    service = serve(cmd, port, env=sql_app_db(tmp_path), probe="/fast")
+    assert service.get("/page") == 200
+    deadline = time.monotonic() + 30
+    while True:
+        out = subprocess.run(
+            [sys.executable, "-m", "perftop", "snapshot", "--pid", str(service.proc.pid), "--json"],
+            cwd=REPO,
+            env=service.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        snap = json.loads(out.stdout)
+        lazy = [q for q in snap["queries"] if q["fingerprint"].startswith("SELECT users.id")]
+        if (lazy and lazy[0]["n_plus_one"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert lazy and lazy[0]["count"] == 20 and lazy[0]["n_plus_one"], snap["queries"]
+    site = lazy[0]["n_plus_one_site"]
+    assert site["file"].endswith("templates/posts.html") and site["line"] == 3, site
+    page = snap["requests"]["GET /page"]
+    assert page["count"] == 1 and page["queries_max"] == 21
+    assert {q["call_site"]["file"].rsplit("/", 1)[-1] for q in page["slowest"][0]["queries"]} == {
+        "flask_sql_app.py",
+        "posts.html",
+    }

@@ -8,7 +8,8 @@ import os
 import time
 
 import sqlalchemy as sa
-from flask import Flask, jsonify
+from flask import Flask, jsonify, render_template
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
 app = Flask(__name__)
 engine = sa.create_engine(f"sqlite:///{os.environ['PERFTOP_TEST_DB']}")
@@ -16,7 +17,7 @@ with engine.begin() as setup:
     setup.exec_driver_sql("CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT)")
     setup.exec_driver_sql("CREATE TABLE IF NOT EXISTS posts (id INTEGER PRIMARY KEY, user_id INT, body TEXT)")
     if not setup.exec_driver_sql("SELECT count(*) FROM users").scalar():
-        for uid in range(1, 11):
+        for uid in range(1, 21):
             setup.exec_driver_sql(f"INSERT INTO users VALUES ({uid}, 'user{uid}')")
             for n in range(5):
                 setup.exec_driver_sql(f"INSERT INTO posts (user_id, body) VALUES ({uid}, 'post {n}')")
@@ -52,3 +53,29 @@ def slow(ms: int) -> object:
         _, spent = timed(conn, "SELECT count(*) FROM posts")
     time.sleep(ms / 1000)
     return jsonify(sql_ms=spent, queries=1)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str]
+
+
+class Post(Base):
+    __tablename__ = "posts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"))
+    body: Mapped[str]
+    author: Mapped[User] = relationship(lazy="select")
+
+
+@app.get("/page")
+def page() -> str:
+    """The N+1 of a template: each post's author is lazy-loaded by the ORM from inside the template's loop."""
+    with Session(engine) as session:
+        posts = session.scalars(sa.select(Post).where(Post.id % 5 == 0)).all()
+        return render_template("posts.html", posts=posts)
