@@ -176,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     act.add_argument("--top", type=_whole(1, 1000), help="memory/profile_exact: how many sites to list")
     act.add_argument("--stop", action="store_true", help="memory: stop tracing and free its memory")
+    act.add_argument(
+        "--max-blocks",
+        type=_whole(1, 100_000_000),
+        help="memory: snapshot even above this many traced blocks (default 200000; larger stalls the app)",
+    )
+    act.add_argument(
+        "--keep",
+        type=_whole(10, 86_400),
+        metavar="S",
+        help="memory: tracing stops by itself S seconds after the last memory action (default 600)",
+    )
     act.add_argument("--generation", type=int, choices=(0, 1, 2), help="gc: up to this generation")
     act.add_argument("--count-objects", action="store_true", help="gc: count tracked objects (slow)")
     act.add_argument("--fingerprint", help="explain: the query fingerprint (from the queries list)")
@@ -253,6 +264,8 @@ def _action_params(args: argparse.Namespace) -> dict[str, object]:
         "threads": args.threads,
         "include_idle": args.include_idle or None,
         "frames": args.frames,
+        "max_blocks": args.max_blocks,
+        "keep_s": args.keep,
         "top": args.top,
         "stop": args.stop or None,
         "generation": args.generation,

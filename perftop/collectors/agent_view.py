@@ -47,6 +47,8 @@ class AgentView:
     taken_at: float = 0.0
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The CLI.md `requests` rows by route (web requests timed by the middleware or `perftop run`)."""
+    memory: dict[str, Any] | None = None
+    """tracemalloc's state in the PID's own agent (tracing, overhead, when perftop stops it), or None."""
 
     def describe(self) -> str:
         name = self.info.get("name") or "unnamed"
@@ -136,6 +138,7 @@ def build_view(
         overflow=merged.get("overflow", {}),
         taken_at=float(merged.get("now", 0.0)),
         requests=request_rows(merge_requests(results[p].get("requests") for p in pids)),
+        memory=(results.get(main_pid) or results[pids[0]]).get("memory"),
     )
 
 
