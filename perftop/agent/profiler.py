@@ -16,7 +16,6 @@ import cProfile
 import dis
 import os
 import random
-import resource
 import signal
 import sys
 import threading
@@ -176,12 +175,13 @@ _STALL_RATIO = 20
 class _Cell:
     """Counts of one (thread, stack): samples, and samples found waiting. Holds the stack's code objects."""
 
-    __slots__ = ("codes", "count", "stalled")
+    __slots__ = ("codes", "count", "runnable", "stalled")
 
     def __init__(self, codes: tuple[Any, ...]) -> None:
         self.codes = codes
         self.count = 0
         self.stalled = 0
+        self.runnable = 0
 
 
 class _Run:
@@ -272,13 +272,18 @@ class _Sampler:
         self.signal_ident: int | None = None
         self.signal_key = 0
         self.own_codes: frozenset[Any] = frozenset()
+        self.state_fd = -1
 
-    def use_signal(self, ident: int, own_codes: frozenset[Any]) -> None:
+    def use_signal(self, ident: int, own_codes: frozenset[Any], tid: int) -> None:
         """From now on, samples of thread `ident` (the main thread) only tell where it waits: they go under a
         key of their own, and the frames of the signal handler running in it are skipped."""
         self.signal_ident = ident
         self.signal_key = -1 - ident
         self.own_codes = own_codes
+        try:
+            self.state_fd = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
+        except OSError:
+            self.state_fd = -1
         clock = self.clocks.get(ident)
         if clock is not None:
             self.clocks[self.signal_key] = clock
@@ -343,8 +348,10 @@ class _Sampler:
         for ident, frame in frames.items():
             if ident in skip:
                 continue
+            runnable = False
             if ident == self.signal_ident:
                 ident = self.signal_key
+                runnable = self.state_fd >= 0 and self.main_runnable()
                 if frame.f_code in self.own_codes:
                     outer = frame.f_back
                     while outer is not None and outer.f_code in self.own_codes:
@@ -362,6 +369,7 @@ class _Sampler:
                 cell = run.cell
                 if cell is not None:
                     cell.count += 1
+                    cell.runnable += runnable
                     run.samples += 1
                 else:
                     self.dropped += 1
@@ -372,6 +380,7 @@ class _Sampler:
             run = runs[ident] = self._new_run(ident, frame, run, cpu, now)
             if run.cell is not None:
                 run.cell.count += 1
+                run.cell.runnable += runnable
                 run.samples = 1
             else:
                 self.dropped += 1
@@ -409,8 +418,18 @@ class _Sampler:
             cell = self.counts[entry] = _Cell(codes)
         return _Run(frames, key, cell, cpu, now)
 
+    def main_runnable(self) -> bool:
+        """Whether the main thread is running or runnable right now (state R, as py-spy reads it)."""
+        try:
+            return os.pread(self.state_fd, 128, 0).rpartition(b")")[2].split()[0] == b"R"
+        except (OSError, IndexError):
+            return False
+
     def finish(self) -> None:
         """Close every open run and drop the frames still referenced."""
+        if self.state_fd >= 0:
+            os.close(self.state_fd)
+            self.state_fd = -1
         now = time.perf_counter_ns()
         for ident, run in self.runs.items():
             run.close(self.cpu_ns(ident), now)
@@ -419,6 +438,16 @@ class _Sampler:
 
 # ---------------------------------------------------------------------------------------------------------
 # Main-thread sampling from a SIGPROF handler
+
+
+def _schedstat(tid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable waiting for a CPU) of thread `tid` of this process (Linux), or None."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as stat:
+            run, queued = stat.read().split()[:2]
+        return int(run), int(queued)
+    except (OSError, ValueError):
+        return None
 
 
 _SIGNAL_INSTALL_WAIT_S = 0.05
@@ -485,17 +514,82 @@ def _on_sigprof(signum: int, frame: FrameType | None) -> None:
         session.record(frame)
 
 
+_CLOCK_THREAD_CPUTIME_ID = 3
+_SIGEV_THREAD_ID = 4
+
+
+class _ThreadCpuTimer:
+    """A POSIX timer on the calling thread's CPU clock that sends SIGPROF to that thread only (Linux).
+
+    ITIMER_PROF counts the whole process's CPU and signals whichever thread is running: when that is not the
+    main thread, the main thread handles the signal only after its current wait, and charges CPU time spent
+    before the wait to the wait. This timer expires only while the main thread itself runs, and signals it.
+    """
+
+    def __init__(self, libc: Any, timer: Any) -> None:
+        self.libc = libc
+        self.timer = timer
+
+    @staticmethod
+    def start(tid: int, interval_s: float) -> _ThreadCpuTimer | None:
+        """Create and arm the timer for the calling thread (`tid`); None where that is not possible."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            create = libc.timer_create
+        except (ImportError, OSError, AttributeError):
+            return None
+
+        class SigEvent(ctypes.Structure):
+            """struct sigevent: value, signo, notify, then a union whose first int is the thread id."""
+
+            _fields_ = (
+                ("value", ctypes.c_void_p),
+                ("signo", ctypes.c_int),
+                ("notify", ctypes.c_int),
+                ("tid", ctypes.c_int),
+                ("pad", ctypes.c_int * 11),
+            )
+
+        class TimeSpec(ctypes.Structure):
+            _fields_ = (("sec", ctypes.c_long), ("nsec", ctypes.c_long))
+
+        class ITimerSpec(ctypes.Structure):
+            _fields_ = (("interval", TimeSpec), ("value", TimeSpec))
+
+        event = SigEvent(None, signal.SIGPROF, _SIGEV_THREAD_ID, tid)
+        timer = ctypes.c_void_p()
+        create.argtypes = (ctypes.c_int, ctypes.POINTER(SigEvent), ctypes.POINTER(ctypes.c_void_p))
+        if create(_CLOCK_THREAD_CPUTIME_ID, ctypes.byref(event), ctypes.byref(timer)) != 0:
+            return None
+        made = _ThreadCpuTimer(libc, timer)
+        nanos = max(1000, int(interval_s * 1e9))
+        every = TimeSpec(nanos // 1_000_000_000, nanos % 1_000_000_000)
+        settime = libc.timer_settime
+        settime.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ITimerSpec), ctypes.c_void_p)
+        if settime(timer, 0, ctypes.byref(ITimerSpec(every, every)), None) != 0:
+            made.delete()
+            return None
+        return made
+
+    def delete(self) -> None:
+        """Disarm and free the timer (from any thread)."""
+        self.libc.timer_delete(self.timer)
+
+
 class _SignalSession:
     """Samples the main thread from a SIGPROF handler that runs in the main thread itself.
 
     A sampler thread only runs when the app thread lets go of the GIL, which it does at blocking calls: its
     samples land on waits and miss short bursts of Python. The kernel's ITIMER_PROF timer instead sends
     SIGPROF while the process uses CPU, and CPython runs the handler in the main thread at its next bytecode:
-    right where the main thread is computing. Each handler call charges the main thread's busy time since
-    the previous one (time on a CPU or waiting for one, from /proc/thread-self/schedstat, else its CPU
-    clock) to the stack it interrupted. Idle time is the wall time left over; the sampler thread tells where
-    it was spent. Installed only where the app has no SIGPROF handler and no ITIMER_PROF timer of its own,
-    with SA_RESTART, and removed after the profile.
+    right where the main thread is computing. Each handler call charges the main thread's CPU time since the
+    previous one to the stack it interrupted. The rest of the wall time is placed by `_entries`, from the
+    thread's scheduler statistics and where the sampler thread saw it waiting. Installed only where the app
+    has no SIGPROF handler and no ITIMER_PROF timer of its own, with SA_RESTART, and removed after.
     """
 
     def __init__(self, interval_s: float) -> None:
@@ -505,14 +599,14 @@ class _SignalSession:
         self.installed = threading.Event()
         self.state = "queued"
         self.tid = 0
-        self.fd = -1
-        self.last: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self.last = 0
+        self.timer: _ThreadCpuTimer | None = None
+        self.sched_start: tuple[int, int] | None = None
+        self.sched_end: tuple[int, int] | None = None
         self.signals = 0
         self.started_at = 0.0
         self.wall_s = 0.0
-        self.own_codes: frozenset[Any] = frozenset(
-            (_on_sigprof.__code__, _SignalSession.record.__code__, _SignalSession._clock.__code__)
-        )
+        self.own_codes: frozenset[Any] = frozenset((_on_sigprof.__code__, _SignalSession.record.__code__))
 
     @staticmethod
     def available() -> str | None:
@@ -554,35 +648,32 @@ class _SignalSession:
             self.state = "refused"
             return
         self.tid = threading.get_native_id()
-        try:
-            self.fd = os.open(f"/proc/self/task/{self.tid}/schedstat", os.O_RDONLY)
-        except OSError:
-            self.fd = -1
-        self.last = self._clock()
+        self.sched_start = _schedstat(self.tid)
+        self.last = time.thread_time_ns()
         signal.signal(signal.SIGPROF, _on_sigprof)
         signal.siginterrupt(signal.SIGPROF, False)
         self.state = "active"
         self.started_at = time.perf_counter()
-        signal.setitimer(signal.ITIMER_PROF, self.interval_s, self.interval_s)
+        self.timer = _ThreadCpuTimer.start(self.tid, self.interval_s)
+        if self.timer is None:
+            signal.setitimer(signal.ITIMER_PROF, self.interval_s, self.interval_s)
         self.installed.set()
 
     def record(self, frame: FrameType) -> None:
         """Charge the main thread's busy time since the last call to the stack ending at `frame`."""
         if self.state != "active":
             return
-        now = self._clock()
-        run, queued, voluntary, involuntary = (a - b for a, b in zip(now, self.last, strict=True))
+        now = time.thread_time_ns()
+        delta = now - self.last
         self.last = now
         self.signals += 1
-        # Time runnable after a preemption counts where the thread computes (an outside sampler like py-spy
-        # sees it there); after a wake-up from a wait, it is the wait's: split by the context switch counts.
-        switches = voluntary + involuntary
-        delta = run + (queued * involuntary // switches if switches > 0 else 0)
         if delta <= 0:
             return
         key: list[int] = []
         codes: list[Any] = []
         current: FrameType | None = frame
+        while current is not None and current.f_code in self.own_codes:
+            current = current.f_back  # a signal handled while this handler ran
         while current is not None:
             if len(codes) == MAX_DEPTH:
                 codes.append(_TRUNCATED)
@@ -601,22 +692,17 @@ class _SignalSession:
             cell = self.stacks[entry] = [tuple(codes), 0]
         cell[1] += delta
 
-    def busy_samples(self) -> float:
-        """The main thread's busy time charged to its stacks during the session, in samples."""
-        charged: int = sum(cell[1] for cell in self.stacks.values())
-        return charged / (self.interval_s * 1e9)
+    def split(self) -> tuple[float, float, float]:
+        """The main thread's (CPU, runnable waiting for a CPU, blocked) seconds during the session.
 
-    def _clock(self) -> tuple[int, int, int, int]:
-        """The main thread's ns on a CPU and ns runnable waiting for a CPU (without /proc: CPU time only),
-        and its voluntary and involuntary context switches; called in the main thread."""
-        usage = resource.getrusage(resource.RUSAGE_THREAD)
-        if self.fd >= 0:
-            try:
-                fields = os.pread(self.fd, 64, 0).split()
-                return int(fields[0]), int(fields[1]), usage.ru_nvcsw, usage.ru_nivcsw
-            except (OSError, ValueError, IndexError):
-                self.fd = -1
-        return time.thread_time_ns(), 0, usage.ru_nvcsw, usage.ru_nivcsw
+        From /proc schedstat where readable; else the CPU time the handler charged, and no runnable time.
+        """
+        start, end = self.sched_start, self.sched_end
+        if start is not None and end is not None:
+            run, queued = (end[0] - start[0]) / 1e9, (end[1] - start[1]) / 1e9
+        else:
+            run, queued = sum(cell[1] for cell in self.stacks.values()) / 1e9, 0.0
+        return run, queued, max(0.0, self.wall_s - run - queued)
 
     def stop(self) -> None:
         """Disarm the timer, stop recording and queue the handler's removal in the main thread."""
@@ -625,7 +711,11 @@ class _SignalSession:
         self.state = "stopped"
         if was_active:
             self.wall_s = time.perf_counter() - self.started_at
-            signal.setitimer(signal.ITIMER_PROF, 0.0, 0.0)
+            self.sched_end = _schedstat(self.tid)
+            if self.timer is not None:
+                self.timer.delete()
+            else:
+                signal.setitimer(signal.ITIMER_PROF, 0.0, 0.0)
             if not _queue_in_main(self._uninstall):
                 self._forget()
         else:
@@ -641,9 +731,6 @@ class _SignalSession:
         """
         if signal.getsignal(signal.SIGPROF) is _on_sigprof:
             signal.signal(signal.SIGPROF, signal.SIG_DFL)
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
         self._forget()
 
     def _forget(self) -> None:
@@ -701,7 +788,7 @@ def sample_profile(
             if session is not None and sampler.signal_ident is None and session.installed.is_set():
                 main_ident = threading.main_thread().ident
                 if main_ident is not None:
-                    sampler.use_signal(main_ident, session.own_codes)
+                    sampler.use_signal(main_ident, session.own_codes, session.tid)
             sampler.sample()
             now = clock()
             if now >= deadline:
@@ -731,7 +818,7 @@ def sample_profile(
     if session is not None and sampler.signal_ident is None:
         main_note = "the main thread did not run Python code to install the SIGPROF handler (it was waiting)"
     used = session if sampler.signal_ident is not None else None
-    result = _summarise(sampler, include_idle, used, interval)
+    result = _summarise(sampler, include_idle, used)
     main_mode: str | None = None
     if sampler.signal_ident is not None:
         main_mode = "signal"
@@ -747,7 +834,13 @@ def sample_profile(
             else {
                 "signals": used.signals,
                 "seconds": round(used.wall_s, 6),
-                "busy_seconds": round(sum(cell[1] for cell in used.stacks.values()) / 1e9, 6),
+                **dict(
+                    zip(
+                        ("cpu_seconds", "runnable_seconds", "blocked_seconds"),
+                        (round(part, 6) for part in used.split()),
+                        strict=True,
+                    )
+                ),
             },
             "notes": _profile_notes(main_mode, result),
             "seconds": round(end - start, 6),
@@ -977,14 +1070,16 @@ def _callee_by_stack(instructions: list[dis.Instruction], index: int, call: dis.
 
 
 def _entries(
-    sampler: _Sampler, resolver: _Resolver, session: _SignalSession | None, interval: float
+    sampler: _Sampler, resolver: _Resolver, session: _SignalSession | None
 ) -> Iterator[tuple[int, int, tuple[Any, ...], int, int]]:
     """(thread, innermost offset, codes innermost first, samples, idle samples) of every sampled stack.
 
-    With a signal session, the main thread's samples are rebuilt: its busy time, charged by the handler to
-    the stacks it interrupted, in samples of `interval`; and the rest of the session's wall time as idle,
-    spread over where the sampler thread saw it waiting (that thread misses ticks under load: its own count
-    is no measure of wall time).
+    With a signal session, the main thread's samples are rebuilt from its wall time, in as many samples as
+    the sampler thread took meanwhile: its CPU time plus the time it was runnable after a preemption, where
+    the handler found it computing; the time it was runnable after a wake-up (active for py-spy, at the
+    wait it woke from) and the time it was blocked (idle), where the sampler thread saw it waiting. The
+    sampler thread's own samples of it are no measure of where the time went: it gets the GIL mostly while
+    the main thread waits.
     """
     observed: list[tuple[tuple[int, ...], _Cell, int]] = []
     for (ident, key), cell in sampler.counts.items():
@@ -997,24 +1092,30 @@ def _entries(
         yield ident, key[1], codes, cell.count, idle
     if session is None or sampler.signal_ident is None:
         return
-    interval_ns = interval * 1e9
     weights: list[tuple[tuple[int, ...], tuple[Any, ...], float, bool]] = []
+    # As many samples as the sampler thread took of the other threads meanwhile (it may miss ticks).
+    ticks = sum(cell.count for _key, cell, _idle in observed)
+    scale = ticks / session.wall_s if session.wall_s > 0 else 0.0
+    run, queued, blocked = (seconds * scale for seconds in session.split())
+    # Seen at a wait: runnable (woken, not yet on a CPU; py-spy counts that as active there) or blocked. The
+    # sampler thread sees the main thread at waits without bias, since it gets the GIL then.
+    at_waits = [(key, cell) for key, cell, idle in observed if idle and cell.count]
+    seen = sum(cell.count for _key, cell in at_waits)
+    fraction = sum(min(cell.runnable, cell.count) for _key, cell in at_waits) / seen if seen else 0.0
+    woken = min(queued, blocked * fraction / (1.0 - fraction)) if fraction < 1.0 else queued
+    busy = run + queued - woken
+    charged = sum(cell[1] for cell in session.stacks.values())
     for key, (codes, ns) in session.stacks.items():
-        weights.append((key, codes, ns / interval_ns, False))
-    charged = sum(w[2] for w in weights)
-    busy = session.busy_samples()
-    if charged > 0:
-        weights = [(key, codes, weight * busy / charged, False) for key, codes, weight, _idle in weights]
-    else:
-        busy = 0.0
-    idle_share = max(0.0, session.wall_s / interval - busy)
-    seen = sum(cell.count for _key, cell, _idle in observed)
-    seen_idle = sum(idle for _key, _cell, idle in observed)
-    for key, cell, idle in observed:
-        if seen_idle:
-            weights.append((key, cell.codes, idle * idle_share / seen_idle, True))
-        elif seen:
-            weights.append((key, cell.codes, cell.count * idle_share / seen, True))
+        weights.append((key, codes, busy * ns / charged, False))
+    if not charged:
+        blocked += busy
+    if not at_waits:
+        at_waits = [(key, cell) for key, cell, _idle in observed if cell.count]
+        seen = sum(cell.count for _key, cell in at_waits)
+    for key, cell in at_waits:
+        share = cell.count / seen
+        weights.append((key, cell.codes, woken * share, False))
+        weights.append((key, cell.codes, blocked * share, True))
     for (key, codes, _weight, is_idle), count in zip(
         weights, _apportion([w[2] for w in weights]), strict=True
     ):
@@ -1033,7 +1134,7 @@ def _apportion(weights: list[float]) -> list[int]:
 
 
 def _summarise(
-    sampler: _Sampler, include_idle: bool, session: _SignalSession | None = None, interval: float = 0.01
+    sampler: _Sampler, include_idle: bool, session: _SignalSession | None = None
 ) -> dict[str, Any]:
     """Build every view of the profile from the aggregated stack counts."""
     resolver = _Resolver()
@@ -1049,7 +1150,7 @@ def _summarise(
     # Per thread: resolved root-first label tuples -> count (shared by folded, tree and speedscope).
     per_thread: dict[int, dict[tuple[str, ...], int]] = {}
     label_info: dict[str, tuple[str, str, int]] = {}
-    for ident, offset, codes, count, idle in _entries(sampler, resolver, session, interval):
+    for ident, offset, codes, count, idle in _entries(sampler, resolver, session):
         total += count
         thread_samples[ident] = thread_samples.get(ident, 0) + count
         if idle:
