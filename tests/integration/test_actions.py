@@ -267,29 +267,29 @@ def test_profile_bad_parameters_are_one_line_errors(spawn: Callable[[str], Targe
     assert "sort must be one of" in target.action_error("profile_exact", sort="name")
 
 
-def _burst_share(result: dict[str, Any]) -> float:
-    """Share (%) of the main thread's samples in the bursts' pure-Python function."""
-    spin = sum(r["self_samples"] for r in result["top"] if r["function"] == "burst_spin")
-    return 100.0 * spin / max(1, result["samples"])
-
-
-def test_profile_sees_short_main_thread_bursts_through_sigprof(spawn: Callable[[str], Target]) -> None:
-    """5 ms of Python, 5 ms in select(): about half the main thread's time is Python. The sampler thread alone
-    mostly sees the waits (it gets the GIL when the main thread lets go of it); the SIGPROF handler does not.
-    The handler is installed only for the profile: SIGPROF and ITIMER_PROF are the app's again after."""
+def test_profile_samples_the_main_thread_from_sigprof_only_while_profiling(
+    spawn: Callable[[str], Target],
+) -> None:
+    """The main thread alternates 5 ms of Python and 5 ms in select() while a profile runs: its handler runs
+    (signals, CPU charged to the Python function), and SIGPROF and its timer are the app's again after. How
+    well the split agrees with py-spy is test_profile_oracle.py's business."""
     target = spawn("act_profile.py")
     before = target.cmd("sigprof")
-    shares = {}
     for use_signal in (True, False):
         ident = target.start_action(
-            "profile", seconds=2, hz=200, threads="main", include_idle=True, signal=use_signal
+            "profile", seconds=1.5, hz=200, threads="main", include_idle=True, signal=use_signal
         )
-        assert target.cmd("bursts", seconds=3, ms=5) > 0
+        assert target.cmd("bursts", seconds=2.5, ms=5) > 0
         result = target.result(ident)
         assert result["sampler"] == "in-process"
         assert result["main_thread_sampling"] == ("signal" if use_signal else "thread"), result
-        shares[use_signal] = _burst_share(result)
-    assert 30.0 <= shares[True] <= 70.0, shares
+        if use_signal:
+            info = result["main_thread_signal"]
+            assert info["signals"] > 0 and 0 < info["cpu_seconds"] <= info["seconds"], info
+            assert any(r["function"] == "burst_spin" and r["self_samples"] > 0 for r in result["top"])
+        else:
+            assert result["main_thread_signal"] is None
+            assert "switched off" in result["main_thread_note"]
     assert target.cmd("sigprof") == before == {"handler": "<Handlers.SIG_DFL: 0>", "timer": [0.0, 0.0]}
     assert "perftop" not in target.stderr()
 
