@@ -507,6 +507,26 @@ def _queue_in_main(work: Callable[[], None]) -> bool:
     return True
 
 
+def _after_fork_in_child() -> None:
+    """A child forked during a profile inherits the handler but no timer: give SIGPROF back to the app."""
+    global _signal_session
+    session = _signal_session
+    if session is None:
+        return
+    session.state = "stopped"
+    _signal_session = None
+    _pending_work.clear()
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGPROF) is _on_sigprof
+    ):
+        signal.signal(signal.SIGPROF, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _on_sigprof(signum: int, frame: FrameType | None) -> None:
     """SIGPROF handler (runs in the main thread, which is the thread that was interrupted)."""
     session = _signal_session

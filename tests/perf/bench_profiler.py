@@ -9,7 +9,8 @@
    taken from the app, a load-independent part of the cost (GIL hand-overs add to it).
 2. The same for pure-Python work in the main thread, sampled by the in-process sampler (from its SIGPROF
    handler) and by py-spy (`--nonblocking`, from outside; skipped without py-spy or ptrace rights), at
-   100 Hz (goal: <= 3% each).
+   100 Hz (goal: <= 3% each); and the CPU cost of one SIGPROF handler call, a figure that other load on
+   the machine does not blur. Run under `chrt -r 1` (root) for steadier throughput figures.
 3. Time from the end of a 5 s, 100 Hz profile of a 50-thread process to the result (goal: <= 0.5 s), and
    the time to serialise that result as JSON.
 """
@@ -171,6 +172,32 @@ def main_thread_phase(seconds: float, sampler: str | None) -> tuple[float, str]:
     return rate, mode
 
 
+def bench_handler_cost() -> None:
+    """CPU cost of one SIGPROF handler call at stack depth 40 (what the main thread pays per signal): a
+    load-independent figure; at 100 Hz of main-thread CPU the slowdown is 100 x this cost."""
+    from perftop.agent.profiler import _SignalSession
+
+    session = _SignalSession(0.01)
+    session.state = "active"
+    session.last = time.thread_time_ns()
+    calls = 20_000
+
+    def measure(depth: int) -> float:
+        if depth:
+            return measure(depth - 1)
+        frame = sys._getframe()
+        started = time.thread_time()
+        for _ in range(calls):
+            session.record(frame)
+        return (time.thread_time() - started) / calls
+
+    cost = measure(DEPTH)
+    sys.stdout.write(
+        f"SIGPROF handler, stack depth {DEPTH}: {cost * 1e6:.1f} us CPU per call -> "
+        f"{cost * 100 * 100:.2f}% of the main thread's CPU at 100 Hz\n"
+    )
+
+
 def bench_main_thread(phase_seconds: float, rounds: int) -> None:
     """Interleaved phases of main-thread work: off, in-process, off, py-spy, off...; each sampled phase
     is compared with the mean of its two unsampled neighbours."""
@@ -259,6 +286,7 @@ def main() -> None:
     args = parser.parse_args()
     sys.stdout.write(f"Python {sys.version.split()[0]}\n")
     bench_overhead(args.phase_seconds, args.rounds)
+    bench_handler_cost()
     bench_main_thread(max(args.phase_seconds, 1.5), args.rounds)
     bench_result_time()
 
