@@ -82,6 +82,11 @@ def run(argv: list[str]) -> None:
     mode = argv[0]
     if mode == "fork":
         perftop.start()
+        # Fork once the agent has settled: a thread caught mid-import at fork time leaves the child an import
+        # lock nobody will release (the agent's own fork handling is not what this target tests).
+        while perftop.socket_file() is None:
+            time.sleep(0.02)
+        time.sleep(0.5)
         child = os.fork()
         if child == 0:
             perftop.start()
