@@ -6,7 +6,15 @@ that has not moved since the last sample costs a few counter bumps, and a thread
 only down to the first frame still in place. Names, files, lines and the idle/busy split are resolved once
 at the end. A sample is idle when its innermost frame is a known wait (threading, queue, selectors...) or a
 call to a blocking C function (sleep, recv, select...), or when the thread stayed put without using CPU
-(Linux per-thread CPU clocks). Standard library only.
+(Linux per-thread CPU clocks).
+
+The sampler thread only gets the GIL when an app thread lets go of it, mostly at blocking calls, so it
+sees threads at their waits and misses short bursts of Python between them. For the main thread, where the
+app leaves SIGPROF alone, a SIGPROF handler installed for the profile (from the main thread, through
+Py_AddPendingCall) does better: a timer on the main thread's own CPU clock signals it while it computes,
+and the handler, run by the main thread itself, charges that CPU time to where it is. Its waits and its
+time runnable come from /proc schedstat and from where the sampler thread saw it waiting (_SignalSession,
+_entries). Standard library only (ctypes for Py_AddPendingCall and timer_create, where present).
 """
 
 from __future__ import annotations
