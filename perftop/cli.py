@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--threads", help="profile: all (default), main, or a thread name or ident")
     act.add_argument("--include-idle", action="store_true", help="profile: count waiting threads too")
     act.add_argument(
+        "--sampler",
+        choices=("auto", "in-process", "py-spy"),
+        default="auto",
+        help="profile: py-spy (from outside, needs ptrace), in-process (the agent), or auto (default: py-spy "
+        "where it is installed and allowed, else in-process)",
+    )
+    act.add_argument(
         "-o",
         "--output",
         metavar="FILE",
@@ -290,7 +297,18 @@ def _run_action(args: argparse.Namespace) -> int:
     method = "explain" if args.action == "explain" else "action"
     timeout = (args.seconds or 5.0) + 60.0
     try:
-        result = call_agent(args.act_pid, method, params, args.socket_dir, timeout)
+        if args.action == "profile":
+            from perftop.collectors.pyspy import PySpyError, run_profile
+
+            def agent(p: dict[str, object]) -> object:
+                return call_agent(args.act_pid, method, p, args.socket_dir, timeout)
+
+            try:
+                result = run_profile(args.act_pid, params, args.sampler, agent)
+            except PySpyError as exc:
+                raise Failure(str(exc)) from None
+        else:
+            result = call_agent(args.act_pid, method, params, args.socket_dir, timeout)
     except RequestFailed as exc:
         raise Failure(f"{args.action} failed in PID {args.act_pid}: {exc}") from None
     except AgentError as exc:

@@ -167,7 +167,8 @@ def _profile(params: dict[str, Any], cancel: threading.Event) -> Any:
     hz = _number(params, "hz", 100.0, 1.0, MAX_HZ)
     selection = _thread_filter(params)
     include_idle = _bool(params, "include_idle", False)
-    return profiler.sample_profile(seconds, hz, cancel, selection, include_idle)
+    use_signal = _bool(params, "signal", True)
+    return profiler.sample_profile(seconds, hz, cancel, selection, include_idle, use_signal)
 
 
 def _profile_exact(params: dict[str, Any], cancel: threading.Event) -> Any:

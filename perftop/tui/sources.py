@@ -69,4 +69,11 @@ class LiveSources:
         return time.time()
 
     def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
+        if method == "action" and params.get("name") == "profile":
+            from perftop.collectors.pyspy import run_profile
+
+            def agent(p: dict[str, Any]) -> Any:
+                return call_agent(pid, method, p, self.socket_dir, timeout)
+
+            return run_profile(pid, params, params.get("sampler", "auto"), agent)
         return call_agent(pid, method, params, self.socket_dir, timeout)
