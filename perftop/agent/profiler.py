@@ -1607,3 +1607,13 @@ def _exact_rows(
         for key in ranked
     ]
     return rows, calls
+
+
+def _new_exact_lock_in_child() -> None:
+    """A child forked while the parent ran an exact profile must not answer "busy" forever."""
+    global _exact_lock
+    _exact_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_exact_lock_in_child)
