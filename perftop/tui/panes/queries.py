@@ -163,7 +163,11 @@ class QueriesPane(Vertical, can_focus=True):
     QueriesPane > #slow-table { height: 1fr; }
     QueriesPane > #pool { height: 1; padding: 0 1; color: $text-muted; }
     QueriesPane > #selected { height: auto; max-height: 3; padding: 0 1; }
+    QueriesPane.-short > #slow-table, QueriesPane.-short > #slow-title { display: none; }
+    QueriesPane.-short > #selected { max-height: 1; }
     """
+    SHORT = 20
+    """Below this height the slow list gives its room to the fingerprints (at 80x24: 8 rows instead of 2)."""
 
     BINDINGS = [
         Binding("e", "explain(False)", "Explain"),
@@ -216,6 +220,7 @@ class QueriesPane(Vertical, can_focus=True):
         self._title()
 
     def on_resize(self) -> None:
+        self.set_class(self.size.height < self.SHORT, "-short")
         if self._lay_out(self.size.width) and self.stats is not None:
             self._redraw()
 
