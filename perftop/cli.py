@@ -11,6 +11,7 @@ import stat
 import sys
 
 from perftop._version import __version__
+from perftop.argtypes import whole
 
 # `perftop run` execs the program as soon as it can: argparse (with re, 13 ms), json and typing are
 # imported only where they are needed, never on its way.
@@ -94,22 +95,6 @@ def _hz(text: str) -> float:
     return value
 
 
-def _whole(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: a whole number from `low` to `high` (what the agent accepts)."""
-    import argparse
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {text}")
-        return value
-
-    return parse
-
-
 def _common(p: argparse.ArgumentParser, interval: bool = True) -> None:
     if interval:
         p.add_argument(
@@ -179,18 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="profile: save folded stacks (.folded/.txt) or speedscope JSON (.json)",
     )
     act.add_argument(
-        "--frames", type=_whole(1, 100), help="memory: traceback depth when tracing starts (default 10)"
+        "--frames", type=whole(1, 100), help="memory: traceback depth when tracing starts (default 10)"
     )
-    act.add_argument("--top", type=_whole(1, 1000), help="memory/profile_exact: how many sites to list")
+    act.add_argument("--top", type=whole(1, 1000), help="memory/profile_exact: how many sites to list")
     act.add_argument("--stop", action="store_true", help="memory: stop tracing and free its memory")
     act.add_argument(
         "--max-blocks",
-        type=_whole(1, 100_000_000),
+        type=whole(1, 100_000_000),
         help="memory: snapshot even above this many traced blocks (default 200000; larger stalls the app)",
     )
     act.add_argument(
         "--keep",
-        type=_whole(10, 86_400),
+        type=whole(10, 86_400),
         metavar="S",
         help="memory: tracing stops by itself S seconds after the last memory action (default 600)",
     )

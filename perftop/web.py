@@ -26,6 +26,8 @@ import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from perftop.argtypes import whole
+
 if TYPE_CHECKING:
     from aiohttp import web
     from aiohttp.typedefs import Handler
@@ -73,21 +75,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _count(low: int, high: int) -> Any:
-    """An argparse type: a whole number from `low` to `high`."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {value}")
-        return value
-
-    return parse
-
-
 def add_web_parser(sub: Any) -> None:
     """Register `perftop web` on the CLI's subparsers."""
     p = sub.add_parser(
@@ -111,14 +98,14 @@ def add_web_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--max-sessions",
-        type=_count(1, 64),
+        type=whole(1, 64),
         default=DEFAULT_MAX_SESSIONS,
         metavar="N",
         help=f"browser sessions at once; more are refused (default {DEFAULT_MAX_SESSIONS})",
     )
     p.add_argument(
         "--session-memory",
-        type=_count(MIN_SESSION_MEMORY_MB, 1 << 20),
+        type=whole(MIN_SESSION_MEMORY_MB, 1 << 20),
         default=DEFAULT_SESSION_MEMORY_MB,
         metavar="MB",
         help=f"address-space limit of each session's perftop process (default {DEFAULT_SESSION_MEMORY_MB})",

@@ -103,9 +103,8 @@ class Service:
         self.client_ms.setdefault(path, []).append((time.perf_counter() - t0) * 1000)
         return status
 
-    def timings(self, prefix: str = "http ") -> dict[str, dict[str, Any]]:
-        """The merged timings of the server and its workers named `prefix...`, as `perftop snapshot --json`
-        reports them."""
+    def snapshot(self) -> dict[str, Any]:
+        """`perftop snapshot --pid SERVER --json`: the server and its workers merged."""
         out = subprocess.run(
             [sys.executable, "-m", "perftop", "snapshot", "--pid", str(self.proc.pid), "--json"],
             cwd=REPO,
@@ -114,8 +113,13 @@ class Service:
             text=True,
             timeout=60,
         )
-        assert out.returncode == 0, out.stderr
-        timings: dict[str, dict[str, Any]] = json.loads(out.stdout)["timings"]
+        assert out.returncode == 0, out.stderr + self.output()
+        snap: dict[str, Any] = json.loads(out.stdout)
+        return snap
+
+    def timings(self, prefix: str = "http ") -> dict[str, dict[str, Any]]:
+        """The merged timings of the server and its workers named `prefix...`."""
+        timings: dict[str, dict[str, Any]] = self.snapshot()["timings"]
         return {name: t for name, t in timings.items() if name.startswith(prefix)}
 
     def wait_counts(self, expected: dict[str, int], timeout: float = 30.0) -> dict[str, dict[str, Any]]:
@@ -385,20 +389,6 @@ def test_queue_wait_from_x_request_start(serve: Any, server: str) -> None:
     assert waits[-1] * 1000 - 1 <= stats["max_ms"] <= (waits[-1] + sent[-1][1]) * 1000 + 1, stats
 
 
-def snapshot_requests(service: Service) -> dict[str, dict[str, Any]]:
-    out = subprocess.run(
-        [sys.executable, "-m", "perftop", "snapshot", "--pid", str(service.proc.pid), "--json"],
-        cwd=REPO,
-        env=service.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr + service.output()
-    requests: dict[str, dict[str, Any]] = json.loads(out.stdout)["requests"]
-    return requests
-
-
 def sql_app_db(tmp_path: Path) -> dict[str, str]:
     """The SQLite file of flask_sql_app, made before its workers start (two creating it at once collide)."""
     db = str(tmp_path / "app.db")
@@ -433,7 +423,7 @@ def test_each_route_shows_its_sql_time_and_queries_per_request(serve: Any, tmp_p
     names = {"GET /users/{uid}/posts": 40, "GET /fast": 41, "GET /slow/{ms}": 2}
     deadline = time.monotonic() + 30
     while True:
-        routes = snapshot_requests(service)
+        routes = service.snapshot()["requests"]
         if {r: routes.get(r, {}).get("count") for r in names} == names or time.monotonic() > deadline:
             break
         time.sleep(0.3)
@@ -513,15 +503,7 @@ def test_an_n_plus_one_inside_a_template_points_at_the_template_line(serve: Any,
     assert service.get("/page") == 200
     deadline = time.monotonic() + 30
     while True:
-        out = subprocess.run(
-            [sys.executable, "-m", "perftop", "snapshot", "--pid", str(service.proc.pid), "--json"],
-            cwd=REPO,
-            env=service.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        snap = json.loads(out.stdout)
+        snap = service.snapshot()
         lazy = [q for q in snap["queries"] if q["fingerprint"].startswith("SELECT users.id")]
         if (lazy and lazy[0]["n_plus_one"]) or time.monotonic() > deadline:
             break
