@@ -246,6 +246,13 @@ def count_connections(pid: int, procfs: str = "/proc") -> int:
     host with 262,144 buckets, even when it lists nothing. Raises PermissionError where the fds of `pid` may
     not be read, FileNotFoundError once it has exited.
     """
+    return sum(connection_inodes(pid, procfs).values())
+
+
+def connection_inodes(pid: int, procfs: str = "/proc") -> dict[bytes, int]:
+    """The sockets `count_connections` counts, by inode: how many times each counts (1 for an inet
+    socket, its number of fds for a unix one). Processes sharing a socket (forked workers and their
+    listening socket) report the same inode, so a tree's distinct sockets are the union of these keys."""
     fd_dir = f"{procfs}/{pid}/fd"
     inodes: dict[bytes, int] = {}
     tables: set[str] = set()
@@ -261,7 +268,7 @@ def count_connections(pid: int, procfs: str = "/proc") -> int:
                 table = _socket_table(path)
                 tables.update(_SOCKET_TABLES if table is None else (table,) if table else ())
             inodes[inode] = inodes.get(inode, 0) + 1
-    count = 0
+    matched: dict[bytes, int] = {}
     for table in tables:
         column = _SOCKET_TABLES[table]
         try:
@@ -273,8 +280,8 @@ def count_connections(pid: int, procfs: str = "/proc") -> int:
         for line in lines[1:]:
             fields = line.split(None, column + 1)
             if len(fields) > column and (n := inodes.get(fields[column])):
-                count += n if per_fd else 1
-    return count
+                matched[fields[column]] = n if per_fd else 1
+    return matched
 
 
 def _parse_proc_limits(text: str) -> dict[str, tuple[int | None, int | None]]:
