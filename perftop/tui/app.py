@@ -207,6 +207,17 @@ class PerftopApp(App[int]):
     async def _attach_selected(self, msg: ProcessListPane.Attach) -> None:
         await self.attach(msg.pid)
 
+    @on(ProcessPane.AttachWorker)
+    async def _attach_worker(self, msg: ProcessPane.AttachWorker) -> None:
+        await self.attach(msg.pid)
+
+    @on(ProcessPane.ForgetDeparted)
+    def _forget_departed(self) -> None:
+        if self.attached is not None:
+            self.sources.forget_departed(self.attached)
+            self.sampler.poke()
+            self.notify("departed workers forgotten")
+
     async def attach(self, pid: int) -> None:
         """Show the attached view for `pid`. The view is made on the first attach: composing its four
         tabs is more than half of the start-up of the process list, which most sessions begin with."""

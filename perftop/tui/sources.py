@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
 from perftop.collectors.agent_view import AgentView, AgentWatcher, call_agent
@@ -9,6 +10,7 @@ from perftop.collectors.model import ProcessRow, ProcessSample, SystemSample
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.proclist import ProcessLister
 from perftop.collectors.system import SystemCollector
+from perftop.collectors.workers import TreeCollector, WorkerFigures
 
 
 class Sources(Protocol):
@@ -34,6 +36,10 @@ class Sources(Protocol):
         """One request to the agent of `pid` (an action, an explain); AgentError says why it failed."""
         ...
 
+    def forget_departed(self, pid: int) -> None:
+        """Drop the rows and the kept data of `pid`'s workers that have exited (the user's reset)."""
+        ...
+
 
 class LiveSources:
     """The real collectors, kept between ticks so that rates and CPU percentages have a baseline."""
@@ -43,6 +49,8 @@ class LiveSources:
         self._system: SystemCollector | None = None
         self._lister: ProcessLister | None = None
         self._process: ProcessCollector | None = None
+        self._tree: TreeCollector | None = None
+        self._figures: dict[int, WorkerFigures] = {}
         self.agents = AgentWatcher(socket_dir)
 
     def system(self) -> SystemSample:
@@ -56,12 +64,26 @@ class LiveSources:
         return self._lister.sample()
 
     def process(self, pid: int) -> ProcessSample:
+        """The sample of `pid` with its tree; the workers' request figures are the last agent view's."""
         if self._process is None or self._process.pid != pid:
             self._process = ProcessCollector(pid)
-        return self._process.sample()
+            self._tree = TreeCollector(pid)
+            self._figures = {}
+        sample = self._process.sample()
+        if self._tree is None:
+            return sample
+        return replace(sample, tree=self._tree.sample(sample, self._figures))
 
     def agent(self, pid: int, window: float | None) -> AgentView | None:
-        return self.agents.fetch(pid, window)
+        view = self.agents.fetch(pid, window)
+        if self._process is not None and self._process.pid == pid:
+            self._figures = {} if view is None else view.figures
+        return view
+
+    def forget_departed(self, pid: int) -> None:
+        self.agents.reset()
+        if self._tree is not None and self._tree.pid == pid:
+            self._tree.reset()
 
     def now(self) -> float:
         import time

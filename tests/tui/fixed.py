@@ -206,6 +206,8 @@ class FixedSources:
         self.hold = threading.Event()
         """Agent calls wait for this until it is set (set by default: calls answer at once)."""
         self.hold.set()
+        self.forgotten: list[int] = []
+        """PIDs whose departed workers the user asked to forget."""
 
     def system(self) -> SystemSample:
         self.calls += 1
@@ -234,6 +236,9 @@ class FixedSources:
         if method == "explain":
             return {**EXPLAIN_RESULT, "analyzed": bool(params.get("analyze"))}
         raise AgentError(f"{method}: not available in the fixed sources")
+
+    def forget_departed(self, pid: int) -> None:
+        self.forgotten.append(pid)
 
     def exit_pid(self, pid: int) -> None:
         self.gone.add(pid)
