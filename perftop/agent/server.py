@@ -17,6 +17,7 @@ import collections
 import contextlib
 import importlib
 import importlib.util
+import json
 import os
 import queue
 import selectors
@@ -134,6 +135,8 @@ class Agent:
         self._capabilities: list[str] = list(METHODS)
         self._accept_paused_until: float | None = None
         self._mp_hooked = False
+        self.forked = False
+        """This process is a forked child of an agent's process (a pre-fork server's worker)."""
 
     # -- control, from any thread ---------------------------------------------------------------------
 
@@ -224,7 +227,9 @@ class Agent:
             pass
 
     def at_exit(self) -> None:
-        """At interpreter exit: remove the socket file and cancel a running action."""
+        """At interpreter exit: leave a forked worker's final stats, remove the socket file and cancel a
+        running action."""
+        self._write_final()
         self._remove_socket_file()
         job = self._job
         if job is not None:
@@ -232,10 +237,33 @@ class Agent:
         self._quit = True
         self._wake()
 
+    def _write_final(self) -> None:
+        """In a forked worker (gunicorn, Celery prefork), write its since-start stats beside its socket as
+        `<pid>.final` (0600, atomically), so that viewers merging the workers keep what it counted after
+        their last poll when it is recycled or reloaded (read by perftop.collectors.workers)."""
+        path = self.path
+        if path is None or not self.forked or not path.endswith(paths.SOCKET_SUFFIX):
+            return
+        try:
+            doc = {
+                "pid": os.getpid(),
+                "ppid": os.getppid(),
+                "exited_at": time.time(),
+                "stats": self._stats(None),
+            }
+            tmp = f"{path[: -len(paths.SOCKET_SUFFIX)]}.final.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(json.dumps(doc).encode())
+            os.replace(tmp, tmp[: -len(".tmp")])
+        except Exception as exc:
+            log_once("final", "could not write the final stats at exit", exc=exc)
+
     def after_fork_in_child(self) -> None:
         """In a forked child: drop the parent's sockets (without touching the shared epoll set) and
         start afresh: the agent thread again, and a socket of our own if the parent served one."""
         was_serving = self._listener is not None
+        self.forked = True
         name, directory = self.name, self.directory
         self._lock = threading.Lock()
         self._stopped = threading.Event()

@@ -6,7 +6,9 @@ gunicorn master is the p99 of all its workers' requests.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +18,10 @@ from perftop.collectors.agent_client import (
     find_agent,
     find_child_agents,
     merge_stats,
+    socket_dir,
     timing_rows,
 )
-from perftop.collectors.workers import WorkerFigures, worker_figures
+from perftop.collectors.workers import WorkerFigures, read_finals, worker_figures
 from perftop.sketch import Sketch
 
 
@@ -161,7 +164,10 @@ class AgentWatcher:
         self._kept: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         """The last since-start (stats, info) of each child agent."""
         self._gone: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-        """Those of child agents that went away."""
+        """Those of child agents that went away (their final stats where they left them)."""
+        self._attached_at = 0.0
+        self._dirs: set[str] = set()
+        self._finals_read: set[str] = set()
 
     def reset(self) -> None:
         """Forget the data of departed workers."""
@@ -184,6 +190,9 @@ class AgentWatcher:
                 self._root = pid
                 self._kept.clear()
                 self._gone.clear()
+                self._attached_at = time.time()
+                self._dirs = {socket_dir(self.socket_dir)}
+                self._finals_read = set()
             found = self._discover(pid)
             for gone in set(self._clients) - set(found):
                 self._clients.pop(gone).close()
@@ -222,9 +231,15 @@ class AgentWatcher:
         """Remember each child's last since-start stats; move those whose agent went away to `_gone`."""
         if not self.children:
             return
+        self._dirs.update(os.path.dirname(path) for path in found.values())
         for apid in list(self._kept):
             if apid not in found:
                 self._gone[apid] = self._kept.pop(apid)
+        finals = read_finals(self._dirs, {pid, *found}, self._attached_at, self._finals_read, found)
+        for apid, stats in finals.items():
+            if apid != pid:
+                info = self._gone.get(apid, ({}, {"pid": apid}))[1]
+                self._gone[apid] = (stats, info)
         if window is None:
             for apid, stats in results.items():
                 if apid != pid:

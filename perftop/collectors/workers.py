@@ -10,8 +10,11 @@ worker's own result under `per_pid`. No Textual here.
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -210,6 +213,57 @@ class TreeCollector:
             except PermissionError:
                 return None
         return sum(seen.values())
+
+
+# -- departed workers' final stats ---------------------------------------------------------------------
+
+FINAL_SUFFIX = ".final"
+"""A forked worker's agent leaves `<pid>.final` beside its socket at exit: its since-start stats."""
+FINAL_KEEP_S = 300.0
+"""Final stats files of dead PIDs older than this are removed by the viewers that look for them."""
+MAX_FINAL_BYTES = 64 * 1024 * 1024
+
+
+def read_finals(
+    directories: Iterable[str], parents: Collection[int], since: float, seen: set[str], live: Collection[int]
+) -> dict[int, dict[str, Any]]:
+    """{pid: `stats`} of the workers of `parents` that exited at or after `since` (unix seconds), from
+    the final stats their agents left; files of other processes, unreadable or malformed, are skipped,
+    and so are those of `live` PIDs (still serving: a worker writes its file just before it closes its
+    socket). The paths read are added to `seen` and not read again. Files of dead PIDs older than FINAL_KEEP_S
+    are removed on the way."""
+    found: dict[int, dict[str, Any]] = {}
+    now = time.time()
+    for directory in dict.fromkeys(directories):
+        try:
+            names = [n for n in os.listdir(directory) if n.endswith(FINAL_SUFFIX)]
+        except OSError:
+            continue
+        for name in names:
+            path = os.path.join(directory, name)
+            pid_text = name[: -len(FINAL_SUFFIX)]
+            if not pid_text.isdigit() or path in seen or int(pid_text) in live:
+                continue
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > MAX_FINAL_BYTES:
+                    continue
+                if now - st.st_mtime > FINAL_KEEP_S and not psutil.pid_exists(int(pid_text)):
+                    os.unlink(path)
+                    continue
+                if st.st_mtime < since:
+                    continue
+                with open(path, "rb") as f:
+                    doc = json.loads(f.read())
+            except (OSError, ValueError):
+                continue
+            seen.add(path)
+            if not isinstance(doc, dict) or doc.get("pid") != int(pid_text) or doc.get("ppid") not in parents:
+                continue
+            exited = doc.get("exited_at")
+            if isinstance(exited, (int, float)) and exited >= since and isinstance(doc.get("stats"), dict):
+                found[int(pid_text)] = doc["stats"]
+    return found
 
 
 # -- fan-out of actions ----------------------------------------------------------------------------------

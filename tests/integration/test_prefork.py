@@ -223,8 +223,8 @@ def test_tree_totals_match_the_sum_of_psutil_readings(server: Server) -> None:
         wall1, cpu1 = time.monotonic(), _tree_cpu_seconds(pids)
     oracle = 100.0 * (cpu1 - cpu0) / (wall1 - wall0)
     got = busy["process"]["tree"]["cpu_percent"]
-    assert oracle > 20.0, oracle
-    assert abs(got - oracle) <= max(15.0, 0.35 * oracle), (got, oracle)
+    assert oracle > 8.0, oracle  # busy enough to tell the workers' CPU from the idle master's
+    assert abs(got - oracle) <= max(6.0, 0.4 * oracle), (got, oracle)
     assert busy["process"]["cpu_percent"] < 0.25 * got  # the master's own stays small
     rows = {w["pid"]: w for w in busy["process"]["tree"]["workers"]}
     assert sum(r["requests"] for r in rows.values()) == sum(
@@ -333,4 +333,51 @@ def test_a_killed_workers_last_data_stays_marked_gone(tmp_path: Path) -> None:
         assert gone == () and counted < base + 41
         watcher.close()
     finally:
+        stop_server(server)
+
+
+def test_hup_reload_and_max_requests_recycling_keep_the_merged_counts_exact(tmp_path: Path) -> None:
+    server = start_server(tmp_path, "--max-requests", "50")
+    watcher = AgentWatcher(server.socket_dir)
+    polling = threading.Event()
+
+    def poll() -> None:  # a viewer refreshing while workers come and go
+        while not polling.is_set():
+            watcher.fetch(server.master, None)
+            time.sleep(0.5)
+
+    try:
+        base, _ = _http_count(watcher, server.master)
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        with Load(server, "/", clients=4) as load:
+            _wait(lambda: load.sent >= 250, 120, "250 requests")
+            os.kill(server.master, signal.SIGHUP)
+            _wait(lambda: load.sent >= 500, 120, "500 requests")
+        polling.set()
+        poller.join(30)
+        assert load.errors == 0
+        expected = base + load.sent
+        assert expected - base >= 500  # every worker was recycled several times over
+
+        seen: list[int] = []
+
+        def settled() -> bool:
+            counted, _ = _http_count(watcher, server.master)
+            seen.append(counted)
+            return counted == expected
+
+        try:
+            _wait(settled, 60, f"the merged count to reach {expected}")
+        except AssertionError:
+            raise AssertionError(f"merged counts {seen[-5:]}, requests answered {expected}") from None
+        server.wait_ready()  # no worker half-way out
+        view = watcher.fetch(server.master, None)
+        # a worker answers 50 requests at most: >= 10 served them, of which 3 at most are still live
+        assert view is not None and len(view.gone_pids) >= 7
+        assert set(view.gone_pids).isdisjoint(server.workers())
+        assert sum(t["count"] for n, t in view.timings.items() if n.startswith("http ")) == expected
+        watcher.close()
+    finally:
+        polling.set()
         stop_server(server)
