@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Protocol
 
+from perftop.collectors.agent_client import AgentError, find_child_agents
 from perftop.collectors.agent_view import AgentView, AgentWatcher, call_agent
 from perftop.collectors.model import ProcessRow, ProcessSample, SystemSample
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.proclist import ProcessLister
 from perftop.collectors.system import SystemCollector
-from perftop.collectors.workers import TreeCollector, WorkerFigures
+from perftop.collectors.workers import TreeCollector, WorkerFigures, fan_out, merge_action
 
 
 class Sources(Protocol):
@@ -91,4 +92,19 @@ class LiveSources:
         return time.time()
 
     def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
-        return call_agent(pid, method, params, self.socket_dir, timeout)
+        """From a parent whose workers run agents, an action runs in every worker at once (merged, each
+        worker's result under `per_pid`) and EXPLAIN in a worker whose agent recorded the fingerprint."""
+        workers = sorted(find_child_agents(pid, self.socket_dir))
+        if not workers:
+            return call_agent(pid, method, params, self.socket_dir, timeout)
+        if method == "explain":
+            fp = params.get("fingerprint")
+            ran = [p for p in (pid, *workers) if p in self._figures and fp in self._figures[p].fingerprints]
+            target = ran[0] if ran else pid
+            result = call_agent(target, method, params, self.socket_dir, timeout)
+            return {**result, "per_pid": {target: result}}
+        results, errors = fan_out(workers, lambda p: call_agent(p, method, params, self.socket_dir, timeout))
+        if not results:
+            raise AgentError("; ".join(f"PID {p}: {why}" for p, why in sorted(errors.items())))
+        merged = merge_action(str(params.get("name", method)), results)
+        return {**merged, "per_pid": results} if isinstance(merged, dict) else merged

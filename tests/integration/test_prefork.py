@@ -26,6 +26,9 @@ import pytest
 
 from perftop.collectors.agent_view import AgentWatcher
 from perftop.collectors.discovery import find_child_agents
+from perftop.collectors.process import ProcessCollector
+from perftop.collectors.workers import TreeCollector
+from perftop.tui.sources import LiveSources
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 WORKERS = 3
@@ -381,3 +384,49 @@ def test_hup_reload_and_max_requests_recycling_keep_the_merged_counts_exact(tmp_
     finally:
         polling.set()
         stop_server(server)
+
+
+def test_the_tuis_actions_from_the_master_go_to_the_workers(server: Server) -> None:
+    server.get("/query")
+    fingerprint = "SELECT id, name FROM prefork_items WHERE name = ?"
+    sources = LiveSources(socket_dir=server.socket_dir)
+    try:
+        sources.process(server.master)
+        assert sources.agent(server.master, None) is not None  # the workers' figures: who ran what
+        plan = sources.call(server.master, "explain", {"fingerprint": fingerprint}, 60)
+        (where,) = plan["per_pid"]
+        assert where in server.worker_agents() and plan["dialect"] == "sqlite"
+        own = server.json("snapshot", "--pid", str(where), "--no-children", "--interval", "0.1", "--json")
+        assert fingerprint in [q["fingerprint"] for q in own["queries"]]
+        threads = sources.call(server.master, "action", {"name": "threads"}, 60)
+        assert {t["pid"] for t in threads} == set(server.worker_agents())
+    finally:
+        sources.agents.close()
+
+
+def test_children_without_python_still_get_their_rows(tmp_path: Path) -> None:
+    parent = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
+    try:
+        _wait(lambda: len(psutil.Process(parent.pid).children()) == 2, 30, "two children")
+        children = sorted(c.pid for c in psutil.Process(parent.pid).children())
+        collector = ProcessCollector(parent.pid)
+        trees = TreeCollector(parent.pid)
+        tree = trees.sample(collector.sample())
+        assert tree is not None
+        assert [w.pid for w in tree.workers] == children
+        assert all(w.name == "sleep" and not w.has_agent and w.requests_per_s is None for w in tree.workers)
+        rss = sum(psutil.Process(p).memory_info().rss for p in [parent.pid, *children])
+        assert abs(tree.rss_bytes - rss) <= 0.05 * rss
+        os.kill(children[0], signal.SIGKILL)
+        _wait(lambda: len(psutil.Process(parent.pid).children()) == 1, 30, "one child left")
+        tree = trees.sample(collector.sample())
+        assert tree is not None and tree.departed == 1 and tree.pids == (parent.pid, children[1])
+        assert [(w.pid, w.gone) for w in tree.workers] == [(children[1], False), (children[0], True)]
+        trees.reset()
+        tree = trees.sample(collector.sample())
+        assert tree is not None and tree.departed == 0 and [w.pid for w in tree.workers] == [children[1]]
+    finally:
+        for child in psutil.Process(parent.pid).children():
+            child.kill()
+        parent.kill()
+        parent.wait(10)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from perftop.collectors.model import ProcessSample, ProcessTree, WorkerRow
 from perftop.tui.app import PerftopApp
+from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.sources import LiveSources
 from perftop.tui.widgets.proctable import LineTable
@@ -129,6 +130,14 @@ async def test_live_parent_lists_its_workers_and_attaches_to_one(tmp_path: Path)
             )
             tree = pane.sample.tree if pane.sample else None
             assert tree is not None and tree.pids[0] == parent.pid
+            # an action from the parent runs in every worker: merged, and each worker's own result
+            actions = app.query_one(ActionsPane)
+            await pilot.press("g")
+            await wait_for(pilot, lambda: "gc" in actions.results, timeout=60)
+            gc = actions.results["gc"]
+            assert sorted(gc["per_pid"]) == workers
+            assert gc["collected"] == sum(r["collected"] for r in gc["per_pid"].values())
+            await pilot.press("1")
             pane.query_one("#workers", LineTable).focus()
             await pilot.press("o", "o", "o", "o", "o")  # by PID: an order the CPU figures do not shuffle
             await wait_for(pilot, lambda: pane.worker_sort == "pid" and pane.shown_workers == workers)
