@@ -38,6 +38,7 @@ from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.sampler import Sampler
 from perftop.tui.sources import Sources
 from perftop.tui.widgets.filterbar import FilterBar
+from perftop.tui.widgets.target import ActionTarget
 
 W = TypeVar("W", bound=Widget)
 
@@ -90,6 +91,8 @@ class PerftopApp(App[int]):
         self.sampler = Sampler(self, sources, interval)
         self._start_sampler = start_sampler
         self._profile_seconds = profile_seconds
+        self.action_target: ActionTarget | None = None
+        """Where the agent request being sent runs, when the user picked it (a worker, the parent alone)."""
         self.recorder: Recorder | None = None
         """The recording of the attached process that `r` started, while it runs."""
         self.set_reactive(PerftopApp.interval, interval)
@@ -181,10 +184,11 @@ class PerftopApp(App[int]):
         pid = self.attached
         if pid is None:
             return False
+        target = self.action_target or ActionTarget(pid, True)
 
         def run() -> None:
             try:
-                result = self.sources.call(pid, method, params, timeout)
+                result = self.sources.call(target.pid, method, params, timeout, children=target.children)
             except AgentError as exc:
                 reply_to.post_message(AgentReply(pid, method, params, error=str(exc)))
             except Exception as exc:

@@ -90,7 +90,9 @@ class ReplaySources:
     def now(self) -> float:
         return self.reader.times[self.shown]
 
-    def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
+    def call(
+        self, pid: int, method: str, params: dict[str, Any], timeout: float, children: bool = True
+    ) -> Any:
         raise AgentError(f"{method}: not available in a replay (the recorded process is not here to ask)")
 
     def forget_departed(self, pid: int) -> None:

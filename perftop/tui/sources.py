@@ -33,8 +33,11 @@ class Sources(Protocol):
         """The clock the panes use for ages and uptimes (fixed in tests)."""
         ...
 
-    def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
-        """One request to the agent of `pid` (an action, an explain); AgentError says why it failed."""
+    def call(
+        self, pid: int, method: str, params: dict[str, Any], timeout: float, children: bool = True
+    ) -> Any:
+        """One request to the agent of `pid` (an action, an explain); AgentError says why it failed.
+        `children`: from a parent, in its workers (merged); else in `pid` alone."""
         ...
 
     def forget_departed(self, pid: int) -> None:
@@ -91,10 +94,13 @@ class LiveSources:
 
         return time.time()
 
-    def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
+    def call(
+        self, pid: int, method: str, params: dict[str, Any], timeout: float, children: bool = True
+    ) -> Any:
         """From a parent whose workers run agents, an action runs in every worker at once (merged, each
-        worker's result under `per_pid`) and EXPLAIN in a worker whose agent recorded the fingerprint."""
-        workers = sorted(find_child_agents(pid, self.socket_dir))
+        worker's result under `per_pid`) and EXPLAIN in a worker whose agent recorded the fingerprint;
+        with `children` false, in `pid` alone."""
+        workers = sorted(find_child_agents(pid, self.socket_dir)) if children else []
         if not workers:
             return call_agent(pid, method, params, self.socket_dir, timeout)
         if method == "explain":

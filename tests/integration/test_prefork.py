@@ -400,6 +400,8 @@ def test_the_tuis_actions_from_the_master_go_to_the_workers(server: Server) -> N
         assert fingerprint in [q["fingerprint"] for q in own["queries"]]
         threads = sources.call(server.master, "action", {"name": "threads"}, 60)
         assert {t["pid"] for t in threads} == set(server.worker_agents())
+        alone = sources.call(server.master, "action", {"name": "threads"}, 60, children=False)
+        assert [t["native_id"] for t in alone if t["name"] == "MainThread"] == [server.master]
     finally:
         sources.agents.close()
 

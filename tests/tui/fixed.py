@@ -229,7 +229,9 @@ class FixedSources:
     def now(self) -> float:
         return NOW
 
-    def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
+    def call(
+        self, pid: int, method: str, params: dict[str, Any], timeout: float, children: bool = True
+    ) -> Any:
         """Answers explain with a fixed plan; every request is kept in `requests`."""
         self.requests.append((method, dict(params)))
         self.hold.wait(60)

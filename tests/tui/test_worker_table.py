@@ -14,6 +14,7 @@ from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.sources import LiveSources
 from perftop.tui.widgets.proctable import LineTable
+from perftop.tui.widgets.target import TargetPicker
 from tests.tui.fixed import NOW, FixedSources
 from tests.tui.waiting import wait_for
 
@@ -131,16 +132,34 @@ async def test_live_parent_lists_its_workers_and_attaches_to_one(tmp_path: Path)
             tree = pane.sample.tree if pane.sample else None
             assert tree is not None and tree.pids[0] == parent.pid
             # an action from the parent runs in every worker: merged, and each worker's own result
+            # an action from the parent asks where; Enter: in every worker, merged, each one's result kept
             actions = app.query_one(ActionsPane)
             await pilot.press("g")
+            await wait_for(pilot, lambda: isinstance(app.screen, TargetPicker))
+            await pilot.press("enter")
             await wait_for(pilot, lambda: "gc" in actions.results, timeout=60)
             gc = actions.results["gc"]
             assert sorted(gc["per_pid"]) == workers
             assert gc["collected"] == sum(r["collected"] for r in gc["per_pid"].values())
+            # `w`: in the worker under the table's cursor only (its main thread's native id is its PID)
             await pilot.press("1")
             pane.query_one("#workers", LineTable).focus()
             await pilot.press("o", "o", "o", "o", "o")  # by PID: an order the CPU figures do not shuffle
             await wait_for(pilot, lambda: pane.worker_sort == "pid" and pane.shown_workers == workers)
+            await pilot.press("end", "t")
+            await wait_for(pilot, lambda: isinstance(app.screen, TargetPicker))
+            await pilot.press("w")
+            await wait_for(pilot, lambda: "threads" in actions.results, timeout=60)
+            main = [t for t in actions.results["threads"] if t["name"] == "MainThread"]
+            assert [t["native_id"] for t in main] == [workers[-1]]
+            # Escape: nothing runs
+            await pilot.press("1", "g")
+            await wait_for(pilot, lambda: isinstance(app.screen, TargetPicker))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, TargetPicker))
+            assert actions.running is None
+            await pilot.press("1")
+            pane.query_one("#workers", LineTable).focus()
             chosen = workers[1]
             await pilot.press("home", "down", "enter")
             await wait_for(pilot, lambda: app.attached == chosen)
