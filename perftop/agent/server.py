@@ -796,11 +796,13 @@ def socket_file() -> str | None:
 
 
 def _mp_worker_started(owner: Agent) -> None:
-    """In a multiprocessing worker (after its finalizers were reset): remove our socket at its exit."""
+    """In a multiprocessing worker (after its finalizers were reset): leave its final stats and remove our
+    socket at its exit."""
     util = sys.modules.get("multiprocessing.util")
     finalize = getattr(util, "Finalize", None)
     if finalize is not None:
         try:
+            finalize(None, owner._write_final, exitpriority=1)  # before the socket goes: see at_exit
             finalize(None, owner._remove_socket_file, exitpriority=0)
         except Exception as exc:
             log_once("mp-finalize", "could not register the socket cleanup with multiprocessing", exc=exc)

@@ -432,3 +432,61 @@ def test_children_without_python_still_get_their_rows(tmp_path: Path) -> None:
             child.kill()
         parent.kill()
         parent.wait(10)
+
+
+def test_a_multiprocessing_pool_recycling_its_workers_keeps_exact_counts(tmp_path: Path) -> None:
+    env = {**os.environ, "PERFTOP_SOCKET_DIR": str(tmp_path / "sockets")}
+    pool = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "perftop",
+            "run",
+            "--",
+            sys.executable,
+            str(TARGETS / "prefork_pool.py"),
+            "60",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert pool.stdin is not None and pool.stdout is not None
+    try:
+        assert pool.stdout.readline().strip() == "ready"
+        watcher = AgentWatcher(env["PERFTOP_SOCKET_DIR"])
+        base, _ = _http_count(watcher, pool.pid)  # the first 3 tasks, in workers still live or gone
+        polling = threading.Event()
+
+        def poll() -> None:  # a viewer refreshing while the pool recycles its workers every 5 tasks
+            while not polling.is_set():
+                watcher.fetch(pool.pid, None)
+                time.sleep(0.2)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        pool.stdin.write("go\n")
+        pool.stdin.flush()
+        assert pool.stdout.readline().strip() == "done"
+        polling.set()
+        poller.join(30)
+        seen: list[int] = []
+
+        def settled() -> bool:
+            counted, _ = _http_count(watcher, pool.pid)
+            seen.append(counted)
+            return counted == base + 60
+
+        try:
+            _wait(settled, 60, "the merged count to reach every task")
+        except AssertionError:
+            raise AssertionError(f"merged counts {seen[-5:]}, tasks run {base + 60}") from None
+        _, gone = _http_count(watcher, pool.pid)
+        assert len(gone) >= 60 // 5 - 3  # 5 tasks per worker: >= 12 workers ran them, 3 at most live
+        watcher.close()
+    finally:
+        if pool.poll() is None:
+            pool.stdin.write("\n")
+            pool.stdin.flush()
+            pool.wait(30)
