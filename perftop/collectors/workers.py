@@ -253,8 +253,9 @@ def read_finals(
                     continue
                 if st.st_mtime < since:
                     continue
-                with open(path, "rb") as f:
-                    doc = json.loads(f.read())
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                with os.fdopen(fd, "rb") as f:
+                    doc = json.loads(f.read(MAX_FINAL_BYTES + 1))
             except (OSError, ValueError):
                 continue
             seen.add(path)
