@@ -297,8 +297,12 @@ def test_worker_narrows_and_no_children_keeps_to_the_pid(server: Server) -> None
     threads = server.json("action", "--pid", str(server.master), "threads", "--json")
     assert {t["pid"] for t in threads["threads"]} == set(workers)
     assert sorted(threads["per_pid"]) == sorted(map(str, workers))
-    for bad in (["--worker", "1"], ["--worker", str(workers[0]), "--no-children"]):
-        out = server.perftop("action", "--pid", str(server.master), *bad, "gc")
+    for bad in (
+        ["--worker", "1", "gc"],
+        ["--worker", str(workers[0]), "--no-children", "gc"],
+        ["profile", "-o", "merged.json"],  # a speedscope file holds one process
+    ):
+        out = server.perftop("action", "--pid", str(server.master), *bad)
         assert out.returncode == 2 and out.stderr.startswith("perftop: ") and out.stderr.count("\n") == 1
 
 
