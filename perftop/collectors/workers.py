@@ -141,6 +141,8 @@ class TreeCollector:
         departed. `figures` are the workers' agent figures, by PID, where known."""
         figures = figures or {}
         live = self.sample_children()
+        if not live and not self._rows:
+            return None  # no tree: skip reading smaps_rollup, which costs milliseconds in a big process
         cpu, rss, threads = root.cpu_percent, root.rss_bytes, root.num_threads
         fds: int | None = root.num_fds
         pss = None if self._root is None else _pss(self._root)
