@@ -61,6 +61,8 @@ MAX_REQUEST_BYTES = 1024 * 1024
 """Largest frame a viewer may send (requests are small); far below MAX_FRAME_BYTES, so that 64 viewers
 cannot make the agent buffer gigabytes."""
 METHODS = ("info", "stats", "history", "action", "explain")
+FINAL_KEEP_S = 300.0
+"""A worker's final stats file outlives it this long at least (viewers read it within a refresh)."""
 LOOP_DISCOVERY_S = 5.0
 """How often the agent thread looks for running asyncio loops to record their lag (perftop.agent.loop)."""
 _PEERCRED = struct.Struct("3i")
@@ -245,6 +247,7 @@ class Agent:
         if path is None or not self.forked or not path.endswith(paths.SOCKET_SUFFIX):
             return
         try:
+            _sweep_finals(os.path.dirname(path))
             doc = {
                 "pid": os.getpid(),
                 "ppid": os.getppid(),
@@ -793,6 +796,19 @@ def stop() -> None:
 def socket_file() -> str | None:
     """The socket this process serves, or None."""
     return agent.path if agent.serving else None
+
+
+def _sweep_finals(directory: str) -> None:
+    """Remove final stats files of dead workers older than FINAL_KEEP_S (those no viewer swept), so that
+    a server recycling its workers all day leaves a bounded number of them."""
+    now = time.time()
+    for name in os.listdir(directory):
+        pid = name[: -len(".final")]
+        if name.endswith(".final") and pid.isdigit() and not paths.pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                old = os.path.join(directory, name)
+                if now - os.lstat(old).st_mtime > FINAL_KEEP_S:
+                    os.unlink(old)
 
 
 def _mp_worker_started(owner: Agent) -> None:

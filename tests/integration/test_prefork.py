@@ -489,8 +489,42 @@ def test_a_multiprocessing_pool_recycling_its_workers_keeps_exact_counts(tmp_pat
         _, gone = _http_count(watcher, pool.pid)
         assert len(gone) >= 60 // 5 - 3  # 5 tasks per worker: >= 12 workers ran them, 3 at most live
         watcher.close()
+        # the exited workers' files are private; older files of dead PIDs were swept by their exits
+        finals = list((tmp_path / "sockets").glob("*.final"))
+        assert len(finals) >= len(gone) and all(f.stat().st_mode & 0o777 == 0o600 for f in finals)
     finally:
         if pool.poll() is None:
             pool.stdin.write("\n")
             pool.stdin.flush()
             pool.wait(30)
+
+
+def test_exiting_workers_sweep_old_final_stats_of_dead_pids(tmp_path: Path) -> None:
+    sockets = tmp_path / "sockets"
+    sockets.mkdir(mode=0o700)
+    dead = subprocess.Popen(["true"])  # a PID that is surely gone
+    dead.wait()
+    # a dead PID's old file; a dead PID's recent one (PIDs stay below 2**22); a live PID's old one
+    stale, fresh, alive = (sockets / f"{p}.final" for p in (dead.pid, 2**22 + 1, 1))
+    for path, age in ((stale, 600), (fresh, 10), (alive, 600)):
+        path.write_text("{}")
+        os.utime(path, (time.time() - age, time.time() - age))
+    env = {**os.environ, "PERFTOP_SOCKET_DIR": str(sockets)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "perftop",
+        "run",
+        "--",
+        sys.executable,
+        str(TARGETS / "prefork_pool.py"),
+        "10",
+    ]
+    out = subprocess.run(
+        cmd, input="go\n\n", capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["ready", "done"]
+    assert not stale.exists()  # no viewer ran: the exiting workers swept it
+    assert fresh.exists() and alive.exists()
+    assert len(list(sockets.glob("*.final"))) >= 10 // 5 + 2
