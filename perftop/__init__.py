@@ -64,7 +64,10 @@ __all__ = [
 ]
 
 
-def instrument_sqlalchemy(engine: Any = None, slow_ms: float = 100) -> None:
+def instrument_sqlalchemy(engine: Any = None, slow_ms: float = 100, keep_values: bool = False) -> None:
     """Time every SQLAlchemy execution of `engine` (None: every Engine in the process) by query
-    fingerprint; executions slower than `slow_ms` go to the slow list. SQLAlchemy is imported only here."""
-    importlib.import_module("perftop.agent.sqlalchemy").instrument(engine, slow_ms)
+    fingerprint; executions slower than `slow_ms` go to the slow list. SQLAlchemy is imported only here.
+
+    Statement values (error text, EXPLAIN plans) are redacted inside the app before any viewer sees
+    them; keep_values=True is the app's opt-in to showing them."""
+    importlib.import_module("perftop.agent.sqlalchemy").instrument(engine, slow_ms, keep_values=keep_values)

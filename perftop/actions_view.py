@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from perftop.units import fmt_bytes, fmt_count, fmt_ms, short_path
+from perftop.render.plan import NO_ADVICE, NO_ADVICE_BUT_WARNINGS, plan_lines, plan_text
+from perftop.units import fmt_bytes, fmt_count, fmt_ms, safe_text, short_path
 
 
 def _site(file: Any, line: Any) -> str:
@@ -121,15 +122,16 @@ def threads_text(r: list[dict[str, Any]]) -> str:
 def explain_text(r: dict[str, Any]) -> str:
     lines = [f"{r.get('dialect')}: {r.get('statement') or r.get('fingerprint')}"]
     advice = r.get("advice") or []
-    lines.append(
-        f"advice ({len(advice)}):" if advice else "advice: none (the plan uses indexes where it filters)"
-    )
+    if advice:
+        lines.append(f"advice ({len(advice)}):")
+    else:
+        warned = any(line.warn for line in plan_lines(str(r.get("dialect")), r.get("plan")))
+        lines.append("advice: " + (NO_ADVICE_BUT_WARNINGS if warned else NO_ADVICE))
     for a in advice:
         lines.append(f"  - {a.get('message')}")
         if a.get("sql"):
             lines.append(f"    {a['sql']}")
-    plan = r.get("plan")
-    lines += ["", "plan:", plan if isinstance(plan, str) else json.dumps(plan, indent=2)]
+    lines += ["", "plan (>> costly node, ! warning):", plan_text(str(r.get("dialect")), r.get("plan"))]
     return "\n".join(lines)
 
 
@@ -144,6 +146,7 @@ RENDERERS: dict[str, Any] = {
 
 
 def render(name: str, result: Any) -> str:
-    """The text form of an action's result."""
+    """The text form of an action's result, with the control characters of app-chosen text (function and
+    thread names, paths, SQL) escaped so that printing it cannot drive the terminal."""
     renderer = RENDERERS.get(name)
-    return json.dumps(result, indent=2) if renderer is None else str(renderer(result))
+    return safe_text(json.dumps(result, indent=2) if renderer is None else str(renderer(result)))

@@ -19,10 +19,12 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from perftop.agent import requests
+from perftop.agent.frameworks import TIMED_KEY
 from perftop.agent.recorder import log_once
-from perftop.wsgi import RouteFor, Routes, template_from_params
+from perftop.wsgi import RouteFor, Routes, queue_wait, template_from_params
 
-__all__ = ["Middleware"]
+__all__ = ["Middleware", "timed"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -69,42 +71,73 @@ class Middleware:
         self.routes = Routes(name_prefix, route_for)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope.get("type") != "http":
-            await self.app(scope, receive, send)
+        await timed(self.routes, self.app, None, scope, receive, send)
+
+
+ZERO_CODE_ROUTES = Routes("http", None)
+"""The routes of the requests timed by `perftop run`'s framework hooks (perftop.agent.frameworks)."""
+
+
+async def timed(
+    routes: Routes,
+    app: Callable[..., Awaitable[None]],
+    owner: Any,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Answer an ASGI request with `app` (called as `app(owner, scope, receive, send)` when `owner` is not
+    None: an unbound framework method), timing HTTP requests under `routes`; lifespan and websocket scopes,
+    and requests already timed by an outer wrapper (`TIMED_KEY` in the scope), pass through."""
+    if scope.get("type") != "http" or scope.get(TIMED_KEY):
+        if owner is None:
+            await app(scope, receive, send)
+        else:
+            await app(owner, scope, receive, send)
+        return
+    scope[TIMED_KEY] = True
+    trace = requests.begin()
+    t0 = _pc()
+    queue_ms = None
+    for key, value in scope.get("headers") or ():
+        if key == b"x-request-start":
+            queue_ms = queue_wait(value.decode("latin-1"), time.time())
+            break
+    status: int | None = None
+    done = False
+
+    def finish(exc: BaseException | None) -> None:
+        nonlocal done
+        if done:
             return
-        t0 = _pc()
-        status: int | None = None
-        done = False
-
-        def finish(exc: BaseException | None) -> None:
-            nonlocal done
-            if done:
-                return
-            done = True
-            duration = _pc() - t0
-            try:
-                route = self.routes.route(scope, _asgi_framework_route, _asgi_path(scope), status)
-                method = str(scope.get("method", "GET"))
-            except Exception as exc2:
-                log_once("middleware-route", "could not name a web request", exc=exc2)
-                return
-            self.routes.record(method, route, status, duration, exc)
-
-        async def timed_send(message: Message) -> None:
-            nonlocal status
-            kind = message.get("type")
-            if kind == "http.response.start":
-                try:
-                    status = int(message.get("status", 0)) or None
-                except (TypeError, ValueError):
-                    status = None
-            await send(message)
-            if (kind == "http.response.body" and not message.get("more_body", False)) or kind in _COMPLETE:
-                finish(None)
-
+        done = True
+        duration = _pc() - t0
         try:
-            await self.app(scope, receive, timed_send)
-        except BaseException as exc:
-            finish(exc)
-            raise
-        finish(None)
+            route = routes.route(scope, _asgi_framework_route, _asgi_path(scope), status)
+            method = str(scope.get("method", "GET"))
+        except Exception as exc2:
+            log_once("middleware-route", "could not name a web request", exc=exc2)
+            return
+        routes.record(method, route, status, duration, exc, trace, queue_ms)
+
+    async def timed_send(message: Message) -> None:
+        nonlocal status
+        kind = message.get("type")
+        if kind == "http.response.start":
+            try:
+                status = int(message.get("status", 0)) or None
+            except (TypeError, ValueError):
+                status = None
+        await send(message)
+        if (kind == "http.response.body" and not message.get("more_body", False)) or kind in _COMPLETE:
+            finish(None)
+
+    try:
+        if owner is None:
+            await app(scope, receive, timed_send)
+        else:
+            await app(owner, scope, receive, timed_send)
+    except BaseException as exc:
+        finish(exc)
+        raise
+    finish(None)

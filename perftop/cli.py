@@ -7,6 +7,7 @@ runtime failure; never a traceback (see CLI.md).
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 from perftop._version import __version__
@@ -45,15 +46,19 @@ def _parser_class() -> type[argparse.ArgumentParser]:
     return _Parser
 
 
+PID_MAX = 4_194_304
+"""The kernel's largest possible PID (PID_MAX_LIMIT on 64-bit Linux)."""
+
+
 def _pid(text: str) -> int:
     import argparse
 
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"PID must be a positive whole number, not {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"PID must be a positive whole number, not {text!r}")
+        value = 0
+    if not 0 < value <= PID_MAX:
+        raise argparse.ArgumentTypeError(f"PID must be a positive whole number up to {PID_MAX}, not {text!r}")
     return value
 
 
@@ -74,6 +79,35 @@ def parse_seconds(
 
 def _seconds(text: str) -> float:
     return parse_seconds(text)
+
+
+def _hz(text: str) -> float:
+    """A sampling rate from 1 to 1000 Hz (what the agent accepts), else a one-line error (exit 2)."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in Hz, not {text!r}") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"the rate must be between 1 and 1000 Hz, not {text}")
+    return value
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high` (what the agent accepts)."""
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, not {text}")
+        return value
+
+    return parse
 
 
 def _common(p: argparse.ArgumentParser, interval: bool = True) -> None:
@@ -100,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"perftop {__version__}")
     parser.add_argument("--pid", type=_pid, help="attach to this process")
+    # `perftop web` runs sessions with this: keys that change the target are refused.
+    parser.add_argument("--read-only", action="store_true", help=argparse.SUPPRESS)
     _tui_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
 
@@ -126,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--pid", type=_pid, dest="act_pid", metavar="PID", required=True)
     act.add_argument("action", choices=ACTIONS, metavar="ACTION", help=", ".join(ACTIONS))
     act.add_argument("--seconds", type=_seconds, help="profile duration (default 5)")
-    act.add_argument("--hz", type=float, help="profile sampling rate (default 100, at most 1000)")
+    act.add_argument("--hz", type=_hz, help="profile sampling rate (default 100, at most 1000)")
     act.add_argument("--threads", help="profile: all (default), main, or a thread name or ident")
     act.add_argument("--include-idle", action="store_true", help="profile: count waiting threads too")
     act.add_argument(
@@ -135,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="profile: save folded stacks (.folded/.txt) or speedscope JSON (.json)",
     )
-    act.add_argument("--frames", type=int, help="memory: traceback depth when tracing starts (default 10)")
-    act.add_argument("--top", type=int, help="memory/profile_exact: how many sites to list")
+    act.add_argument(
+        "--frames", type=_whole(1, 100), help="memory: traceback depth when tracing starts (default 10)"
+    )
+    act.add_argument("--top", type=_whole(1, 1000), help="memory/profile_exact: how many sites to list")
     act.add_argument("--stop", action="store_true", help="memory: stop tracing and free its memory")
     act.add_argument("--generation", type=int, choices=(0, 1, 2), help="gc: up to this generation")
     act.add_argument("--count-objects", action="store_true", help="gc: count tracked objects (slow)")
@@ -158,10 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run a Python program with the agent started, no code change",
         description="Run CMD with perftop's agent started in it (and in its Python children), every "
-        "SQLAlchemy engine instrumented. Exit code, signals and stdio pass through. PERFTOP=0 disables.",
+        "SQLAlchemy engine instrumented and every web request of Flask, Django, Starlette/FastAPI, Bottle, "
+        "Pyramid or Falcon timed by route. Exit code, signals and stdio pass through. PERFTOP=0 disables.",
     )
     run.add_argument("--name", help="the app name the agent reports")
     run.add_argument("--slow-ms", type=float, help="slow-query threshold (default 100, or $PERFTOP_SLOW_MS)")
+    run.add_argument(
+        "--no-frameworks",
+        action="store_true",
+        help="do not time web requests by route (also PERFTOP_FRAMEWORKS=0)",
+    )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
 
     demo = sub.add_parser(
@@ -180,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     inject = sub.add_parser(
         "inject",
         help="start an agent inside a running Python process",
-        description="Start perftop's agent inside a running CPython process that has none (gdb on "
-        "3.10-3.13, sys.remote_exec on 3.14+). The process keeps running; nothing needs installing in it.",
+        description="Start perftop's agent inside a running CPython process that has none (pyinjector, "
+        "else gdb, on 3.10-3.13, each only after a preflight on a throwaway process of the same "
+        "interpreter; sys.remote_exec on 3.14+). The process keeps running; nothing needs installing in it.",
     )
     inject.add_argument("inject_pid", type=_pid, metavar="PID")
     inject.add_argument("--timeout", type=_seconds, default=10.0, help="give up after S seconds (default 10)")
@@ -204,7 +249,7 @@ def _action_params(args: argparse.Namespace) -> dict[str, object]:
         if not args.fingerprint:
             raise UsageError("explain needs --fingerprint FP (see the queries in 'perftop snapshot --json')")
         if args.analyze and not args.yes:
-            if not sys.stdin.isatty():
+            if sys.stdin is None or sys.stdin.closed or not sys.stdin.isatty():
                 raise UsageError("EXPLAIN ANALYZE runs the statement: add --yes to confirm")
             sys.stderr.write("EXPLAIN ANALYZE runs the statement (SELECT only, rolled back). Go on? [y/N] ")
             if sys.stdin.readline().strip().lower() not in ("y", "yes"):
@@ -230,6 +275,7 @@ def _run_action(args: argparse.Namespace) -> int:
     from perftop.collectors.agent_view import call_agent
     from perftop.collectors.errors import CollectorError
     from perftop.collectors.process import check_pid
+    from perftop.units import safe_json
 
     try:
         check_pid(args.act_pid)
@@ -252,9 +298,7 @@ def _run_action(args: argparse.Namespace) -> int:
     if args.output and args.action == "profile":
         _save_profile(result, args.output)
     if args.json:
-        import json
-
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(safe_json(result) + "\n")
     else:
         sys.stdout.write(render(args.action, result) + "\n")
     return EXIT_OK
@@ -351,7 +395,7 @@ def _save_profile(result: dict[str, object], path: str) -> None:
             out.write(text)
     except OSError as exc:
         raise Failure(f"cannot write {path}: {exc.strerror}") from None
-    sys.stderr.write(f"perftop: profile saved to {path}\n")
+    sys.stderr.write(f"perftop: profile saved to {_safe_line(path)}\n")
 
 
 def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
@@ -380,6 +424,10 @@ def _fast_run(argv: list[str]) -> int:
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
         option, _, value = argv[i].partition("=")
+        if option == "--no-frameworks" and not value:
+            os.environ["PERFTOP_FRAMEWORKS"] = "0"
+            i += 1
+            continue
         if option not in ("--name", "--slow-ms"):
             raise UsageError(f"unrecognized arguments: {argv[i]} (see 'perftop run --help')")
         if not value:
@@ -399,6 +447,8 @@ def _fast_run(argv: list[str]) -> int:
 
 
 def _run_program(args: argparse.Namespace) -> int:
+    if args.no_frameworks:
+        os.environ["PERFTOP_FRAMEWORKS"] = "0"
     return _exec_program(args.cmd, args.name, args.slow_ms)
 
 
@@ -424,7 +474,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         exec_with_agent(demo_command(args.threads, args.url), "perftop-demo", 25.0)
         return EXIT_FAILURE  # exec does not return
-    log_path = os.path.join(tempfile.gettempdir(), f"perftop-demo-{os.getuid()}.log")
+    log_path = _demo_log(os.path.join(tempfile.gettempdir(), f"perftop-demo-{os.getuid()}"))
     proc = start_demo(args.threads, log_path, args.url)
     try:
         if not wait_for_agent(proc.pid, args.socket_dir):
@@ -432,6 +482,26 @@ def _run_demo(args: argparse.Namespace) -> int:
         return _run_tui(proc.pid, args)
     finally:
         stop_process(proc)
+
+
+def _demo_log(directory: str) -> str:
+    """The demo service's log file, `demo.log` in `directory`: a directory of ours, mode 0700 (so nobody
+    else can plant a symlink in it), and a regular file of ours opened without following a symlink."""
+    from perftop.agent.paths import ensure_private_dir
+
+    path = os.path.join(directory, "demo.log")
+    try:
+        ensure_private_dir(directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UsageError(f"cannot use {path} for the demo's log: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        raise UsageError(f"cannot use {path} for the demo's log: not a regular file of this user")
+    return path
 
 
 def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
@@ -457,6 +527,7 @@ def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
         interval=args.interval,
         theme_name=theme.name,
         themes=themes,
+        read_only=getattr(args, "read_only", False),
     )
     app.run()
     return app.return_code or EXIT_OK
@@ -465,6 +536,7 @@ def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
 def _run_snapshot(args: argparse.Namespace) -> int:
     from perftop.collectors.errors import CollectorError
     from perftop.export.snapshot import snapshot_json, snapshot_text, take_snapshot
+    from perftop.units import safe_json, safe_text
 
     try:
         snap = take_snapshot(
@@ -473,11 +545,9 @@ def _run_snapshot(args: argparse.Namespace) -> int:
     except CollectorError as exc:
         raise UsageError(str(exc)) from None
     if args.json:
-        import json
-
-        sys.stdout.write(json.dumps(snapshot_json(snap), indent=2) + "\n")
+        sys.stdout.write(safe_json(snapshot_json(snap)) + "\n")
     else:
-        sys.stdout.write(snapshot_text(snap) + "\n")
+        sys.stdout.write(safe_text(snapshot_text(snap)) + "\n")
     return EXIT_OK
 
 
@@ -518,5 +588,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"perftop: {message}\n")
+    sys.stderr.write(f"perftop: {_safe_line(message)}\n")
     return code
+
+
+def _safe_line(text: str) -> str:
+    """`text` as one line with no control character (paths and errors can hold app-chosen bytes)."""
+    from perftop.units import safe_text
+
+    return safe_text(text, newlines=False)

@@ -7,14 +7,25 @@ untouched) and calls `perftop.start()`; the agent is standard library only.
 How the code gets in:
 - Python 3.14+ (PEP 768): `sys.remote_exec`, run by the target's own interpreter binary (/proc/PID/exe),
   since caller and target must be the same version. The target runs the script at its next safe point.
-- Older Pythons: gdb. A gdb Python script attaches, maps a page in the target with mmap and writes the
-  code there (so gdb never calls malloc in a target that may be stopped inside malloc), then picks the
-  safest way to run it:
+- Python 3.10-3.13, first choice: pyinjector (inject_loader.py), which borrows a thread stopped in a
+  blocking system call to dlopen a small library; the library starts a thread of its own that takes the
+  GIL and runs the code. Only the general registers of the borrowed thread are saved and put back; its
+  extended register state (where gdb 13 failed on CPUs with AMX, killing the target) is never written.
+- Otherwise (no thread waits in a system call: the target is busy; or no C compiler): gdb. A gdb Python
+  script attaches, maps a page in the target with mmap and writes the code there (so gdb never calls
+  malloc in a target that may be stopped inside malloc), then picks the safest way to run it:
   * a thread blocked in a system call, not holding the GIL, not inside the allocator or the dynamic
     loader (the usual idle main thread in sleep/select/read): `PyGILState_Ensure`, `PyRun_SimpleString`,
     `PyGILState_Release` on that thread. Its system call is interrupted; Python retries it (PEP 475);
   * otherwise (the main thread is running Python code): `Py_AddPendingCall(PyRun_SimpleString, code)`,
     which the main thread runs between two bytecodes, where the interpreter is consistent.
+
+Before either touches the target, a preflight injects the same way into a throwaway process of the
+target's interpreter (inject_probe.py), run as the target's user and waiting the same way: the method is
+used only if that process survives, its agent answers and its wait still ends when it should. If no
+method passes, the target is not touched and the error says why. Whatever runs on the target's behalf
+(its interpreter binary, for the 3.14 caller and the preflight) runs as the target's uid, gid and groups,
+never as root.
 
 The injected code catches everything (PyRun_SimpleString must return 0 inside a pending call, and a
 SystemExit must never reach it) and reports its outcome in a status file that this side reads.
@@ -24,10 +35,14 @@ Every failure is an `InjectError` whose text is one line: the reason, then the f
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import mmap
 import os
 import re
+import select
 import shutil
+import signal
+import socket
 import stat
 import subprocess
 import tempfile
@@ -36,10 +51,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NoReturn
 
+from perftop import inject_loader
 from perftop.agent import paths
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent)
 """The perftop package the target loads (it must be readable by the target's user)."""
+PROBE = os.path.join(PACKAGE_DIR, "inject_probe.py")
+"""The throwaway process of the preflight (run by the target's interpreter)."""
 MIN_PYTHON = (3, 10)
 """The oldest Python the agent runs on."""
 REMOTE_EXEC_PYTHON = (3, 14)
@@ -285,6 +303,7 @@ def main():
     for command in ("set confirm off", "set pagination off", "set debuginfod enabled off",
                     "set auto-load python-scripts off", "set unwindonsignal on",
                     "set print thread-events off", "set print inferior-events off",
+                    "set libthread-db-search-path $sdir",
                     "handle all nostop noprint pass",
                     "handle SIGINT nostop noprint pass",
                     "handle SIGSEGV SIGBUS SIGILL SIGFPE SIGABRT stop print nopass"):
@@ -509,6 +528,68 @@ def _remote_debug_disabled(pid: int) -> bool:
     return any(arg in (b"disable_remote_debug", b"-Xdisable_remote_debug") for arg in argv)
 
 
+# -- running things on the target's behalf -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who a process runs as: effective uid and gid, and supplementary groups."""
+
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def credentials(pid: int) -> Credentials:
+    """The effective uid and gid and the supplementary groups of `pid`, from /proc/PID/status."""
+    fields: dict[str, list[str]] = {}
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        key, _, rest = line.partition(":")
+        fields[key] = rest.split()
+    return Credentials(
+        int(fields["Uid"][1]), int(fields["Gid"][1]), tuple(int(g) for g in fields.get("Groups", []))
+    )
+
+
+def as_target(pid: int) -> Credentials | None:
+    """Who to run a child as on `pid`'s behalf: None (as we are) when we are its user, else its uid, gid
+    and groups, which only root can switch to (in the child, before it execs); refused otherwise, so
+    nothing runs as root, or as us, for another user."""
+    try:
+        who = credentials(pid)
+    except (OSError, KeyError, ValueError, IndexError) as exc:
+        raise InjectError(f"cannot read the credentials of PID {pid} ({exc}): check it with ps") from None
+    if os.geteuid() == who.uid:
+        return None
+    if os.geteuid() != 0:
+        raise InjectError(
+            f"PID {pid} runs as {_user_name(who.uid)}: perftop would have to run its interpreter as "
+            f"{_user_name(os.geteuid())}; run perftop inject as that user or as root",
+            bad_input=True,
+        )
+    return who
+
+
+def run_target_interpreter(pid: int, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run `pid`'s own interpreter (/proc/PID/exe) with `args`, as `pid`'s uid, gid and groups
+    (`as_target`): the binary, its standard library and anything it loads are the target user's."""
+    who = as_target(pid)
+    return subprocess.run(
+        [f"/proc/{pid}/exe", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        check=False,
+        cwd="/",
+        env={"PATH": "/usr/bin:/bin"},
+        user=None if who is None else who.uid,
+        group=None if who is None else who.gid,
+        extra_groups=None if who is None else list(who.groups),
+    )
+
+
 # -- injection -----------------------------------------------------------------------------------------
 
 
@@ -668,7 +749,6 @@ def _run_remote_exec(target: Target, code: str, deadline: float) -> str:
         f.write(code)
     os.chmod(script, stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP | stat.S_IROTH)
     caller = [
-        f"/proc/{pid}/exe",
         "-I",
         "-S",
         "-c",
@@ -677,15 +757,11 @@ def _run_remote_exec(target: Target, code: str, deadline: float) -> str:
         script,
     ]
     try:
-        result = subprocess.run(
-            caller,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=max(1.0, deadline - time.monotonic()),
-            check=False,
-        )
+        result = run_target_interpreter(pid, caller, max(1.0, deadline - time.monotonic()))
+    except InjectError:
+        with contextlib.suppress(OSError):
+            os.unlink(script)
+        raise
     except (OSError, subprocess.TimeoutExpired) as exc:
         with contextlib.suppress(OSError):
             os.unlink(script)
@@ -709,6 +785,210 @@ def _run_remote_exec(target: Target, code: str, deadline: float) -> str:
     return script
 
 
+_BUSY_SAMPLES = 15
+"""A target is busy if none of its threads is seen waiting in a system call in this many looks, 20 ms
+apart (an idle loop that wakes up briefly is caught waiting)."""
+
+
+class _PreflightFailed(Exception):
+    """A method harmed the throwaway process, or did not get its agent to answer (one-line reason)."""
+
+
+def _inject_by_ptrace(target: Target, code: str, deadline: float, timeout: float) -> None:
+    """Python 3.10-3.13: pyinjector on a thread waiting in a system call, else gdb; each used only after
+    it passed a preflight on a throwaway process of the target's interpreter, run as the target's user,
+    waiting the same way. If neither passes, the target is not touched and the error gives both reasons."""
+    pid = target.pid
+    if _other_mount_namespace(pid):
+        raise InjectError(
+            f"PID {pid} ({target.name}) runs in another mount namespace (a container, or a systemd service "
+            "with PrivateTmp), where its interpreter, libraries and /tmp are not the files perftop sees, so "
+            "no preflight can stand for it: run perftop inject inside that namespace (nsenter -m -t "
+            f"{pid}), or start the agent in the app",
+            bad_input=True,
+        )
+    waiting = inject_loader.waiting_threads(pid)
+    for _ in range(_BUSY_SAMPLES):
+        if waiting:
+            break
+        time.sleep(0.02)
+        waiting = inject_loader.waiting_threads(pid)
+    kind = waiting[0][1] if waiting else "busy"
+    refusals: list[str] = []
+    if kind == "busy":
+        refusals.append("pyinjector: no thread was waiting in a system call (all were running code)")
+    else:
+        unsupported = inject_loader.supported() or inject_loader.untrusted_libc(pid)
+        try:
+            if unsupported is not None:
+                raise _PreflightFailed(unsupported)
+            inject_loader.library()
+            _preflight(target, "pyinjector", kind, deadline, timeout)
+        except inject_loader.LoaderError as exc:
+            refusals.append(f"pyinjector: {exc}")
+        except _PreflightFailed as exc:
+            refusals.append(f"pyinjector: {exc}")
+        else:
+            _load_with_pyinjector(target, code, deadline)
+            return
+    if shutil.which("gdb") is None:
+        refusals.append("gdb: gdb is not installed (apt-get install gdb)")
+    else:
+        try:
+            _preflight(target, "gdb", kind, deadline, timeout)
+        except _PreflightFailed as exc:
+            refusals.append(f"gdb: {exc}")
+        else:
+            _run_gdb(target, code, deadline)
+            return
+    raise InjectError(
+        f"no safe way to inject into PID {pid} ({target.name}, waiting: {kind}) was found, so it was not "
+        f"touched ({'; '.join(refusals)}): start the agent in the app (perftop run, or perftop.start())"
+    )
+
+
+def _state(pid: int) -> str:
+    """The one-letter state of `pid` (R, S, D, T...), from /proc/PID/stat; "" if unreadable."""
+    try:
+        return _read(f"/proc/{pid}/stat").rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _other_mount_namespace(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return False
+
+
+def _load_with_pyinjector(target: Target, code: str, deadline: float) -> None:
+    """dlopen the loader library carrying `code` in the target, on a thread waiting in a system call."""
+    pid = target.pid
+    try:
+        copy = inject_loader.copy_with_code(code)
+    except inject_loader.LoaderError as exc:
+        raise InjectError(f"cannot prepare the injection library: {exc}") from None
+    try:
+        inject_loader.load(pid, copy, deadline)
+    except inject_loader.PtraceDenied as exc:
+        raise InjectError(ptrace_denied_reason(pid, f"pyinjector: {exc}"), bad_input=True) from None
+    except inject_loader.NoWaitingThread as exc:
+        raise InjectError(f"{exc} in time, so it was not touched: try again in a moment") from None
+    except inject_loader.LoaderError as exc:
+        raise InjectError(f"could not load the agent into PID {pid}: {exc}: see dmesg") from None
+    finally:
+        inject_loader.remove_copy(copy)
+
+
+def _read_line(stream: IO[bytes], deadline: float) -> str:
+    """One line from a child's pipe, or what came before the deadline or its end."""
+    data = b""
+    fd = stream.fileno()
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode("utf-8", "replace").strip()
+
+
+def _ending(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def _harmed(proc: subprocess.Popen[bytes], err: bytes | None = None) -> str:
+    """How the throwaway process ended, with the last line it wrote on stderr (its traceback's)."""
+    if err is None:
+        err = proc.communicate()[1]
+    last = " ".join(err.decode("utf-8", "replace").strip().splitlines()[-1:])
+    return f"the throwaway process was harmed ({_ending(proc.returncode)}{': ' + last if last else ''})"
+
+
+def _preflight(target: Target, method: str, kind: str, deadline: float, timeout: float) -> None:
+    """Inject with `method` into a throwaway process of the target's interpreter (/proc/PID/exe, as the
+    target's uid, gid and groups) waiting in `kind` (inject_probe.py); _PreflightFailed unless its agent
+    answers, it is still alive, and its wait then ends normally when woken."""
+    if not target.exe_is_python:
+        raise _PreflightFailed(
+            f"its interpreter is embedded in {target.exe}, so no throwaway process of it can be started"
+        )
+    who = as_target(target.pid)
+    socket_dir = tempfile.mkdtemp(prefix="perftop-preflight-")
+    if os.geteuid() == 0 and target.uid != 0:
+        os.chown(socket_dir, target.uid, -1)
+    status = _Status(target.uid)
+    ours, theirs = socket.socketpair() if kind == "recv" else (None, None)
+    try:
+        proc = subprocess.Popen(
+            [f"/proc/{target.pid}/exe", "-I", "-S", PROBE, kind],
+            stdin=theirs.fileno() if theirs is not None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+            start_new_session=True,
+            user=None if who is None else who.uid,
+            group=None if who is None else who.gid,
+            extra_groups=None if who is None else list(who.groups),
+        )
+    except OSError as exc:
+        for end in (ours, theirs):
+            if end is not None:
+                end.close()
+        status.remove()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise _PreflightFailed(f"the throwaway process could not start ({exc})") from None
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        if _read_line(proc.stdout, deadline) != "ready":
+            ended = proc.poll()
+            how = "in time" if ended is None else f"({_ending(ended)})"
+            raise _PreflightFailed(f"the throwaway process did not start {how}")
+        probe = dataclasses.replace(target, pid=proc.pid)
+        try:
+            if method == "pyinjector":
+                _load_with_pyinjector(probe, bootstrap_code(socket_dir, status.path), deadline)
+            else:
+                _run_gdb(probe, bootstrap_code(socket_dir, status.path), deadline)
+            _wait_for_agent(probe, socket_dir, status, deadline, timeout)
+        except InjectError as exc:
+            if proc.poll() is not None:
+                raise _PreflightFailed(_harmed(proc)) from None
+            raise _PreflightFailed(f"failed on a throwaway process ({exc})") from None
+        if proc.poll() is not None:
+            raise _PreflightFailed(_harmed(proc))
+        if ours is not None:
+            ours.sendall(b"x")
+        else:
+            assert proc.stdin is not None
+            proc.stdin.write(b"x\n")
+            proc.stdin.flush()
+        try:
+            out, err = proc.communicate(timeout=max(2.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            raise _PreflightFailed("the throwaway process's wait no longer ended when woken") from None
+        if proc.returncode != 0 or out.decode("utf-8", "replace").split()[-2:] != ["bye", kind]:
+            raise _PreflightFailed(_harmed(proc, err))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+        for end in (ours, theirs):
+            if end is not None:
+                end.close()
+        status.remove()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+
+
 def inject(pid: int, socket_dir: str | None = None, timeout: float = 10.0) -> str:
     """Start an agent inside the running Python process `pid`; returns its socket path once it answers.
 
@@ -716,8 +996,11 @@ def inject(pid: int, socket_dir: str | None = None, timeout: float = 10.0) -> st
     passed to the agent (None: the target's own default). Raises InjectError (a one-line reason with the
     fix) on every failure; the target keeps running in every case.
     """
+    from perftop.cli import PID_MAX
     from perftop.collectors.discovery import find_agent
 
+    if not 0 < pid <= PID_MAX:
+        raise InjectError(f"PID must be a positive whole number up to {PID_MAX}, not {pid}", bad_input=True)
     if not paths.pid_alive(pid):
         raise InjectError(
             f"no process with PID {pid} (it exited, or never existed): check the PID with ps", bad_input=True
@@ -734,6 +1017,12 @@ def inject(pid: int, socket_dir: str | None = None, timeout: float = 10.0) -> st
             "app's Python",
             bad_input=True,
         )
+    if _state(pid) == "T":
+        raise InjectError(
+            f"PID {pid} ({target.name}) is stopped (SIGSTOP, or Ctrl-Z): nothing could run in it; resume it "
+            f"first (kill -CONT {pid}), then try again",
+            bad_input=True,
+        )
     deadline = time.monotonic() + timeout
     status = _Status(target.uid)
     cleanup: list[str] = []
@@ -745,7 +1034,7 @@ def inject(pid: int, socket_dir: str | None = None, timeout: float = 10.0) -> st
         if use_remote_exec:
             cleanup.append(_run_remote_exec(target, code, deadline))
         else:
-            _run_gdb(target, code, deadline)
+            _inject_by_ptrace(target, code, deadline, timeout)
         return _wait_for_agent(target, socket_dir, status, deadline, timeout)
     finally:
         status.remove()

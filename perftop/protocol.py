@@ -9,6 +9,7 @@ viewer sends `request`s with an `id`, and the agent answers each with a `respons
 from __future__ import annotations
 
 import json
+import math
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -111,6 +112,22 @@ def read_frame(sock: socket.socket, max_frame: int = MAX_FRAME_BYTES) -> dict[st
 def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:
     """Write one whole frame to a blocking socket."""
     sock.sendall(encode(message))
+
+
+def window_seconds(value: Any) -> float | None:
+    """A request's `window`: None (since start) or a finite number of seconds; ProtocolError otherwise
+    (1e400 decodes to infinity, and a 400-digit integer overflows float: neither is a window)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError("'window' must be a number of seconds or null")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ProtocolError("'window' must be a finite number of seconds")
+    return seconds
 
 
 def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:

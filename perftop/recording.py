@@ -29,6 +29,7 @@ import math
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -73,6 +74,12 @@ MIN_MAX_MB = 0.1
 """Below this the schema and one interval may not fit."""
 KEYFRAME_EVERY = 30
 """Rows per group: one keyframe compressed on its own, the others with it as preset dictionary."""
+MAX_DOCUMENT_BYTES = 32 * MB
+"""Largest interval document written or read (an agent's stats frame is at most 16 MiB)."""
+MAX_META_BYTES = 1 * MB
+MIN_INTERVAL_S, MAX_INTERVAL_S = 0.05, 3600.0
+"""The intervals `perftop record --interval` accepts, and so the only ones a reader believes."""
+"""Largest value in the meta table a reader accepts."""
 
 
 @functools.cache
@@ -84,6 +91,10 @@ def _limit_units() -> dict[str, str]:
 
 class RecordingError(Exception):
     """A recording cannot be written or read; the message is one line fit for `perftop: ...`."""
+
+
+MALFORMED = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, RecursionError)
+"""What reading a recorded document of the wrong shape raises (a field of the wrong type, missing...)."""
 
 
 # -- the tables ------------------------------------------------------------------------------------------
@@ -146,20 +157,29 @@ def compress(raw: bytes, key: bytes | None) -> bytes:
 
 
 def decompress(blob: bytes, key: bytes | None) -> bytes:
+    """The bytes `compress` made; RecordingError if they are damaged or would inflate past
+    MAX_DOCUMENT_BYTES (a zlib bomb in a crafted file must not take the reader's memory)."""
     try:
-        if key is None:
-            return zlib.decompress(blob)
-        do = zlib.decompressobj(zdict=key)
-        return do.decompress(blob) + do.flush()
+        do = zlib.decompressobj() if key is None else zlib.decompressobj(zdict=key)
+        raw = do.decompress(blob, MAX_DOCUMENT_BYTES + 1)
+        if len(raw) <= MAX_DOCUMENT_BYTES and not do.unconsumed_tail:
+            raw += do.flush()
     except zlib.error as exc:
         raise RecordingError(f"a recorded interval is damaged: {exc}") from None
+    if len(raw) > MAX_DOCUMENT_BYTES or do.unconsumed_tail:
+        raise RecordingError(
+            f"a recorded interval inflates past {MAX_DOCUMENT_BYTES // MB} MB (not one perftop wrote)"
+        )
+    if not do.eof:
+        raise RecordingError("a recorded interval is damaged: it is truncated")
+    return raw
 
 
 def parse_document(raw: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
-    except ValueError as exc:
-        raise RecordingError(f"a recorded interval is damaged: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise RecordingError(f"a recorded interval is damaged: {type(exc).__name__}") from None
     if not isinstance(doc, dict):
         raise RecordingError("a recorded interval is damaged: not a JSON object")
     return doc
@@ -316,7 +336,10 @@ class RecordingWriter:
             payload = compress(raw, None)
         else:
             _, key_doc, dictionary = self._key
-            payload = compress(to_json_bytes(delta_document(doc, key_doc)), dictionary)
+            raw_delta = to_json_bytes(delta_document(doc, key_doc))
+            payload = compress(raw_delta, dictionary)
+        if len(raw if self._key is None else raw_delta) > MAX_DOCUMENT_BYTES:
+            raise RecordingError(f"an interval of more than {MAX_DOCUMENT_BYTES // MB} MB cannot be recorded")
         try:
             self._make_room(len(payload))
             result = self._conn.execute(
@@ -579,10 +602,18 @@ class RecordingReader:
 
         self.path = path
         try:
-            with open(path, "rb") as f:
-                header = f.read(len(SQLITE_MAGIC))
+            # O_NONBLOCK: a FIFO or a device must be refused, not waited on.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise RecordingError(f"cannot open {path}: {exc.strerror or exc}") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise RecordingError(f"{path} is not a perftop recording (not a regular file)")
+            header = os.read(fd, len(SQLITE_MAGIC))
+        except OSError as exc:
+            raise RecordingError(f"cannot read {path}: {exc.strerror or exc}") from None
+        finally:
+            os.close(fd)
         if header != SQLITE_MAGIC:
             what = "an empty file" if not header else "not an SQLite database"
             raise RecordingError(f"{path} is not a perftop recording ({what})")
@@ -609,19 +640,22 @@ class RecordingReader:
                 index = conn.execute(
                     select(samples.c.id, samples.c.taken_at, samples.c.key_id).order_by(samples.c.id)
                 ).all()
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, UnicodeDecodeError) as exc:
             raise RecordingError(f"{path} is not a readable perftop recording: {_db_message(exc)}") from None
         if not index:
             raise RecordingError(f"{path} holds no recorded interval yet")
         self.ids: list[int] = [row[0] for row in index]
-        self.times: list[float] = [float(row[1]) for row in index]
+        try:
+            self.times: list[float] = [float(row[1]) for row in index]
+        except (TypeError, ValueError):
+            raise RecordingError(f"{path}: an interval's time is not a number") from None
         for end in (0, len(self.ids) - 1):
             doc = self.frame(end)
             try:
                 system_from_json(doc)
                 process_from_json(doc)
                 agent_from_json(doc)
-            except (KeyError, TypeError, ValueError, IndexError) as exc:
+            except MALFORMED as exc:
                 raise RecordingError(f"{path}: interval {end} is malformed ({exc!r})") from None
 
     def _read_meta(self, conn: Any) -> dict[str, Any]:
@@ -630,8 +664,10 @@ class RecordingReader:
         meta: dict[str, Any] = {}
         for key, value in conn.execute(select(self._meta_table.c.key, self._meta_table.c.value)):
             try:
+                if len(value) > MAX_META_BYTES:
+                    raise ValueError("too large")
                 meta[key] = json.loads(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, RecursionError):
                 raise RecordingError(f"{self.path}: the recording's meta table is damaged") from None
         version = meta.get("version")
         if version != FORMAT_VERSION:
@@ -639,8 +675,13 @@ class RecordingReader:
                 f"{self.path} is a recording in format {version!r};"
                 f" this perftop reads format {FORMAT_VERSION}"
             )
-        for key, kind in (("pid", int), ("interval", (int, float)), ("started_at", (int, float))):
-            if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+        for key, kind, low, high in (
+            ("pid", int, 1, 2**32),
+            ("interval", (int, float), MIN_INTERVAL_S, MAX_INTERVAL_S),
+            ("started_at", (int, float), 0, 2**40),
+        ):
+            value = meta.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or not low <= value <= high:
                 raise RecordingError(f"{self.path}: the recording's meta table lacks a valid {key!r}")
         return meta
 
@@ -664,11 +705,14 @@ class RecordingReader:
                 self._cache.move_to_end(row_id)
                 return doc
             key_id, blob = self._row(row_id)
-            if key_id is None:
-                doc = parse_document(decompress(blob, None))
-            else:
-                key_doc, dictionary = self._keyframe(key_id)
-                doc = restore_document(parse_document(decompress(blob, dictionary)), key_doc)
+            try:
+                if key_id is None:
+                    doc = parse_document(decompress(blob, None))
+                else:
+                    key_doc, dictionary = self._keyframe(key_id)
+                    doc = restore_document(parse_document(decompress(blob, dictionary)), key_doc)
+            except MALFORMED as exc:
+                raise RecordingError(f"{self.path}: interval {index} is malformed ({exc!r})") from None
             for part in ("system", "process", "recording"):
                 if not isinstance(doc.get(part), dict):
                     raise RecordingError(f"{self.path}: interval {index} lacks its {part!r} data")
@@ -678,21 +722,29 @@ class RecordingReader:
             return doc
 
     def _row(self, row_id: int) -> tuple[int | None, bytes]:
-        from sqlalchemy import select
+        from sqlalchemy import case, func, select
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
             with self._engine.connect() as conn:
+                samples = self._samples
+                size = func.length(samples.c.payload)
+                # The payload only if its size is plausible: a crafted row cannot make us load a GB.
                 row = conn.execute(
-                    select(self._samples.c.key_id, self._samples.c.payload).where(
-                        self._samples.c.id == row_id
-                    )
+                    select(
+                        samples.c.key_id,
+                        case((size <= MAX_DOCUMENT_BYTES, samples.c.payload), else_=None),
+                        size,
+                    ).where(samples.c.id == row_id)
                 ).one_or_none()
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, UnicodeDecodeError) as exc:
             raise RecordingError(f"{self.path}: cannot read interval {row_id}: {_db_message(exc)}") from None
         if row is None:
             raise RecordingError(f"{self.path}: interval {row_id} is gone (dropped by the size cap?)")
-        return row[0], bytes(row[1])
+        key_id, payload = row[0], row[1]
+        if not isinstance(payload, bytes) or not (key_id is None or isinstance(key_id, int)):
+            raise RecordingError(f"{self.path}: interval {row_id} is malformed (size {row[2]})")
+        return key_id, payload
 
     def _keyframe(self, key_id: int) -> tuple[dict[str, Any], bytes]:
         """A keyframe's document and its group's preset dictionary, cached."""
@@ -947,10 +999,7 @@ def run_record(args: argparse.Namespace) -> int:
         recorder.start()
     except RecordingError as exc:
         return _fail(str(exc), 2)
-    sys.stderr.write(
-        f"perftop: recording PID {args.record_pid} to {path} every {args.interval:g}s (Ctrl+C stops)\n"
-    )
-    sys.stderr.flush()
+    _say(f"recording PID {args.record_pid} to {path} every {args.interval:g}s (Ctrl+C stops)")
     previous = signal.signal(signal.SIGTERM, lambda *_: recorder.stop(timeout=0))
     try:
         while not recorder.wait(0.5):
@@ -964,13 +1013,21 @@ def run_record(args: argparse.Namespace) -> int:
         return _fail(recorder.error, 1)
     why = f" ({recorder.ended})" if recorder.ended else ""
     dropped = f", {recorder.dropped} oldest dropped for the size cap" if recorder.dropped else ""
-    sys.stderr.write(f"perftop: recorded {recorder.intervals} intervals to {path}{dropped}{why}\n")
+    _say(f"recorded {recorder.intervals} intervals to {path}{dropped}{why}")
     return 0
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"perftop: {message}\n")
+    _say(message)
     return code
+
+
+def _say(message: str) -> None:
+    """One `perftop: ` line on stderr, with any control character in it (paths, errors) escaped."""
+    from perftop.units import safe_text
+
+    sys.stderr.write(f"perftop: {safe_text(message, newlines=False)}\n")
+    sys.stderr.flush()
 
 
 # -- the `replay` command --------------------------------------------------------------------------------

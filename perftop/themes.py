@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,38 @@ def theme_dirs() -> list[Path]:
 _FIELDS = {f.name: f for f in dataclasses.fields(Theme)}
 
 
+MAX_THEME_BYTES = 1 << 20
+"""A theme is a few hundred bytes; a larger file is not one."""
+
+
+def _read_small_file(path: Path) -> str:
+    """The text of a regular file of at most MAX_THEME_BYTES; ThemeError otherwise (never blocks on a
+    FIFO or a device)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ThemeError(f"theme file {path}: not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_THEME_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_THEME_BYTES:
+        raise ThemeError(f"theme file {path}: larger than {MAX_THEME_BYTES} bytes, not a theme")
+    return data.decode("utf-8")
+
+
 def load_theme_file(path: Path) -> Theme:
     """One theme from a JSON file; ThemeError names the file and what is wrong."""
     try:
-        data: Any = json.loads(path.read_text(encoding="utf-8"))
+        data: Any = json.loads(_read_small_file(path))
     except OSError as exc:
         raise ThemeError(f"theme file {path}: cannot read it ({exc.strerror})") from None
+    except ThemeError:
+        raise
     except ValueError as exc:
         raise ThemeError(f"theme file {path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ThemeError(f"theme file {path}: not a theme (JSON nested too deeply)") from None
     if not isinstance(data, dict):
         raise ThemeError(f"theme file {path}: must hold a JSON object")
     unknown = sorted(set(data) - set(_FIELDS))

@@ -1,9 +1,34 @@
-"""Human-readable numbers: bytes, rates, durations, counts. Shared by the TUI and the text report."""
+"""Human-readable numbers: bytes, rates, durations, counts; and text made safe for a terminal. Shared by
+the TUI and the text reports."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from typing import Any
+
+_CONTROL_CODES = (*range(0x20), 0x7F, *range(0x80, 0xA0))
+_ESCAPES = {c: f"\\x{c:02x}" for c in _CONTROL_CODES}
+"""Every C0 and C1 control character and DEL, as the visible escape Python's repr() uses (ESC -> `\\x1b`)."""
+_ESCAPES_BUT_LAYOUT = {c: e for c, e in _ESCAPES.items() if c not in (0x09, 0x0A)}
+
+
+def safe_text(text: object, newlines: bool = True) -> str:
+    """`text` with its control characters shown as escapes, for printing to a terminal.
+
+    Names, paths, SQL and stacks come from the monitored app: printed raw, an ESC or a C1 byte in them
+    would drive the terminal (set its title, write the clipboard with OSC 52, clear the screen). With
+    `newlines`, line feeds and tabs stay (a report's lines, indented SQL); otherwise they are escaped too.
+    """
+    return str(text).translate(_ESCAPES_BUT_LAYOUT if newlines else _ESCAPES)
+
+
+def safe_json(doc: Any, indent: int | None = 2) -> str:
+    """`doc` as JSON with no raw control byte: json.dumps escapes C0 and (ASCII only) C1 characters; DEL,
+    which it leaves raw, becomes `\\u007f`. The document parses back to the same data."""
+    return json.dumps(doc, indent=indent, ensure_ascii=True).replace("\x7f", "\\u007f")
+
 
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 

@@ -22,9 +22,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from perftop.agent.recorder import Timing, count, log_once, registry
+from perftop.agent import requests
+from perftop.agent.frameworks import ROUTE_KEY, TIMED_KEY
+from perftop.agent.recorder import MAX_PENDING, Timing, count, log_once, registry
 
-__all__ = ["NOT_FOUND_ROUTE", "Middleware", "ServerError", "normalize_path"]
+__all__ = ["NOT_FOUND_ROUTE", "Middleware", "ServerError", "normalize_path", "timed"]
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 """Methods named as they are; any other is named `OTHER` (a client picks the method, not the app)."""
@@ -155,7 +157,8 @@ class Routes:
     def route(
         self, target: Any, framework: Callable[[Any], str | None], path: str, status: int | None
     ) -> str:
-        """The route template of a finished request: route_for, else the framework's, else normalized."""
+        """The route template of a finished request: route_for, else the one a framework hook noted while
+        the request was live, else what the framework left in the request, else the normalized path."""
         if self.route_for is not None:
             try:
                 route = self.route_for(target)
@@ -163,6 +166,9 @@ class Routes:
                     return str(route)
             except Exception as exc:
                 log_once("route-for", "the route_for callable of a perftop middleware raised", exc=exc)
+        noted = target.get(ROUTE_KEY) if isinstance(target, Mapping) else None
+        if isinstance(noted, str) and noted:
+            return noted
         try:
             route = framework(target)
             if route:
@@ -183,9 +189,17 @@ class Routes:
         return metric
 
     def record(
-        self, method: str, route: str, status: int | None, duration_ns: int, exc: BaseException | None
+        self,
+        method: str,
+        route: str,
+        status: int | None,
+        duration_ns: int,
+        exc: BaseException | None,
+        trace: requests.Trace | None = None,
+        queue_ms: float | None = None,
     ) -> None:
-        """One finished request: its duration (an error for 5xx or an exception) and its status class."""
+        """One finished request: its duration (an error for 5xx or an exception) and its status class;
+        with its `trace`, its SQL time and queries for the route's breakdown."""
         try:
             method = method if method in METHODS else "OTHER"
             metric = self.timing(method, route)
@@ -195,8 +209,12 @@ class Routes:
             elif status is None or status >= 500:
                 metric.error(duration_ns, _SERVER_ERROR)
                 status = 500 if status is None else status
-            else:
+            elif len(metric.buf) < MAX_PENDING:
                 metric.append(duration_ns)
+            else:
+                metric.dropped += 1
+            if trace is not None:
+                requests.end(trace, f"{method} {route}", duration_ns, status >= 500, queue_ms)
             name = self._class_names.get(status // 100)
             if name is not None:
                 count(name)
@@ -204,11 +222,64 @@ class Routes:
             log_once("middleware-record", "could not record a web request", exc=exc2)
 
 
+def _note_routes_of_loaded_frameworks() -> None:
+    """Let a hand-added middleware see Flask's route: Flask drops its request from the environ before the
+    body is closed, so the route must be noted while the request is live (a signal handler does that)."""
+    import sys
+
+    flask = sys.modules.get("flask")
+    if flask is not None:
+        from perftop.agent.frameworks import hook_flask_routes
+
+        try:
+            hook_flask_routes(flask)
+        except Exception as exc:
+            log_once("flask-route", "could not hook Flask's request_started signal", exc=exc)
+
+
 def _status_code(status: Any) -> int | None:
     try:
         return int(str(status).split(None, 1)[0])
     except (ValueError, IndexError):
         return None
+
+
+QUEUE_METRIC = "http.queue"
+"""The timing of the time requests waited before the app got them (from X-Request-Start)."""
+MAX_QUEUE_S = 3600.0
+"""A queue wait beyond this (or negative: clocks apart) is a wrong header, not a wait."""
+
+
+def queue_wait(header: str, now: float) -> float | None:
+    """Record the wait of a request whose proxy stamped `X-Request-Start: t=<epoch>` (nginx: seconds with
+    milliseconds; Heroku, New Relic: milliseconds or microseconds, told apart by their size); the wait in
+    milliseconds, None for a header that is not a time."""
+    try:
+        text = header.strip()
+        if text.startswith("t="):
+            text = text[2:]
+        stamp = float(text)
+        if stamp > 1e14:
+            stamp /= 1e6
+        elif stamp > 1e11:
+            stamp /= 1e3
+        wait = now - stamp
+        if 0.0 <= wait <= MAX_QUEUE_S:
+            timing = registry.timings.get(QUEUE_METRIC) or registry.timing(QUEUE_METRIC)
+            if len(timing.buf) < MAX_PENDING:
+                timing.append(int(wait * 1e9))
+            else:
+                timing.dropped += 1
+            return wait * 1000
+    except (ValueError, OverflowError):
+        return None
+    except Exception as exc:
+        log_once("queue-wait", "could not record a request's queue wait", exc=exc)
+    return None
+
+
+ZERO_CODE_ROUTES = Routes("http", None)
+"""The routes of the requests timed by `perftop run`'s framework hooks (perftop.agent.frameworks)."""
 
 
 class Middleware:
@@ -221,52 +292,83 @@ class Middleware:
     def __init__(self, app: WSGIApp, name_prefix: str = "http", route_for: RouteFor | None = None) -> None:
         self.app = app
         self.routes = Routes(name_prefix, route_for)
+        _note_routes_of_loaded_frameworks()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        t0 = _pc()
-        state: list[int | None] = [None]
+        return timed(self.routes, self.app, None, environ, start_response)
 
-        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            state[0] = _status_code(status)
-            if exc_info is None:
-                return start_response(status, headers)
-            return start_response(status, headers, exc_info)
 
-        try:
-            result = self.app(environ, start)
-        except BaseException as exc:
-            self._finish(environ, state[0], t0, exc)
-            raise
-        return _Body(result, self, environ, state, t0)
+def timed(
+    routes: Routes,
+    app: Callable[..., Iterable[bytes]],
+    owner: Any,
+    environ: dict[str, Any],
+    start_response: Any,
+) -> Iterable[bytes]:
+    """Answer a request with `app` (called as `app(owner, environ, start_response)` when `owner` is not
+    None: an unbound framework method), timing it under `routes`; a request already timed by an outer
+    wrapper (`TIMED_KEY` in the environ) is passed through."""
+    if environ.get(TIMED_KEY):
+        return app(environ, start_response) if owner is None else app(owner, environ, start_response)
+    environ[TIMED_KEY] = True
+    trace = requests.begin()
+    t0 = _pc()
+    stamp = environ.get("HTTP_X_REQUEST_START")
+    queue_ms = None if stamp is None else queue_wait(str(stamp), time.time())
+    state: list[int | None] = [None]
 
-    def _finish(
-        self, environ: dict[str, Any], status: int | None, t0: int, exc: BaseException | None
-    ) -> None:
-        duration = _pc() - t0
-        try:
-            route = self.routes.route(environ, _wsgi_framework_route, _wsgi_path(environ), status)
-            method = str(environ.get("REQUEST_METHOD", "GET"))
-        except Exception as exc2:
-            log_once("middleware-route", "could not name a web request", exc=exc2)
-            return
-        self.routes.record(method, route, status, duration, exc)
+    def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        state[0] = _status_code(status)
+        if exc_info is None:
+            return start_response(status, headers)
+        return start_response(status, headers, exc_info)
+
+    try:
+        result = app(environ, start) if owner is None else app(owner, environ, start)
+    except BaseException as exc:
+        _finish(routes, environ, state[0], t0, exc, trace, queue_ms)
+        raise
+    return _Body(result, routes, environ, state, t0, trace, queue_ms)
+
+
+def _finish(
+    routes: Routes,
+    environ: dict[str, Any],
+    status: int | None,
+    t0: int,
+    exc: BaseException | None,
+    trace: requests.Trace,
+    queue_ms: float | None,
+) -> None:
+    duration = _pc() - t0
+    try:
+        route = routes.route(environ, _wsgi_framework_route, _wsgi_path(environ), status)
+        method = str(environ.get("REQUEST_METHOD", "GET"))
+    except Exception as exc2:
+        log_once("middleware-route", "could not name a web request", exc=exc2)
+        return
+    routes.record(method, route, status, duration, exc, trace, queue_ms)
 
 
 class _Body:
     """The app's response body, passed through; the request is recorded when the server closes it."""
 
-    __slots__ = ("_done", "_environ", "_mw", "_result", "_state", "_t0")
+    __slots__ = ("_done", "_environ", "_queue_ms", "_result", "_routes", "_state", "_t0", "_trace")
 
     def __init__(
         self,
         result: Iterable[bytes],
-        mw: Middleware,
+        routes: Routes,
         environ: dict[str, Any],
         state: list[int | None],
         t0: int,
+        trace: requests.Trace,
+        queue_ms: float | None,
     ) -> None:
         self._result = result
-        self._mw = mw
+        self._trace = trace
+        self._queue_ms = queue_ms
+        self._routes = routes
         self._environ = environ
         self._state = state
         self._t0 = t0
@@ -294,4 +396,4 @@ class _Body:
     def _record(self, exc: BaseException | None) -> None:
         if not self._done:
             self._done = True
-            self._mw._finish(self._environ, self._state[0], self._t0, exc)
+            _finish(self._routes, self._environ, self._state[0], self._t0, exc, self._trace, self._queue_ms)

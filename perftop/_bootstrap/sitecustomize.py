@@ -5,7 +5,8 @@ not that package's site-packages on sys.path, so the app's imports are untouched
 any `sitecustomize` the environment already had. Standard library only; never raises into the program.
 
 Start-up cost is what users notice, so only cheap things happen before the program runs: the finder,
-a meta-path hook that instruments SQLAlchemy when the program imports it, `importlib` and `threading`
+a meta-path hook that instruments SQLAlchemy and the web frameworks (request timing by route) when
+the program imports them (`PERFTOP_FRAMEWORKS=0`: not the frameworks), `importlib` and `threading`
 (before Python 3.13), whose first imports must not race another thread's, and a thread that imports
 perftop and starts the agent while the program starts (its socket appears a few tens of milliseconds
 later). A fork waits for that thread to finish (bounded), so that a child does not inherit a
@@ -103,20 +104,40 @@ def _start_agent() -> None:
         _booting.release()
 
 
-def _instrument_sqlalchemy() -> None:
-    try:
-        from perftop.agent import autostart
+_FRAMEWORK_MODULES = (
+    "flask",
+    "django.core.handlers.base",
+    "django.core.handlers.wsgi",
+    "django.core.handlers.asgi",
+    "starlette.applications",
+    "bottle",
+    "pyramid.router",
+    "falcon.app",
+)
+"""The modules whose import makes perftop time a web framework's requests (perftop.agent.frameworks.HOOKS;
+the agent's own test checks that the two lists agree)."""
 
-        autostart.instrument()
+
+def _instrument(name: str, module: types.ModuleType) -> None:
+    try:
+        if name == "sqlalchemy":
+            from perftop.agent import autostart
+
+            autostart.instrument()
+        else:
+            from perftop.agent import frameworks
+
+            frameworks.instrument_module(name, module)
     except Exception as exc:
-        _warn("SQLAlchemy not instrumented", exc)
+        _warn(f"{name} not instrumented", exc)
 
 
 class _Loader(_LoaderBase):
-    """Runs SQLAlchemy's real loader, then instruments it; any other attribute is the real loader's."""
+    """Runs a module's real loader, then instruments the module; any other attribute is the real loader's."""
 
-    def __init__(self, real: Any) -> None:
+    def __init__(self, real: Any, name: str) -> None:
         self._real = real
+        self._name = name
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -127,24 +148,32 @@ class _Loader(_LoaderBase):
 
     def exec_module(self, module: types.ModuleType) -> None:
         self._real.exec_module(module)
-        _instrument_sqlalchemy()
+        _instrument(self._name, module)
 
 
-class _SQLAlchemyHook:
-    """A meta-path finder that notices the first import of SQLAlchemy, wraps its loader, steps aside."""
+class _PostImportHook:
+    """A meta-path finder that notices the first import of each watched module (SQLAlchemy, the web
+    frameworks), wraps its loader, and steps aside once it has seen them all."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._names = set(names)
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None
     ) -> ModuleSpec | None:
-        if fullname != "sqlalchemy" or self not in sys.meta_path:
+        if fullname not in self._names or self not in sys.meta_path:
             return None
-        sys.meta_path.remove(self)
+        self._names.discard(fullname)
+        if not self._names:
+            sys.meta_path.remove(self)
         for finder in list(sys.meta_path):
+            if finder is self:
+                continue
             find_spec = getattr(finder, "find_spec", None)
             spec: ModuleSpec | None = find_spec(fullname, path, target) if find_spec is not None else None
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _Loader(spec.loader)
+                    spec.loader = _Loader(spec.loader, fullname)
                 return spec
         return None
 
@@ -224,10 +253,13 @@ def _boot() -> None:
             if sys.version_info < (3, 10):  # noqa: UP036 - any Python on this PYTHONPATH runs this file
                 raise RuntimeError(f"Python {sys.version.split()[0]} is too old for the agent (3.10+)")
             sys.meta_path.insert(0, _PerftopFinder())
+            watched = [] if os.environ.get("PERFTOP_FRAMEWORKS", "1") == "0" else list(_FRAMEWORK_MODULES)
             if "sqlalchemy" in sys.modules:
-                _instrument_sqlalchemy()
+                _instrument("sqlalchemy", sys.modules["sqlalchemy"])
             else:
-                sys.meta_path.insert(0, _SQLAlchemyHook())
+                watched.append("sqlalchemy")
+            if watched:
+                sys.meta_path.insert(0, _PostImportHook(watched))
             # Two first imports that must not race the start-up thread. `importlib`: while its package
             # is half-imported in one thread, `importlib.util` imported in another (runpy does, for -m)
             # makes a second, broken `importlib._bootstrap`, and every later import_module raises

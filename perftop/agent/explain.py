@@ -10,11 +10,19 @@ Advice (each `{"kind", "table", "columns", "message", "sql"}`):
   per-execution `AUTOMATIC` index) -> CREATE INDEX on the filtered columns, equality columns first;
 - `nested_loop`: a nested loop whose inner side scans a whole table for each outer row -> index on the
   join columns;
+- `join_filter`: a PostgreSQL hash/merge join whose Join Filter drops most joined rows -> index on the
+  filtered columns of the table scanned whole under it;
+- `join_scan`: a PostgreSQL hash/merge join reading a large table whole to match a few rows of the other
+  side -> index on its join columns (a nested loop could then look them up);
 - `sort_spill` / `hash_spill`: PostgreSQL sort or hash that went to disk -> raise work_mem;
 - `order_index`: SQLite `USE TEMP B-TREE FOR ORDER BY` -> index matching the WHERE equalities + ORDER BY;
 - `stale_statistics` (ANALYZE plans only): estimated and actual rows differ by more than 10x -> ANALYZE.
 Nodes that use an index give no index advice, and no index is suggested that an existing index (from
 the catalog) already provides.
+
+Values: advice is read from the plan as the database returned it, but its text quotes plan expressions
+with their literals redacted (unless the app opted in with keep_values), and `redact_plan` gives the
+plan to show, with the literal values of every string field replaced by `?`.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from perftop.agent.fingerprint import KEYWORDS, QUOTED, WORD, significant
+from perftop.agent.fingerprint import KEYWORDS, QUOTED, WORD, redact_sql, significant
 
 Catalog = Mapping[str, Mapping[str, Any]]
 """table -> {"columns": [names], "indexes": [[column names], ...]} (primary key included)."""
@@ -36,6 +44,10 @@ NESTED_LOOP_MIN_ROWS = 1000
 PG_MIN_SCAN_COST = 20.0
 """PostgreSQL scans cheaper than this (a page or two) get no index advice: the planner would scan anyway."""
 MYSQL_MIN_SCAN_ROWS = 20
+JOIN_SCAN_MIN_ROWS = 10000
+"""A join input read whole gets index advice from this many rows up..."""
+JOIN_SCAN_RATIO = 20
+"""...when the other side has at least this many times fewer rows."""
 _NOT_COLUMNS = frozenset({"subplan", "initplan", "hashed", "any", "all", "some", "array", "row"})
 
 _MYSQL = ("mysql", "mariadb")
@@ -269,12 +281,18 @@ def _index_name(table: str, columns: Sequence[str]) -> str:
 class _Advisor:
     """Collects advice for one plan: resolves aliases and columns, skips what an index already covers."""
 
-    def __init__(self, dialect: str, statement: str, catalog: Catalog | None) -> None:
+    def __init__(self, dialect: str, statement: str, catalog: Catalog | None, keep_values: bool) -> None:
         self.dialect = dialect
+        self.keep_values = keep_values
         self.info = parse_statement(statement)
         self.catalog = catalog or {}
         self.out: list[dict[str, Any]] = []
         self._seen: set[tuple[str, str | None, tuple[str, ...]]] = set()
+
+    def shown(self, expression: Any) -> str:
+        """A plan expression as advice text may quote it: its literal values redacted."""
+        text = str(expression)
+        return text if self.keep_values else redact_sql(text, self.dialect in _MYSQL)
 
     def real_table(self, name: str) -> str:
         """A plan's table name or alias -> the table's name (via the statement's aliases)."""
@@ -303,12 +321,16 @@ class _Advisor:
                     return value
         return meta
 
-    def columns_for(self, table: str, alias: str | None, refs: Sequence[ColumnRef]) -> list[str]:
-        """Columns of `table` among `refs`, equality ones first, each once, spelled as in the catalog."""
+    def columns_for(
+        self, table: str, alias: str | None, refs: Sequence[ColumnRef], scanned: bool = False
+    ) -> list[str]:
+        """Columns of `table` among `refs`, equality ones first, each once, spelled as in the catalog.
+        `scanned`: the refs are a condition of a scan of `table` itself, whose unqualified columns are its
+        own (PostgreSQL writes a scan's Filter without qualifiers)."""
         names = {table.lower()} | ({alias.lower()} if alias else set())
         meta = self._table_meta(table)
         known = {c.lower(): c for c in meta["columns"]} if meta else None
-        single = len(set(self.info.tables.values())) <= 1
+        single = scanned or len(set(self.info.tables.values())) <= 1
         picked: list[tuple[bool, str]] = []
         for qualifier, column, equality in refs:
             if qualifier is not None:
@@ -384,10 +406,18 @@ class _Advisor:
 
 
 def advise(
-    dialect: str, plan: Any, statement: str, catalog: Catalog | None = None, analyzed: bool = False
+    dialect: str,
+    plan: Any,
+    statement: str,
+    catalog: Catalog | None = None,
+    analyzed: bool = False,
+    keep_values: bool = False,
 ) -> list[dict[str, Any]]:
-    """Advice for one plan of `statement` (see the module docstring); [] when the plan looks fine."""
-    advisor = _Advisor(dialect, statement, catalog)
+    """Advice for one plan of `statement` (see the module docstring); [] when the plan looks fine.
+
+    `plan` and `statement` are the unredacted ones (advice needs the names in them); the text of the
+    advice quotes expressions with their values redacted unless `keep_values`."""
+    advisor = _Advisor(dialect, statement, catalog, keep_values)
     if dialect == "postgresql":
         for node in _pg_nodes(plan):
             _pg_node(advisor, node, analyzed)
@@ -405,6 +435,90 @@ def plan_tables(dialect: str, plan: Any, statement: str) -> list[str]:
     if dialect == "postgresql":
         tables.update(str(node["Relation Name"]) for node in _pg_nodes(plan) if "Relation Name" in node)
     return sorted(tables)
+
+
+# -- redacting a plan ------------------------------------------------------------------------------------
+
+_PLAN_KEPT_KEYS = frozenset(
+    {
+        # PostgreSQL: names and enumerations, never values
+        "Node Type",
+        "Relation Name",
+        "Schema",
+        "Alias",
+        "Index Name",
+        "Parent Relationship",
+        "Subplan Name",
+        "Strategy",
+        "Partial Mode",
+        "Join Type",
+        "Scan Direction",
+        "Sort Method",
+        "Sort Space Type",
+        "CTE Name",
+        "Function Name",
+        "Operation",
+        "Command",
+        # MySQL / MariaDB: names, access types and the cost figures MySQL writes as strings
+        "table_name",
+        "access_type",
+        "key",
+        "possible_keys",
+        "used_key_parts",
+        "key_length",
+        "select_type",
+        "query_cost",
+        "read_cost",
+        "eval_cost",
+        "prefix_cost",
+        "sort_cost",
+        "data_read_per_join",
+        "buffer_type",
+        "buffer_size",
+        "r_buffer_size",
+        "join_type",
+    }
+)
+
+
+def redact_plan(dialect: str, plan: Any) -> Any:
+    """A copy of `plan` with the literal values of every string field replaced by `?` (see
+    `redact_sql`): PostgreSQL's Filter, Index Cond, Recheck Cond, Hash Cond, Join Filter, Output, Sort
+    Key...; MariaDB's attached_condition and the rest; SQLite's detail; MySQL's EXPLAIN ANALYZE text.
+    Fields that only ever hold names (Relation Name, Index Name, table_name, key...) are kept as is.
+    SQLite's details never hold values, only names and subquery numbers, which are kept."""
+    double_quoted = dialect in _MYSQL
+    numbers = dialect != "sqlite"
+    if isinstance(plan, str) and dialect in _MYSQL:
+        return _redact_mysql_tree(plan)
+
+    def walk(value: Any, kept: bool) -> Any:
+        if isinstance(value, str):
+            return value if kept else redact_sql(value, double_quoted, numbers)
+        if isinstance(value, dict):
+            return {k: walk(v, k in _PLAN_KEPT_KEYS) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v, kept) for v in value]
+        return value
+
+    return walk(plan, False)
+
+
+_MYSQL_FIGURES = re.compile(
+    r"((?:\s+\((?:cost=[\d.e+]+ rows=[\d.e+]+|rows=[\d.e+]+|actual time=[\d.e+]+ rows=[\d.e+]+ loops=\d+"
+    r"|actual rows=[\d.e+]+ loops=\d+|never executed)\))*\s*)$"
+)
+"""The measured figures at the end of a MySQL EXPLAIN ANALYZE line: `(cost=0.35 rows=1) (actual ...)`."""
+
+
+def _redact_mysql_tree(text: str) -> str:
+    """MySQL's EXPLAIN ANALYZE tree: each line's expression redacted, its cost and timing figures kept."""
+    lines = []
+    for line in text.split("\n"):
+        figures = _MYSQL_FIGURES.search(line)
+        cut = figures.start() if figures else len(line)
+        lines.append(redact_sql(line[:cut], True) + line[cut:])
+    return "\n".join(lines)
 
 
 # PostgreSQL -------------------------------------------------------------------------------------------
@@ -455,23 +569,25 @@ def _pg_node(advisor: _Advisor, node: Mapping[str, Any], analyzed: bool) -> None
                     columns,
                     f"a nested loop scans all of {inner_rel} for each of ~{outer_rows:.0f} outer rows",
                 )
+    elif node_type in ("Hash Join", "Merge Join"):
+        _pg_join(advisor, node, analyzed)
     elif node_type == "Seq Scan" and relation and "Filter" in node:
         if float(node.get("Total Cost", PG_MIN_SCAN_COST)) >= PG_MIN_SCAN_COST:
             columns = advisor.columns_for(
-                relation, node.get("Alias"), expression_columns(str(node["Filter"]))
+                relation, node.get("Alias"), expression_columns(str(node["Filter"])), scanned=True
             )
             advisor.add_index(
                 "missing_index",
                 relation,
                 columns,
-                f"a sequential scan of {relation} filters on {node['Filter']}",
+                f"a sequential scan of {relation} filters on {advisor.shown(node['Filter'])}",
             )
     elif node_type == "Sort" and (
         node.get("Sort Space Type") == "Disk" or "external" in str(node.get("Sort Method", ""))
     ):
         used_kb = float(node.get("Sort Space Used", 0) or 0)
         mb = max(4, math.ceil(used_kb * 4 / 1024))
-        keys = [str(k) for k in node.get("Sort Key", [])]
+        keys = [advisor.shown(k) for k in node.get("Sort Key", [])]
         advisor.add(
             "sort_spill",
             None,
@@ -490,6 +606,55 @@ def _pg_node(advisor: _Advisor, node: Mapping[str, Any], analyzed: bool) -> None
         )
     if analyzed and relation and "Actual Rows" in node and "Plan Rows" in node:
         advisor.add_stale(str(relation), float(node["Plan Rows"]), float(node["Actual Rows"]))
+
+
+def _pg_scanned(node: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The Seq Scan under a join input (through Hash, Materialize and Sort nodes), or None."""
+    while node.get("Node Type") in ("Hash", "Materialize", "Sort") and node.get("Plans"):
+        node = node["Plans"][0]
+    return node if node.get("Node Type") == "Seq Scan" and node.get("Relation Name") else None
+
+
+def _pg_join(advisor: _Advisor, node: Mapping[str, Any], analyzed: bool) -> None:
+    """Hash and merge joins: a join filter that throws most of the joined rows away, and a large table read
+    whole to be matched against a few rows of the other side (an index on its join columns would let a
+    nested loop look those few up)."""
+    children = [c for c in node.get("Plans") or [] if isinstance(c, Mapping)]
+    if len(children) != 2:
+        return
+    condition = str(node.get("Hash Cond") or node.get("Merge Cond") or "")
+    removed = float(node.get("Rows Removed by Join Filter", 0) or 0)
+    kept = _pg_rows(node, analyzed)
+    if node.get("Join Filter") and (removed >= NESTED_LOOP_MIN_ROWS or (not analyzed and kept == 0)):
+        refs = expression_columns(str(node["Join Filter"]))
+        for child in children:
+            scan = _pg_scanned(child)
+            if scan is None:
+                continue
+            columns = advisor.columns_for(str(scan["Relation Name"]), scan.get("Alias"), refs)
+            advisor.add_index(
+                "join_filter",
+                str(scan["Relation Name"]),
+                columns,
+                f"a {node.get('Node Type', 'join').lower()} joins all of {scan['Relation Name']} and then "
+                f"its filter {advisor.shown(node['Join Filter'])} drops {removed:,.0f} of the joined rows "
+                "(a condition on one table that an OR or a function keeps out of its scan)",
+            )
+    sizes = [_pg_rows(c, analyzed) for c in children]
+    for i, child in enumerate(children):
+        scan = _pg_scanned(child)
+        big, small = sizes[i], sizes[1 - i]
+        if scan is None or big < JOIN_SCAN_MIN_ROWS or small * JOIN_SCAN_RATIO > big:
+            continue
+        table = str(scan["Relation Name"])
+        columns = advisor.columns_for(table, scan.get("Alias"), expression_columns(condition))
+        advisor.add_index(
+            "join_scan",
+            table,
+            columns,
+            f"a {node.get('Node Type', 'join').lower()} reads all ~{big:,.0f} rows of {table} to match "
+            f"~{small:,.0f} rows on {advisor.shown(condition)}",
+        )
 
 
 # MySQL / MariaDB --------------------------------------------------------------------------------------
@@ -532,11 +697,12 @@ def _mysql_table(advisor: _Advisor, table: Mapping[str, Any], join_condition: An
                 f"a block nested loop scans all ~{rows:.0f} rows of {real} per batch",
             )
         columns = advisor.columns_for(real, alias, own)
+        condition = advisor.shown(table.get("attached_condition"))
         advisor.add_index(
             "missing_index",
             real,
             columns,
-            f"a full scan of {real} (~{rows:.0f} rows) filters on {table.get('attached_condition')}",
+            f"a full scan of {real} (~{rows:.0f} rows) filters on {condition}",
         )
     if analyzed and "r_rows" in table and "rows" in table:
         loops = float(table.get("r_loops", 1) or 1)

@@ -156,14 +156,15 @@ _NO_SPACE_AFTER = frozenset({"(", "[", ".", "::"})
 _SIGN_CONTEXT = frozenset({"(", ",", "=", "<", ">", "<=", ">=", "<>", "!=", "[", "+", "-", "*", "/", "%"})
 
 
-def normalize(sql: str) -> str:
-    """The fingerprint of `sql` (uncached)."""
+def normalize(sql: str, double_quoted_literals: bool = False) -> str:
+    """The fingerprint of `sql` (uncached). double_quoted_literals: `"..."` is a string (MySQL's default),
+    not an identifier, so it becomes `?` too."""
     out: list[str] = []
     kinds: list[int] = []
     for kind, text in tokenize(sql):
         if kind in (WS, COMMENT):
             continue
-        if kind in (STRING, NUMBER, PARAM):
+        if kind in (STRING, NUMBER, PARAM) or (double_quoted_literals and kind == QUOTED and text[0] == '"'):
             _drop_unary_sign(out, kinds)
             out.append("?")
             kinds.append(PARAM)
@@ -275,11 +276,13 @@ def _render(indices: list[int], tokens: list[str], kinds: list[int]) -> str:
 _cache: dict[str, str] = {}
 
 
-def fingerprint(sql: str) -> str:
-    """The cached fingerprint of `sql`: one dict lookup for a statement seen before."""
+def fingerprint(sql: str, double_quoted_literals: bool = False) -> str:
+    """The cached fingerprint of `sql`: one dict lookup for a statement seen before. The cache is keyed
+    by the text alone: the same text from a MySQL and a PostgreSQL engine gets the fingerprint it got first
+    (with `"..."` as a string if MySQL came first, which hides a name but never shows a value)."""
     fp = _cache.get(sql)
     if fp is None:
-        fp = normalize(sql)
+        fp = normalize(sql, double_quoted_literals)
         if len(_cache) >= CACHE_MAX:
             _cache.clear()
         _cache[sql] = fp
@@ -319,3 +322,120 @@ def is_read_only_select(sql: str) -> bool:
             return False
         prev = text
     return True
+
+
+# -- redaction: literal values out of text that leaves the app ------------------------------------------
+
+_NUMBERED_WORDS = frozenset({"SUBPLAN", "INITPLAN"})
+"""PostgreSQL plan words whose number is a node's, not a value (`SubPlan 1`)."""
+
+
+def redact_sql(text: str, double_quoted_literals: bool = False, numbers: bool = True) -> str:
+    """`text` (SQL, or an SQL expression from a plan) with its literal values replaced by `?`.
+
+    Strings (`'...'` with `''` or backslash escapes, E'', N'', X'', dollar-quoted), numbers and, where
+    the dialect reads them as strings (MySQL, MariaDB), `"..."` become `?`; comments become `/*?*/`.
+    Identifiers, keywords, operators, parameters and spacing stay as written, so a plan's `Filter` keeps
+    its column names. Unlike `normalize`, nothing else changes. numbers=False keeps numbers (for text
+    whose numbers are never values, such as SQLite's EXPLAIN QUERY PLAN details).
+    """
+    out: list[str] = []
+    last_word = ""
+    for kind, token in tokenize(text):
+        if kind == STRING or (kind == QUOTED and double_quoted_literals and token.startswith('"')):
+            out.append("?")
+        elif kind == NUMBER:
+            out.append(token if not numbers or last_word in _NUMBERED_WORDS else "?")
+        elif kind == COMMENT:
+            out.append("/*?*/")
+        else:
+            out.append(token)
+        if kind != WS:
+            last_word = token.upper() if kind == WORD else ""
+    return "".join(out)
+
+
+_IDENTIFIER_NOUN_TEXT = """
+    column columns constraint database domain extension field function index key operator procedure
+    relation role schema sequence table tablespace trigger type user view collation savepoint cursor
+"""
+_IDENTIFIER_NOUNS = frozenset(_IDENTIFIER_NOUN_TEXT.split())
+"""Words after which a quoted name in an error message is an identifier (kept), not a value."""
+
+ERROR_SCAN_MAX = 2000
+"""Characters of an error message that are read (and redacted); the rest is cut off."""
+
+_ERROR_FORMS = (
+    # PostgreSQL DETAIL: Key (email)=(bob@x) already exists. / is not present in table "t".
+    # Their values are not quoted: without the closing part (a message cut short), the rest goes.
+    (
+        re.compile(
+            r"(\bKey \((?:[^()]|\([^()]*\))*\)=\()(?:.*(\)(?: already| is not| conflicts))|.*)", re.DOTALL
+        ),
+        r"\1?\2",
+    ),
+    (re.compile(r"(\bFailing row contains \()(?:.*(\))|.*)", re.DOTALL), r"\1?\2"),
+    # MySQL / MariaDB: Duplicate entry 'x' for key 'email'; ... near '<SQL>' at line 1.
+    (re.compile(r"(\bDuplicate entry )'.*'( for key )"), r"\1?\2"),
+    (re.compile(r"(\bnear )'.*'( at line \d+)"), r"\1?\2"),
+    (re.compile(r"(\bvalue: )'.*'( for column )"), r"\1?\2"),
+    # PostgreSQL: invalid input syntax for type integer: "x" (a value up to the end of the line).
+    (re.compile(r'(: )".*"$'), r"\1?"),
+)
+_ERROR_TOKEN = re.compile(
+    r"""(?P<string>[EeNnXxBb]?'(?:[^'\\]|\\.|'')*(?:'|$))"""
+    r"""|(?P<dq>"(?:[^"\\]|\\.|"")*(?:"|$))"""
+    r"|(?P<dollar>\$(?:[A-Za-z_]\w*)?\$)"
+    r"|(?P<number>(?<![\w.])(?:0[xX][0-9A-Fa-f]+|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(?![\w.]))"
+    r"|(?P<word>\w+)",
+    re.DOTALL,
+)
+_KEPT_NUMBER_AFTER = frozenset({"line", "row", "position", "level", "code", "errno"})
+
+
+def redact_error(text: str) -> str:
+    """A database error message with the values it quotes replaced by `?`.
+
+    The forms that quote a value with its own delimiters inside (PostgreSQL's `Key (email)=(...)`,
+    `Failing row contains (...)`, `type integer: "..."`; MySQL's `Duplicate entry '...' for key`,
+    `near '...' at line N`) are read first; then every quoted string is a value unless it follows a
+    noun that names an identifier (`constraint "users_email_key"`, `for key 'email'`, `table 'x'`), and
+    every number is a value unless it is a line, row or position. An unterminated quote hides the rest.
+    An apostrophe inside a word (`doesn't`) is not a quote. SQLite's `UNIQUE constraint failed: t.c`
+    names columns only and is kept. Text past ERROR_SCAN_MAX characters is dropped first (an error
+    message is one line; this bounds the work on the app's thread), as `...`.
+    """
+    if len(text) > ERROR_SCAN_MAX:
+        text = text[:ERROR_SCAN_MAX] + "..."
+    for pattern, replacement in _ERROR_FORMS:
+        text = pattern.sub(replacement, text)
+    out: list[str] = []
+    pos = 0
+    last_word = ""
+    for m in _ERROR_TOKEN.finditer(text):
+        start = m.start()
+        kind = m.lastgroup
+        token = m.group()
+        if kind == "string" and start > 0 and text[start - 1].isalnum() and token[0] == "'":
+            continue  # an apostrophe inside a word: `doesn't`
+        if kind == "word":
+            last_word = token.lower()
+            continue
+        out.append(text[pos:start])
+        if kind == "dollar":
+            close = text.find(token, m.end())
+            out.append("?")
+            pos = len(text) if close < 0 else close + len(token)
+            # the rest is scanned again from pos; finditer cannot jump, so finish here and recurse
+            out.append(redact_error(text[pos:]) if pos < len(text) else "")
+            return "".join(out)
+        if kind == "number":
+            out.append(token if last_word in _KEPT_NUMBER_AFTER else "?")
+        elif kind in ("string", "dq") and last_word in _IDENTIFIER_NOUNS:
+            out.append(token)
+        else:
+            out.append("?")
+        pos = m.end()
+        last_word = ""
+    out.append(text[pos:])
+    return "".join(out)

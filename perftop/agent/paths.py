@@ -3,6 +3,10 @@
 Shared by the agent (which creates the directory and its socket) and the viewer (which only looks), so
 both sides agree on the location: `$PERFTOP_SOCKET_DIR`, else `$XDG_RUNTIME_DIR/perftop`, else
 `/tmp/perftop-<uid>`; one socket per process, named `<pid>.sock`.
+
+Another user may create `/tmp/perftop-<uid>` first (squatting it). An agent with the default directory
+then serves from a private one of its own (`<default>.N`, else an unguessable `mkdtemp`) and says where;
+viewers find it through the process's own listening sockets, and check whom they reached with SO_PEERCRED.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ import errno
 import os
 import re
 import stat
+import tempfile
 
 SOCKET_SUFFIX = ".sock"
+FALLBACK_DIRS = 8
+"""`<default>.1` to `<default>.N` are tried when the default directory is taken, then a `mkdtemp`."""
 _SOCKET_NAME = re.compile(r"^([1-9][0-9]{0,9})\.sock$")
 
 
@@ -32,6 +39,32 @@ def socket_dir(explicit: str | None = None) -> str:
     if runtime and os.path.isdir(runtime):
         return os.path.join(runtime, "perftop")
     return f"/tmp/perftop-{os.getuid()}"
+
+
+def agent_socket_dir(explicit: str | None = None) -> tuple[str, str | None]:
+    """The private directory an agent serves in, created if needed, and why it is not the usual one.
+
+    An explicit directory (argument or `$PERFTOP_SOCKET_DIR`) that cannot be trusted raises
+    SocketDirError: the user chose it. The default one, when another user owns it (or it is a symlink or
+    not a directory), is replaced by one of ours. Raises OSError when no directory can be made.
+    """
+    directory = socket_dir(explicit)
+    try:
+        ensure_private_dir(directory)
+        return directory, None
+    except SocketDirError as exc:
+        if explicit or os.environ.get("PERFTOP_SOCKET_DIR"):
+            raise
+        reason = f"the socket directory {directory} cannot be trusted ({exc.strerror})"
+    for n in range(1, FALLBACK_DIRS + 1):
+        candidate = f"{directory}.{n}"
+        try:
+            ensure_private_dir(candidate)
+        except SocketDirError:
+            continue
+        return candidate, reason
+    parent, base = os.path.split(directory)
+    return tempfile.mkdtemp(prefix=f"{base}-", dir=parent or None), reason
 
 
 def socket_path(pid: int, directory: str) -> str:

@@ -12,6 +12,10 @@ exception type.
 Metric objects live as long as the process: decorators resolve theirs once, at decoration time. The
 number of distinct names is capped; names past the cap fold into one metric named `perftop.overflow`,
 and how many names and calls went there is reported.
+
+Pending buffers are bounded whatever happens to the agent thread (stuck, dead, or unable to run): past
+`MAX_PENDING` values a call is dropped and counted (`pending_dropped`), so memory never grows without
+bound. The check is one `len()` on the hot path.
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ OVERFLOW_NAME = "perftop.overflow"
 DEFAULT_MAX_METRICS = 1000
 MAX_ERROR_TYPES = 32
 """Distinct exception type names kept per metric; the rest count under `other`."""
+MAX_PENDING = 1 << 20
+"""Values waiting for the agent thread, per metric buffer, beyond which calls are dropped and counted: at
+most ~36 MB per metric, and more than one second of the fastest recording the interpreter allows, so a
+live agent thread (draining five times a second) never reaches it."""
 MAX_DROPPED_NAMES_KEPT = 10_000
 """Dropped names remembered to count them distinctly; past this, each further drop counts as new."""
 _FINE_S, _FINE_SLOTS, _COARSE_S, _COARSE_SLOTS = 1, 10, 10, 30
@@ -68,7 +76,7 @@ def _is_number(value: object) -> bool:
 class Timing:
     """One timed metric: its pending durations (ns), its windows of sketches and its errors by type."""
 
-    __slots__ = ("append", "buf", "errbuf", "errors_by_type", "invalid", "name", "windows")
+    __slots__ = ("append", "buf", "dropped", "errbuf", "errors_by_type", "invalid", "name", "windows")
 
     def __init__(self, name: str, started_at: float) -> None:
         self.name = name
@@ -83,12 +91,17 @@ class Timing:
         """Since start (or since the fork that created this process)."""
         self.invalid = 0
         """Observed values that were not finite numbers, dropped."""
+        self.dropped = 0
+        """Calls not recorded because the pending buffer was full (the agent thread did not drain it)."""
 
     def error(self, duration: int | float, exc: BaseException) -> None:
         """Record a failed call (the rare path): its duration and the exception's type name."""
         # Never let bookkeeping replace the app's exception.
         with contextlib.suppress(Exception):
-            self.errbuf.append((duration, type(exc).__name__))
+            if len(self.errbuf) < MAX_PENDING:
+                self.errbuf.append((duration, type(exc).__name__))
+            else:
+                self.dropped += 1
 
     def drain(self, now: float) -> None:
         """Aggregate everything appended so far into the windows (under the registry's drain lock)."""
@@ -129,6 +142,7 @@ class Timing:
         self.windows = Windows(started_at)
         self.errors_by_type = {}
         self.invalid = 0
+        self.dropped = 0
 
 
 class SumWindows:
@@ -171,7 +185,7 @@ class SumWindows:
 class CounterMetric:
     """One counter: pending increments, the value since start, and sums over windows for rates."""
 
-    __slots__ = ("append", "buf", "calls", "invalid", "name", "sums")
+    __slots__ = ("append", "buf", "calls", "dropped", "invalid", "name", "sums")
 
     def __init__(self, name: str, started_at: float) -> None:
         self.name = name
@@ -180,6 +194,7 @@ class CounterMetric:
         self.sums = SumWindows(started_at)
         self.calls = 0
         self.invalid = 0
+        self.dropped = 0
 
     def drain(self, now: float) -> None:
         buf = self.buf
@@ -205,6 +220,7 @@ class CounterMetric:
         self.sums = SumWindows(started_at)
         self.calls = 0
         self.invalid = 0
+        self.dropped = 0
 
 
 class Gauge:
@@ -352,15 +368,16 @@ class Registry:
         over_c = self.counters.get(OVERFLOW_NAME)
         if over_c is not None:
             calls += over_c.calls
-        invalid = sum(m.invalid for m in list(self.timings.values())) + sum(
-            c.invalid for c in list(self.counters.values())
-        )
+        timings, counters = list(self.timings.values()), list(self.counters.values())
+        invalid = sum(m.invalid for m in timings) + sum(c.invalid for c in counters)
+        pending_dropped = sum(m.dropped for m in timings) + sum(c.dropped for c in counters)
         return {
             "max_metrics": self.max_metrics,
             "metrics": len(self._names),
             "metrics_dropped": len(self._dropped) + self._dropped_extra,
             "calls_dropped": calls + self.gauge_sets_dropped,
             "invalid_values": invalid,
+            "pending_dropped": pending_dropped,
         }
 
     def timings_stats(self, window: float | None, now: float) -> dict[str, Any]:
@@ -440,6 +457,7 @@ def _counter_slow(name: Any) -> CounterMetric:
 
 def _wrap(fn: Callable[..., Any], metric: Timing) -> Callable[..., Any]:
     append = metric.append
+    buf = metric.buf
     error = metric.error
     pc = _pc
 
@@ -454,7 +472,11 @@ def _wrap(fn: Callable[..., Any], metric: Timing) -> Callable[..., Any]:
             except BaseException as exc:
                 error(pc() - t0, exc)
                 raise
-            append(pc() - t0)
+            duration = pc() - t0
+            if len(buf) < 1 << 20:  # MAX_PENDING, folded to a constant: ~6 ns less than a closure cell
+                append(duration)
+            else:
+                metric.dropped += 1
             return result
 
         return timed_async
@@ -468,7 +490,11 @@ def _wrap(fn: Callable[..., Any], metric: Timing) -> Callable[..., Any]:
         except BaseException as exc:
             error(pc() - t0, exc)
             raise
-        append(pc() - t0)
+        duration = pc() - t0
+        if len(buf) < 1 << 20:  # MAX_PENDING, folded to a constant: ~6 ns less than a closure cell
+            append(duration)
+        else:
+            metric.dropped += 1
         return result
 
     return timed
@@ -531,10 +557,13 @@ class timer:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         duration = _pc() - self._t0
-        if exc is None:
-            self._m.append(duration)
+        metric = self._m
+        if exc is not None:
+            metric.error(duration, exc)
+        elif len(metric.buf) < MAX_PENDING:
+            metric.append(duration)
         else:
-            self._m.error(duration, exc)
+            metric.dropped += 1
 
     async def __aenter__(self) -> timer:
         self._t0 = _pc()
@@ -557,7 +586,10 @@ def count(name: str, n: float = 1) -> None:
         metric = None
     if metric is None:
         metric = _counter_slow(name)
-    metric.append(n)
+    if len(metric.buf) < MAX_PENDING:
+        metric.append(n)
+    else:
+        metric.dropped += 1
 
 
 def gauge(name: str, value: float) -> None:
@@ -581,6 +613,9 @@ def observe(name: str, ms: float) -> None:
         metric = None
     if metric is None:
         metric = _timing_slow(name)
+    if len(metric.buf) >= MAX_PENDING:
+        metric.dropped += 1
+        return
     try:
         metric.append(ms * 1_000_000.0)
     except Exception:

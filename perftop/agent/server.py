@@ -4,8 +4,16 @@ One daemon thread, "perftop-agent", runs a `selectors` loop over non-blocking so
 recorder a few times a second whether or not a socket is served (so recording before `start()` stays
 bounded), and once `serve()` is called it listens on `<socket dir>/<pid>.sock` (directory 0700, socket
 0600, every peer checked with SO_PEERCRED). Each connection has a bounded output buffer: a viewer that
-stops reading is disconnected and counted, and the app never waits for it. Actions (profiling, explain)
-run on one separate worker thread, "perftop-action", so stats keep flowing while one runs.
+stops reading is disconnected and counted, and the app never waits for it. Idle viewers, viewers that
+send a frame too slowly and viewers that stop reading are closed after a timeout, and when every slot is
+taken the longest-idle viewer makes room for a new one. Actions (profiling, explain) run on one separate
+worker thread, "perftop-action", so stats keep flowing while one runs.
+
+The app may close the agent's file descriptors under it (a daemonizing app closes every fd, and its next
+socket reuses the numbers). So the agent remembers each of its sockets' identity (fd, device, inode),
+checks it before every read, write or close, and a few times a second: a socket that is no longer its own
+is forgotten without being touched, and the agent makes new ones (wake-up pair, listening socket). The
+selector is poll(), which holds no fd of its own.
 
 Standard library only. Nothing here raises into the app: failures are logged once and the loop goes on.
 """
@@ -32,7 +40,9 @@ from typing import Any
 
 from perftop import _version
 from perftop.agent import gcwatch, paths
+from perftop.agent import requests as request_stats
 from perftop.agent.recorder import log_once, registry
+from perftop.agent.threads import refresh_native_id, set_native_thread_name
 from perftop.protocol import (
     ErrorFrame,
     FrameDecoder,
@@ -41,6 +51,7 @@ from perftop.protocol import (
     Request,
     Response,
     encode,
+    window_seconds,
 )
 
 FLUSH_INTERVAL_S = 0.2
@@ -54,6 +65,14 @@ MAX_ACTION_SECONDS = 300.0
 """Cap on an action's `seconds` parameter."""
 ACTION_GRACE_S = 30.0
 """After its seconds (or MAX_ACTION_SECONDS) plus this, a running action is asked to cancel."""
+IDLE_TIMEOUT_S = 300.0
+"""A greeted viewer that sends no request for this long (and waits for no action) is closed."""
+IDLE_EVICT_S = 5.0
+"""When every slot is taken, a viewer idle for this long is closed to make room for a new one."""
+FRAME_TIMEOUT_S = 10.0
+"""A frame must arrive whole within this time of its first byte (a 1 byte/s sender is closed)."""
+WRITE_TIMEOUT_S = 30.0
+"""A viewer whose queued output makes no progress for this long is closed as too slow."""
 ACCEPT_PAUSE_S = 1.0
 """How long to stop accepting after accept() fails (out of file descriptors)."""
 RECV_BYTES = 256 * 1024
@@ -67,6 +86,54 @@ LOOP_DISCOVERY_S = 5.0
 """How often the agent thread looks for running asyncio loops to record their lag (perftop.agent.loop)."""
 _PEERCRED = struct.Struct("3i")
 
+_Identity = tuple[int, int, int]
+"""(fd, st_dev, st_ino) of a socket when the agent made or accepted it."""
+
+
+def _identity(sock: socket.socket) -> _Identity | None:
+    """The identity of a socket we just made or accepted, or None if it has no usable fd."""
+    fd = sock.fileno()
+    if fd < 0:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return (fd, st.st_dev, st.st_ino)
+
+
+def _is_ours(sock: socket.socket | None, ident: _Identity | None) -> bool:
+    """Whether `sock`'s fd still refers to the socket we made: the app may have closed it and reused the
+    number for one of its own files or connections, which we must never read, write or close."""
+    if sock is None or ident is None:
+        return False
+    fd = sock.fileno()
+    if fd != ident[0]:
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (ident[1], ident[2])
+
+
+def _let_go(sock: socket.socket | None, ident: _Identity | None) -> None:
+    """Close `sock` if its fd is still ours; otherwise forget it without closing the fd (no longer ours)."""
+    if sock is None:
+        return
+    if _is_ours(sock, ident):
+        with contextlib.suppress(OSError):
+            sock.close()
+    else:
+        with contextlib.suppress(OSError):
+            sock.detach()
+
+
+def _new_selector() -> selectors.BaseSelector:
+    """poll() where available: unlike epoll it has no fd of its own for the app to close."""
+    poll_selector = getattr(selectors, "PollSelector", None)
+    return poll_selector() if poll_selector is not None else selectors.SelectSelector()
+
 
 @dataclass
 class _Conn:
@@ -74,10 +141,17 @@ class _Conn:
     id: int
     opened_at: float
     peer_pid: int
+    ident: _Identity | None = None
     decoder: FrameDecoder = field(default_factory=lambda: FrameDecoder(MAX_REQUEST_BYTES))
     out: bytearray = field(default_factory=bytearray)
     greeted: bool = False
     writing: bool = False
+    last_active: float = 0.0
+    """When it was opened or last sent a whole frame or got an action's answer (monotonic)."""
+    frame_started: float | None = None
+    """When the first byte of a frame still incomplete arrived."""
+    stalled_since: float | None = None
+    """Since when queued output has made no progress."""
 
 
 @dataclass
@@ -105,6 +179,10 @@ class Counters:
     closed_slow: int = 0
     closed_bad_frame: int = 0
     closed_handshake_timeout: int = 0
+    closed_idle: int = 0
+    closed_frame_timeout: int = 0
+    fds_lost: int = 0
+    """Times the agent found one of its sockets closed (or its fd reused) by the app, and made new ones."""
 
 
 class Agent:
@@ -117,11 +195,18 @@ class Agent:
         self._quit = False
         self._sel: selectors.BaseSelector | None = None
         self._wake_r: socket.socket | None = None
-        self._wake_w: socket.socket | None = None
+        self._wake_r_ident: _Identity | None = None
+        self._waker: tuple[socket.socket, _Identity] | None = None
+        """The write end of the wake-up pair with its identity, read atomically by other threads."""
         self._listener: socket.socket | None = None
+        self._listener_ident: _Identity | None = None
         self._listen_ino: int | None = None
         self.path: str | None = None
         self.directory: str | None = None
+        self._asked_dir: str | None = None
+        self._serve_after_fork: tuple[str | None, str | None] | None = None
+        """In a forked child: (name, directory) the agent thread serves with once it runs."""
+        """The directory `serve()` was given (None: the default), which a forked child asks for again."""
         self.name: str | None = None
         self.started_at: float | None = None
         self._want_serve = False
@@ -148,11 +233,8 @@ class Agent:
             if self._thread is not None and self._thread.is_alive():
                 return
             self._quit = False
-            self._sel = selectors.DefaultSelector()
-            self._wake_r, self._wake_w = socket.socketpair()
-            self._wake_r.setblocking(False)
-            self._wake_w.setblocking(False)
-            self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+            self._sel = _new_selector()
+            self._new_wake_pair()
             self._thread = threading.Thread(target=self._run, name="perftop-agent", daemon=True)
             self._thread.start()
 
@@ -163,26 +245,14 @@ class Agent:
                 if name:
                     self.name = name  # e.g. a forked worker naming itself
                 return
-            directory = paths.socket_dir(directory)
-            paths.ensure_private_dir(directory)
+            self._asked_dir = directory
+            directory, fallback_reason = paths.agent_socket_dir(directory)
             paths.remove_stale_sockets(directory)
             path = paths.socket_path(os.getpid(), directory)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(path)
-                os.chmod(path, 0o600)
-                sock.listen(64)
-                sock.setblocking(False)
-                self._listen_ino = os.stat(path).st_ino
-            except OSError:
-                sock.close()
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-                raise
-            self._listener = sock
+            self._bind(path)
             self.path = path
+            if fallback_reason is not None:
+                log_once("socket-dir-fallback", f"{fallback_reason}; this agent listens at {path} instead")
             self.directory = directory
             self.name = name or os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "") or "python"
             self.started_at = time.time()
@@ -210,11 +280,56 @@ class Agent:
     def serving(self) -> bool:
         return self._listener is not None
 
-    def _wake(self) -> None:
-        wake = self._wake_w
-        if wake is not None:
+    def _bind(self, path: str) -> None:
+        """Listen on `path` (replacing whatever file is there: the directory is ours and private)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(64)
+            sock.setblocking(False)
+            self._listen_ino = os.stat(path).st_ino
+        except OSError:
+            sock.close()
             with contextlib.suppress(OSError):
-                wake.send(b"\0")
+                os.unlink(path)
+            raise
+        self._listener = sock
+        self._listener_ident = _identity(sock)
+
+    def _new_wake_pair(self) -> None:
+        """A fresh wake-up pair, registered with the selector (the old one, if any, is let go first)."""
+        old = self._waker
+        self._waker = None
+        if old is not None:
+            _let_go(*old)
+        if self._wake_r is not None:
+            if self._sel is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._sel.unregister(self._wake_r)
+            _let_go(self._wake_r, self._wake_r_ident)
+            self._wake_r = None
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+        r_ident, w_ident = _identity(r), _identity(w)
+        if r_ident is None or w_ident is None:
+            r.close()
+            w.close()
+            raise OSError("the wake-up pair has no usable fds")
+        self._wake_r, self._wake_r_ident = r, r_ident
+        if self._sel is not None:
+            self._sel.register(r, selectors.EVENT_READ, None)
+        self._waker = (w, w_ident)
+
+    def _wake(self) -> None:
+        """Wake the agent thread; writes only to a wake-up socket verified to be still ours."""
+        waker = self._waker
+        if waker is not None and _is_ours(*waker):
+            with contextlib.suppress(OSError):
+                waker[0].send(b"\0")
 
     def _remove_socket_file(self) -> None:
         """Unlink our socket file, unless the path now holds someone else's socket."""
@@ -244,6 +359,9 @@ class Agent:
         `<pid>.final` (0600, atomically), so that viewers merging the workers keep what it counted after
         their last poll when it is recycled or reloaded (read by perftop.collectors.workers)."""
         path = self.path
+        pending = self._serve_after_fork
+        if path is None and pending is not None:  # exited before its agent thread made the socket
+            path = paths.socket_path(os.getpid(), paths.socket_dir(pending[1]))
         if path is None or not self.forked or not path.endswith(paths.SOCKET_SUFFIX):
             return
         try:
@@ -263,21 +381,25 @@ class Agent:
             log_once("final", "could not write the final stats at exit", exc=exc)
 
     def after_fork_in_child(self) -> None:
-        """In a forked child: drop the parent's sockets (without touching the shared epoll set) and
-        start afresh: the agent thread again, and a socket of our own if the parent served one."""
+        """In a forked child: let go of the parent's sockets and start afresh: fresh state, the agent
+        thread again, and (made by that thread) a socket of our own if the parent served one."""
         was_serving = self._listener is not None
         self.forked = True
-        name, directory = self.name, self.directory
+        name, directory = self.name, self._asked_dir
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        for sock in [self._listener, self._wake_r, self._wake_w, *(c.sock for c in self._conns.values())]:
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
+        _let_go(self._listener, self._listener_ident)
+        _let_go(self._wake_r, self._wake_r_ident)
+        if self._waker is not None:
+            _let_go(*self._waker)
+        for conn in self._conns.values():
+            _let_go(conn.sock, conn.ident)
         if self._sel is not None:
             with contextlib.suppress(OSError):
                 self._sel.close()
-        self._sel = self._wake_r = self._wake_w = self._listener = None
+        self._sel = self._wake_r = self._listener = None
+        self._waker = None
+        self._wake_r_ident = self._listener_ident = None
         self._listen_ino = None
         self.path = None
         self._conns = {}
@@ -289,13 +411,10 @@ class Agent:
         self._done = collections.deque()
         self._worker = None
         self._accept_paused_until = None
-        if was_serving:
-            try:
-                self.serve(name, directory)
-            except Exception as exc:
-                log_once("fork-serve", "could not open the agent socket in a forked child", exc=exc)
-
-        elif registry.timings or registry.counters:
+        # The socket is made by the new agent thread, not here: a fork about to exec (subprocess with a
+        # preexec_fn runs these hooks too) then leaves no socket file and does no I/O before the exec.
+        self._serve_after_fork = (name, directory) if was_serving else None
+        if was_serving or registry.timings or registry.counters:
             self.ensure_thread()
 
     def before_fork(self) -> None:
@@ -318,45 +437,131 @@ class Agent:
 
     def _run(self) -> None:
         set_native_thread_name("perftop-agent")
-        next_flush = time.monotonic() + FLUSH_INTERVAL_S
-        while not self._quit:
+        pending, self._serve_after_fork = self._serve_after_fork, None
+        if pending is not None and self._listener is None:
             try:
-                now = time.monotonic()
-                sel = self._sel
-                if sel is None:
-                    return
-                if self._want_serve:
-                    self._want_serve = False
-                    listener = self._listener
-                    if listener is not None:
-                        sel.register(listener, selectors.EVENT_READ, "listen")
-                if self._want_stop_serving:
-                    self._close_server()
-                    self._want_stop_serving = False
-                    self._stopped.set()
-                for key, mask in sel.select(max(0.0, next_flush - now)):
-                    self._on_event(key, mask)
-                self._finish_jobs()
-                now = time.monotonic()
-                if now >= next_flush:
+                self.serve(*pending)
+            except Exception as exc:
+                log_once("fork-serve", "could not open the agent socket in a forked child", exc=exc)
+        next_flush = time.monotonic() + FLUSH_INTERVAL_S
+        while not self._quit and self._sel is not None:
+            now = time.monotonic()
+            if now >= next_flush:
+                # First, and whatever else fails: the recorder's buffers are drained on time.
+                next_flush = now + FLUSH_INTERVAL_S
+                try:
                     registry.flush()
-                    next_flush = now + FLUSH_INTERVAL_S
+                except Exception as exc:
+                    log_once("agent-flush", "the agent thread could not aggregate", exc=exc)
+                try:
                     self._housekeeping(now)
+                except Exception as exc:
+                    log_once("agent-housekeeping", "the agent's housekeeping failed", exc=exc)
+            try:
+                self._step(max(0.0, next_flush - time.monotonic()))
             except Exception as exc:
                 log_once("agent-loop", "the agent thread hit an error and carries on", exc=exc)
                 time.sleep(FLUSH_INTERVAL_S)
 
+    def _step(self, timeout: float) -> None:
+        """One pass of the loop: apply serve/stop requests, wait for events up to `timeout`, handle them."""
+        sel = self._sel
+        if sel is None:
+            return
+        if self._want_serve:
+            self._want_serve = False
+            listener = self._listener
+            if listener is not None:
+                sel.register(listener, selectors.EVENT_READ, "listen")
+        if self._want_stop_serving:
+            self._close_server()
+            self._want_stop_serving = False
+            self._stopped.set()
+        try:
+            events = sel.select(timeout)
+        except OSError:
+            # One of our fds is no longer valid (closed by the app): make new ones, then carry on.
+            self._recover()
+            time.sleep(min(timeout, FLUSH_INTERVAL_S))
+            return
+        for key, mask in events:
+            self._on_event(key, mask)
+        self._finish_jobs()
+
+    def _recover(self) -> bool:
+        """Check every socket of ours; let go of those that are not ours any more and make new ones.
+
+        Returns True if something had been lost. Runs in the agent thread.
+        """
+        lost = False
+        for conn in list(self._conns.values()):
+            if not _is_ours(conn.sock, conn.ident):
+                lost = True
+                self._close(conn)
+        if not (_is_ours(self._wake_r, self._wake_r_ident) and self._waker and _is_ours(*self._waker)):
+            lost = True
+            self._new_wake_pair()
+        listener = self._listener
+        if listener is not None and not _is_ours(listener, self._listener_ident):
+            lost = True
+            if self._sel is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._sel.unregister(listener)
+            _let_go(listener, None)
+            self._listener = self._listener_ident = None
+            self._rebind()
+        if lost:
+            self.counters.fds_lost += 1
+            log_once(
+                "fds-lost",
+                "the app closed the agent's file descriptors; the agent let them go and made new ones"
+                + (f" (socket {self.path})" if self._listener is not None else ""),
+            )
+        return lost
+
+    def _rebind(self) -> None:
+        """Listen again on our socket path, after the app closed our listening socket's fd."""
+        path = self.path
+        if path is None:
+            return
+        try:
+            st = os.lstat(path)
+            if st.st_ino != self._listen_ino:
+                log_once("rebind-other", f"{path} is not our socket any more; not serving there again")
+                return
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log_once("rebind", f"could not check {path}: {exc}", exc=exc)
+            return
+        try:
+            self._bind(path)
+        except OSError as exc:
+            log_once("rebind", f"could not listen on {path} again: {exc}", exc=exc)
+            return
+        if self._sel is not None and self._accept_paused_until is None and self._listener is not None:
+            self._sel.register(self._listener, selectors.EVENT_READ, "listen")
+
     def _on_event(self, key: selectors.SelectorKey, mask: int) -> None:
         if key.data is None:
             wake = self._wake_r
+            if not _is_ours(wake, self._wake_r_ident):
+                self._recover()
+                return
             with contextlib.suppress(OSError):
                 while wake is not None and wake.recv(4096):
                     pass
         elif key.data == "listen":
+            if not _is_ours(self._listener, self._listener_ident):
+                self._recover()
+                return
             self._accept()
         else:
             conn = self._conns.get(key.data)
             if conn is None:
+                return
+            if not _is_ours(conn.sock, conn.ident):
+                self._recover()
                 return
             try:
                 if mask & selectors.EVENT_READ:
@@ -384,6 +589,7 @@ class Agent:
                 self._pause_accepting(time.monotonic() + ACCEPT_PAUSE_S)
                 return
             sock.setblocking(False)
+            ident = _identity(sock)
             try:
                 peer_pid, peer_uid, _gid = _PEERCRED.unpack(
                     sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
@@ -394,17 +600,36 @@ class Agent:
                 self.counters.refused_peer += 1
                 _send_and_close(sock, f"refused: peer uid {peer_uid} is neither this process's uid nor root")
                 continue
-            if len(self._conns) >= MAX_CONNECTIONS:
+            now = time.monotonic()
+            if len(self._conns) >= MAX_CONNECTIONS and not self._evict_idle(now):
                 self.counters.refused_full += 1
-                _send_and_close(sock, f"refused: this agent already serves {MAX_CONNECTIONS} viewers")
+                _send_and_close(sock, f"refused: this agent already serves {MAX_CONNECTIONS} busy viewers")
                 continue
-            conn = _Conn(sock=sock, id=self._next_conn_id, opened_at=time.monotonic(), peer_pid=peer_pid)
+            conn = _Conn(sock, self._next_conn_id, now, peer_pid, ident=ident, last_active=now)
             self._next_conn_id += 1
             self._conns[conn.id] = conn
             self.counters.accepted += 1
             if self._sel is not None:
                 self._sel.register(sock, selectors.EVENT_READ, conn.id)
             self._queue(conn, self._hello().to_dict())
+
+    def _evict_idle(self, now: float) -> bool:
+        """Close the longest-idle viewer (idle for IDLE_EVICT_S at least) to make room; whether one was."""
+        job = self._job
+        idle = [
+            c
+            for c in self._conns.values()
+            if now - c.last_active >= IDLE_EVICT_S
+            and not c.out
+            and not (job is not None and job.conn_id == c.id)
+        ]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_active)
+        self.counters.closed_idle += 1
+        message = f"closed: idle for {now - victim.last_active:.0f} s and another viewer needed the slot"
+        self._close(victim, ErrorFrame(message).to_dict())
+        return True
 
     def _pause_accepting(self, until: float) -> None:
         listener = self._listener
@@ -433,6 +658,9 @@ class Agent:
         )
 
     def _read(self, conn: _Conn) -> None:
+        if not _is_ours(conn.sock, conn.ident):
+            self._close(conn)
+            return
         try:
             data = conn.sock.recv(RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -448,6 +676,13 @@ class Agent:
         except ProtocolError as exc:
             self._fatal(conn, f"bad frame: {exc}")
             return
+        now = time.monotonic()
+        if messages:
+            conn.last_active = now
+        if not conn.decoder.pending:
+            conn.frame_started = None
+        elif messages or conn.frame_started is None:
+            conn.frame_started = now
         for message in messages:
             if conn.id not in self._conns:
                 return
@@ -501,10 +736,11 @@ class Agent:
             keys = ("pid", "protocol", "agent_version", "python", "argv", "started_at", "name")
             return Response(request.id, True, {k: info[k] for k in keys})
         if method == "stats":
-            window = params.get("window")
-            if window is not None and (isinstance(window, bool) or not isinstance(window, (int, float))):
-                return Response(request.id, False, error="'window' must be a number of seconds or null")
-            return Response(request.id, True, self._stats(None if window is None else float(window)))
+            try:
+                window = window_seconds(params.get("window"))
+            except ProtocolError as exc:
+                return Response(request.id, False, error=str(exc))
+            return Response(request.id, True, self._stats(window))
         if method == "history":
             metric = params.get("metric")
             if not isinstance(metric, str):
@@ -528,6 +764,9 @@ class Agent:
         overflow.update(
             viewers_closed_slow=self.counters.closed_slow,
             viewers_refused=self.counters.refused_peer + self.counters.refused_full,
+            viewers_closed_idle=self.counters.closed_idle,
+            viewers_closed_frame_timeout=self.counters.closed_frame_timeout,
+            fds_lost=self.counters.fds_lost,
         )
         return {
             "now": now,
@@ -539,6 +778,7 @@ class Agent:
             "overflow": overflow,
             "gc": gcwatch.gc_stats(),
             "queries": _query_stats(window),
+            "requests": request_stats.snapshot(),
         }
 
     # -- actions ---------------------------------------------------------------------------------------
@@ -601,6 +841,7 @@ class Agent:
                 self._job = None
             conn = self._conns.get(job.conn_id)
             if conn is not None:
+                conn.last_active = time.monotonic()
                 self._respond(
                     conn, Response(job.request_id, job.ok, job.result if job.ok else None, job.error)
                 )
@@ -619,6 +860,10 @@ class Agent:
         self._flush_out(conn)
 
     def _flush_out(self, conn: _Conn) -> None:
+        if not _is_ours(conn.sock, conn.ident):
+            self._close(conn)
+            return
+        progressed = False
         while conn.out:
             try:
                 sent = conn.sock.send(conn.out)
@@ -628,6 +873,11 @@ class Agent:
                 self._close(conn)
                 return
             del conn.out[:sent]
+            progressed = progressed or sent > 0
+        if not conn.out:
+            conn.stalled_since = None
+        elif progressed or conn.stalled_since is None:
+            conn.stalled_since = time.monotonic()
         want_write = bool(conn.out)
         if want_write != conn.writing and self._sel is not None:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
@@ -643,6 +893,9 @@ class Agent:
         job = self._job
         if job is not None and job.conn_id == conn.id:
             job.cancel.set()
+        if not _is_ours(conn.sock, conn.ident):
+            _let_go(conn.sock, None)
+            return
         if last is not None:
             with contextlib.suppress(OSError):
                 conn.sock.send(bytes(conn.out) + encode(last))
@@ -657,9 +910,8 @@ class Agent:
             if self._sel is not None:
                 with contextlib.suppress(KeyError, ValueError, OSError):
                     self._sel.unregister(listener)
-            with contextlib.suppress(OSError):
-                listener.close()
-        self._listener = None
+            _let_go(listener, self._listener_ident)
+        self._listener = self._listener_ident = None
         job = self._job
         if job is not None:
             job.cancel.set()
@@ -668,10 +920,8 @@ class Agent:
         paused = self._accept_paused_until
         if paused is not None and now >= paused:
             self._resume_accepting()
-        for conn in list(self._conns.values()):
-            if not conn.greeted and now - conn.opened_at > HANDSHAKE_TIMEOUT_S:
-                self.counters.closed_handshake_timeout += 1
-                self._close(conn, ErrorFrame("no hello received in time").to_dict())
+        self._recover()
+        self._expire_connections(now)
         job = self._job
         if job is not None and now > job.deadline:
             job.cancel.set()
@@ -683,6 +933,25 @@ class Agent:
                 from perftop.agent.loop import discover_loops
 
                 discover_loops()
+
+    def _expire_connections(self, now: float) -> None:
+        """Close viewers that never said hello, send a frame too slowly, idle, or stopped reading."""
+        job = self._job
+        for conn in list(self._conns.values()):
+            waiting = job is not None and job.conn_id == conn.id
+            if not conn.greeted and now - conn.opened_at > HANDSHAKE_TIMEOUT_S:
+                self.counters.closed_handshake_timeout += 1
+                self._close(conn, ErrorFrame("no hello received in time").to_dict())
+            elif conn.frame_started is not None and now - conn.frame_started > FRAME_TIMEOUT_S:
+                self.counters.closed_frame_timeout += 1
+                message = f"a frame took more than {FRAME_TIMEOUT_S:.0f} s to arrive"
+                self._close(conn, ErrorFrame(message).to_dict())
+            elif conn.stalled_since is not None and now - conn.stalled_since > WRITE_TIMEOUT_S:
+                self.counters.closed_slow += 1
+                self._close(conn)
+            elif not waiting and now - conn.last_active > IDLE_TIMEOUT_S:
+                self.counters.closed_idle += 1
+                self._close(conn, ErrorFrame(f"closed: idle for {IDLE_TIMEOUT_S:.0f} s").to_dict())
 
     def _check_socket_file(self) -> None:
         """Our socket file must still be ours: if someone removed it, say so once."""
@@ -696,19 +965,6 @@ class Agent:
             ok = False
         if not ok and self._listen_ino is not None:
             log_once("socket-gone", f"the agent socket {path} was removed; viewers cannot attach")
-
-
-def set_native_thread_name(name: str) -> None:
-    """Name the calling thread for the OS too (top -H, /proc/PID/task/TID/comm); Linux only, best effort."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except Exception:
-        return
 
 
 def _send_and_close(sock: socket.socket, message: str) -> None:
@@ -737,7 +993,7 @@ def _run_job(job: _Job) -> Any:
             sa_hook = importlib.import_module("perftop.agent.sqlalchemy")
         except ImportError as exc:
             raise _NotAvailable(f"explain is not available in this agent: {exc}") from None
-        return sa_hook.explain(job.params)
+        return sa_hook.explain(job.params, job.cancel)
     try:
         actions = importlib.import_module("perftop.agent.actions")
     except ImportError as exc:
@@ -824,13 +1080,66 @@ def _mp_worker_started(owner: Agent) -> None:
             log_once("mp-finalize", "could not register the socket cleanup with multiprocessing", exc=exc)
 
 
+FORK_LOCK_BUDGET_S = 0.5
+"""How long a fork may wait, in all, for the agent's locks (held for microseconds unless something is
+wrong): past it, the fork goes ahead and the child replaces the locks anyway."""
+_LAZY_MODULES = (
+    "perftop.agent.actions",
+    "perftop.agent.profiler",
+    "perftop.agent.memory",
+    "perftop.agent.loop",
+    "perftop.agent.sqlalchemy",
+    "perftop.agent.explain",
+    "perftop.agent.fingerprint",
+)
+"""Modules the agent's threads import on first use: a child forked mid-import would wait on the module's
+import lock forever (its holder does not exist in the child), so a fork first lets such an import finish."""
+_held_for_fork: list[threading.Lock] = []
+
+
+def _settle_imports() -> None:
+    """Wait until no other thread is importing one of `_LAZY_MODULES` (a no-op when none is)."""
+    bootstrap = sys.modules.get("importlib._bootstrap")
+    module_locks = getattr(bootstrap, "_module_locks", None)
+    for name in _LAZY_MODULES:
+        spec = getattr(sys.modules.get(name), "__spec__", None)
+        busy = bool(getattr(spec, "_initializing", False))
+        if not busy and isinstance(module_locks, dict):
+            ref = module_locks.get(name)
+            busy = ref is not None and (not callable(ref) or ref() is not None)
+        if busy:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)  # returns once the other thread's import is done
+
+
 def _before_fork() -> None:
+    """Just before a fork, in the forking thread: let imports finish and take the agent's locks, so the
+    child starts from consistent state; `_after_fork_in_parent` gives the locks back."""
+    with contextlib.suppress(Exception):
+        _settle_imports()
+    deadline = time.monotonic() + FORK_LOCK_BUDGET_S
+    for lock in (agent._lock, registry.lock, registry.drain_lock):
+        try:
+            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                _held_for_fork.append(lock)
+        except Exception as exc:
+            log_once("fork-lock", "could not take the agent's locks before a fork", exc=exc)
     with contextlib.suppress(Exception):
         agent.before_fork()
 
 
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        with contextlib.suppress(RuntimeError):
+            _held_for_fork.pop().release()
+
+
 def _after_fork_in_child() -> None:
+    """In the child: the locks taken before the fork are replaced (by the recorder's hook and here), the
+    forking thread's native id is its own, and the agent restarts: thread, socket, fresh state."""
+    _held_for_fork.clear()
     try:
+        refresh_native_id()
         agent.after_fork_in_child()
     except Exception as exc:
         log_once("fork-agent", "could not restart the agent in a forked child", exc=exc)
@@ -838,4 +1147,6 @@ def _after_fork_in_child() -> None:
 
 atexit.register(agent.at_exit)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+    )

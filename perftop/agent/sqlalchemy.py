@@ -6,21 +6,40 @@ How an execution is recorded (the hot path, in the app's thread):
 - One listener per DBAPI call, on the dialect-level `do_execute` / `do_executemany` /
   `do_execute_no_params` events: it calls the dialect's own method itself between two
   `perf_counter_ns()` calls and returns True, so SQLAlchemy makes one event dispatch per execution
-  instead of a before/after pair. It times the DBAPI `cursor.execute()` only (not fetching).
+  instead of a before/after pair.
+- A query's time is the app's: from the start of `cursor.execute()` until its result is fully fetched
+  or closed, whichever comes first (round trip, driver and fetching included; not server time). For
+  a result read row by row, what the app does between two rows is inside that span too.
+  SQLite's `execute()` returns at the first row and scans while rows are fetched, and so do server-side
+  cursors (`stream_results`, `yield_per`): timing `execute()` alone would miss the work. A statement
+  that returns rows gets a small `_Open` record on its execution context; `CursorResult._soft_close`
+  (wrapped once, on the class: what SQLAlchemy calls when the rows are exhausted or the result closed)
+  ends it. A result never fetched nor closed ends when the connection goes back to the pool or when
+  its context is freed (`_Open.__del__`), whichever comes first. Statements without rows end at
+  `execute()`'s return, as before. The slow list, the time windows and the sketches all use that end;
+  a slow entry's call site is where the result was finished (usually the line that executed it, as in
+  `conn.execute(...).all()`). N+1 counts executions, so it is counted at `execute()`. Cost: about
+  2-3 us more per query that returns rows (tests/perf/bench_sql_hook.py).
 - The fingerprint comes from a dict keyed by the raw statement text (one lookup when seen before), and
   one tuple is appended to a list. No lock: appends are atomic, and the drain copies then deletes
   exactly the first n items, so an append racing it lands after them and is taken next time.
 - Rows: the DBAPI `cursor.rowcount` when it is >= 0: rows affected for INSERT/UPDATE/DELETE, and for
   SELECT the rows the driver received (psycopg, PyMySQL and most client-side cursors). Counting rows
-  actually fetched would mean wrapping every result, so it is not done; SQLite's SELECT rowcount is -1:
+  actually fetched would mean wrapping every fetch, so it is not done; SQLite's SELECT rowcount is -1:
   such executions add nothing to `rows` and are left out of `rows_counted` (the executions whose rows
   are known), so a viewer can say "unknown" rather than 0.
 - N+1: a per-checkout dict counts executions per fingerprint on each DBAPI connection (reset at pool
   checkout and checkin). When a count reaches the threshold, the call site is captured once for that
   checkout and fingerprint; that and slow executions are the only times the stack is walked.
 - Errors: an exception from the DBAPI call is counted on its fingerprint and re-raised unchanged (a bare
-  `raise` in the listener: same object, type, message and traceback).
-- Only the last parameters of each fingerprint are kept, in memory, for EXPLAIN; they are never reported.
+  `raise` in the listener: same object, type, message and traceback). One from a fetch (SQLite raises
+  most runtime errors there) is counted too, seen in `CursorFetchStrategy.handle_exception` (wrapped
+  once, on the class), which SQLAlchemy then raises as it always does.
+- Only the last parameters of each fingerprint (per engine that ran it) are kept, in memory, for EXPLAIN;
+  they are never reported.
+- Values never leave the app: error text is redacted (`fingerprint.redact_error`) when it is recorded,
+  and EXPLAIN shows the fingerprint, a plan with its literals redacted and advice text without values,
+  unless the app opted in with `instrument(..., keep_values=True)` (a viewer cannot ask for them).
 
 A daemon thread aggregates the pending tuples once a second into per-fingerprint sketches
 (nanoseconds) over sliding windows (see `_Activity`), and `query_stats()` drains before answering.
@@ -42,10 +61,14 @@ from typing import Any
 
 from perftop.agent import explain as _explain
 from perftop.agent import fingerprint as _fingerprint
+from perftop.agent import requests as request_stats
 from perftop.agent.recorder import SumWindows, log_once
 from perftop.sketch import Sketch, Windows
 
 __all__ = ["ExplainError", "explain", "instrument", "is_instrumented", "query_stats"]
+
+_request_current = request_stats.current.get
+"""The web request being served in this thread or task, if any (its queries feed the route breakdown)."""
 
 SLOW_LIST_MAX = 200
 """Slow executions kept (most recent)."""
@@ -59,7 +82,19 @@ DROPPED_KEPT_MAX = 65_536
 """Dropped fingerprints remembered to count them distinctly; past this each further drop counts as new."""
 DRAIN_INTERVAL_S = 1.0
 EXPLAIN_TIMEOUT_S = 10.0
+EXPLAIN_TIMEOUT_MAX_S = 300.0
+"""The longest timeout a viewer may ask for (PostgreSQL's statement_timeout tops out at 24.8 days anyway)."""
+EXPLAIN_CANCEL_POLL_S = 0.05
+"""How often a running EXPLAIN checks whether its viewer went away."""
+EXPLAIN_CANCEL_GRACE_S = 2.0
+"""A database still running an EXPLAIN this long past its timeout is cancelled by perftop."""
+EXPLAIN_CANCEL_JOIN_S = 10.0
+"""How long an ended EXPLAIN waits for a cancel it sent to finish."""
+ENGINES_PER_FINGERPRINT_MAX = 8
+"""Engines remembered per fingerprint for EXPLAIN (the most recent ones)."""
 ERROR_TEXT_MAX = 300
+ROWCOUNT_UNKNOWN = 2**63
+"""A DBAPI rowcount this large is -1 read as unsigned: unknown, like -1."""
 
 _perf = time.perf_counter_ns
 
@@ -71,6 +106,12 @@ _fp_cache = _fingerprint._cache
 _fp_get = _fp_cache.get
 _checkout_counts: dict[int, dict[str, int]] = {}
 """id(DBAPI connection) -> executions per fingerprint since that connection was checked out."""
+_opened: dict[int, dict[int, weakref.ref[_Open]]] = {}
+"""id(DBAPI connection) -> id(record) -> record, of its executions whose result is still open (ended at
+checkin). Weak: a record belongs to its execution context, so it goes when the context goes. Emptied
+past CHECKOUT_TABLE_MAX connections, as `_checkout_counts` is."""
+_results_hooked = False
+"""Whether `CursorResult._soft_close` is wrapped; if not, executions end at `execute()`'s return."""
 _slow_ns = 100_000_000
 _n1_threshold = 10
 _suppressed: set[int] = set()
@@ -87,6 +128,10 @@ _lock = threading.Lock()
 _started_at = time.time()
 _max_fingerprints = 2000
 _global = False
+_keep_values_all = False
+"""`instrument(None, keep_values=True)`: every engine's values may be shown (the app's own opt-in)."""
+_keep_values_engines: weakref.WeakSet[Any] = weakref.WeakSet()
+"""Engines the app instrumented with keep_values=True."""
 _instrumented: dict[int, Any] = {}
 """id(engine) -> weakref of each engine instrumented by itself (not through the global listeners)."""
 _pools: dict[int, _PoolState] = {}
@@ -108,8 +153,31 @@ class _FpStats:
         self.dialect = dialect
         self.n1_at: float | None = None
         self.n1_site: dict[str, Any] | None = None
-        self.last: tuple[str, Any, Any] | None = None
-        """(statement, parameters, engine) of the last execution: what EXPLAIN runs. Never reported."""
+        self.last: dict[int, tuple[Any, str, Any, bool]] = {}
+        """id(engine) -> (engine, statement, parameters, failed) of the last execution on each engine
+        that ran this fingerprint, least recent first: what EXPLAIN runs. Never reported."""
+
+    def ran(self, engine: Any, statement: str, parameters: Any, failed: bool) -> None:
+        """Remember an execution on `engine` for EXPLAIN (a failed one does not replace a success)."""
+        key = id(engine)
+        old = self.last.pop(key, None)
+        if failed and old is not None and not old[3]:
+            self.last[key] = old
+            return
+        self.last[key] = (engine, statement, parameters, failed)
+        if len(self.last) > ENGINES_PER_FINGERPRINT_MAX:
+            del self.last[next(iter(self.last))]
+
+    def candidates(self, dialect: str | None) -> list[tuple[Any, str, Any]]:
+        """(engine, statement, parameters) to EXPLAIN on: engines where it succeeded first, most
+        recent first; only those of `dialect` when given."""
+        found = [
+            (failed, engine, statement, parameters)
+            for engine, statement, parameters, failed in reversed(self.last.values())
+            if dialect is None or _dialect_name(engine) == dialect
+        ]
+        found.sort(key=lambda item: item[0])  # stable: recency kept within successes and failures
+        return [(engine, statement, parameters) for _, engine, statement, parameters in found]
 
 
 class _Cell:
@@ -198,6 +266,98 @@ _executions_dropped = 0
 # -- the listeners (hot path) ----------------------------------------------------------------------------
 
 
+class _Open:
+    """An execution whose rows are not all fetched yet: recorded by `_end` when its result is exhausted
+    or closed, its connection checked in, or its execution context freed, whichever comes first.
+
+    Referenced strongly only by its execution context (`context._perftop_open`) and refers to nothing
+    that refers back, so it adds no reference cycle; `_opened` holds it weakly.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "engine",
+        "fp",
+        "opens",
+        "parameters",
+        "rowcount",
+        "site",
+        "statement",
+        "t0",
+        "trace",
+    )
+
+    def __init__(
+        self,
+        fp: str,
+        t0: int,
+        rowcount: Any,
+        statement: str,
+        parameters: Any,
+        engine: Any,
+        opens: dict[int, weakref.ref[_Open]] | None,
+    ) -> None:
+        self.fp: str | None = fp
+        """None once recorded."""
+        self.t0 = t0
+        self.rowcount = rowcount
+        self.statement = statement
+        self.parameters = parameters
+        self.engine = engine
+        self.opens = opens
+        """The `_opened` table of its DBAPI connection (None if unknown)."""
+        self.trace = _request_current()
+        """The web request that ran it (its SQL time counts there), or None."""
+        self.site = _call_site() if self.trace is not None else None
+
+    def __del__(self) -> None:
+        if self.fp is not None:  # nothing ended it before its context was freed
+            with contextlib.suppress(Exception):  # at interpreter exit the module may be gone
+                _end(self, _perf())
+
+
+def _end(op: _Open, t1: int) -> None:
+    """Record an execution that returned rows, now that its result is finished."""
+    fp = op.fp
+    if fp is None:
+        return
+    op.fp = None
+    try:
+        dt = t1 - op.t0
+        _pending_append((fp, dt, t1, op.rowcount, 0, op.statement, op.parameters, op.engine))
+        opens = op.opens
+        if opens is not None:
+            opens.pop(id(op), None)
+        if dt >= _slow_ns:
+            _slow.append((fp, dt, time.time(), _call_site(), None))
+        if op.trace is not None:  # the request that ran it, even if it ends in another's time (GC, pool)
+            op.trace.add(fp, dt, _rows(op.rowcount), op.site)
+    except Exception as exc:
+        log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def _end_failed(op: _Open, context: Any, error: BaseException) -> None:
+    """A fetch failed (SQLite reports most runtime errors there): the execution is an error."""
+    if op.fp is None:
+        return
+    op.fp = None
+    if op.opens is not None:
+        op.opens.pop(id(op), None)
+    _record_error(None, op.statement, op.parameters, context, _perf() - op.t0, error)
+
+
+def _end_open_results(opens: dict[int, weakref.ref[_Open]]) -> None:
+    """A connection is back in the pool (or out again): its results still open end now. Its table is
+    emptied, not dropped, so a connection per query does not allocate one per query."""
+    refs = list(opens.values())
+    opens.clear()
+    t1 = _perf()
+    for ref in refs:
+        op = ref()
+        if op is not None:
+            _end(op, t1)
+
+
 def _on_do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
     if context is None or (_suppressed and threading.get_ident() in _suppressed):
         return False
@@ -238,20 +398,30 @@ def _on_do_executemany(cursor: Any, statement: str, parameters: Any, context: An
 
 
 def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int, t1: int) -> None:
+    """Record an execution: now if it returned no rows, else once its result is finished (`_Open`)."""
     try:
         fp = _fp_get(statement)
         if fp is None:
-            fp = _fingerprint_miss(statement)
-        dt = t1 - t0
-        _pending_append(
-            (fp, dt, t1, cursor.rowcount, 0, statement, parameters, context.root_connection.engine)
-        )
+            fp = _fingerprint_miss(statement, context)
         # The DBAPI connection, as the pool events see it (SQLAlchemy's async adapters keep it elsewhere).
         conn = getattr(cursor, "connection", None)
         if conn is None:
             conn = getattr(cursor, "_adapt_connection", None)
-        if conn is not None:
-            key = id(conn)
+        key = 0 if conn is None else id(conn)
+        engine = context.root_connection.engine
+        dt = t1 - t0
+        if (
+            cursor.description is None
+            or not _results_hooked
+            or not _open(fp, t0, cursor.rowcount, statement, parameters, engine, key, context)
+        ):
+            _pending_append((fp, dt, t1, cursor.rowcount, 0, statement, parameters, engine))
+            if dt >= _slow_ns:
+                _slow.append((fp, dt, time.time(), _call_site(), None))
+            trace = _request_current()
+            if trace is not None:
+                trace.add(fp, dt, _rows(cursor.rowcount), _call_site())
+        if key:
             counts = _checkout_counts.get(key)
             if counts is None:
                 counts = _new_checkout(key)
@@ -259,10 +429,33 @@ def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int,
             counts[fp] = n
             if n == _n1_threshold:
                 _n1_events.append((fp, time.time(), _call_site()))
-        if dt >= _slow_ns:
-            _slow.append((fp, dt, time.time(), _call_site(), None))
     except Exception as exc:
         log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def _open(
+    fp: str, t0: int, rowcount: Any, statement: str, parameters: Any, engine: Any, key: int, context: Any
+) -> bool:
+    """Leave an execution with rows open on its context until its result is finished (False: cannot)."""
+    earlier = getattr(context, "_perftop_open", None)
+    if earlier is not None:  # an earlier batch of insertmanyvalues (one context): fetched before this ran
+        _end(earlier, t0)
+    opens = None
+    if key:
+        opens = _opened.get(key)
+        if opens is None:
+            if len(_opened) >= CHECKOUT_TABLE_MAX:
+                _opened.clear()
+            opens = _opened[key] = {}
+    op = _Open(fp, t0, rowcount, statement, parameters, engine, opens)
+    try:
+        context._perftop_open = op
+    except AttributeError:  # a context class with __slots__: record at execute's end
+        op.fp = None
+        return False
+    if opens is not None:
+        opens[id(op)] = weakref.ref(op)
+    return True
 
 
 def _record_error(
@@ -272,21 +465,52 @@ def _record_error(
     try:
         fp = _fp_get(statement)
         if fp is None:
-            fp = _fingerprint_miss(statement)
+            fp = _fingerprint_miss(statement, context)
         _pending_append((fp, dt, _perf(), 0, 1, statement, parameters, context.root_connection.engine))
+        trace = _request_current()
+        if trace is not None:
+            trace.add(fp, dt, None, _call_site())
         if dt >= _slow_ns:
-            text = f"{type(error).__name__}: {error}".splitlines()[0][:ERROR_TEXT_MAX]
+            text = _error_text(error, context.root_connection.engine)
             _slow.append((fp, dt, time.time(), _call_site(), text))
     except Exception as exc:
         log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
 
 
-def _fingerprint_miss(statement: str) -> str:
+def _error_text(error: BaseException, engine: Any) -> str:
+    """The one line an error shows in the slow list: its type and first line, values redacted unless the
+    app opted in. A DBAPI `(code, message)` pair (PyMySQL) has its message redacted inside the pair."""
+    args: tuple[Any, ...] = getattr(error, "args", ())
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        message = args[1].splitlines()[0] if args[1] else ""
+        if not _keeps_values(engine):
+            message = _fingerprint.redact_error(message)
+        return f'{type(error).__name__}: ({args[0]}, "{message}")'[:ERROR_TEXT_MAX]
+    lines = str(error).splitlines()
+    first = lines[0] if lines else ""
+    if not _keeps_values(engine):
+        first = _fingerprint.redact_error(first)
+    return f"{type(error).__name__}: {first}"[:ERROR_TEXT_MAX]
+
+
+def _keeps_values(engine: Any) -> bool:
+    """Whether the app opted in to showing the values of `engine`'s statements."""
     try:
-        return _fingerprint.fingerprint(statement)
+        return _keep_values_all or engine in _keep_values_engines
+    except TypeError:  # not weak-referenceable: never opted in
+        return False
+
+
+def _fingerprint_miss(statement: str, context: Any) -> str:
+    """A statement not in the cache: fingerprint it, `"..."` read as a string where the dialect does so
+    (MySQL and MariaDB, unless ANSI_QUOTES makes it an identifier), so its value is not in the key."""
+    try:
+        dialect = context.dialect
+        literal_dq = dialect.name in ("mysql", "mariadb") and dialect.identifier_preparer.initial_quote != '"'
+        return _fingerprint.fingerprint(statement, literal_dq)
     except Exception as exc:  # the tokenizer is total; this is a last resort that still groups executions
         log_once("sql-fingerprint", "could not fingerprint a statement", exc=exc)
-        fp = statement[: _fingerprint.MAX_FINGERPRINT_CHARS]
+        fp = f"<statement perftop could not read, {len(statement)} chars>"
         _fp_cache[statement] = fp
         return fp
 
@@ -302,7 +526,11 @@ def _new_checkout(key: int) -> dict[str, int]:
 def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy: Any) -> None:
     """A connection leaves the pool: a fresh N+1 count for it, and one checkout for the pool."""
     try:
-        _new_checkout(id(dbapi_connection))
+        key = id(dbapi_connection)
+        _new_checkout(key)
+        opens = _opened.get(key)
+        if opens:  # results left open without a checkin event (an invalidated connection)
+            _end_open_results(opens)
         pool = getattr(connection_proxy, "_pool", None)
         if pool is not None:
             key = id(pool)
@@ -314,8 +542,16 @@ def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy
 
 
 def _on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
+    """A connection returns to the pool: its N+1 count is over, and so are its results still open."""
     if dbapi_connection is not None:
-        _checkout_counts.pop(id(dbapi_connection), None)
+        key = id(dbapi_connection)
+        _checkout_counts.pop(key, None)
+        opens = _opened.get(key)
+        if opens:
+            try:
+                _end_open_results(opens)
+            except Exception as exc:
+                log_once("sql-checkin", "could not end the open results of a connection", exc=exc)
 
 
 def _track_pool(pool: Any) -> None:
@@ -351,48 +587,93 @@ def _track_pool(pool: Any) -> None:
 # -- call sites ------------------------------------------------------------------------------------------
 
 _skip_prefixes: tuple[str, ...] = ()
-_internal_codes: dict[Any, bool] = {}
+_library_prefixes: tuple[str, ...] = ()
+_internal_codes: dict[Any, int] = {}
+"""Code object -> _APP, _LIBRARY or _INTERNAL (what `_call_site` makes of its frames)."""
 
 
 def _init_skip_prefixes() -> None:
-    """Frames in these files are not call sites: SQLAlchemy, perftop's agent, logging, contextlib."""
-    global _skip_prefixes
+    """Frames in these files are never call sites: SQLAlchemy, perftop's agent and middleware, logging,
+    contextlib; and frames
+    of installed libraries and the standard library are passed over while an app frame is further up."""
+    global _skip_prefixes, _library_prefixes
+    import sysconfig
+
     import sqlalchemy
 
     agent_dir = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    perftop_init = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "__init__.py")
+    perftop_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     _skip_prefixes = (
         os.path.dirname(os.path.abspath(sqlalchemy.__file__)) + os.sep,
         os.path.dirname(sqlalchemy.__file__) + os.sep,
         agent_dir,
         os.path.dirname(__file__) + os.sep,
-        perftop_init,
+        *(os.path.join(perftop_dir, name) for name in ("__init__.py", "wsgi.py", "asgi.py")),
         os.path.dirname(logging.__file__) + os.sep,
         contextlib.__file__,
     )
+    libraries: set[str] = set()
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        if paths.get(key):
+            libraries.add(os.path.abspath(paths[key]) + os.sep)
+    for entry in sys.path:
+        if entry.endswith(("site-packages", "dist-packages")):
+            libraries.add(os.path.abspath(entry) + os.sep)
+    _library_prefixes = tuple(sorted(libraries))
+
+
+_APP, _LIBRARY, _INTERNAL = 0, 1, 2
+
+
+def _kind_of(code: Any) -> int:
+    kind = _internal_codes.get(code)
+    if kind is None:
+        name = code.co_filename
+        if name.startswith(_skip_prefixes):
+            kind = _INTERNAL
+        elif name.startswith(_library_prefixes) or name.startswith("<frozen"):
+            kind = _LIBRARY
+        else:
+            kind = _APP
+        if len(_internal_codes) > 20_000:
+            _internal_codes.clear()
+        _internal_codes[code] = kind
+    return kind
+
+
+def _rows(rowcount: Any) -> int | None:
+    """A DBAPI rowcount as a row count, None where the driver does not know (-1, or -1 read unsigned)."""
+    return rowcount if type(rowcount) is int and 0 <= rowcount < ROWCOUNT_UNKNOWN else None
 
 
 def _call_site() -> dict[str, Any] | None:
-    """The first frame outside SQLAlchemy, perftop's agent, logging and contextlib (walks the stack)."""
+    """The first frame of the app's own code (not SQLAlchemy, perftop, the standard library or another
+    installed library: an ORM's lazy load inside a Jinja2 loop is placed at the template's line, whose code
+    carries the template's file name); where the stack has none, the first frame outside SQLAlchemy and
+    perftop (walks the stack)."""
     frame: Any = sys._getframe(2)
     fallback = None
+    library = None
     while frame is not None:
         code = frame.f_code
-        internal = _internal_codes.get(code)
-        if internal is None:
-            internal = code.co_filename.startswith(_skip_prefixes)
-            if len(_internal_codes) > 20_000:
-                _internal_codes.clear()
-            _internal_codes[code] = internal
-        if not internal:
+        kind = _kind_of(code)
+        if kind != _INTERNAL:
             function = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
             site = {"file": code.co_filename, "line": frame.f_lineno, "function": function}
-            if not code.co_filename.startswith("<"):
+            if kind == _APP and not code.co_filename.startswith("<"):
+                template = frame.f_globals.get("__jinja_template__")
+                if template is not None:  # a compiled Jinja2 template: its own line, not the Python one
+                    with contextlib.suppress(Exception):
+                        site["line"] = template.get_corresponding_lineno(frame.f_lineno)
+                        site["function"] = "template"
                 return site
-            if fallback is None:
+            if kind == _APP and fallback is None:
                 fallback = site  # generated code (`<string>`): keep looking for a real file
+            elif kind == _LIBRARY and library is None:
+                library = site
         frame = frame.f_back
-    return fallback
+    return fallback or library
 
 
 # -- instrumenting ---------------------------------------------------------------------------------------
@@ -405,13 +686,19 @@ _LISTENERS: tuple[tuple[str, Callable[..., Any]], ...] = (
 
 
 def instrument(
-    engine: Any = None, slow_ms: float = 100.0, n_plus_one_threshold: int = 10, max_fingerprints: int = 2000
+    engine: Any = None,
+    slow_ms: float = 100.0,
+    n_plus_one_threshold: int = 10,
+    max_fingerprints: int = 2000,
+    keep_values: bool = False,
 ) -> None:
     """Record every execution of `engine` (None: every Engine of the process, also ones created later).
 
+    keep_values=True is the app's opt-in to showing its statements' values to viewers (error text in the
+    slow list, EXPLAIN's plan, advice and statement); by default they are redacted inside the app.
     Idempotent per engine; a later call updates the settings. Never raises: a failure is logged once.
     """
-    global _slow_ns, _n1_threshold, _max_fingerprints, _global
+    global _slow_ns, _n1_threshold, _max_fingerprints, _global, _keep_values_all
     try:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
@@ -424,7 +711,12 @@ def instrument(
             _init_skip_prefixes()
         with _lock:
             already = _global
+            try:
+                _hook_results()
+            except Exception as exc:  # queries are then timed to execute's end, as before
+                log_once("sql-results", "cannot see when results are fetched", exc=exc)
         if engine is None:
+            _keep_values_all = bool(keep_values)
             if not already:
                 for name, fn in _LISTENERS:
                     event.listen(Engine, name, fn)
@@ -439,6 +731,10 @@ def instrument(
                         _remove_engine_listeners(old)
         else:
             engine = getattr(engine, "sync_engine", engine)  # an AsyncEngine wraps a sync one
+            if keep_values:
+                _keep_values_engines.add(engine)
+            else:
+                _keep_values_engines.discard(engine)
             with _lock:
                 ref = _instrumented.get(id(engine))
                 done = already or (ref is not None and ref() is engine)
@@ -453,6 +749,56 @@ def instrument(
         _ensure_drain_thread()
     except Exception as exc:
         log_once("sql-instrument", "could not instrument SQLAlchemy", exc=exc)
+
+
+def _hook_results() -> None:
+    """Wrap `CursorResult._soft_close` once: what SQLAlchemy calls when a result's rows are exhausted
+    or the result is closed (including `.first()`, `.scalar()`, `.all()`, ORM loads, `yield_per`), so
+    the execution's `_Open` record ends there. A result of an engine perftop does not record has no
+    record: the wrapper costs it one attribute lookup."""
+    global _results_hooked
+    if _results_hooked:
+        return
+    from sqlalchemy.engine.cursor import CursorFetchStrategy, CursorResult
+    from sqlalchemy.engine.default import DefaultExecutionContext
+
+    original = CursorResult.__dict__.get("_soft_close")
+    if original is None:
+        log_once("sql-results", "cannot see when results are fetched: queries are timed to execute's end")
+        return
+    if getattr(original, "_perftop", False):  # wrapped by another copy of this module
+        return
+
+    def _soft_close(self: Any, hard: bool = False) -> None:
+        original(self, hard)
+        op = getattr(self.context, "_perftop_open", None)
+        if op is not None and self._soft_closed:
+            _end(op, _perf())
+
+    _soft_close._perftop = True  # type: ignore[attr-defined]
+    _soft_close.__doc__ = original.__doc__
+    _soft_close.__wrapped__ = original  # type: ignore[attr-defined]
+    DefaultExecutionContext._perftop_open = None  # type: ignore[attr-defined]
+    CursorResult._soft_close = _soft_close  # type: ignore[method-assign]
+    _results_hooked = True
+
+    # A fetch that fails goes through the strategy's handle_exception, which re-raises it wrapped.
+    failed = CursorFetchStrategy.__dict__.get("handle_exception")
+    if failed is None:
+        return
+
+    def _handle_exception(self: Any, result: Any, dbapi_cursor: Any, err: BaseException) -> Any:
+        try:
+            op = getattr(result.context, "_perftop_open", None)
+            if op is not None:
+                _end_failed(op, result.context, err)
+        except Exception as exc:
+            log_once("sql-fetch-error", "could not record a failed fetch", exc=exc)
+        return failed(self, result, dbapi_cursor, err)
+
+    _handle_exception.__doc__ = failed.__doc__
+    _handle_exception.__wrapped__ = failed  # type: ignore[attr-defined]
+    CursorFetchStrategy.handle_exception = _handle_exception  # type: ignore[method-assign]
 
 
 def _remove_engine_listeners(engine: Any) -> None:
@@ -507,6 +853,7 @@ def _after_fork_in_child() -> None:
     for q in (_slow, _n1_events, _checkouts, _waits):
         q.clear()
     _checkout_counts.clear()
+    _opened.clear()
     _stats.clear()
     _dropped.clear()
     _dropped_extra = _executions_dropped = 0
@@ -558,13 +905,14 @@ def _drain_locked() -> None:
                             _dropped_extra += 1
                     continue
                 stats = _stats[fp] = _FpStats(_dialect_name(engine))
-            stats.last = (statement, parameters, engine)
+            stats.ran(engine, statement, parameters, bool(err))
             second = int(t_end / 1e9 + wall_minus_perf)
             group = groups.get((fp, second))
             if group is None:
                 group = groups[(fp, second)] = (Sketch(), [0, 0])
             group[0].add(dt, 1, err)
-            if type(rows) is int and rows >= 0:  # -1 or None: the driver does not know
+            # -1 or None: the driver does not know; 2**64 - 1 is -1 unsigned (PyMySQL's unbuffered cursor).
+            if type(rows) is int and 0 <= rows < ROWCOUNT_UNKNOWN:
                 group[1][0] += rows
                 group[1][1] += 1
         for (fp, second), (sketch, (rows_sum, counted)) in groups.items():
@@ -727,13 +1075,33 @@ def _pool_number(pool: Any, method: str) -> int:
 # -- EXPLAIN ---------------------------------------------------------------------------------------------
 
 
-def explain(params: dict[str, Any]) -> dict[str, Any]:
-    """EXPLAIN the last execution of a fingerprint on its engine, with advice drawn from the plan.
+def explain(params: dict[str, Any], cancel: threading.Event | None = None) -> dict[str, Any]:
+    """EXPLAIN a fingerprint (see `_explain_request`); any failure is an ExplainError whose one line
+    has its values redacted (a driver's message can quote them), unless the app opted in."""
+    try:
+        return _explain_request(params, threading.Event() if cancel is None else cancel)
+    except ExplainError:
+        raise
+    except Exception as exc:
+        log_once("sql-explain", "EXPLAIN failed", exc=exc)
+        orig = getattr(exc, "orig", None) or exc
+        lines = str(orig).splitlines()
+        first = _fingerprint.redact_error(lines[0]) if lines else ""
+        raise ExplainError(f"EXPLAIN failed: {type(orig).__name__}: {first}"[:ERROR_TEXT_MAX]) from None
 
-    params: {"fingerprint": str, "analyze": bool = False, "confirm": bool = False, "timeout_s": float}.
+
+def _explain_request(params: dict[str, Any], cancel: threading.Event) -> dict[str, Any]:
+    """EXPLAIN the last execution of a fingerprint on an engine that ran it, with advice from the plan.
+
+    params: {"fingerprint": str, "analyze": bool = False, "confirm": bool = False, "timeout_s": float,
+    "dialect": str (optional: only an engine of this dialect)}. The engines that ran the fingerprint are
+    tried most recent first, those where it succeeded before those where it failed, until one answers.
     ANALYZE runs the statement, so it needs confirm=True and a SELECT that writes nothing, and runs in a
-    transaction that is rolled back (read-only on PostgreSQL). Plain EXPLAIN never runs the statement.
-    Raises ExplainError (a ValueError) with a one-line message when the request is refused.
+    read-only transaction that is rolled back (a database that refuses it there refuses the ANALYZE).
+    Plain EXPLAIN never runs the statement. `cancel` (set when the viewer that asked goes away) cancels
+    the statement in the database. The result shows the fingerprint, the plan with its literals redacted
+    and advice without values, unless the app opted in with keep_values.
+    Raises ExplainError (a ValueError) with a one-line message when the request is refused or fails.
     """
     fp = params.get("fingerprint")
     if not isinstance(fp, str) or not fp:
@@ -743,14 +1111,20 @@ def explain(params: dict[str, Any]) -> dict[str, Any]:
     timeout_s = params.get("timeout_s", EXPLAIN_TIMEOUT_S)
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise ExplainError("'timeout_s' must be a positive number of seconds")
+    if timeout_s > EXPLAIN_TIMEOUT_MAX_S:
+        raise ExplainError(f"'timeout_s' must be at most {EXPLAIN_TIMEOUT_MAX_S:g} seconds")
+    wanted = params.get("dialect")
+    if wanted is not None and not isinstance(wanted, str):
+        raise ExplainError("'dialect' must be a dialect name such as postgresql, mysql or sqlite")
     with _lock:
         _drain_locked()
         stats = _stats.get(fp)
-        last = stats.last if stats is not None else None
-    if last is None:
+        candidates = stats.candidates(wanted) if stats is not None else []
+    if not candidates:
         shown = fp if len(fp) <= 80 else fp[:77] + "..."
-        raise ExplainError(f"unknown fingerprint: {shown!r} (no execution of it was recorded)")
-    statement, parameters, engine = last
+        where = f" on a {wanted} engine" if wanted else ""
+        raise ExplainError(f"unknown fingerprint: {shown!r} (no execution of it{where} was recorded)")
+    statement = candidates[0][1]
     kind = _fingerprint.statement_kind(statement)
     if kind not in _EXPLAINABLE:
         raise ExplainError(f"{kind or 'this'} statements have no query plan to EXPLAIN")
@@ -760,26 +1134,15 @@ def explain(params: dict[str, Any]) -> dict[str, Any]:
         )
     if analyze and not confirm:
         raise ExplainError("ANALYZE runs the statement: pass confirm=true to allow it")
-    dialect = _dialect_name(engine)
-    mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
-    with _not_recorded():
-        plan, analyzed = _run_explain(
-            engine, dialect, mariadb, statement, parameters, analyze, float(timeout_s)
-        )
-        catalog = _catalog(engine, _explain.plan_tables(dialect, plan, statement))
-    try:
-        advice = _explain.advise(dialect, plan, statement, catalog, analyzed=analyzed)
-    except Exception as exc:  # a plan shape the advisor does not know: the plan is still worth showing
-        log_once("sql-advice", f"could not read advice from a {dialect} plan", exc=exc)
-        advice = []
-    return {
-        "fingerprint": fp,
-        "dialect": dialect,
-        "statement": statement,
-        "plan": plan,
-        "advice": advice,
-        "analyzed": analyzed,
-    }
+    first_failure: _EngineFailed | None = None
+    for engine, statement, parameters in candidates:
+        try:
+            return _explain_on(fp, engine, statement, parameters, analyze, float(timeout_s), cancel)
+        except _EngineFailed as exc:  # this engine cannot run it (a table it lacks...): try the next one
+            if first_failure is None:
+                first_failure = exc
+    assert first_failure is not None
+    raise ExplainError(str(first_failure))
 
 
 _EXPLAINABLE = frozenset(
@@ -787,20 +1150,87 @@ _EXPLAINABLE = frozenset(
 )
 
 
+class _EngineFailed(Exception):
+    """The EXPLAIN failed on one engine in a way another engine that ran the fingerprint may not."""
+
+
+def _explain_on(
+    fp: str, engine: Any, statement: str, parameters: Any, analyze: bool, timeout_s: float, cancel: Any
+) -> dict[str, Any]:
+    dialect = _dialect_name(engine)
+    mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
+    keep = _keeps_values(engine)
+    with _not_recorded():
+        plan, analyzed = _run_explain(
+            engine, dialect, mariadb, statement, parameters, analyze, timeout_s, cancel, keep
+        )
+        catalog = _catalog(engine, _explain.plan_tables(dialect, plan, statement))
+    try:
+        advice = _explain.advise(dialect, plan, statement, catalog, analyzed=analyzed, keep_values=keep)
+    except Exception as exc:  # a plan shape the advisor does not know: the plan is still worth showing
+        log_once("sql-advice", f"could not read advice from a {dialect} plan", exc=exc)
+        advice = []
+    return {
+        "fingerprint": fp,
+        "dialect": dialect,
+        "statement": statement if keep else fp,
+        "plan": plan if keep else _explain.redact_plan(dialect, plan),
+        "advice": advice,
+        "analyzed": analyzed,
+        "values_redacted": not keep,
+    }
+
+
+def statement_timeout_ms(timeout_s: float) -> int:
+    """PostgreSQL's statement_timeout for a budget: whole milliseconds rounded up, never 0 (no timeout)."""
+    return max(1, math.ceil(timeout_s * 1000))
+
+
+_READ_ONLY_REFUSALS = frozenset({"25006", 1792})
+"""PostgreSQL's read_only_sql_transaction SQLSTATE; MySQL/MariaDB's ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION
+(1792)."""
+
+
 def _run_explain(
-    engine: Any, dialect: str, mariadb: bool, statement: str, parameters: Any, analyze: bool, timeout_s: float
+    engine: Any,
+    dialect: str,
+    mariadb: bool,
+    statement: str,
+    parameters: Any,
+    analyze: bool,
+    timeout_s: float,
+    cancel: Any,
+    keep: bool,
 ) -> tuple[Any, bool]:
-    """Run the EXPLAIN on a connection of its own from the same engine, in a transaction rolled back."""
+    """Run the EXPLAIN on a connection of its own from the same engine, in a transaction rolled back
+    (read-only on PostgreSQL, and for ANALYZE on MySQL/MariaDB), with a watcher that cancels it in the
+    database when the viewer goes away or it outlives its timeout."""
     sql, analyzed = _explain.explain_sql(dialect, statement, analyze, mariadb, timeout_s)
+    mysql = dialect in ("mysql", "mariadb")
+    started = time.monotonic()
     with engine.connect() as conn:
+        done = threading.Event()
+        watcher: threading.Thread | None = None
         try:
             if dialect == "postgresql":
                 # A real transaction even on an AUTOCOMMIT engine, so SET LOCAL, READ ONLY and the
                 # rollback below take effect (the pool resets the isolation level at checkin).
                 conn.execution_options(isolation_level="READ COMMITTED")
-                if analyzed:
-                    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(timeout_s * 1000)}")
+                conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {statement_timeout_ms(timeout_s)}")
+            elif mysql and analyzed:
+                conn.exec_driver_sql("START TRANSACTION READ ONLY")
+            stopper = _canceller(engine, dialect, conn)
+            # Servers time out by themselves; the watcher is the backstop (and SQLite's only timeout, for
+            # an EXPLAIN QUERY PLAN that only plans: never the long part).
+            deadline = started + timeout_s + EXPLAIN_CANCEL_GRACE_S
+            watcher = threading.Thread(
+                target=_watch,
+                args=(stopper, cancel, done, deadline),
+                name="perftop-explain-watch",
+                daemon=True,
+            )
+            watcher.start()
             if parameters is None:  # as the app ran it: no parameters, so no placeholder parsing either
                 result = conn.execution_options(no_parameters=True).exec_driver_sql(sql)
             else:
@@ -808,11 +1238,106 @@ def _run_explain(
             rows = result.fetchall()
             keys = list(result.keys())
         except Exception as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ExplainError(f"EXPLAIN failed: {type(exc).__name__}: {message}") from None
+            elapsed = time.monotonic() - started
+            database = "mariadb" if mariadb else dialect  # SQLAlchemy names MariaDB's dialect mysql
+            raise _explain_failure(exc, database, analyzed, cancel, elapsed, timeout_s, keep) from None
         finally:
-            conn.rollback()
+            done.set()
+            if watcher is not None:
+                # A cancel in flight finishes before the connection goes back to the pool (so it cannot
+                # reach an app's statement); a side connection that hangs is left to its daemon thread.
+                watcher.join(EXPLAIN_CANCEL_JOIN_S)
+            try:
+                if mysql and analyzed:
+                    conn.exec_driver_sql("ROLLBACK")  # ends the explicit transaction on any engine
+                conn.rollback()
+            except Exception as exc:
+                log_once("sql-explain-rollback", "could not roll back after EXPLAIN", exc=exc)
+    if cancel.is_set():
+        raise ExplainError("EXPLAIN cancelled: the viewer that asked for it went away")
     return _explain.plan_from_rows(dialect, keys, [tuple(r) for r in rows]), analyzed
+
+
+def _explain_failure(
+    exc: Exception, dialect: str, analyzed: bool, cancel: Any, elapsed: float, timeout_s: float, keep: bool
+) -> Exception:
+    """The one-line error for an EXPLAIN that failed, its values redacted unless the app opted in."""
+    if cancel.is_set():
+        return ExplainError("EXPLAIN cancelled: the viewer that asked for it went away")
+    orig = getattr(exc, "orig", None) or exc
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    if code is None and args and isinstance(args[0], int):
+        code = args[0]
+    if code in _READ_ONLY_REFUSALS:
+        what = "ANALYZE" if analyzed else "EXPLAIN"
+        return ExplainError(
+            f"{what} refused: running this statement would write ({dialect} refused it in a read-only "
+            "transaction)" + ("; plain EXPLAIN shows its plan" if analyzed else "")
+        )
+    if elapsed >= timeout_s:
+        return ExplainError(f"EXPLAIN stopped: it ran longer than its {timeout_s:g} s timeout on {dialect}")
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):
+        message = args[1]
+    else:
+        message = str(orig)
+    message = message.splitlines()[0] if message else type(orig).__name__
+    if not keep:
+        message = _fingerprint.redact_error(message)
+    return _EngineFailed(f"EXPLAIN failed on {dialect}: {type(orig).__name__}: {message}"[:ERROR_TEXT_MAX])
+
+
+def _canceller(engine: Any, dialect: str, conn: Any) -> Callable[[], None] | None:
+    """A function that cancels what `conn` is running, from another thread, or None if none is known.
+
+    SQLite: `interrupt()` on its connection. PostgreSQL: `pg_cancel_backend` of its backend, MySQL and
+    MariaDB: `KILL QUERY` of its connection id, both sent on a DBAPI connection of their own (made by the
+    engine's own connect function, outside the pool, so a full pool cannot delay it).
+    """
+    dbapi_conn = conn.connection.dbapi_connection
+    if dialect == "sqlite":
+        interrupt = getattr(dbapi_conn, "interrupt", None)
+        return interrupt if callable(interrupt) else None
+    if dialect == "postgresql":
+        backend = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        command = f"SELECT pg_cancel_backend({int(backend)})"
+    elif dialect in ("mysql", "mariadb"):
+        backend = conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar()
+        command = f"KILL QUERY {int(backend)}"
+    else:
+        return None
+
+    def stop() -> None:
+        creator = getattr(engine.pool, "_creator", None)
+        if callable(creator):
+            side = creator()
+        else:
+            cargs, cparams = engine.dialect.create_connect_args(engine.url)
+            side = engine.dialect.connect(*cargs, **cparams)
+        try:
+            cursor = side.cursor()
+            cursor.execute(command)
+            with contextlib.suppress(Exception):
+                cursor.fetchall()
+            with contextlib.suppress(Exception):
+                side.commit()
+        finally:
+            side.close()
+
+    return stop
+
+
+def _watch(stop: Callable[[], None] | None, cancel: Any, done: threading.Event, deadline: float) -> None:
+    """Until `done`: once the viewer is gone (`cancel`) or `deadline` passed, cancel the statement, and
+    again every half second (a cancel that arrived before the statement started cancels nothing)."""
+    while not done.wait(EXPLAIN_CANCEL_POLL_S):
+        if stop is None or not (cancel.is_set() or time.monotonic() >= deadline):
+            continue
+        try:
+            stop()
+        except Exception as exc:
+            log_once("sql-explain-cancel", "could not cancel a running EXPLAIN", exc=exc)
+        done.wait(0.5)
 
 
 def _catalog(engine: Any, tables: list[str]) -> dict[str, dict[str, Any]] | None:

@@ -9,6 +9,7 @@ the loop runs, so every read is defensive and retried on a race. Standard librar
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import weakref
@@ -27,6 +28,44 @@ _RETRIES = 5
 _loops_lock = threading.Lock()
 _weak_loops: weakref.WeakSet[Any] = weakref.WeakSet()
 _strong_loops: list[Any] = []
+
+
+def refresh_native_id() -> None:
+    """In a forked child, make `threading` report the kernel id of the thread that forked (now the only one).
+
+    CPython 3.10 to 3.12 keep the parent's id in `Thread.native_id` after a fork: thread dumps then named
+    the parent's thread, and the per-thread CPU clock built from it read the parent's thread (or failed),
+    so the profiler could not tell a waiting thread from a running one. Called by the agent's fork hook.
+    """
+    thread = threading.current_thread()
+    native = threading.get_native_id()
+    if getattr(thread, "_native_id", native) != native:
+        thread._native_id = native  # type: ignore[attr-defined]
+
+
+def set_native_thread_name(name: str) -> None:
+    """Name the calling thread for the OS too (top -H, /proc/PID/task/TID/comm); Linux only, best effort.
+
+    Written to /proc rather than through ctypes: a thread must import nothing to start, or a fork taken
+    while another thread held that import's lock would leave the child's thread waiting forever.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w", encoding="utf-8") as f:
+            f.write(name[:15])
+    except (OSError, UnicodeError):
+        return
+
+
+def _after_fork_in_child() -> None:
+    global _loops_lock
+    _loops_lock = threading.Lock()
+    refresh_native_id()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def watch_loop(loop: asyncio.AbstractEventLoop) -> None:
@@ -71,13 +110,23 @@ def _stack(frame: FrameType | None) -> tuple[list[dict[str, Any]], int]:
     return [_frame_entry(f) for f in chain], omitted
 
 
+def _imported(name: str) -> Any:
+    """The module `name` if it is imported and done initializing, else None: another thread may be
+    importing it right now (an app importing asyncio while a thread dump runs), and a half-made module
+    lacks attributes."""
+    module = sys.modules.get(name)
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module
+
+
 def _task_registry_loops() -> list[Any] | None:
     """Loops of every task in asyncio's own task registry: O(tasks). None where the registry is unusable.
 
     Python <= 3.11 keeps every task in `asyncio.tasks._all_tasks`, 3.12-3.13 in `_scheduled_tasks` plus
     `_eager_tasks`. From 3.14 tasks implemented in C are kept elsewhere, so the registry is not used.
     """
-    tasks_module = sys.modules.get("asyncio.tasks")
+    tasks_module = _imported("asyncio.tasks")
     if tasks_module is None or sys.version_info >= (3, 14):
         return None
     registries = [getattr(tasks_module, n, None) for n in ("_all_tasks", "_scheduled_tasks", "_eager_tasks")]
@@ -106,14 +155,15 @@ def _running_loops(scan: bool) -> list[Any]:
     """Registered loops plus, when `scan`, the loops of every task (or, failing a registry, of the heap)."""
     with _loops_lock:
         candidates: list[Any] = [*_weak_loops, *_strong_loops]
-    asyncio_module = sys.modules.get("asyncio")
+    asyncio_module = _imported("asyncio")
     if scan and asyncio_module is not None:
         from_tasks = _task_registry_loops()
         if from_tasks is not None:
             candidates.extend(from_tasks)
         else:
-            loop_type = asyncio_module.AbstractEventLoop
-            candidates.extend(obj for obj in gc.get_objects() if isinstance(obj, loop_type))
+            loop_type = getattr(asyncio_module, "AbstractEventLoop", None)
+            if isinstance(loop_type, type):
+                candidates.extend(obj for obj in gc.get_objects() if isinstance(obj, loop_type))
     found: list[Any] = []
     seen: set[int] = set()
     for loop in candidates:

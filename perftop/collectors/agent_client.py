@@ -1,6 +1,9 @@
 """The viewer's side of the agent socket: a blocking client, and what to do with the stats it fetches.
 
-`AgentClient` connects, exchanges hellos and makes requests with timeouts. `merge_stats` merges the
+`AgentClient` connects, checks with SO_PEERCRED that the socket is served by the process it names
+(`<pid>.sock`) running as that process's uid (a squatter's fake agent is refused), exchanges hellos and
+makes requests with timeouts; if the agent closed the connection between requests (an idle viewer makes
+room for another), the next request reconnects. `merge_stats` merges the
 `stats` of several processes (gunicorn workers...) by merging their sketches, never by averaging
 percentiles; `timing_rows` turns stats into the `timings` object of `perftop snapshot --json`.
 """
@@ -9,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
+import struct
 import threading
 import time
 from types import TracebackType
 from typing import Any
 
+from perftop.agent import paths
 from perftop.collectors.discovery import find_agent, find_child_agents, socket_dir
 from perftop.protocol import (
     MAX_FRAME_BYTES,
@@ -41,6 +47,7 @@ __all__ = [
 ]
 
 NS_PER_MS = 1_000_000.0
+_PEERCRED = struct.Struct("3i")
 QUANTILES = (("p50_ms", 0.5), ("p90_ms", 0.9), ("p95_ms", 0.95), ("p99_ms", 0.99), ("p999_ms", 0.999))
 
 
@@ -55,15 +62,24 @@ class RequestFailed(AgentError):
 class AgentClient:
     """A blocking connection to one agent. Thread-safe (one request at a time); a context manager."""
 
-    def __init__(self, path: str, timeout: float = 5.0) -> None:
-        """Connect to the agent socket at `path` and exchange hellos; AgentError if that fails."""
+    def __init__(self, path: str, timeout: float = 5.0, pid: int | None = None) -> None:
+        """Connect to the agent socket at `path` and exchange hellos; AgentError if that fails.
+
+        The agent must be process `pid` (default: the pid in the socket's name, `<pid>.sock`).
+        """
         self.path = path
         self.timeout = timeout
+        self.expected_pid = pid if pid is not None else paths.pid_of_socket_name(os.path.basename(path))
         self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        path, timeout = self.path, self.timeout
         self._decoder = FrameDecoder(MAX_FRAME_BYTES)
         self._pending: list[dict[str, Any]] = []
         self._next_id = 1
-        self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.settimeout(timeout)
             try:
@@ -76,6 +92,7 @@ class AgentClient:
                 raise AgentError(f"the agent at {path} is not listening (stale socket?)") from None
             except OSError as exc:
                 raise AgentError(f"cannot connect to the agent at {path}: {exc}") from None
+            self._check_peer(self._sock)
             first = self._read_message(time.monotonic() + timeout)
             if first.get("type") == "error":
                 raise AgentError(f"the agent refused the connection: {_error_message(first)}")
@@ -89,6 +106,42 @@ class AgentClient:
         except BaseException:
             self.close()
             raise
+
+    def _check_peer(self, sock: socket.socket) -> None:
+        """The socket must be served by the expected process, running as that process's uid (or root)."""
+        pid = self.expected_pid
+        if pid is None:
+            return
+        try:
+            peer_pid, peer_uid, _gid = _PEERCRED.unpack(
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            )
+        except OSError as exc:
+            raise AgentError(f"cannot tell who serves {self.path}: {exc}") from None
+        if peer_pid != pid:
+            raise AgentError(
+                f"refusing {self.path}: served by process {peer_pid}, not by process {pid} (a fake agent?)"
+            )
+        try:
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            raise AgentError(f"process {pid} is gone") from None
+        if peer_uid not in (uid, 0):
+            raise AgentError(
+                f"refusing {self.path}: its agent runs as uid {peer_uid}, process {pid} as uid {uid}"
+            )
+
+    def _closed_by_agent(self) -> bool:
+        """Whether the agent said something between requests: only an error frame before it closes (an
+        idle viewer closed to make room, the agent stopping), or the end of the connection."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
 
     def __enter__(self) -> AgentClient:
         return self
@@ -111,6 +164,9 @@ class AgentClient:
         with self._lock:
             if self._sock is None:
                 raise AgentError("the connection to the agent is closed")
+            if self._closed_by_agent():
+                self.close()
+                self._connect()
             request_id = self._next_id
             self._next_id += 1
             deadline = time.monotonic() + (self.timeout if timeout is None else timeout)

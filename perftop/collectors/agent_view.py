@@ -21,6 +21,7 @@ from perftop.collectors.agent_client import (
     socket_dir,
     timing_rows,
 )
+from perftop.collectors.requests import merge_requests, request_rows
 from perftop.collectors.workers import WorkerFigures, read_finals, worker_figures
 from perftop.sketch import Sketch
 
@@ -52,6 +53,8 @@ class AgentView:
     """Each process's requests and query fingerprints, for the worker table and for routing EXPLAIN."""
     gone_pids: tuple[int, ...] = ()
     """Merged processes that have exited: their last data is kept until the view is reset."""
+    requests: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """The CLI.md `requests` rows by route (web requests timed by the middleware or `perftop run`)."""
 
     def describe(self) -> str:
         name = self.info.get("name") or "unnamed"
@@ -65,6 +68,7 @@ class AgentView:
         return {
             "agent": None,
             "timings": {},
+            "requests": {},
             "counters": {},
             "gauges": {},
             "queries": [],
@@ -93,6 +97,7 @@ class AgentView:
         return {
             "agent": {**self.info, "merged_pids": list(self.pids), "gone_pids": list(self.gone_pids)},
             "timings": self.timings,
+            "requests": self.requests,
             "counters": self.counters,
             "gauges": self.gauges,
             "queries": [{k: v for k, v in q.items() if k != "sketch"} for q in queries.get("queries", [])],
@@ -145,6 +150,7 @@ def build_view(
         taken_at=float(merged.get("now", 0.0)),
         figures={p: worker_figures(results[p]) for p in pids},
         gone_pids=tuple(sorted(gone)),
+        requests=request_rows(merge_requests(results[p].get("requests") for p in pids)),
     )
 
 

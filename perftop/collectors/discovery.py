@@ -4,7 +4,12 @@ An agent listens on `<socket dir>/<pid>.sock`. The socket directory is the viewe
 `$PERFTOP_SOCKET_DIR`, `$XDG_RUNTIME_DIR/perftop` or `/tmp/perftop-<uid>`), then `/tmp/perftop-<uid>` of
 the uid owning the target process (root attaching to a service user's process). Failing those, the
 process's own listening Unix sockets are read from /proc: an agent started with another socket directory
-is still found, as long as its socket is named `<pid>.sock`.
+(or serving from a fallback because another user squatted the default one) is still found, as long as
+its socket is named `<pid>.sock`.
+
+A socket in a directory is only taken if the directory and the socket belong to the process's uid (or
+root) and the directory is not writable by others: a squatter's directory is passed over. The client
+then checks the peer itself with SO_PEERCRED (`AgentClient`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,33 @@ def _is_socket(path: str) -> bool:
         return False
 
 
+def _trusted_socket(path: str, uid: int | None) -> bool:
+    """A socket owned by `uid` (or root) in a directory owned by `uid` (or root) that no one else may
+    write to, neither of them a symlink. With `uid` None (unknown), only that it is a socket."""
+    if uid is None:
+        return _is_socket(path)
+    owners = (uid, 0)
+    try:
+        dir_st = os.lstat(os.path.dirname(path) or ".")
+        sock_st = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(dir_st.st_mode)
+        and dir_st.st_uid in owners
+        and not dir_st.st_mode & 0o022
+        and stat.S_ISSOCK(sock_st.st_mode)
+        and sock_st.st_uid in owners
+    )
+
+
+def _owner_uid(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
 def _candidate_dirs(pid: int, explicit: str | None) -> list[str]:
     dirs = [paths.socket_dir(explicit)]
     with contextlib.suppress(OSError):
@@ -47,9 +79,10 @@ def find_agent(pid: int, socket_dir: str | None = None) -> str | None:
     """The socket path of `pid`'s agent, or None if it has none (or is not alive)."""
     if not paths.pid_alive(pid):
         return None
+    uid = _owner_uid(pid)
     for directory in _candidate_dirs(pid, socket_dir):
         path = paths.socket_path(pid, directory)
-        if _is_socket(path):
+        if _trusted_socket(path, uid):
             return path
     return _listening_socket_of(pid)
 
@@ -81,6 +114,7 @@ def _listening_socket_of(pid: int) -> str | None:
             continue
         path = fields[7]
         if inode in inodes and flags & _ACCEPTCON and path.endswith(suffix) and _is_socket(path):
+            # The process's own listening socket: whoever owns the directory, this is its agent.
             return path
     return None
 

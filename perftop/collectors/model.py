@@ -141,6 +141,20 @@ class CgroupInfo:
 
 
 @dataclass(frozen=True)
+class ListenBacklog:
+    """A listening TCP socket's accept queue: connections the kernel accepted that the app has not yet
+    taken (`queued`), against the listen() backlog (`max`). A full queue is where requests wait unseen."""
+
+    address: str
+    queued: int
+    max: int | None
+    """None where the kernel's sock_diag interface cannot be read."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "queued": self.queued, "max": self.max}
+
+
+@dataclass(frozen=True)
 class ProcessSample:
     """One sample of one process (any process, Python or not)."""
 
@@ -161,6 +175,8 @@ class ProcessSample:
     limits: tuple[Limit, ...]
     cgroup: CgroupInfo | None
     taken_at: float
+    listen_backlog: tuple[ListenBacklog, ...] = ()
+    """The accept backlog of each listening TCP socket (Linux); read with the connections."""
     tree: ProcessTree | None = None
     """The PID with its descendants (a pre-fork master and its workers), where it has any."""
 
@@ -186,6 +202,7 @@ class ProcessSample:
             "num_threads": self.num_threads,
             "num_fds": self.num_fds,
             "num_connections": self.num_connections,
+            "listen_backlog": [b.to_json() for b in self.listen_backlog],
             "limits": {lim.name: lim.to_json() for lim in self.limits},
             "cgroup": None if self.cgroup is None else self.cgroup.to_json(),
             "tree": None if self.tree is None else self.tree.to_json(),

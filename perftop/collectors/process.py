@@ -14,6 +14,8 @@ import functools
 import os
 import pwd
 import re
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import psutil
 
 from perftop.collectors.cgroup import read_cgroup
 from perftop.collectors.errors import AccessDeniedError, NoSuchProcessError
-from perftop.collectors.model import Limit, ProcessSample
+from perftop.collectors.model import Limit, ListenBacklog, ProcessSample
 
 _T = TypeVar("_T")
 
@@ -246,13 +248,11 @@ def count_connections(pid: int, procfs: str = "/proc") -> int:
     host with 262,144 buckets, even when it lists nothing. Raises PermissionError where the fds of `pid` may
     not be read, FileNotFoundError once it has exited.
     """
-    return sum(connection_inodes(pid, procfs).values())
+    return _scan_sockets(pid, procfs)[0]
 
 
-def connection_inodes(pid: int, procfs: str = "/proc") -> dict[bytes, int]:
-    """The sockets `count_connections` counts, by inode: how many times each counts (1 for an inet
-    socket, its number of fds for a unix one). Processes sharing a socket (forked workers and their
-    listening socket) report the same inode, so a tree's distinct sockets are the union of these keys."""
+def _socket_inodes(pid: int, procfs: str) -> tuple[dict[bytes, int], set[str]]:
+    """The socket inodes of `pid`'s fds (with how many fds hold each) and the tables that can list them."""
     fd_dir = f"{procfs}/{pid}/fd"
     inodes: dict[bytes, int] = {}
     tables: set[str] = set()
@@ -268,6 +268,14 @@ def connection_inodes(pid: int, procfs: str = "/proc") -> dict[bytes, int]:
                 table = _socket_table(path)
                 tables.update(_SOCKET_TABLES if table is None else (table,) if table else ())
             inodes[inode] = inodes.get(inode, 0) + 1
+    return inodes, tables
+
+
+def connection_inodes(pid: int, procfs: str = "/proc") -> dict[bytes, int]:
+    """The sockets `count_connections` counts, by inode: how many times each counts (1 for an inet
+    socket, its number of fds for a unix one). Processes sharing a socket (forked workers and their
+    listening socket) report the same inode, so a tree's distinct sockets are the union of these keys."""
+    inodes, tables = _socket_inodes(pid, procfs)
     matched: dict[bytes, int] = {}
     for table in tables:
         column = _SOCKET_TABLES[table]
@@ -282,6 +290,100 @@ def connection_inodes(pid: int, procfs: str = "/proc") -> dict[bytes, int]:
             if len(fields) > column and (n := inodes.get(fields[column])):
                 matched[fields[column]] = n if per_fd else 1
     return matched
+
+
+def _scan_sockets(pid: int, procfs: str, tcp_only: bool = False) -> tuple[int, tuple[ListenBacklog, ...]]:
+    """The connection count of `pid` and the accept backlog of its listening TCP sockets, in one pass
+    (`tcp_only`: the TCP tables alone, when only the backlog is wanted)."""
+    inodes, tables = _socket_inodes(pid, procfs)
+    if tcp_only:
+        tables &= {"tcp", "tcp6"}
+    count = 0
+    listening: list[list[bytes]] = []
+    for table in tables:
+        column = _SOCKET_TABLES[table]
+        try:
+            with open(f"{procfs}/net/{table}", "rb") as f:
+                lines = f.read().split(b"\n")
+        except OSError:  # no IPv6 here
+            continue
+        per_fd = table == "unix"
+        for line in lines[1:]:
+            fields = line.split(None, column + 1)
+            if len(fields) > column and (n := inodes.get(fields[column])):
+                count += n if per_fd else 1
+                if table in ("tcp", "tcp6") and fields[3] == _TCP_LISTEN:
+                    listening.append(line.split())
+    if not listening:
+        return count, ()
+    limits = listen_limits()
+    return count, tuple(sorted((_backlog(f, limits) for f in listening), key=lambda b: b.address))
+
+
+_TCP_LISTEN = b"0A"
+"""The `st` column of a listening socket in /proc/net/tcp{,6}."""
+_NETLINK_SOCK_DIAG = 4
+_SOCK_DIAG_BY_FAMILY = 20
+_NLM_F_REQUEST_DUMP = 0x1 | 0x300
+_NLMSG_DONE, _NLMSG_ERROR = 3, 2
+_TCP_LISTEN_STATE = 10
+
+
+def _address(field: bytes) -> str:
+    """`0100007F:1F90` (/proc/net/tcp's little-endian words) as `127.0.0.1:8080`, `[::1]:8080` for IPv6."""
+    host, _, port = field.partition(b":")
+    raw = bytes.fromhex(host.decode())
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return f"{socket.inet_ntop(socket.AF_INET, words)}:{int(port, 16)}"
+    return f"[{socket.inet_ntop(socket.AF_INET6, words)}]:{int(port, 16)}"
+
+
+def _backlog(fields: list[bytes], limits: dict[int, int]) -> ListenBacklog:
+    """A listening socket's row of /proc/net/tcp: the accept queue's length is in rx_queue there; its
+    maximum (the listen() backlog, capped by somaxconn) only in sock_diag (`limits`, by inode)."""
+    rx = fields[4].partition(b":")[2]
+    inode = int(fields[9]) if len(fields) > 9 and fields[9].isdigit() else 0
+    return ListenBacklog(address=_address(fields[1]), queued=int(rx, 16), max=limits.get(inode))
+
+
+def listen_limits() -> dict[int, int]:
+    """The listen() backlog of every listening TCP socket of this network namespace, by inode, from the
+    kernel's sock_diag netlink interface (what `ss -lt` shows as Send-Q); {} where it is not available."""
+    limits: dict[int, int] = {}
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_SOCK_DIAG) as nl:
+            nl.settimeout(2.0)
+            for family in (socket.AF_INET, socket.AF_INET6):
+                request = struct.pack("=BBBBI48x", family, socket.IPPROTO_TCP, 0, 0, 1 << _TCP_LISTEN_STATE)
+                header = struct.pack(
+                    "=IHHII", 16 + len(request), _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST_DUMP, 1, 0
+                )
+                nl.send(header + request)
+                _read_diag(nl, limits)
+    except OSError:
+        return limits
+    return limits
+
+
+def _read_diag(nl: socket.socket, limits: dict[int, int]) -> None:
+    """Read one sock_diag dump's answers (inet_diag_msg: wqueue is a listener's maximum backlog)."""
+    while True:
+        data = nl.recv(65536)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind = struct.unpack_from("=IH", data, offset)
+            if kind in (_NLMSG_DONE, _NLMSG_ERROR) or length < 16:
+                return
+            if length >= 16 + 72:
+                wqueue, _uid, inode = struct.unpack_from("=III", data, offset + 16 + 60)
+                limits[inode] = wqueue
+            offset += (length + 3) & ~3
+
+
+def listen_backlog(pid: int, procfs: str = "/proc") -> tuple[ListenBacklog, ...]:
+    """The accept backlog (queued connections and maximum) of each listening TCP socket `pid` holds."""
+    return _scan_sockets(pid, procfs)[1]
 
 
 def _parse_proc_limits(text: str) -> dict[str, tuple[int | None, int | None]]:
@@ -318,6 +420,7 @@ class ProcessCollector:
         self._proc = _open_process(pid)
         _check_readable(self._proc)
         self._num_connections: int | None = None
+        self._listen_backlog: tuple[ListenBacklog, ...] = ()
         self._connections_at: float | None = None
         self._connections_due = 0.0
         self._nproc_used: int | None = None
@@ -354,9 +457,11 @@ class ProcessCollector:
             num_threads = proc.num_threads()
             num_fds = _or_none(proc.num_fds)
         if now >= self._connections_due:
-            self._num_connections = self._count_connections()
+            self._num_connections, self._listen_backlog = self._scan_sockets(tcp_only=False)
             self._connections_at = time.time()
             self._connections_due = now + self._connections_every_s
+        elif self._listen_backlog:  # a listening process: its accept queue changes by the second
+            self._listen_backlog = self._scan_sockets(tcp_only=True)[1]
         if now >= self._nproc_due or uid != self._nproc_uid:
             self._nproc_used = count_user_tasks(uid, self._procfs)
             self._nproc_uid = uid
@@ -391,19 +496,20 @@ class ProcessCollector:
             num_fds=num_fds,
             num_connections=self._num_connections,
             connections_sampled_at=self._connections_at,
+            listen_backlog=self._listen_backlog,
             limits=limits,
             cgroup=read_cgroup(self.pid, self._procfs),
             taken_at=time.time(),
         )
 
-    def _count_connections(self) -> int | None:
-        """The connection count, None where the OS refuses it."""
+    def _scan_sockets(self, tcp_only: bool) -> tuple[int | None, tuple[ListenBacklog, ...]]:
+        """The connection count (None where the OS refuses it) and the listening sockets' backlogs."""
         try:
-            return count_connections(self.pid, self._procfs)
+            return _scan_sockets(self.pid, self._procfs, tcp_only)
         except FileNotFoundError:
             raise _exited(self.pid) from None
         except PermissionError:
-            return None
+            return None, ()
 
     def _limits(self, used: dict[str, int | None]) -> tuple[Limit, ...]:
         """Every limit with its usage; from prlimit, or /proc/PID/limits where prlimit is refused."""

@@ -20,9 +20,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gzip
+import io
 import logging
 import math
 import os
+import selectors
+import socket
 import sys
 import threading
 import time
@@ -30,12 +33,13 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
 from perftop.agent import paths
 from perftop.sketch import ALPHA, GAMMA, quantiles_of
+from perftop.units import safe_text
 from perftop.web import is_loopback, parse_listen
 
 if TYPE_CHECKING:
@@ -60,6 +64,12 @@ DEFAULT_LISTEN = "127.0.0.1:9464"
 DEFAULT_MAX_QUERIES = 50
 AGENT_TIMEOUT_S = 5.0
 """How long one agent may take to answer a scrape's stats request."""
+PRIME_S = 0.5
+"""A process's CPU share in its first scrape is measured over this long (later ones: since the last)."""
+REQUEST_TIMEOUT_S = 5.0
+"""How long a client may take to send its request's head, and then each write of the answer."""
+MAX_HEAD_BYTES = 16384
+"""A request head larger than this is refused (the connection closed)."""
 
 
 def _bin_thresholds(bounds_s: Sequence[float]) -> list[int]:
@@ -198,6 +208,12 @@ class _Families:
         return iter(self._by_name.values())
 
 
+def _label(value: object) -> str:
+    """A label value from the app (names, fingerprints, versions) with its control characters shown as
+    escapes: the exposition format would carry an ESC raw, to whoever curls /metrics to a terminal."""
+    return safe_text(value, newlines=False)
+
+
 def _limit_value(value: int | float | None) -> float:
     """A limit for Prometheus: unlimited (None) is +Inf, so `used / limit` reads 0."""
     return math.inf if value is None else float(value)
@@ -230,6 +246,9 @@ class HostCollector:
         self._agents: dict[int, _Agent] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="perftop-export")
         self.last_duration_s = 0.0
+        self._unsampled: dict[int, float] = {}
+        """PIDs whose collector has not been sampled yet: when it took its CPU baseline (monotonic)."""
+        self._open_processes(self._discover())  # baselines from now: the first scrape is primed already
 
     def close(self) -> None:
         with self._lock:
@@ -284,24 +303,49 @@ class HostCollector:
             agent.close()
             return None
 
-    def _sample_processes(self, agent_pids: Iterable[int]) -> dict[int, ProcessSample]:
+    def _open_processes(self, agent_pids: Iterable[int]) -> list[int]:
+        """The PIDs to sample: a collector for each (a new one takes its CPU baseline now); the
+        collectors of PIDs no longer wanted are dropped."""
         from perftop.collectors.errors import CollectorError
         from perftop.collectors.process import ProcessCollector
 
         wanted = [p for p in dict.fromkeys([*self.pids, *agent_pids]) if p not in self._gone]
         for pid in set(self._processes) - set(wanted):
             del self._processes[pid]
+            self._unsampled.pop(pid, None)
+        for pid in wanted:
+            if pid not in self._processes:
+                try:
+                    self._processes[pid] = ProcessCollector(pid)
+                except CollectorError:
+                    if pid in self.pids:
+                        self._gone.add(pid)
+                    continue
+                self._unsampled[pid] = time.monotonic()
+        return wanted
+
+    def _sample_processes(self, agent_pids: Iterable[int]) -> dict[int, ProcessSample]:
+        from perftop.collectors.errors import CollectorError
+
+        wanted = self._open_processes(agent_pids)
+        baselines = [self._unsampled[pid] for pid in wanted if pid in self._unsampled]
+        if baselines:
+            # A process never sampled has only the CPU baseline its collector took when it was opened
+            # (at start-up, or just now for one that appeared since): let PRIME_S pass since then, so
+            # that its first CPU share is measured as well as the later ones (not 0.0 over no time).
+            time.sleep(max(0.0, max(baselines) + PRIME_S - time.monotonic()))
         out: dict[int, ProcessSample] = {}
         for pid in wanted:
+            collector = self._processes.get(pid)
+            if collector is None:
+                continue
             try:
-                collector = self._processes.get(pid)
-                if collector is None:
-                    collector = self._processes[pid] = ProcessCollector(pid)
                 out[pid] = collector.sample()
             except CollectorError:
                 self._processes.pop(pid, None)
                 if pid in self.pids:
                     self._gone.add(pid)
+            self._unsampled.pop(pid, None)
         return out
 
     # -- one scrape ------------------------------------------------------------------------------------
@@ -320,7 +364,9 @@ class HostCollector:
             apps: dict[int, str] = {}
             for agent, future in zip(agents, futures, strict=True):
                 stats = future.result()
-                app = agent.info.get("name") or (processes[agent.pid].name if agent.pid in processes else "")
+                app = _label(
+                    agent.info.get("name") or (processes[agent.pid].name if agent.pid in processes else "")
+                )
                 apps[agent.pid] = app
                 labels = [app, str(agent.pid)]
                 fams.gauge(
@@ -390,7 +436,7 @@ class HostCollector:
 
     @staticmethod
     def _process_families(fams: _Families, app: str, p: ProcessSample) -> None:
-        labels = [app, str(p.pid), p.name]
+        labels = [_label(app), str(p.pid), _label(p.name)]
         names = ["app", "pid", "name"]
 
         def g(name: str, doc: str, value: float | None, unit: str = "") -> None:
@@ -448,7 +494,7 @@ class HostCollector:
         assert isinstance(info, InfoMetricFamily)
         info.add_metric(
             labels,
-            {k: str(agent.info.get(k, "")) for k in ("agent_version", "python", "protocol")},
+            {k: _label(agent.info.get(k, "")) for k in ("agent_version", "python", "protocol")},
         )
         mlabels = [*base, "metric"]
         summary = fams.add(
@@ -471,12 +517,12 @@ class HostCollector:
                 d = digest_sketch(timing.get("sketch"))
             except (ValueError, TypeError, KeyError, IndexError, OverflowError):
                 continue
-            key = [app, pid, str(metric)]
+            key = [app, pid, _label(metric)]
             for q, value in zip(QUANTILES, d.quantiles, strict=True):
                 summary.samples.append(
                     Sample(
                         "perftop_timing_seconds",
-                        {"app": app, "pid": pid, "metric": str(metric), "quantile": str(q)},
+                        {"app": app, "pid": pid, "metric": key[2], "quantile": str(q)},
                         value,
                     )
                 )
@@ -489,13 +535,13 @@ class HostCollector:
             for metric, counter in counters.items():
                 total = counter.get("value") if isinstance(counter, dict) else None
                 if isinstance(total, (int, float)):
-                    fam.add_metric([app, pid, str(metric)], float(total))
+                    fam.add_metric([app, pid, _label(metric)], float(total))
         gauges = stats.get("gauges") or {}
         if gauges:
             gfam = fams.gauge("perftop_gauge", "Gauges (perftop.gauge)", mlabels)
             for metric, value in gauges.items():
                 if isinstance(value, (int, float)):
-                    gfam.add_metric([app, pid, str(metric)], float(value))
+                    gfam.add_metric([app, pid, _label(metric)], float(value))
         gc = stats.get("gc")
         if isinstance(gc, dict):
             glabels = [*base, "generation"]
@@ -518,7 +564,7 @@ class HostCollector:
             )
             for kind, value in overflow.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    ofam.add_metric([app, pid, str(kind)], float(value))
+                    ofam.add_metric([app, pid, _label(kind)], float(value))
         self._query_families(fams, labels, stats.get("queries"))
 
     def _query_families(self, fams: _Families, labels: list[str], queries: Any) -> None:
@@ -535,7 +581,7 @@ class HostCollector:
         errs = fams.counter("perftop_query_errors", f"Failed SQL executions per fingerprint ({doc})", qlabels)
         rows_fam = fams.counter("perftop_query_rows", f"Rows returned per fingerprint ({doc})", qlabels)
         for row in rows[: self.max_queries]:
-            key = [*labels, str(row.get("fingerprint"))]
+            key = [*labels, _label(row.get("fingerprint"))]
             calls.add_metric(key, float(row.get("count") or 0))
             seconds.add_metric(key, float(row.get("total_ms") or 0.0) / 1000.0)
             errs.add_metric(key, float(row.get("errors") or 0))
@@ -582,8 +628,11 @@ class Prerenderer:
       to end just before the next scrape is due (the median of the last gaps between scrapes, less
       the last collection's duration and a margin), so nothing is collected when nobody scrapes. A scrape
       is answered from a collection made since the previous scrape was answered and at most `max_age`
-      old; else (the first scrape, an irregular scraper, `Cache-Control: no-cache`) it is collected
-      for that scrape, as it would be without a prerenderer.
+      old; else (the first scrape, an irregular scraper) from one begun within the last second, or one
+      collected for it.
+    - `always_fresh` (`--refresh 0`), or a scrape with `Cache-Control: no-cache`: from a collection begun
+      after the scrape arrived. Such collections are shared by the scrapes waiting for them and start at
+      least ON_REQUEST_GAP_S apart, so no client can make the exporter hammer the agents.
 
     Only the formats scrapers asked for are rendered ahead (the first scrape of a format renders it).
     """
@@ -591,10 +640,22 @@ class Prerenderer:
     MARGIN_S = 0.5
     JITTER = 0.05
     """A paced collection should end MARGIN_S plus JITTER of the gap before the next scrape is due."""
+    ON_REQUEST_GAP_S = 1.0
+    """Collections made for a request (`Cache-Control: no-cache`, a first or irregular scrape, `--refresh
+    0`) start at least this long apart, and requests arriving together share one: whatever clients send,
+    every agent is asked for its stats at most about once a second, plus the collections made ahead."""
+    MIN_PACED_GAP_S = 0.5
+    """Collections made ahead of scrapes start at least this long after the previous collection."""
 
-    def __init__(self, collector: HostCollector, every_s: float = 0.0) -> None:
+    def __init__(self, collector: HostCollector, every_s: float = 0.0, always_fresh: bool = False) -> None:
+        """`always_fresh` (`--refresh 0`): every scrape is answered as one with `Cache-Control: no-cache`."""
         self.collector = collector
         self.every_s = every_s
+        self.always_fresh = always_fresh
+        self._forcing = False
+        """A collection for requests is under way."""
+        self._forced_at = -math.inf
+        """When the latest collection for requests began (monotonic)."""
         self._cond = threading.Condition()
         self._families: list[Metric] | None = None
         self._bodies: dict[str, bytes] = {}
@@ -621,7 +682,8 @@ class Prerenderer:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout=30)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=30)
 
     @property
     def max_age_s(self) -> float:
@@ -668,15 +730,18 @@ class Prerenderer:
                 encoders = dict(self._encoders)
             try:
                 self._collect(encoders)
-            except Exception:
-                log.exception("perftop export: collecting failed")
+            except Exception as exc:  # one line, not a traceback: the next collection may well succeed
+                log.warning("perftop: export: collecting failed: %s: %s", type(exc).__name__, exc)
 
     def _schedule(self, now: float) -> None:
         """Paced mode: time the next collection from the gaps between the last scrapes' arrivals, `now`
         being this one's (lock held)."""
         gap = self._typical_gap()
         if gap is not None:
-            self._due = now + gap * (1 - self.JITTER) - self._took_s - self.MARGIN_S
+            due = now + gap * (1 - self.JITTER) - self._took_s - self.MARGIN_S
+            # Scrapes in a tight loop do not make collections back to back: two a second at most (one
+            # would delay the first paced collection after an on-request one past the next scrape).
+            self._due = max(due, self._started_at + self.MIN_PACED_GAP_S)
             self._cond.notify_all()
 
     def _usable(self, now: float) -> bool:
@@ -690,6 +755,7 @@ class Prerenderer:
 
         encoder, ctype = choose_encoder(accept)
         now = time.monotonic()
+        fresh = fresh or self.always_fresh
         with self._cond:
             self._encoders.setdefault(ctype, encoder)
             if self.every_s > 0 and not fresh:
@@ -710,19 +776,50 @@ class Prerenderer:
                 if self._generation == generation:
                     self._bodies[ctype] = body
         if body is None:
-            self._collect({ctype: encoder})
-            with self._cond:
-                body = self._bodies.get(ctype)
-                generation, started = self._generation, self._started_at
-            if body is None:  # a background collection ended meanwhile, without this format
-                body = encoder(self.collector)
+            body, generation, started = self._on_request(encoder, ctype, now if fresh else now - 1.0)
             ahead = False
         with self._cond:
             self._served = max(self._served, generation)
-            if self.every_s == 0:
+            if self.every_s == 0 and not self.always_fresh:
                 self._scrapes.append(now)
                 self._schedule(now)
         return Rendering(body, ctype, max(0.0, time.monotonic() - started), ahead)
+
+    def _on_request(
+        self, encoder: Callable[[Collector], bytes], ctype: str, since: float
+    ) -> tuple[bytes, int, float]:
+        """(body, generation, start) of a collection begun at `since` or later: the latest if it did,
+        else the one under way for other requests, else a new one, though never sooner than
+        ON_REQUEST_GAP_S after the previous one made for requests."""
+        collected = False
+        while True:
+            with self._cond:
+                self._encoders.setdefault(ctype, encoder)
+                while True:
+                    latest = self._families is not None and self._started_at >= since
+                    if latest or collected or self._stopping:
+                        families, generation, started = self._families, self._generation, self._started_at
+                        body = self._bodies.get(ctype) if latest else None
+                        break
+                    wait = self._forced_at + self.ON_REQUEST_GAP_S - time.monotonic()
+                    if not self._forcing and wait <= 0:
+                        self._forcing, self._forced_at = True, time.monotonic()
+                        encoders = dict(self._encoders)
+                        families = None
+                        break
+                    self._cond.wait(None if self._forcing else wait)
+            if families is not None or collected or self._stopping:
+                break
+            try:
+                self._collect(encoders)
+            finally:
+                with self._cond:
+                    self._forcing = False
+                    self._cond.notify_all()
+            collected = True
+        if body is None:  # a collection that did not render this format (or none, when stopping)
+            body = encoder(self.collector if families is None else _Frozen(families))
+        return body, generation, started
 
 
 # -- HTTP ------------------------------------------------------------------------------------------------
@@ -730,10 +827,18 @@ class Prerenderer:
 
 class _Handler(BaseHTTPRequestHandler):
     """`/metrics` (text format or OpenMetrics, by the Accept header; gzipped if the scraper accepts it, as
-    Prometheus does) and `/healthz`."""
+    Prometheus does) and `/healthz`. One request per connection, each socket operation bounded by
+    REQUEST_TIMEOUT_S, so that no client holds a worker for long."""
 
     server: MetricsServer
     protocol_version = "HTTP/1.1"
+    timeout = REQUEST_TIMEOUT_S
+
+    def setup(self) -> None:
+        """The request's head was read by the server already: read it from memory, write to the socket."""
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BytesIO(self.server.heads.pop(self.connection, b""))
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
@@ -743,15 +848,9 @@ class _Handler(BaseHTTPRequestHandler):
             accept = self.headers.get("Accept", "")
             fresh = "no-cache" in self.headers.get("Cache-Control", "")
             try:
-                if self.server.prerender is not None:
-                    rendering = self.server.prerender.body(accept, fresh)
-                else:
-                    from prometheus_client.exposition import choose_encoder
-
-                    encoder, content_type = choose_encoder(accept)
-                    rendering = Rendering(encoder(self.server.registry), content_type, 0.0, False)
-            except Exception:
-                log.exception("perftop export: collecting failed")
+                rendering = self.server.prerender.body(accept, fresh)
+            except Exception as exc:
+                self.server.note(f"collecting failed: {type(exc).__name__}: {exc}")
                 self._send(500, b"collecting failed; see the exporter's log\n", "text/plain; charset=utf-8")
                 return
             gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
@@ -777,6 +876,7 @@ class _Handler(BaseHTTPRequestHandler):
         gzipped: bool = False,
         headers: dict[str, str] | None = None,
     ) -> None:
+        self.close_connection = True
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         for name, value in (headers or {}).items():
@@ -784,44 +884,183 @@ class _Handler(BaseHTTPRequestHandler):
         if gzipped:
             self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
         self.end_headers()
-        with contextlib.suppress(OSError):
-            self.wfile.write(body)
+        self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: a scrape every 15 s is not news."""
 
 
-class MetricsServer(ThreadingHTTPServer):
-    """The exporter's HTTP server: a thread per request, one collector behind a lock. `refresh_s`: 0
-    (the default) answers scrapes from collections paced by the scrapes, S > 0 from one every S
-    seconds (see Prerenderer), None collects on each scrape."""
+class MetricsServer(HTTPServer):
+    """The exporter's HTTP server, bounded whatever clients do.
 
-    daemon_threads = True
+    An accepted connection waits in a selector (one thread for all of them) until its request starts to
+    arrive; only then does one of WORKERS threads read and answer it. A connection silent for
+    REQUEST_TIMEOUT_S is closed, and beyond MAX_WAITING silent connections the oldest is closed; beyond
+    MAX_QUEUED connections waiting for a worker, a new one is closed at once. So 1000 half-open
+    connections cost 1000 file descriptors for a few seconds at most, never 1000 threads, and a client
+    that resets its connection costs no traceback (at most one line, for what is not a network error).
+
+    `refresh_s`: 0 (the default) answers scrapes from collections paced by the scrapes, S > 0 from one
+    every S seconds, None collects for each scrape (see Prerenderer)."""
+
+    WORKERS = 8
+    MAX_WAITING = 256
+    MAX_QUEUED = 64
+    request_queue_size = 128
+    """The listen backlog: a burst of connections waits in the kernel, not refused (5 by default)."""
 
     def __init__(
         self, address: tuple[str, int], collector: HostCollector, refresh_s: float | None = 0.0
     ) -> None:
         from prometheus_client.registry import CollectorRegistry
 
+        self.prerender = Prerenderer(collector, max(0.0, refresh_s or 0.0), always_fresh=refresh_s is None)
+        self._waiting: dict[socket.socket, tuple[Any, float, bytearray]] = {}
+        """Connections whose request's head has not fully arrived: (address, deadline, bytes so far)."""
+        self.heads: dict[socket.socket, bytes] = {}
+        """Whole request heads, for the handler about to answer them."""
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._closing = False
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._incoming: deque[tuple[socket.socket, Any]] = deque()
+        self._workers = ThreadPoolExecutor(self.WORKERS, thread_name_prefix="perftop-export-http")
+        self._noted: set[str] = set()
         self.address_family = _family(address[0])
-        super().__init__(address, _Handler)
+        super().__init__(address, _Handler)  # on failure, server_close() runs and the OSError propagates
         self.collector = collector
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(collector)
-        self.prerender = Prerenderer(collector, max(0.0, refresh_s)) if refresh_s is not None else None
-        if self.prerender is not None:
-            self.prerender.start()
+        self._waiter = threading.Thread(target=self._wait_loop, name="perftop-export-accept", daemon=True)
+        self._waiter.start()
+        self.prerender.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Hand the accepted connection to the selector thread; it dispatches it once it has a request."""
+        with self._lock:
+            self._incoming.append((request, client_address))
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+
+    def _wait_loop(self) -> None:
+        """The selector thread: it must outlive anything one connection does."""
+        while not self._closing:
+            try:
+                self._wait_once()
+            except Exception as exc:
+                self.note(f"the connection loop recovered from {type(exc).__name__}: {exc}")
+                time.sleep(0.1)
+
+    def _wait_once(self) -> None:
+        """Read what the readable connections sent, take in the new ones, close the silent ones."""
+        waiting = self._waiting
+        for key, _ in self._selector.select(timeout=1.0):
+            sock = key.fileobj
+            if sock is self._wake_r:
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(4096)
+                continue
+            assert isinstance(sock, socket.socket)
+            self._read_head(sock)
+        with self._lock:
+            incoming, self._incoming = self._incoming, deque()
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        for sock, address in incoming:
+            try:
+                sock.setblocking(False)
+                self._selector.register(sock, selectors.EVENT_READ)
+            except (OSError, ValueError):
+                self.shutdown_request(sock)
+                continue
+            waiting[sock] = (address, deadline, bytearray())
+        now = time.monotonic()
+        stale = [sock for sock, (_, due, _) in waiting.items() if due <= now]
+        stale += list(waiting)[: max(0, len(waiting) - len(stale) - self.MAX_WAITING)]
+        for sock in dict.fromkeys(stale):
+            self._drop(sock)
+
+    def _read_head(self, sock: socket.socket) -> None:
+        """Read what arrived of a request's head; dispatch it once whole (a GET has no body)."""
+        address, _, head = self._waiting[sock]
+        try:
+            data = sock.recv(MAX_HEAD_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        head += data
+        if not data or len(head) > MAX_HEAD_BYTES:
+            self._drop(sock)
+        elif b"\r\n\r\n" in head or b"\n\n" in head:
+            self._selector.unregister(sock)
+            del self._waiting[sock]
+            sock.setblocking(True)
+            self._dispatch(sock, address, bytes(head))
+
+    def _drop(self, sock: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(sock)
+        self._waiting.pop(sock, None)
+        self.shutdown_request(sock)
+
+    def _dispatch(self, sock: socket.socket, address: Any, head: bytes) -> None:
+        with self._lock:
+            full = self._queued >= self.MAX_QUEUED
+            if not full:
+                self._queued += 1
+        if full or self._closing:
+            self.shutdown_request(sock)
+            return
+        self._workers.submit(self._serve, sock, address, head)
+
+    def _serve(self, sock: socket.socket, address: Any, head: bytes) -> None:
+        try:
+            with self._lock:
+                self.heads[sock] = head
+            self.finish_request(sock, address)
+        except OSError:
+            pass  # a client that reset, went away or stalled: not worth a line
+        except Exception as exc:
+            self.note(f"a request from {address[0]} failed: {type(exc).__name__}: {exc}")
+        finally:
+            self.shutdown_request(sock)
+            with self._lock:
+                self.heads.pop(sock, None)
+                self._queued -= 1
+
+    def note(self, message: str) -> None:
+        """One line on stderr, once per distinct message (a client cannot flood the log)."""
+        with self._lock:
+            if message in self._noted or len(self._noted) >= 100:
+                return
+            self._noted.add(message)
+        _say(f"export: {message}")
 
     def server_close(self) -> None:
-        if self.prerender is not None:
-            self.prerender.stop()
+        self._closing = True
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        waiter = getattr(self, "_waiter", None)
+        if waiter is not None:
+            waiter.join(timeout=5)
+        for sock in list(self._waiting) + [sock for sock, _ in self._incoming]:
+            self.shutdown_request(sock)
+        self._waiting.clear()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        self.prerender.stop()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
         super().server_close()
 
 
 def _family(host: str) -> Any:
-    import socket
-
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
@@ -881,7 +1120,8 @@ def add_export_parser(sub: Any) -> None:
         default="auto",
         metavar="S",
         help="auto (default): collect ahead of each scrape, timed by the scrapes so far, and answer from "
-        "that; S seconds: collect in the background every S seconds; 0: collect on each scrape",
+        "that; S seconds: collect in the background every S seconds; 0: collect for each scrape (at most"
+        " once a second, shared by the scrapes that arrive meanwhile)",
     )
     p.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are (default as the agent's)")
 
@@ -908,13 +1148,12 @@ def run_export(args: argparse.Namespace) -> int:
         collector.close()
         return _fail(f"cannot listen on {args.listen}: {exc.strerror or exc}", 2)
     if not is_loopback(host):
-        sys.stderr.write(
-            f"perftop: warning: serving metrics on {host}, reachable from other machines"
-            " (metric names, command names and SQL fingerprints are visible to anyone who can connect)\n"
+        _say(
+            f"warning: serving metrics on {host}, reachable from other machines"
+            " (metric names, command names and SQL fingerprints are visible to anyone who can connect)"
         )
     bound = server.server_address
-    sys.stderr.write(f"perftop: exporting on http://{args.listen.rsplit(':', 1)[0]}:{bound[1]}/metrics\n")
-    sys.stderr.flush()
+    _say(f"exporting on http://{args.listen.rsplit(':', 1)[0]}:{bound[1]}/metrics")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -926,5 +1165,13 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"perftop: {message}\n")
+    _say(message)
     return code
+
+
+def _say(message: str) -> None:
+    """One `perftop: ` line on stderr, with any control character in it (paths, errors) escaped."""
+    from perftop.units import safe_text
+
+    sys.stderr.write(f"perftop: {safe_text(message, newlines=False)}\n")
+    sys.stderr.flush()

@@ -13,7 +13,7 @@ from perftop.collectors.model import ProcessSample, ProcessTree, SystemSample
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.system import SystemCollector
 from perftop.collectors.workers import TreeCollector
-from perftop.units import fmt_bytes, fmt_count, fmt_limit, fmt_ms, fmt_rate
+from perftop.units import fmt_bytes, fmt_count, fmt_limit, fmt_ms, fmt_rate, safe_text
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ def snapshot_json(snap: Snapshot) -> dict[str, Any]:
 
 
 def snapshot_text(snap: Snapshot) -> str:
-    """A short human-readable report of the same data."""
+    """A short human-readable report of the same data. App-chosen fields (names, paths) have their control
+    characters escaped, line feeds included, so that one cannot forge or disturb a line of the report."""
     s = snap.system
     lines = [
         f"host     cpu {s.cpu_percent:5.1f}%  load {' '.join(f'{x:.2f}' for x in s.load_avg)}"
@@ -83,7 +84,7 @@ def snapshot_text(snap: Snapshot) -> str:
     if p is not None:
         lines += [
             "",
-            f"process  {p.pid} {p.name} ({p.status}, user {p.username})",
+            f"process  {p.pid} {_one_line(p.name)} ({p.status}, user {_one_line(p.username)})",
             f"         cpu {p.cpu_percent:.1f}%  rss {fmt_bytes(p.rss_bytes)}  vms {fmt_bytes(p.vms_bytes)}"
             f"  threads {p.num_threads}  fds {fmt_count(p.num_fds)}"
             f"  connections {fmt_count(p.num_connections)}",
@@ -103,19 +104,24 @@ def snapshot_text(snap: Snapshot) -> str:
         if cg is not None:
             cpu = "unlimited" if cg.cpu_limit_cores is None else f"{cg.cpu_limit_cores:g} cores"
             lines.append(
-                f"  cgroup v{cg.version} {cg.path}: memory {fmt_bytes(cg.memory_used_bytes)} of "
+                f"  cgroup v{cg.version} {_one_line(cg.path)}: memory {fmt_bytes(cg.memory_used_bytes)} of "
                 f"{fmt_limit(cg.memory_limit_bytes, 'bytes')}, pids {fmt_count(cg.pids_current)} of "
                 f"{fmt_limit(cg.pids_limit, '')}, cpu {cpu}"
             )
     agent = snap.agent
     if agent is not None:
-        lines += ["", f"agent    {agent.describe()}"]
+        lines += ["", f"agent    {_one_line(agent.describe())}"]
         for name, row in sorted(agent.timings.items(), key=lambda kv: -kv[1]["count"]):
             lines.append(
-                f"  {name:<32} n={fmt_count(row['count'])} err={row['errors']} {row['rate_per_s']:.1f}/s"
-                f" p50={fmt_ms(row['p50_ms'])} p99={fmt_ms(row['p99_ms'])} max={fmt_ms(row['max_ms'])}"
+                f"  {_one_line(name):<32} n={fmt_count(row['count'])} err={row['errors']}"
+                f" {row['rate_per_s']:.1f}/s p50={fmt_ms(row['p50_ms'])} p99={fmt_ms(row['p99_ms'])}"
+                f" max={fmt_ms(row['max_ms'])}"
             )
     return "\n".join(lines)
+
+
+def _one_line(text: object) -> str:
+    return safe_text(text, newlines=False)
 
 
 def tree_lines(tree: ProcessTree) -> list[str]:
@@ -131,7 +137,7 @@ def tree_lines(tree: ProcessTree) -> list[str]:
         rate = "-" if w.requests_per_s is None else f"{w.requests_per_s:.1f}/s"
         gone = " (gone)" if w.gone else ""
         lines.append(
-            f"  worker {w.pid:>7} {w.name:<16} cpu {w.cpu_percent:5.1f}%  rss {fmt_bytes(w.rss_bytes)}"
-            f"  req {rate}  p99 {fmt_ms(w.p99_ms)}{gone}"
+            f"  worker {w.pid:>7} {_one_line(w.name):<16} cpu {w.cpu_percent:5.1f}%"
+            f"  rss {fmt_bytes(w.rss_bytes)}  req {rate}  p99 {fmt_ms(w.p99_ms)}{gone}"
         )
     return lines

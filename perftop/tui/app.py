@@ -44,6 +44,8 @@ W = TypeVar("W", bound=Widget)
 
 INTERVALS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """The refresh intervals `+` and `-` step through."""
+CHANGES_TARGET = frozenset({"gc", "memory"})
+"""Agent actions that change the attached process: refused in a read-only session."""
 
 
 class PerftopApp(App[int]):
@@ -57,7 +59,9 @@ class PerftopApp(App[int]):
         Binding("space", "toggle_pause", "Pause"),
         Binding("plus,equals_sign", "slower", "+Interval", key_display="+"),
         Binding("minus", "faster", "-Interval", key_display="-"),
-        Binding("escape", "detach", "Back", show=False, priority=True),
+        Binding("backspace,h", "detach", "Back"),
+        Binding("escape", "dismiss", "Close", show=False),
+        Binding("f10", "quit", "Quit", show=False),
         Binding("question_mark", "help", "Keys", key_display="?"),
         Binding("1", "tab('tab-process')", "Process tab", show=False),
         Binding("2", "tab('tab-timings')", "Timings tab", show=False),
@@ -82,8 +86,11 @@ class PerftopApp(App[int]):
         themes: dict[str, Theme] | None = None,
         start_sampler: bool = True,
         profile_seconds: float = 5.0,
+        read_only: bool = False,
     ) -> None:
         super().__init__()
+        self.read_only = read_only
+        """Refuse the actions that change the target (`perftop web` without --allow-actions)."""
         self.sources = sources
         self._initial_pid = pid
         self._theme_name = theme_name
@@ -176,6 +183,16 @@ class PerftopApp(App[int]):
 
     # -- requests to the agent -------------------------------------------------------------------------
 
+    def refuses(self, what: str) -> bool:
+        """True, with a notice saying why, where `what` changes the target and this session is read-only."""
+        if self.read_only:
+            self.notify(
+                f"{what} refused: this session is read-only (perftop web --allow-actions allows it)",
+                severity="warning",
+                markup=False,
+            )
+        return self.read_only
+
     def agent_call(
         self, method: str, params: dict[str, Any], reply_to: Widget, timeout: float = 30.0
     ) -> bool:
@@ -183,6 +200,11 @@ class PerftopApp(App[int]):
         `reply_to` as an AgentReply. False where nothing is attached."""
         pid = self.attached
         if pid is None:
+            return False
+        what = "EXPLAIN ANALYZE" if method == "explain" and params.get("analyze") else None
+        if method == "action" and params.get("name") in CHANGES_TARGET:
+            what = f"the {params['name']} action"
+        if what is not None and self.refuses(what):
             return False
         target = self.action_target or ActionTarget(pid, True)
 
@@ -241,8 +263,16 @@ class PerftopApp(App[int]):
         self.sampler.attach(pid)
         self._status()
 
+    def action_dismiss(self) -> None:
+        """Escape, once no overlay, filter or widget took it: close the notifications shown; it never
+        leaves the attached view (that was too easy to do by accident), Backspace or h does."""
+        if self.screen.query("Toast"):
+            self.clear_notifications()
+        elif self.attached is not None:
+            self.notify("Backspace or h: back to the process list", timeout=2)
+
     def action_detach(self) -> None:
-        """Escape: back to the process list."""
+        """Backspace or h: back to the process list."""
         if self.attached is None:
             return
         pid = self.attached
@@ -257,9 +287,8 @@ class PerftopApp(App[int]):
     # -- keys ------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Escape detaches only from the main screen while attached; otherwise it goes to the widgets."""
+        """Detaching is offered only from the main screen while attached, not while a filter is open."""
         if action == "detach":
-            # An open filter on screen takes Escape first (it clears the filter).
             filtering = any(bar.has_class("-open") and bar.is_on_screen for bar in self.query(FilterBar))
             return self.attached is not None and self.screen is self.screen_stack[0] and not filtering
         return True
@@ -360,6 +389,7 @@ class PerftopApp(App[int]):
             return
         where = "process list" if self.attached is None else f"attached to {self.attached}"
         state = " · [reverse] PAUSED [/reverse]" if self.paused else ""
+        state += " · read-only" if self.read_only else ""
         if self.recorder is not None:
             state += f" · ● REC {escape(str(self.recorder.path))}"
         self.query_one("#status", Label).update(

@@ -31,6 +31,7 @@ from perftop.collectors.agent_view import AgentView
 from perftop.collectors.errors import NoSuchProcessError
 from perftop.collectors.model import ProcessRow, ProcessSample, SystemSample
 from perftop.recording import (
+    MALFORMED,
     RecordingError,
     RecordingReader,
     agent_from_json,
@@ -103,7 +104,7 @@ def _converted(convert: Callable[[dict[str, Any]], T], doc: dict[str, Any]) -> T
     """`convert(doc)`, with a malformed interval reported as a RecordingError."""
     try:
         return convert(doc)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except MALFORMED as exc:
         raise RecordingError(f"a recorded interval is malformed ({exc!r})") from None
 
 

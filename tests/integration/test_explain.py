@@ -215,3 +215,57 @@ def test_mariadb_block_nested_loop(tmp_path: Path) -> None:
     found = {(x["kind"], x["table"], tuple(x["columns"])) for x in advise("mysql", plan, sql)}
     assert ("nested_loop", t, ("email",)) in found, (found, plan)
     assert ("missing_index", t, ("n",)) in found
+
+
+@DB
+def test_explain_runs_on_an_engine_that_ran_the_fingerprint(tmp_path: Path) -> None:
+    """One app, a PostgreSQL and a SQLite engine, one fingerprint on both: EXPLAIN runs where it succeeded
+    (not where it last ran and failed), and on the dialect asked for."""
+    from perftop.collectors.agent_view import call_agent
+    from tests.targets.secret_client import secret_app
+
+    pg_url = database_url("postgresql", tmp_path)
+    table = f"both_{new_suffix()}"
+    select = f"SELECT count(*) FROM {table} WHERE n = :n"
+    create = f"CREATE TABLE {table} (id INT PRIMARY KEY, n INT)"
+    with secret_app(pg_url, database_url("sqlite", tmp_path)) as app:
+        try:
+            app.sql(create, engine=0)
+            assert app.sql(select, {"n": 1}, engine=0, fetch=True) == [[0]]
+            failed = app.failing_sql(select, {"n": 1}, engine=1)  # SQLite has no such table (yet)
+            fp = f"SELECT count(*) FROM {table} WHERE n = ?"
+
+            def explain(**params: Any) -> dict[str, Any]:
+                result: dict[str, Any] = call_agent(
+                    app.pid, "explain", {"fingerprint": fp, **params}, app.socket_dir, 60.0
+                )
+                return result
+
+            after_failure = explain()
+            app.sql(create, engine=1)
+            assert app.sql(select, {"n": 1}, engine=1, fetch=True) == [[0]]
+            most_recent = explain()
+            asked = explain(dialect="postgresql")
+        finally:
+            app.sql(f"DROP TABLE IF EXISTS {table}", engine=0)
+
+    assert "no such table" in failed.message
+    assert after_failure["dialect"] == "postgresql" and after_failure["plan"][0]["Plan"]["Node Type"]
+    assert most_recent["dialect"] == "sqlite" and most_recent["plan"][0]["detail"].startswith("SCAN")
+    assert asked["dialect"] == "postgresql"
+
+
+def test_timeouts_must_be_positive_and_bounded(tmp_path: Path) -> None:
+    with running_app(database_url("sqlite", tmp_path)) as (app, suffix):
+        app.call("find_by_email", email="user5@example.com", times=1)
+        fp = _fingerprint(app, f"WHERE items_{suffix}.email = ?")
+        refused = []
+        for bad in (0, -1.0, 301.0, 1e300, True, "5"):
+            with pytest.raises(AppError) as failed:
+                app.call("explain", params={"fingerprint": fp, "timeout_s": bad})
+            refused.append(failed.value)
+        small = app.call("explain", params={"fingerprint": fp, "timeout_s": 0.0004})
+
+    for failed in refused:
+        assert failed.value_error and "timeout_s" in failed.message and "\n" not in failed.message
+    assert small["plan"][0]["detail"].startswith("SCAN")  # SQLite's plan takes no time: within any timeout

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from perftop import inject_loader
 from perftop.agent import paths
 from perftop.collectors.discovery import find_agent
 from perftop.inject import InjectError, inject
@@ -138,7 +139,7 @@ def assert_injected_and_survives(target: Target, sock_dir: str, version: str) ->
     assert not os.path.exists(path), "the injected agent left its socket behind"
 
 
-@pytest.mark.parametrize("mode", ["sleep", "busy", "stdin", "select"])
+@pytest.mark.parametrize("mode", ["sleep", "stdin", "select"])
 def test_inject_into_python_311(mode: str, targets: list[Target], tmp_path: Path, sock_dir: str) -> None:
     target = start(targets, sys.executable, mode, tmp_path)
     assert_injected_and_survives(target, sock_dir, "3.11")
@@ -166,18 +167,24 @@ def test_second_inject_returns_the_same_agent(targets: list[Target], tmp_path: P
 def test_no_gdb_on_path(
     targets: list[Target], tmp_path: Path, sock_dir: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    target = start(targets, sys.executable, "sleep", tmp_path)
+    # An idle target needs no gdb (pyinjector); a busy one does, and is refused untouched without it.
+    inject_loader.library()
+    idle = start(targets, sys.executable, "sleep", tmp_path)
+    busy = start(targets, sys.executable, "busy", tmp_path)
     empty = tmp_path / "empty-bin"
     empty.mkdir()
     monkeypatch.setenv("PATH", str(empty))
+    assert inject(idle.pid, sock_dir, timeout=60) == os.path.join(sock_dir, f"{idle.pid}.sock")
     with pytest.raises(InjectError) as info:
-        inject(target.pid, sock_dir)
+        inject(busy.pid, sock_dir, timeout=60)
     message = str(info.value)
-    assert "gdb is not installed" in message and "apt-get install gdb" in message
+    assert f"no safe way to inject into PID {busy.pid}" in message and "so it was not touched" in message
+    assert "gdb is not installed (apt-get install gdb)" in message
     assert "\n" not in message
     assert not info.value.bad_input
-    assert target.alive()
-    assert target.stop()[0] == 0
+    assert not os.path.exists(os.path.join(sock_dir, f"{busy.pid}.sock"))
+    assert idle.stop()[0] == 0
+    assert busy.stop() == (0, "bye\n", "")
 
 
 def test_not_a_python_process(tmp_path: Path, sock_dir: str) -> None:

@@ -1,5 +1,6 @@
 """`perftop web`: the TUI served by textual-serve, opened in a real headless Chromium (Debian's package,
-driven by Playwright without any browser download); the page shows the system pane's live text."""
+driven by Playwright without any browser download) at the URL with the token that `perftop web` prints; the
+page shows the system pane's live text."""
 
 from __future__ import annotations
 
@@ -88,15 +89,15 @@ def test_the_tui_opens_in_a_browser(stack: ExitStack) -> None:
     sync_playwright = browser_or_skip()
     port = free_port()
     server = stack.enter_context(Command("web", "--listen", f"127.0.0.1:{port}", group=True))
-    server.wait_line(rf"serving the TUI on http://127\.0\.0\.1:{port}")
-    wait_for(lambda: _answers(f"http://127.0.0.1:{port}/"), timeout=30, interval=0.1)
+    url = server.wait_line(rf"serving the TUI on (http://127\.0\.0\.1:{port}/\?token=[\w-]{{40,}}) ").group(1)
+    wait_for(lambda: _answers(url), timeout=30, interval=0.1)
     assert "warning" not in server.stderr
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
             page.route("**/static/js/textual.js", expose_terminal)
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(url)
             # The system pane's title, and its cpu line once the first sample has arrived.
             page.wait_for_function(
                 f"() => {{ const text = ({SCREEN_TEXT})(); return text.includes('system')"

@@ -1,8 +1,10 @@
 """Time from `inject()` to the injected agent answering a request, per CPython and target state.
 
 Run by hand: .venv/bin/python tests/perf/bench_inject.py [--runs N]. Goal (issue 6): within 2 s.
-Each run starts a fresh `python -S tests/targets/inj_target.py MODE` (sleeping in time.sleep, or busy in
-pure-Python arithmetic), injects, then times until an `info` request is answered; medians and maxima.
+Each run starts a fresh `python -S tests/targets/inj_idle.py MODE` (waiting in time.sleep, select,
+Event.wait or a read of stdin, or busy in pure-Python arithmetic), injects, then times until an `info`
+request is answered; medians and maxima, and the path taken (pyinjector when its library is mapped in the
+target, else gdb). The time includes the preflight on a throwaway process of the same interpreter.
 """
 
 from __future__ import annotations
@@ -24,47 +26,50 @@ sys.path.insert(0, str(REPO))
 from perftop.collectors.agent_client import AgentClient  # noqa: E402
 from perftop.inject import InjectError, inject  # noqa: E402
 
-TARGET = str(REPO / "tests" / "targets" / "inj_target.py")
+TARGET = str(REPO / "tests" / "targets" / "inj_idle.py")
+MODES = ("sleep", "select", "event", "stdin", "busy")
 GOAL_S = 2.0
 
 
 def interpreters() -> list[str]:
-    found = [sys.executable]
-    for minor in (10, 12, 13):
+    found = []
+    for minor in (10, 11, 12, 13):
         match = sorted(
             glob.glob(
                 f"{os.environ.get('PYENV_ROOT', '/root/.pyenv')}/versions/3.{minor}.*/bin/python3.{minor}"
             )
         )
         if match:
-            found.append(match[0])
-    return found
+            found.append(match[-1])
+    return found or [sys.executable]
 
 
-def one_run(exe: str, mode: str, sock_dir: str) -> float:
-    """Seconds from calling inject() to the agent's answer to `info` (infinity if inject() failed)."""
-    stop = os.path.join(sock_dir, f"stop-{os.getpid()}")
+def one_run(exe: str, mode: str, sock_dir: str) -> tuple[float, str]:
+    """Seconds from calling inject() to the agent's answer to `info` (infinity if inject() failed), and
+    the path taken."""
     proc = subprocess.Popen(
-        [exe, "-S", TARGET, mode, stop], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True, cwd="/"
+        [exe, "-S", TARGET, mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/"
     )
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stdin is not None
         pid = int(proc.stdout.readline())
         proc.stdout.readline()
+        time.sleep(0.1)
         t0 = time.perf_counter()
         try:
             path = inject(pid, sock_dir)
         except InjectError as exc:
             sys.stderr.write(f"  failed: {exc}\n")
-            return float("inf")
+            return float("inf"), "failed"
         with AgentClient(path) as client:
             client.call("info")
         elapsed = time.perf_counter() - t0
-        Path(stop).touch()
+        used = "pyinjector" if "perftop-agent-loader" in Path(f"/proc/{pid}/maps").read_text() else "gdb"
+        proc.stdin.write("stop\n")
+        proc.stdin.flush()
         if proc.wait(30) != 0:
             raise RuntimeError(f"target {pid} did not exit normally")
-        os.unlink(stop)
-        return elapsed
+        return elapsed, used
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -84,12 +89,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 text=True,
                 check=True,
             ).stdout.strip()
-            for mode in ("sleep", "busy"):
-                times = [one_run(exe, mode, sock_dir) for _ in range(args.runs)]
+            for mode in MODES:
+                runs = [one_run(exe, mode, sock_dir) for _ in range(args.runs)]
+                times = [t for t, _ in runs]
+                paths = sorted({p for _, p in runs})
                 worst = max(worst, max(times))
                 sys.stdout.write(
                     f"CPython {version:<8} {mode:<6} median {statistics.median(times) * 1000:7.0f} ms"
-                    f"   max {max(times) * 1000:7.0f} ms   ({args.runs} runs)\n"
+                    f"   max {max(times) * 1000:7.0f} ms   ({args.runs} runs, {'+'.join(paths)})\n"
                 )
     verdict = "OK" if worst <= GOAL_S else "OVER"
     sys.stdout.write(

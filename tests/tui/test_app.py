@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from textual.widgets import ContentSwitcher, DataTable, Label, TabbedContent
+from textual.widgets import ContentSwitcher, DataTable, Label, Static, TabbedContent
 
 from perftop.themes import resolve_theme
 from perftop.tui.app import PerftopApp
@@ -15,7 +17,7 @@ from perftop.tui.panes.system import SystemPane
 from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.widgets.bar import UsageBar
 from perftop.tui.widgets.confirm import Confirm
-from tests.tui.fixed import FixedSources
+from tests.tui.fixed import EXPLAIN_RESULT, FixedSources
 from tests.tui.waiting import wait_for
 
 
@@ -56,9 +58,9 @@ async def test_filter_by_name_and_cmdline_then_escape_clears() -> None:
         assert app.attached is None  # escape in the list does not leave the app
 
 
-async def test_enter_attaches_and_escape_detaches() -> None:
+async def test_enter_attaches_and_backspace_detaches() -> None:
     app, _ = make_app()
-    async with app.run_test(size=(120, 40)) as pilot:
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:
         plist = app.query_one(ProcessListPane)
         await wait_for(pilot, lambda: plist.shown_pids)
         await pilot.press("down")  # second row: postgres, 101
@@ -69,7 +71,14 @@ async def test_enter_attaches_and_escape_detaches() -> None:
         await wait_for(pilot, lambda: pane.sample is not None and pane.sample.pid == 101)
         await wait_for(pilot, lambda: pane.query("#limit-nofile"))
         assert "870" in str(pane.query_one("#limit-nofile .values").render())
+        app.notify("a notification over the attached view")
+        await pilot.pause()
+        assert app.screen.query("Toast")
+        await pilot.press("escape")  # closes the notification, never the attached view
+        await wait_for(pilot, lambda: not app.screen.query("Toast"))
         await pilot.press("escape")
+        assert app.attached == 101
+        await pilot.press("backspace")
         assert app.attached is None
         assert app.query_one("#main", ContentSwitcher).current == "list"
         assert plist.selected_pid == 101
@@ -108,7 +117,7 @@ async def test_process_exit_keeps_last_values() -> None:
         assert "exited" in str(pane.query_one("#gone").render())
         assert pane.sample is not None and pane.sample.pid == 202  # last values kept
         assert "python3" in str(pane.query_one("#head").render())
-        await pilot.press("escape")  # and the app still works
+        await pilot.press("h")  # and the app still works
         assert app.attached is None
 
 
@@ -138,6 +147,8 @@ async def test_timings_pane_window_sort_and_detail() -> None:
         assert next(r["name"] for r in pane.rows()) == "checkout"  # highest p99 first
         await pilot.press("w")
         assert app.sampler.window == 10.0
+        assert "window 10 s" in str(pane.border_title)
+        assert "window 10 s" in str(app.query_one(QueriesPane).border_title)  # w changes every pane
         await pilot.press("o")
         assert pane.sort == "p999_ms"
         await pilot.press("enter")
@@ -183,6 +194,12 @@ async def test_queries_pane_sorted_by_total_with_n_plus_one_and_explain() -> Non
         assert "full scan of orders filtered on status" in str(app.screen.query_one("#advice-0").render())
         texts = [str(label.render()) for label in app.screen.query(Label)]
         assert any("CREATE INDEX ix_orders_status ON orders (status)" in t for t in texts)
+        plan = app.screen.query_one("#plan", Static)
+        assert str(plan.render()).splitlines() == ["SCAN orders", "     ! full table scan"]
+        await pilot.press("r")  # the plan as the database returned it
+        assert json.loads(str(plan.render())) == EXPLAIN_RESULT["plan"]
+        await pilot.press("r")
+        assert str(plan.render()).startswith("SCAN orders")
         await pilot.press("escape")
         await wait_for(pilot, lambda: not isinstance(app.screen, ExplainView))
         # ANALYZE asks first; declining sends nothing

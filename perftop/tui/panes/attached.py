@@ -5,12 +5,12 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import TabbedContent, TabPane
+from textual.widgets import TabbedContent, TabPane, Tabs
 
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.queries import QueriesPane
-from perftop.tui.panes.timings import TimingsPane
+from perftop.tui.panes.timings import WINDOWS, TimingsPane
 from perftop.tui.widgets.confirm import Confirm
 from perftop.tui.widgets.target import ActionTarget, TargetPicker
 
@@ -27,6 +27,7 @@ class AttachedView(Vertical):
         Binding("g", "run('gc')", "Force GC"),
         Binding("t", "run('threads')", "Threads"),
         Binding("i", "inject", "Inject agent", show=False),
+        Binding("w", "cycle_window", "Window"),
     ]
 
     def __init__(self, *, id: str | None = None, profile_seconds: float = 5.0) -> None:
@@ -49,9 +50,9 @@ class AttachedView(Vertical):
         from perftop.tui.app import PerftopApp
 
         app = self.app
-        pid = app.attached if isinstance(app, PerftopApp) else None
-        if pid is None:
+        if not isinstance(app, PerftopApp) or app.attached is None or app.refuses("injecting an agent"):
             return
+        pid = app.attached
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -62,9 +63,10 @@ class AttachedView(Vertical):
 
         app.push_screen(
             Confirm(
-                f"Start perftop's agent inside PID {pid}?\n\nIt attaches with gdb (Python 3.10-3.13) or "
-                "sys.remote_exec (3.14+) for a moment, runs a few lines of Python in the process, and leaves "
-                "a daemon thread serving a Unix socket. The process keeps running."
+                f"Start perftop's agent inside PID {pid}?\n\nIt first tries the method on a throwaway copy "
+                "of the process's interpreter, then attaches for a moment (pyinjector, or gdb for a busy "
+                "process, on Python 3.10-3.13; sys.remote_exec on 3.14+), runs a few lines of Python in "
+                "the process and leaves a daemon thread serving a Unix socket. The process keeps running."
             ),
             answered,
         )
@@ -82,12 +84,23 @@ class AttachedView(Vertical):
         else:
             self.app.call_from_thread(self.notify, f"agent started in PID {pid} ({path})", markup=False)
 
+    def action_cycle_window(self) -> None:
+        """`w` on any tab: the next window for the timings and the queries both, said in a notification."""
+        timings = self.query_one(TimingsPane)
+        timings.action_cycle_window()
+        label = WINDOWS[timings.window_index][1]
+        self.query_one(QueriesPane).window_label = label
+        self.notify(f"window: {label} (timings and queries)", timeout=2)
+
     def action_run(self, name: str) -> None:
         """Start an action in the attached process and show the Actions tab. Attached to a parent whose
         workers run agents, first ask where: all workers (the default), one, or the parent itself."""
         from perftop.tui.app import PerftopApp
 
+        titles = {"gc": "forced GC", "memory": "memory tracing", "memory_stop": "memory tracing"}
         app = self.app
+        if name in titles and isinstance(app, PerftopApp) and app.refuses(titles[name]):
+            return
         process = self.query_one(ProcessPane)
         tree = process.sample.tree if process.sample is not None else None
         workers = [w for w in tree.workers if w.has_agent and not w.gone] if tree is not None else []
@@ -116,4 +129,8 @@ class AttachedView(Vertical):
         params = extra.get(name, {})
         action = "memory" if name == "memory_stop" else name
         if pane.start(action, params):
-            self.query_one(TabbedContent).active = "tab-actions"
+            tabs = self.query_one(TabbedContent)
+            tabs.active = "tab-actions"
+            # The focused widget was in the tab now hidden: keep focus (and so the keys) in this view.
+            target = next((w for w in pane.query("*") if w.focusable and w.display), None)
+            (target or tabs.query_one(Tabs)).focus()

@@ -11,11 +11,14 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.content import Content
 from textual.markup import escape
 from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Static
 
+from perftop.render.plan import NO_ADVICE, NO_ADVICE_BUT_WARNINGS, plan_lines
+from perftop.render.sql import compact_sql
 from perftop.tui.messages import AgentReply
 from perftop.tui.panes import CELL_PAD, FRAME
 from perftop.tui.widgets.confirm import Confirm
@@ -41,6 +44,9 @@ NOT_INSTRUMENTED = (
     "or run it under perftop, which does it for every engine:  perftop run -- python app.py"
 )
 
+
+TIME_MEANING = "app time: execute until rows fetched or closed, round trip included; not server time"
+"""What every time in this pane is (the agent's SQL hook measures it in the app, see its docstring)."""
 
 FINGERPRINT_MIN = 30
 SLOW_FIXED = (("ms", 8), ("ago", 6))
@@ -80,11 +86,12 @@ class ExplainView(ModalScreen[None]):
     ExplainView #plan { height: 1fr; overflow-y: auto; }
     """
 
-    BINDINGS = [Binding("escape,q", "close", "Close")]
+    BINDINGS = [Binding("escape,q", "close", "Close"), Binding("r", "raw", "Raw plan")]
 
     def __init__(self, result: dict[str, Any]) -> None:
         super().__init__()
         self.result = result
+        self.raw = False
 
     def compose(self) -> ComposeResult:
         r = self.result
@@ -95,7 +102,8 @@ class ExplainView(ModalScreen[None]):
             yield Label(str(r.get("statement") or r.get("fingerprint")), markup=False)
             yield Label(f"advice ({len(advice)})", classes="section")
             if not advice:
-                yield Label("nothing to suggest: the plan uses indexes where it filters")
+                warned = any(line.warn for line in plan_lines(str(r.get("dialect")), r.get("plan")))
+                yield Label(NO_ADVICE_BUT_WARNINGS if warned else NO_ADVICE)
             for item in advice:
                 yield Label(
                     f"• {item.get('message')}",
@@ -105,14 +113,41 @@ class ExplainView(ModalScreen[None]):
                 )
                 if item.get("sql"):
                     yield Label(f"    {item['sql']}", markup=False)
-            yield Label("plan", classes="section")
-            plan = r.get("plan")
-            yield Static(
-                plan if isinstance(plan, str) else json.dumps(plan, indent=2), id="plan", markup=False
-            )
+            yield Label("plan (r: raw)", classes="section", id="plan-title")
+            yield Static(plan_content(str(r.get("dialect")), r.get("plan")), id="plan")
+
+    def action_raw(self) -> None:
+        """`r`: the plan as the database returned it, or back to the tree."""
+        self.raw = not self.raw
+        plan = self.query_one("#plan", Static)
+        if self.raw:
+            raw = self.result.get("plan")
+            plan.update(Content(raw if isinstance(raw, str) else json.dumps(raw, indent=2)))
+        else:
+            plan.update(plan_content(str(self.result.get("dialect")), self.result.get("plan")))
+        self.query_one("#plan-title", Label).update("plan, raw (r: tree)" if self.raw else "plan (r: raw)")
 
     def action_close(self) -> None:
         self.dismiss(None)
+
+
+def plan_content(dialect: str, plan: Any) -> Content:
+    """The plan as an indented tree: the costly nodes in the theme's error colour with their share of the
+    time, conditions and figures dimmed beneath, warnings in the warning colour. App text stays plain."""
+    parts: list[Content] = []
+    for line in plan_lines(dialect, plan):
+        indent = "  " * line.depth + ("-> " if line.depth else "")
+        share = f"  {line.share:.0%}" if line.share is not None and line.share >= 0.05 else ""
+        style = "bold $error" if line.hot else "bold"
+        parts.append(
+            Content.from_markup(
+                f"$indent[{style}]$text[/][$accent]$share[/]", indent=indent, text=line.text, share=share
+            )
+        )
+        pad = "  " * line.depth + "     "
+        parts.extend(Content.from_markup("$pad[$text-muted]$d[/]", pad=pad, d=d) for d in line.details)
+        parts.extend(Content.from_markup("$pad[$warning]! $w[/]", pad=pad, w=w) for w in line.warn)
+    return Content("\n").join(parts)
 
 
 class QueriesPane(Vertical, can_focus=True):
@@ -140,6 +175,8 @@ class QueriesPane(Vertical, can_focus=True):
 
     sort: reactive[str] = reactive("total_ms")
     """Row key the fingerprints are sorted by (descending)."""
+    window_label: reactive[str] = reactive("since start")
+    """The window the agent's figures cover (the timings pane's, changed by `w` on any tab)."""
     filter_text: reactive[str] = reactive("")
     """Substring the fingerprints must contain."""
 
@@ -152,6 +189,9 @@ class QueriesPane(Vertical, can_focus=True):
         self.last_explain: dict[str, Any] | None = None
         self._help = Static(NOT_INSTRUMENTED, id="queries-help", markup=False)
         self._table: DataTable[Text] = DataTable(cursor_type="row", zebra_stripes=True, id="query-table")
+        self._table.tooltip = (
+            f"times ({', '.join(h for h, k, _ in COLUMNS if k.endswith('_ms'))}): {TIME_MEANING}"
+        )
         self._input = FilterBar("filter fingerprints; Enter keeps it, Escape clears it", self._table)
         self._selected = Static("", id="selected")
         self._slow: DataTable[Text] = DataTable(cursor_type="row", id="slow-table")
@@ -159,6 +199,7 @@ class QueriesPane(Vertical, can_focus=True):
         self._now = 0.0
         self._stale = False
         self._fp_width = 0
+        self._slow_fp_width = 0
 
     def compose(self) -> ComposeResult:
         self._lay_out(80)
@@ -166,7 +207,7 @@ class QueriesPane(Vertical, can_focus=True):
         yield self._input
         yield self._table
         yield self._selected
-        yield Label("slowest recent executions", classes="section", id="slow-title")
+        yield Label(f"slowest recent executions · {TIME_MEANING}", classes="section", id="slow-title")
         yield self._slow
         yield self._pool
 
@@ -188,10 +229,11 @@ class QueriesPane(Vertical, can_focus=True):
         for header, key, w in COLUMNS:
             self._table.add_column(header, key=key, width=fp_width if key == "fingerprint" else w)
         rest = max(40, width - FRAME - sum(w + CELL_PAD for _, w in SLOW_FIXED) - 2 * CELL_PAD)
+        self._slow_fp_width = rest * 11 // 20
         self._slow.clear(columns=True)
         for header, w in (
             *SLOW_FIXED,
-            ("fingerprint", rest * 11 // 20),
+            ("fingerprint", self._slow_fp_width),
             ("call site", rest - rest * 11 // 20),
         ):
             self._slow.add_column(header, width=w)
@@ -237,7 +279,7 @@ class QueriesPane(Vertical, can_focus=True):
             self._slow.add_row(
                 Text(f"{slow.get('duration_ms', 0):.1f}"),
                 Text(f"{max(0.0, now - float(slow.get('at') or now)):.0f}s"),
-                Text(str(slow.get("fingerprint"))),
+                Text(compact_sql(str(slow.get("fingerprint")), self._slow_fp_width)),
                 Text(
                     ("ERROR " + str(slow["error"]) + " " if slow.get("error") else "")
                     + site_text(slow.get("call_site"), short=True)
@@ -272,7 +314,7 @@ class QueriesPane(Vertical, can_focus=True):
             fp = str(q.get("fingerprint"))
             width = self._fp_width
             cells = (
-                fp if len(fp) <= width else fp[: width - 1] + "…",
+                compact_sql(fp, width),
                 fmt_count(q.get("count")),
                 fmt_ms(q.get("total_ms")),
                 f"{q.get('share_percent', 0):.0f}%",
@@ -292,7 +334,14 @@ class QueriesPane(Vertical, can_focus=True):
         n = len(self.stats.get("queries", [])) if self.stats else 0
         threshold = self.stats.get("slow_ms") if self.stats else None
         slow = f" · slow ≥ {threshold:g}ms" if threshold is not None else ""
-        self.border_title = f"queries ({n} fingerprints) · sort {self.sort.removesuffix('_ms')}{slow}"
+        self.border_title = (
+            f"queries ({n} fingerprints) · window {self.window_label} · sort "
+            f"{self.sort.removesuffix('_ms')}{slow}"
+        )
+
+    def watch_window_label(self) -> None:
+        if self.is_mounted:
+            self._title()
 
     @property
     def selected_fingerprint(self) -> str | None:
@@ -357,6 +406,10 @@ class QueriesPane(Vertical, can_focus=True):
             return
         if not analyze:
             self._explain(fp, False)
+            return
+        from perftop.tui.app import PerftopApp
+
+        if isinstance(self.app, PerftopApp) and self.app.refuses("EXPLAIN ANALYZE"):
             return
 
         def answered(yes: bool | None) -> None:

@@ -114,7 +114,6 @@ class TimingsPane(Vertical, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("w", "cycle_window", "Window"),
         Binding("o", "cycle_sort", "Sort col"),
         Binding("enter", "detail", "Detail"),
         Binding("b", "breakdown", "Per worker"),
@@ -123,9 +122,10 @@ class TimingsPane(Vertical, can_focus=True):
     class WindowChanged(Message):
         """The user picked another window; the sampler should ask the agent for it."""
 
-        def __init__(self, window: float | None) -> None:
+        def __init__(self, window: float | None, label: str) -> None:
             super().__init__()
             self.window = window
+            self.label = label
 
     window_index: reactive[int] = reactive(0)
     """Index into WINDOWS."""
@@ -303,7 +303,7 @@ class TimingsPane(Vertical, can_focus=True):
     def watch_window_index(self, index: int) -> None:
         self._trends.clear()
         self._p50.clear()
-        self.post_message(self.WindowChanged(WINDOWS[index][0]))
+        self.post_message(self.WindowChanged(WINDOWS[index][0], WINDOWS[index][1]))
         if self.is_mounted:
             self._title()
 
@@ -317,6 +317,7 @@ class TimingsPane(Vertical, can_focus=True):
             self._refresh_table()
 
     def action_cycle_window(self) -> None:
+        """The next window, for the timings and queries panes both (`w` on the attached view)."""
         self.window_index = (self.window_index + 1) % len(WINDOWS)
 
     def action_cycle_sort(self) -> None:

@@ -1,0 +1,219 @@
+"""Zero-code request timing: wraps the web frameworks' application classes when a program imports them.
+
+`perftop run` puts a post-import hook in the program (see `perftop/_bootstrap/sitecustomize.py`); when the
+program imports one of `HOOKS`' modules, `instrument_module` patches that framework's application class
+so that every request is timed exactly as `perftop.wsgi.Middleware` / `perftop.asgi.Middleware` would
+(one timing per route template, status classes, errors), with no change to the app. That is how the
+established instrumenters (opentelemetry-instrument, ddtrace-run) do it: patching the framework, not the
+server, covers every server (gunicorn, uvicorn, hypercorn, waitress, `flask run`, `runserver`).
+
+The route template is read while the request is live, from the framework's own router, and left in the
+WSGI environ or ASGI scope under `ROUTE_KEY`, where the middleware reads it when the request ends (Flask
+clears its request from the environ before the response body is closed, so reading it then fails). Every
+wrapper is idempotent: the outermost one marks the request (`TIMED_KEY`) and the inner ones (an app that
+also wraps itself in the middleware, a mounted sub-application) pass it through untimed.
+
+Standard library only; the frameworks are reached through the modules handed in, never imported here.
+A failure is logged once and never reaches the app.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from perftop.agent.recorder import log_once
+
+__all__ = ["HOOKS", "ROUTE_KEY", "TIMED_KEY", "django_template", "instrument_module"]
+
+ROUTE_KEY = "perftop.route"
+"""Where a framework hook leaves the route template of a live request (WSGI environ, ASGI scope)."""
+TIMED_KEY = "perftop.timed"
+"""Set on a request by the outermost timing wrapper; inner ones pass the request through."""
+
+_PATCHED = "_perftop_patched"
+_RE_GROUP = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>(?:[^()]|\([^()]*\))*\)")
+_DJANGO_VAR = re.compile(r"<(?:[^<>:]+:)?([A-Za-z_][A-Za-z0-9_]*)>")
+
+
+def django_template(route: str) -> str:
+    """A Django `ResolverMatch.route` as a template: `user/<str:username>/` -> `/user/{username}/`;
+    a regex route (`^articles/(?P<year>[0-9]{4})/$`) with its named groups as `{year}`."""
+    if "(?P<" in route or route.startswith("^") or route.endswith("$"):
+        text = _RE_GROUP.sub(lambda m: "{" + m.group(1) + "}", route).replace("^", "").replace("$", "")
+        text = text.replace("\\", "")
+    else:
+        text = _DJANGO_VAR.sub(lambda m: "{" + m.group(1) + "}", route)
+    return text if text.startswith("/") else "/" + text
+
+
+def _patch(cls: Any, name: str, make: Callable[[Any], Any]) -> None:
+    """Replace `cls.name` by `make(original)`, once (a second import hook or a reload changes nothing)."""
+    original = cls.__dict__.get(name)
+    if original is None or getattr(original, _PATCHED, False):
+        return
+    wrapper = make(original)
+    setattr(wrapper, _PATCHED, True)
+    setattr(wrapper, "__wrapped__", original)  # noqa: B010 - functools.wraps would copy too much
+    setattr(cls, name, wrapper)
+
+
+def _wsgi_class(cls: Any) -> None:
+    """Time every request a WSGI application class answers (its `__call__`)."""
+    from perftop import wsgi
+
+    def make(original: Any) -> Any:
+        def __call__(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
+            return wsgi.timed(wsgi.ZERO_CODE_ROUTES, original, self, environ, start_response)
+
+        return __call__
+
+    _patch(cls, "__call__", make)
+
+
+def _asgi_class(cls: Any) -> None:
+    """Time every HTTP request an ASGI application class answers (its `__call__`)."""
+    from perftop import asgi
+
+    def make(original: Any) -> Any:
+        async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
+            await asgi.timed(asgi.ZERO_CODE_ROUTES, original, self, scope, receive, send)
+
+        return __call__
+
+    _patch(cls, "__call__", make)
+
+
+def _flask(module: ModuleType) -> None:
+    _wsgi_class(module.Flask)
+    hook_flask_routes(module)
+
+
+def hook_flask_routes(module: ModuleType) -> None:
+    """Note each Flask request's URL rule when the request starts (Flask's `request_started` signal)."""
+    signal = getattr(module, "request_started", None)
+    if signal is None or getattr(module, "_perftop_routes", False):
+        return
+    request = module.request
+    from perftop.wsgi import werkzeug_template
+
+    def started(sender: Any, **extra: Any) -> None:
+        try:
+            rule = request.url_rule
+            if rule is not None:
+                request.environ[ROUTE_KEY] = werkzeug_template(rule.rule)
+        except Exception as exc:
+            log_once("flask-route", "could not read a Flask request's URL rule", exc=exc)
+
+    signal.connect(started, weak=False)
+    module._perftop_routes = True  # type: ignore[attr-defined]
+
+
+def _django_base(module: ModuleType) -> None:
+    """Note each Django request's resolved route (`resolve_request`, Django 3.1+)."""
+
+    def make(original: Any) -> Any:
+        def resolve_request(self: Any, request: Any) -> Any:
+            match = original(self, request)
+            try:
+                route = getattr(match, "route", None)
+                template = django_template(route) if route else None
+                if template is None and getattr(match, "view_name", None):
+                    template = "{view:" + str(match.view_name) + "}"
+                if template is not None:
+                    target = getattr(request, "scope", None)
+                    if not isinstance(target, dict):
+                        target = request.META
+                    target[ROUTE_KEY] = template
+            except Exception as exc:
+                log_once("django-route", "could not read a Django request's route", exc=exc)
+            return match
+
+        return resolve_request
+
+    _patch(module.BaseHandler, "resolve_request", make)
+
+
+def _django_wsgi(module: ModuleType) -> None:
+    _wsgi_class(module.WSGIHandler)
+
+
+def _django_asgi(module: ModuleType) -> None:
+    _asgi_class(module.ASGIHandler)
+
+
+def _starlette(module: ModuleType) -> None:
+    _asgi_class(module.Starlette)
+
+
+def _bottle(module: ModuleType) -> None:
+    _wsgi_class(module.Bottle)
+
+
+def _pyramid(module: ModuleType) -> None:
+    """Pyramid's Router: timed, and each request's matched route pattern noted once it is routed."""
+    router = module.Router
+    _wsgi_class(router)
+
+    def make(original: Any) -> Any:
+        def handle_request(self: Any, request: Any) -> Any:
+            try:
+                return original(self, request)
+            finally:
+                try:
+                    pattern = getattr(getattr(request, "matched_route", None), "pattern", None)
+                    if isinstance(pattern, str) and pattern:
+                        request.environ[ROUTE_KEY] = pattern if pattern.startswith("/") else "/" + pattern
+                except Exception as exc:
+                    log_once("pyramid-route", "could not read a Pyramid request's route", exc=exc)
+
+        return handle_request
+
+    _patch(router, "handle_request", make)
+
+
+def _falcon(module: ModuleType) -> None:
+    """Falcon's WSGI App: timed, and each request's `uri_template` noted when its responder is found."""
+    app = module.App
+    _wsgi_class(app)
+
+    def make(original: Any) -> Any:
+        def _get_responder(self: Any, req: Any) -> Any:
+            found = original(self, req)
+            try:
+                template = found[3] if isinstance(found, tuple) and len(found) >= 4 else None
+                if isinstance(template, str) and template:
+                    req.env[ROUTE_KEY] = template
+            except Exception as exc:
+                log_once("falcon-route", "could not read a Falcon request's URI template", exc=exc)
+            return found
+
+        return _get_responder
+
+    _patch(app, "_get_responder", make)
+
+
+HOOKS: dict[str, Callable[[ModuleType], None]] = {
+    "flask": _flask,
+    "django.core.handlers.base": _django_base,
+    "django.core.handlers.wsgi": _django_wsgi,
+    "django.core.handlers.asgi": _django_asgi,
+    "starlette.applications": _starlette,
+    "bottle": _bottle,
+    "pyramid.router": _pyramid,
+    "falcon.app": _falcon,
+}
+"""Module name -> what to patch once the program has imported it."""
+
+
+def instrument_module(name: str, module: ModuleType) -> None:
+    """Patch the framework that `module` (just imported as `name`) belongs to. Never raises."""
+    hook = HOOKS.get(name)
+    if hook is None:
+        return
+    try:
+        hook(module)
+    except Exception as exc:
+        log_once(f"framework-{name}", f"could not instrument {name} for request timing", exc=exc)

@@ -1,0 +1,1 @@
+"""Real web apps (Flask, Django, FastAPI, Bottle) for the zero-code request-timing tests."""
