@@ -86,6 +86,15 @@ def profile_text(r: dict[str, Any], limit: int = 20) -> str:
         lines.append(f"{100 * ln.get('samples', 0) / total:6.1f}%  {_site(ln.get('file'), ln.get('line'))}")
     if threads:
         lines += ["", "threads: " + ", ".join(f"{t.get('name')} {t.get('samples')}" for t in threads)]
+    sampler = r.get("sampler")
+    if sampler:
+        how = f"sampler: {sampler}"
+        if r.get("main_thread_sampling"):
+            how += f" (main thread: {r['main_thread_sampling']})"
+        lines += ["", how]
+    for note in [r.get("sampler_note"), r.get("main_thread_note"), *(r.get("notes") or [])]:
+        if note:
+            lines.append(f"note: {note}")
     return "\n".join(lines)
 
 

@@ -166,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--threads", help="profile: all (default), main, or a thread name or ident")
     act.add_argument("--include-idle", action="store_true", help="profile: count waiting threads too")
     act.add_argument(
+        "--sampler",
+        choices=("auto", "in-process", "py-spy"),
+        default="auto",
+        help="profile: py-spy (from outside, needs ptrace), in-process (the agent), or auto (default: py-spy "
+        "where it is installed and allowed, else in-process)",
+    )
+    act.add_argument(
         "-o",
         "--output",
         metavar="FILE",
@@ -176,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     act.add_argument("--top", type=_whole(1, 1000), help="memory/profile_exact: how many sites to list")
     act.add_argument("--stop", action="store_true", help="memory: stop tracing and free its memory")
+    act.add_argument(
+        "--max-blocks",
+        type=_whole(1, 100_000_000),
+        help="memory: snapshot even above this many traced blocks (default 200000; larger stalls the app)",
+    )
+    act.add_argument(
+        "--keep",
+        type=_whole(10, 86_400),
+        metavar="S",
+        help="memory: tracing stops by itself S seconds after the last memory action (default 600)",
+    )
     act.add_argument("--generation", type=int, choices=(0, 1, 2), help="gc: up to this generation")
     act.add_argument("--count-objects", action="store_true", help="gc: count tracked objects (slow)")
     act.add_argument("--fingerprint", help="explain: the query fingerprint (from the queries list)")
@@ -261,6 +279,8 @@ def _action_params(args: argparse.Namespace) -> dict[str, object]:
         "threads": args.threads,
         "include_idle": args.include_idle or None,
         "frames": args.frames,
+        "max_blocks": args.max_blocks,
+        "keep_s": args.keep,
         "top": args.top,
         "stop": args.stop or None,
         "generation": args.generation,
@@ -288,7 +308,18 @@ def _run_action(args: argparse.Namespace) -> int:
     if targets != [args.act_pid]:
         return _fan_out_action(args, targets, method, params, timeout)
     try:
-        result = call_agent(args.act_pid, method, params, args.socket_dir, timeout)
+        if args.action == "profile":
+            from perftop.collectors.pyspy import PySpyError, run_profile
+
+            def agent(p: dict[str, object]) -> object:
+                return call_agent(args.act_pid, method, p, args.socket_dir, timeout)
+
+            try:
+                result = run_profile(args.act_pid, params, args.sampler, agent)
+            except PySpyError as exc:
+                raise Failure(str(exc)) from None
+        else:
+            result = call_agent(args.act_pid, method, params, args.socket_dir, timeout)
     except RequestFailed as exc:
         raise Failure(f"{args.action} failed in PID {args.act_pid}: {exc}") from None
     except AgentError as exc:
@@ -335,6 +366,13 @@ def _fan_out_action(
     from perftop.collectors.workers import fan_out, merge_action, worker_figures
 
     def call(pid: int) -> object:
+        if args.action == "profile":
+            from perftop.collectors.pyspy import run_profile
+
+            def agent(p: dict[str, object]) -> object:
+                return call_agent(pid, method, p, args.socket_dir, timeout)
+
+            return run_profile(pid, params, args.sampler, agent)
         return call_agent(pid, method, params, args.socket_dir, timeout)
 
     if args.action == "explain":
@@ -362,13 +400,13 @@ def _fan_out_action(
     if args.output and args.action == "profile":
         _save_profile(merged, args.output)
     if args.json:
-        import json
+        from perftop.units import safe_json
 
         doc = {"threads": merged} if isinstance(merged, list) else dict(merged)
         doc["per_pid"] = {str(pid): results[pid] for pid in sorted(results)}
         if errors:
             doc["errors"] = {str(pid): errors[pid] for pid in sorted(errors)}
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        sys.stdout.write(safe_json(doc) + "\n")
         return EXIT_OK
     pids = sorted(results)
     if args.action == "profile":

@@ -167,7 +167,8 @@ def _profile(params: dict[str, Any], cancel: threading.Event) -> Any:
     hz = _number(params, "hz", 100.0, 1.0, MAX_HZ)
     selection = _thread_filter(params)
     include_idle = _bool(params, "include_idle", False)
-    return profiler.sample_profile(seconds, hz, cancel, selection, include_idle)
+    use_signal = _bool(params, "signal", True)
+    return profiler.sample_profile(seconds, hz, cancel, selection, include_idle, use_signal)
 
 
 def _profile_exact(params: dict[str, Any], cancel: threading.Event) -> Any:
@@ -188,7 +189,12 @@ def _memory(params: dict[str, Any], cancel: threading.Event) -> Any:
     frames = _int(params, "frames", 10, 1, 100)
     top = _int(params, "top", 30, 1, 1000)
     stop = _bool(params, "stop", False)
-    return memory.memory_action(frames, top, stop)
+    max_blocks = _int(params, "max_blocks", memory.MAX_SNAPSHOT_BLOCKS, 1, 100_000_000)
+    lease_s = _int(params, "keep_s", int(memory.TRACING_LEASE_S), 10, 86_400)
+    try:
+        return memory.memory_action(frames, top, stop, max_blocks, float(lease_s))
+    except memory.SnapshotTooLarge as exc:
+        raise ActionError(f"memory: {exc}") from None
 
 
 def _gc(params: dict[str, Any], cancel: threading.Event) -> Any:

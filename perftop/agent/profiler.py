@@ -6,7 +6,15 @@ that has not moved since the last sample costs a few counter bumps, and a thread
 only down to the first frame still in place. Names, files, lines and the idle/busy split are resolved once
 at the end. A sample is idle when its innermost frame is a known wait (threading, queue, selectors...) or a
 call to a blocking C function (sleep, recv, select...), or when the thread stayed put without using CPU
-(Linux per-thread CPU clocks). Standard library only.
+(Linux per-thread CPU clocks).
+
+The sampler thread only gets the GIL when an app thread lets go of it, mostly at blocking calls, so it
+sees threads at their waits and misses short bursts of Python between them. For the main thread, where the
+app leaves SIGPROF alone, a SIGPROF handler installed for the profile (from the main thread, through
+Py_AddPendingCall) does better: a timer on the main thread's own CPU clock signals it while it computes,
+and the handler, run by the main thread itself, charges that CPU time to where it is. Its waits and its
+time runnable come from /proc schedstat and from where the sampler thread saw it waiting (_SignalSession,
+_entries). Standard library only (ctypes for Py_AddPendingCall and timer_create, where present).
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ import bisect
 import cProfile
 import dis
 import os
+import random
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import CodeType, FrameType
 from typing import Any
 
@@ -173,12 +183,13 @@ _STALL_RATIO = 20
 class _Cell:
     """Counts of one (thread, stack): samples, and samples found waiting. Holds the stack's code objects."""
 
-    __slots__ = ("codes", "count", "stalled")
+    __slots__ = ("codes", "count", "runnable", "stalled")
 
     def __init__(self, codes: tuple[Any, ...]) -> None:
         self.codes = codes
         self.count = 0
         self.stalled = 0
+        self.runnable = 0
 
 
 class _Run:
@@ -266,10 +277,36 @@ class _Sampler:
         self.runs: dict[int, _Run] = {}
         self.dropped = 0
         self.ticks = 0
+        self.signal_ident: int | None = None
+        self.signal_key = 0
+        self.own_codes: frozenset[Any] = frozenset()
+        self.state_fd = -1
+
+    def use_signal(self, ident: int, own_codes: frozenset[Any], tid: int) -> None:
+        """From now on, samples of thread `ident` (the main thread) only tell where it waits: they go under a
+        key of their own, and the frames of the signal handler running in it are skipped."""
+        self.signal_ident = ident
+        self.signal_key = -1 - ident
+        self.own_codes = own_codes
+        try:
+            self.state_fd = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
+        except OSError:
+            self.state_fd = -1
+        clock = self.clocks.get(ident)
+        if clock is not None:
+            self.clocks[self.signal_key] = clock
 
     def refresh_threads(self, present: Iterable[int]) -> None:
         """Re-read thread names; threads unknown to `threading` keep a synthetic name."""
         self.names.update(thread_names())
+        main = threading.main_thread()
+        # A stale native id (e.g. in a forked child): the main thread is the thread-group leader.
+        if (
+            main.ident in self.names
+            and main.native_id != os.getpid()
+            and (main.native_id is None or not os.path.exists(f"/proc/self/task/{main.native_id}"))
+        ):
+            self.names[main.ident] = (main.name, os.getpid())
         for ident in present:
             if ident not in self.names:
                 self.names[ident] = (f"Thread-{ident}", None)
@@ -287,7 +324,11 @@ class _Sampler:
             clock_id = _cpu_clock_id(native_id)
             if clock_id is not None:
                 self.clocks[ident] = clock_id
+                if ident == self.signal_ident:
+                    self.clocks[self.signal_key] = clock_id
         alive = set(present)
+        if self.signal_ident is not None:
+            alive.add(self.signal_key)
         for ident in list(self.runs):
             if ident not in alive:
                 del self.runs[ident]
@@ -315,6 +356,17 @@ class _Sampler:
         for ident, frame in frames.items():
             if ident in skip:
                 continue
+            runnable = False
+            if ident == self.signal_ident:
+                ident = self.signal_key
+                runnable = self.state_fd >= 0 and self.main_runnable()
+                if frame.f_code in self.own_codes:
+                    outer = frame.f_back
+                    while outer is not None and outer.f_code in self.own_codes:
+                        outer = outer.f_back
+                    if outer is None:
+                        continue
+                    frame = outer
             run = runs.get(ident)
             if (
                 run is not None
@@ -325,6 +377,7 @@ class _Sampler:
                 cell = run.cell
                 if cell is not None:
                     cell.count += 1
+                    cell.runnable += runnable
                     run.samples += 1
                 else:
                     self.dropped += 1
@@ -335,6 +388,7 @@ class _Sampler:
             run = runs[ident] = self._new_run(ident, frame, run, cpu, now)
             if run.cell is not None:
                 run.cell.count += 1
+                run.cell.runnable += runnable
                 run.samples = 1
             else:
                 self.dropped += 1
@@ -372,12 +426,346 @@ class _Sampler:
             cell = self.counts[entry] = _Cell(codes)
         return _Run(frames, key, cell, cpu, now)
 
+    def main_runnable(self) -> bool:
+        """Whether the main thread is running or runnable right now (state R, as py-spy reads it)."""
+        try:
+            return os.pread(self.state_fd, 128, 0).rpartition(b")")[2].split()[0] == b"R"
+        except (OSError, IndexError):
+            return False
+
     def finish(self) -> None:
         """Close every open run and drop the frames still referenced."""
+        if self.state_fd >= 0:
+            os.close(self.state_fd)
+            self.state_fd = -1
         now = time.perf_counter_ns()
         for ident, run in self.runs.items():
             run.close(self.cpu_ns(ident), now)
         self.runs.clear()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Main-thread sampling from a SIGPROF handler
+
+
+def _schedstat(tid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns runnable waiting for a CPU) of thread `tid` of this process (Linux), or None."""
+    try:
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as stat:
+            run, queued = stat.read().split()[:2]
+        return int(run), int(queued)
+    except (OSError, ValueError):
+        return None
+
+
+_SIGNAL_INSTALL_WAIT_S = 0.05
+"""How long a profile waits for the main thread to install the SIGPROF handler before sampling without it."""
+
+_signal_lock = threading.Lock()
+_signal_session: _SignalSession | None = None
+"""The session whose handler is installed or queued; None when SIGPROF is entirely the app's again."""
+
+_pending_callback: Any = None
+"""The ctypes callback given to Py_AddPendingCall: created once and kept forever (a queued call must never
+outlive it)."""
+_pending_work: list[Callable[[], None]] = []
+
+
+def _run_pending(_arg: Any) -> int:
+    """Runs in the main thread (Py_AddPendingCall): do the queued work; never raise into the interpreter."""
+    with _signal_lock:
+        work = list(_pending_work)
+        _pending_work.clear()
+    for item in work:
+        try:
+            item()
+        except Exception:  # a pending call must not raise into the app's main thread
+            _log_signal_failure()
+    return 0
+
+
+def _log_signal_failure() -> None:
+    import logging
+
+    logging.getLogger("perftop").warning("perftop: main-thread profiling hook failed", exc_info=True)
+
+
+def _queue_in_main(work: Callable[[], None]) -> bool:
+    """Run `work` in the main thread at its next bytecode check (Py_AddPendingCall); False if impossible."""
+    global _pending_callback
+    try:
+        import ctypes
+    except ImportError:
+        return False
+    api = getattr(ctypes, "pythonapi", None)
+    add = getattr(api, "Py_AddPendingCall", None)
+    if add is None:
+        return False
+    if _pending_callback is None:
+        _pending_callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)(_run_pending)
+    with _signal_lock:
+        _pending_work.append(work)
+    add.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    add.restype = ctypes.c_int
+    if add(ctypes.cast(_pending_callback, ctypes.c_void_p), None) != 0:
+        with _signal_lock:
+            if work in _pending_work:
+                _pending_work.remove(work)
+        return False
+    return True
+
+
+def _after_fork_in_child() -> None:
+    """A child forked during a profile inherits the handler but no timer: give SIGPROF back to the app."""
+    global _signal_session
+    session = _signal_session
+    if session is None:
+        return
+    session.state = "stopped"
+    _signal_session = None
+    _pending_work.clear()
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGPROF) is _on_sigprof
+    ):
+        signal.signal(signal.SIGPROF, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _on_sigprof(signum: int, frame: FrameType | None) -> None:
+    """SIGPROF handler (runs in the main thread, which is the thread that was interrupted)."""
+    session = _signal_session
+    if session is not None and frame is not None:
+        session.record(frame)
+
+
+_CLOCK_THREAD_CPUTIME_ID = 3
+_SIGEV_THREAD_ID = 4
+
+
+class _ThreadCpuTimer:
+    """A POSIX timer on the calling thread's CPU clock that sends SIGPROF to that thread only (Linux).
+
+    ITIMER_PROF counts the whole process's CPU and signals whichever thread is running: when that is not the
+    main thread, the main thread handles the signal only after its current wait, and charges CPU time spent
+    before the wait to the wait. This timer expires only while the main thread itself runs, and signals it.
+    """
+
+    def __init__(self, libc: Any, timer: Any) -> None:
+        self.libc = libc
+        self.timer = timer
+
+    @staticmethod
+    def start(tid: int, interval_s: float) -> _ThreadCpuTimer | None:
+        """Create and arm the timer for the calling thread (`tid`); None where that is not possible."""
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            create = libc.timer_create
+        except (ImportError, OSError, AttributeError):
+            return None
+
+        class SigEvent(ctypes.Structure):
+            """struct sigevent: value, signo, notify, then a union whose first int is the thread id."""
+
+            _fields_ = (
+                ("value", ctypes.c_void_p),
+                ("signo", ctypes.c_int),
+                ("notify", ctypes.c_int),
+                ("tid", ctypes.c_int),
+                ("pad", ctypes.c_int * 11),
+            )
+
+        class TimeSpec(ctypes.Structure):
+            _fields_ = (("sec", ctypes.c_long), ("nsec", ctypes.c_long))
+
+        class ITimerSpec(ctypes.Structure):
+            _fields_ = (("interval", TimeSpec), ("value", TimeSpec))
+
+        event = SigEvent(None, signal.SIGPROF, _SIGEV_THREAD_ID, tid)
+        timer = ctypes.c_void_p()
+        create.argtypes = (ctypes.c_int, ctypes.POINTER(SigEvent), ctypes.POINTER(ctypes.c_void_p))
+        if create(_CLOCK_THREAD_CPUTIME_ID, ctypes.byref(event), ctypes.byref(timer)) != 0:
+            return None
+        made = _ThreadCpuTimer(libc, timer)
+        nanos = max(1000, int(interval_s * 1e9))
+        every = TimeSpec(nanos // 1_000_000_000, nanos % 1_000_000_000)
+        settime = libc.timer_settime
+        settime.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ITimerSpec), ctypes.c_void_p)
+        if settime(timer, 0, ctypes.byref(ITimerSpec(every, every)), None) != 0:
+            made.delete()
+            return None
+        return made
+
+    def delete(self) -> None:
+        """Disarm and free the timer (from any thread)."""
+        self.libc.timer_delete(self.timer)
+
+
+class _SignalSession:
+    """Samples the main thread from a SIGPROF handler that runs in the main thread itself.
+
+    A sampler thread only runs when the app thread lets go of the GIL, which it does at blocking calls: its
+    samples land on waits and miss short bursts of Python. The kernel's ITIMER_PROF timer instead sends
+    SIGPROF while the process uses CPU, and CPython runs the handler in the main thread at its next bytecode:
+    right where the main thread is computing. Each handler call charges the main thread's CPU time since the
+    previous one to the stack it interrupted. The rest of the wall time is placed by `_entries`, from the
+    thread's scheduler statistics and where the sampler thread saw it waiting. Installed only where the app
+    has no SIGPROF handler and no ITIMER_PROF timer of its own, with SA_RESTART, and removed after.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.stacks: dict[tuple[int, ...], list[Any]] = {}
+        self.dropped_ns = 0
+        self.installed = threading.Event()
+        self.state = "queued"
+        self.tid = 0
+        self.last = 0
+        self.timer: _ThreadCpuTimer | None = None
+        self.sched_start: tuple[int, int] | None = None
+        self.sched_end: tuple[int, int] | None = None
+        self.signals = 0
+        self.started_at = 0.0
+        self.wall_s = 0.0
+        self.own_codes: frozenset[Any] = frozenset((_on_sigprof.__code__, _SignalSession.record.__code__))
+
+    @staticmethod
+    def available() -> str | None:
+        """Why the main thread cannot be sampled with signals here, or None if it can."""
+        if not hasattr(signal, "setitimer") or not hasattr(signal, "SIGPROF"):
+            return "this platform has no ITIMER_PROF"
+        if threading.current_thread() is threading.main_thread():
+            return "the profile runs in the main thread"
+        if not threading.main_thread().is_alive():
+            return "the main thread has exited"
+        if _signal_session is not None:
+            return "another profile's SIGPROF handler is still installed"
+        if signal.getsignal(signal.SIGPROF) not in (signal.SIG_DFL, None):
+            return "the app has its own SIGPROF handler"
+        if signal.getitimer(signal.ITIMER_PROF) != (0.0, 0.0):
+            return "the app uses the ITIMER_PROF timer"
+        return None
+
+    def start(self) -> bool:
+        """Queue the handler's installation in the main thread; False if that cannot be done at all."""
+        global _signal_session
+        with _signal_lock:
+            if _signal_session is not None:
+                return False
+            _signal_session = self
+        if not _queue_in_main(self._install):
+            with _signal_lock:
+                _signal_session = None
+            return False
+        return True
+
+    def _install(self) -> None:
+        """Main thread: install the handler and arm the timer, unless the profile gave up meanwhile."""
+        if self.state != "queued":
+            return
+        if signal.getsignal(signal.SIGPROF) not in (signal.SIG_DFL, None) or signal.getitimer(
+            signal.ITIMER_PROF
+        ) != (0.0, 0.0):
+            self.state = "refused"
+            return
+        self.tid = threading.get_native_id()
+        self.sched_start = _schedstat(self.tid)
+        self.last = time.thread_time_ns()
+        signal.signal(signal.SIGPROF, _on_sigprof)
+        signal.siginterrupt(signal.SIGPROF, False)
+        self.state = "active"
+        self.started_at = time.perf_counter()
+        self.timer = _ThreadCpuTimer.start(self.tid, self.interval_s)
+        if self.timer is None:
+            signal.setitimer(signal.ITIMER_PROF, self.interval_s, self.interval_s)
+        self.installed.set()
+
+    def record(self, frame: FrameType) -> None:
+        """Charge the main thread's busy time since the last call to the stack ending at `frame`."""
+        if self.state != "active":
+            return
+        now = time.thread_time_ns()
+        delta = now - self.last
+        self.last = now
+        self.signals += 1
+        if delta <= 0:
+            return
+        key: list[int] = []
+        codes: list[Any] = []
+        current: FrameType | None = frame
+        while current is not None and current.f_code in self.own_codes:
+            current = current.f_back  # a signal handled while this handler ran
+        while current is not None:
+            if len(codes) == MAX_DEPTH:
+                codes.append(_TRUNCATED)
+                break
+            code = current.f_code
+            codes.append(code)
+            key.append(id(code))
+            key.append(current.f_lasti)
+            current = current.f_back
+        entry = tuple(key)
+        cell = self.stacks.get(entry)
+        if cell is None:
+            if len(self.stacks) >= MAX_STACKS:
+                self.dropped_ns += delta
+                return
+            cell = self.stacks[entry] = [tuple(codes), 0]
+        cell[1] += delta
+
+    def split(self) -> tuple[float, float, float]:
+        """The main thread's (CPU, runnable waiting for a CPU, blocked) seconds during the session.
+
+        From /proc schedstat where readable; else the CPU time the handler charged, and no runnable time.
+        """
+        start, end = self.sched_start, self.sched_end
+        if start is not None and end is not None:
+            run, queued = (end[0] - start[0]) / 1e9, (end[1] - start[1]) / 1e9
+        else:
+            run, queued = sum(cell[1] for cell in self.stacks.values()) / 1e9, 0.0
+        return run, queued, max(0.0, self.wall_s - run - queued)
+
+    def stop(self) -> None:
+        """Disarm the timer, stop recording and queue the handler's removal in the main thread."""
+        global _signal_session
+        was_active = self.state == "active"
+        self.state = "stopped"
+        if was_active:
+            self.wall_s = time.perf_counter() - self.started_at
+            self.sched_end = _schedstat(self.tid)
+            if self.timer is not None:
+                self.timer.delete()
+            else:
+                signal.setitimer(signal.ITIMER_PROF, 0.0, 0.0)
+            if not _queue_in_main(self._uninstall):
+                self._forget()
+        else:
+            with _signal_lock:
+                if _signal_session is self:
+                    _signal_session = None
+
+    def _uninstall(self) -> None:
+        """Main thread: put SIGPROF back to the default if our handler is still the one installed.
+
+        Queued after the timer was disarmed: CPython handles tripped signals before pending calls, so no
+        SIGPROF is left for a handler that is gone.
+        """
+        if signal.getsignal(signal.SIGPROF) is _on_sigprof:
+            signal.signal(signal.SIGPROF, signal.SIG_DFL)
+        self._forget()
+
+    def _forget(self) -> None:
+        global _signal_session
+        with _signal_lock:
+            if _signal_session is self:
+                _signal_session = None
 
 
 _PAUSE_CHUNK_S = 0.1
@@ -404,11 +792,19 @@ def sample_profile(
     cancel: threading.Event,
     selection: ThreadFilter,
     include_idle: bool = False,
+    use_signal: bool = True,
 ) -> dict[str, Any]:
-    """Sample every selected thread `hz` times a second for `seconds` (or until `cancel`), then summarise."""
+    """Sample every selected thread `hz` times a second for `seconds` (or until `cancel`), then summarise.
+
+    The main thread, where selected, is sampled from a SIGPROF handler when `use_signal` and the app leaves
+    SIGPROF alone (see _SignalSession); other threads, and the main thread otherwise, from this thread. The
+    schedule is jittered so that a target whose period divides the sampling interval is not seen in one phase.
+    """
     sampler = _Sampler(selection)
     sampler.refresh_threads(sys._current_frames())
     interval = 1.0 / hz
+    session, main_note = _start_signal_session(selection, interval, use_signal)
+    jitter = random.Random()
     clock = time.perf_counter
     start = clock()
     deadline = start + seconds
@@ -417,12 +813,16 @@ def sample_profile(
     cancelled = False
     try:
         while True:
+            if session is not None and sampler.signal_ident is None and session.installed.is_set():
+                main_ident = threading.main_thread().ident
+                if main_ident is not None:
+                    sampler.use_signal(main_ident, session.own_codes, session.tid)
             sampler.sample()
             now = clock()
             if now >= deadline:
                 break
             tick += 1
-            due = start + tick * interval
+            due = start + (tick + jitter.uniform(-0.4, 0.4)) * interval
             if due <= now:
                 # Behind schedule (GIL hand-over, slow sample): skip the ticks that are gone, don't bunch up.
                 caught_up = int((now - start) / interval) + 1
@@ -441,9 +841,36 @@ def sample_profile(
         sampler.finish()
     finally:
         sampler.runs.clear()
-    result = _summarise(sampler, include_idle)
+        if session is not None:
+            session.stop()
+    if session is not None and sampler.signal_ident is None:
+        main_note = "the main thread did not run Python code to install the SIGPROF handler (it was waiting)"
+    used = session if sampler.signal_ident is not None else None
+    result = _summarise(sampler, include_idle, used)
+    main_mode: str | None = None
+    if sampler.signal_ident is not None:
+        main_mode = "signal"
+    elif _main_selected(selection):
+        main_mode = "thread"
     result.update(
         {
+            "sampler": "in-process",
+            "main_thread_sampling": main_mode,
+            "main_thread_note": main_note,
+            "main_thread_signal": None
+            if used is None
+            else {
+                "signals": used.signals,
+                "seconds": round(used.wall_s, 6),
+                **dict(
+                    zip(
+                        ("cpu_seconds", "runnable_seconds", "blocked_seconds"),
+                        (round(part, 6) for part in used.split()),
+                        strict=True,
+                    )
+                ),
+            },
+            "notes": _profile_notes(main_mode, result),
             "seconds": round(end - start, 6),
             "requested_seconds": seconds,
             "hz": hz,
@@ -457,6 +884,56 @@ def sample_profile(
         }
     )
     return result
+
+
+def _main_selected(selection: ThreadFilter) -> bool:
+    main = threading.main_thread()
+    return (
+        main.ident is not None
+        and main.ident != threading.get_ident()
+        and not main.name.startswith(PERFTOP_THREAD_PREFIX)
+        and selection.wants(main.ident, main.name)
+    )
+
+
+def _start_signal_session(
+    selection: ThreadFilter, interval: float, use_signal: bool
+) -> tuple[_SignalSession | None, str | None]:
+    """A started signal session for the main thread, or None and why not (None when main is not profiled)."""
+    if not _main_selected(selection):
+        return None, None
+    if not use_signal:
+        return None, "signal sampling was switched off for this profile"
+    reason = _SignalSession.available()
+    if reason is not None:
+        return None, reason
+    session = _SignalSession(interval)
+    if not session.start():
+        return None, "Py_AddPendingCall is not available to install the SIGPROF handler"
+    session.installed.wait(_SIGNAL_INSTALL_WAIT_S)
+    return session, None
+
+
+def _profile_notes(main_mode: str | None, result: dict[str, Any]) -> list[str]:
+    """Plain statements of what this profile cannot see, for the pane and the JSON."""
+    notes: list[str] = []
+    if main_mode == "thread":
+        notes.append(
+            "The main thread was sampled from another thread, which only runs when the main thread lets go "
+            "of the GIL (mostly at blocking calls): short bursts of Python work in it are under-counted and "
+            "its waits over-counted."
+        )
+    others = [t for t in result.get("threads", []) if not t.get("main")]
+    if others:
+        notes.append(
+            "Threads other than the main thread are sampled from a thread: Python bursts shorter than a few "
+            "milliseconds between blocking calls are under-counted there (py-spy has no such bias)."
+        )
+    notes.append(
+        "Time in a C extension that holds the GIL is charged to the Python line that called it, as py-spy "
+        "without --native does; the in-process sampler sees it only once the call returns."
+    )
+    return notes
 
 
 class _Resolver:
@@ -620,7 +1097,73 @@ def _callee_by_stack(instructions: list[dis.Instruction], index: int, call: dis.
     return None
 
 
-def _summarise(sampler: _Sampler, include_idle: bool) -> dict[str, Any]:
+def _entries(
+    sampler: _Sampler, resolver: _Resolver, session: _SignalSession | None
+) -> Iterator[tuple[int, int, tuple[Any, ...], int, int]]:
+    """(thread, innermost offset, codes innermost first, samples, idle samples) of every sampled stack.
+
+    With a signal session, the main thread's samples are rebuilt from its wall time, in as many samples as
+    the sampler thread took meanwhile: its CPU time plus the time it was runnable after a preemption, where
+    the handler found it computing; the time it was runnable after a wake-up (active for py-spy, at the
+    wait it woke from) and the time it was blocked (idle), where the sampler thread saw it waiting. The
+    sampler thread's own samples of it are no measure of where the time went: it gets the GIL mostly while
+    the main thread waits.
+    """
+    observed: list[tuple[tuple[int, ...], _Cell, int]] = []
+    for (ident, key), cell in sampler.counts.items():
+        codes = cell.codes
+        static_idle = bool(codes) and resolver.is_idle(codes[0], key[1])
+        idle = cell.count if static_idle else min(cell.stalled, cell.count)
+        if session is not None and ident == sampler.signal_key:
+            observed.append((key, cell, idle))
+            continue
+        yield ident, key[1], codes, cell.count, idle
+    if session is None or sampler.signal_ident is None:
+        return
+    weights: list[tuple[tuple[int, ...], tuple[Any, ...], float, bool]] = []
+    # As many samples as the sampler thread took of the other threads meanwhile (it may miss ticks).
+    ticks = sum(cell.count for _key, cell, _idle in observed)
+    scale = ticks / session.wall_s if session.wall_s > 0 else 0.0
+    run, queued, blocked = (seconds * scale for seconds in session.split())
+    # Seen at a wait: runnable (woken, not yet on a CPU; py-spy counts that as active there) or blocked. The
+    # sampler thread sees the main thread at waits without bias, since it gets the GIL then.
+    at_waits = [(key, cell) for key, cell, idle in observed if idle and cell.count]
+    seen = sum(cell.count for _key, cell in at_waits)
+    fraction = sum(min(cell.runnable, cell.count) for _key, cell in at_waits) / seen if seen else 0.0
+    woken = min(queued, blocked * fraction / (1.0 - fraction)) if fraction < 1.0 else queued
+    busy = run + queued - woken
+    charged = sum(cell[1] for cell in session.stacks.values())
+    for key, (codes, ns) in session.stacks.items():
+        weights.append((key, codes, busy * ns / charged, False))
+    if not charged:
+        blocked += busy
+    if not at_waits:
+        at_waits = [(key, cell) for key, cell, _idle in observed if cell.count]
+        seen = sum(cell.count for _key, cell in at_waits)
+    for key, cell in at_waits:
+        share = cell.count / seen
+        weights.append((key, cell.codes, woken * share, False))
+        weights.append((key, cell.codes, blocked * share, True))
+    for (key, codes, _weight, is_idle), count in zip(
+        weights, _apportion([w[2] for w in weights]), strict=True
+    ):
+        if count:
+            yield sampler.signal_ident, key[1], codes, count, count if is_idle else 0
+
+
+def _apportion(weights: list[float]) -> list[int]:
+    """Whole numbers summing to the rounded total of `weights`, each within 1 of its weight."""
+    floors = [int(w) for w in weights]
+    left = round(sum(weights)) - sum(floors)
+    order = sorted(range(len(weights)), key=lambda i: floors[i] - weights[i])
+    for i in order[: max(0, left)]:
+        floors[i] += 1
+    return floors
+
+
+def _summarise(
+    sampler: _Sampler, include_idle: bool, session: _SignalSession | None = None
+) -> dict[str, Any]:
     """Build every view of the profile from the aggregated stack counts."""
     resolver = _Resolver()
     names = sampler.names
@@ -635,13 +1178,9 @@ def _summarise(sampler: _Sampler, include_idle: bool) -> dict[str, Any]:
     # Per thread: resolved root-first label tuples -> count (shared by folded, tree and speedscope).
     per_thread: dict[int, dict[tuple[str, ...], int]] = {}
     label_info: dict[str, tuple[str, str, int]] = {}
-    for (ident, key), cell in sampler.counts.items():
-        count = cell.count
-        codes = cell.codes
+    for ident, offset, codes, count, idle in _entries(sampler, resolver, session):
         total += count
         thread_samples[ident] = thread_samples.get(ident, 0) + count
-        static_idle = bool(codes) and resolver.is_idle(codes[0], key[1])
-        idle = count if static_idle else min(cell.stalled, count)
         if idle:
             idle_total += idle
             thread_idle[ident] = thread_idle.get(ident, 0) + idle
@@ -664,7 +1203,7 @@ def _summarise(sampler: _Sampler, include_idle: bool) -> dict[str, Any]:
             func = resolver.function(codes[0])
             self_counts[func] = self_counts.get(func, 0) + active
             if func[1]:
-                where = (func[1], resolver.line(codes[0], key[1]))
+                where = (func[1], resolver.line(codes[0], offset))
                 line_counts[where] = line_counts.get(where, 0) + active
         for func in {resolver.function(code) for code in codes if code != _TRUNCATED}:
             total_counts[func] = total_counts.get(func, 0) + active
@@ -693,6 +1232,7 @@ def _summarise(sampler: _Sampler, include_idle: bool) -> dict[str, Any]:
         ]
 
     lines_ranked = sorted(line_counts, key=lambda w: (-line_counts[w], w))[:TOP_N]
+    main_ident = threading.main_thread().ident
     threads = [
         {
             "name": names.get(ident, (f"Thread-{ident}", None))[0],
@@ -700,6 +1240,7 @@ def _summarise(sampler: _Sampler, include_idle: bool) -> dict[str, Any]:
             "native_id": names.get(ident, ("", None))[1],
             "samples": thread_samples[ident],
             "idle_samples": thread_idle.get(ident, 0),
+            "main": ident == main_ident,
         }
         for ident in sorted(thread_samples, key=lambda i: (-thread_samples[i], i))
     ]
@@ -1066,3 +1607,13 @@ def _exact_rows(
         for key in ranked
     ]
     return rows, calls
+
+
+def _new_exact_lock_in_child() -> None:
+    """A child forked while the parent ran an exact profile must not answer "busy" forever."""
+    global _exact_lock
+    _exact_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_exact_lock_in_child)

@@ -94,15 +94,19 @@ class _Route:
         self.count = 0
         self.errors = 0
         self.duration = Sketch()
+        """Request durations, ns (as every timing sketch, so the exporter digests them alike)."""
         self.sql = Sketch()
+        """SQL time per request, ns."""
         self.queries = Sketch()
+        """Queries per request."""
         self.queue = Sketch()
+        """Queue wait (X-Request-Start), ns."""
         self.duration_ns = 0
         self.sql_ns = 0
         self.fingerprints: dict[str, int] = {}
         self.slowest: collections.deque[dict[str, Any]] = collections.deque(maxlen=SLOWEST_KEPT)
 
-    def threshold_ms(self) -> float:
+    def threshold_ns(self) -> float:
         """How slow a request must be to join the slowest list: the route's p99, or its max so far."""
         if self.count >= MIN_FOR_P99:
             return self.duration.quantile(0.99) or 0.0
@@ -110,16 +114,16 @@ class _Route:
 
     def add(self, duration_ns: int, error: bool, queue_ms: float | None, trace: Trace) -> None:
         ms = duration_ns / 1e6
-        slow = ms >= self.threshold_ms()
+        slow = duration_ns >= self.threshold_ns()
         self.count += 1
         self.errors += error
-        self.duration.add(ms)
+        self.duration.add(float(duration_ns))
         self.duration_ns += duration_ns
-        self.sql.add(trace.sql_ns / 1e6)
+        self.sql.add(float(trace.sql_ns))
         self.sql_ns += trace.sql_ns
         self.queries.add(float(trace.query_count))
         if queue_ms is not None:
-            self.queue.add(queue_ms)
+            self.queue.add(queue_ms * 1e6)
         for fingerprint, _, _, _ in trace.queries:
             if fingerprint in self.fingerprints or len(self.fingerprints) < MAX_FINGERPRINTS:
                 self.fingerprints[fingerprint] = self.fingerprints.get(fingerprint, 0) + 1
@@ -142,10 +146,10 @@ class _Route:
         return {
             "count": self.count,
             "errors": self.errors,
-            "duration_ms": self.duration.to_dict(),
-            "sql_ms": self.sql.to_dict(),
+            "duration_ns": self.duration.to_dict(),
+            "sql_ns": self.sql.to_dict(),
             "queries": self.queries.to_dict(),
-            "queue_ms": self.queue.to_dict(),
+            "queue_ns": self.queue.to_dict(),
             "duration_ns_total": self.duration_ns,
             "sql_ns_total": self.sql_ns,
             "top_fingerprints": [{"fingerprint": fp, "requests": n} for fp, n in top],

@@ -779,6 +779,7 @@ class Agent:
             "gc": gcwatch.gc_stats(),
             "queries": _query_stats(window),
             "requests": request_stats.snapshot(),
+            "memory": _memory_state(),
         }
 
     # -- actions ---------------------------------------------------------------------------------------
@@ -927,6 +928,9 @@ class Agent:
             job.cancel.set()
         if self._listener is not None:
             self._check_socket_file()
+        memory = sys.modules.get("perftop.agent.memory")
+        if memory is not None:
+            memory.expire(time.time())
         if now >= self._next_loop_discovery:
             self._next_loop_discovery = now + LOOP_DISCOVERY_S
             if "asyncio" in sys.modules:  # never import asyncio into an app that does not use it
@@ -1010,6 +1014,12 @@ def _job_error(job: _Job, exc: Exception) -> str:
         return str(exc) or type(exc).__name__
     log_once(f"job-{job.name}-{type(exc).__name__}", f"action {job.name!r} failed", exc=exc)
     return f"{job.name} failed: {type(exc).__name__}: {exc}"
+
+
+def _memory_state() -> dict[str, Any] | None:
+    """tracemalloc's state, once perftop's memory action was loaded (None before: nothing to show)."""
+    memory = sys.modules.get("perftop.agent.memory")
+    return None if memory is None else memory.tracing_state()
 
 
 def _query_stats(window: float | None) -> Any:

@@ -55,6 +55,8 @@ class AgentView:
     """Merged processes that have exited: their last data is kept until the view is reset."""
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The CLI.md `requests` rows by route (web requests timed by the middleware or `perftop run`)."""
+    memory: dict[str, Any] | None = None
+    """tracemalloc's state in the PID's own agent (tracing, overhead, when perftop stops it), or None."""
 
     def describe(self) -> str:
         name = self.info.get("name") or "unnamed"
@@ -151,6 +153,7 @@ def build_view(
         figures={p: worker_figures(results[p]) for p in pids},
         gone_pids=tuple(sorted(gone)),
         requests=request_rows(merge_requests(results[p].get("requests") for p in pids)),
+        memory=(results.get(main_pid) or results[pids[0]]).get("memory"),
     )
 
 

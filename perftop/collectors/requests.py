@@ -31,22 +31,29 @@ def merge_requests(reports: Iterable[Any]) -> dict[str, dict[str, Any]]:
             if not isinstance(route, str) or not isinstance(data, Mapping):
                 continue
             try:
-                parts = {k: _sketch(data.get(k)) for k in ("duration_ms", "sql_ms", "queries", "queue_ms")}
+                parts = {k: _sketch(data.get(k)) for k in ("duration_ns", "sql_ns", "queries", "queue_ns")}
                 totals = (int(data.get("count", 0)), int(data.get("errors", 0)))
                 ns = (int(data.get("duration_ns_total", 0)), int(data.get("sql_ns_total", 0)))
             except (SketchError, TypeError, ValueError):
                 continue
             into = merged.setdefault(
                 route,
-                {"count": 0, "errors": 0, "duration_ns": 0, "sql_ns": 0, "fingerprints": {}, "slowest": []}
+                {
+                    "count": 0,
+                    "errors": 0,
+                    "duration_total_ns": 0,
+                    "sql_total_ns": 0,
+                    "fingerprints": {},
+                    "slowest": [],
+                }
                 | {k: Sketch() for k in parts},
             )
             for key, sketch in parts.items():
                 into[key].merge(sketch)
             into["count"] += totals[0]
             into["errors"] += totals[1]
-            into["duration_ns"] += ns[0]
-            into["sql_ns"] += ns[1]
+            into["duration_total_ns"] += ns[0]
+            into["sql_total_ns"] += ns[1]
             for item in data.get("top_fingerprints") or ():
                 if isinstance(item, Mapping) and isinstance(item.get("fingerprint"), str):
                     fp = item["fingerprint"]
@@ -59,8 +66,9 @@ def request_rows(merged: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str,
     """The CLI.md `requests` rows by route, from `merge_requests`."""
     rows: dict[str, dict[str, Any]] = {}
     for route, r in merged.items():
-        duration, sql, queries, queue = r["duration_ms"], r["sql_ms"], r["queries"], r["queue_ms"]
-        p50, p99 = duration.quantiles([0.5, 0.99])
+        duration, sql, queries, queue = r["duration_ns"], r["sql_ns"], r["queries"], r["queue_ns"]
+        p50, p99 = (None if v is None else v / 1e6 for v in duration.quantiles([0.5, 0.99]))
+        queue_p99 = queue.quantile(0.99)
         count = r["count"]
         top = sorted(r["fingerprints"].items(), key=lambda kv: -kv[1])[:5]
         rows[route] = {
@@ -68,13 +76,15 @@ def request_rows(merged: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str,
             "errors": r["errors"],
             "p50_ms": p50,
             "p99_ms": p99,
-            "max_ms": duration.max if duration.count else None,
-            "sql_ms_mean": sql.mean,
-            "sql_share_percent": 100.0 * r["sql_ns"] / r["duration_ns"] if r["duration_ns"] else None,
+            "max_ms": duration.max / 1e6 if duration.count else None,
+            "sql_ms_mean": None if sql.mean is None else sql.mean / 1e6,
+            "sql_share_percent": (
+                100.0 * r["sql_total_ns"] / r["duration_total_ns"] if r["duration_total_ns"] else None
+            ),
             "queries_mean": queries.mean,
             "queries_p99": queries.quantile(0.99),
             "queries_max": queries.max if queries.count else None,
-            "queue_p99_ms": queue.quantile(0.99),
+            "queue_p99_ms": None if queue_p99 is None else queue_p99 / 1e6,
             "top_fingerprints": [fp for fp, _ in top],
             "slowest": sorted(r["slowest"], key=lambda s: -float(s.get("duration_ms") or 0))[:SLOWEST_SHOWN],
         }

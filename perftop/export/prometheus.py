@@ -38,7 +38,7 @@ from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
 from perftop.agent import paths
-from perftop.sketch import ALPHA, GAMMA, quantiles_of
+from perftop.sketch import ALPHA, GAMMA, Sketch, bucket_value, quantiles_of
 from perftop.units import safe_text
 from perftop.web import is_loopback, parse_listen
 
@@ -142,6 +142,24 @@ def digest_sketch(data: Any) -> TimingDigest:
     return TimingDigest(
         count, int(data.get("errors") or 0), float(data["sum"]) / NS_PER_S, quantiles, buckets
     )
+
+
+QUERY_BUCKETS: tuple[float, ...] = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
+"""The `le` bounds of the queries-per-request histograms."""
+_QUERY_LE = [*(f"{b:g}" for b in QUERY_BUCKETS), "+Inf"]
+
+
+def count_buckets(data: Any, bounds: Sequence[float]) -> tuple[list[float], float]:
+    """Cumulative counts of a sketch of small whole numbers (queries per request) at each bound and +Inf,
+    and the sum. A bucket's values are within 1% of its representative, so whole numbers up to about 50
+    fall in buckets of their own; each counts at the first bound its representative does not exceed."""
+    sketch = Sketch.from_dict(data)
+    cumulative = []
+    for bound in bounds:
+        n = sketch.zero + sum(c for i, c in sketch.bins.items() if bucket_value(i) <= bound + 0.5)
+        cumulative.append(float(n))
+    cumulative.append(float(sketch.count))
+    return cumulative, float(sketch.sum)
 
 
 class _Agent:
@@ -450,6 +468,20 @@ class HostCollector:
         g("open_fds", "Open file descriptors", p.num_fds)
         g("connections", "Network connections (sampled every few seconds)", p.num_connections)
         g("start_time_seconds", "Start time, unix seconds", p.create_time, "seconds")
+        if p.listen_backlog:
+            blabels = [*names, "address"]
+            queued = fams.gauge(
+                "perftop_process_listen_backlog",
+                "Connections waiting in a listening socket's accept queue (not yet taken by the app)",
+                blabels,
+            )
+            most = fams.gauge(
+                "perftop_process_listen_backlog_max", "A listening socket's listen() backlog", blabels
+            )
+            for b in p.listen_backlog:
+                queued.add_metric([*labels, _label(b.address)], float(b.queued))
+                if b.max is not None:
+                    most.add_metric([*labels, _label(b.address)], float(b.max))
         soft = fams.gauge("perftop_process_limit_soft", "Soft rlimit (+Inf: unlimited)", [*names, "limit"])
         hard = fams.gauge("perftop_process_limit_hard", "Hard rlimit (+Inf: unlimited)", [*names, "limit"])
         used = fams.gauge(
@@ -566,6 +598,39 @@ class HostCollector:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     ofam.add_metric([app, pid, _label(kind)], float(value))
         self._query_families(fams, labels, stats.get("queries"))
+        self._request_families(fams, labels, stats.get("requests"))
+
+    @staticmethod
+    def _request_families(fams: _Families, labels: list[str], requests: Any) -> None:
+        """Per route: SQL time per request and queries per request, as histograms (merge them across
+        workers and hosts with sum by (le, route))."""
+        if not isinstance(requests, dict) or not requests:
+            return
+        from prometheus_client.core import HistogramMetricFamily
+
+        rlabels = ["app", "pid", "route"]
+        sql = fams.add(
+            HistogramMetricFamily(
+                "perftop_request_sql_seconds", "SQL time per web request, by route", labels=rlabels
+            )
+        )
+        queries = fams.add(
+            HistogramMetricFamily(
+                "perftop_request_queries", "SQL queries per web request, by route", labels=rlabels
+            )
+        )
+        assert isinstance(sql, HistogramMetricFamily) and isinstance(queries, HistogramMetricFamily)
+        for route, data in requests.items():
+            if not isinstance(data, dict):
+                continue
+            try:
+                d = digest_sketch(data.get("sql_ns"))
+                counts, total = count_buckets(data.get("queries"), QUERY_BUCKETS)
+            except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+                continue
+            key = [*labels, _label(route)]
+            sql.add_metric(key, list(zip(_LE, d.buckets, strict=True)), d.sum_s)
+            queries.add_metric(key, list(zip(_QUERY_LE, counts, strict=True)), total)
 
     def _query_families(self, fams: _Families, labels: list[str], queries: Any) -> None:
         if not isinstance(queries, dict):

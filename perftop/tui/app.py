@@ -175,6 +175,8 @@ class PerftopApp(App[int]):
             pane.show(msg.view, msg.error)
             if queries := self._pane(QueriesPane):
                 queries.show(None if msg.view is None else msg.view.queries, self.sources.now())
+            if actions := self._pane(ActionsPane):
+                actions.show_tracing(None if msg.view is None else msg.view.memory, self.sources.now())
 
     @on(TimingsPane.WindowChanged)
     def _window(self, msg: TimingsPane.WindowChanged) -> None:

@@ -100,16 +100,27 @@ class LiveSources:
         """From a parent whose workers run agents, an action runs in every worker at once (merged, each
         worker's result under `per_pid`) and EXPLAIN in a worker whose agent recorded the fingerprint;
         with `children` false, in `pid` alone."""
+
+        def one(target: int) -> Any:
+            if method == "action" and params.get("name") == "profile":
+                from perftop.collectors.pyspy import run_profile
+
+                def agent(p: dict[str, Any]) -> Any:
+                    return call_agent(target, method, p, self.socket_dir, timeout)
+
+                return run_profile(target, params, params.get("sampler", "auto"), agent)
+            return call_agent(target, method, params, self.socket_dir, timeout)
+
         workers = sorted(find_child_agents(pid, self.socket_dir)) if children else []
         if not workers:
-            return call_agent(pid, method, params, self.socket_dir, timeout)
+            return one(pid)
         if method == "explain":
             fp = params.get("fingerprint")
             ran = [p for p in (pid, *workers) if p in self._figures and fp in self._figures[p].fingerprints]
             target = ran[0] if ran else pid
-            result = call_agent(target, method, params, self.socket_dir, timeout)
+            result = one(target)
             return {**result, "per_pid": {target: result}}
-        results, errors = fan_out(workers, lambda p: call_agent(p, method, params, self.socket_dir, timeout))
+        results, errors = fan_out(workers, one)
         if not results:
             raise AgentError("; ".join(f"PID {p}: {why}" for p, why in sorted(errors.items())))
         merged = merge_action(str(params.get("name", method)), results)

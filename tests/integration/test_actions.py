@@ -267,6 +267,46 @@ def test_profile_bad_parameters_are_one_line_errors(spawn: Callable[[str], Targe
     assert "sort must be one of" in target.action_error("profile_exact", sort="name")
 
 
+def test_profile_samples_the_main_thread_from_sigprof_only_while_profiling(
+    spawn: Callable[[str], Target],
+) -> None:
+    """The main thread alternates 5 ms of Python and 5 ms in select() while a profile runs: its handler runs
+    (signals, CPU charged to the Python function), and SIGPROF and its timer are the app's again after. How
+    well the split agrees with py-spy is test_profile_oracle.py's business."""
+    target = spawn("act_profile.py")
+    before = target.cmd("sigprof")
+    for use_signal in (True, False):
+        ident = target.start_action(
+            "profile", seconds=1.5, hz=200, threads="main", include_idle=True, signal=use_signal
+        )
+        assert target.cmd("bursts", seconds=2.5, ms=5) > 0
+        result = target.result(ident)
+        assert result["sampler"] == "in-process"
+        assert result["main_thread_sampling"] == ("signal" if use_signal else "thread"), result
+        if use_signal:
+            info = result["main_thread_signal"]
+            assert info["signals"] > 0 and 0 < info["cpu_seconds"] <= info["seconds"], info
+            assert any(r["function"] == "burst_spin" and r["self_samples"] > 0 for r in result["top"])
+        else:
+            assert result["main_thread_signal"] is None
+            assert "switched off" in result["main_thread_note"]
+    assert target.cmd("sigprof") == before == {"handler": "<Handlers.SIG_DFL: 0>", "timer": [0.0, 0.0]}
+    assert "perftop" not in target.stderr()
+
+
+def test_profile_leaves_an_apps_own_sigprof_handler_alone(spawn: Callable[[str], Target]) -> None:
+    target = spawn("act_profile.py")
+    own = target.cmd("sigprof", own=True)["handler"]
+    assert "app_sigprof" in own
+    ident = target.start_action("profile", seconds=1, hz=100, threads="main", include_idle=True)
+    target.cmd("bursts", seconds=1.5, ms=5)
+    result = target.result(ident)
+    assert result["main_thread_sampling"] == "thread"
+    assert "own SIGPROF handler" in result["main_thread_note"]
+    assert any("under-counted" in note for note in result["notes"])
+    assert target.cmd("sigprof")["handler"] == own
+
+
 def test_profile_cancel_returns_what_was_gathered(spawn: Callable[[str], Target]) -> None:
     target = spawn("act_profile.py")
     ident = target.start_action("profile", seconds=120, hz=100)

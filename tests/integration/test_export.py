@@ -317,7 +317,8 @@ def test_bad_arguments_are_one_line_errors(sockets: str) -> None:
     for args, fragment in (
         (("--listen", "nowhere"), "HOST:PORT"),
         (("--listen", "127.0.0.1:99999"), "between 0 and 65535"),
-        (("--pid", "999999999"), "no process with PID 999999999"),
+        (("--pid", "999999999"), "PID must be a positive whole number up to"),
+        (("--pid", "4194303"), "no process with PID 4194303"),
         (("--refresh", "soon"), "expected auto or a number of seconds"),
         (("--refresh", "-1"), "between 0 and 3600"),
     ):

@@ -468,6 +468,41 @@ def test_each_route_shows_its_sql_time_and_queries_per_request(serve: Any, tmp_p
     ] * 5
     assert all(q["call_site"]["file"].endswith("flask_sql_app.py") for q in waterfall)
 
+    # The same figures in the Prometheus export, per worker: summed over the workers, every request is
+    # there, each with its six queries; and the master's listening socket with its backlog.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.targets.exp_procs import Command, http_get
+
+    sockets = service.env["PERFTOP_SOCKET_DIR"]
+    with Command(
+        "export", "--listen", "127.0.0.1:0", "--socket-dir", sockets, "--pid", str(service.proc.pid)
+    ) as cmd:
+        exporting = cmd.wait_line(r"exporting on http://[^:]+:(\d+)/metrics").group(1)
+        url = f"http://127.0.0.1:{exporting}/metrics"
+        status, _, body = http_get(url, fresh=True)
+    assert status == 200
+    found = [(x.name, x.labels, x.value) for fam in text_string_to_metric_families(body) for x in fam.samples]
+    route = "GET /users/{uid}/posts"
+
+    def total(name: str, **labels: str) -> float:
+        values = [v for n, lab, v in found if n == name and all(lab.get(k) == w for k, w in labels.items())]
+        assert values, f"no {name} {labels} in the scrape"
+        return sum(values)
+
+    assert total("perftop_request_queries_count", route=route) == 40
+    assert total("perftop_request_queries_sum", route=route) == 240
+    assert total("perftop_request_queries_bucket", route=route, le="5") == 0
+    assert total("perftop_request_queries_bucket", route=route, le="10") == 40
+    assert total("perftop_request_sql_seconds_count", route=route) == 40
+    assert total("perftop_request_sql_seconds_sum", route=route) == pytest.approx(
+        posts["sql_ms_mean"] * 40 / 1000, rel=0.01
+    )
+    assert (
+        total("perftop_process_listen_backlog_max", pid=str(service.proc.pid), address=f"127.0.0.1:{port}")
+        > 0
+    )
+
 
 def test_an_n_plus_one_inside_a_template_points_at_the_template_line(serve: Any, tmp_path: Path) -> None:
     """An ORM lazy load run from a Jinja2 loop: the N+1's call site is the template's line, not Jinja2's

@@ -7,7 +7,11 @@
    mean of its two unsampled neighbours, which cancels most drift caused by other load on the machine
    (goal at 100 Hz: <= 3%). The sampler thread's own CPU time while sampling is shown too: it is GIL time
    taken from the app, a load-independent part of the cost (GIL hand-overs add to it).
-2. Time from the end of a 5 s, 100 Hz profile of a 50-thread process to the result (goal: <= 0.5 s), and
+2. The same for pure-Python work in the main thread, sampled by the in-process sampler (from its SIGPROF
+   handler) and by py-spy (`--nonblocking`, from outside; skipped without py-spy or ptrace rights), at
+   100 Hz (goal: <= 3% each); and the CPU cost of one SIGPROF handler call, a figure that other load on
+   the machine does not blur. Run under `chrt -r 1` (root) for steadier throughput figures.
+3. Time from the end of a 5 s, 100 Hz profile of a 50-thread process to the result (goal: <= 0.5 s), and
    the time to serialise that result as JSON.
 """
 
@@ -15,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -126,6 +133,101 @@ def bench_overhead(phase_seconds: float, rounds: int) -> None:
         )
 
 
+def main_thread_phase(seconds: float, sampler: str | None) -> tuple[float, str]:
+    """Units/s of pure-Python work run in this (the main) thread for `seconds`, sampled at 100 Hz by
+    `sampler` ("in-process", "py-spy" or None for none); and how the main thread was sampled."""
+    worker = Worker()
+    box: dict[str, Any] = {}
+    spy: subprocess.Popen[bytes] | None = None
+    action: threading.Thread | None = None
+    if sampler == "in-process":
+
+        def run() -> None:
+            box["result"] = run_action("profile", {"seconds": seconds + 0.2, "hz": 100}, threading.Event())
+
+        action = threading.Thread(target=run, name="perftop-action")
+        action.start()
+        time.sleep(0.1)
+    elif sampler == "py-spy":
+        from perftop.collectors.pyspy import find_pyspy
+
+        binary = find_pyspy()
+        assert binary is not None
+        command = [binary, "record", "--pid", str(os.getpid()), "--duration", str(math.ceil(seconds) + 1)]
+        command += ["--rate", "100", "--nonblocking", "--format", "raw", "-o", os.devnull]
+        spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.4)
+    started = time.perf_counter()
+    deadline = started + seconds
+    units = 0
+    while time.perf_counter() < deadline:
+        worker.unit(DEPTH)
+        units += 1
+    rate = units / (time.perf_counter() - started)
+    if action is not None:
+        action.join()
+    if spy is not None:
+        spy.wait()
+    mode = str(box["result"].get("main_thread_sampling")) if "result" in box else (sampler or "off")
+    return rate, mode
+
+
+def bench_handler_cost() -> None:
+    """CPU cost of one SIGPROF handler call at stack depth 40 (what the main thread pays per signal): a
+    load-independent figure; at 100 Hz of main-thread CPU the slowdown is 100 x this cost."""
+    from perftop.agent.profiler import _SignalSession
+
+    session = _SignalSession(0.01)
+    session.state = "active"
+    session.last = time.thread_time_ns()
+    calls = 20_000
+
+    def measure(depth: int) -> float:
+        if depth:
+            return measure(depth - 1)
+        frame = sys._getframe()
+        started = time.thread_time()
+        for _ in range(calls):
+            session.record(frame)
+        return (time.thread_time() - started) / calls
+
+    cost = measure(DEPTH)
+    sys.stdout.write(
+        f"SIGPROF handler, stack depth {DEPTH}: {cost * 1e6:.1f} us CPU per call -> "
+        f"{cost * 100 * 100:.2f}% of the main thread's CPU at 100 Hz\n"
+    )
+
+
+def bench_main_thread(phase_seconds: float, rounds: int) -> None:
+    """Interleaved phases of main-thread work: off, in-process, off, py-spy, off...; each sampled phase
+    is compared with the mean of its two unsampled neighbours."""
+    from perftop.collectors.pyspy import find_pyspy, ptrace_refusal
+
+    samplers: list[str] = ["in-process"]
+    if find_pyspy() is not None and ptrace_refusal(os.getpid()) is None:
+        samplers.append("py-spy")
+    plan: list[str | None] = [None]
+    for _round in range(rounds):
+        for sampler in samplers:
+            plan += [sampler, None]
+    measured = [(sampler, *main_thread_phase(phase_seconds, sampler)) for sampler in plan]
+    sys.stdout.write(f"Main-thread pure-Python work, stack depth {DEPTH}, {len(plan)} phases:\n")
+    for wanted in samplers:
+        slowdowns = []
+        modes = set()
+        for index, (sampler, rate, mode) in enumerate(measured):
+            if sampler != wanted:
+                continue
+            neighbours = (measured[index - 1][1] + measured[index + 1][1]) / 2.0
+            slowdowns.append((neighbours - rate) / neighbours * 100.0)
+            modes.add(mode)
+        quartiles = statistics.quantiles(slowdowns, n=4)
+        sys.stdout.write(
+            f"  {wanted:>10} at 100 Hz: slowdown median {statistics.median(slowdowns):+5.1f}% (quartiles "
+            f"{quartiles[0]:+.1f}% .. {quartiles[2]:+.1f}%), main thread sampled by: {', '.join(modes)}\n"
+        )
+
+
 def _nest(depth: int, leaf: Any) -> Any:
     return _nest(depth - 1, leaf) if depth else leaf()
 
@@ -184,6 +286,8 @@ def main() -> None:
     args = parser.parse_args()
     sys.stdout.write(f"Python {sys.version.split()[0]}\n")
     bench_overhead(args.phase_seconds, args.rounds)
+    bench_handler_cost()
+    bench_main_thread(max(args.phase_seconds, 1.5), args.rounds)
     bench_result_time()
 
 

@@ -5,11 +5,15 @@ app-sleepy calls time.sleep(); the main thread reads commands.
 Commands: spawn_hot (start "app-late" running hot() in a loop); churn (start a thread that keeps creating
 short-lived threads); getprofile (every looping thread reports its sys.getprofile()); profiler_active
 (whether a profile hook or monitoring tool is installed right now); app_hook {"on"} (install, remove or
-just report the app's own threading.setprofile hook).
+just report the app's own threading.setprofile hook); sigprof {"own"} (report SIGPROF's handler and
+ITIMER_PROF, or install/remove the app's own handler); bursts {"seconds", "ms"} (the main thread alternates
+ms of pure Python and ms in select()).
 """
 
 from __future__ import annotations
 
+import select
+import signal
 import sys
 import threading
 import time
@@ -105,6 +109,40 @@ def profiler_active(args: dict[str, Any]) -> bool:
     return monitoring is not None and monitoring.get_tool(monitoring.PROFILER_ID) is not None
 
 
+def app_sigprof(signum: int, frame: Any) -> None:
+    """The app's own SIGPROF handler, which perftop must leave in place."""
+
+
+def sigprof(args: dict[str, Any]) -> dict[str, Any]:
+    """Report SIGPROF's handler and the ITIMER_PROF timer; {"own": true/false} installs/removes the app's."""
+    if "own" in args:
+        signal.signal(signal.SIGPROF, app_sigprof if args["own"] else signal.SIG_DFL)
+    return {"handler": repr(signal.getsignal(signal.SIGPROF)), "timer": signal.getitimer(signal.ITIMER_PROF)}
+
+
+def burst_spin(until: float) -> int:
+    total = 0
+    while time.perf_counter() < until:
+        total += 1
+    return total
+
+
+def burst_wait(seconds: float) -> None:
+    select.select([], [], [], seconds)
+
+
+def bursts(args: dict[str, Any]) -> int:
+    """On the main thread for {"seconds"}: {"ms"} of pure Python, then as long in select(); returns cycles."""
+    end = time.perf_counter() + float(args["seconds"])
+    step = float(args["ms"]) / 1000.0
+    cycles = 0
+    while time.perf_counter() < end:
+        burst_spin(time.perf_counter() + step)
+        burst_wait(step)
+        cycles += 1
+    return cycles
+
+
 def main() -> None:
     for target, name in (
         (hot_loop, "app-hot"),
@@ -120,6 +158,8 @@ def main() -> None:
             "getprofile": getprofile,
             "profiler_active": profiler_active,
             "app_hook": app_hook,
+            "sigprof": sigprof,
+            "bursts": bursts,
         }
     ).serve()
 

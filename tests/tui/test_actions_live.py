@@ -81,6 +81,9 @@ async def test_action_keys_run_in_the_agent_and_show_results(
         await pilot.press("m")
         await wait_for(pilot, lambda: "memory" in pane.results, timeout=30)
         assert pane.results["memory"]["started"] is True
+        # While the app traces, the header says so, with its overhead and when it stops by itself.
+        await wait_for(pilot, lambda: "memory tracing ON" in str(pane.border_title), timeout=30)
+        assert "stops in 9 min" in str(pane.border_title) or "stops in 10 min" in str(pane.border_title)
         await pilot.press("m")  # the second press diffs against the first snapshot
         await wait_for(pilot, lambda: pane.results["memory"]["started"] is False, timeout=30)
         sites = pane.query_one("#memory-sites", DataTable)
@@ -93,6 +96,7 @@ async def test_action_keys_run_in_the_agent_and_show_results(
         await wait_for(pilot, lambda: not isinstance(app.screen, TracebackView))
         await pilot.press("M")
         await wait_for(pilot, lambda: pane.results["memory"]["tracing"] is False, timeout=30)
+        await wait_for(pilot, lambda: "memory tracing" not in str(pane.border_title), timeout=30)
         # results stay and can be saved
         pane.query_one("#result-scroll").focus()
         await pilot.press("s")

@@ -24,7 +24,7 @@ from textual.widgets import DataTable, Label, ProgressBar, Static
 from perftop.actions_view import render
 from perftop.tui.messages import AgentReply
 from perftop.tui.widgets.flame import FlameView
-from perftop.units import short_path
+from perftop.units import fmt_bytes, short_path
 
 TITLES = {
     "profile": "CPU profile (sampling)",
@@ -72,6 +72,9 @@ class ActionsPane(Vertical):
         self.set_reactive(ActionsPane.profile_seconds, profile_seconds)
         self.results: dict[str, Any] = {}
         """The last result of each action, by name."""
+        self.tracing_text = ""
+        """The header's note on memory tracing, while the app traces."""
+        self._title_base = "actions"
         self.last: str | None = None
         """The action whose result is shown."""
         self._started = 0.0
@@ -107,7 +110,21 @@ class ActionsPane(Vertical):
             "  g  forced GC with before/after     t  thread dump (and asyncio tasks)\n"
             "Here: , and . change the profile seconds, f flame view, s save the result."
         )
+        self._title_base = "actions"
         self.border_title = "actions"
+
+    def show_tracing(self, memory: dict[str, Any] | None, now: float) -> None:
+        """tracemalloc's state in the app, in the header for as long as it is on: every allocation of the
+        app is slower while it traces, so it is never on unseen."""
+        self.tracing_text = ""
+        if memory and memory.get("tracing"):
+            stops = memory.get("stops_at")
+            seconds = max(0, int(stops - now)) if stops else None
+            left = "" if seconds is None else f", stops in {seconds // 60} min {seconds % 60:02d} s"
+            self.tracing_text = (
+                f" · memory tracing ON ({fmt_bytes(memory.get('overhead_bytes'))} overhead{left}; M stops it)"
+            )
+        self.border_title = f"{self._title_base}{self.tracing_text}"
 
     def reset(self, pid: int) -> None:
         self.pid = pid
@@ -180,7 +197,8 @@ class ActionsPane(Vertical):
             self._flame.load(msg.result.get("tree"))
         self.set_class(False, "-flame")
         self._show_status()
-        self.border_title = f"actions · {TITLES.get(name, name)}"
+        self._title_base = f"actions · {TITLES.get(name, name)}"
+        self.border_title = f"{self._title_base}{self.tracing_text}"
 
     def _show_sites(self, result: dict[str, Any] | None) -> None:
         """Memory results: the allocation sites that grew, in a table; Enter shows a site's traceback."""

@@ -7,12 +7,14 @@ from typing import Any
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import VerticalScroll
+from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Label, Sparkline, Static
 
+from perftop.render.sql import compact_sql
 from perftop.sketch import Sketch, bucket_value
-from perftop.units import fmt_ms
+from perftop.units import fmt_ms, short_path
 
 
 def histogram(sketch: Sketch, rows: int = 16) -> list[tuple[float, float, int]]:
@@ -42,12 +44,45 @@ def histogram_text(sketch: Sketch, width: int = 50, rows: int = 16) -> str:
     return "\n".join(lines)
 
 
+def breakdown_text(r: dict[str, Any]) -> str:
+    """A route's request breakdown: SQL time and queries per request, queue wait, the fingerprints its
+    requests run most, and its slowest recent requests with their queries in order (a waterfall)."""
+    share = r.get("sql_share_percent")
+    lines = [
+        f"SQL {fmt_ms(r.get('sql_ms_mean'))} per request on average"
+        + (
+            f" ({share:.0f}% of the time; the rest is the app's own code and waits)"
+            if share is not None
+            else ""
+        ),
+        f"queries per request: mean {r.get('queries_mean') or 0:.1f}, p99 {r.get('queries_p99') or 0:.0f}, "
+        f"max {r.get('queries_max') or 0:.0f}",
+    ]
+    if r.get("queue_p99_ms") is not None:
+        lines.append(f"queue wait p99 {fmt_ms(r['queue_p99_ms'])} (X-Request-Start)")
+    if r.get("top_fingerprints"):
+        lines.append("runs most:")
+        lines.extend(f"  {compact_sql(fp, 100)}" for fp in r["top_fingerprints"])
+    for req in r.get("slowest") or []:
+        lines.append(
+            f"slow request: {fmt_ms(req.get('duration_ms'))}, SQL {fmt_ms(req.get('sql_ms'))} in "
+            f"{req.get('query_count', len(req.get('queries') or []))} queries"
+        )
+        for q in req.get("queries") or []:
+            site = q.get("call_site") or {}
+            where = (
+                f"{short_path(site.get('file'), keep=2, longer_than=0)}:{site.get('line')}" if site else "-"
+            )
+            lines.append(f"  {fmt_ms(q.get('ms')):>9}  {compact_sql(str(q.get('fingerprint')), 70)}  {where}")
+    return "\n".join(lines)
+
+
 class MetricDetail(ModalScreen[None]):
     """Escape closes it."""
 
     DEFAULT_CSS = """
     MetricDetail { align: center middle; }
-    MetricDetail > Vertical {
+    MetricDetail > VerticalScroll {
         width: 90%; height: 90%; border: thick $accent; background: $surface; padding: 0 1;
     }
     MetricDetail .title { text-style: bold; color: $accent; }
@@ -66,8 +101,11 @@ class MetricDetail(ModalScreen[None]):
         p50_history: list[float],
         p99_history: list[float],
         errors_by_type: dict[str, int],
+        request: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        self.request = request
+        """The route's request breakdown (SQL time, queries, slowest requests), for a web route."""
         self.metric = name
         self.sketch = sketch
         self.row = row
@@ -78,7 +116,7 @@ class MetricDetail(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         r = self.row
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.errors_by_type.items(), key=lambda kv: -kv[1]))
-        with Vertical():
+        with VerticalScroll():
             yield Label(self.metric, classes="title", markup=False)
             yield Label(
                 f"n {r.get('count')}  errors {r.get('errors')}  mean {fmt_ms(r.get('mean_ms'))}"
@@ -93,6 +131,9 @@ class MetricDetail(ModalScreen[None]):
             yield Sparkline(self.p99_history, id="p99-spark")
             yield Label(f"p50 over time (last {len(self.p50_history)} samples)", classes="section")
             yield Sparkline(self.p50_history, id="p50-spark")
+            if self.request is not None:
+                yield Label("per request: database or code?", classes="section")
+                yield Static(Content(breakdown_text(self.request)), id="breakdown")
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)

@@ -345,6 +345,7 @@ class TimingsPane(Vertical, can_focus=True):
                 list(self._p50.get(name, ())),
                 list(self._trends.get(name, ())),
                 self.view.errors_by_type.get(name, {}),
+                self.view.requests.get(name.split(" ", 1)[-1]),
             )
         )
 
