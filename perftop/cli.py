@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--yes", action="store_true", help="explain --analyze: do not ask for confirmation")
     act.add_argument("--json", action="store_true", help="print the JSON result")
     act.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are")
+    act.add_argument(
+        "--worker",
+        type=_pid,
+        action="append",
+        metavar="PID",
+        help="from a parent: run in this worker only (repeatable; default: every worker with an agent)",
+    )
+    act.add_argument("--no-children", action="store_true", help="run in PID itself, not in its workers")
 
     run = sub.add_parser(
         "run",
@@ -278,9 +286,12 @@ def _run_action(args: argparse.Namespace) -> int:
         check_pid(args.act_pid)
     except CollectorError as exc:
         raise UsageError(str(exc)) from None
+    targets = _action_targets(args)
     params = _action_params(args)
     method = "explain" if args.action == "explain" else "action"
     timeout = (args.seconds or 5.0) + 60.0
+    if targets != [args.act_pid]:
+        return _fan_out_action(args, targets, method, params, timeout)
     try:
         if args.action == "profile":
             from perftop.collectors.pyspy import PySpyError, run_profile
@@ -306,6 +317,94 @@ def _run_action(args: argparse.Namespace) -> int:
         sys.stdout.write(safe_json(result) + "\n")
     else:
         sys.stdout.write(render(args.action, result) + "\n")
+    return EXIT_OK
+
+
+def _action_targets(args: argparse.Namespace) -> list[int]:
+    """Where `perftop action` runs: PID itself, or (from a parent) its workers that run an agent."""
+    from perftop.collectors.discovery import find_child_agents
+
+    pid = args.act_pid
+    if args.no_children:
+        if args.worker:
+            raise UsageError("--worker and --no-children exclude each other")
+        return [pid]
+    workers = sorted(find_child_agents(pid, args.socket_dir))
+    if args.worker:
+        for worker in args.worker:
+            if worker not in workers:
+                known = ", ".join(map(str, workers)) or "none"
+                raise UsageError(f"PID {worker} is not a worker of PID {pid} with an agent (those: {known})")
+        return list(dict.fromkeys(args.worker))
+    if args.output and args.output.endswith(".json") and len(workers) > 1:
+        raise UsageError("a speedscope file holds one process: add --worker PID, or save to a .folded file")
+    return workers or [pid]
+
+
+def _fan_out_action(
+    args: argparse.Namespace, targets: list[int], method: str, params: dict[str, object], timeout: float
+) -> int:
+    """Run the action in every target at once; print the merged result and each worker's (`per_pid`).
+    EXPLAIN runs once, in a process whose agent recorded the fingerprint."""
+    from perftop.actions_view import render
+    from perftop.collectors.agent_view import call_agent
+    from perftop.collectors.workers import fan_out, merge_action, worker_figures
+
+    def call(pid: int) -> object:
+        if args.action == "profile":
+            from perftop.collectors.pyspy import run_profile
+
+            def agent(p: dict[str, object]) -> object:
+                return call_agent(pid, method, p, args.socket_dir, timeout)
+
+            return run_profile(pid, params, args.sampler, agent)
+        return call_agent(pid, method, params, args.socket_dir, timeout)
+
+    if args.action == "explain":
+        candidates = [args.act_pid, *targets] if not args.worker else targets
+        stats, _ = fan_out(
+            candidates, lambda p: call_agent(p, "stats", {"window": None}, args.socket_dir, 10.0)
+        )
+        ran = [
+            p for p in candidates if p in stats and args.fingerprint in worker_figures(stats[p]).fingerprints
+        ]
+        if not ran:
+            asked = ", ".join(str(p) for p in candidates if p in stats)
+            raise UsageError(
+                f"no process of PID {args.act_pid} recorded an execution of fingerprint {args.fingerprint!r}"
+                f" (agents asked: {asked or 'none answered'})"
+            )
+        targets = ran[:1]
+    results, errors = fan_out(targets, call)
+    if not results:
+        why = "; ".join(f"PID {pid}: {errors[pid]}" for pid in sorted(errors))
+        raise Failure(f"{args.action} failed in every worker of PID {args.act_pid}: {why}")
+    for pid, message in errors.items():
+        sys.stderr.write(f"perftop: {args.action} failed in PID {pid}: {message}\n")
+    merged = merge_action(args.action, results)
+    if args.output and args.action == "profile":
+        _save_profile(merged, args.output)
+    if args.json:
+        from perftop.units import safe_json
+
+        doc = {"threads": merged} if isinstance(merged, list) else dict(merged)
+        doc["per_pid"] = {str(pid): results[pid] for pid in sorted(results)}
+        if errors:
+            doc["errors"] = {str(pid): errors[pid] for pid in sorted(errors)}
+        sys.stdout.write(safe_json(doc) + "\n")
+        return EXIT_OK
+    pids = sorted(results)
+    if args.action == "profile":
+        counts = ", ".join(
+            f"{pid}: {results[pid].get('samples', 0)} ({results[pid].get('idle_samples', 0)} idle)"
+            for pid in pids
+        )
+        text = f"{render(args.action, merged)}\n\nsamples per worker: {counts}"
+    elif args.action == "explain":
+        text = f"ran in PID {pids[0]}, whose agent recorded this fingerprint\n{render(args.action, merged)}"
+    else:
+        text = "\n\n".join(f"== PID {pid} ==\n{render(args.action, results[pid])}" for pid in pids)
+    sys.stdout.write(text + "\n")
     return EXIT_OK
 
 

@@ -25,6 +25,7 @@ import collections
 import contextlib
 import importlib
 import importlib.util
+import json
 import os
 import queue
 import selectors
@@ -79,6 +80,8 @@ MAX_REQUEST_BYTES = 1024 * 1024
 """Largest frame a viewer may send (requests are small); far below MAX_FRAME_BYTES, so that 64 viewers
 cannot make the agent buffer gigabytes."""
 METHODS = ("info", "stats", "history", "action", "explain")
+FINAL_KEEP_S = 300.0
+"""A worker's final stats file outlives it this long at least (viewers read it within a refresh)."""
 LOOP_DISCOVERY_S = 5.0
 """How often the agent thread looks for running asyncio loops to record their lag (perftop.agent.loop)."""
 _PEERCRED = struct.Struct("3i")
@@ -219,6 +222,8 @@ class Agent:
         self._capabilities: list[str] = list(METHODS)
         self._accept_paused_until: float | None = None
         self._mp_hooked = False
+        self.forked = False
+        """This process is a forked child of an agent's process (a pre-fork server's worker)."""
 
     # -- control, from any thread ---------------------------------------------------------------------
 
@@ -339,7 +344,9 @@ class Agent:
             pass
 
     def at_exit(self) -> None:
-        """At interpreter exit: remove the socket file and cancel a running action."""
+        """At interpreter exit: leave a forked worker's final stats, remove the socket file and cancel a
+        running action."""
+        self._write_final()
         self._remove_socket_file()
         job = self._job
         if job is not None:
@@ -347,10 +354,37 @@ class Agent:
         self._quit = True
         self._wake()
 
+    def _write_final(self) -> None:
+        """In a forked worker (gunicorn, Celery prefork), write its since-start stats beside its socket as
+        `<pid>.final` (0600, atomically), so that viewers merging the workers keep what it counted after
+        their last poll when it is recycled or reloaded (read by perftop.collectors.workers)."""
+        path = self.path
+        pending = self._serve_after_fork
+        if path is None and pending is not None:  # exited before its agent thread made the socket
+            path = paths.socket_path(os.getpid(), paths.socket_dir(pending[1]))
+        if path is None or not self.forked or not path.endswith(paths.SOCKET_SUFFIX):
+            return
+        try:
+            _sweep_finals(os.path.dirname(path))
+            doc = {
+                "pid": os.getpid(),
+                "ppid": os.getppid(),
+                "exited_at": time.time(),
+                "stats": self._stats(None),
+            }
+            tmp = f"{path[: -len(paths.SOCKET_SUFFIX)]}.final.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(json.dumps(doc).encode())
+            os.replace(tmp, tmp[: -len(".tmp")])
+        except Exception as exc:
+            log_once("final", "could not write the final stats at exit", exc=exc)
+
     def after_fork_in_child(self) -> None:
         """In a forked child: let go of the parent's sockets and start afresh: fresh state, the agent
         thread again, and (made by that thread) a socket of our own if the parent served one."""
         was_serving = self._listener is not None
+        self.forked = True
         name, directory = self.name, self._asked_dir
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -1030,12 +1064,27 @@ def socket_file() -> str | None:
     return agent.path if agent.serving else None
 
 
+def _sweep_finals(directory: str) -> None:
+    """Remove final stats files of dead workers older than FINAL_KEEP_S (those no viewer swept), so that
+    a server recycling its workers all day leaves a bounded number of them."""
+    now = time.time()
+    for name in os.listdir(directory):
+        pid = name[: -len(".final")]
+        if name.endswith(".final") and pid.isdigit() and not paths.pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                old = os.path.join(directory, name)
+                if now - os.lstat(old).st_mtime > FINAL_KEEP_S:
+                    os.unlink(old)
+
+
 def _mp_worker_started(owner: Agent) -> None:
-    """In a multiprocessing worker (after its finalizers were reset): remove our socket at its exit."""
+    """In a multiprocessing worker (after its finalizers were reset): leave its final stats and remove our
+    socket at its exit."""
     util = sys.modules.get("multiprocessing.util")
     finalize = getattr(util, "Finalize", None)
     if finalize is not None:
         try:
+            finalize(None, owner._write_final, exitpriority=1)  # before the socket goes: see at_exit
             finalize(None, owner._remove_socket_file, exitpriority=0)
         except Exception as exc:
             log_once("mp-finalize", "could not register the socket cleanup with multiprocessing", exc=exc)

@@ -6,7 +6,9 @@ gunicorn master is the p99 of all its workers' requests.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,9 +18,11 @@ from perftop.collectors.agent_client import (
     find_agent,
     find_child_agents,
     merge_stats,
+    socket_dir,
     timing_rows,
 )
 from perftop.collectors.requests import merge_requests, request_rows
+from perftop.collectors.workers import WorkerFigures, read_finals, worker_figures
 from perftop.sketch import Sketch
 
 
@@ -45,6 +49,10 @@ class AgentView:
     errors_by_type: dict[str, dict[str, int]] = field(default_factory=dict)
     overflow: dict[str, Any] = field(default_factory=dict)
     taken_at: float = 0.0
+    figures: dict[int, WorkerFigures] = field(default_factory=dict)
+    """Each process's requests and query fingerprints, for the worker table and for routing EXPLAIN."""
+    gone_pids: tuple[int, ...] = ()
+    """Merged processes that have exited: their last data is kept until the view is reset."""
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
     """The CLI.md `requests` rows by route (web requests timed by the middleware or `perftop run`)."""
     memory: dict[str, Any] | None = None
@@ -53,7 +61,8 @@ class AgentView:
     def describe(self) -> str:
         name = self.info.get("name") or "unnamed"
         merged = f", {len(self.pids)} processes merged" if len(self.pids) > 1 else ""
-        return f"{name} pid {self.info.get('pid')} python {self.info.get('python')}{merged}"
+        gone = f" ({len(self.gone_pids)} gone, last data kept)" if self.gone_pids else ""
+        return f"{name} pid {self.info.get('pid')} python {self.info.get('python')}{merged}{gone}"
 
     @staticmethod
     def empty_json() -> dict[str, Any]:
@@ -88,7 +97,7 @@ class AgentView:
                 "pause_max_ms": merged.max / 1e6 if merged.count else None,
             }
         return {
-            "agent": {**self.info, "merged_pids": list(self.pids)},
+            "agent": {**self.info, "merged_pids": list(self.pids), "gone_pids": list(self.gone_pids)},
             "timings": self.timings,
             "requests": self.requests,
             "counters": self.counters,
@@ -115,9 +124,13 @@ def agent_info(client: AgentClient) -> dict[str, Any]:
 
 
 def build_view(
-    results: dict[int, dict[str, Any]], infos: dict[int, dict[str, Any]], window: float | None, main_pid: int
+    results: dict[int, dict[str, Any]],
+    infos: dict[int, dict[str, Any]],
+    window: float | None,
+    main_pid: int,
+    gone: tuple[int, ...] = (),
 ) -> AgentView:
-    """Merge the `stats` results of several agents (by PID) into one view."""
+    """Merge the `stats` results of several agents (by PID) into one view; `gone`: those that exited."""
     pids = tuple(sorted(results))
     merged = merge_stats([results[p] for p in pids])
     info = infos.get(main_pid) or infos[pids[0]]
@@ -137,19 +150,38 @@ def build_view(
         errors_by_type={name: t.get("errors_by_type", {}) for name, t in merged.get("timings", {}).items()},
         overflow=merged.get("overflow", {}),
         taken_at=float(merged.get("now", 0.0)),
+        figures={p: worker_figures(results[p]) for p in pids},
+        gone_pids=tuple(sorted(gone)),
         requests=request_rows(merge_requests(results[p].get("requests") for p in pids)),
         memory=(results.get(main_pid) or results[pids[0]]).get("memory"),
     )
 
 
 class AgentWatcher:
-    """Keeps connections to the agents of one PID and its children open between ticks."""
+    """Keeps connections to the agents of one PID and its children open between ticks.
+
+    A child whose agent goes away (a worker recycled by --max-requests, reloaded by HUP, killed) keeps its
+    last "since start" stats in the merged view, listed in `gone_pids`, until `reset()`; windowed views
+    drop it, as its window would have emptied anyway."""
 
     def __init__(self, socket_dir: str | None = None, children: bool = True) -> None:
         self.socket_dir = socket_dir
         self.children = children
         self._clients: dict[int, AgentClient] = {}
         self._lock = threading.Lock()
+        self._root: int | None = None
+        self._kept: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        """The last since-start (stats, info) of each child agent."""
+        self._gone: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        """Those of child agents that went away (their final stats where they left them)."""
+        self._attached_at = 0.0
+        self._dirs: set[str] = set()
+        self._finals_read: set[str] = set()
+
+    def reset(self) -> None:
+        """Forget the data of departed workers."""
+        with self._lock:
+            self._gone.clear()
 
     def _discover(self, pid: int) -> dict[int, str]:
         found: dict[int, str] = {}
@@ -163,6 +195,13 @@ class AgentWatcher:
     def fetch(self, pid: int, window: float | None) -> AgentView | None:
         """The merged view of `pid` and its children's agents; None where none has an agent."""
         with self._lock:
+            if pid != self._root:
+                self._root = pid
+                self._kept.clear()
+                self._gone.clear()
+                self._attached_at = time.time()
+                self._dirs = {socket_dir(self.socket_dir)}
+                self._finals_read = set()
             found = self._discover(pid)
             for gone in set(self._clients) - set(found):
                 self._clients.pop(gone).close()
@@ -180,9 +219,41 @@ class AgentWatcher:
                     dead = self._clients.pop(apid, None)
                     if dead is not None:
                         dead.close()
+            self._keep(pid, found, results, infos, window)
+            if window is None:
+                for apid, (stats, info) in self._gone.items():
+                    if apid not in results:
+                        results[apid], infos[apid] = stats, info
             if not results:
                 return None
-            return build_view(results, infos, window, pid)
+            departed = tuple(p for p in self._gone if window is None and p not in found)
+            return build_view(results, infos, window, pid, departed)
+
+    def _keep(
+        self,
+        pid: int,
+        found: dict[int, str],
+        results: dict[int, dict[str, Any]],
+        infos: dict[int, dict[str, Any]],
+        window: float | None,
+    ) -> None:
+        """Remember each child's last since-start stats; move those whose agent went away to `_gone`."""
+        if not self.children:
+            return
+        self._dirs.update(os.path.dirname(path) for path in found.values())
+        for apid in list(self._kept):
+            if apid not in found:
+                self._gone[apid] = self._kept.pop(apid)
+        finals = read_finals(self._dirs, {pid, *found}, self._attached_at, self._finals_read, found)
+        for apid, stats in finals.items():
+            if apid != pid:
+                info = self._gone.get(apid, ({}, {"pid": apid}))[1]
+                self._gone[apid] = (stats, info)
+        if window is None:
+            for apid, stats in results.items():
+                if apid != pid:
+                    self._kept[apid] = (stats, infos[apid])
+                    self._gone.pop(apid, None)  # a reused PID: the new process's data wins
 
     def client(self, pid: int) -> AgentClient | None:
         """An open client for the agent of `pid` itself (for actions)."""

@@ -177,6 +177,8 @@ class ProcessSample:
     taken_at: float
     listen_backlog: tuple[ListenBacklog, ...] = ()
     """The accept backlog of each listening TCP socket (Linux); read with the connections."""
+    tree: ProcessTree | None = None
+    """The PID with its descendants (a pre-fork master and its workers), where it has any."""
 
     def limit(self, name: str) -> Limit | None:
         """The limit called `name` (e.g. `nofile`), or None."""
@@ -203,6 +205,67 @@ class ProcessSample:
             "listen_backlog": [b.to_json() for b in self.listen_backlog],
             "limits": {lim.name: lim.to_json() for lim in self.limits},
             "cgroup": None if self.cgroup is None else self.cgroup.to_json(),
+            "tree": None if self.tree is None else self.tree.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """One descendant of the attached PID (a gunicorn, Celery or multiprocessing worker), as last seen.
+
+    A worker that has exited keeps its last values, marked `gone`, until the view is reset."""
+
+    pid: int
+    ppid: int
+    name: str
+    started_at: float
+    cpu_percent: float
+    rss_bytes: int
+    num_threads: int
+    has_agent: bool
+    requests: int | None
+    """Requests it timed (its `http ...` timings) over the agent view's window; None without an agent."""
+    requests_per_s: float | None
+    p99_ms: float | None
+    gone: bool = False
+    gone_at: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _fields(self)
+
+
+@dataclass(frozen=True)
+class ProcessTree:
+    """Totals of a PID and all its descendants, beside the PID's own figures, and one row per descendant.
+
+    Limits stay per process (rlimits) and per cgroup, so the tree has none."""
+
+    pids: tuple[int, ...]
+    """The PID first, then its live descendants."""
+    cpu_percent: float
+    rss_bytes: int
+    pss_bytes: int | None
+    """Proportional set size (shared pages split between the processes sharing them): what the tree really
+    holds in memory, as forked workers share most pages. None where a smaps_rollup was unreadable."""
+    num_threads: int
+    num_fds: int | None
+    num_connections: int | None
+    """Distinct sockets of the tree (one listening socket shared by every worker counts once)."""
+    workers: tuple[WorkerRow, ...]
+    departed: int
+    """Workers that exited since the view was reset (recycled, reloaded, killed)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pids": list(self.pids),
+            "cpu_percent": self.cpu_percent,
+            "rss_bytes": self.rss_bytes,
+            "pss_bytes": self.pss_bytes,
+            "num_threads": self.num_threads,
+            "num_fds": self.num_fds,
+            "num_connections": self.num_connections,
+            "departed": self.departed,
+            "workers": [w.to_json() for w in self.workers],
         }
 
 

@@ -271,6 +271,27 @@ def _socket_inodes(pid: int, procfs: str) -> tuple[dict[bytes, int], set[str]]:
     return inodes, tables
 
 
+def connection_inodes(pid: int, procfs: str = "/proc") -> dict[bytes, int]:
+    """The sockets `count_connections` counts, by inode: how many times each counts (1 for an inet
+    socket, its number of fds for a unix one). Processes sharing a socket (forked workers and their
+    listening socket) report the same inode, so a tree's distinct sockets are the union of these keys."""
+    inodes, tables = _socket_inodes(pid, procfs)
+    matched: dict[bytes, int] = {}
+    for table in tables:
+        column = _SOCKET_TABLES[table]
+        try:
+            with open(f"{procfs}/net/{table}", "rb") as f:
+                lines = f.read().split(b"\n")
+        except OSError:  # no IPv6 here
+            continue
+        per_fd = table == "unix"
+        for line in lines[1:]:
+            fields = line.split(None, column + 1)
+            if len(fields) > column and (n := inodes.get(fields[column])):
+                matched[fields[column]] = n if per_fd else 1
+    return matched
+
+
 def _scan_sockets(pid: int, procfs: str, tcp_only: bool = False) -> tuple[int, tuple[ListenBacklog, ...]]:
     """The connection count of `pid` and the accept backlog of its listening TCP sockets, in one pass
     (`tcp_only`: the TCP tables alone, when only the backlog is wanted)."""

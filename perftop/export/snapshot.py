@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from perftop._version import __version__
 from perftop.collectors.agent_view import AgentView, fetch_agent_view
-from perftop.collectors.model import ProcessSample, SystemSample
+from perftop.collectors.model import ProcessSample, ProcessTree, SystemSample
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.system import SystemCollector
+from perftop.collectors.workers import TreeCollector
 from perftop.units import fmt_bytes, fmt_count, fmt_limit, fmt_ms, fmt_rate, safe_text
 
 
@@ -32,15 +33,20 @@ def take_snapshot(
     socket_dir: str | None,
     children: bool = True,
 ) -> Snapshot:
-    """Sample the host (and `pid`) over `interval` seconds; read the agent(s) of `pid` if there are any."""
+    """Sample the host (and `pid`, with its descendants unless `children` is false) over `interval`
+    seconds; read the agent(s) of `pid` if there are any."""
     system = SystemCollector()
     process = ProcessCollector(pid) if pid is not None else None
+    tree = TreeCollector(pid) if pid is not None and children else None  # the children's CPU baseline
     if process is not None:
         process.sample()  # the baseline for cpu_percent
     time.sleep(interval)
     sys_sample = system.sample()
     proc_sample = process.sample() if process is not None else None
     agent = fetch_agent_view(pid, window, socket_dir, children) if pid is not None else None
+    if tree is not None and proc_sample is not None:
+        figures = None if agent is None else agent.figures
+        proc_sample = replace(proc_sample, tree=tree.sample(proc_sample, figures))
     return Snapshot(time.time(), sys_sample, proc_sample, agent)
 
 
@@ -83,6 +89,8 @@ def snapshot_text(snap: Snapshot) -> str:
             f"  threads {p.num_threads}  fds {fmt_count(p.num_fds)}"
             f"  connections {fmt_count(p.num_connections)}",
         ]
+        if p.tree is not None:
+            lines += tree_lines(p.tree)
         for lim in p.limits:
             if lim.used is None and lim.soft is None:
                 continue
@@ -114,3 +122,22 @@ def snapshot_text(snap: Snapshot) -> str:
 
 def _one_line(text: object) -> str:
     return safe_text(text, newlines=False)
+
+
+def tree_lines(tree: ProcessTree) -> list[str]:
+    """The text report of a process tree: totals, then one line per worker."""
+    pss = "" if tree.pss_bytes is None else f"  pss {fmt_bytes(tree.pss_bytes)}"
+    departed = f"  departed {tree.departed}" if tree.departed else ""
+    lines = [
+        f"tree     {len(tree.pids)} processes  cpu {tree.cpu_percent:.1f}%"
+        f"  rss {fmt_bytes(tree.rss_bytes)}{pss}  threads {tree.num_threads}  fds {fmt_count(tree.num_fds)}"
+        f"  connections {fmt_count(tree.num_connections)}{departed}",
+    ]
+    for w in tree.workers:
+        rate = "-" if w.requests_per_s is None else f"{w.requests_per_s:.1f}/s"
+        gone = " (gone)" if w.gone else ""
+        lines.append(
+            f"  worker {w.pid:>7} {_one_line(w.name):<16} cpu {w.cpu_percent:5.1f}%"
+            f"  rss {fmt_bytes(w.rss_bytes)}  req {rate}  p99 {fmt_ms(w.p99_ms)}{gone}"
+        )
+    return lines

@@ -38,6 +38,7 @@ from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.sampler import Sampler
 from perftop.tui.sources import Sources
 from perftop.tui.widgets.filterbar import FilterBar
+from perftop.tui.widgets.target import ActionTarget
 
 W = TypeVar("W", bound=Widget)
 
@@ -97,6 +98,8 @@ class PerftopApp(App[int]):
         self.sampler = Sampler(self, sources, interval)
         self._start_sampler = start_sampler
         self._profile_seconds = profile_seconds
+        self.action_target: ActionTarget | None = None
+        """Where the agent request being sent runs, when the user picked it (a worker, the parent alone)."""
         self.recorder: Recorder | None = None
         """The recording of the attached process that `r` started, while it runs."""
         self.set_reactive(PerftopApp.interval, interval)
@@ -205,10 +208,11 @@ class PerftopApp(App[int]):
             what = f"the {params['name']} action"
         if what is not None and self.refuses(what):
             return False
+        target = self.action_target or ActionTarget(pid, True)
 
         def run() -> None:
             try:
-                result = self.sources.call(pid, method, params, timeout)
+                result = self.sources.call(target.pid, method, params, timeout, children=target.children)
             except AgentError as exc:
                 reply_to.post_message(AgentReply(pid, method, params, error=str(exc)))
             except Exception as exc:
@@ -230,6 +234,17 @@ class PerftopApp(App[int]):
     @on(ProcessListPane.Attach)
     async def _attach_selected(self, msg: ProcessListPane.Attach) -> None:
         await self.attach(msg.pid)
+
+    @on(ProcessPane.AttachWorker)
+    async def _attach_worker(self, msg: ProcessPane.AttachWorker) -> None:
+        await self.attach(msg.pid)
+
+    @on(ProcessPane.ForgetDeparted)
+    def _forget_departed(self) -> None:
+        if self.attached is not None:
+            self.sources.forget_departed(self.attached)
+            self.sampler.poke()
+            self.notify("departed workers forgotten")
 
     async def attach(self, pid: int) -> None:
         """Show the attached view for `pid`. The view is made on the first attach: composing its four

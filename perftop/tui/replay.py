@@ -91,8 +91,13 @@ class ReplaySources:
     def now(self) -> float:
         return self.reader.times[self.shown]
 
-    def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
+    def call(
+        self, pid: int, method: str, params: dict[str, Any], timeout: float, children: bool = True
+    ) -> Any:
         raise AgentError(f"{method}: not available in a replay (the recorded process is not here to ask)")
+
+    def forget_departed(self, pid: int) -> None:
+        """A replay shows what was recorded: nothing to forget."""
 
 
 def _converted(convert: Callable[[dict[str, Any]], T], doc: dict[str, Any]) -> T:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Protocol
 
+from perftop.collectors.agent_client import AgentError, find_child_agents
 from perftop.collectors.agent_view import AgentView, AgentWatcher, call_agent
 from perftop.collectors.model import ProcessRow, ProcessSample, SystemSample
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.proclist import ProcessLister
 from perftop.collectors.system import SystemCollector
+from perftop.collectors.workers import TreeCollector, WorkerFigures, fan_out, merge_action
 
 
 class Sources(Protocol):
@@ -30,8 +33,15 @@ class Sources(Protocol):
         """The clock the panes use for ages and uptimes (fixed in tests)."""
         ...
 
-    def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
-        """One request to the agent of `pid` (an action, an explain); AgentError says why it failed."""
+    def call(
+        self, pid: int, method: str, params: dict[str, Any], timeout: float, children: bool = True
+    ) -> Any:
+        """One request to the agent of `pid` (an action, an explain); AgentError says why it failed.
+        `children`: from a parent, in its workers (merged); else in `pid` alone."""
+        ...
+
+    def forget_departed(self, pid: int) -> None:
+        """Drop the rows and the kept data of `pid`'s workers that have exited (the user's reset)."""
         ...
 
 
@@ -43,6 +53,8 @@ class LiveSources:
         self._system: SystemCollector | None = None
         self._lister: ProcessLister | None = None
         self._process: ProcessCollector | None = None
+        self._tree: TreeCollector | None = None
+        self._figures: dict[int, WorkerFigures] = {}
         self.agents = AgentWatcher(socket_dir)
 
     def system(self) -> SystemSample:
@@ -56,24 +68,60 @@ class LiveSources:
         return self._lister.sample()
 
     def process(self, pid: int) -> ProcessSample:
+        """The sample of `pid` with its tree; the workers' request figures are the last agent view's."""
         if self._process is None or self._process.pid != pid:
             self._process = ProcessCollector(pid)
-        return self._process.sample()
+            self._tree = TreeCollector(pid)
+            self._figures = {}
+        sample = self._process.sample()
+        if self._tree is None:
+            return sample
+        return replace(sample, tree=self._tree.sample(sample, self._figures))
 
     def agent(self, pid: int, window: float | None) -> AgentView | None:
-        return self.agents.fetch(pid, window)
+        view = self.agents.fetch(pid, window)
+        if self._process is not None and self._process.pid == pid:
+            self._figures = {} if view is None else view.figures
+        return view
+
+    def forget_departed(self, pid: int) -> None:
+        self.agents.reset()
+        if self._tree is not None and self._tree.pid == pid:
+            self._tree.reset()
 
     def now(self) -> float:
         import time
 
         return time.time()
 
-    def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
-        if method == "action" and params.get("name") == "profile":
-            from perftop.collectors.pyspy import run_profile
+    def call(
+        self, pid: int, method: str, params: dict[str, Any], timeout: float, children: bool = True
+    ) -> Any:
+        """From a parent whose workers run agents, an action runs in every worker at once (merged, each
+        worker's result under `per_pid`) and EXPLAIN in a worker whose agent recorded the fingerprint;
+        with `children` false, in `pid` alone."""
 
-            def agent(p: dict[str, Any]) -> Any:
-                return call_agent(pid, method, p, self.socket_dir, timeout)
+        def one(target: int) -> Any:
+            if method == "action" and params.get("name") == "profile":
+                from perftop.collectors.pyspy import run_profile
 
-            return run_profile(pid, params, params.get("sampler", "auto"), agent)
-        return call_agent(pid, method, params, self.socket_dir, timeout)
+                def agent(p: dict[str, Any]) -> Any:
+                    return call_agent(target, method, p, self.socket_dir, timeout)
+
+                return run_profile(target, params, params.get("sampler", "auto"), agent)
+            return call_agent(target, method, params, self.socket_dir, timeout)
+
+        workers = sorted(find_child_agents(pid, self.socket_dir)) if children else []
+        if not workers:
+            return one(pid)
+        if method == "explain":
+            fp = params.get("fingerprint")
+            ran = [p for p in (pid, *workers) if p in self._figures and fp in self._figures[p].fingerprints]
+            target = ran[0] if ran else pid
+            result = one(target)
+            return {**result, "per_pid": {target: result}}
+        results, errors = fan_out(workers, one)
+        if not results:
+            raise AgentError("; ".join(f"PID {p}: {why}" for p, why in sorted(errors.items())))
+        merged = merge_action(str(params.get("name", method)), results)
+        return {**merged, "per_pid": results} if isinstance(merged, dict) else merged

@@ -206,6 +206,8 @@ class FixedSources:
         self.hold = threading.Event()
         """Agent calls wait for this until it is set (set by default: calls answer at once)."""
         self.hold.set()
+        self.forgotten: list[int] = []
+        """PIDs whose departed workers the user asked to forget."""
 
     def system(self) -> SystemSample:
         self.calls += 1
@@ -227,13 +229,18 @@ class FixedSources:
     def now(self) -> float:
         return NOW
 
-    def call(self, pid: int, method: str, params: dict[str, Any], timeout: float) -> Any:
+    def call(
+        self, pid: int, method: str, params: dict[str, Any], timeout: float, children: bool = True
+    ) -> Any:
         """Answers explain with a fixed plan; every request is kept in `requests`."""
         self.requests.append((method, dict(params)))
         self.hold.wait(60)
         if method == "explain":
             return {**EXPLAIN_RESULT, "analyzed": bool(params.get("analyze"))}
         raise AgentError(f"{method}: not available in the fixed sources")
+
+    def forget_departed(self, pid: int) -> None:
+        self.forgotten.append(pid)
 
     def exit_pid(self, pid: int) -> None:
         self.gone.add(pid)

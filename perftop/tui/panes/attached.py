@@ -12,6 +12,7 @@ from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.queries import QueriesPane
 from perftop.tui.panes.timings import WINDOWS, TimingsPane
 from perftop.tui.widgets.confirm import Confirm
+from perftop.tui.widgets.target import ActionTarget, TargetPicker
 
 
 class AttachedView(Vertical):
@@ -92,13 +93,32 @@ class AttachedView(Vertical):
         self.notify(f"window: {label} (timings and queries)", timeout=2)
 
     def action_run(self, name: str) -> None:
-        """Start an action in the attached process and show the Actions tab."""
+        """Start an action in the attached process and show the Actions tab. Attached to a parent whose
+        workers run agents, first ask where: all workers (the default), one, or the parent itself."""
         from perftop.tui.app import PerftopApp
 
         titles = {"gc": "forced GC", "memory": "memory tracing", "memory_stop": "memory tracing"}
         app = self.app
         if name in titles and isinstance(app, PerftopApp) and app.refuses(titles[name]):
             return
+        process = self.query_one(ProcessPane)
+        tree = process.sample.tree if process.sample is not None else None
+        workers = [w for w in tree.workers if w.has_agent and not w.gone] if tree is not None else []
+        if not workers or not isinstance(app, PerftopApp) or app.attached is None:
+            self._start(name)
+            return
+        selected = process.selected_worker
+        worker = selected.pid if selected is not None and selected in workers else None
+
+        def answered(target: ActionTarget | None) -> None:
+            if target is not None:
+                app.action_target = target
+                self._start(name)
+                app.action_target = None
+
+        app.push_screen(TargetPicker(name.replace("_", " "), app.attached, len(workers), worker), answered)
+
+    def _start(self, name: str) -> None:
         pane = self.query_one(ActionsPane)
         seconds = pane.profile_seconds
         extra: dict[str, dict[str, object]] = {

@@ -1,15 +1,71 @@
-"""The process pane: one process's resources, each against its rlimit and its cgroup limit."""
+"""The process pane: one process's resources, each against its rlimit and its cgroup limit; for a parent
+(a gunicorn master, a Celery or multiprocessing pool), its tree's totals and a table of its workers."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Label, Static
 
-from perftop.collectors.model import CgroupInfo, Limit, ProcessSample
+from perftop.collectors.model import CgroupInfo, Limit, ProcessSample, ProcessTree, WorkerRow
 from perftop.tui.widgets.bar import UsageBar
-from perftop.units import fmt_bytes, fmt_count, fmt_duration, fmt_limit
+from perftop.tui.widgets.proctable import LineTable
+from perftop.units import fmt_bytes, fmt_count, fmt_duration, fmt_limit, fmt_ms
+
+WORKER_SORTS: tuple[str, ...] = ("cpu", "rss", "req/s", "p99", "age", "pid")
+"""The worker table's sort orders, cycled by `o`."""
+MAX_WORKER_LINES = 12
+"""The worker table's height at most; more workers scroll."""
+
+
+def sort_workers(rows: tuple[WorkerRow, ...], sort: str) -> list[WorkerRow]:
+    """Live workers first, then departed ones; each group by `sort` (figures descending, age oldest first,
+    PID ascending)."""
+    keys: dict[str, Callable[[WorkerRow], float]] = {
+        "cpu": lambda r: -r.cpu_percent,
+        "rss": lambda r: -r.rss_bytes,
+        "req/s": lambda r: -(r.requests_per_s or 0.0),
+        "p99": lambda r: -(r.p99_ms or 0.0),
+        "age": lambda r: r.started_at,
+        "pid": lambda r: r.pid,
+    }
+    key = keys[sort]
+    return sorted(rows, key=lambda r: (r.gone, key(r), r.pid))
+
+
+def _worker_line(pid: str, age: str, cpu: str, rss: str, rate: str, p99: str, state: str) -> str:
+    return f" {pid:>7} {age:>8} {cpu:>6} {rss:>10} {rate:>8} {p99:>9}  {state}"
+
+
+def worker_line(w: WorkerRow, now: float) -> str:
+    """One row of the worker table."""
+    age = fmt_duration(max(0.0, (w.gone_at or now) - w.started_at)) if now else "-"
+    state = "gone" if w.gone else ("agent" if w.has_agent else "no agent")
+    return _worker_line(
+        str(w.pid),
+        age,
+        f"{w.cpu_percent:5.1f}",
+        fmt_bytes(w.rss_bytes),
+        "-" if w.requests_per_s is None else f"{w.requests_per_s:.1f}",
+        fmt_ms(w.p99_ms),
+        f"{state} · {w.name}",
+    )
+
+
+def tree_text(t: ProcessTree) -> str:
+    """The tree's totals in one line."""
+    pss = "" if t.pss_bytes is None else f"  pss {fmt_bytes(t.pss_bytes)}"
+    return (
+        f"tree of {len(t.pids)}: cpu {t.cpu_percent:5.1f}%  rss {fmt_bytes(t.rss_bytes)}{pss}"
+        f"  threads {t.num_threads}  fds {fmt_count(t.num_fds)}  conns {fmt_count(t.num_connections)}"
+        f"  departed {t.departed}"
+    )
 
 
 class LimitRow(Horizontal):
@@ -79,7 +135,24 @@ def cgroup_rows(cg: CgroupInfo) -> list[tuple[str, float | None, str]]:
 
 
 class ProcessPane(VerticalScroll):
-    """Resources of the attached process. When it exits, says so and keeps the last values."""
+    """Resources of the attached process. When it exits, says so and keeps the last values. A parent's
+    workers are listed in a table; Enter attaches to the one under the cursor."""
+
+    BINDINGS = [
+        Binding("enter", "attach_worker", "Attach worker"),
+        Binding("o", "cycle_worker_sort", "Sort workers"),
+        Binding("x", "forget_departed", "Forget gone workers", show=False),
+    ]
+
+    class AttachWorker(Message):
+        """The user chose a worker to attach to."""
+
+        def __init__(self, pid: int) -> None:
+            super().__init__()
+            self.pid = pid
+
+    class ForgetDeparted(Message):
+        """The user asked to drop the departed workers' rows and data (a reset)."""
 
     DEFAULT_CSS = """
     ProcessPane { height: 1fr; border: round $primary; border-title-color: $primary; padding: 0 1; }
@@ -89,6 +162,10 @@ class ProcessPane(VerticalScroll):
     ProcessPane .section { color: $secondary; text-style: bold; }
     ProcessPane .cgroup { display: none; }
     ProcessPane.-cgroup .cgroup { display: block; }
+    ProcessPane .tree { display: none; }
+    ProcessPane.-tree .tree { display: block; }
+    ProcessPane #tree-head { height: 1; text-style: bold; color: $accent; }
+    ProcessPane #workers { height: 1; }
     """
 
     sample: reactive[ProcessSample | None] = reactive(None, always_update=True, repaint=False)
@@ -97,6 +174,8 @@ class ProcessPane(VerticalScroll):
     """Why the process can no longer be sampled (it exited), or None while it runs."""
     now: reactive[float] = reactive(0.0, repaint=False)
     """The clock used for uptime and for the age of the connections count."""
+    worker_sort: reactive[str] = reactive("cpu")
+    """The worker table's sort order, one of WORKER_SORTS."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -108,10 +187,23 @@ class ProcessPane(VerticalScroll):
         self._rows: dict[str, LimitRow] = {
             name: LimitRow(name, classes="cgroup") for name in ("cg.memory", "cg.pids", "cg.cpu")
         }
+        self._tree_title = Label("", classes="section tree", id="tree-title", markup=False)
+        self._tree_head = Static(
+            _worker_line("PID", "AGE", "CPU%", "RSS", "REQ/S", "P99", "STATE"),
+            classes="tree",
+            id="tree-head",
+            markup=False,
+        )
+        self._workers = LineTable(id="workers")
+        self._workers.add_class("tree")
+        self._shown_workers: list[WorkerRow] = []
 
     def compose(self) -> ComposeResult:
         yield self._gone
         yield self._head
+        yield self._tree_title
+        yield self._tree_head
+        yield self._workers
         yield self._cgroup_title
         yield from self._rows.values()
         yield Label("rlimits: usage against soft limit (hard)", classes="section", id="limits-title")
@@ -143,6 +235,7 @@ class ProcessPane(VerticalScroll):
             f"cmd {cmd[:200]}",
             layout=relayout,
         )
+        self._show_tree(p.tree)
         cg = p.cgroup
         self.set_class(cg is not None, "-cgroup")
         if cg is not None:
@@ -151,6 +244,74 @@ class ProcessPane(VerticalScroll):
                 self._show(name, ratio, text)
         for lim in p.limits:
             self._show(lim.name, lim.ratio, limit_text(lim))
+
+    @property
+    def shown_workers(self) -> list[int]:
+        """The workers' PIDs in table order."""
+        return [w.pid for w in self._shown_workers]
+
+    @property
+    def selected_worker(self) -> WorkerRow | None:
+        """The worker under the table's cursor, if any."""
+        row = self._workers.cursor_row
+        return self._shown_workers[row] if 0 <= row < len(self._shown_workers) else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The worker keys apply (and show in the footer) only while there are workers."""
+        if action in ("attach_worker", "cycle_worker_sort", "forget_departed"):
+            return self.has_class("-tree")
+        return True
+
+    def _show_tree(self, tree: ProcessTree | None) -> None:
+        if self.has_class("-tree") != (tree is not None):
+            self.set_class(tree is not None, "-tree")
+            self.refresh_bindings()
+        if tree is None:
+            self._shown_workers = []
+            self._workers.set_rows([])
+            return
+        if not self._shown_workers and self.has_focus:
+            self.call_after_refresh(self._workers.focus)
+        selected = self.selected_worker
+        rows = sort_workers(tree.workers, self.worker_sort)
+        self._shown_workers = rows
+        title = f"{tree_text(tree)} · workers {len(rows)} · sort {self.worker_sort} (o) · Enter attaches"
+        self._tree_title.update(title, layout=False)
+        height = max(1, min(len(rows), MAX_WORKER_LINES))
+        if self._workers.styles.height is None or self._workers.styles.height.value != height:
+            self._workers.styles.height = height
+        self._workers.set_rows([worker_line(w, self.now) for w in rows])
+        if selected is not None and selected.pid in self.shown_workers:
+            self._workers.move_cursor(self.shown_workers.index(selected.pid))
+
+    def watch_worker_sort(self) -> None:
+        if self.sample is not None and self.is_mounted:
+            self._show_tree(self.sample.tree)
+
+    def action_cycle_worker_sort(self) -> None:
+        self.worker_sort = WORKER_SORTS[(WORKER_SORTS.index(self.worker_sort) + 1) % len(WORKER_SORTS)]
+
+    def action_attach_worker(self) -> None:
+        worker = self.selected_worker
+        if worker is None:
+            return
+        if worker.gone:
+            self.notify(f"worker {worker.pid} has exited: its last data stays in the merged view")
+            return
+        self.post_message(self.AttachWorker(worker.pid))
+
+    def action_forget_departed(self) -> None:
+        self.post_message(self.ForgetDeparted())
+
+    def on_focus(self) -> None:
+        """With workers listed, focus goes to their table: the arrows move among them at once."""
+        if self.has_class("-tree"):
+            self._workers.focus()
+
+    @on(LineTable.Clicked)
+    def _worker_clicked(self, event: LineTable.Clicked) -> None:
+        event.stop()
+        self.action_attach_worker()
 
     def _show(self, name: str, ratio: float | None, text: str) -> None:
         row = self._rows.get(name)
