@@ -244,6 +244,14 @@ class ProcessPane(VerticalScroll):
                 self._show(name, ratio, text)
         for lim in p.limits:
             self._show(lim.name, lim.ratio, limit_text(lim))
+        for i, b in enumerate(p.listen_backlog[:4]):  # requests the app has not taken yet, per listener
+            ratio = b.queued / b.max if b.max else None
+            most = "?" if b.max is None else fmt_count(b.max)
+            self._show(
+                "backlog" if i == 0 else f"backlog{i + 1}",
+                ratio,
+                f"{b.queued} queued of {most} on {b.address}",
+            )
 
     @property
     def shown_workers(self) -> list[int]:
