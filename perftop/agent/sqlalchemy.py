@@ -1007,8 +1007,10 @@ def query_stats(window_s: float | None, now: float | None = None) -> dict[str, A
             "executions_dropped": _executions_dropped,
         }
     grand = sum(r["total_ms"] for r in rows_out)
+    server, why = _server_times()
     for r in rows_out:
         r["share_percent"] = 100.0 * r["total_ms"] / grand if grand > 0 else 0.0
+        r["server_mean_ms"] = server.get(r["fingerprint"]) if r["dialect"] == "postgresql" else None
     rows_out.sort(key=lambda r: r["total_ms"], reverse=True)
     return {
         "queries": rows_out,
@@ -1016,7 +1018,102 @@ def query_stats(window_s: float | None, now: float | None = None) -> dict[str, A
         "pool": pool,
         "overflow": overflow,
         "slow_ms": _slow_ns / 1e6,
+        "server_times": why,
     }
+
+
+SERVER_TIMES_EVERY_S = 10.0
+"""How often the database's own execution times are read (pg_stat_statements), in a thread of its own."""
+SERVER_TIMES_TIMEOUT_MS = 1000
+SERVER_TEXTS_MAX = 20_000
+"""pg_stat_statements texts whose fingerprint is remembered (the cache is emptied past this)."""
+
+
+class _ServerTimes:
+    """The database's own mean execution time per fingerprint (PostgreSQL's pg_stat_statements, read on
+    a connection of its own, never one of the app's pool), refreshed in the background; `why` says why
+    there are none."""
+
+    def __init__(self) -> None:
+        self.by_fp: dict[str, float] = {}
+        self.why: str | None = None
+        self.at = -math.inf
+        self.running = False
+        self.fp_of: dict[str, str] = {}
+
+
+_server = _ServerTimes()
+
+
+def _server_times() -> tuple[dict[str, float], str | None]:
+    """The last figures read, starting a refresh when they are old (the caller never waits for it)."""
+    engines = {
+        id(engine): engine
+        for stats in list(_stats.values())
+        if stats.dialect == "postgresql"
+        for engine, _, _, _ in list(stats.last.values())
+    }
+    if not engines:
+        return {}, None
+    now = time.monotonic()
+    if not _server.running and now - _server.at >= SERVER_TIMES_EVERY_S:
+        _server.running = True
+        _server.at = now
+        threading.Thread(
+            target=_refresh_server_times, args=(list(engines.values()),), name="perftop-pgstat", daemon=True
+        ).start()
+    return _server.by_fp, _server.why
+
+
+def _refresh_server_times(engines: list[Any]) -> None:
+    totals: dict[str, list[float]] = {}
+    why = None
+    try:
+        for engine in engines[:4]:
+            try:
+                rows = _read_pg_stat_statements(engine)
+            except Exception as exc:
+                text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+                why = f"no server times: pg_stat_statements is not readable ({type(exc).__name__}: {text})"
+                continue
+            for query, calls, total_ms in rows:
+                fp = _server.fp_of.get(query)
+                if fp is None:
+                    fp = _fingerprint.fingerprint(query)
+                    if len(_server.fp_of) > SERVER_TEXTS_MAX:
+                        _server.fp_of.clear()
+                    _server.fp_of[query] = fp
+                acc = totals.setdefault(fp, [0.0, 0.0])
+                acc[0] += float(calls)
+                acc[1] += float(total_ms)
+        _server.by_fp = {fp: t / n for fp, (n, t) in totals.items() if n > 0}
+        _server.why = why if not totals else None
+    except Exception as exc:
+        log_once("sql-server-times", "could not read the database's own query times", exc=exc)
+    finally:
+        _server.running = False
+
+
+def _read_pg_stat_statements(engine: Any) -> list[tuple[str, float, float]]:
+    """(query, calls, total execution ms) of this database's statements, on a short-lived connection."""
+    creator = getattr(engine.pool, "_creator", None)
+    if callable(creator):
+        conn = creator()
+    else:
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        conn = engine.dialect.connect(*cargs, **cparams)
+    try:
+        cursor = conn.cursor()
+        cursor.execute(f"SET statement_timeout = {SERVER_TIMES_TIMEOUT_MS}")
+        cursor.execute(
+            "SELECT query, calls, total_exec_time FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND calls > 0"
+        )
+        return [(str(q), float(c), float(t)) for q, c, t in cursor.fetchall()]
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        conn.close()
 
 
 def _pool_stats(window_s: float | None, now: float) -> dict[str, Any] | None:

@@ -353,6 +353,8 @@ def merge_queries(parts: list[dict[str, Any]]) -> dict[str, Any]:
             seen["rows"] += row.get("rows") or 0
             seen["rows_counted"] += row.get("rows_counted", row.get("count") or 0) or 0
             seen["dialect"] = row.get("dialect")
+            if seen.get("server_mean_ms") is None:  # the database's figure: the same for every worker
+                seen["server_mean_ms"] = row.get("server_mean_ms")
             if row.get("n_plus_one"):
                 seen["n_plus_one"] = True
                 seen["n_plus_one_site"] = seen["n_plus_one_site"] or row.get("n_plus_one_site")
@@ -393,6 +395,7 @@ def merge_queries(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "pool": _merge_pools(pools),
         "overflow": overflow,
         "slow_ms": parts[0].get("slow_ms") if parts else None,
+        "server_times": next((p["server_times"] for p in parts if p.get("server_times")), None),
     }
 
 

@@ -9,19 +9,23 @@ work is the scan (SQLite fetching, server-side cursors), where timing `execute()
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import statistics
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from tests.targets.sql_client import AppError, SqlApp, database_url, new_suffix
+from tests.targets.sql_client import PG_URL, AppError, SqlApp, database_url, new_suffix
 
 QAPP = Path(__file__).resolve().parents[1] / "targets" / "qtime_app.py"
 SLOW_MS = 5.0
@@ -213,6 +217,9 @@ def test_mariadb_is_timed_with_its_fetch(mode: str, tmp_path: Path) -> None:
         assert (query["rows"], query["rows_counted"]) == (0, 0)
 
 
+TARGETS = Path(__file__).resolve().parent.parent / "targets"
+
+
 def _pg_stat_statements() -> Any:
     """An engine on the test database with pg_stat_statements usable, or a skip saying why not."""
     import sqlalchemy as sa
@@ -256,3 +263,49 @@ def test_postgresql_counts_match_pg_stat_statements_and_app_time_includes_server
         calls, server_ms = server[alias]
         assert query["count"] == calls == len(app_ms)
         assert server_ms <= query["total_ms"] <= sum(app_ms) + NESTED_SLACK_MS * len(app_ms)
+
+
+def test_queries_show_the_databases_own_time_beside_the_apps(tmp_path: Path) -> None:
+    """Where pg_stat_statements is readable, each PostgreSQL fingerprint carries the database's own mean
+    execution time (matched through perftop's normalizer), equal to what the test reads from
+    pg_stat_statements itself, and below the app's time, which adds the round trip and the driver."""
+    stat_engine = _pg_stat_statements()
+    table = f"pt_srv_{uuid.uuid4().hex[:10]}"
+    env = {**os.environ, "PERFTOP_SOCKET_DIR": str(tmp_path / "sockets")}
+    proc = subprocess.Popen(
+        [sys.executable, str(TARGETS / "pg_server_time.py"), PG_URL, table],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
+        fingerprint = f"SELECT name FROM {table} WHERE id = ?"
+        deadline = time.monotonic() + 60
+        while True:
+            out = subprocess.run(
+                [sys.executable, "-m", "perftop", "snapshot", "--pid", str(proc.pid), "--json"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            rows = {q["fingerprint"]: q for q in json.loads(out.stdout)["queries"]}
+            row = rows.get(fingerprint) or {}
+            if row.get("server_mean_ms") is not None or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert row.get("server_mean_ms") is not None, (sorted(rows), row)
+        with stat_engine.connect() as conn:
+            calls, total = conn.exec_driver_sql(
+                "SELECT sum(calls), sum(total_exec_time) FROM pg_stat_statements "
+                f"WHERE query LIKE 'SELECT name FROM {table} WHERE id = %%'"
+            ).one()
+        assert calls >= 200
+        assert row["server_mean_ms"] == pytest.approx(float(total) / float(calls), rel=0.01)
+        assert row["server_mean_ms"] < row["mean_ms"]
+    finally:
+        proc.kill()
+        proc.wait(10)
+        with sa.create_engine(PG_URL).begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")

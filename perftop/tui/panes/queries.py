@@ -339,6 +339,8 @@ class QueriesPane(Vertical, can_focus=True):
         n = len(self.stats.get("queries", [])) if self.stats else 0
         threshold = self.stats.get("slow_ms") if self.stats else None
         slow = f" · slow ≥ {threshold:g}ms" if threshold is not None else ""
+        if self.stats and self.stats.get("server_times"):
+            slow += " · no database times (see JSON: server_times)"
         self.border_title = (
             f"queries ({n} fingerprints) · window {self.window_label} · sort "
             f"{self.sort.removesuffix('_ms')}{slow}"
@@ -372,7 +374,14 @@ class QueriesPane(Vertical, can_focus=True):
             else ""
         )
         errors = f" · {q.get('errors')} errors" if q.get("errors") else ""
-        text = f"{q.get('fingerprint')}{errors}{n1}"
+        server = q.get("server_mean_ms")
+        times = (
+            f" · app mean {fmt_ms(q.get('mean_ms'))}, database {fmt_ms(server)} (pg_stat_statements; "
+            "the rest is the round trip, the driver and the ORM)"
+            if server is not None
+            else ""
+        )
+        text = f"{q.get('fingerprint')}{errors}{times}{n1}"
         self._selected.update(f"[b]{escape(str(q.get('dialect', '')))}[/b] {escape(text)}")
 
     def watch_sort(self) -> None:
