@@ -77,6 +77,38 @@ def test_demo_shows_every_tab_and_q_stops_the_service(tmp_path: Path, sockets: s
             psutil.Process(pid).kill()
 
 
+def test_explain_on_the_demos_join_query_shows_a_plan_tree(tmp_path: Path, sockets: str) -> None:
+    """In a real terminal: the queries tab, `/` to find the join, `e`, and the plan as a tree with its
+    warnings; `r` shows the raw plan, Escape closes it without leaving the attached view."""
+    term = Tmux(perftop_demo(), tmp_path, 140, 45)
+    pid = None
+    try:
+        pid = demo_pid(term)
+        term.wait_screen(lambda s: "nofile" in s and "p Profile" in s)
+        term.send("3")
+        term.wait_screen(lambda s: "JOIN customers" in s, timeout=60)
+        term.send("/")
+        term.send("JOIN")
+        # Filtered: the join is the one fingerprint left in the table (the others only in the slow list).
+        term.wait_screen(lambda s: "WHERE country = ? LIMIT" not in s.split("fingerprint")[1], timeout=10)
+        term.send("Enter")  # keeps the filter and goes back to the table
+        time.sleep(0.5)
+        term.send("e")
+        screen = term.wait_screen(lambda s: "EXPLAIN on sqlite" in s and "plan (r: raw)" in s, timeout=30)
+        assert "SCAN orders" in screen or "SCAN customers" in screen, screen
+        assert "! full table scan" in screen or "temporary index" in screen, screen
+        term.send("r")
+        term.wait_screen(lambda s: "plan, raw (r: tree)" in s and '"detail"' in s, timeout=10)
+        term.send("Escape")
+        term.wait_screen(lambda s: "queries (" in s and "EXPLAIN on" not in s, timeout=10)
+        term.send("q")
+        assert term.wait_exit(timeout=30) == 0
+    finally:
+        term.kill()
+        if pid is not None and psutil.pid_exists(pid):
+            psutil.Process(pid).kill()
+
+
 def test_closing_the_terminal_stops_the_demo_service(tmp_path: Path, sockets: str) -> None:
     term = Tmux(perftop_demo(), tmp_path, 100, 30)
     pid = None
