@@ -40,6 +40,11 @@ async def test_list_sorted_by_cpu_then_cycles_sort() -> None:
         await pilot.press("s")
         assert plist.sort == "name"
         assert plist.shown_pids == [303, 404, 101, 202]
+        await pilot.press("f6")  # htop's sort key does the same
+        assert plist.sort != "name"
+        await pilot.press("f3")  # and its search key opens the filter
+        await pilot.press("p", "o", "s", "t")
+        assert plist.filter_text == "post"
 
 
 async def test_filter_by_name_and_cmdline_then_escape_clears() -> None:

@@ -55,8 +55,8 @@ class ProcessListPane(Vertical):
     """
 
     BINDINGS = [
-        Binding("slash", "filter", "Filter"),
-        Binding("s", "cycle_sort", "Sort"),
+        Binding("slash,f3,f4", "filter", "Filter", key_display="/"),
+        Binding("s,f6", "cycle_sort", "Sort", key_display="s"),
         Binding("enter", "attach", "Attach", show=True),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]

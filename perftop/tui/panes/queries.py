@@ -172,8 +172,8 @@ class QueriesPane(Vertical, can_focus=True):
     BINDINGS = [
         Binding("e", "explain(False)", "Explain"),
         Binding("E", "explain(True)", "Explain analyze"),
-        Binding("o", "cycle_sort", "Sort col"),
-        Binding("slash", "filter", "Filter"),
+        Binding("o,f6", "cycle_sort", "Sort col", key_display="o"),
+        Binding("slash,f3,f4", "filter", "Filter", key_display="/"),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 

@@ -114,7 +114,7 @@ class TimingsPane(Vertical, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("o", "cycle_sort", "Sort col"),
+        Binding("o,f6", "cycle_sort", "Sort col", key_display="o"),
         Binding("enter", "detail", "Detail"),
         Binding("b", "breakdown", "Per worker"),
     ]
