@@ -17,7 +17,7 @@ import re
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -271,12 +271,14 @@ def _socket_inodes(pid: int, procfs: str) -> tuple[dict[bytes, int], set[str]]:
     return inodes, tables
 
 
-def connection_inodes(pid: int, procfs: str = "/proc") -> dict[bytes, int]:
-    """The sockets `count_connections` counts, by inode: how many times each counts (1 for an inet
-    socket, its number of fds for a unix one). Processes sharing a socket (forked workers and their
-    listening socket) report the same inode, so a tree's distinct sockets are the union of these keys."""
+def _matched_rows(
+    pid: int, procfs: str, tcp_only: bool = False
+) -> Iterator[tuple[str, bytes, list[bytes], int]]:
+    """The /proc/net rows of `pid`'s sockets: (table, line, fields up to the inode, how many times the
+    socket counts: 1 for an inet socket, its number of fds for a unix one)."""
     inodes, tables = _socket_inodes(pid, procfs)
-    matched: dict[bytes, int] = {}
+    if tcp_only:
+        tables &= {"tcp", "tcp6"}
     for table in tables:
         column = _SOCKET_TABLES[table]
         try:
@@ -288,32 +290,25 @@ def connection_inodes(pid: int, procfs: str = "/proc") -> dict[bytes, int]:
         for line in lines[1:]:
             fields = line.split(None, column + 1)
             if len(fields) > column and (n := inodes.get(fields[column])):
-                matched[fields[column]] = n if per_fd else 1
-    return matched
+                yield table, line, fields, n if per_fd else 1
+
+
+def connection_inodes(pid: int, procfs: str = "/proc") -> dict[bytes, int]:
+    """The sockets `count_connections` counts, by inode: how many times each counts (1 for an inet
+    socket, its number of fds for a unix one). Processes sharing a socket (forked workers and their
+    listening socket) report the same inode, so a tree's distinct sockets are the union of these keys."""
+    return {fields[_SOCKET_TABLES[table]]: n for table, _, fields, n in _matched_rows(pid, procfs)}
 
 
 def _scan_sockets(pid: int, procfs: str, tcp_only: bool = False) -> tuple[int, tuple[ListenBacklog, ...]]:
     """The connection count of `pid` and the accept backlog of its listening TCP sockets, in one pass
     (`tcp_only`: the TCP tables alone, when only the backlog is wanted)."""
-    inodes, tables = _socket_inodes(pid, procfs)
-    if tcp_only:
-        tables &= {"tcp", "tcp6"}
     count = 0
     listening: list[list[bytes]] = []
-    for table in tables:
-        column = _SOCKET_TABLES[table]
-        try:
-            with open(f"{procfs}/net/{table}", "rb") as f:
-                lines = f.read().split(b"\n")
-        except OSError:  # no IPv6 here
-            continue
-        per_fd = table == "unix"
-        for line in lines[1:]:
-            fields = line.split(None, column + 1)
-            if len(fields) > column and (n := inodes.get(fields[column])):
-                count += n if per_fd else 1
-                if table in ("tcp", "tcp6") and fields[3] == _TCP_LISTEN:
-                    listening.append(line.split())
+    for table, line, fields, n in _matched_rows(pid, procfs, tcp_only):
+        count += n
+        if table in ("tcp", "tcp6") and fields[3] == _TCP_LISTEN:
+            listening.append(line.split())
     if not listening:
         return count, ()
     limits = listen_limits()
