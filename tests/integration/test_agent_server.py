@@ -242,7 +242,8 @@ def test_actions_run_beside_stats_one_at_a_time(target: Target) -> None:
         assert profiling.read()["id"] == 8  # type: ignore[index]
         busy = wait_for(lambda: _busy_message(other), timeout=10)
         assert busy.startswith("busy: profile running for ")
-        assert "perftop-action" in thread_names(target.pid)
+        # The worker names itself once it is scheduled, which may come after the busy state is visible.
+        wait_for(lambda: "perftop-action" in thread_names(target.pid), timeout=10)
         # Stats keep flowing while the profile runs.
         for _ in range(5):
             assert Sketch.from_dict(other.call("stats")["timings"]["work"]["sketch"]).count == 10

@@ -47,30 +47,35 @@ async def test_action_keys_run_in_the_agent_and_show_results(
 ) -> None:
     proc, sockets = target
     monkeypatch.chdir(tmp_path)
-    app = PerftopApp(sources=LiveSources(socket_dir=sockets), pid=proc.pid, interval=0.5, profile_seconds=1.0)
+    # A profile long enough to be still running when the test checks, on a loaded machine too.
+    app = PerftopApp(sources=LiveSources(socket_dir=sockets), pid=proc.pid, interval=0.5, profile_seconds=3.0)
     async with app.run_test(size=(140, 45)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
         pane = app.query_one(ActionsPane)
         await pilot.press("p")
-        assert app.query_one(TabbedContent).active == "tab-actions"
+        # Pilot's idle wait can return before a loaded machine has handled the key: wait for its effect.
+        await wait_for(pilot, lambda: app.query_one(TabbedContent).active == "tab-actions")
         assert pane.running == "profile"
-        await pilot.press("p")  # refused while the first one runs
+        assert not pane.start("profile", {"seconds": 3.0})  # refused while the first one runs
         await wait_for(pilot, lambda: "profile" in pane.results, timeout=30)
         profile = pane.results["profile"]
         assert profile["top"][0]["function"] == "burn_cpu_here"
         assert "burn_cpu_here" in str(pane.query_one("#result").render())
         # the flame view: navigable, zooms
-        pane.query_one("#result-scroll").focus()
+        scroll = pane.query_one("#result-scroll")
+        scroll.focus()  # takes effect later: the next key must not reach the widget focused before
+        await wait_for(pilot, lambda: scroll.has_focus)
         await pilot.press("f")
         flame = pane.query_one(FlameView)
-        assert flame.display and flame.has_focus
+        await wait_for(pilot, lambda: flame.display and flame.has_focus)
         root = flame.root
         assert root is not None and flame.cursor is not None
         await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: flame.root is not root)
         zoomed = flame.root
-        assert zoomed is not root and zoomed is flame.cursor and zoomed is not None
+        assert zoomed is flame.cursor and zoomed is not None
         await pilot.press("backspace")
-        assert flame.root is zoomed.parent
+        await wait_for(pilot, lambda: flame.root is zoomed.parent)
         # gc, threads, memory twice, stop
         await pilot.press("g")
         await wait_for(pilot, lambda: "gc" in pane.results, timeout=30)
@@ -89,6 +94,7 @@ async def test_action_keys_run_in_the_agent_and_show_results(
         sites = pane.query_one("#memory-sites", DataTable)
         assert pane.has_class("-memory") and sites.row_count > 0
         sites.focus()
+        await wait_for(pilot, lambda: sites.has_focus)
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, TracebackView))
         assert "cli_hot_app.py" in str(app.screen.query_one("#traceback").render())
@@ -98,9 +104,11 @@ async def test_action_keys_run_in_the_agent_and_show_results(
         await wait_for(pilot, lambda: pane.results["memory"]["tracing"] is False, timeout=30)
         await wait_for(pilot, lambda: "memory tracing" not in str(pane.border_title), timeout=30)
         # results stay and can be saved
-        pane.query_one("#result-scroll").focus()
+        scroll = pane.query_one("#result-scroll")
+        scroll.focus()  # takes effect later: the next key must not reach the widget focused before
+        await wait_for(pilot, lambda: scroll.has_focus)
         await pilot.press("s")
-        assert len(list(tmp_path.glob("perftop-memory-*.json"))) == 1
+        await wait_for(pilot, lambda: len(list(tmp_path.glob("perftop-memory-*.json"))) == 1)
     assert proc.poll() is None
 
 
@@ -113,6 +121,7 @@ async def test_r_records_the_attached_process_and_r_again_stops(
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
         await pilot.press("r")
+        await wait_for(pilot, lambda: app.recorder is not None)
         recorder = app.recorder
         assert recorder is not None
         assert "REC" in str(app.query_one("#status").render())
