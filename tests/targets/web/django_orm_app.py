@@ -1,0 +1,183 @@
+"""A one-file Django project with models, which knows nothing of perftop (unless PERFTOP_TEST_SELF=1): it
+counts and times its own queries and answers them with each response, as the oracle of perftop's figures.
+
+Environment: PERFTOP_TEST_DJANGO_DB (`postgresql`, `mariadb`, or `sqlite:PATH`), PERFTOP_TEST_SUFFIX (its
+tables are `pt_author_SUFFIX` and `pt_book_SUFFIX`, so parallel runs do not collide), PERFTOP_TEST_SELF=1
+(the app starts the agent and calls `perftop.instrument_django()` itself, as an app without `perftop run`).
+`python django_orm_app.py setup` creates and fills the tables; `drop` drops them; `fetch` times a SQLite
+statement whose rows are computed while they are fetched and prints the app's timing and perftop's
+(PERFTOP_TEST_SELF=1) as JSON.
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+
+KIND = os.environ["PERFTOP_TEST_DJANGO_DB"]
+SUFFIX = os.environ["PERFTOP_TEST_SUFFIX"]
+AUTHORS = 8
+BOOKS_PER_AUTHOR = 12
+
+if KIND == "postgresql":
+    DATABASE = {"ENGINE": "django.db.backends.postgresql", "NAME": "test", "USER": "postgres"}
+    DATABASE.update(HOST="127.0.0.1", PORT="5432")
+elif KIND == "mariadb":
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+    DATABASE = {"ENGINE": "django.db.backends.mysql", "NAME": "test", "USER": "root"}
+    DATABASE.update(HOST="127.0.0.1", PORT="3306")
+else:
+    DATABASE = {"ENGINE": "django.db.backends.sqlite3", "NAME": KIND.split(":", 1)[1]}
+
+settings.configure(
+    DEBUG=False,
+    ALLOWED_HOSTS=["*"],
+    ROOT_URLCONF=__name__,
+    SECRET_KEY="perftop-test-not-secret",
+    MIDDLEWARE=[],
+    INSTALLED_APPS=[],
+    DATABASES={"default": DATABASE},
+    LOGGING_CONFIG=None,
+    USE_TZ=False,
+)
+
+import django  # noqa: E402
+
+django.setup()
+
+if os.environ.get("PERFTOP_TEST_SELF") == "1":
+    import perftop
+
+    perftop.start()
+    perftop.instrument_django()
+
+from django.db import connection, models  # noqa: E402
+from django.http import HttpRequest, JsonResponse  # noqa: E402
+from django.urls import path  # noqa: E402
+
+
+class Author(models.Model):
+    name = models.CharField(max_length=50)
+
+    class Meta:
+        app_label = "perftop_test"
+        db_table = f"pt_author_{SUFFIX}"
+
+
+class Book(models.Model):
+    author_id = models.IntegerField()
+    title = models.CharField(max_length=50)
+
+    class Meta:
+        app_label = "perftop_test"
+        db_table = f"pt_book_{SUFFIX}"
+
+
+class Ledger:
+    """The app's own record of its queries: an execute wrapper of its own (statement text, once each),
+    and its timing of each ORM call that runs them (execute and fetch, the ORM's own work included)."""
+
+    def __init__(self) -> None:
+        self.statements: list[str] = []
+        self.sql_ms = 0.0
+
+    def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        self.statements.append(sql)
+        return execute(sql, params, many, context)
+
+    def timed(self, call: Any) -> Any:
+        t0 = time.perf_counter()
+        result = call()
+        self.sql_ms += (time.perf_counter() - t0) * 1000
+        return result
+
+    def answer(self, **extra: Any) -> JsonResponse:
+        return JsonResponse({"statements": self.statements, "sql_ms": self.sql_ms, **extra})
+
+
+def books(request: HttpRequest, author_id: int) -> JsonResponse:
+    """The author's books, then each book's author looked up one by one: 1 + 12 queries (an N+1)."""
+    ledger = Ledger()
+    with connection.execute_wrapper(ledger):
+        found = ledger.timed(lambda: list(Book.objects.filter(author_id=author_id).order_by("id")))
+        names = [ledger.timed(lambda b=b: Author.objects.get(pk=b.author_id).name) for b in found]  # N+1
+    return ledger.answer(names=names)
+
+
+def count(request: HttpRequest) -> JsonResponse:
+    ledger = Ledger()
+    with connection.execute_wrapper(ledger):
+        n = ledger.timed(lambda: Book.objects.filter(title__startswith="secret-").count())
+    return ledger.answer(count=n)
+
+
+def rename(request: HttpRequest, author_id: int) -> JsonResponse:
+    ledger = Ledger()
+    with connection.execute_wrapper(ledger):
+        n = ledger.timed(lambda: Author.objects.filter(pk=author_id).update(name="renamed-secret-value"))
+    return ledger.answer(updated=n)
+
+
+urlpatterns = [
+    path("books/<int:author_id>/", books),
+    path("count/", count),
+    path("rename/<int:author_id>/", rename),
+]
+
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+
+application = get_wsgi_application()
+
+
+def setup() -> None:
+    with connection.schema_editor() as editor:
+        editor.create_model(Author)
+        editor.create_model(Book)
+    for a in range(1, AUTHORS + 1):
+        author = Author.objects.create(name=f"author-{a}")
+        Book.objects.bulk_create(
+            [Book(author_id=author.pk, title=f"secret-{a}-{n}") for n in range(BOOKS_PER_AUTHOR)]
+        )
+
+
+def drop() -> None:
+    with connection.schema_editor() as editor:
+        editor.delete_model(Book)
+        editor.delete_model(Author)
+
+
+FETCH_SQL = (
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) "
+    "SELECT x FROM c WHERE x % 1000000 = 1"
+)
+"""SQLite finds its first row at once and computes the rest while the rows are fetched."""
+
+
+def fetch() -> None:
+    with connection.cursor() as cursor:
+        t0 = time.perf_counter()
+        cursor.execute(FETCH_SQL)
+        t1 = time.perf_counter()
+        rows = cursor.fetchall()
+        t2 = time.perf_counter()
+    from perftop.agent.sqlalchemy import query_stats
+
+    recorded = {q["fingerprint"]: q for q in query_stats(None)["queries"]}
+    timing = {"execute_ms": (t1 - t0) * 1000, "fetch_ms": (t2 - t1) * 1000, "rows": len(rows)}
+    sys.stdout.write(json.dumps({**timing, "recorded": recorded}) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    command = sys.argv[1]
+    if command in ("setup", "drop", "fetch"):
+        {"setup": setup, "drop": drop, "fetch": fetch}[command]()
+    else:
+        from django.core.management import execute_from_command_line
+
+        execute_from_command_line(sys.argv)
