@@ -5,10 +5,12 @@ post-import hook on `django.db` under `perftop run`, or `perftop.instrument_djan
 
 How an execution is recorded:
 - An execute wrapper (`connection.execute_wrappers`, as `connection.execute_wrapper()` installs one, and
-  as django-debug-toolbar and Sentry do) goes on every connection Django opens (the `connection_created`
-  signal) and on the calling thread's open ones when instrumenting, once per connection. It goes first
-  in the list, so that a `with connection.execute_wrapper(...)` block of the app that is open meanwhile
-  still pops its own; being outermost, it includes the other wrappers' own time.
+  as django-debug-toolbar and Sentry do) goes on every connection, once: when `django.db.connections`
+  makes a thread's connection of an alias (`ConnectionHandler.create_connection`, wrapped once), when a
+  connection made otherwise opens (the `connection_created` signal: the statements Django runs while
+  opening that first one are then missed), and on the calling thread's connections when instrumenting.
+  It goes first in the list, so that a `with connection.execute_wrapper(...)` block of the app that is
+  open meanwhile still pops its own; being outermost, it includes the other wrappers' own time.
 - The dialect is the connection's `vendor` (postgresql, mysql for MariaDB too, sqlite); the source of a
   statement is its connection alias (`DjangoSource`), which is what EXPLAIN runs on.
 - A query's time is the app's, as for SQLAlchemy: from the start of `cursor.execute()` until its rows are
@@ -58,6 +60,8 @@ _keep_values = False
 _instrumented = False
 _connections: Any = None
 """`django.db.connections`, once instrumented."""
+_quiet: set[int] = set()
+"""Threads whose executions are not recorded (perftop's own, while it runs an EXPLAIN)."""
 
 
 class DjangoSource(stats.Source):
@@ -91,6 +95,8 @@ class DjangoSource(stats.Source):
         self, statement: str, parameters: Any, analyze: bool, timeout_s: float, cancel: threading.Event
     ) -> tuple[Any, bool, dict[str, dict[str, Any]] | None]:
         wrapper = self._private()
+        ident = threading.get_ident()
+        _quiet.add(ident)
         try:
             wrapper.ensure_connection()
             mariadb = self.dialect == "mysql" and bool(wrapper.mysql_is_mariadb)
@@ -99,6 +105,12 @@ class DjangoSource(stats.Source):
         finally:
             with contextlib.suppress(Exception):
                 wrapper.close()
+            # Django's feature checks may open this thread's own connection of the alias (an atomic
+            # block on `connections[alias]`): perftop's thread, so it is closed here.
+            for connection in _connections.all(initialized_only=True):
+                with contextlib.suppress(Exception):
+                    connection.close()
+            _quiet.discard(ident)
         return plan, analyzed, catalog
 
     def _run(
@@ -243,6 +255,8 @@ def _source(connection: Any) -> DjangoSource:
 
 def _execute_wrapper(execute: Any, sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
     """Time one execution of a Django connection (Django calls this with the next step `execute`)."""
+    if _quiet and threading.get_ident() in _quiet:
+        return execute(sql, params, many, context)
     t0 = _perf()
     try:
         result = execute(sql, params, many, context)
@@ -331,6 +345,28 @@ def _hook_connection(connection: Any) -> None:
         wrappers.insert(0, _execute_wrapper)
 
 
+def _hook_handler(handler_class: Any) -> None:
+    """Wrap `ConnectionHandler.create_connection` once, on the class: each thread's connection of an
+    alias gets the execute wrapper when Django makes it, before its first connect, so the statements
+    Django runs while connecting (MySQL's isolation level) are recorded too."""
+    original = handler_class.__dict__.get("create_connection")
+    if original is None or getattr(original, "_perftop", False):
+        return
+
+    def create_connection(self: Any, alias: str) -> Any:
+        connection = original(self, alias)
+        try:
+            _hook_connection(connection)
+        except Exception as exc:
+            log_once("django-connection", "could not hook a Django database connection", exc=exc)
+        return connection
+
+    create_connection._perftop = True  # type: ignore[attr-defined]
+    create_connection.__wrapped__ = original  # type: ignore[attr-defined]
+    create_connection.__doc__ = original.__doc__
+    handler_class.create_connection = create_connection
+
+
 def _on_connection_created(sender: Any, connection: Any = None, **extra: Any) -> None:
     """Django opened a database connection: hook it, and its N+1 count starts afresh."""
     try:
@@ -360,6 +396,7 @@ def instrument(slow_ms: float = 100.0, keep_values: bool = False) -> None:
         from django.db import connections
         from django.db.backends import utils
         from django.db.backends.signals import connection_created
+        from django.db.utils import ConnectionHandler
 
         _keep_values = bool(keep_values)
         for source in list(_sources.values()):
@@ -367,6 +404,7 @@ def instrument(slow_ms: float = 100.0, keep_values: bool = False) -> None:
         stats.start_recording(slow_ms)
         _connections = connections
         _hook_close(utils.CursorWrapper)
+        _hook_handler(ConnectionHandler)
         connection_created.connect(_on_connection_created, weak=False, dispatch_uid=_UID)
         signals.request_started.connect(_on_request_boundary, weak=False, dispatch_uid=_UID)
         signals.request_finished.connect(_on_request_boundary, weak=False, dispatch_uid=_UID)

@@ -79,16 +79,22 @@ class Book(models.Model):
 
 
 class Ledger:
-    """The app's own record of its queries: an execute wrapper of its own (statement text, once each),
-    and its timing of each ORM call that runs them (execute and fetch, the ORM's own work included)."""
+    """The app's own record of its queries: an execute wrapper of its own (each statement's text and the
+    time of its `execute()`), and its timing of each ORM call that runs them (execute, fetch, the ORM's
+    own work and a connection's opening included)."""
 
     def __init__(self) -> None:
         self.statements: list[str] = []
+        self.execute_ms = 0.0
         self.sql_ms = 0.0
 
     def __call__(self, execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
         self.statements.append(sql)
-        return execute(sql, params, many, context)
+        t0 = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.execute_ms += (time.perf_counter() - t0) * 1000
 
     def timed(self, call: Any) -> Any:
         t0 = time.perf_counter()
@@ -97,7 +103,8 @@ class Ledger:
         return result
 
     def answer(self, **extra: Any) -> JsonResponse:
-        return JsonResponse({"statements": self.statements, "sql_ms": self.sql_ms, **extra})
+        timing = {"execute_ms": self.execute_ms, "sql_ms": self.sql_ms}
+        return JsonResponse({"statements": self.statements, **timing, **extra})
 
 
 def books(request: HttpRequest, author_id: int) -> JsonResponse:
@@ -123,7 +130,12 @@ def rename(request: HttpRequest, author_id: int) -> JsonResponse:
     return ledger.answer(updated=n)
 
 
+def ping(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"statements": []})
+
+
 urlpatterns = [
+    path("ping/", ping),
     path("books/<int:author_id>/", books),
     path("count/", count),
     path("rename/<int:author_id>/", rename),
@@ -165,10 +177,12 @@ def fetch() -> None:
         t1 = time.perf_counter()
         rows = cursor.fetchall()
         t2 = time.perf_counter()
+    t3 = time.perf_counter()
     from perftop.agent.sqlalchemy import query_stats
 
     recorded = {q["fingerprint"]: q for q in query_stats(None)["queries"]}
-    timing = {"execute_ms": (t1 - t0) * 1000, "fetch_ms": (t2 - t1) * 1000, "rows": len(rows)}
+    timing = {"execute_ms": (t1 - t0) * 1000, "fetch_ms": (t2 - t1) * 1000, "closed_ms": (t3 - t0) * 1000}
+    timing["rows"] = len(rows)
     sys.stdout.write(json.dumps({**timing, "recorded": recorded}) + "\n")
     sys.stdout.flush()
 
