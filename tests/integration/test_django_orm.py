@@ -140,11 +140,11 @@ def pg_calls(suffix: str) -> dict[str, int]:
 @pytest.mark.parametrize("tables", ["postgresql", "mariadb", "sqlite"], indirect=True)
 def test_django_queries_are_what_the_app_ran(serve: Any, tables: dict[str, str]) -> None:
     """Under `perftop run -- gunicorn -w 2`: every fingerprint and its count equal what the app's views
-    ran, each request's queries and SQL time match its own, the N+1 loop is flagged at its line of the
-    view, and EXPLAIN runs through the Django connection without showing a parameter value."""
+    ran, each request's queries and SQL time match its own, the slow list and the N+1 loop point at the
+    view's lines, and EXPLAIN runs through the Django connection without showing a parameter value."""
     kind = tables["PERFTOP_TEST_DJANGO_DB"].split(":")[0]
     port = free_port()
-    service = serve(gunicorn(WSGI, port), port, tables)
+    service = serve(gunicorn(WSGI, port), port, {**tables, "PERFTOP_SLOW_MS": "0"})
     answers: list[tuple[str, dict[str, Any]]] = []
     paths = [f"/books/{a}/" for a in (1, 2, 3, 4, 5, 6)] + ["/count/"] * 3 + ["/rename/2/", "/rename/3/"]
     for path in paths:
@@ -179,6 +179,11 @@ def test_django_queries_are_what_the_app_ran(serve: Any, tables: dict[str, str])
             low,
             high,
         )
+
+    # The slow list (every execution is slow at PERFTOP_SLOW_MS=0): each one placed in the app's view.
+    slow = snap["slow_queries"]
+    assert {q["fingerprint"] for q in slow} == set(ran), slow
+    assert all(q["call_site"]["file"] == str(APP) and q["call_site"]["line"] > 0 for q in slow), slow
 
     # The N+1: each book's author looked up in a loop, flagged at that line of the view.
     lookup = next(fp for fp in queries if "pt_author_" in fp and "LIMIT" in fp)
@@ -264,3 +269,30 @@ def test_a_query_is_timed_until_its_rows_are_fetched(tmp_path: Path) -> None:
     # The sketch's quantiles are within 1%; max is exact. Fetching is most of the work, and inside.
     assert result["fetch_ms"] > 10 * result["execute_ms"], result
     assert result["fetch_ms"] <= ms <= result["closed_ms"], (ms, result)
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_explain_through_django_is_timed_out_cancelled_and_read_only(tmp_path: Path, kind: str) -> None:
+    """EXPLAIN ANALYZE of a 4 s statement the app ran through Django, asked in a thread as a viewer's
+    request is: stopped at its 0.3 s timeout, cancelled in the database when its viewer goes away, refused
+    when it would write (PostgreSQL's read-only transaction); perftop's own statements are not recorded,
+    and the app's connection works on."""
+    env = app_env(kind, tmp_path)
+    try:
+        result = json.loads(manage("explain-limits", env, {"PERFTOP_TEST_SELF": "1"}))
+    finally:
+        manage("drop", env)
+    database = "postgresql" if kind == "postgresql" else "mariadb"
+    assert (
+        result["timeout"]["error"] == f"EXPLAIN stopped: it ran longer than its 0.3 s timeout on {database}"
+    )
+    assert result["cancel"]["error"] == "EXPLAIN cancelled: the viewer that asked for it went away"
+    # Both ended before the statement's own 4 s would have: the database stopped it.
+    assert result["timeout"]["seconds"] < 4 and result["cancel"]["seconds"] < 4, result
+    if kind == "postgresql":
+        assert result["refused"]["error"].startswith("ANALYZE refused: running this statement would write")
+    assert result["app_still_works"] == 8
+    app_statements = ("sleep", "nextval", "count(*)", "set session transaction", "select version()")
+    recorded = result["recorded"]
+    assert all(any(s in fp.lower() for s in app_statements) for fp in recorded), recorded
+    assert [n for fp, n in recorded.items() if "sleep" in fp.lower()] == [1], recorded

@@ -6,7 +6,7 @@ tables are `pt_author_SUFFIX` and `pt_book_SUFFIX`, so parallel runs do not coll
 (the app starts the agent and calls `perftop.instrument_django()` itself, as an app without `perftop run`).
 `python django_orm_app.py setup` creates and fills the tables; `drop` drops them; `fetch` times a SQLite
 statement whose rows are computed while they are fetched and prints the app's timing and perftop's
-(PERFTOP_TEST_SELF=1) as JSON.
+(PERFTOP_TEST_SELF=1) as JSON; `explain-limits` tries EXPLAIN's timeout, cancel and read-only guard.
 """
 
 import json
@@ -187,10 +187,56 @@ def fetch() -> None:
     sys.stdout.flush()
 
 
+def explain_limits() -> None:
+    """(PERFTOP_TEST_SELF=1, PostgreSQL or MariaDB) EXPLAIN ANALYZE of statements the app ran, through
+    the agent's explain (as a viewer's request reaches it, in a thread of its own): one outliving its
+    timeout, one cancelled by its viewer going away, one that would write (PostgreSQL); then the app's
+    own connection still works. Prints each outcome as JSON."""
+    import threading
+
+    from perftop.agent.sqlalchemy import ExplainError, explain, query_stats
+
+    sleep = "SELECT pg_sleep(%s)" if KIND == "postgresql" else "SELECT SLEEP(%s)"
+    with connection.cursor() as cursor:
+        cursor.execute(sleep, [4])  # what EXPLAIN ANALYZE runs again
+        if KIND == "postgresql":
+            cursor.execute("SELECT nextval(%s)", [f"{Author._meta.db_table}_id_seq"])
+    fps = [q["fingerprint"] for q in query_stats(None)["queries"]]
+    sleep_fp = next(fp for fp in fps if "sleep" in fp.lower())
+    out: dict[str, Any] = {}
+
+    def ask(name: str, params: dict[str, Any], cancel_after: float | None = None) -> None:
+        cancel = threading.Event()
+        if cancel_after is not None:
+            threading.Timer(cancel_after, cancel.set).start()
+        t0 = time.monotonic()
+        try:
+            explain({**params, "analyze": True, "confirm": True}, cancel)
+            out[name] = {"error": None}
+        except ExplainError as exc:
+            out[name] = {"error": str(exc)}
+        out[name]["seconds"] = time.monotonic() - t0
+
+    def in_thread(*args: Any) -> None:
+        worker = threading.Thread(target=ask, args=args)
+        worker.start()
+        worker.join()
+
+    in_thread("timeout", {"fingerprint": sleep_fp, "timeout_s": 0.3})
+    in_thread("cancel", {"fingerprint": sleep_fp, "timeout_s": 60}, 0.5)
+    if KIND == "postgresql":
+        in_thread("refused", {"fingerprint": next(fp for fp in fps if "nextval" in fp)})
+    out["app_still_works"] = Author.objects.count()
+    out["recorded"] = {q["fingerprint"]: q["count"] for q in query_stats(None)["queries"]}
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+
+
 if __name__ == "__main__":
     command = sys.argv[1]
-    if command in ("setup", "drop", "fetch"):
-        {"setup": setup, "drop": drop, "fetch": fetch}[command]()
+    commands = {"setup": setup, "drop": drop, "fetch": fetch, "explain-limits": explain_limits}
+    if command in commands:
+        commands[command]()
     else:
         from django.core.management import execute_from_command_line
 
