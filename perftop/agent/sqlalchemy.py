@@ -43,6 +43,11 @@ How an execution is recorded (the hot path, in the app's thread):
 
 A daemon thread aggregates the pending tuples once a second into per-fingerprint sketches
 (nanoseconds) over sliding windows (see `_Activity`), and `query_stats()` drains before answering.
+
+The statistics are shared with the Django ORM hook (`perftop.agent.django`): it records through
+`fingerprint_of`, `record_execution`, `open_execution`/`end_execution`, `record_failure` and
+`count_execution`, with its connection aliases (`Source`) where an engine would be, and EXPLAIN and the
+server times ask a `Source` for its own connections.
 """
 
 from __future__ import annotations
