@@ -228,12 +228,18 @@ def test_django_queries_are_what_the_app_ran(serve: Any, tables: dict[str, str])
         assert server.get(lookup) is not None and server[lookup] > 0, server
 
 
-def test_an_app_that_also_instruments_itself_is_timed_once(serve: Any, tmp_path: Path) -> None:
-    """`perftop.instrument_django()` called by the app under `perftop run` (runserver): each query once.
+@pytest.mark.parametrize("server", ["runserver", "uvicorn-asgi"])
+def test_an_app_that_also_instruments_itself_is_timed_once(serve: Any, tmp_path: Path, server: str) -> None:
+    """`perftop.instrument_django()` called by the app under `perftop run` (runserver; uvicorn, where the
+    ASGI handler runs the views in a thread of its own): each query once, in its request.
     (runserver's own check for unapplied migrations reads sqlite_master before serving: not a view's.)"""
     env = {**app_env("sqlite", tmp_path), "PERFTOP_TEST_SELF": "1"}
     port = free_port()
-    cmd = ["python", str(APP), "runserver", "--noreload", f"127.0.0.1:{port}"]
+    if server == "runserver":
+        cmd = ["python", str(APP), "runserver", "--noreload", f"127.0.0.1:{port}"]
+    else:
+        cmd = ["uvicorn", "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        cmd.append("tests.targets.web.django_orm_app:asgi_application")
     service = serve(cmd, port, env)
     answers = [get_json(service, p) for p in ("/books/1/", "/books/2/", "/count/")]
     ran = Counter(fingerprint(sql) for a in answers for sql in a["statements"])

@@ -1,5 +1,6 @@
 """A one-file Django project with models, which knows nothing of perftop (unless PERFTOP_TEST_SELF=1): it
 counts and times its own queries and answers them with each response, as the oracle of perftop's figures.
+`application` (WSGI), `asgi_application` (ASGI), `python django_orm_app.py runserver ...` (manage.py).
 
 Environment: PERFTOP_TEST_DJANGO_DB (`postgresql`, `mariadb`, or `sqlite:PATH`), PERFTOP_TEST_SUFFIX (its
 tables are `pt_author_SUFFIX` and `pt_book_SUFFIX`, so parallel runs do not collide), PERFTOP_TEST_SELF=1
@@ -141,9 +142,11 @@ urlpatterns = [
     path("rename/<int:author_id>/", rename),
 ]
 
+from django.core.asgi import get_asgi_application  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
 application = get_wsgi_application()
+asgi_application = get_asgi_application()
 
 
 def setup() -> None:
