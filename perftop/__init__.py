@@ -53,6 +53,7 @@ __all__ = [
     "__version__",
     "count",
     "gauge",
+    "instrument_django",
     "instrument_sqlalchemy",
     "observe",
     "socket_file",
@@ -71,3 +72,11 @@ def instrument_sqlalchemy(engine: Any = None, slow_ms: float = 100, keep_values:
     Statement values (error text, EXPLAIN plans) are redacted inside the app before any viewer sees
     them; keep_values=True is the app's opt-in to showing them."""
     importlib.import_module("perftop.agent.sqlalchemy").instrument(engine, slow_ms, keep_values=keep_values)
+
+
+def instrument_django(slow_ms: float = 100, keep_values: bool = False) -> None:
+    """Time every query of Django's ORM (every connection of every alias), in the same query statistics
+    as SQLAlchemy's: what `perftop run` does by itself, for apps that start the agent themselves. Call it
+    once Django is importable (e.g. in settings or wsgi.py); executions slower than `slow_ms` go to the
+    slow list. Statement values are redacted inside the app unless keep_values=True."""
+    importlib.import_module("perftop.agent.django").instrument(slow_ms, keep_values=keep_values)

@@ -5,8 +5,8 @@ not that package's site-packages on sys.path, so the app's imports are untouched
 any `sitecustomize` the environment already had. Standard library only; never raises into the program.
 
 Start-up cost is what users notice, so only cheap things happen before the program runs: the finder,
-a meta-path hook that instruments SQLAlchemy and the web frameworks (request timing by route) when
-the program imports them (`PERFTOP_FRAMEWORKS=0`: not the frameworks), `importlib` and `threading`
+a meta-path hook that instruments SQLAlchemy, the web frameworks (request timing by route) and Django's
+ORM when the program imports them (`PERFTOP_FRAMEWORKS=0`: not the frameworks), `importlib` and `threading`
 (before Python 3.13), whose first imports must not race another thread's, and a thread that imports
 perftop and starts the agent while the program starts (its socket appears a few tens of milliseconds
 later). A fork waits for that thread to finish (bounded), so that a child does not inherit a
@@ -109,13 +109,14 @@ _FRAMEWORK_MODULES = (
     "django.core.handlers.base",
     "django.core.handlers.wsgi",
     "django.core.handlers.asgi",
+    "django.db",
     "starlette.applications",
     "bottle",
     "pyramid.router",
     "falcon.app",
 )
-"""The modules whose import makes perftop time a web framework's requests (perftop.agent.frameworks.HOOKS;
-the agent's own test checks that the two lists agree)."""
+"""The modules whose import makes perftop time a web framework's requests or Django's queries
+(perftop.agent.frameworks.HOOKS; the agent's own test checks that the two lists agree)."""
 
 
 def _instrument(name: str, module: types.ModuleType) -> None:

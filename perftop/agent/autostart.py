@@ -1,7 +1,9 @@
-"""What `perftop run` does inside the program: start the agent, and instrument SQLAlchemy when imported.
+"""What `perftop run` does inside the program: start the agent, and instrument SQLAlchemy (and Django's
+ORM) when imported.
 
 The bootstrap `sitecustomize` calls `start_agent()` (from a start-up thread) and `instrument()` (from
-its post-import hook, when the program imports SQLAlchemy), so a program without SQLAlchemy pays nothing.
+its post-import hook, when the program imports SQLAlchemy), so a program without SQLAlchemy pays nothing;
+the framework hook on `django.db` calls `instrument_django()`.
 """
 
 from __future__ import annotations
@@ -34,3 +36,13 @@ def instrument() -> None:
         perftop.instrument_sqlalchemy(None, slow_ms=_slow_ms())
     except Exception:
         log.warning("perftop: could not instrument SQLAlchemy", exc_info=True)
+
+
+def instrument_django() -> None:
+    """Instrument Django's database layer, with PERFTOP_SLOW_MS as the slow-query threshold."""
+    try:
+        import perftop
+
+        perftop.instrument_django(slow_ms=_slow_ms())
+    except Exception:
+        log.warning("perftop: could not instrument Django's database layer", exc_info=True)

@@ -144,6 +144,13 @@ def _django_asgi(module: ModuleType) -> None:
     _asgi_class(module.ASGIHandler)
 
 
+def _django_db(module: ModuleType) -> None:
+    """Django's ORM: its queries in the query statistics (`perftop.agent.django`)."""
+    from perftop.agent import autostart
+
+    autostart.instrument_django()
+
+
 def _starlette(module: ModuleType) -> None:
     _asgi_class(module.Starlette)
 
@@ -200,6 +207,7 @@ HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "django.core.handlers.base": _django_base,
     "django.core.handlers.wsgi": _django_wsgi,
     "django.core.handlers.asgi": _django_asgi,
+    "django.db": _django_db,
     "starlette.applications": _starlette,
     "bottle": _bottle,
     "pyramid.router": _pyramid,

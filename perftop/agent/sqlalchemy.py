@@ -43,6 +43,11 @@ How an execution is recorded (the hot path, in the app's thread):
 
 A daemon thread aggregates the pending tuples once a second into per-fingerprint sketches
 (nanoseconds) over sliding windows (see `_Activity`), and `query_stats()` drains before answering.
+
+The statistics are shared with the Django ORM hook (`perftop.agent.django`): it records through
+`fingerprint_of`, `record_execution`, `open_execution`/`end_execution`, `record_failure` and
+`count_execution`, with its connection aliases (`Source`) where an engine would be, and EXPLAIN and the
+server times ask a `Source` for its own connections.
 """
 
 from __future__ import annotations
@@ -65,7 +70,24 @@ from perftop.agent import requests as request_stats
 from perftop.agent.recorder import SumWindows, log_once
 from perftop.sketch import Sketch, Windows
 
-__all__ = ["ExplainError", "explain", "instrument", "is_instrumented", "query_stats"]
+__all__ = [
+    "ExplainError",
+    "Source",
+    "count_execution",
+    "end_execution",
+    "explain",
+    "explain_failure",
+    "fingerprint_of",
+    "forget_connection",
+    "instrument",
+    "is_instrumented",
+    "open_execution",
+    "query_stats",
+    "record_execution",
+    "record_failure",
+    "start_recording",
+    "watch_explain",
+]
 
 _request_current = request_stats.current.get
 """The web request being served in this thread or task, if any (its queries feed the route breakdown)."""
@@ -142,6 +164,28 @@ _fork_hook_registered = False
 
 class ExplainError(ValueError):
     """A request perftop refuses to EXPLAIN (unknown fingerprint, ANALYZE not allowed): one-line message."""
+
+
+class Source:
+    """Where statements ran when that is not a SQLAlchemy Engine (a Django connection alias, see
+    `perftop.agent.django`): it takes an engine's place in the shared statistics, and answers for itself
+    what the engine's dialect, pool and connections answer for SQLAlchemy (EXPLAIN, server times)."""
+
+    dialect = "unknown"
+    """The database's name as the statistics report it: postgresql, mysql (MariaDB too) or sqlite."""
+    keep_values = False
+    """The app's opt-in to showing this source's values (error text, EXPLAIN's plan and advice)."""
+
+    def dbapi_connect(self) -> Any:
+        """A new DBAPI connection of its own to the same database, outside any pool (the caller closes it)."""
+        raise NotImplementedError
+
+    def explain(
+        self, statement: str, parameters: Any, analyze: bool, timeout_s: float, cancel: threading.Event
+    ) -> tuple[Any, bool, dict[str, dict[str, Any]] | None]:
+        """(plan, analyzed, catalog of the plan's tables) of `statement`, run as `_run_explain` does:
+        read-only, timed out, cancelled when `cancel` is set; failures as `explain_failure` makes them."""
+        raise NotImplementedError
 
 
 class _FpStats:
@@ -409,28 +453,58 @@ def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int,
             conn = getattr(cursor, "_adapt_connection", None)
         key = 0 if conn is None else id(conn)
         engine = context.root_connection.engine
-        dt = t1 - t0
         if (
             cursor.description is None
             or not _results_hooked
             or not _open(fp, t0, cursor.rowcount, statement, parameters, engine, key, context)
         ):
-            _pending_append((fp, dt, t1, cursor.rowcount, 0, statement, parameters, engine))
-            if dt >= _slow_ns:
-                _slow.append((fp, dt, time.time(), _call_site(), None))
-            trace = _request_current()
-            if trace is not None:
-                trace.add(fp, dt, _rows(cursor.rowcount), _call_site())
+            record_execution(fp, t0, t1, cursor.rowcount, statement, parameters, engine)
         if key:
-            counts = _checkout_counts.get(key)
-            if counts is None:
-                counts = _new_checkout(key)
-            n = counts.get(fp, 0) + 1
-            counts[fp] = n
-            if n == _n1_threshold:
-                _n1_events.append((fp, time.time(), _call_site()))
+            count_execution(key, fp)
     except Exception as exc:
         log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def record_execution(
+    fp: str, t0: int, t1: int, rowcount: Any, statement: str, parameters: Any, engine: Any
+) -> None:
+    """Record an execution that is over at `t1` (perf ns): its timing, the slow list, the request's SQL.
+    `engine`: the Engine or `Source` that ran it. Shared by the hooks; the caller catches exceptions."""
+    dt = t1 - t0
+    _pending_append((fp, dt, t1, rowcount, 0, statement, parameters, engine))
+    if dt >= _slow_ns:
+        _slow.append((fp, dt, time.time(), _call_site(), None))
+    trace = _request_current()
+    if trace is not None:
+        trace.add(fp, dt, _rows(rowcount), _call_site())
+
+
+def open_execution(fp: str, t0: int, rowcount: Any, statement: str, parameters: Any, engine: Any) -> _Open:
+    """An execution whose rows are still to be fetched: recorded by `end_execution` (or, failing that,
+    when the record is freed). The caller keeps the record with its cursor."""
+    return _Open(fp, t0, rowcount, statement, parameters, engine, None)
+
+
+def end_execution(op: _Open, t1: int) -> None:
+    """The rows of an `open_execution` are fetched (or its cursor closed) at `t1`: record it now."""
+    _end(op, t1)
+
+
+def count_execution(key: int, fp: str) -> None:
+    """Count an execution of `fp` on the connection `key` for N+1 detection (its call site is taken
+    once, when the count reaches the threshold)."""
+    counts = _checkout_counts.get(key)
+    if counts is None:
+        counts = _new_checkout(key)
+    n = counts.get(fp, 0) + 1
+    counts[fp] = n
+    if n == _n1_threshold:
+        _n1_events.append((fp, time.time(), _call_site()))
+
+
+def forget_connection(key: int) -> None:
+    """A unit of work on the connection `key` is over (a request, a checkin): its N+1 count starts again."""
+    _checkout_counts.pop(key, None)
 
 
 def _open(
@@ -466,15 +540,21 @@ def _record_error(
         fp = _fp_get(statement)
         if fp is None:
             fp = _fingerprint_miss(statement, context)
-        _pending_append((fp, dt, _perf(), 0, 1, statement, parameters, context.root_connection.engine))
-        trace = _request_current()
-        if trace is not None:
-            trace.add(fp, dt, None, _call_site())
-        if dt >= _slow_ns:
-            text = _error_text(error, context.root_connection.engine)
-            _slow.append((fp, dt, time.time(), _call_site(), text))
+        record_failure(fp, dt, statement, parameters, context.root_connection.engine, error)
     except Exception as exc:
         log_once("sql-record", "could not record a SQLAlchemy execution", exc=exc)
+
+
+def record_failure(
+    fp: str, dt: int, statement: str, parameters: Any, engine: Any, error: BaseException
+) -> None:
+    """Record a failed execution (`dt` ns) as an error of its fingerprint; the caller re-raises it."""
+    _pending_append((fp, dt, _perf(), 0, 1, statement, parameters, engine))
+    trace = _request_current()
+    if trace is not None:
+        trace.add(fp, dt, None, _call_site())
+    if dt >= _slow_ns:
+        _slow.append((fp, dt, time.time(), _call_site(), _error_text(error, engine)))
 
 
 def _error_text(error: BaseException, engine: Any) -> str:
@@ -495,6 +575,8 @@ def _error_text(error: BaseException, engine: Any) -> str:
 
 def _keeps_values(engine: Any) -> bool:
     """Whether the app opted in to showing the values of `engine`'s statements."""
+    if isinstance(engine, Source):
+        return engine.keep_values
     try:
         return _keep_values_all or engine in _keep_values_engines
     except TypeError:  # not weak-referenceable: never opted in
@@ -507,7 +589,19 @@ def _fingerprint_miss(statement: str, context: Any) -> str:
     try:
         dialect = context.dialect
         literal_dq = dialect.name in ("mysql", "mariadb") and dialect.identifier_preparer.initial_quote != '"'
-        return _fingerprint.fingerprint(statement, literal_dq)
+    except Exception:
+        literal_dq = False
+    return fingerprint_of(statement, literal_dq)
+
+
+def fingerprint_of(statement: str, double_quoted_literals: bool) -> str:
+    """The fingerprint of a statement, from the cache when seen before (`"..."` read as a string literal
+    when `double_quoted_literals`, as MySQL and MariaDB read it unless ANSI_QUOTES is set)."""
+    fp = _fp_get(statement)
+    if fp is not None:
+        return fp
+    try:
+        return _fingerprint.fingerprint(statement, double_quoted_literals)
     except Exception as exc:  # the tokenizer is total; this is a last resort that still groups executions
         log_once("sql-fingerprint", "could not fingerprint a statement", exc=exc)
         fp = f"<statement perftop could not read, {len(statement)} chars>"
@@ -592,20 +686,29 @@ _internal_codes: dict[Any, int] = {}
 """Code object -> _APP, _LIBRARY or _INTERNAL (what `_call_site` makes of its frames)."""
 
 
+_DATABASE_LAYERS = ("sqlalchemy", "django.db")
+"""Packages whose frames are never call sites once imported (the database layers perftop hooks)."""
+
+
 def _init_skip_prefixes() -> None:
-    """Frames in these files are never call sites: SQLAlchemy, perftop's agent and middleware, logging,
-    contextlib; and frames
-    of installed libraries and the standard library are passed over while an app frame is further up."""
+    """Frames in these files are never call sites: SQLAlchemy, Django's ORM (`django.db`), perftop's
+    agent and middleware, logging, contextlib; and frames of installed libraries and the standard
+    library are passed over while an app frame is further up. Run again when a hook is instrumented (a
+    database layer imported since is then added)."""
     global _skip_prefixes, _library_prefixes
     import sysconfig
 
-    import sqlalchemy
-
+    layers: list[str] = []
+    for name in _DATABASE_LAYERS:
+        module = sys.modules.get(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            layers += [os.path.dirname(os.path.abspath(path)) + os.sep, os.path.dirname(path) + os.sep]
     agent_dir = os.path.dirname(os.path.abspath(__file__)) + os.sep
     perftop_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    _internal_codes.clear()
     _skip_prefixes = (
-        os.path.dirname(os.path.abspath(sqlalchemy.__file__)) + os.sep,
-        os.path.dirname(sqlalchemy.__file__) + os.sep,
+        *layers,
         agent_dir,
         os.path.dirname(__file__) + os.sep,
         *(os.path.join(perftop_dir, name) for name in ("__init__.py", "wsgi.py", "asgi.py")),
@@ -698,17 +801,13 @@ def instrument(
     slow list, EXPLAIN's plan, advice and statement); by default they are redacted inside the app.
     Idempotent per engine; a later call updates the settings. Never raises: a failure is logged once.
     """
-    global _slow_ns, _n1_threshold, _max_fingerprints, _global, _keep_values_all
+    global _global, _keep_values_all
     try:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
         from sqlalchemy.pool import Pool
 
-        _slow_ns = max(0, int(float(slow_ms) * 1_000_000))
-        _n1_threshold = max(2, int(n_plus_one_threshold))
-        _max_fingerprints = max(1, int(max_fingerprints))
-        if not _skip_prefixes:
-            _init_skip_prefixes()
+        start_recording(slow_ms, n_plus_one_threshold, max_fingerprints)
         with _lock:
             already = _global
             try:
@@ -749,6 +848,24 @@ def instrument(
         _ensure_drain_thread()
     except Exception as exc:
         log_once("sql-instrument", "could not instrument SQLAlchemy", exc=exc)
+
+
+def start_recording(slow_ms: float, n_plus_one_threshold: int = 10, max_fingerprints: int = 2000) -> None:
+    """Set the thresholds every hook shares (the slow list's, N+1's, the fingerprint cap) and start the
+    aggregation thread: what a hook does before it records anything. Raises on a bad value."""
+    global _slow_ns, _n1_threshold, _max_fingerprints, _layers_seen
+    _slow_ns = max(0, int(float(slow_ms) * 1_000_000))
+    _n1_threshold = max(2, int(n_plus_one_threshold))
+    _max_fingerprints = max(1, int(max_fingerprints))
+    layers = tuple(name for name in _DATABASE_LAYERS if name in sys.modules)
+    if layers != _layers_seen:
+        _layers_seen = layers
+        _init_skip_prefixes()
+    _ensure_drain_thread()
+
+
+_layers_seen: tuple[str, ...] | None = None
+"""The database layers imported when the call-site prefixes were last computed (None: never computed)."""
 
 
 def _hook_results() -> None:
@@ -944,6 +1061,8 @@ def _drain_pool_events(wall_minus_perf: float) -> None:
 
 
 def _dialect_name(engine: Any) -> str:
+    if isinstance(engine, Source):
+        return engine.dialect
     try:
         return str(engine.dialect.name)
     except Exception:
@@ -1096,7 +1215,7 @@ def _refresh_server_times(engines: list[Any]) -> None:
 
 def _read_pg_stat_statements(engine: Any) -> list[tuple[str, float, float]]:
     """(query, calls, total execution ms) of this database's statements, on a short-lived connection."""
-    creator = getattr(engine.pool, "_creator", None)
+    creator = engine.dbapi_connect if isinstance(engine, Source) else getattr(engine.pool, "_creator", None)
     if callable(creator):
         conn = creator()
     else:
@@ -1255,13 +1374,16 @@ def _explain_on(
     fp: str, engine: Any, statement: str, parameters: Any, analyze: bool, timeout_s: float, cancel: Any
 ) -> dict[str, Any]:
     dialect = _dialect_name(engine)
-    mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
     keep = _keeps_values(engine)
-    with _not_recorded():
-        plan, analyzed = _run_explain(
-            engine, dialect, mariadb, statement, parameters, analyze, timeout_s, cancel, keep
-        )
-        catalog = _catalog(engine, _explain.plan_tables(dialect, plan, statement))
+    if isinstance(engine, Source):
+        plan, analyzed, catalog = engine.explain(statement, parameters, analyze, timeout_s, cancel)
+    else:
+        mariadb = bool(getattr(engine.dialect, "is_mariadb", False))
+        with _not_recorded():
+            plan, analyzed = _run_explain(
+                engine, dialect, mariadb, statement, parameters, analyze, timeout_s, cancel, keep
+            )
+            catalog = _catalog(engine, _explain.plan_tables(dialect, plan, statement))
     try:
         advice = _explain.advise(dialect, plan, statement, catalog, analyzed=analyzed, keep_values=keep)
     except Exception as exc:  # a plan shape the advisor does not know: the plan is still worth showing
@@ -1322,7 +1444,7 @@ def _run_explain(
             # an EXPLAIN QUERY PLAN that only plans: never the long part).
             deadline = started + timeout_s + EXPLAIN_CANCEL_GRACE_S
             watcher = threading.Thread(
-                target=_watch,
+                target=watch_explain,
                 args=(stopper, cancel, done, deadline),
                 name="perftop-explain-watch",
                 daemon=True,
@@ -1337,7 +1459,7 @@ def _run_explain(
         except Exception as exc:
             elapsed = time.monotonic() - started
             database = "mariadb" if mariadb else dialect  # SQLAlchemy names MariaDB's dialect mysql
-            raise _explain_failure(exc, database, analyzed, cancel, elapsed, timeout_s, keep) from None
+            raise explain_failure(exc, database, analyzed, cancel, elapsed, timeout_s, keep) from None
         finally:
             done.set()
             if watcher is not None:
@@ -1355,7 +1477,7 @@ def _run_explain(
     return _explain.plan_from_rows(dialect, keys, [tuple(r) for r in rows]), analyzed
 
 
-def _explain_failure(
+def explain_failure(
     exc: Exception, dialect: str, analyzed: bool, cancel: Any, elapsed: float, timeout_s: float, keep: bool
 ) -> Exception:
     """The one-line error for an EXPLAIN that failed, its values redacted unless the app opted in."""
@@ -1424,7 +1546,9 @@ def _canceller(engine: Any, dialect: str, conn: Any) -> Callable[[], None] | Non
     return stop
 
 
-def _watch(stop: Callable[[], None] | None, cancel: Any, done: threading.Event, deadline: float) -> None:
+def watch_explain(
+    stop: Callable[[], None] | None, cancel: Any, done: threading.Event, deadline: float
+) -> None:
     """Until `done`: once the viewer is gone (`cancel`) or `deadline` passed, cancel the statement, and
     again every half second (a cancel that arrived before the statement started cancels nothing)."""
     while not done.wait(EXPLAIN_CANCEL_POLL_S):
