@@ -5,13 +5,14 @@ not that package's site-packages on sys.path, so the app's imports are untouched
 any `sitecustomize` the environment already had. Standard library only; never raises into the program.
 
 Start-up cost is what users notice, so only cheap things happen before the program runs: the finder,
-a meta-path hook that instruments SQLAlchemy and the web frameworks (request timing by route) when
-the program imports them (`PERFTOP_FRAMEWORKS=0`: not the frameworks), `importlib` and `threading`
-(before Python 3.13), whose first imports must not race another thread's, and a thread that imports
-perftop and starts the agent while the program starts (its socket appears a few tens of milliseconds
-later). A fork waits for that thread to finish (bounded), so that a child does not inherit a
-half-done import (and, while the thread runs, `os.register_at_fork` keeps that wait first in line); the
-program's exit stops the thread at its next import, as the interpreter must not finalize under it.
+a meta-path hook that instruments SQLAlchemy, the web frameworks (request timing by route) and Celery
+(task timing by name) when the program imports them (`PERFTOP_FRAMEWORKS=0`: not the frameworks),
+`importlib` and `threading` (before Python 3.13), whose first imports must not race another thread's,
+and a thread that imports perftop and starts the agent while the program starts (its socket appears a
+few tens of milliseconds later). A fork waits for that thread to finish (bounded), so that a child does
+not inherit a half-done import (and, while the thread runs, `os.register_at_fork` keeps that wait first
+in line); the program's exit stops the thread at its next import, as the interpreter must not finalize
+under it.
 """
 
 from __future__ import annotations
@@ -113,9 +114,11 @@ _FRAMEWORK_MODULES = (
     "bottle",
     "pyramid.router",
     "falcon.app",
+    "celery.signals",
+    "billiard.pool",
 )
-"""The modules whose import makes perftop time a web framework's requests (perftop.agent.frameworks.HOOKS;
-the agent's own test checks that the two lists agree)."""
+"""The modules whose import makes perftop time a web framework's requests or Celery's tasks
+(perftop.agent.frameworks.HOOKS; the agent's own test checks that the two lists agree)."""
 
 
 def _instrument(name: str, module: types.ModuleType) -> None:

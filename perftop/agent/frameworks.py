@@ -195,6 +195,18 @@ def _falcon(module: ModuleType) -> None:
     _patch(app, "_get_responder", make)
 
 
+def _celery(module: ModuleType) -> None:
+    from perftop.agent import tasks
+
+    tasks.instrument_celery(module)
+
+
+def _billiard(module: ModuleType) -> None:
+    from perftop.agent import tasks
+
+    tasks.instrument_billiard(module)
+
+
 HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "flask": _flask,
     "django.core.handlers.base": _django_base,
@@ -204,6 +216,8 @@ HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "bottle": _bottle,
     "pyramid.router": _pyramid,
     "falcon.app": _falcon,
+    "celery.signals": _celery,
+    "billiard.pool": _billiard,
 }
 """Module name -> what to patch once the program has imported it."""
 
