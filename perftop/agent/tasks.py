@@ -10,7 +10,7 @@ references, one `dispatch_uid` each, so a second call changes nothing):
   what `@perftop.time_it` on the task function would record); IGNORED (a task replaced, or ignoring
   itself) counts as done.
 - `task_failure` for a task no timer in this process saw end (Celery's master reports those of a pool
-  child killed by a hard time limit or lost): counted as `celery.lost <task name>`.
+  child killed by a hard time limit or lost): counted once per task id as `celery.lost <task name>`.
 - `before_task_publish`, in a publisher that also runs under perftop: stamps the message with the
   publish time (header `perftop_sent_at`, unix seconds). The worker then records the queue wait,
   publish to start, as `celery.queue <task name>`; for a task given an ETA or countdown, from the later
@@ -60,6 +60,9 @@ MAX_QUEUE_S = 7 * 24 * 3600.0
 MAX_RUNNING = 65536
 """Task runs timed at once, at most; past it (postruns that never came), new runs go untimed."""
 MAX_CACHED_NAMES = 4096
+MAX_LOST_IDS = 1024
+"""Task ids of lost tasks remembered, so that one Celery reports twice (a hard time limit: once as the
+pool's error, once as the timeout) counts once."""
 _UID = "perftop"
 _IGNORED = "IGNORED"
 _SUCCESS = "SUCCESS"
@@ -68,6 +71,8 @@ _pc = time.perf_counter_ns
 _started: dict[Any, int] = {}
 """perf_counter_ns at the start of each running task, by task id."""
 _metrics: dict[tuple[str, Any], Timing] = {}
+_lost: dict[Any, None] = {}
+"""The latest lost task ids, oldest first."""
 
 
 def _timing(prefix: str, task: Any) -> Timing:
@@ -142,9 +147,12 @@ def _postrun(
 
 def _failure(sender: Any = None, task_id: Any = None, **_: Any) -> None:
     """Celery reports a failed task: one running here ends in `_postrun`; one that no timer here saw end
-    (Celery's master, for a pool child killed by a hard time limit or lost) is counted."""
+    (Celery's master, for a pool child killed by a hard time limit or lost) is counted, once per task id."""
     try:
-        if task_id not in _started:
+        if task_id not in _started and task_id not in _lost:
+            _lost[task_id] = None
+            if len(_lost) > MAX_LOST_IDS:
+                del _lost[next(iter(_lost))]
             count(f"{LOST_PREFIX}{getattr(sender, 'name', None)}")
     except Exception as exc:
         log_once("celery-failure", "could not count a failed Celery task", exc=exc)
