@@ -43,6 +43,7 @@ __all__ = [
     "QUEUE_PREFIX",
     "SENT_HEADER",
     "TASK_PREFIX",
+    "eta_seconds",
     "instrument_billiard",
     "instrument_celery",
 ]
@@ -92,7 +93,7 @@ def _record(metric: Timing, value: int) -> None:
         metric.dropped += 1
 
 
-def _eta_seconds(eta: Any) -> float | None:
+def eta_seconds(eta: Any) -> float | None:
     """A task's ETA (Celery sends an ISO 8601 string; eager calls may hold a datetime) as unix seconds;
     None where it has none or it names no time zone (a naive ETA is in the app's zone, unknown here)."""
     if isinstance(eta, str):
@@ -106,7 +107,7 @@ def _queue_wait(task: Any, now: float) -> None:
     """Record the wait of the task starting now, when its message says since when it waited."""
     request = getattr(task, "request", None)
     sent = getattr(request, SENT_HEADER, None)
-    eta = _eta_seconds(getattr(request, "eta", None))
+    eta = eta_seconds(getattr(request, "eta", None))
     since = sent if isinstance(sent, (int, float)) and not isinstance(sent, bool) else None
     if eta is not None:
         since = eta if since is None else max(since, eta)

@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ BROKERS = {
 }
 BACKEND = ("redis://127.0.0.1:6379/1", 6379)
 """Results (which PID ran a task, when it started) go through Redis whatever the broker."""
-STARTED, FAIL, FLAKY, BURN = (f"celery_app.{t}" for t in ("started", "fail", "flaky", "burn"))
+STARTED, DUE, FAIL, FLAKY, BURN = (f"celery_app.{t}" for t in ("started", "due", "fail", "flaky", "burn"))
 
 
 def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -291,6 +292,24 @@ def test_queue_wait_from_a_publisher_under_perftop_matches_its_own_publish_times
         mean = sum(oracle) / len(oracle)
         assert mean - 0.150 <= wait["mean_ms"] / 1000 <= mean * 1.01 + 0.001, (wait, oracle)
         assert view.timings[f"celery.queue {BURN}"]["count"] >= CONCURRENCY
+    finally:
+        watcher.close()
+
+
+def test_a_task_with_an_eta_waits_from_when_it_was_due(worker: Worker) -> None:
+    """The test's message has no publish stamp, but its ETA says since when it was due."""
+    watcher = AgentWatcher(worker.socket_dir)
+    try:
+        before = _count(_view(watcher, worker.master), f"celery.queue {DUE}")
+        eta = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+        _pid, started = worker.run(DUE, eta=eta)
+        oracle = started - eta.timestamp()
+        assert oracle >= 0
+        view = _settled(watcher, worker.master, {f"celery.queue {DUE}": before + 1, f"celery {DUE}": 1})
+        wait = view.timings[f"celery.queue {DUE}"]
+        assert wait["count"] == before + 1
+        # not the 1.5 s to the ETA: the lateness past it (tolerance as for the publish stamp)
+        assert oracle - 0.150 <= wait["max_ms"] / 1000 <= oracle * 1.01 + 0.001, (wait, oracle)
     finally:
         watcher.close()
 

@@ -33,6 +33,12 @@ def started() -> tuple[int, float]:
 
 
 @app.task
+def due() -> tuple[int, float]:
+    """As `started`, for tasks sent with an ETA."""
+    return os.getpid(), time.time()
+
+
+@app.task
 def fail(kind: str) -> None:
     """Fails with the exception type named `kind`."""
     errors: dict[str, type[Exception]] = {"ValueError": ValueError, "KeyError": KeyError}
