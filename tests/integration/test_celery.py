@@ -30,7 +30,7 @@ import pytest
 celery = pytest.importorskip("celery")
 
 from perftop.collectors.agent_view import AgentView, AgentWatcher  # noqa: E402
-from perftop.collectors.discovery import find_child_agents  # noqa: E402
+from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 CONCURRENCY = 2
@@ -40,7 +40,9 @@ BROKERS = {
 }
 BACKEND = ("redis://127.0.0.1:6379/1", 6379)
 """Results (which PID ran a task, when it started) go through Redis whatever the broker."""
-STARTED, DUE, FAIL, FLAKY, BURN = (f"celery_app.{t}" for t in ("started", "due", "fail", "flaky", "burn"))
+STARTED, DUE, FAIL, FLAKY, BURN, NAP = (
+    f"celery_app.{t}" for t in ("started", "due", "fail", "flaky", "burn", "nap")
+)
 
 
 def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
@@ -66,6 +68,8 @@ class Worker:
     client: Any
     """A Celery app of the test's own, sending by task name (the test imports no task code)."""
     log: Path
+    pool_children: int
+    """The prefork pool's processes; 0 for a pool of threads in the master."""
 
     @property
     def master(self) -> int:
@@ -103,14 +107,18 @@ class Worker:
         """Until every pool child runs an agent, and a task round-trips."""
 
         def ready() -> bool:
+            if not self.pool_children:
+                return find_agent(self.master, self.socket_dir) is not None
             agents = self.agents()
-            return len(agents) == CONCURRENCY and agents == self.children()
+            return len(agents) == self.pool_children and agents == self.children()
 
-        _wait(ready, 90, f"{CONCURRENCY} pool children with agents")
+        _wait(ready, 90, f"{self.pool_children} pool children with agents")
         assert isinstance(self.run(STARTED), list)
 
 
-def start_worker(tmp: Path, broker: str, *extra: str) -> Worker:
+def start_worker(
+    tmp: Path, broker: str, *extra: str, pool: str = "prefork", concurrency: int = CONCURRENCY
+) -> Worker:
     url, port = BROKERS[broker]
     _need(port, broker)
     _need(BACKEND[1], "redis (the result backend)")
@@ -127,12 +135,12 @@ def start_worker(tmp: Path, broker: str, *extra: str) -> Worker:
     client.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=True)
     exe = str(Path(sys.executable).parent / "celery")
     cmd = [sys.executable, "-m", "perftop", "run", "--", exe, "-A", "celery_app", "worker"]
-    cmd += ["--pool", "prefork", "--concurrency", str(CONCURRENCY), "-n", f"{queue}@%h", "-l", "info"]
+    cmd += ["--pool", pool, "--concurrency", str(concurrency), "-n", f"{queue}@%h", "-l", "info"]
     cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat", *extra]
     log = tmp / f"worker-{queue}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=TARGETS, stdout=out, stderr=subprocess.STDOUT)
-    worker = Worker(proc, env, str(sockets), client, log)
+    worker = Worker(proc, env, str(sockets), client, log, concurrency if pool == "prefork" else 0)
     try:
         worker.wait_ready()
     except BaseException:
@@ -469,3 +477,22 @@ def test_a_task_killed_by_its_hard_time_limit_is_counted_lost_by_the_master(work
         assert own["counters"][name]["value"] == base + 1
     finally:
         watcher.close()
+
+
+def test_concurrent_runs_in_a_thread_pool_are_timed_each_on_its_own(tmp_path: Path) -> None:
+    """Eight runs at once in one process (`--pool threads`): each timed from its own start (keyed by
+    task id), none from another's."""
+    worker = start_worker(tmp_path, "redis", pool="threads", concurrency=8)
+    watcher = AgentWatcher(worker.socket_dir)
+    try:
+        slept = [r.get(timeout=120) for r in [worker.send(NAP, 0.3) for _ in range(8)]]
+        view = _settled(watcher, worker.master, {f"celery {NAP}": 8})
+        timing = view.timings[f"celery {NAP}"]
+        assert (timing["count"], timing["errors"]) == (8, 0)
+        # each run at least the sleep its own clock measured (within the sketch's 1%): none was timed
+        # from a later run's start; at most that plus 100 ms of Celery's tracing: none from an earlier one
+        assert timing["min_ms"] >= min(slept) * 1000 * 0.99, (timing, slept)
+        assert timing["max_ms"] <= max(slept) * 1000 * 1.01 + 100, (timing, slept)
+    finally:
+        watcher.close()
+        stop_worker(worker)

@@ -39,6 +39,14 @@ def due() -> tuple[int, float]:
 
 
 @app.task
+def nap(seconds: float) -> float:
+    """Sleeps `seconds`; returns how long it slept by its own clock."""
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    return time.perf_counter() - t0
+
+
+@app.task
 def fail(kind: str) -> None:
     """Fails with the exception type named `kind`."""
     errors: dict[str, type[Exception]] = {"ValueError": ValueError, "KeyError": KeyError}
