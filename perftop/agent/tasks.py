@@ -61,6 +61,7 @@ MAX_QUEUE_S = 7 * 24 * 3600.0
 MAX_RUNNING = 65536
 """Task runs timed at once, at most; past it (postruns that never came), new runs go untimed."""
 MAX_CACHED_NAMES = 4096
+"""Task names whose metrics are kept at hand; past it, each run asks the registry (a dict lookup more)."""
 MAX_LOST_IDS = 1024
 """Task ids of lost tasks remembered, so that one Celery reports twice (a hard time limit: once as the
 pool's error, once as the timeout) counts once."""
