@@ -5,14 +5,13 @@ not that package's site-packages on sys.path, so the app's imports are untouched
 any `sitecustomize` the environment already had. Standard library only; never raises into the program.
 
 Start-up cost is what users notice, so only cheap things happen before the program runs: the finder,
-a meta-path hook that instruments SQLAlchemy, the web frameworks (request timing by route) and Celery
-(task timing by name) when the program imports them (`PERFTOP_FRAMEWORKS=0`: not the frameworks),
-`importlib` and `threading` (before Python 3.13), whose first imports must not race another thread's,
-and a thread that imports perftop and starts the agent while the program starts (its socket appears a
-few tens of milliseconds later). A fork waits for that thread to finish (bounded), so that a child does
-not inherit a half-done import (and, while the thread runs, `os.register_at_fork` keeps that wait first
-in line); the program's exit stops the thread at its next import, as the interpreter must not finalize
-under it.
+a meta-path hook that instruments SQLAlchemy, web frameworks and Celery (request/task timing) when
+the program imports them (`PERFTOP_FRAMEWORKS=0`: not the frameworks), `importlib` and `threading`
+(before Python 3.13), whose first imports must not race another thread's, and a thread that imports
+perftop and starts the agent while the program starts (its socket appears a few tens of milliseconds
+later). A fork waits for that thread to finish (bounded), so that a child does not inherit a
+half-done import (and, while the thread runs, `os.register_at_fork` keeps that wait first in line); the
+program's exit stops the thread at its next import, as the interpreter must not finalize under it.
 """
 
 from __future__ import annotations

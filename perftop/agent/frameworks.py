@@ -13,6 +13,9 @@ clears its request from the environ before the response body is closed, so readi
 wrapper is idempotent: the outermost one marks the request (`TIMED_KEY`) and the inner ones (an app that
 also wraps itself in the middleware, a mounted sub-application) pass it through untimed.
 
+Celery's modules (`celery.signals`, `billiard.pool`) are handed on to `perftop.agent.tasks`, which times
+tasks by name.
+
 Standard library only; the frameworks are reached through the modules handed in, never imported here.
 A failure is logged once and never reaches the app.
 """

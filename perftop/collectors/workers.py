@@ -25,9 +25,11 @@ from perftop.collectors.model import ProcessSample, ProcessTree, WorkerRow
 from perftop.collectors.process import connection_inodes
 from perftop.sketch import Sketch, SketchError
 
-REQUEST_PREFIXES = ("http ", "celery ")
-"""Timings of requests, as the WSGI/ASGI middleware names them (`http GET /orders/{id}`), and of Celery task
-runs as `perftop run` names them (`celery proj.tasks.add`): a Celery worker's requests are its tasks."""
+REQUEST_PREFIX = "http "
+"""Timings of requests, as the WSGI/ASGI middleware names them (`http GET /orders/{id}`)."""
+TASK_PREFIX = "celery "
+"""Timings of Celery task runs, as `perftop run` names them (`celery proj.tasks.add`): a Celery worker's
+requests are its tasks."""
 NS_PER_MS = 1_000_000.0
 
 
@@ -46,7 +48,7 @@ def worker_figures(stats: Mapping[str, Any]) -> WorkerFigures:
     and the query fingerprints of one agent's `stats` result."""
     merged = Sketch()
     for name, timing in (stats.get("timings") or {}).items():
-        if not name.startswith(REQUEST_PREFIXES):
+        if not name.startswith((REQUEST_PREFIX, TASK_PREFIX)):
             continue
         with contextlib.suppress(SketchError):
             merged.merge(Sketch.from_dict(timing.get("sketch")))
