@@ -133,11 +133,11 @@ def _postrun(
     sender: Any = None, task_id: Any = None, task: Any = None, retval: Any = None, state: Any = None, **_: Any
 ) -> None:
     """A task ended in this process: record its run, as an error of its exception's type if it failed."""
-    t0 = _started.pop(task_id, None)
-    if t0 is None:
-        return
-    duration = _pc() - t0
     try:
+        t0 = _started.pop(task_id, None)
+        if t0 is None:
+            return
+        duration = _pc() - t0
         metric = _timing(TASK_PREFIX, task if task is not None else sender)
         if state in (_SUCCESS, _IGNORED) or not isinstance(retval, BaseException):
             _record(metric, duration)

@@ -77,3 +77,23 @@ def test_etas_with_a_time_zone_are_read_and_naive_ones_are_not() -> None:
     assert tasks.eta_seconds(due) == due.timestamp()
     assert tasks.eta_seconds(due.replace(tzinfo=None).isoformat()) is None
     assert tasks.eta_seconds(None) is None
+
+
+def test_odd_messages_never_raise_into_celery_and_the_run_still_counts() -> None:
+    tasks.instrument_celery(signals)
+    task = app.tasks["perftop_unit.double"]
+    before = _stats("celery perftop_unit.double")[0]
+    task.push_request(id="odd", eta="not a date", perftop_sent_at="not a time")
+    try:
+        signals.task_prerun.send(sender=task, task_id="odd", task=task, args=(), kwargs={})
+        signals.task_postrun.send(
+            sender=task, task_id="odd", task=task, args=(), kwargs={}, retval=2, state="SUCCESS"
+        )
+    finally:
+        task.pop_request()
+    signals.task_prerun.send(sender=task, task_id=["unhashable"], task=task, args=(), kwargs={})
+    signals.task_postrun.send(sender=task, task_id=["unhashable"], task=task, retval=2, state="SUCCESS")
+    signals.task_failure.send(sender=task, task_id=["unhashable"], exception=ValueError())
+    signals.before_task_publish.send(sender="x", headers=None, body=None)
+    assert _stats("celery perftop_unit.double")[0] == before + 1
+    assert _stats("celery.queue perftop_unit.double") == (0, 0, {})
