@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-frameworks",
         action="store_true",
-        help="do not time web requests by route (also PERFTOP_FRAMEWORKS=0)",
+        help="do not time web requests by route nor Celery tasks by name (also PERFTOP_FRAMEWORKS=0)",
     )
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS")
 

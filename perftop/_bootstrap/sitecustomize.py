@@ -4,14 +4,14 @@ It makes perftop importable from the package this file ships in (a meta-path fin
 not that package's site-packages on sys.path, so the app's imports are untouched), then hands over to
 any `sitecustomize` the environment already had. Standard library only; never raises into the program.
 
-Start-up cost is what users notice, so only cheap things happen before the program runs: the finder,
-a meta-path hook that instruments SQLAlchemy, the web frameworks (request timing by route) and Django's
-ORM when the program imports them (`PERFTOP_FRAMEWORKS=0`: not the frameworks), `importlib` and `threading`
-(before Python 3.13), whose first imports must not race another thread's, and a thread that imports
-perftop and starts the agent while the program starts (its socket appears a few tens of milliseconds
-later). A fork waits for that thread to finish (bounded), so that a child does not inherit a
-half-done import (and, while the thread runs, `os.register_at_fork` keeps that wait first in line); the
-program's exit stops the thread at its next import, as the interpreter must not finalize under it.
+Start-up cost is what users notice, so only cheap things happen before the program runs: the finder, a
+meta-path hook that instruments SQLAlchemy, the web frameworks (request timing by route), Django's ORM and
+Celery (task timing) when the program imports them (`PERFTOP_FRAMEWORKS=0`: not the frameworks), `importlib`
+and `threading` (before Python 3.13), whose first imports must not race another thread's, and a thread that
+imports perftop and starts the agent while the program starts (its socket appears a few tens of milliseconds
+later). A fork waits for that thread to finish (bounded), so that a child does not inherit a half-done
+import (and, while the thread runs, `os.register_at_fork` keeps that wait first in line); the program's exit
+stops the thread at its next import, as the interpreter must not finalize under it.
 """
 
 from __future__ import annotations
@@ -114,8 +114,11 @@ _FRAMEWORK_MODULES = (
     "bottle",
     "pyramid.router",
     "falcon.app",
+    "celery.signals",
+    "billiard.pool",
 )
-"""The modules whose import makes perftop time a web framework's requests or Django's queries
+"""The modules whose import makes perftop time a web framework's requests, Django's queries or Celery's
+tasks
 (perftop.agent.frameworks.HOOKS; the agent's own test checks that the two lists agree)."""
 
 

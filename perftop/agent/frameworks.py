@@ -13,6 +13,9 @@ clears its request from the environ before the response body is closed, so readi
 wrapper is idempotent: the outermost one marks the request (`TIMED_KEY`) and the inner ones (an app that
 also wraps itself in the middleware, a mounted sub-application) pass it through untimed.
 
+Celery's modules (`celery.signals`, `billiard.pool`) are handed on to `perftop.agent.tasks`, which times
+tasks by name.
+
 Standard library only; the frameworks are reached through the modules handed in, never imported here.
 A failure is logged once and never reaches the app.
 """
@@ -202,6 +205,18 @@ def _falcon(module: ModuleType) -> None:
     _patch(app, "_get_responder", make)
 
 
+def _celery(module: ModuleType) -> None:
+    from perftop.agent import tasks
+
+    tasks.instrument_celery(module)
+
+
+def _billiard(module: ModuleType) -> None:
+    from perftop.agent import tasks
+
+    tasks.instrument_billiard(module)
+
+
 HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "flask": _flask,
     "django.core.handlers.base": _django_base,
@@ -212,6 +227,8 @@ HOOKS: dict[str, Callable[[ModuleType], None]] = {
     "bottle": _bottle,
     "pyramid.router": _pyramid,
     "falcon.app": _falcon,
+    "celery.signals": _celery,
+    "billiard.pool": _billiard,
 }
 """Module name -> what to patch once the program has imported it."""
 

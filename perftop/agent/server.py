@@ -355,14 +355,15 @@ class Agent:
         self._wake()
 
     def _write_final(self) -> None:
-        """In a forked worker (gunicorn, Celery prefork), write its since-start stats beside its socket as
-        `<pid>.final` (0600, atomically), so that viewers merging the workers keep what it counted after
-        their last poll when it is recycled or reloaded (read by perftop.collectors.workers)."""
+        """In a forked worker (gunicorn, Celery prefork) or a spawned multiprocessing one, write its
+        since-start stats beside its socket as `<pid>.final` (0600, atomically), so that viewers merging
+        the workers keep what it counted after their last poll when it is recycled or reloaded (read by
+        perftop.collectors.workers)."""
         path = self.path
         pending = self._serve_after_fork
         if path is None and pending is not None:  # exited before its agent thread made the socket
             path = paths.socket_path(os.getpid(), paths.socket_dir(pending[1]))
-        if path is None or not self.forked or not path.endswith(paths.SOCKET_SUFFIX):
+        if path is None or not (self.forked or _mp_spawned()) or not path.endswith(paths.SOCKET_SUFFIX):
             return
         try:
             _sweep_finals(os.path.dirname(path))
@@ -1075,6 +1076,17 @@ def _sweep_finals(directory: str) -> None:
                 old = os.path.join(directory, name)
                 if now - os.lstat(old).st_mtime > FINAL_KEEP_S:
                     os.unlink(old)
+
+
+def _mp_spawned() -> bool:
+    """Whether this process is a multiprocessing child started by spawn or forkserver (a fresh
+    interpreter, whose agent `perftop run` started, not a fork of the parent's)."""
+    process = sys.modules.get("multiprocessing.process")
+    parent = getattr(process, "parent_process", None)
+    try:
+        return parent is not None and parent() is not None
+    except Exception:
+        return False
 
 
 def _mp_worker_started(owner: Agent) -> None:

@@ -27,6 +27,9 @@ from perftop.sketch import Sketch, SketchError
 
 REQUEST_PREFIX = "http "
 """Timings of requests, as the WSGI/ASGI middleware names them (`http GET /orders/{id}`)."""
+TASK_PREFIX = "celery "
+"""Timings of Celery task runs, as `perftop run` names them (`celery proj.tasks.add`): a Celery worker's
+requests are its tasks."""
 NS_PER_MS = 1_000_000.0
 
 
@@ -41,11 +44,11 @@ class WorkerFigures:
 
 
 def worker_figures(stats: Mapping[str, Any]) -> WorkerFigures:
-    """Requests (every `http ...` timing merged: count, rate over the stats' span, p99) and the query
-    fingerprints of one agent's `stats` result."""
+    """Requests (every `http ...` and `celery ...` timing merged: count, rate over the stats' span, p99)
+    and the query fingerprints of one agent's `stats` result."""
     merged = Sketch()
     for name, timing in (stats.get("timings") or {}).items():
-        if not name.startswith(REQUEST_PREFIX):
+        if not name.startswith((REQUEST_PREFIX, TASK_PREFIX)):
             continue
         with contextlib.suppress(SketchError):
             merged.merge(Sketch.from_dict(timing.get("sketch")))

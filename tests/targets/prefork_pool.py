@@ -1,8 +1,9 @@
-"""A multiprocessing.Pool of 3 fork workers recycled every 5 tasks, for `perftop run` (imports no perftop).
+"""A multiprocessing.Pool of 3 workers recycled every 5 tasks, for `perftop run` (imports no perftop).
 
-Usage: python prefork_pool.py TASKS. Prints `ready` once the pool's first workers run, waits for a line
-on stdin, maps TASKS tasks (each times itself as `http POOL /task`, through the agent `perftop run`
-started), prints `done`, then waits for another line before it exits.
+Usage: python prefork_pool.py TASKS [START_METHOD] (fork, the default; spawn; forkserver). Prints
+`ready` once the pool's first workers run, waits for a line on stdin, maps TASKS tasks (each times itself
+as `http POOL /task`, through the agent `perftop run` started), prints `done`, then waits for another
+line before it exits.
 """
 
 import multiprocessing as mp
@@ -19,7 +20,7 @@ def task(n: int) -> int:
 
 
 def main() -> None:
-    ctx = mp.get_context("fork")
+    ctx = mp.get_context(sys.argv[2] if len(sys.argv) > 2 else "fork")
     with ctx.Pool(3, maxtasksperchild=5) as pool:
         pool.map(task, range(3), chunksize=1)  # the first workers are up
         sys.stdout.write("ready\n")

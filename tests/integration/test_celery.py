@@ -1,0 +1,502 @@
+"""Celery prefork is one service: a real `celery worker --pool prefork --concurrency 2` under `perftop run`,
+attached by its master, driven over a real broker (the machine's Redis; RabbitMQ too for the counts).
+
+Oracles: the tasks the test sent and the results the workers returned (which PID ran each run, when it
+started), the exception types the test asked for, psutil's own readings of the master and its pool
+children (tree totals), and a publisher's own publish times against the tasks' start times (queue wait).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+celery = pytest.importorskip("celery")
+
+from perftop.collectors.agent_view import AgentView, AgentWatcher  # noqa: E402
+from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
+
+TARGETS = Path(__file__).resolve().parent.parent / "targets"
+CONCURRENCY = 2
+BROKERS = {
+    "redis": ("redis://127.0.0.1:6379/0", 6379),
+    "rabbitmq": ("amqp://guest:guest@127.0.0.1:5672//", 5672),
+}
+BACKEND = ("redis://127.0.0.1:6379/1", 6379)
+"""Results (which PID ran a task, when it started) go through Redis whatever the broker."""
+SLACK_S = 0.250
+"""How much shorter perftop's queue wait may be than the test's own (publish stamp after the publisher's
+clock read, prerun before the task's), on a loaded machine."""
+STARTED, DUE, FAIL, FLAKY, BURN, NAP = (
+    f"celery_app.{t}" for t in ("started", "due", "fail", "flaky", "burn", "nap")
+)
+
+
+def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _need(port: int, what: str) -> None:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        pytest.skip(f"{what} is not running on 127.0.0.1:{port}")
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    socket_dir: str
+    client: Any
+    """A Celery app of the test's own, sending by task name (the test imports no task code)."""
+    log: Path
+    pool_children: int
+    """The prefork pool's processes; 0 for a pool of threads in the master."""
+
+    @property
+    def master(self) -> int:
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        return sorted(c.pid for c in psutil.Process(self.master).children())
+
+    def agents(self) -> list[int]:
+        return sorted(find_child_agents(self.master, self.socket_dir))
+
+    def send(self, name: str, *args: Any, **options: Any) -> Any:
+        return self.client.send_task(name, args, **options)
+
+    def run(self, name: str, *args: Any, **options: Any) -> Any:
+        """Send one task and wait for its result (an exception instance where it failed)."""
+        return self.send(name, *args, **options).get(timeout=120, propagate=False)
+
+    def perftop(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "perftop", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            check=False,
+        )
+
+    def json(self, *args: str) -> Any:
+        out = self.perftop(*args)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def wait_ready(self) -> None:
+        """Until every pool child runs an agent, and a task round-trips."""
+
+        def ready() -> bool:
+            if not self.pool_children:
+                return find_agent(self.master, self.socket_dir) is not None
+            agents = self.agents()
+            return len(agents) == self.pool_children and agents == self.children()
+
+        _wait(ready, 90, f"{self.pool_children} pool children with agents")
+        assert isinstance(self.run(STARTED), list)
+
+
+def start_worker(
+    tmp: Path, broker: str, *extra: str, pool: str = "prefork", concurrency: int = CONCURRENCY
+) -> Worker:
+    url, port = BROKERS[broker]
+    _need(port, broker)
+    _need(BACKEND[1], "redis (the result backend)")
+    queue = f"perftop-test-{uuid.uuid4().hex}"
+    sockets = tmp / "sockets"
+    env = {
+        **os.environ,
+        "PERFTOP_SOCKET_DIR": str(sockets),
+        "CELERY_BROKER": url,
+        "CELERY_BACKEND": BACKEND[0],
+        "CELERY_QUEUE": queue,
+    }
+    client = celery.Celery("perftop-test", broker=url, backend=BACKEND[0])
+    client.conf.update(task_default_queue=queue, broker_connection_retry_on_startup=True)
+    exe = str(Path(sys.executable).parent / "celery")
+    cmd = [sys.executable, "-m", "perftop", "run", "--", exe, "-A", "celery_app", "worker"]
+    cmd += ["--pool", pool, "--concurrency", str(concurrency), "-n", f"{queue}@%h", "-l", "info"]
+    cmd += ["--without-gossip", "--without-mingle", "--without-heartbeat", *extra]
+    log = tmp / f"worker-{queue}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=TARGETS, stdout=out, stderr=subprocess.STDOUT)
+    worker = Worker(proc, env, str(sockets), client, log, concurrency if pool == "prefork" else 0)
+    try:
+        worker.wait_ready()
+    except BaseException:
+        stop_worker(worker)
+        raise
+    return worker
+
+
+def stop_worker(worker: Worker) -> None:
+    if worker.proc.poll() is None:
+        worker.proc.send_signal(signal.SIGTERM)
+        try:
+            worker.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            for child in psutil.Process(worker.master).children(recursive=True):
+                child.kill()
+            worker.proc.kill()
+            worker.proc.wait(10)
+    try:
+        with worker.client.connection_for_write() as conn:
+            conn.default_channel.queue_delete(worker.client.conf.task_default_queue)
+    except Exception as exc:  # the broker went away: nothing left to clean
+        sys.stderr.write(f"could not delete the test queue: {exc}\n")
+    worker.client.close()
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Worker]]:
+    """One worker per broker, started on first use and shared by the module's tests."""
+    started: dict[str, Worker] = {}
+
+    def get(broker: str) -> Worker:
+        if broker not in started:
+            started[broker] = start_worker(tmp_path_factory.mktemp(broker), broker)
+        return started[broker]
+
+    yield get
+    for worker in started.values():
+        stop_worker(worker)
+
+
+@pytest.fixture
+def worker(workers: Callable[[str], Worker]) -> Worker:
+    w = workers("redis")
+    w.wait_ready()  # a test before may have killed a pool child
+    return w
+
+
+def _view(watcher: AgentWatcher, master: int) -> AgentView:
+    view = watcher.fetch(master, None)
+    assert view is not None
+    return view
+
+
+def _count(view: AgentView, name: str) -> int:
+    return int(view.timings.get(name, {}).get("count", 0))
+
+
+def _settled(watcher: AgentWatcher, master: int, counts: dict[str, int]) -> AgentView:
+    """The merged view once its timings reach `counts`: a run is recorded just after its result is
+    stored (Celery's postrun comes after), so the test may see the result first."""
+    views: list[AgentView] = []
+
+    def reached() -> bool:
+        views.append(_view(watcher, master))
+        return all(_count(views[-1], name) >= n for name, n in counts.items())
+
+    _wait(reached, 30, f"the counts {counts}")
+    return views[-1]
+
+
+def _task_count(watcher: AgentWatcher, master: int) -> tuple[int, tuple[int, ...]]:
+    view = _view(watcher, master)
+    return _count(view, f"celery {STARTED}"), view.gone_pids
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_tasks_are_timed_by_name_with_failures_by_type_merged_from_the_pool(
+    workers: Callable[[str], Worker], broker: str
+) -> None:
+    worker = workers(broker)
+    watcher = AgentWatcher(worker.socket_dir)
+    try:
+        before = _view(watcher, worker.master)
+        base = {n: _count(before, f"celery {n}") for n in (STARTED, FAIL, FLAKY)}
+        base_errors = {n: Counter(before.errors_by_type.get(f"celery {n}", {})) for n in (FAIL, FLAKY)}
+        base_retries = _count(before, f"celery.queue {FLAKY}")
+        base_pids = {p: _count_in(before, p, f"celery {STARTED}") for p in worker.children()}
+        sent = [worker.send(STARTED) for _ in range(24)]
+        sent += [worker.send(FAIL, "ValueError") for _ in range(3)]
+        sent += [worker.send(FAIL, "KeyError") for _ in range(2)]
+        sent += [worker.send(FLAKY) for _ in range(2)]
+        results = [r.get(timeout=120, propagate=False) for r in sent]
+        ran_in = Counter(pid for pid, _start in results[:24])
+        assert [type(r).__name__ for r in results[24:29]] == ["ValueError"] * 3 + ["KeyError"] * 2
+        assert all(isinstance(r, int) for r in results[29:])
+
+        expected = {f"celery {STARTED}": base[STARTED] + 24, f"celery {FAIL}": base[FAIL] + 5}
+        view = _settled(watcher, worker.master, {**expected, f"celery {FLAKY}": base[FLAKY] + 4})
+        started = view.timings[f"celery {STARTED}"]
+        assert (started["count"], started["errors"]) == (base[STARTED] + 24, 0)
+        failed = view.timings[f"celery {FAIL}"]
+        assert failed["count"] == base[FAIL] + 5 and failed["errors"] == failed["count"]
+        assert Counter(view.errors_by_type[f"celery {FAIL}"]) == base_errors[FAIL] + Counter(
+            {"ValueError": 3, "KeyError": 2}
+        )
+        flaky = view.timings[f"celery {FLAKY}"]  # each ran twice: a Retry, then done
+        assert flaky["count"] == base[FLAKY] + 4
+        assert Counter(view.errors_by_type[f"celery {FLAKY}"]) == base_errors[FLAKY] + Counter({"Retry": 2})
+        # merged from the pool: each child's own agent counted the runs its results say it ran
+        assert set(view.pids) == {worker.master, *worker.children()}
+        for pid in worker.children():
+            assert _count_in(view, pid, f"celery {STARTED}") == base_pids[pid] + ran_in.get(pid, 0)
+        # the test's own messages carry no publish time: no queue wait is made up for them; the retries
+        # were published by the pool children, under perftop, so theirs is known
+        assert f"celery.queue {STARTED}" not in view.timings
+        assert view.timings[f"celery.queue {FLAKY}"]["count"] == base_retries + 2
+        assert view.timings[f"celery.queue {FLAKY}"]["max_ms"] < 60_000
+    finally:
+        watcher.close()
+
+
+def _count_in(view: AgentView, pid: int, name: str) -> int:
+    return int(view.per_pid.get(pid, {}).get(name, {}).get("count", 0))
+
+
+def test_queue_wait_from_a_publisher_under_perftop_matches_its_own_publish_times(worker: Worker) -> None:
+    watcher = AgentWatcher(worker.socket_dir)
+    try:
+        before = _count(_view(watcher, worker.master), f"celery.queue {STARTED}")
+        # two 1.5 s burns keep both pool children busy: the `started` tasks published next wait ~1.5 s
+        cmd = [sys.executable, "-m", "perftop", "run", "--", sys.executable, str(TARGETS / "celery_app.py")]
+        out = subprocess.run(
+            [*cmd, "publish", str(CONCURRENCY), "6"],
+            env=worker.env,
+            cwd=TARGETS,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        runs = [json.loads(line) for line in out.stdout.splitlines()]
+        assert len(runs) == 6
+        oracle = sorted(r["started"] - r["sent"] for r in runs)
+        assert oracle[0] > 0.5, oracle  # they did wait behind the burns
+        view = _settled(watcher, worker.master, {f"celery.queue {STARTED}": before + 6})
+        wait = view.timings[f"celery.queue {STARTED}"]
+        assert wait["count"] == before + 6
+        assert before == 0  # the test's own messages never got one (see the counts test)
+        # perftop's wait runs from the publish stamp (taken inside apply_async, after the publisher's own
+        # clock read) to the task's prerun (before the task's own clock read): a little shorter than the
+        # oracle's, never longer (beyond the sketch's 1%). Tolerance: SLACK_S of apply_async and tracing.
+        for key, expected in (("min_ms", oracle[0]), ("max_ms", oracle[-1])):
+            got = wait[key] / 1000
+            assert expected - SLACK_S <= got <= expected * 1.01 + 0.001, (key, got, oracle)
+        mean = sum(oracle) / len(oracle)
+        assert mean - SLACK_S <= wait["mean_ms"] / 1000 <= mean * 1.01 + 0.001, (wait, oracle)
+        assert view.timings[f"celery.queue {BURN}"]["count"] >= CONCURRENCY
+    finally:
+        watcher.close()
+
+
+def test_a_task_with_an_eta_waits_from_when_it_was_due(worker: Worker) -> None:
+    """The test's message has no publish stamp, but its ETA says since when it was due."""
+    watcher = AgentWatcher(worker.socket_dir)
+    try:
+        before = _count(_view(watcher, worker.master), f"celery.queue {DUE}")
+        eta = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+        _pid, started = worker.run(DUE, eta=eta)
+        oracle = started - eta.timestamp()
+        assert oracle >= 0
+        view = _settled(watcher, worker.master, {f"celery.queue {DUE}": before + 1, f"celery {DUE}": 1})
+        wait = view.timings[f"celery.queue {DUE}"]
+        assert wait["count"] == before + 1
+        # not the 1.5 s to the ETA: the lateness past it (tolerance as for the publish stamp)
+        assert oracle - SLACK_S <= wait["max_ms"] / 1000 <= oracle * 1.01 + 0.001, (wait, oracle)
+    finally:
+        watcher.close()
+
+
+def _tree_cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
+def test_tree_totals_match_the_sum_of_psutil_readings_of_the_pool(worker: Worker) -> None:
+    children = worker.children()
+    pids = [worker.master, *children]
+    doc = worker.json("snapshot", "--pid", str(worker.master), "--interval", "0.5", "--json")
+    procs = [psutil.Process(p) for p in pids]
+    tree = doc["process"]["tree"]
+    assert tree["pids"] == pids
+    rows = {w["pid"]: w for w in tree["workers"]}
+    assert sorted(rows) == children
+    assert all(r["has_agent"] and not r["gone"] and r["ppid"] == worker.master for r in rows.values())
+    # idle: threads and fds hold still while both sides read them; memory within 5%
+    assert tree["num_threads"] == sum(p.num_threads() for p in procs)
+    assert tree["num_fds"] == sum(p.num_fds() for p in procs)
+    rss = sum(p.memory_info().rss for p in procs)
+    assert abs(tree["rss_bytes"] - rss) <= 0.05 * rss
+    # the worker table's requests are the children's task runs
+    assert sum(r["requests"] for r in rows.values()) == sum(
+        t["count"] for name, t in doc["timings"].items() if name.startswith("celery ")
+    )
+
+    # busy: the tree's CPU is the pool's, against psutil's CPU times over a window enclosing the
+    # snapshot's interval (tolerance: 6 points or 40%, as for gunicorn: the machine is shared)
+    burns = [worker.send(BURN, 1.0) for _ in range(4 * CONCURRENCY)]
+    time.sleep(0.5)
+    wall0, cpu0 = time.monotonic(), _tree_cpu_seconds(pids)
+    busy = worker.json("snapshot", "--pid", str(worker.master), "--interval", "2", "--json")
+    wall1, cpu1 = time.monotonic(), _tree_cpu_seconds(pids)
+    for r in burns:
+        r.get(timeout=120)
+    oracle = 100.0 * (cpu1 - cpu0) / (wall1 - wall0)
+    got = busy["process"]["tree"]["cpu_percent"]
+    assert oracle > 8.0, oracle
+    assert abs(got - oracle) <= max(6.0, 0.4 * oracle), (got, oracle)
+    assert busy["process"]["cpu_percent"] < 0.25 * got  # the master only hands out the messages
+
+
+def test_fan_out_profile_from_the_master_finds_the_planted_loop_in_the_pool(worker: Worker) -> None:
+    children = worker.agents()
+    burns = [worker.send(BURN, 1.0) for _ in range(5 * CONCURRENCY)]
+    try:
+        time.sleep(0.3)
+        doc = worker.json("action", "--pid", str(worker.master), "profile", "--seconds", "3", "--json")
+    finally:
+        ran = {r.get(timeout=120) for r in burns}
+    assert ran == set(children)
+    per_pid = {int(k): v for k, v in doc["per_pid"].items()}
+    assert sorted(per_pid) == children
+    assert doc["samples"] == sum(r["samples"] for r in per_pid.values())
+
+    def planted(result: dict[str, Any]) -> int:
+        return sum(f["self_samples"] for f in result["top"] if f["function"] == "planted_cpu_loop")
+
+    assert all(planted(r) > 0 for r in per_pid.values()), {p: planted(r) for p, r in per_pid.items()}
+    assert planted(doc) == sum(planted(r) for r in per_pid.values())
+    assert {t["pid"] for t in doc["threads"]} == set(children)
+
+
+def test_max_tasks_per_child_recycling_keeps_the_merged_count_exact(tmp_path: Path) -> None:
+    worker = start_worker(tmp_path, "redis", "--max-tasks-per-child", "3")
+    watcher = AgentWatcher(worker.socket_dir)
+    polling = threading.Event()
+
+    def poll() -> None:  # a viewer refreshing while the pool recycles its children
+        while not polling.is_set():
+            watcher.fetch(worker.master, None)
+            time.sleep(0.3)
+
+    try:
+        base, _ = _task_count(watcher, worker.master)
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        results = [r.get(timeout=120) for r in [worker.send(STARTED) for _ in range(30)]]
+        polling.set()
+        poller.join(30)
+        ran_in = {pid for pid, _ in results}
+        assert len(ran_in) >= 30 // 3  # 3 runs at most per child
+
+        seen: list[int] = []
+
+        def settled() -> bool:
+            counted, _ = _task_count(watcher, worker.master)
+            seen.append(counted)
+            return counted == base + 30
+
+        try:
+            _wait(settled, 60, "the merged count to reach every task")
+        except AssertionError:
+            raise AssertionError(f"merged counts {seen[-5:]}, tasks run {base + 30}") from None
+        worker.wait_ready()
+        _, gone = _task_count(watcher, worker.master)
+        assert set(gone).isdisjoint(worker.children())
+        assert ran_in - set(worker.children()) <= set(gone)  # every recycled child that ran one is kept
+        finals = list(Path(worker.socket_dir).glob("*.final"))
+        assert finals and all(f.stat().st_mode & 0o777 == 0o600 for f in finals)
+        watcher.close()
+    finally:
+        polling.set()
+        stop_worker(worker)
+
+
+def test_a_killed_pool_childs_last_data_stays_marked_gone(worker: Worker) -> None:
+    watcher = AgentWatcher(worker.socket_dir)
+    try:
+        base, gone = _task_count(watcher, worker.master)
+        assert gone == ()
+        pids = [worker.run(STARTED)[0] for _ in range(10)]
+        _settled(watcher, worker.master, {f"celery {STARTED}": base + 10})  # the last poll before it dies
+        victim = pids[-1]
+        os.kill(victim, signal.SIGKILL)
+        _wait(lambda: victim not in worker.children(), 60, "the killed child to go")
+        worker.wait_ready()  # billiard replaced it; one more task ran
+        _settled(watcher, worker.master, {f"celery {STARTED}": base + 11})
+        counted, gone = _task_count(watcher, worker.master)
+        assert (counted, gone) == (base + 11, (victim,))
+        for _ in range(5):
+            worker.run(STARTED)
+        _settled(watcher, worker.master, {f"celery {STARTED}": base + 16})
+        counted, gone = _task_count(watcher, worker.master)
+        assert (counted, gone) == (base + 16, (victim,))
+        rows = _view(watcher, worker.master)
+        assert victim in rows.pids
+        watcher.reset()
+        counted, gone = _task_count(watcher, worker.master)
+        assert gone == () and counted < base + 16
+    finally:
+        watcher.close()
+
+
+def test_a_task_killed_by_its_hard_time_limit_is_counted_lost_by_the_master(worker: Worker) -> None:
+    watcher = AgentWatcher(worker.socket_dir)
+    try:
+        name = f"celery.lost {BURN}"
+        base = int(_view(watcher, worker.master).counters.get(name, {}).get("value", 0))
+        result = worker.run(BURN, 30.0, time_limit=1)
+        assert type(result).__name__ == "TimeLimitExceeded"
+        _wait(
+            lambda: _view(watcher, worker.master).counters.get(name, {}).get("value") == base + 1,
+            30,
+            "the lost task to be counted",
+        )
+        # the master counted it: the child that ran it was killed before its run could end
+        own = worker.json(
+            "snapshot", "--pid", str(worker.master), "--no-children", "--interval", "0.1", "--json"
+        )
+        assert own["counters"][name]["value"] == base + 1
+    finally:
+        watcher.close()
+
+
+def test_concurrent_runs_in_a_thread_pool_are_timed_each_on_its_own(tmp_path: Path) -> None:
+    """Eight runs at once in one process (`--pool threads`): each timed from its own start (keyed by
+    task id), none from another's."""
+    worker = start_worker(tmp_path, "redis", pool="threads", concurrency=8)
+    watcher = AgentWatcher(worker.socket_dir)
+    try:
+        slept = [r.get(timeout=120) for r in [worker.send(NAP, 0.3) for _ in range(8)]]
+        view = _settled(watcher, worker.master, {f"celery {NAP}": 8})
+        timing = view.timings[f"celery {NAP}"]
+        assert (timing["count"], timing["errors"]) == (8, 0)
+        # each run at least the sleep its own clock measured (within the sketch's 1%): none was timed
+        # from a later run's start; at most that plus 250 ms of Celery's tracing (storing the result in
+        # Redis included) on a loaded machine
+        assert timing["min_ms"] >= min(slept) * 1000 * 0.99, (timing, slept)
+        assert timing["max_ms"] <= max(slept) * 1000 * 1.01 + 250, (timing, slept)
+    finally:
+        watcher.close()
+        stop_worker(worker)

@@ -1,0 +1,119 @@
+"""A `multiprocessing.Pool` started by spawn or forkserver under `perftop run` is one service, like a fork
+pool (tests/integration/test_prefork.py covers fork): its workers are fresh interpreters whose agents
+`perftop run`'s bootstrap starts, found under the program's PID (forkserver's workers are its
+grandchildren), merged, reached by actions, and kept with their final stats when the pool recycles them.
+
+Oracles: the tasks the program ran (merged counts), psutil's list of the program's descendants (the
+tree, the fan-out), the workers' final stats files on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from perftop.collectors.agent_view import AgentWatcher
+from perftop.collectors.discovery import find_child_agents
+
+TARGETS = Path(__file__).resolve().parent.parent / "targets"
+TASKS = 40
+PER_WORKER = 5
+"""The pool's maxtasksperchild (tests/targets/prefork_pool.py)."""
+
+
+def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def _count(watcher: AgentWatcher, pid: int) -> tuple[int, tuple[int, ...]]:
+    view = watcher.fetch(pid, None)
+    assert view is not None
+    return int(view.timings.get("http POOL /task", {}).get("count", 0)), view.gone_pids
+
+
+def _perftop(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "perftop", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_spawn_or_forkserver_pool_is_one_service_with_exact_counts(tmp_path: Path, method: str) -> None:
+    sockets = tmp_path / "sockets"
+    env = {**os.environ, "PERFTOP_SOCKET_DIR": str(sockets)}
+    cmd = [sys.executable, "-m", "perftop", "run", "--", sys.executable, str(TARGETS / "prefork_pool.py")]
+    pool = subprocess.Popen(
+        [*cmd, str(TASKS), method], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert pool.stdin is not None and pool.stdout is not None
+    try:
+        assert pool.stdout.readline().strip() == "ready"
+        # every Python descendant runs an agent (the pool's workers, and the helpers multiprocessing
+        # started: its resource tracker, the fork server)
+        descendants = {p.pid for p in psutil.Process(pool.pid).children(recursive=True)}
+        _wait(lambda: set(find_child_agents(pool.pid, str(sockets))) == descendants, 30, "every agent")
+        assert len(descendants) >= 3
+        doc = _perftop(env, "snapshot", "--pid", str(pool.pid), "--interval", "0.2", "--json")
+        assert doc.returncode == 0, doc.stderr
+        tree = json.loads(doc.stdout)["process"]["tree"]
+        assert {w["pid"] for w in tree["workers"]} == descendants
+        assert all(w["has_agent"] for w in tree["workers"])
+        threads = _perftop(env, "action", "--pid", str(pool.pid), "threads", "--json")
+        assert threads.returncode == 0, threads.stderr
+        assert {int(p) for p in json.loads(threads.stdout)["per_pid"]} == descendants
+
+        watcher = AgentWatcher(str(sockets))
+        base, _ = _count(watcher, pool.pid)  # the first 3 tasks
+        polling = threading.Event()
+
+        def poll() -> None:  # a viewer refreshing while the pool recycles its workers
+            while not polling.is_set():
+                watcher.fetch(pool.pid, None)
+                time.sleep(0.2)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        pool.stdin.write("go\n")
+        pool.stdin.flush()
+        assert pool.stdout.readline().strip() == "done"
+        polling.set()
+        poller.join(30)
+        seen: list[int] = []
+
+        def settled() -> bool:
+            counted, _ = _count(watcher, pool.pid)
+            seen.append(counted)
+            return counted == base + TASKS
+
+        try:
+            _wait(settled, 60, "the merged count to reach every task")
+        except AssertionError:
+            raise AssertionError(f"merged counts {seen[-5:]}, tasks run {base + TASKS}") from None
+        _, gone = _count(watcher, pool.pid)
+        assert len(gone) >= TASKS // PER_WORKER - 3  # 3 workers at most are still live
+        watcher.close()
+        finals = list(sockets.glob("*.final"))
+        assert len(finals) >= len(gone) and all(f.stat().st_mode & 0o777 == 0o600 for f in finals)
+    finally:
+        if pool.poll() is None:
+            pool.stdin.write("\n")
+            pool.stdin.flush()
+            pool.wait(60)
