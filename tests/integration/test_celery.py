@@ -333,19 +333,26 @@ def _tree_cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def _threads_fds(procs: list[psutil.Process]) -> tuple[int, int]:
+    return sum(p.num_threads() for p in procs), sum(p.num_fds() for p in procs)
+
+
 def test_tree_totals_match_the_sum_of_psutil_readings_of_the_pool(worker: Worker) -> None:
     children = worker.children()
     pids = [worker.master, *children]
-    doc = worker.json("snapshot", "--pid", str(worker.master), "--interval", "0.5", "--json")
     procs = [psutil.Process(p) for p in pids]
+    before = _threads_fds(procs)
+    doc = worker.json("snapshot", "--pid", str(worker.master), "--interval", "0.5", "--json")
+    after = _threads_fds(procs)
     tree = doc["process"]["tree"]
     assert tree["pids"] == pids
     rows = {w["pid"]: w for w in tree["workers"]}
     assert sorted(rows) == children
     assert all(r["has_agent"] and not r["gone"] and r["ppid"] == worker.master for r in rows.values())
-    # idle: threads and fds hold still while both sides read them; memory within 5%
-    assert tree["num_threads"] == sum(p.num_threads() for p in procs)
-    assert tree["num_fds"] == sum(p.num_fds() for p in procs)
+    # idle, threads and fds are read by psutil just before and after the snapshot (the broker connection's
+    # heartbeats may open and close one between): the tree's figure is one of the two; memory within 5%
+    assert tree["num_threads"] in (before[0], after[0]), (tree["num_threads"], before, after)
+    assert tree["num_fds"] in (before[1], after[1]), (tree["num_fds"], before, after)
     rss = sum(p.memory_info().rss for p in procs)
     assert abs(tree["rss_bytes"] - rss) <= 0.05 * rss
     # the worker table's requests are the children's task runs

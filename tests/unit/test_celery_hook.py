@@ -5,6 +5,7 @@ the test's own clock around a publish."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -18,6 +19,15 @@ celery = pytest.importorskip("celery")
 signals = pytest.importorskip("celery.signals")
 
 app = celery.Celery("perftop-unit", set_as_current=False)
+
+
+@pytest.fixture(autouse=True)
+def _disconnect_after() -> Iterator[None]:
+    """The receivers are process-wide: leave none behind, or this process's later publishes (the
+    integration tests') would carry perftop's stamp."""
+    yield
+    for name in ("task_prerun", "task_postrun", "task_failure", "before_task_publish"):
+        getattr(signals, name).disconnect(dispatch_uid=f"{tasks._UID}.{name}")
 
 
 @app.task(name="perftop_unit.double")
