@@ -31,6 +31,7 @@ import argparse
 import logging
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -62,8 +63,11 @@ SCALE = 5
 DEFAULT_INTERVAL_S = 10.0
 BACKOFF_CAP_S = 120.0
 """The longest wait between two pushes while the receiver keeps failing."""
+MIN_TIMEOUT_S = 3.0
 MAX_TIMEOUT_S = 10.0
-"""One push (with the exporter's own retries of 429/502/503/504 inside it) gives up after at most this."""
+"""One push (with the exporter's own retries of 429/502/503/504 and connection errors inside it, after
+1 s, 2 s, 4 s) gives up after the interval, kept between these two."""
+MAX_REASON = 200
 SERVICE = "perftop-export"
 """`service.name` of the exporter's own resource (the host's metrics and the push's own counters)."""
 NS_PER_S = 1_000_000_000
@@ -391,7 +395,7 @@ class OtlpPusher:
         self.translator = Translator(socket.gethostname(), time.time())
         self.stats = PushStats()
         self._exporter: OTLPMetricExporter = OTLPMetricExporter(
-            endpoint=endpoint, timeout=max(1.0, min(MAX_TIMEOUT_S, interval_s))
+            endpoint=endpoint, timeout=max(MIN_TIMEOUT_S, min(MAX_TIMEOUT_S, interval_s))
         )
         self._capture = _Capture()
         library_log = logging.getLogger("opentelemetry")
@@ -412,13 +416,14 @@ class OtlpPusher:
             thread.start()
 
     def stop(self) -> None:
+        """Stop both threads; a push under way is cut short (the exporter stops retrying)."""
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
+        self._exporter.shutdown()
         for thread in self._threads:
             if thread.ident is not None:
                 thread.join(timeout=MAX_TIMEOUT_S + 5)
-        self._exporter.shutdown()
 
     def wait(self) -> None:
         """Block until stopped (the command's main thread, when it serves no scrape endpoint)."""
@@ -478,7 +483,7 @@ class OtlpPusher:
             except Exception as exc:  # the library reports failures as a result; anything else is one too
                 self._capture.messages.append(f"{type(exc).__name__}: {exc}")
                 ok = False
-            self._after_push(ok, self._capture.messages[0] if self._capture.messages else "no reason given")
+            self._after_push(ok, failure_reason(self._capture.messages))
 
     def _after_push(self, ok: bool, reason: str) -> None:
         """Count the push; on failure, back off (the interval, doubled per failure in a row, up to the
@@ -510,6 +515,25 @@ class OtlpPusher:
         if message not in self._noted and len(self._noted) < 100:
             self._noted.add(message)
             say(f"export: {message}")
+
+
+def failure_reason(messages: list[str]) -> str:
+    """Why a push failed, from the exporter library's log messages during it: the HTTP status or the
+    connection error it retried on, else its last word; at most MAX_REASON characters."""
+    reason = messages[-1] if messages else "no reason given"
+    for message in messages:
+        transient = re.match(r"Transient error (.*) encountered while exporting", message, re.S)
+        final = re.match(r"Failed to export \w+ batch code: (\S+), reason: (.*)", message, re.S)
+        if transient:
+            reason = transient.group(1)
+            break
+        if final:
+            reason = f"HTTP {final.group(1)}: {final.group(2)}"
+            break
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]*", reason)  # a connection error's gist, out of urllib3's
+    if errno:
+        reason = errno.group(0)
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
 
 
 def add_otlp_arguments(parser: argparse.ArgumentParser) -> None:
