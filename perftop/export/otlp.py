@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from perftop._version import __version__
-from perftop.sketch import Sketch, SketchError, bucket_value
+from perftop.sketch import ALPHA, GAMMA, MAX_BINS, MAX_WIRE_BINS, SketchError, bucket_value
 from perftop.units import safe_text
 
 if TYPE_CHECKING:
@@ -126,23 +126,50 @@ def exponential_buckets(data: Any, factor: float = 1.0, scale: int = SCALE) -> E
 
     Each sketch bin's count goes to the bucket of its representative value, clamped to the sketch's exact
     min and max (every value of the bin lies within the sketch's accuracy of it, and within [min, max]).
-    Values <= 0 are the zero count. SketchError when the sketch is malformed."""
-    sketch = Sketch.from_dict(data)
-    if sketch.count == 0:
-        return None
-    low, high = sketch.min * factor, sketch.max * factor
-    zero = sketch.zero
-    counts: dict[int, int] = {}
-    for index, n in sketch.bins.items():
-        value = min(max(bucket_value(index) * factor, low), high)
-        if value > 0:
-            k = exponential_index(value, scale)
-            counts[k] = counts.get(k, 0) + n
-        else:
-            zero += n
-    offset = min(counts, default=0)
-    dense = [counts.get(k, 0) for k in range(offset, max(counts, default=-1) + 1)]
-    return ExponentialBuckets(sketch.count, sketch.sum * factor, low, high, zero, offset, dense)
+    Values <= 0 are the zero count. SketchError when the sketch is malformed (checked as `Sketch.from_dict`
+    does, but over whole columns: a push maps thousands of sketches of hundreds of bins)."""
+    if not isinstance(data, dict) or data.get("alpha") != ALPHA:
+        raise SketchError("not a sketch of this accuracy")
+    try:
+        count, zero, bins = data["count"], data["zero"], data["bins"]
+        if not (type(count) is int and type(zero) is int and isinstance(bins, list)):
+            raise SketchError("count and zero must be integers, bins a list")
+        if count == 0:
+            return None
+        if len(bins) > MAX_WIRE_BINS:
+            raise SketchError("too many bins")
+        indices, counts = (list(column) for column in zip(*bins, strict=True)) if bins else ([], [])
+        low, high, total = (float(data[k]) * factor for k in ("min", "max", "sum"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SketchError(f"malformed sketch: {exc!r}") from None
+    if not set(map(type, indices)) <= {int} or not set(map(type, counts)) <= {int}:
+        raise SketchError("bins must be [index, count] pairs of integers")
+    if min(counts, default=0) < 0 or zero < 0 or sum(counts) + zero != count:
+        raise SketchError("bin counts do not add up to the count")
+    if not all(map(math.isfinite, (low, high, total))) or low > high or (indices and high <= 0):
+        raise SketchError("min, max and sum must be finite, min <= max, max > 0 with positive values")
+    if indices != sorted(indices):
+        order = sorted(range(len(indices)), key=indices.__getitem__)
+        indices, counts = [indices[k] for k in order], [counts[k] for k in order]
+    if not indices:
+        return ExponentialBuckets(count, total, low, high, zero, 0, [])
+    if indices[-1] - indices[0] >= MAX_BINS:  # a span beyond MAX_BINS folds its lowest bins, as in Sketch
+        lowest = indices[-1] - MAX_BINS + 1
+        indices = [max(index, lowest) for index in indices]
+    # log2 of bin i's representative value is i * log2(GAMMA) + log2(representative of bin 0); its bucket
+    # is ceil(that * 2**scale) - 1, which grows with i. Only the lowest bin's representative can be under
+    # the exact min, and only the highest's over the exact max: those two are clamped.
+    per_bin, first, steps = math.log2(GAMMA), math.log2(bucket_value(0) * factor), 1 << scale
+    ks = [math.ceil((index * per_bin + first) * steps) - 1 for index in indices]
+    if low > 0:
+        ks[0] = max(ks[0], math.ceil(math.log2(low) * steps) - 1)
+    ks[-1] = min(ks[-1], math.ceil(math.log2(high) * steps) - 1)
+    ks[0] = min(ks[0], ks[-1])
+    offset = ks[0]
+    dense = [0] * (ks[-1] - offset + 1)
+    for k, n in zip(ks, counts, strict=True):
+        dense[k - offset] += n
+    return ExponentialBuckets(count, total, low, high, zero, offset, dense)
 
 
 @dataclass
