@@ -11,6 +11,8 @@ import json
 import math
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -32,7 +34,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from perftop.sketch import ALPHA
-from tests.targets.agent_harness import Target, short_tmp_dir, wait_for
+from tests.targets.agent_harness import ROOT, Target, short_tmp_dir, target_env, wait_for
 from tests.targets.exp_procs import Command, http_get, run
 from tests.targets.exp_target import samples
 
@@ -391,3 +393,24 @@ def test_bad_otlp_arguments_are_one_line_errors(sockets: str, args: tuple[str, .
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) <= 2  # argparse's usage line and its one-line error
+
+
+def test_without_the_opentelemetry_packages_otlp_is_a_one_line_error(sockets: str) -> None:
+    """As on an install without the `otlp` extra: the exporter package cannot be imported."""
+    code = (
+        "import sys; sys.modules['opentelemetry.exporter.otlp.proto.http.metric_exporter'] = None; "
+        "from perftop.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "export", "--otlp", "http://127.0.0.1:4318", "--socket-dir", sockets],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(ROOT),
+        env=target_env(),
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("perftop: --otlp needs opentelemetry-sdk and opentelemetry-exporter-otlp")
+    assert "pip install 'perftop[otlp]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
