@@ -301,27 +301,23 @@ class Translator:
     def _agent_histograms(
         resource: _Resource, app: str, pid: str, data: dict[str, Any], start_ns: int, now_ns: int
     ) -> None:
-        timings = data.get("timings")
-        requests = data.get("requests")
-        sources: list[tuple[int, Iterable[tuple[str, Any]]]] = [
-            (0, ((k, v.get("sketch")) for k, v in timings.items() if isinstance(v, dict)))
-            if isinstance(timings, dict)
-            else (0, ()),
-        ]
-        for position, key in ((1, "sql_ns"), (2, "queries")):
-            sources.append(
-                (position, ((k, v.get(key)) for k, v in requests.items() if isinstance(v, dict)))
-                if isinstance(requests, dict)
-                else (position, ())
-            )
-        for position, items in sources:
+        """The exponential histograms of one agent's stats: its timings, and each route's SQL time and
+        queries per request."""
+        sketches: list[tuple[int, str, Any]] = []
+        timings, requests = data.get("timings"), data.get("requests")
+        if isinstance(timings, dict):
+            sketches += [(0, name, t.get("sketch")) for name, t in timings.items() if isinstance(t, dict)]
+        if isinstance(requests, dict):
+            for route, r in requests.items():
+                if isinstance(r, dict):
+                    sketches += [(1, route, r.get("sql_ns")), (2, route, r.get("queries"))]
+        for position, key, sketch in sketches:
             name, description, unit, factor, label = SKETCH_HISTOGRAMS[position]
-            for key, sketch in items:
-                point = _exponential_point(
-                    sketch, factor, {"app": app, "pid": pid, label: safe_text(key, False)}, start_ns, now_ns
-                )
-                if point is not None:
-                    resource.series(name, "exponential", description, unit).points.append(point)
+            point = _exponential_point(
+                sketch, factor, {"app": app, "pid": pid, label: safe_text(key, False)}, start_ns, now_ns
+            )
+            if point is not None:
+                resource.series(name, "exponential", description, unit).points.append(point)
 
     @staticmethod
     def _assemble(resources: dict[str, _Resource]) -> MetricsData:

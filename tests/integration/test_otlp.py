@@ -414,3 +414,63 @@ def test_without_the_opentelemetry_packages_otlp_is_a_one_line_error(sockets: st
     assert done.stderr.startswith("perftop: --otlp needs opentelemetry-sdk and opentelemetry-exporter-otlp")
     assert "pip install 'perftop[otlp]'" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def route_points(request: ExportMetricsServiceRequest | None, name: str, route: str) -> list[Any]:
+    """The exponential histogram points of `name` for `route`, one per process that served it."""
+    found = []
+    for rm in request.resource_metrics if request is not None else []:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                if m.name == name:
+                    found += [
+                        p
+                        for p in m.exponential_histogram.data_points
+                        if attrs(p.attributes)["route"] == route
+                    ]
+    return found
+
+
+def test_routes_sql_time_and_queries_per_request_of_real_gunicorn_workers(
+    stack: ExitStack, receiver: Receiver, tmp_path: Path
+) -> None:
+    """A Flask + SQLAlchemy app on two gunicorn workers under `perftop run`: each route's queries per
+    request are known exactly (six on the N+1 route, none on /fast), so the pushed histograms' counts,
+    sums and buckets are too; the SQL time agrees with perftop's own snapshot of the merged workers."""
+    from tests.integration.test_frameworks import Service, free_port, gunicorn, sql_app_db
+
+    port = free_port()
+    cmd = gunicorn("tests.targets.web.flask_sql_app:app", port, "-k", "gthread", "--threads", "2")
+    service = Service(cmd, port, env=sql_app_db(tmp_path))
+    stack.callback(service.stop)
+    service.wait_ready("/fast")
+    for _ in range(12):
+        assert service.get("/users/3/posts") == 200
+    for _ in range(4):
+        assert service.get("/fast") == 200
+    service.wait_counts({"http GET /users/{uid}/posts": 12, "http GET /fast": 5})
+    pusher(stack, service.env["PERFTOP_SOCKET_DIR"], receiver.url)
+    posts, fast = "GET /users/{uid}/posts", "GET /fast"
+
+    def pushed() -> ExportMetricsServiceRequest | None:
+        latest = receiver.latest()
+        counts = [
+            sum(p.count for p in route_points(latest, "perftop_request_queries", r)) for r in (posts, fast)
+        ]
+        return latest if counts == [12, 5] else None
+
+    request = wait_for(pushed, timeout=30)
+    queries = route_points(request, "perftop_request_queries", posts)
+    assert sum(p.sum for p in queries) == 72
+    six = math.ceil(math.log2(6) * 2**SCALE) - 1  # the bucket (BASE**i, BASE**(i+1)] holding 6
+    for p in queries:  # every request of the route ran six queries: one bucket, the one of 6
+        assert (p.min, p.max, p.zero_count) == (6, 6, 0)
+        assert p.positive.offset == six and list(p.positive.bucket_counts) == [p.count]
+    for p in route_points(request, "perftop_request_queries", fast):
+        assert p.zero_count == p.count and not p.positive.bucket_counts and p.sum == 0
+    for p in route_points(request, "perftop_request_sql_seconds", fast):
+        assert p.zero_count == p.count and p.sum == 0
+    sql = route_points(request, "perftop_request_sql_seconds", posts)
+    assert sum(p.count for p in sql) == 12 and all(p.zero_count == 0 for p in sql)
+    merged = service.snapshot()["requests"][posts]
+    assert sum(p.sum for p in sql) == pytest.approx(merged["sql_ms_mean"] * merged["count"] / 1000, rel=1e-6)
