@@ -219,7 +219,7 @@ class Translator:
     def _resource(self, resources: dict[str, _Resource], pid: str, app: str) -> _Resource:
         found = resources.get(pid)
         if found is None:
-            number = int(pid) if pid else os.getpid()
+            number = int(pid) if pid.isdigit() else os.getpid()
             attributes: dict[str, str | int] = {
                 "host.name": self.hostname,
                 "service.name": app,
