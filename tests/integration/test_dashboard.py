@@ -17,7 +17,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -274,14 +273,14 @@ PROMETHEUS = shutil.which("prometheus")
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus server on this machine (.ci/run installs it)")
 def test_every_query_runs_on_a_real_prometheus_and_returns_data(fleet: Fleet, tmp_path: Path) -> None:
-    """Prometheus scrapes the exporter every second; each dashboard query (Grafana's variables put in,
+    """Prometheus scrapes the exporter every 2 s; each dashboard query (Grafana's variables put in,
     every template variable as All) must be accepted and, but for the few the machine may leave empty
     (cgroup limits when there are none, throttling, OOM kills), return at least one series."""
     assert PROMETHEUS is not None
     port = free_port()
     target = fleet.exporter.removeprefix("http://")
     (tmp_path / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "global: {scrape_interval: 2s, scrape_timeout: 2s, evaluation_interval: 2s}\n"
         f"scrape_configs: [{{job_name: perftop, static_configs: [{{targets: ['{target}']}}]}}]\n"
     )
     with open(tmp_path / "prometheus.log", "w+") as log:
@@ -311,16 +310,22 @@ def test_every_query_runs_on_a_real_prometheus_and_returns_data(fleet: Fleet, tm
 
             def scraped_enough() -> bool:
                 try:
-                    found = query('count_over_time(up{job="perftop"}[1m])')
+                    found = query('sum_over_time(up{job="perftop"}[1m])')
                 except OSError:
                     return False
                 results = found.get("data", {}).get("result", [])
                 return bool(results) and float(results[0]["value"][1]) >= 8
 
             wait_for(scraped_enough, timeout=90, interval=0.5)
+
+            def requests_seen() -> float:
+                results = query("sum(perftop_request_queries_count)")["data"]["result"]
+                return float(results[0]["value"][1]) if results else 0.0
+
+            before = requests_seen()
             for path in ["/users/3/posts", "/fast", "/page"] * 5:  # requests inside the rate windows
                 http_get(f"http://127.0.0.1:{fleet.web_port}{path}")
-            time.sleep(3)
+            wait_for(lambda: requests_seen() >= before + 15, timeout=60, interval=0.5)
             may_be_empty = re.compile(r"cgroup_(cpu_limit|memory_limit|cpu_throttled|oom)")
             empty = []
             for where, expr in expressions():
