@@ -233,7 +233,6 @@ class Translator:
         self,
         families: Iterable[Metric],
         agent_stats: dict[int, dict[str, Any]],
-        stats: PushStats,
         now: float,
     ) -> MetricsData:
         """The MetricsData of one collection made at `now` (unix seconds)."""
@@ -282,19 +281,6 @@ class Translator:
             if found is not None:  # else its families are absent: nothing to add to
                 app = str(found.attributes["service.name"])
                 self._agent_histograms(found, app, pid, data, agent_start.get(pid, self.started_ns), now_ns)
-        own = resources[""]
-        for name, description, value in (
-            ("perftop_export_otlp_collections", "Collections made for OTLP pushes", stats.collections),
-            ("perftop_export_otlp_pushes", "OTLP pushes the receiver accepted", stats.pushes),
-            ("perftop_export_otlp_failures", "OTLP pushes that failed (then backed off)", stats.failures),
-            ("perftop_export_otlp_skipped", "Collections replaced by a newer one unpushed", stats.skipped),
-        ):
-            own.series(name, "sum", description, "").points.append(
-                NumberDataPoint({}, self.started_ns, now_ns, float(value))
-            )
-        own.series(
-            "perftop_export_otlp_backoff_seconds", "gauge", "Wait before the next OTLP push (0: healthy)", "s"
-        ).points.append(NumberDataPoint({}, 0, now_ns, stats.backoff_s))
         return self._assemble(resources)
 
     @staticmethod
@@ -433,6 +419,7 @@ class OtlpPusher:
             threading.Thread(target=self._push_loop, name="perftop-otlp-push", daemon=True),
         ]
         self._noted: set[str] = set()
+        collector.extra_families.append(self.families)
 
     def start(self) -> None:
         for thread in self._threads:
@@ -457,13 +444,36 @@ class OtlpPusher:
 
     def collect_once(self) -> MetricsData:
         """Collect now and translate; the collection counts towards `perftop_export_otlp_collections`."""
-        agent_stats: dict[int, dict[str, Any]] = {}
-        families = self.collector.collect(agent_stats=agent_stats)
-        now = time.time()
         with self._cond:
             self.stats.collections += 1
-            stats = PushStats(**vars(self.stats))
-        return self.translator.translate(families, agent_stats, stats, now)
+        agent_stats: dict[int, dict[str, Any]] = {}
+        families = self.collector.collect(agent_stats=agent_stats)
+        return self.translator.translate(families, agent_stats, time.time())
+
+    def families(self) -> list[Metric]:
+        """The pusher's own counters, for every collection of the HostCollector (pushed, and scraped too
+        when `--listen` serves the same collector)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        with self._cond:
+            s = PushStats(**vars(self.stats))
+        out: list[Metric] = []
+        for name, doc, value in (
+            ("perftop_export_otlp_collections", "Collections made for OTLP pushes", s.collections),
+            ("perftop_export_otlp_pushes", "OTLP pushes the receiver accepted", s.pushes),
+            ("perftop_export_otlp_failures", "OTLP pushes that failed (then backed off)", s.failures),
+            ("perftop_export_otlp_skipped", "Collections replaced by a newer one unpushed", s.skipped),
+        ):
+            out.append(CounterMetricFamily(name, doc, value=float(value)))
+        out.append(
+            GaugeMetricFamily(
+                "perftop_export_otlp_backoff_seconds",
+                "Wait before the next OTLP push (0: pushes succeed)",
+                value=s.backoff_s,
+                unit="seconds",
+            )
+        )
+        return out
 
     def _collect_loop(self) -> None:
         due = time.monotonic()

@@ -264,6 +264,8 @@ class HostCollector:
         self._agents: dict[int, _Agent] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="perftop-export")
         self.last_duration_s = 0.0
+        self.extra_families: list[Callable[[], Iterable[Metric]]] = []
+        """More families for every collection: the OTLP pusher's own counters."""
         self._unsampled: dict[int, float] = {}
         """PIDs whose collector has not been sampled yet: when it took its CPU baseline (monotonic)."""
         self._open_processes(self._discover())  # baselines from now: the first scrape is primed already
@@ -401,6 +403,9 @@ class HostCollector:
             fams.gauge("perftop_export_agents", "Agents found by this scrape", []).add_metric(
                 [], float(len(agents))
             )
+            for extra in self.extra_families:
+                for fam in extra():
+                    fams.add(fam)
             self.last_duration_s = time.perf_counter() - started
             fams.gauge(
                 "perftop_export_collect_seconds",

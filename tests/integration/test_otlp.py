@@ -339,6 +339,9 @@ def test_failing_receiver_backs_off_counts_and_collection_goes_on(
     status, _, body = http_get(f"http://127.0.0.1:{port}/metrics", fresh=True)
     assert status == 200
     assert f'perftop_timing_seconds_count{{app="shop",metric="work",pid="{app.pid}"}} 200.0' in body
+    # The failures are in the exporter's own metrics, scraped as pushed.
+    failed = re.search(r"^perftop_export_otlp_failures_total ([\d.]+)$", body, re.M)
+    assert failed is not None and float(failed.group(1)) >= 3
     receiver.status = 200
     cmd.wait_line(r"works again after \d+ failed pushes", timeout=30)
 

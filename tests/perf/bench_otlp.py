@@ -29,7 +29,7 @@ from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metr
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter  # noqa: E402
 from opentelemetry.sdk.metrics.export import MetricExportResult  # noqa: E402
 
-from perftop.export.otlp import PushStats, Translator  # noqa: E402
+from perftop.export.otlp import Translator  # noqa: E402
 from perftop.export.prometheus import HostCollector  # noqa: E402
 
 TARGET = ROOT / "tests" / "targets" / "exp_target.py"
@@ -86,7 +86,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 families = collector.collect(agent_stats=stats)
                 t1 = time.perf_counter()
-                data = translator.translate(families, stats, PushStats(), time.time())
+                data = translator.translate(families, stats, time.time())
                 t2 = time.perf_counter()
                 assert exporter.export(data) == MetricExportResult.SUCCESS
                 t3 = time.perf_counter()
