@@ -403,8 +403,14 @@ class OtlpPusher:
         self.interval_s = interval_s
         self.translator = Translator(socket.gethostname(), time.time())
         self.stats = PushStats()
+        from opentelemetry.exporter.otlp.proto.http import Compression
+
+        configured = any(os.environ.get(f"OTEL_EXPORTER_OTLP{kind}_COMPRESSION") for kind in ("", "_METRICS"))
         self._exporter: OTLPMetricExporter = OTLPMetricExporter(
-            endpoint=endpoint, timeout=max(MIN_TIMEOUT_S, min(MAX_TIMEOUT_S, interval_s))
+            endpoint=endpoint,
+            timeout=max(MIN_TIMEOUT_S, min(MAX_TIMEOUT_S, interval_s)),
+            # gzip unless the environment says otherwise: a push of 2000 timings is 1.1 MB raw.
+            compression=None if configured else Compression.Gzip,
         )
         self._capture = _Capture()
         library_log = logging.getLogger("opentelemetry")

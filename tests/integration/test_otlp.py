@@ -60,6 +60,7 @@ class Receiver(ThreadingHTTPServer):
         """The status of every POST, in order."""
         self.paths: set[str] = set()
         self.content_types: set[str] = set()
+        self.encodings: set[str] = set()
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
     @property
@@ -88,6 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.answered.append(status)
             self.server.paths.add(self.path)
             self.server.content_types.add(self.headers.get("Content-Type", ""))
+            self.server.encodings.add(encoding)
             if status == 200:
                 self.server.accepted.append(request)
         self.send_response(status)
@@ -230,6 +232,7 @@ def test_push_carries_exact_counts_and_quantiles_of_two_processes(
     request = wait_for(pushed, timeout=30)
     assert receiver.paths == {"/v1/metrics"}
     assert receiver.content_types == {"application/x-protobuf"}
+    assert receiver.encodings == {"gzip"}  # by default (OTEL_EXPORTER_OTLP_COMPRESSION may say otherwise)
 
     # One resource per process: host, service name (the agent's name) and pid.
     for t in (a, b):
