@@ -264,6 +264,8 @@ class HostCollector:
         self._agents: dict[int, _Agent] = {}
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="perftop-export")
         self.last_duration_s = 0.0
+        self.extra_families: list[Callable[[], Iterable[Metric]]] = []
+        """More families for every collection: the OTLP pusher's own counters."""
         self._unsampled: dict[int, float] = {}
         """PIDs whose collector has not been sampled yet: when it took its CPU baseline (monotonic)."""
         self._open_processes(self._discover())  # baselines from now: the first scrape is primed already
@@ -368,7 +370,9 @@ class HostCollector:
 
     # -- one scrape ------------------------------------------------------------------------------------
 
-    def collect(self) -> Iterable[Metric]:
+    def collect(self, agent_stats: dict[int, dict[str, Any]] | None = None) -> Iterable[Metric]:
+        """One collection's families; `agent_stats`, if given, gets each answering agent's stats by PID
+        (the raw sketches, for the OTLP push)."""
         with self._lock:
             started = time.perf_counter()
             found = self._discover()
@@ -392,11 +396,16 @@ class HostCollector:
                 ).add_metric(labels, 0.0 if stats is None else 1.0)
                 if stats is not None:
                     self._agent_families(fams, labels, agent, stats)
+                    if agent_stats is not None:
+                        agent_stats[agent.pid] = stats
             for pid, sample in processes.items():
                 self._process_families(fams, apps.get(pid) or sample.name, sample)
             fams.gauge("perftop_export_agents", "Agents found by this scrape", []).add_metric(
                 [], float(len(agents))
             )
+            for extra in self.extra_families:
+                for fam in extra():
+                    fams.add(fam)
             self.last_duration_s = time.perf_counter() - started
             fams.gauge(
                 "perftop_export_collect_seconds",
@@ -1154,6 +1163,7 @@ def _refresh(text: str) -> float | None:
 def add_export_parser(sub: Any) -> None:
     """Register `perftop export` on the CLI's subparsers."""
     from perftop.cli import _pid
+    from perftop.export.otlp import add_otlp_arguments
 
     p = sub.add_parser(
         "export",
@@ -1162,7 +1172,9 @@ def add_export_parser(sub: Any) -> None:
         "samples the host, every process with an agent in the socket directory and every --pid process, "
         "and exports each timing as a summary and as a histogram with fixed buckets.",
     )
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}")
+    p.add_argument(
+        "--listen", metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN} (none with --otlp, unless given)"
+    )
     p.add_argument(
         "--pid",
         type=_pid,
@@ -1189,12 +1201,19 @@ def add_export_parser(sub: Any) -> None:
         " once a second, shared by the scrapes that arrive meanwhile)",
     )
     p.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are (default as the agent's)")
+    add_otlp_arguments(p)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """`perftop export`: serve until interrupted. One-line `perftop: ` errors, exit 2 for bad input."""
+    """`perftop export`: serve (and, with --otlp, push) until interrupted. One-line `perftop: ` errors,
+    exit 2 for bad input."""
+    from perftop.export.otlp import OtlpPusher, OtlpUnavailable, metrics_endpoint
+
+    otlp_url: str | None = getattr(args, "otlp", None)
+    listen: str | None = args.listen or (None if otlp_url else DEFAULT_LISTEN)
     try:
-        host, port = parse_listen(args.listen)
+        host, port = parse_listen(listen) if listen else ("", 0)
+        endpoint = metrics_endpoint(otlp_url) if otlp_url else None
     except ValueError as exc:
         return _fail(str(exc), 2)
     from perftop.collectors.errors import CollectorError
@@ -1208,23 +1227,39 @@ def run_export(args: argparse.Namespace) -> int:
             return _fail(str(exc), 2)
     collector = HostCollector(args.socket_dir, pids, args.max_queries)
     try:
-        server = MetricsServer((host, port), collector, getattr(args, "refresh", 0.0))
-    except OSError as exc:
+        pusher = OtlpPusher(collector, endpoint, args.otlp_interval) if endpoint else None
+    except OtlpUnavailable as exc:
         collector.close()
-        return _fail(f"cannot listen on {args.listen}: {exc.strerror or exc}", 2)
-    if not is_loopback(host):
-        _say(
-            f"warning: serving metrics on {host}, reachable from other machines"
-            " (metric names, command names and SQL fingerprints are visible to anyone who can connect)"
-        )
-    bound = server.server_address
-    _say(f"exporting on http://{args.listen.rsplit(':', 1)[0]}:{bound[1]}/metrics")
+        return _fail(str(exc), 2)
+    server: MetricsServer | None = None
+    if listen:
+        try:
+            server = MetricsServer((host, port), collector, getattr(args, "refresh", 0.0))
+        except OSError as exc:
+            collector.close()
+            return _fail(f"cannot listen on {listen}: {exc.strerror or exc}", 2)
+        if not is_loopback(host):
+            _say(
+                f"warning: serving metrics on {host}, reachable from other machines"
+                " (metric names, command names and SQL fingerprints are visible to anyone who can connect)"
+            )
+        bound = server.server_address
+        _say(f"exporting on http://{listen.rsplit(':', 1)[0]}:{bound[1]}/metrics")
+    if pusher is not None:
+        _say(f"pushing OTLP to {endpoint} every {pusher.interval_s:g} s")
+        pusher.start()
     try:
-        server.serve_forever()
+        if server is not None:
+            server.serve_forever()
+        elif pusher is not None:
+            pusher.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        if pusher is not None:
+            pusher.stop()
+        if server is not None:
+            server.server_close()
         collector.close()
     return 0
 
