@@ -139,9 +139,10 @@ def _instrument(name: str, module: types.ModuleType) -> None:
 class _Loader(_LoaderBase):
     """Runs a module's real loader, then instruments the module; any other attribute is the real loader's."""
 
-    def __init__(self, real: Any, name: str) -> None:
+    def __init__(self, real: Any, name: str, hook: _PostImportHook) -> None:
         self._real = real
         self._name = name
+        self._hook = hook
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._real, name)
@@ -152,24 +153,30 @@ class _Loader(_LoaderBase):
 
     def exec_module(self, module: types.ModuleType) -> None:
         self._real.exec_module(module)
+        self._hook.seen(self._name)
         _instrument(self._name, module)
 
 
 class _PostImportHook:
     """A meta-path finder that notices the first import of each watched module (SQLAlchemy, the web
-    frameworks), wraps its loader, and steps aside once it has seen them all."""
+    frameworks), wraps its loader, and steps aside once it has seen them all.
+
+    A name counts as seen when its module runs, not when it is found: `python -m flask` looks the package
+    up (runpy's find_spec) before importing it, and that import must still meet the wrapped loader."""
 
     def __init__(self, names: Sequence[str]) -> None:
         self._names = set(names)
+
+    def seen(self, fullname: str) -> None:
+        self._names.discard(fullname)
+        if not self._names and self in sys.meta_path:
+            sys.meta_path.remove(self)
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None
     ) -> ModuleSpec | None:
         if fullname not in self._names or self not in sys.meta_path:
             return None
-        self._names.discard(fullname)
-        if not self._names:
-            sys.meta_path.remove(self)
         for finder in list(sys.meta_path):
             if finder is self:
                 continue
@@ -177,7 +184,7 @@ class _PostImportHook:
             spec: ModuleSpec | None = find_spec(fullname, path, target) if find_spec is not None else None
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _Loader(spec.loader, fullname)
+                    spec.loader = _Loader(spec.loader, fullname, self)
                 return spec
         return None
 

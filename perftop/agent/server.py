@@ -254,7 +254,7 @@ class Agent:
             if fallback_reason is not None:
                 log_once("socket-dir-fallback", f"{fallback_reason}; this agent listens at {path} instead")
             self.directory = directory
-            self.name = name or os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "") or "python"
+            self.name = name or program_name()
             self.started_at = time.time()
             self._capabilities = _available_methods()
             self._want_serve = True
@@ -1172,3 +1172,27 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(
         before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
     )
+
+
+def program_name() -> str:
+    """The program's name for people: the module `python -m` runs, else the script's base name. Read from
+    the interpreter's own command line: while it starts, when `perftop run` starts the agent, `sys.argv[0]`
+    is "-m", then the module's file path (`.../http/server.py`)."""
+    args: list[str] = [str(a) for a in getattr(sys, "orig_argv", [])[1:]]
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "-m":
+            return args[i + 1] if i + 1 < len(args) else "python"
+        if arg.startswith("-m"):
+            return arg[2:]
+        if arg in ("-W", "-X", "--check-hash-based-pycs"):
+            i += 2
+        elif arg.startswith("-") and arg != "-" and not arg.startswith("-c"):
+            i += 1
+        else:
+            break
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0 in ("", "-c", "-m", "-"):
+        return "python"
+    return os.path.basename(argv0) or "python"

@@ -253,6 +253,11 @@ def server_cmd(server: str, port: int) -> tuple[list[str], list[tuple[str, int, 
             FLASK,
         ),
         "flask/flask-run": (["flask", "--app", flask_app, "run", "--port", str(port)], FLASK),
+        # `python -m flask`: runpy looks the package up before it imports it
+        "flask/python-m-flask": (
+            ["python", "-m", "flask", "--app", flask_app, "run", "--port", str(port)],
+            FLASK,
+        ),
         "flask/waitress": (["waitress-serve", f"--listen=127.0.0.1:{port}", f"{flask_app}:app"], FLASK),
         "django/gunicorn-sync": (gunicorn(f"{django_app}:application", port), DJANGO),
         "django/runserver": (
@@ -278,6 +283,7 @@ SERVERS = [
     "flask/gunicorn-gthread",
     "flask/flask-run",
     "flask/waitress",
+    "flask/python-m-flask",
     "django/gunicorn-sync",
     "django/runserver",
     "django/uvicorn-asgi",

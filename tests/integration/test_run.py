@@ -295,3 +295,14 @@ def test_python_dash_m_programs_start_cleanly_every_time(sock_dir: str) -> None:
         if proc.returncode != 0 or proc.stderr:
             failures.append((proc.returncode, proc.stderr[-500:]))
     assert not failures, f"{len(failures)} of 100 starts failed; first: {failures[0]}"
+
+
+def test_a_python_dash_m_program_is_named_by_its_module(sock_dir: str) -> None:
+    """While the interpreter starts, `sys.argv[0]` of `python -m http.server` is "-m": the agent, started
+    then, names the program by its module, as `ps` users would."""
+    proc = perftop_run("python", "-m", "http.server", "--bind", "127.0.0.1", "0", env=run_env(sock_dir))
+    try:
+        wait_for(lambda: find_agent(proc.pid, sock_dir), what="the agent's socket")
+        assert snapshot(proc.pid, sock_dir)["agent"]["name"] == "http.server"
+    finally:
+        kill(proc)
