@@ -227,13 +227,18 @@ MAX_FINAL_BYTES = 64 * 1024 * 1024
 
 
 def read_finals(
-    directories: Iterable[str], parents: Collection[int], since: float, seen: set[str], live: Collection[int]
+    directories: Iterable[str],
+    parents: Collection[int],
+    since: float,
+    seen: set[str],
+    live: Collection[int],
+    parent_of: dict[int, int] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """{pid: `stats`} of the workers of `parents` that exited at or after `since` (unix seconds), from
     the final stats their agents left; files of other processes, unreadable or malformed, are skipped,
     and so are those of `live` PIDs (still serving: a worker writes its file just before it closes its
     socket). The paths read are added to `seen` and not read again. Files of dead PIDs older than FINAL_KEEP_S
-    are removed on the way."""
+    are removed on the way. `parent_of`, where given, gets the parent PID of each one returned."""
     found: dict[int, dict[str, Any]] = {}
     now = time.time()
     for directory in dict.fromkeys(directories):
@@ -266,6 +271,8 @@ def read_finals(
             exited = doc.get("exited_at")
             if isinstance(exited, (int, float)) and exited >= since and isinstance(doc.get("stats"), dict):
                 found[int(pid_text)] = doc["stats"]
+                if parent_of is not None:
+                    parent_of[int(pid_text)] = int(doc["ppid"])
     return found
 
 
