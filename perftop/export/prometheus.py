@@ -551,7 +551,7 @@ class HostCollector:
             del self._retired[gone]
         for root in sorted(roots):
             counts = _ServiceCounts()
-            live = [pid for pid, stats in self._last.items() if pid == root or self._ppids.get(pid) == root]
+            live = [pid for pid in self._last if pid == root or self._ppids.get(pid) == root]
             for pid in live:
                 counts.add(self._last[pid])
             for departed in self._lingering.values():
@@ -562,7 +562,7 @@ class HostCollector:
             labels = [apps.get(root, ""), str(root)]
             names = ["app", "pid"]
             fams.gauge(
-                "perftop_service_workers", "Workers of a parent whose agents answered this scrape", names
+                "perftop_service_workers", "Workers of a parent with an agent, live", names
             ).add_metric(labels, float(len([p for p in live if p != root])))
             fams.counter(
                 "perftop_service_workers_departed", "Workers of a parent that exited while exported", names
