@@ -63,7 +63,10 @@ def test_attached_to_the_master_the_workers_are_listed_and_gc_runs_in_each(
         term.send("g")
         term.wait_screen(lambda s: "Run gc in:" in s and f"all {WORKERS} workers" in s)
         term.send("Enter")
-        screen = term.wait_screen(lambda s: f"forced GC in {WORKERS} workers" in s, timeout=60)
+        screen = term.wait_screen(
+            lambda s: all(str(p) in s for p in workers) and "rss change" in s, timeout=60
+        )
+        assert f"forced GC in {WORKERS} workers" in screen
         assert f"forced GC · {WORKERS} workers" in screen  # the pane's title says where it ran
         head = next(line for line in screen.splitlines() if " all " in line and str(workers[0]) in line)
         assert head.strip("│ ").split() == ["all", *(str(p) for p in workers)]

@@ -219,7 +219,8 @@ class ActionsPane(Vertical):
 
     def _text_width(self) -> int:
         """The width the result's text is laid out for (side-by-side columns that fit in it)."""
-        return max(40, self.size.width - 4)
+        width = self.size.width or self.app.size.width  # not laid out yet: its tab was just shown
+        return max(40, width - 4)
 
     def _show_text(self) -> None:
         """The shown result as text: from several workers, side by side (see render_workers)."""
