@@ -110,3 +110,32 @@ def test_a_recycled_worker_lingers_one_scrape_and_service_counts_never_go_back(s
         found = scrape(url)
         served = value(found, "perftop_service_counter_total", pid=str(server.master), metric="app.served")
         assert served == base + sent
+
+
+def test_workers_that_come_and_go_between_scrapes_still_count(tmp_path: Path) -> None:
+    """With --max-requests 1 every worker exits after one request: most are never seen alive by a
+    collection, and their counts reach the service through the final stats they leave."""
+    server = start_server(tmp_path, *CONTROL, "--max-requests", "1", "--max-requests-jitter", "0")
+    try:
+        server.wait_ready()  # the worker that answered the readiness check has been replaced
+        with Command(
+            "export", "--listen", "127.0.0.1:0", "--socket-dir", server.socket_dir, "--refresh", "0"
+        ) as export:
+            port = export.wait_line(r"exporting on http://[^:]+:(\d+)/metrics").group(1)
+            url = f"http://127.0.0.1:{port}"
+            assert _service(scrape(url), server.master) == 0
+            answered = [server.get("/") for _ in range(12)]
+            assert len(set(answered)) == len(answered)  # a new worker each time
+            server.wait_ready()
+            seen: list[float] = []
+
+            def settled() -> bool:
+                seen.append(_service(scrape(url), server.master))
+                return seen[-1] == len(answered)
+
+            _wait(settled, 60, f"the service's count to reach {len(answered)} (counted {seen[-5:]})")
+            assert seen == sorted(seen)
+            found = scrape(url)
+            assert value(found, "perftop_service_workers_departed_total", pid=str(server.master)) == 12
+    finally:
+        stop_server(server)
