@@ -20,6 +20,7 @@ from perftop.tui.app import PerftopApp
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.sources import LiveSources
+from perftop.tui.widgets.proctable import LineTable
 from perftop.tui.widgets.target import TargetPicker
 from perftop.units import fmt_count
 from tests.integration.test_frameworks import CONTROL
@@ -122,6 +123,20 @@ async def test_per_worker_results_side_by_side(server: Server) -> None:
         for pid, threads in by_pid.items():
             assert [t["native_id"] for t in threads if t["name"] == "MainThread"] == [pid]
             assert f"── worker {pid}: {len(threads)} threads ──" in text()
+
+        # `w` in the picker: the worker under the table's cursor alone, and the title says which
+        await pilot.press("1")
+        process.query_one("#workers", LineTable).focus()
+        await pilot.press("home")
+        chosen = process.selected_worker
+        assert chosen is not None
+        await pilot.press("t")
+        await wait_for(pilot, lambda: isinstance(app.screen, TargetPicker))
+        await pilot.press("w")
+        await wait_for(pilot, lambda: pane.where.get("threads") == f"PID {chosen.pid}", timeout=60)
+        assert [t["native_id"] for t in pane.results["threads"] if t["name"] == "MainThread"] == [chosen.pid]
+        assert f"thread dump · PID {chosen.pid}" in str(pane.border_title)
+        assert not pane.has_class("-workers") and "── worker" not in text()
 
         # profile: merged, with each worker's samples of the CPU loop the requests ran
         with Load(server, "/burn", clients=3) as load:
