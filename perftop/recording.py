@@ -904,7 +904,9 @@ def agent_from_json(doc: dict[str, Any]) -> AgentView | None:
         }
     agent = doc.get("agent") or {}
     return AgentView(
-        info=dict(extra.get("info") or {k: v for k, v in agent.items() if k != "merged_pids"}),
+        info=dict(
+            extra.get("info") or {k: v for k, v in agent.items() if k not in ("merged_pids", "gone_pids")}
+        ),
         pids=tuple(int(p) for p in agent.get("merged_pids") or ()),
         window_s=extra.get("window_s"),
         timings=dict(doc.get("timings") or {}),
@@ -917,6 +919,7 @@ def agent_from_json(doc: dict[str, Any]) -> AgentView | None:
         errors_by_type=dict(extra.get("errors_by_type") or {}),
         overflow=dict(extra.get("overflow") or {}),
         taken_at=float(extra.get("taken_at") or doc.get("taken_at") or 0.0),
+        gone_pids=tuple(int(p) for p in agent.get("gone_pids") or ()),
     )
 
 

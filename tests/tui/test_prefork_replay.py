@@ -15,7 +15,7 @@ from pathlib import Path
 
 from textual.widgets import Input
 
-from perftop.recording import RecordingError, RecordingReader, process_from_json
+from perftop.recording import RecordingError, RecordingReader, agent_from_json, process_from_json
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.replay import ReplayApp
 from perftop.tui.widgets.proctable import LineTable
@@ -102,6 +102,8 @@ async def test_record_stores_the_tree_and_replay_marks_the_departed_worker_gone(
     assert sorted(last_tree.pids[1:]) == sorted(after)
     agents = [w for w in last_tree.workers if not w.gone]
     assert all(w.has_agent for w in agents)  # each live worker's agent figures were recorded with it
+    view = agent_from_json(docs[-1])
+    assert view is not None and view.gone_pids == (victim,)  # its last counts kept in the merged view
 
     app = ReplayApp(reader)
     async with app.run_test(size=(140, 45)) as pilot:
