@@ -36,6 +36,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from perftop._version import __version__
@@ -49,8 +50,10 @@ from perftop.collectors.model import (
     Pressure,
     ProcessRow,
     ProcessSample,
+    ProcessTree,
     SwapInfo,
     SystemSample,
+    WorkerRow,
 )
 from perftop.sketch import Sketch, SketchError, bucket_value
 
@@ -59,6 +62,7 @@ if TYPE_CHECKING:
 
     from perftop.collectors.agent_view import AgentView
     from perftop.collectors.process import ProcessCollector
+    from perftop.collectors.workers import TreeCollector
 
 # SQLAlchemy, psutil, the collectors and the TUI are imported where they are used: registering `record`
 # and `replay` on the CLI's parser costs the other commands nothing.
@@ -479,6 +483,7 @@ class Recorder:
         self._thread: threading.Thread | None = None
         self._writer: RecordingWriter | None = None
         self._process: ProcessCollector | None = None
+        self._tree: TreeCollector | None = None
 
     @property
     def intervals(self) -> int:
@@ -498,9 +503,11 @@ class Recorder:
         if self.max_mb < MIN_MAX_MB:
             raise RecordingError(f"--max-mb must be at least {MIN_MAX_MB}")
         from perftop.collectors.process import ProcessCollector
+        from perftop.collectors.workers import TreeCollector
 
         try:
             self._process = ProcessCollector(self.pid)
+            self._tree = TreeCollector(self.pid)  # the workers' CPU baseline, from now
             first = self._process.sample()
         except CollectorError as exc:
             raise RecordingError(str(exc)) from None
@@ -536,7 +543,7 @@ class Recorder:
         from perftop.collectors.agent_view import AgentWatcher
         from perftop.collectors.system import SystemCollector
 
-        assert self._writer is not None and self._process is not None
+        assert self._writer is not None and self._process is not None and self._tree is not None
         system = SystemCollector()
         watcher = AgentWatcher(self.socket_dir)
         started = time.monotonic()
@@ -557,6 +564,8 @@ class Recorder:
                     agent = watcher.fetch(self.pid, None)
                 except (AgentError, OSError):
                     agent = None
+                figures = None if agent is None else agent.figures
+                proc_sample = replace(proc_sample, tree=self._tree.sample(proc_sample, figures))
                 taken_at = time.time()
                 self._writer.append(taken_at, interval_document(sys_sample, proc_sample, agent, taken_at))
                 if self.duration is not None and time.monotonic() - started >= self.duration:
@@ -827,6 +836,43 @@ def process_from_json(doc: dict[str, Any]) -> ProcessSample:
         ),
         cgroup=None if cgroup is None else CgroupInfo(**cgroup),
         taken_at=float(extra.get("process_taken_at") or doc.get("taken_at") or 0.0),
+        tree=tree_from_json(p.get("tree")),
+    )
+
+
+def tree_from_json(tree: Any) -> ProcessTree | None:
+    """The process tree (totals and worker rows, departed ones marked gone) a recorded interval holds;
+    None where the process had no children then (or the recording predates trees)."""
+    if not isinstance(tree, dict):
+        return None
+    return ProcessTree(
+        pids=tuple(int(p) for p in tree.get("pids") or ()),
+        cpu_percent=float(tree.get("cpu_percent") or 0.0),
+        rss_bytes=int(tree.get("rss_bytes") or 0),
+        pss_bytes=tree.get("pss_bytes"),
+        num_threads=int(tree.get("num_threads") or 0),
+        num_fds=tree.get("num_fds"),
+        num_connections=tree.get("num_connections"),
+        workers=tuple(
+            WorkerRow(
+                pid=int(w["pid"]),
+                ppid=int(w.get("ppid") or 0),
+                name=str(w.get("name") or ""),
+                started_at=float(w.get("started_at") or 0.0),
+                cpu_percent=float(w.get("cpu_percent") or 0.0),
+                rss_bytes=int(w.get("rss_bytes") or 0),
+                num_threads=int(w.get("num_threads") or 0),
+                has_agent=bool(w.get("has_agent")),
+                requests=w.get("requests"),
+                requests_per_s=w.get("requests_per_s"),
+                p99_ms=w.get("p99_ms"),
+                gone=bool(w.get("gone")),
+                gone_at=w.get("gone_at"),
+            )
+            for w in tree.get("workers") or []
+            if isinstance(w, dict) and "pid" in w
+        ),
+        departed=int(tree.get("departed") or 0),
     )
 
 
@@ -858,7 +904,9 @@ def agent_from_json(doc: dict[str, Any]) -> AgentView | None:
         }
     agent = doc.get("agent") or {}
     return AgentView(
-        info=dict(extra.get("info") or {k: v for k, v in agent.items() if k != "merged_pids"}),
+        info=dict(
+            extra.get("info") or {k: v for k, v in agent.items() if k not in ("merged_pids", "gone_pids")}
+        ),
         pids=tuple(int(p) for p in agent.get("merged_pids") or ()),
         window_s=extra.get("window_s"),
         timings=dict(doc.get("timings") or {}),
@@ -871,6 +919,7 @@ def agent_from_json(doc: dict[str, Any]) -> AgentView | None:
         errors_by_type=dict(extra.get("errors_by_type") or {}),
         overflow=dict(extra.get("overflow") or {}),
         taken_at=float(extra.get("taken_at") or doc.get("taken_at") or 0.0),
+        gone_pids=tuple(int(p) for p in agent.get("gone_pids") or ()),
     )
 
 

@@ -89,15 +89,23 @@ class TreeCollector:
 
     CPU percentages are measured since the previous sample (a worker's first sample has no baseline and
     reads 0). A worker that exits keeps its last row, marked gone, until `reset()`; a new one appears at
-    the next sample. Connections are counted every `connections_every_s` seconds, as for the PID.
+    the next sample. Connections are counted every `connections_every_s` seconds, as for the PID, and PSS
+    (smaps_rollup: a walk of the page tables, milliseconds a process) read every `pss_every_s` seconds, a
+    new worker's at once.
     """
 
-    def __init__(self, pid: int, connections_every_s: float = 5.0, procfs: str = "/proc") -> None:
+    def __init__(
+        self, pid: int, connections_every_s: float = 5.0, procfs: str = "/proc", pss_every_s: float = 5.0
+    ) -> None:
         self.pid = pid
         self._procfs = procfs
         self._connections_every_s = connections_every_s
         self._connections_due = 0.0
         self._num_connections: int | None = None
+        self._pss_every_s = pss_every_s
+        self._pss_due = 0.0
+        self._pss: dict[psutil.Process, int | None] = {}
+        """The last PSS read of each process (keyed by PID and start time: a reused PID is read afresh)."""
         self._procs: dict[int, psutil.Process] = {}
         self._rows: dict[int, WorkerRow] = {}
         self._departed = 0
@@ -148,7 +156,18 @@ class TreeCollector:
             return None  # no tree: skip reading smaps_rollup, which costs milliseconds in a big process
         cpu, rss, threads = root.cpu_percent, root.rss_bytes, root.num_threads
         fds: int | None = root.num_fds
-        pss = None if self._root is None else _pss(self._root)
+        now = time.monotonic()
+        fresh = now >= self._pss_due
+        if fresh:
+            self._pss_due = now + self._pss_every_s
+        kept, self._pss = self._pss, {}
+
+        def pss_of(proc: psutil.Process) -> int | None:
+            value = kept[proc] if proc in kept and not fresh else _pss(proc)
+            self._pss[proc] = value
+            return value
+
+        pss = None if self._root is None else pss_of(self._root)
         pids = [root.pid]
         for proc in live:
             try:
@@ -167,7 +186,7 @@ class TreeCollector:
                 continue  # exited while we read it: marked gone at the next sample
             except psutil.AccessDenied:
                 continue
-            c_pss = _pss(proc)
+            c_pss = pss_of(proc)
             pids.append(proc.pid)
             cpu += c_cpu
             rss += mem.rss
@@ -190,7 +209,6 @@ class TreeCollector:
             )
         if len(pids) == 1 and not self._rows:
             return None
-        now = time.monotonic()
         if now >= self._connections_due:
             self._num_connections = self._count_connections(pids)
             self._connections_due = now + self._connections_every_s
@@ -230,13 +248,18 @@ MAX_FINAL_BYTES = 64 * 1024 * 1024
 
 
 def read_finals(
-    directories: Iterable[str], parents: Collection[int], since: float, seen: set[str], live: Collection[int]
+    directories: Iterable[str],
+    parents: Collection[int],
+    since: float,
+    seen: set[str],
+    live: Collection[int],
+    parent_of: dict[int, int] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """{pid: `stats`} of the workers of `parents` that exited at or after `since` (unix seconds), from
     the final stats their agents left; files of other processes, unreadable or malformed, are skipped,
     and so are those of `live` PIDs (still serving: a worker writes its file just before it closes its
     socket). The paths read are added to `seen` and not read again. Files of dead PIDs older than FINAL_KEEP_S
-    are removed on the way."""
+    are removed on the way. `parent_of`, where given, gets the parent PID of each one returned."""
     found: dict[int, dict[str, Any]] = {}
     now = time.time()
     for directory in dict.fromkeys(directories):
@@ -269,6 +292,8 @@ def read_finals(
             exited = doc.get("exited_at")
             if isinstance(exited, (int, float)) and exited >= since and isinstance(doc.get("stats"), dict):
                 found[int(pid_text)] = doc["stats"]
+                if parent_of is not None:
+                    parent_of[int(pid_text)] = int(doc["ppid"])
     return found
 
 

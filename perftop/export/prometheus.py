@@ -13,6 +13,12 @@ histogram whose `le` buckets are the same on every host (a 1-2-5 series from 100
 `histogram_quantile(0.99, sum by (le) (rate(perftop_timing_histogram_seconds_bucket[5m])))` gives the p99
 of a whole fleet. Bucket counts come from the sketch's bins: a bin counts towards `le` when its upper
 bound is at most `le` (so a count is never over-stated; a bin straddling `le` goes to the next bucket).
+
+Pre-fork servers (gunicorn, uWSGI, multiprocessing pools): an agent whose parent also runs one is a worker
+of that parent's service. A worker that exits (recycled by --max-requests, reloaded, killed) has its
+per-PID series exported by one more collection (its final counts, from the stats file its agent left at
+exit, with perftop_agent_up 0), then dropped; its counts stay in the `perftop_service_*` counters of its
+parent, so that a recycle never makes a service's counters go backwards.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ DEFAULT_LISTEN = "127.0.0.1:9464"
 DEFAULT_MAX_QUERIES = 50
 AGENT_TIMEOUT_S = 5.0
 """How long one agent may take to answer a scrape's stats request."""
+RETIRED_PIDS_KEPT = 4096
+"""How many departed workers' PIDs the exporter remembers, against counting a late final file twice."""
 PRIME_S = 0.5
 """A process's CPU share in its first scrape is measured over this long (later ones: since the last)."""
 REQUEST_TIMEOUT_S = 5.0
@@ -195,6 +203,63 @@ class _Agent:
             self.client = None
 
 
+def _ppid(pid: int) -> int:
+    """The parent PID of `pid`, from /proc (OSError once it has exited)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
+
+
+class _Departed:
+    """An agent gone since the previous collection: the last stats it answered, or the final ones it left."""
+
+    def __init__(self, agent: _Agent, stats: dict[str, Any], ppid: int) -> None:
+        self.agent = agent
+        self.stats = stats
+        self.ppid = ppid
+
+
+class _ServiceCounts:
+    """Counts summed over processes of a service: calls, errors and seconds of each timing, each counter's
+    value, and how many of its workers have exited."""
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self.seconds: dict[str, float] = {}
+        self.counters: dict[str, float] = {}
+        self.departed = 0
+
+    def add(self, stats: dict[str, Any], departed: bool = False) -> None:
+        """Add one process's since-start `stats` (malformed entries are skipped)."""
+        self.departed += departed
+        for metric, timing in (stats.get("timings") or {}).items():
+            sketch = timing.get("sketch") if isinstance(timing, dict) else None
+            if not isinstance(sketch, dict):
+                continue
+            with contextlib.suppress(TypeError, ValueError, KeyError):
+                count, errors = int(sketch["count"]), int(sketch.get("errors") or 0)
+                seconds = float(sketch["sum"]) / NS_PER_S
+                self.calls[metric] = self.calls.get(metric, 0) + count
+                self.errors[metric] = self.errors.get(metric, 0) + errors
+                self.seconds[metric] = self.seconds.get(metric, 0.0) + seconds
+        for metric, counter in (stats.get("counters") or {}).items():
+            value = counter.get("value") if isinstance(counter, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.counters[metric] = self.counters.get(metric, 0.0) + float(value)
+
+    def merge(self, other: _ServiceCounts) -> None:
+        for metric, n in other.calls.items():
+            self.calls[metric] = self.calls.get(metric, 0) + n
+        for metric, n in other.errors.items():
+            self.errors[metric] = self.errors.get(metric, 0) + n
+        for metric, x in other.seconds.items():
+            self.seconds[metric] = self.seconds.get(metric, 0.0) + x
+        for metric, x in other.counters.items():
+            self.counters[metric] = self.counters.get(metric, 0.0) + x
+        self.departed += other.departed
+
+
 class _Families:
     """The metric families of one scrape, created on first use so empty ones are not exposed."""
 
@@ -268,6 +333,19 @@ class HostCollector:
         """More families for every collection: the OTLP pusher's own counters."""
         self._unsampled: dict[int, float] = {}
         """PIDs whose collector has not been sampled yet: when it took its CPU baseline (monotonic)."""
+        self._started_at = time.time()
+        self._ppids: dict[int, int] = {}
+        """The parent PID of each agent found (read once, when it is first found)."""
+        self._last: dict[int, dict[str, Any]] = {}
+        """The latest stats of each agent that answered."""
+        self._lingering: dict[int, _Departed] = {}
+        """Agents gone since the previous collection: exported once more (their final counts), then folded
+        into their service's `_retired` counts."""
+        self._retired: dict[int, _ServiceCounts] = {}
+        """By service (parent PID): the counts of its workers that have exited."""
+        self._finals_read: set[str] = set()
+        self._retired_pids: dict[int, None] = {}
+        """The latest workers folded into `_retired` (a final file read after that is not counted twice)."""
         self._open_processes(self._discover())  # baselines from now: the first scrape is primed already
 
     def close(self) -> None:
@@ -304,14 +382,62 @@ class HostCollector:
         return found
 
     def _sync_agents(self, found: dict[int, str]) -> None:
+        """Open clients for new agents; the workers whose agent went away linger for one more collection."""
+        for pid in self._lingering:
+            self._retire(pid)
+        self._lingering.clear()
         for pid in set(self._agents) - set(found):
-            self._agents.pop(pid).close()
+            gone = self._agents.pop(pid)
+            gone.close()
+            last = self._last.pop(pid, None)
+            ppid = self._ppids.pop(pid, None)
+            if last is not None and ppid in found:  # a worker of a parent with an agent (a service)
+                self._lingering[pid] = _Departed(gone, last, ppid)
+        for pid in found:
+            if pid not in self._ppids:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    self._ppids[pid] = _ppid(pid)
+        self._read_finals(found)
         for pid, path in found.items():
             agent = self._agents.get(pid)
             if agent is None or agent.path != path:
                 if agent is not None:
                     agent.close()
                 self._agents[pid] = _Agent(pid, path)
+
+    def _services(self, found: Iterable[int]) -> set[int]:
+        """The parents of workers: agents (found now) whose PID is the parent PID of another agent."""
+        live = set(found)
+        parents = {ppid for pid, ppid in self._ppids.items() if pid in live and pid != ppid}
+        parents |= {d.ppid for d in self._lingering.values()} | set(self._retired)
+        return parents & live
+
+    def _read_finals(self, found: dict[int, str]) -> None:
+        """The final stats left by workers of the services that exited since the exporter started: those
+        of the workers that lingered replace their last stats, those of workers never seen (that came and
+        went between two collections) linger too."""
+        from perftop.collectors.workers import read_finals
+
+        parents = self._services(found) | {d.ppid for d in self._lingering.values()}
+        if not parents:
+            return
+        dirs = [self.socket_dir, *(os.path.dirname(a.path) for a in self._agents.values())]
+        parent_of: dict[int, int] = {}
+        finals = read_finals(dirs, parents, self._started_at, self._finals_read, found, parent_of)
+        for pid, stats in finals.items():
+            departed = self._lingering.get(pid)
+            if departed is not None:
+                departed.stats = stats
+            elif pid not in found and pid not in self._retired_pids:  # not counted already
+                self._lingering[pid] = _Departed(_Agent(pid, ""), stats, parent_of[pid])
+
+    def _retire(self, pid: int) -> None:
+        """Fold a departed worker's final counts into its service's."""
+        departed = self._lingering[pid]
+        self._retired.setdefault(departed.ppid, _ServiceCounts()).add(departed.stats, departed=True)
+        self._retired_pids[pid] = None
+        while len(self._retired_pids) > RETIRED_PIDS_KEPT:
+            del self._retired_pids[next(iter(self._retired_pids))]
 
     def _fetch(self, agent: _Agent) -> dict[str, Any] | None:
         from perftop.collectors.agent_client import AgentError
@@ -391,6 +517,8 @@ class HostCollector:
                 )
                 apps[agent.pid] = app
                 labels = [app, str(agent.pid)]
+                if stats is not None:
+                    self._last[agent.pid] = stats
                 fams.gauge(
                     "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
                 ).add_metric(labels, 0.0 if stats is None else 1.0)
@@ -398,6 +526,15 @@ class HostCollector:
                     self._agent_families(fams, labels, agent, stats)
                     if agent_stats is not None:
                         agent_stats[agent.pid] = stats
+            for pid, departed in sorted(self._lingering.items()):
+                app = _label(departed.agent.info.get("name") or "")
+                apps.setdefault(pid, app)
+                labels = [app, str(pid)]
+                fams.gauge(
+                    "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
+                ).add_metric(labels, 0.0)
+                self._agent_families(fams, labels, departed.agent, departed.stats)
+            self._service_families(fams, found, apps)
             for pid, sample in processes.items():
                 self._process_families(fams, apps.get(pid) or sample.name, sample)
             fams.gauge("perftop_export_agents", "Agents found by this scrape", []).add_metric(
@@ -414,6 +551,48 @@ class HostCollector:
                 unit="seconds",
             ).add_metric([], self.last_duration_s)
             return list(fams)
+
+    def _service_families(self, fams: _Families, found: Iterable[int], apps: dict[int, str]) -> None:
+        """Per service (a parent whose workers run agents): its processes' counts summed, those of its
+        workers that exited included, so that they never go backwards when workers come and go."""
+        roots = self._services(found)
+        for gone in set(self._retired) - roots:  # the parent itself exited: its service ends
+            del self._retired[gone]
+        for root in sorted(roots):
+            counts = _ServiceCounts()
+            live = [pid for pid in self._last if pid == root or self._ppids.get(pid) == root]
+            for pid in live:
+                counts.add(self._last[pid])
+            for departed in self._lingering.values():
+                if departed.ppid == root:
+                    counts.add(departed.stats, departed=True)
+            if root in self._retired:
+                counts.merge(self._retired[root])
+            labels = [apps.get(root, ""), str(root)]
+            names = ["app", "pid"]
+            fams.gauge(
+                "perftop_service_workers", "Workers of a parent with an agent, live", names
+            ).add_metric(labels, float(len([p for p in live if p != root])))
+            fams.counter(
+                "perftop_service_workers_departed", "Workers of a parent that exited while exported", names
+            ).add_metric(labels, float(counts.departed))
+            mnames = [*names, "metric"]
+            calls = fams.counter(
+                "perftop_service_timing_calls", "Timed calls in all of a parent's processes, past too", mnames
+            )
+            errors = fams.counter("perftop_service_timing_errors", "Timed calls that raised, idem", mnames)
+            seconds = fams.counter(
+                "perftop_service_timing_seconds", "Time in timed calls, idem", mnames, unit="seconds"
+            )
+            for metric in sorted(counts.calls):
+                key = [*labels, _label(metric)]
+                calls.add_metric(key, float(counts.calls[metric]))
+                errors.add_metric(key, float(counts.errors.get(metric, 0)))
+                seconds.add_metric(key, counts.seconds.get(metric, 0.0))
+            if counts.counters:
+                fam = fams.counter("perftop_service_counter", "Counters (perftop.count), idem", mnames)
+                for metric, value in sorted(counts.counters.items()):
+                    fam.add_metric([*labels, _label(metric)], value)
 
     @staticmethod
     def _system_families(fams: _Families, s: SystemSample) -> None:

@@ -98,8 +98,8 @@ class LiveSources:
         self, pid: int, method: str, params: dict[str, Any], timeout: float, children: bool = True
     ) -> Any:
         """From a parent whose workers run agents, an action runs in every worker at once (merged, each
-        worker's result under `per_pid`) and EXPLAIN in a worker whose agent recorded the fingerprint;
-        with `children` false, in `pid` alone."""
+        worker's result under `per_pid`, why it failed in others under `errors`) and EXPLAIN in a worker
+        whose agent recorded the fingerprint; with `children` false, in `pid` alone."""
 
         def one(target: int) -> Any:
             if method == "action" and params.get("name") == "profile":
@@ -124,4 +124,6 @@ class LiveSources:
         if not results:
             raise AgentError("; ".join(f"PID {p}: {why}" for p, why in sorted(errors.items())))
         merged = merge_action(str(params.get("name", method)), results)
-        return {**merged, "per_pid": results} if isinstance(merged, dict) else merged
+        if not isinstance(merged, dict):
+            return merged
+        return {**merged, "per_pid": results, **({"errors": errors} if errors else {})}

@@ -3,8 +3,8 @@
     .venv/bin/python tests/perf/bench_tree.py
 
 Starts a parent with N forked children (N = 0, 4, 16, 64; each child allocates 8 MiB so smaps_rollup
-has pages to walk), then times TreeCollector.sample() (connections counted every time, the worst case,
-and every 5 s, the default); median and max of 20 runs each.
+has pages to walk), then times TreeCollector.sample() (connections counted and PSS read every time, the worst
+case, and every 5 s, the default); median and max of 20 runs each.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def main() -> None:
         import os
 
         root = ProcessCollector(os.getpid()).sample()
-        for every, label in ((0.0, "connections every sample"), (5.0, "connections every 5 s")):
-            tree = TreeCollector(os.getpid(), connections_every_s=every)
+        for every, label in ((0.0, "conns + PSS every sample"), (5.0, "conns + PSS every 5 s")):
+            tree = TreeCollector(os.getpid(), connections_every_s=every, pss_every_s=every)
             median, worst = timed(lambda tree=tree, root=root: tree.sample(root))
             sys.stdout.write(f"{n:3d} children, {label:<26} median {median:8.2f} ms   max {worst:8.2f} ms\n")
         stop.set()

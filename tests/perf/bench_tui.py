@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/perf/bench_tui.py [--seconds 30] [--launches 5] [--size 120x40]
         [--glances /tmp/glances-venv/bin/glances] [--no-glances] [--no-htop] [--json FILE] [--profile DIR]
+        [--only list|pid|demo|workers ...] [--workers 8]
 
 Each program runs in tmux on a private server (`tmux -L`), at --interval 1 (glances `-t 1`, htop `-d 10`):
 
@@ -9,6 +10,11 @@ Each program runs in tmux on a private server (`tmux -L`), at --interval 1 (glan
 - perftop --pid CHILD: the system pane and the process pane of an idle Python child started here.
 - perftop demo: `perftop demo --threads 2`: the process pane of the instrumented demo service, whose agent
   perftop polls each tick. Its launch time includes starting the demo service and waiting for its agent.
+- perftop --pid WORKER / --pid MASTER (`--only workers`): a gunicorn of --workers workers (default 8) under
+  `perftop run` (tests/targets/prefork_app.py, a light load of about 20 requests a second spread over the
+  workers): attached to one worker (one process, one agent), then to the master (the tree of all of them,
+  the worker table, every worker's agent polled and merged each tick). The goal: the master's figure under
+  twice the single worker's.
 
 Figures, per program:
 - CPU: utime+stime of the program's own process (the tmux pane's process, found with `display -p
@@ -32,10 +38,15 @@ import re
 import shlex
 import shutil
 import signal
+import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
@@ -314,6 +325,66 @@ def child_process() -> subprocess.Popen[bytes]:
     return proc
 
 
+class Gunicorn:
+    """A gunicorn of `workers` workers under `perftop run`, each worker with its agent, lightly loaded."""
+
+    RATE = 20.0
+    """Requests a second of the load, one client."""
+
+    def __init__(self, workers: int) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="perftop-bench-")
+        self.socket_dir = os.path.join(self.tmp.name, "sockets")
+        db = os.path.join(self.tmp.name, "app.sqlite")
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE prefork_items (id INTEGER PRIMARY KEY, name TEXT)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        env = {**os.environ, "PERFTOP_SOCKET_DIR": self.socket_dir, "PREFORK_DB": db}
+        gunicorn = str(Path(sys.executable).parent / "gunicorn")
+        cmd = [sys.executable, "-m", "perftop", "run", "--", gunicorn, "-w", str(workers)]
+        cmd += ["-b", f"127.0.0.1:{self.port}", "--chdir", str(REPO / "tests" / "targets")]
+        self.log = open(os.path.join(self.tmp.name, "gunicorn.log"), "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen([*cmd, "prefork_app:application"], env=env, stderr=self.log, cwd=REPO)
+        self.workers = workers
+        self._stop = threading.Event()
+        self._load = threading.Thread(target=self._run_load, daemon=True)
+        deadline = time.monotonic() + 120
+        while len(self.agents()) < workers + 1 or len(self.children()) < workers:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.close()
+                raise RuntimeError(f"gunicorn did not start {workers} workers with agents")
+            time.sleep(0.2)
+        self._load.start()
+
+    def agents(self) -> list[str]:
+        with suppress(OSError):
+            return [n for n in os.listdir(self.socket_dir) if n.endswith(".sock")]
+        return []
+
+    def children(self) -> list[int]:
+        return sorted(p for p in descendants(self.proc.pid) if _state(p) != "Z")
+
+    def _run_load(self) -> None:
+        while not self._stop.wait(1.0 / self.RATE):
+            with suppress(OSError):
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=10).read()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._load.is_alive():
+            self._load.join(15)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        self.tmp.cleanup()
+
+
 def table(results: list[Result], info: dict[str, object]) -> str:
     load = " ".join(f"{x:.2f}" for x in info["load_avg"])  # type: ignore[attr-defined]
     lines = [
@@ -340,6 +411,35 @@ def table(results: list[Result], info: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def run_workers(term: Terminal, perftop: list[str], workers: int, common: dict[str, object]) -> list[Result]:
+    """perftop attached to one worker of a gunicorn, then to its master (the tree of every worker)."""
+    server = Gunicorn(workers)
+    try:
+        worker = server.children()[0]
+        base = [*perftop, "--interval", "1", "--socket-dir", server.socket_dir]
+
+        def tree_ready(s: str) -> bool:
+            return bool(_SYSTEM_DATA.search(s) and f"tree of {workers + 1}:" in s and " agent " in s)
+
+        one = run_program(
+            term,
+            "perftop --pid WORKER (one process, one agent)",
+            [*base, "--pid", str(worker)],
+            lambda s: bool(_SYSTEM_DATA.search(s) and f"process {worker}" in s and "nofile" in s),
+            **common,
+        )  # type: ignore[arg-type]
+        tree = run_program(
+            term,
+            f"perftop --pid MASTER ({workers} workers, {workers + 1} agents)",
+            [*base, "--pid", str(server.proc.pid)],
+            tree_ready,
+            **common,
+        )  # type: ignore[arg-type]
+    finally:
+        server.close()
+    return [one, tree]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -351,13 +451,16 @@ def main() -> None:
     parser.add_argument("--no-glances", action="store_true")
     parser.add_argument("--no-htop", action="store_true")
     parser.add_argument(
-        "--only", choices=("list", "pid", "demo"), action="append", help="perftop modes to run"
+        "--only", choices=("list", "pid", "demo", "workers"), action="append", help="perftop modes to run"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=8, help="gunicorn workers of --only workers (default 8)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--profile", type=Path, help="after each perftop window, py-spy record into this dir")
     args = parser.parse_args()
     width, height = (int(x) for x in args.size.split("x"))
-    modes = args.only or ["list", "pid", "demo"]
+    modes = args.only or ["list", "pid", "demo", "workers"]
 
     info = machine()
     info.update(size=args.size, launches=args.launches)
@@ -401,6 +504,8 @@ def main() -> None:
                             [*perftop, "demo", "--threads", "2", "--interval", "1"],
                             has_process(None), **common)  # type: ignore[arg-type]
             )  # fmt: skip
+        if "workers" in modes:
+            results += run_workers(term, perftop, args.workers, common)
         if not args.no_glances:
             if os.path.exists(args.glances):
                 results.append(

@@ -2,7 +2,8 @@
 
 Routes: `/` answers at once; `/burn` spins in `planted_cpu_loop` for about 20 ms of CPU (what a fan-out
 profile must find in every worker); `/query` runs one SELECT through SQLAlchemy on the SQLite file named
-by $PREFORK_DB (what EXPLAIN from the master must find in a worker). Every answer counts `app.served`.
+by $PREFORK_DB (what EXPLAIN from the master must find in a worker); `/grow` keeps one more 64 KiB buffer
+(what a memory diff per worker must find, in the worker that answered). Every answer counts `app.served`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ import perftop
 import perftop.wsgi
 
 _engine: Any = None
+GROW_BYTES = 64 * 1024
+_kept: list[bytearray] = []
+
+
+def planted_allocation() -> int:
+    """Keep one more GROW_BYTES buffer for the life of the worker."""
+    _kept.append(bytearray(GROW_BYTES))
+    return len(_kept)
 
 
 def planted_cpu_loop(seconds: float) -> int:
@@ -44,6 +53,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
     path = environ.get("PATH_INFO", "/")
     if path == "/burn":
         body = str(planted_cpu_loop(0.02))
+    elif path == "/grow":
+        body = str(planted_allocation())
     elif path == "/query":
         body = str(_query())
     else:

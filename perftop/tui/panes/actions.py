@@ -21,7 +21,13 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
-from perftop.actions_view import render
+from perftop.actions_view import (
+    memory_growth_by_worker,
+    memory_side_by_side,
+    per_worker,
+    render,
+    render_workers,
+)
 from perftop.tui.messages import AgentReply
 from perftop.tui.widgets.flame import FlameView
 from perftop.units import fmt_bytes, short_path
@@ -51,6 +57,7 @@ class ActionsPane(Vertical):
     ActionsPane > #memory-sites { display: none; height: 1fr; }
     ActionsPane.-memory > #memory-sites { display: block; }
     ActionsPane.-memory > #result-scroll { height: auto; max-height: 4; }
+    ActionsPane.-memory.-workers > #result-scroll { max-height: 6; }
     ActionsPane.-flame > FlameView { display: block; }
     ActionsPane.-flame > #result-scroll { display: none; }
     """
@@ -86,6 +93,10 @@ class ActionsPane(Vertical):
         self._site_rows: list[dict[str, Any]] = []
         self._flame = FlameView(id="flame")
         self.pid: int | None = None
+        self._where = ""
+        """Where the running action was sent, for the title: a worker, the parent alone, or ""."""
+        self.where: dict[str, str] = {}
+        """Where each shown result ran ("3 workers", "PID 501"...), by action."""
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="action-status"):
@@ -97,8 +108,6 @@ class ActionsPane(Vertical):
         yield self._flame
 
     def on_mount(self) -> None:
-        for header, width in (("growth", 12), ("objects", 9), ("size now", 11), ("allocated at", 70)):
-            self._sites.add_column(header, width=width)
         self.set_interval(0.1, self._tick)
         self._show_status()
         self._text.update(
@@ -146,9 +155,12 @@ class ActionsPane(Vertical):
         if not isinstance(app, PerftopApp):
             return False
         seconds = float(params.get("seconds", 0.0))
+        target = app.action_target
+        where = "" if target is None or target.children else f"PID {target.pid}"
         if not app.agent_call("action", {"name": name, **params}, self, timeout=seconds + 60.0):
             return False
         self.running = name
+        self._where = where
         self._started = time.monotonic()
         self._duration = seconds
         self._progress.update(total=max(seconds, 0.1), progress=0)
@@ -191,30 +203,69 @@ class ActionsPane(Vertical):
             return
         self.results[name] = msg.result
         self.last = name
-        self._text.update(render(name, msg.result))
-        self._show_sites(msg.result if name == "memory" and isinstance(msg.result, dict) else None)
+        workers = per_worker(name, msg.result)
+        self.where[name] = f"{len(workers)} workers" if workers else self._where
+        self.set_class(bool(workers), "-workers")
+        memory = name == "memory" and isinstance(msg.result, dict)
+        self._show_sites(msg.result if memory else None, workers if memory else {})
+        self._show_text()
         if name == "profile" and isinstance(msg.result, dict):
             self._flame.load(msg.result.get("tree"))
         self.set_class(False, "-flame")
         self._show_status()
-        self._title_base = f"actions · {TITLES.get(name, name)}"
+        where = f" · {self.where[name]}" if self.where[name] else ""
+        self._title_base = f"actions · {TITLES.get(name, name)}{where}"
         self.border_title = f"{self._title_base}{self.tracing_text}"
 
-    def _show_sites(self, result: dict[str, Any] | None) -> None:
-        """Memory results: the allocation sites that grew, in a table; Enter shows a site's traceback."""
-        self._sites.clear()
+    def _text_width(self) -> int:
+        """The width the result's text is laid out for (side-by-side columns that fit in it)."""
+        width = self.size.width or self.app.size.width  # not laid out yet: its tab was just shown
+        return max(40, width - 4)
+
+    def _show_text(self) -> None:
+        """The shown result as text: from several workers, side by side (see render_workers)."""
+        if self.last is None:
+            return
+        result = self.results[self.last]
+        if self.last == "memory" and self.has_class("-memory"):
+            self._text.update(self._memory_head(result))
+        else:
+            self._text.update(render_workers(self.last, result, self._text_width()))
+
+    def _memory_head(self, result: Any) -> str:
+        """Above the table of memory sites: the traced sizes (each worker's, side by side)."""
+        workers = per_worker("memory", result)
+        if workers:
+            return memory_side_by_side(workers, self._text_width(), limit=0)
+        return render("memory", {**(result or {}), "diff": [], "top": []}).split("\n\n")[0]
+
+    def on_resize(self) -> None:
+        if self.has_class("-workers"):
+            self._show_text()
+
+    def _show_sites(self, result: dict[str, Any] | None, workers: dict[int, Any]) -> None:
+        """Memory results: the allocation sites that grew, in a table; from several workers, each one's
+        growth in a column of its own beside the total. Enter shows a site's traceback."""
+        self._sites.clear(columns=True)
+        # From workers, the site comes before the objects and size columns, to stay on an 80-column screen.
+        last = [("objects", 9), ("size now", 11)]
+        heads = [("growth", 12), *((str(pid), 11) for pid in workers)]
+        heads += [("allocated at", 50), *last] if workers else [*last, ("allocated at", 70)]
+        for header, width in heads:
+            self._sites.add_column(header, width=width)
         rows = [] if result is None or not result.get("tracing") else list(result.get("diff") or [])
         self._site_rows = rows[:200]
+        growth = memory_growth_by_worker(workers)
         for d in self._site_rows:
+            by_pid = growth.get((str(d.get("file")), d.get("line")), {})
+            tail = [Text(f"{d.get('count_diff', 0):+,}"), Text(f"{d.get('size_bytes', 0):,}")]
+            site = Text(f"{short_path(d.get('file'))}:{d.get('line')}")
             self._sites.add_row(
                 Text(f"{d.get('size_diff_bytes', 0):+,}"),
-                Text(f"{d.get('count_diff', 0):+,}"),
-                Text(f"{d.get('size_bytes', 0):,}"),
-                Text(f"{short_path(d.get('file'))}:{d.get('line')}"),
+                *(Text(f"{by_pid[pid]:+,}" if pid in by_pid else "-") for pid in workers),
+                *([site, *tail] if workers else [*tail, site]),
             )
         self.set_class(bool(self._site_rows), "-memory")
-        if self._site_rows:
-            self._text.update(render("memory", {**(result or {}), "diff": [], "top": []}).split("\n\n")[0])
 
     @on(DataTable.RowSelected, "#memory-sites")
     def _site_selected(self, event: DataTable.RowSelected) -> None:
