@@ -361,8 +361,10 @@ def test_tree_totals_match_the_sum_of_psutil_readings_of_the_pool(worker: Worker
     )
 
     # busy: the tree's CPU is the pool's, against psutil's CPU times over a window enclosing the
-    # snapshot's interval (tolerance: 6 points or 40%, as for gunicorn: the machine is shared)
-    burns = [worker.send(BURN, 1.0) for _ in range(4 * CONCURRENCY)]
+    # snapshot's interval (tolerance: 6 points or 40%, as for gunicorn: the machine is shared). The burns
+    # (10 s a child) outlast that window (the CLI's start-up plus 2 s, a few seconds on a loaded
+    # machine), so that the pool is busy all through both readings.
+    burns = [worker.send(BURN, 1.0) for _ in range(10 * CONCURRENCY)]
     time.sleep(0.5)
     wall0, cpu0 = time.monotonic(), _tree_cpu_seconds(pids)
     busy = worker.json("snapshot", "--pid", str(worker.master), "--interval", "2", "--json")
