@@ -76,12 +76,17 @@ class LiveSources:
         sample = self._process.sample()
         if self._tree is None:
             return sample
-        return replace(sample, tree=self._tree.sample(sample, self._figures))
+        tree = self._tree.sample(sample, self._figures)
+        if tree is not None:  # figures of workers that left the tree are not needed any more
+            self._figures = {p: f for p, f in self._figures.items() if p in tree.pids}
+        return replace(sample, tree=tree)
 
     def agent(self, pid: int, window: float | None) -> AgentView | None:
         view = self.agents.fetch(pid, window)
-        if self._process is not None and self._process.pid == pid:
-            self._figures = {} if view is None else view.figures
+        # A worker that missed one fetch (a loaded machine) keeps its last figures: its row must not
+        # flicker to "no agent", nor actions from the parent skip the question of where to run.
+        if view is not None and self._process is not None and self._process.pid == pid:
+            self._figures = {**self._figures, **view.figures}
         return view
 
     def forget_departed(self, pid: int) -> None:
