@@ -673,11 +673,11 @@ class HostCollector:
                 {"app": app, "pid": pid, "metric": metric},
                 float(d.count),
                 native_histogram=NativeHistogram(
-                    float(d.count),
+                    d.count,  # whole numbers: prometheus_client's OpenMetrics parser reads them as int
                     d.sum_s,
                     SCHEMA,
                     ZERO_THRESHOLD,
-                    float(d.zero),
+                    d.zero,
                     pos_spans=[BucketSpan(offset, length) for offset, length in d.native_spans],
                     pos_deltas=d.native_deltas,
                 ),
