@@ -146,6 +146,8 @@ def test_prometheus_histogram_quantile_matches_perftops_merged_quantiles(
     # One call each first, so that every series starts before the load: rate() then covers the load.
     for k, worker in enumerate(workers):
         assert worker.cmd(f"samples checkout {k + 1} 1") == "done 1"
+        assert worker.cmd(f"count cache.hit {k + 3}") == "done"
+        assert worker.cmd(f"gauge queue.depth {k + 0.5}") == "done"
 
     def ingested(count: int) -> bool:
         native = prom.scalar(f"sum(histogram_count(perftop_timing_native_seconds{selector}))")
@@ -203,4 +205,24 @@ def test_prometheus_histogram_quantile_matches_perftops_merged_quantiles(
             if not close_to(estimate, own_ns / 1e9, tolerance):
                 failures.append(f"{promql} = {estimate}, perftop's {own_ns / 1e9} (±{tolerance:.0%})")
     assert not failures, failures
+
+    # Every other family came through the same protobuf scrape: gauges, counters, summaries, info.
     assert prom.scalar("perftop_export_dropped_series", at) == 0
+    assert prom.scalar("sum(perftop_agent_up)", at) == 2
+    assert prom.scalar(f"sum(perftop_timing_errors_total{selector})", at) == 0
+    assert prom.scalar(f"sum(perftop_timing_seconds_count{selector})", at) == since_start.count
+    assert len(prom.query('perftop_agent_info{app="api"}', at)) == 2
+    assert prom.scalar('sum(perftop_counter_total{metric="cache.hit"})', at) == 3 + 4
+    assert prom.scalar('sum(perftop_gauge{metric="queue.depth"})', at) == 0.5 + 1.5
+    for worker in workers:
+        sketch = merged_sketch([worker.pid], sockets, "checkout")
+        own_p99 = sketch.quantile(0.99)
+        assert own_p99 is not None
+        exported = prom.scalar(
+            f'perftop_timing_seconds{{pid="{worker.pid}",quantile="0.99",metric="checkout"}}', at
+        )
+        assert exported == pytest.approx(own_p99 / 1e9, rel=1e-9)
+        total = prom.scalar(
+            f'perftop_timing_histogram_seconds_sum{{pid="{worker.pid}",metric="checkout"}}', at
+        )
+        assert total == pytest.approx(sketch.sum / 1e9, rel=1e-9)
