@@ -8,11 +8,12 @@ ProcessCollector each, dropped when the process goes), and asks every agent for 
 By default a collection is made ahead of each scrape, timed by the scrapes so far (see Prerenderer), so
 that a large host is answered in milliseconds; the `X-Perftop-Data-Age` header says how old it is.
 
-Every timing is exported twice: as a summary (p50/p90/p99 from the agent's sketch) and as a classic
-histogram whose `le` buckets are the same on every host (a 1-2-5 series from 100 µs to 50 s), so that
+Every timing is exported as a summary (p50/p90/p99 from the agent's sketch), as a classic histogram whose
+`le` buckets are the same on every host (a log-spaced ladder, `--buckets-per-decade`), so that
 `histogram_quantile(0.99, sum by (le) (rate(perftop_timing_histogram_seconds_bucket[5m])))` gives the p99
-of a whole fleet. Bucket counts come from the sketch's bins: a bin counts towards `le` when its upper
-bound is at most `le` (so a count is never over-stated; a bin straddling `le` goes to the next bucket).
+of a whole fleet, and as a native histogram (`perftop_timing_native_seconds`) for the scrapers that
+negotiate a format carrying it (Prometheus' protobuf, OpenMetrics 2.0): see histograms.py for both
+shapes and their error. `--max-series` caps the series of a scrape (see `HostCollector._admit`).
 """
 
 from __future__ import annotations
@@ -1030,9 +1031,9 @@ def choose_encoder(accept: str) -> tuple[Callable[[Collector], bytes], str]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """`/metrics` (text format or OpenMetrics, by the Accept header; gzipped if the scraper accepts it, as
-    Prometheus does) and `/healthz`. One request per connection, each socket operation bounded by
-    REQUEST_TIMEOUT_S, so that no client holds a worker for long."""
+    """`/metrics` (text format, OpenMetrics or protobuf, by the Accept header; gzipped if the scraper
+    accepts it, as Prometheus does) and `/healthz`. One request per connection, each socket operation
+    bounded by REQUEST_TIMEOUT_S, so that no client holds a worker for long."""
 
     server: MetricsServer
     protocol_version = "HTTP/1.1"
@@ -1316,7 +1317,8 @@ def add_export_parser(sub: Any) -> None:
         help="Prometheus scrape endpoint for this host's agents, system and processes",
         description="Serve /metrics (Prometheus text format or OpenMetrics) and /healthz. Every scrape "
         "samples the host, every process with an agent in the socket directory and every --pid process, "
-        "and exports each timing as a summary and as a histogram with fixed buckets.",
+        "and exports each timing as a summary, as a histogram on a fixed log-spaced ladder and, to scrapers "
+        "that negotiate Prometheus' protobuf or OpenMetrics 2.0, as a native histogram.",
     )
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}")
     p.add_argument(
