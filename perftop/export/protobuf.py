@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ COUNTER, GAUGE, SUMMARY, UNTYPED, HISTOGRAM = 0, 1, 2, 3, 4
 _pack_double = struct.Struct("<d").pack
 
 
-def _varint(value: int) -> bytes:
+def _varint_of(value: int) -> bytes:
     """An unsigned varint (negative int64 values as their 64-bit two's complement, as protobuf has it)."""
     value &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
@@ -43,6 +44,14 @@ def _varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+_SMALL = [_varint_of(i) for i in range(1 << 14)]
+"""The varints of 0 .. 16383 (one or two bytes), made once: most counts, lengths and deltas."""
+
+
+def _varint(value: int) -> bytes:
+    return _SMALL[value] if 0 <= value < 16384 else _varint_of(value)
 
 
 def _zigzag(value: int) -> int:
@@ -75,12 +84,20 @@ def _count(value: float) -> int:
     return int(value) if math.isfinite(value) and value > 0 else 0
 
 
-def _labels(labels: dict[str, str], leave_out: str = "") -> bytes:
-    return b"".join(
-        _bytes_field(1, _string_field(1, name) + _string_field(2, value))
-        for name, value in labels.items()
-        if name != leave_out
-    )
+@lru_cache(maxsize=65536)
+def _label_pair(name: str, value: str) -> bytes:
+    """A Metric's `label` field (a LabelPair): the same few thousand pairs come back every scrape."""
+    return _bytes_field(1, _string_field(1, name) + _string_field(2, value))
+
+
+@lru_cache(maxsize=4096)
+def _upper_bound(le: str) -> bytes:
+    """A Bucket's `upper_bound` field for an `le` label: the ladder's few dozen bounds, made once."""
+    return _double_field(2, float(le))
+
+
+def _labels(labels: Iterable[tuple[str, str]]) -> bytes:
+    return b"".join([_label_pair(name, value) for name, value in labels])
 
 
 def _family(name: str, help_text: str, kind: int, metrics: Iterable[bytes]) -> bytes:
@@ -95,8 +112,17 @@ def _grouped(samples: Iterable[Any], leave_out: str) -> dict[tuple[tuple[str, st
     """The samples of one family by series (their labels less `leave_out`), in order of appearance."""
     out: dict[tuple[tuple[str, str], ...], list[Any]] = {}
     for s in samples:
-        key = tuple(item for item in s.labels.items() if item[0] != leave_out)
-        out.setdefault(key, []).append(s)
+        labels = s.labels
+        key = (
+            tuple(item for item in labels.items() if item[0] != leave_out)
+            if leave_out in labels
+            else (tuple(labels.items()))
+        )
+        series = out.get(key)
+        if series is None:
+            out[key] = [s]
+        else:
+            series.append(s)
     return out
 
 
@@ -117,11 +143,13 @@ def _summary(base: str, series: list[Any]) -> bytes:
 def _classic(base: str, series: list[Any]) -> bytes:
     count = total = 0.0
     buckets = []
+    bucket_name = base + "_bucket"
     for s in series:
-        if s.name == base + "_bucket":
-            le = float(s.labels["le"])
-            if not math.isinf(le):  # +Inf is optional: it is the count
-                buckets.append(_bytes_field(3, _uint_field(1, _count(s.value)) + _double_field(2, le)))
+        if s.name == bucket_name:
+            le = s.labels["le"]
+            if le != "+Inf":  # +Inf is optional: it is the count
+                body = b"\x08" + _varint(_count(s.value)) + _upper_bound(le)
+                buckets.append(b"\x1a" + _SMALL[len(body)] + body)
         elif s.name == base + "_count":
             count = s.value
         elif s.name == base + "_sum":
@@ -141,12 +169,12 @@ def _native(h: Any) -> bytes:
     for span in h.pos_spans or ():
         out.append(_bytes_field(12, _uint_field(1, _zigzag(span.offset)) + _uint_field(2, span.length)))
     if h.pos_deltas:
-        out.append(_bytes_field(13, b"".join(_varint(_zigzag(d)) for d in h.pos_deltas)))
+        out.append(_bytes_field(13, b"".join([_varint(_zigzag(d)) for d in h.pos_deltas])))
     return b"".join(out)
 
 
-def _metric(labels: tuple[tuple[str, str], ...], field: int, payload: bytes) -> bytes:
-    return _labels(dict(labels)) + _bytes_field(field, payload)
+def _metric(labels: Iterable[tuple[str, str]], field: int, payload: bytes) -> bytes:
+    return _labels(labels) + _bytes_field(field, payload)
 
 
 def encode_family(fam: Metric) -> bytes:
@@ -156,12 +184,12 @@ def encode_family(fam: Metric) -> bytes:
     kind = fam.type
     if kind == "counter":
         values = [s for s in fam.samples if s.name == fam.name + "_total"]
-        metrics = [_metric(tuple(s.labels.items()), 3, _double_field(1, s.value)) for s in values]
+        metrics = [_metric(s.labels.items(), 3, _double_field(1, s.value)) for s in values]
         return _family(fam.name + "_total", fam.documentation, COUNTER, metrics)
     if kind in ("gauge", "info", "unknown", "untyped"):
         name = fam.name + "_info" if kind == "info" else fam.name
         field, ptype = (5, UNTYPED) if kind in ("unknown", "untyped") else (2, GAUGE)
-        metrics = [_metric(tuple(s.labels.items()), field, _double_field(1, s.value)) for s in fam.samples]
+        metrics = [_metric(s.labels.items(), field, _double_field(1, s.value)) for s in fam.samples]
         return _family(name, fam.documentation, ptype, metrics)
     if kind == "summary":
         groups = _grouped(fam.samples, "quantile")
@@ -180,7 +208,7 @@ def encode_family(fam: Metric) -> bytes:
             s.name,
             fam.documentation,
             UNTYPED,
-            [_metric(tuple(s.labels.items()), 5, _double_field(1, s.value))],
+            [_metric(s.labels.items(), 5, _double_field(1, s.value))],
         )
         for s in fam.samples
     )
