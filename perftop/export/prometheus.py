@@ -41,7 +41,7 @@ from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
 from perftop.agent import paths
-from perftop.export import protobuf
+from perftop.export import protobuf, text
 from perftop.export.histograms import (
     DEFAULT_PER_DECADE,
     MAX_PER_DECADE,
@@ -1010,13 +1010,15 @@ def _is_native(fam: Metric) -> bool:
 
 def choose_encoder(accept: str) -> tuple[Callable[[Collector], bytes], str]:
     """The writer and content type a scrape's Accept header asks for: Prometheus' protobuf (native
-    histograms included) if it offers it, else prometheus_client's choice of text format, whose
-    OpenMetrics 2.0 carries the native histograms and the others leave them out."""
+    histograms included) if it offers it, else prometheus_client's choice of text format (written by
+    text.py's faster equivalent where there is one), whose OpenMetrics 2.0 carries the native histograms
+    and the others leave them out."""
     if protobuf.accepts(accept):
         return (lambda registry: protobuf.encode(registry.collect())), protobuf.CONTENT_TYPE
     from prometheus_client.exposition import choose_encoder as text_encoder
 
     encoder, ctype = text_encoder(accept)
+    encoder = text.faster(encoder) or encoder
     version = re.search(r"version=(\d+)", ctype)
     if ctype.startswith("application/openmetrics-text") and version and int(version.group(1)) >= 2:
         return encoder, ctype
