@@ -7,7 +7,8 @@ format, OpenMetrics 1.0, OpenMetrics 2.0 (with native histograms) and Prometheus
 histograms, what Prometheus asks for with `--enable-feature=native-histograms`), in each `--refresh` mode:
 0 (collect on each scrape), auto (the default: collect ahead of each scrape, paced by the scrapes) and 5
 (every 5 s in the background). Also reports the exporter's own collection time (the rest of a scrape made
-on request is rendering), how many answers were made ahead, the samples (text lines) and the bytes of a
+on request is rendering), the exporter's CPU time per scrape (user + system, from /proc: what a loaded
+machine inflates least), how many answers were made ahead, the samples (text lines) and the bytes of a
 scrape, raw and gzipped (Prometheus asks for gzip).
 
 Run: .venv/bin/python tests/perf/bench_export.py [--agents 20] [--metrics 100] [--scrapes 10]
@@ -26,6 +27,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "tests" / "targets" / "exp_target.py"
@@ -104,34 +107,40 @@ def main() -> None:
                 assert proc.stdout is not None
                 assert proc.stdout.readline().startswith("done")
             for refresh in args.modes.split(","):
-                exporter = subprocess.Popen(
-                    [
-                        sys.executable,
-                        str(CLI),
-                        "export",
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--socket-dir",
-                        sockets,
-                        "--refresh",
-                        refresh,
-                        *args.export_args.split(),
-                    ],
-                    stderr=subprocess.PIPE,
-                    text=True,
-                )
-                procs.append(exporter)
-                run(exporter, args, f"--refresh {refresh}")
-                exporter.kill()
-                exporter.wait()
+                for label, accept in FORMATS:
+                    if label not in args.formats.split(","):
+                        continue
+                    # An exporter of its own per format: a collection renders every format asked so far.
+                    exporter = subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(CLI),
+                            "export",
+                            "--listen",
+                            "127.0.0.1:0",
+                            "--socket-dir",
+                            sockets,
+                            "--refresh",
+                            refresh,
+                            *args.export_args.split(),
+                        ],
+                        stderr=subprocess.PIPE,
+                        text=True,
+                    )
+                    procs.append(exporter)
+                    run(exporter, args, f"--refresh {refresh}", label, accept)
+                    exporter.kill()
+                    exporter.wait()
         finally:
             for proc in procs:
                 proc.kill()
                 proc.wait()
 
 
-def run(exporter: subprocess.Popen[str], args: argparse.Namespace, mode: str) -> None:
-    """Time scrapes of one running exporter in both formats and print one line for each.
+def run(
+    exporter: subprocess.Popen[str], args: argparse.Namespace, mode: str, label: str, accept: str | None
+) -> None:
+    """Time scrapes of one running exporter in one format and print one line.
 
     Scrapes start every --every seconds, as Prometheus makes them (a slow answer does not delay the next).
     """
@@ -143,31 +152,34 @@ def run(exporter: subprocess.Popen[str], args: argparse.Namespace, mode: str) ->
             raise SystemExit("the exporter did not start")
         match = re.search(r":(\d+)/metrics", line)
     port = int(match.group(1))
-    for label, accept in FORMATS:
-        if label not in args.formats.split(","):
-            continue
-        scrape(port, accept)  # warm up: connections to the agents, CPU baselines, the format asked for
-        times: list[float] = []
-        collect: list[float] = []
-        body = b""
-        ahead = 0
-        start = time.monotonic() + args.every
-        for k in range(args.scrapes):
-            time.sleep(max(0.0, start + k * args.every - time.monotonic()))
-            elapsed, body, was_ahead = scrape(port, accept)
-            times.append(elapsed)
-            ahead += was_ahead
-            collect.append(collect_seconds(body, label))
-        lines = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
-        times.sort()
-        sys.stdout.write(
-            f"{mode:12} {label:12} {args.agents} agents x {args.metrics} timings: scrape median "
-            f"{statistics.median(times) * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms; collection "
-            f"median {statistics.median(collect) * 1000:.0f} ms; {ahead}/{len(times)} made ahead; "
-            f"{'' if label == 'protobuf' else f'{lines} samples, '}{len(body) / 1e6:.2f} MB "
-            f"({len(gzip.compress(body, 1)) / 1e6:.2f} MB gzipped)\n"
-        )
-        sys.stdout.flush()
+    process = psutil.Process(exporter.pid)
+    scrape(port, accept)  # warm up: connections to the agents, CPU baselines, the format asked for
+    times: list[float] = []
+    collect: list[float] = []
+    cpu: list[float] = []
+    body = b""
+    ahead = 0
+    start = time.monotonic() + args.every
+    for k in range(args.scrapes):
+        time.sleep(max(0.0, start + k * args.every - time.monotonic()))
+        before = process.cpu_times()
+        elapsed, body, was_ahead = scrape(port, accept)
+        after = process.cpu_times()
+        cpu.append(after.user + after.system - before.user - before.system)
+        times.append(elapsed)
+        ahead += was_ahead
+        collect.append(collect_seconds(body, label))
+    lines = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    times.sort()
+    sys.stdout.write(
+        f"{mode:12} {label:12} {args.agents} agents x {args.metrics} timings: scrape median "
+        f"{statistics.median(times) * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms; collection "
+        f"median {statistics.median(collect) * 1000:.0f} ms; exporter CPU per scrape median "
+        f"{statistics.median(cpu) * 1000:.0f} ms; {ahead}/{len(times)} made ahead; "
+        f"{'' if label == 'protobuf' else f'{lines} samples, '}{len(body) / 1e6:.2f} MB "
+        f"({len(gzip.compress(body, 1)) / 1e6:.2f} MB gzipped)\n"
+    )
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
