@@ -704,7 +704,7 @@ class HostCollector:
             except (ValueError, TypeError, KeyError, IndexError, OverflowError):
                 continue
             key = [*labels, _label(route)]
-            cost = self.ladder.series + len(QUERY_BUCKETS) + 2
+            cost = self.ladder.series + len(QUERY_BUCKETS) + 3  # + its +Inf, _sum and _count
             pending.append((d.count, cost, partial(self._route_series, fams, key, d, counts, total)))
 
     def _route_series(
