@@ -51,7 +51,7 @@ from perftop.export.histograms import (
     ladder,
     native_buckets,
 )
-from perftop.sketch import ALPHA, Sketch, bucket_value, quantiles_of
+from perftop.sketch import ALPHA, MAX_INDEX, Sketch, bucket_value, quantiles_of
 from perftop.units import safe_text
 from perftop.web import is_loopback, parse_listen
 
@@ -145,6 +145,8 @@ def digest_sketch(data: Any, lad: Ladder | None = None, native: bool = False) ->
         raise ValueError("bin counts do not add up to the count")
     if len(set(idx)) != len(idx):
         raise ValueError("a bin appears twice")
+    if idx and not -MAX_INDEX <= idx[0] <= idx[-1] <= MAX_INDEX:
+        raise ValueError("a bin index beyond the float range")
     buckets: list[float] = []
     for threshold in lad.thresholds:
         pos = bisect_right(idx, threshold)
