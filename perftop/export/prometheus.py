@@ -584,12 +584,13 @@ class HostCollector:
         mlabels = [*base, "metric"]
         app, pid = labels
         for metric, timing in (stats.get("timings") or {}).items():
-            try:
-                d = digest_sketch(timing.get("sketch"), self.ladder, native=True)
-            except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+            sketch = timing.get("sketch") if isinstance(timing, dict) else None
+            if not isinstance(sketch, dict) or not isinstance(sketch.get("count"), int):
                 continue
+            # Digested only if admitted: a tight --max-series also saves the work of what it leaves out.
             key = [app, pid, _label(metric)]
-            pending.append((d.count, self.ladder.series + 7, partial(self._timing_series, fams, key, d)))
+            emit = partial(self._timing_series, fams, key, sketch)
+            pending.append((sketch["count"], self.ladder.series + 7, emit))
         counters = stats.get("counters") or {}
         if counters:
             fam = fams.counter("perftop_counter", "Counters (perftop.count)", mlabels)
@@ -629,10 +630,16 @@ class HostCollector:
         self._query_families(fams, labels, stats.get("queries"))
         self._request_families(fams, labels, stats.get("requests"), pending)
 
-    def _timing_series(self, fams: _Families, key: list[str], d: TimingDigest) -> None:
-        """One timing's series: summary, classic histogram, native histogram, errors."""
+    def _timing_series(self, fams: _Families, key: list[str], sketch: dict[str, Any]) -> None:
+        """One timing's series: summary, classic histogram, native histogram, errors (none if its
+        sketch is malformed)."""
         from prometheus_client.core import HistogramMetricFamily, SummaryMetricFamily
         from prometheus_client.samples import BucketSpan, NativeHistogram, Sample
+
+        try:
+            d = digest_sketch(sketch, self.ladder, native=True)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+            return
 
         mlabels = ["app", "pid", "metric"]
         summary = fams.family(
