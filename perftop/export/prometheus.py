@@ -1336,10 +1336,10 @@ def add_export_parser(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="Prometheus scrape endpoint for this host's agents, system and processes",
-        description="Serve /metrics (Prometheus text format or OpenMetrics) and /healthz. Every scrape "
-        "samples the host, every process with an agent in the socket directory and every --pid process, "
-        "and exports each timing as a summary, as a histogram on a fixed log-spaced ladder and, to scrapers "
-        "that negotiate Prometheus' protobuf or OpenMetrics 2.0, as a native histogram.",
+        description="Serve /metrics (Prometheus text format, OpenMetrics or protobuf) and /healthz. Every "
+        "scrape samples the host, every process with an agent in the socket directory and every --pid "
+        "process, and exports each timing as a summary, as a histogram on a fixed log-spaced ladder "
+        "and, to scrapers that negotiate Prometheus' protobuf or OpenMetrics 2.0, as a native histogram.",
     )
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN}")
     p.add_argument(
@@ -1364,7 +1364,7 @@ def add_export_parser(sub: Any) -> None:
         default=DEFAULT_PER_DECADE,
         metavar="N",
         help=f"classic histogram buckets per power of ten, 100 µs to 100 s (1..{MAX_PER_DECADE}, default "
-        f"{DEFAULT_PER_DECADE}: histogram_quantile() within about 6%% of perftop's own quantiles)",
+        f"{DEFAULT_PER_DECADE}: histogram_quantile() within 7%% of perftop's own quantiles)",
     )
     p.add_argument(
         "--max-series",
