@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,11 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from perftop.export.histograms import BASE, ladder, native_index
 from perftop.export.prometheus import NATIVE_FAMILY
 from perftop.sketch import ALPHA, Sketch, bucket_of
-from tests.targets.agent_harness import Target, short_tmp_dir
+from tests.targets.agent_harness import Target, short_tmp_dir, target_env
 from tests.targets.exp_procs import Command, http_get, run
 from tests.targets.exp_target import samples
 
 SCRIPT = Path(__file__).resolve().parents[1] / "targets" / "exp_target.py"
+WSGI_APP = Path(__file__).resolve().parents[1] / "targets" / "mw_wsgi_app.py"
 OPENMETRICS_2 = "application/openmetrics-text; version=2.0.0"
 
 
@@ -79,6 +82,38 @@ def test_max_series_keeps_the_busiest_timings_and_counts_what_it_dropped(
     dropped = [v for n, _, v in found if n == "perftop_export_dropped_series"]
     assert dropped == [ladder().series + 7]
     assert [v for n, _, v in unlimited if n == "perftop_export_dropped_series"] == [0.0]
+
+
+def test_max_series_counts_what_each_timing_and_route_costs(stack: ExitStack, sockets: str) -> None:
+    """A budget that only the host, process and agent families fit in: every timing and every route's
+    histograms are left out, and the gauge counts exactly their series (a timing's native one too)."""
+    app = subprocess.Popen(
+        [sys.executable, str(WSGI_APP), sockets],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=target_env(),
+    )
+    stack.callback(app.wait, 20)
+    stack.callback(app.kill)
+    assert app.stdout is not None
+    base = f"http://127.0.0.1:{int(app.stdout.readline())}"
+    for path in ("/orders/1", "/orders/2", "/orders/3/items/4", "/reports/daily"):
+        assert http_get(base + path)[0] == 200
+    unlimited = text_samples(exporter(stack, sockets))
+    budgeted = ("perftop_timing_seconds", "perftop_timing_histogram_seconds", "perftop_timing_errors")
+    budgeted += ("perftop_request_sql_seconds", "perftop_request_queries")
+    suffixes = ("", "_count", "_sum", "_bucket", "_total")
+    names = {family + suffix for family in budgeted for suffix in suffixes}
+    pending = [s for s in unlimited if s[0] in names]
+    timings = {lab["metric"] for n, lab, _ in pending if n == "perftop_timing_seconds_count"}
+    routes = {lab["route"] for n, lab, _ in pending if n == "perftop_request_sql_seconds_count"}
+    assert len(routes) >= 2 and len(timings) >= 2, (routes, timings)
+    found = text_samples(exporter(stack, sockets, "--max-series", str(len(unlimited) - len(pending))))
+    assert not [s for s in found if s[0] in names]
+    dropped = [v for n, _, v in found if n == "perftop_export_dropped_series"]
+    assert dropped == [len(pending) + len(timings)]
 
 
 def test_openmetrics_2_carries_native_histograms_with_the_sketchs_buckets(
