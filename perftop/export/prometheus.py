@@ -8,11 +8,12 @@ ProcessCollector each, dropped when the process goes), and asks every agent for 
 By default a collection is made ahead of each scrape, timed by the scrapes so far (see Prerenderer), so
 that a large host is answered in milliseconds; the `X-Perftop-Data-Age` header says how old it is.
 
-Every timing is exported twice: as a summary (p50/p90/p99 from the agent's sketch) and as a classic
-histogram whose `le` buckets are the same on every host (a 1-2-5 series from 100 µs to 50 s), so that
+Every timing is exported as a summary (p50/p90/p99 from the agent's sketch), as a classic histogram whose
+`le` buckets are the same on every host (a log-spaced ladder, `--buckets-per-decade`), so that
 `histogram_quantile(0.99, sum by (le) (rate(perftop_timing_histogram_seconds_bucket[5m])))` gives the p99
-of a whole fleet. Bucket counts come from the sketch's bins: a bin counts towards `le` when its upper
-bound is at most `le` (so a count is never over-stated; a bin straddling `le` goes to the next bucket).
+of a whole fleet, and as a native histogram (`perftop_timing_native_seconds`) for the scrapers that
+negotiate a format carrying it (Prometheus' protobuf, OpenMetrics 2.0): see histograms.py for both
+shapes and their error. `--max-series` caps the series of a scrape (see `HostCollector._admit`).
 
 Pre-fork servers (gunicorn, uWSGI, multiprocessing pools): an agent whose parent also runs one is a worker
 of that parent's service. A worker that exits (recycled by --max-requests, reloaded, killed) has its
@@ -30,6 +31,7 @@ import io
 import logging
 import math
 import os
+import re
 import selectors
 import socket
 import sys
@@ -39,12 +41,23 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
 from perftop.agent import paths
-from perftop.sketch import ALPHA, GAMMA, Sketch, bucket_value, quantiles_of
+from perftop.export import protobuf, text
+from perftop.export.histograms import (
+    DEFAULT_PER_DECADE,
+    MAX_PER_DECADE,
+    SCHEMA,
+    ZERO_THRESHOLD,
+    Ladder,
+    ladder,
+    native_buckets,
+)
+from perftop.sketch import ALPHA, MAX_INDEX, Sketch, bucket_value, quantiles_of
 from perftop.units import safe_text
 from perftop.web import is_loopback, parse_listen
 
@@ -62,8 +75,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("perftop")
 
 NS_PER_S = 1e9
-BUCKETS_S: tuple[float, ...] = tuple(m * 10.0**e for e in range(-4, 2) for m in (1.0, 2.0, 5.0))
-"""The `le` bounds of every timing histogram, in seconds: 100 µs, 200 µs, 500 µs, 1 ms, ... 20 s, 50 s."""
+BUCKETS_S: tuple[float, ...] = ladder().bounds
+"""The `le` bounds of every timing histogram at the default resolution, in seconds (see histograms.py)."""
+NATIVE_FAMILY = "perftop_timing_native_seconds"
+"""The native histogram of every timing: `histogram_quantile(0.99, sum(rate(
+perftop_timing_native_seconds{metric="api.checkout"}[1m])))` is the p99 of every worker, within 2%."""
+OWN_GAUGES = ("perftop_export_agents", "perftop_export_dropped_series", "perftop_export_collect_seconds")
+"""The exporter's own series, one each per scrape."""
 QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
 """The quantiles of the timing summaries."""
 DEFAULT_LISTEN = "127.0.0.1:9464"
@@ -80,31 +98,21 @@ MAX_HEAD_BYTES = 16384
 """A request head larger than this is refused (the connection closed)."""
 
 
-def _bin_thresholds(bounds_s: Sequence[float]) -> list[int]:
-    """For each bound, the highest sketch bin index whose upper edge (GAMMA**i ns) is at most the bound."""
-    out = []
-    for bound in bounds_s:
-        ns = bound * NS_PER_S
-        i = math.ceil(math.log(ns) / math.log(GAMMA))
-        while GAMMA**i > ns:
-            i -= 1
-        while GAMMA ** (i + 1) <= ns:
-            i += 1
-        out.append(i)
-    return out
-
-
-_THRESHOLDS = _bin_thresholds(BUCKETS_S)
-_LE = [*(f"{b:g}" for b in BUCKETS_S), "+Inf"]
-
-
 class TimingDigest:
-    """What one scrape exports of one timing sketch: count, sum, quantiles and cumulative bucket counts."""
+    """What one scrape exports of one timing sketch: count, sum, quantiles, cumulative bucket counts on
+    the classic ladder, and the native histogram's buckets."""
 
-    __slots__ = ("buckets", "count", "errors", "quantiles", "sum_s")
+    __slots__ = ("buckets", "count", "errors", "native_deltas", "native_spans", "quantiles", "sum_s", "zero")
 
     def __init__(
-        self, count: int, errors: int, sum_s: float, quantiles: list[float], buckets: list[float]
+        self,
+        count: int,
+        errors: int,
+        sum_s: float,
+        quantiles: list[float],
+        buckets: list[float],
+        zero: int = 0,
+        native: tuple[list[tuple[int, int]], list[int]] = ([], []),
     ) -> None:
         self.count = count
         self.errors = errors
@@ -112,15 +120,21 @@ class TimingDigest:
         self.quantiles = quantiles
         """Seconds, one per QUANTILES (NaN when the sketch is empty)."""
         self.buckets = buckets
-        """Cumulative counts, one per BUCKETS_S and a last one for +Inf (the count)."""
+        """Cumulative counts, one per bound of the ladder and a last one for +Inf (the count)."""
+        self.zero = zero
+        """Values the sketch counts as zero (the native zero bucket)."""
+        self.native_spans, self.native_deltas = native
+        """The native histogram's positive buckets (see histograms.native_buckets)."""
 
 
-def digest_sketch(data: Any) -> TimingDigest:
-    """Summarise a serialized sketch (`Sketch.to_dict`, values in ns) in one pass over its sorted bins.
+def digest_sketch(data: Any, lad: Ladder | None = None, native: bool = False) -> TimingDigest:
+    """Summarise a serialized sketch (`Sketch.to_dict`, values in ns) in one pass over its sorted bins,
+    with classic buckets on `lad` (default: the default ladder) and, if `native`, the native buckets.
 
     The quantiles come from `quantiles_of`, as `Sketch.quantiles` does (nearest rank ceil(q * count),
     clamped to the exact min and max). ValueError or TypeError when the sketch is malformed.
     """
+    lad = lad or ladder()
     if not isinstance(data, dict) or data.get("alpha") != ALPHA:
         raise ValueError("not a sketch of this accuracy")
     count = int(data["count"])
@@ -137,8 +151,12 @@ def digest_sketch(data: Any) -> TimingDigest:
     cum = list(accumulate(counts))
     if (cum[-1] if cum else 0) + zero != count or count < 0 or zero < 0 or min(counts, default=0) < 0:
         raise ValueError("bin counts do not add up to the count")
+    if len(set(idx)) != len(idx):
+        raise ValueError("a bin appears twice")
+    if idx and not -MAX_INDEX <= idx[0] <= idx[-1] <= MAX_INDEX:
+        raise ValueError("a bin index beyond the float range")
     buckets: list[float] = []
-    for threshold in _THRESHOLDS:
+    for threshold in lad.thresholds:
         pos = bisect_right(idx, threshold)
         buckets.append(float(zero + (cum[pos - 1] if pos else 0)))
     buckets.append(float(count))
@@ -148,7 +166,13 @@ def digest_sketch(data: Any) -> TimingDigest:
     else:
         quantiles = [math.nan] * len(QUANTILES)
     return TimingDigest(
-        count, int(data.get("errors") or 0), float(data["sum"]) / NS_PER_S, quantiles, buckets
+        count,
+        int(data.get("errors") or 0),
+        float(data["sum"]) / NS_PER_S,
+        quantiles,
+        buckets,
+        zero,
+        native_buckets(idx, counts) if native else ([], []),
     )
 
 
@@ -168,6 +192,10 @@ def count_buckets(data: Any, bounds: Sequence[float]) -> tuple[list[float], floa
         cumulative.append(float(n))
     cumulative.append(float(sketch.count))
     return cumulative, float(sketch.sum)
+
+
+_Pending = tuple[int, int, Callable[[], None]]
+"""A timing or route waiting for the series budget: (its count, its series, what emits them)."""
 
 
 class _Agent:
@@ -287,6 +315,13 @@ class _Families:
     def add(self, fam: Metric) -> Metric:
         return self._by_name.setdefault(fam.name, fam)
 
+    def family(self, name: str, make: Callable[[], Any]) -> Any:
+        """The family `name`, made by `make` on first use."""
+        fam = self._by_name.get(name)
+        if fam is None:
+            fam = self._by_name[name] = make()
+        return fam
+
     def __iter__(self) -> Iterator[Metric]:
         return iter(self._by_name.values())
 
@@ -314,11 +349,17 @@ class HostCollector:
         socket_dir: str | None = None,
         pids: Iterable[int] = (),
         max_queries: int = DEFAULT_MAX_QUERIES,
+        buckets_per_decade: int = DEFAULT_PER_DECADE,
+        max_series: int = 0,
     ) -> None:
+        """`buckets_per_decade`: the classic histograms' resolution; `max_series`: the series budget of
+        a scrape (0: none), see `_admit`."""
         self.socket_dir = paths.socket_dir(socket_dir)
         self.explicit_socket_dir = socket_dir
         self.pids = tuple(dict.fromkeys(pids))
         self.max_queries = max_queries
+        self.ladder = ladder(buckets_per_decade)
+        self.max_series = max_series
         self._lock = threading.Lock()
         from perftop.collectors.system import SystemCollector
 
@@ -510,6 +551,7 @@ class HostCollector:
             fams = _Families()
             self._system_families(fams, system)
             apps: dict[int, str] = {}
+            pending: list[_Pending] = []
             for agent, future in zip(agents, futures, strict=True):
                 stats = future.result()
                 app = _label(
@@ -523,7 +565,7 @@ class HostCollector:
                     "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
                 ).add_metric(labels, 0.0 if stats is None else 1.0)
                 if stats is not None:
-                    self._agent_families(fams, labels, agent, stats)
+                    self._agent_families(fams, labels, agent, stats, pending)
                     if agent_stats is not None:
                         agent_stats[agent.pid] = stats
             for pid, departed in sorted(self._lingering.items()):
@@ -533,13 +575,19 @@ class HostCollector:
                 fams.gauge(
                     "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
                 ).add_metric(labels, 0.0)
-                self._agent_families(fams, labels, departed.agent, departed.stats)
+                self._agent_families(fams, labels, departed.agent, departed.stats, pending)
             self._service_families(fams, found, apps)
             for pid, sample in processes.items():
                 self._process_families(fams, apps.get(pid) or sample.name, sample)
+            dropped = self._admit(fams, pending)
             fams.gauge("perftop_export_agents", "Agents found by this scrape", []).add_metric(
                 [], float(len(agents))
             )
+            fams.gauge(
+                "perftop_export_dropped_series",
+                "Series left out of this scrape by --max-series (whole timings and routes, least busy first)",
+                [],
+            ).add_metric([], float(dropped))
             for extra in self.extra_families:
                 for fam in extra():
                     fams.add(fam)
@@ -704,10 +752,15 @@ class HostCollector:
                     fams.counter(f"perftop_process_{name}", doc, names).add_metric(labels, float(value))
 
     def _agent_families(
-        self, fams: _Families, labels: list[str], agent: _Agent, stats: dict[str, Any]
+        self,
+        fams: _Families,
+        labels: list[str],
+        agent: _Agent,
+        stats: dict[str, Any],
+        pending: list[_Pending],
     ) -> None:
-        from prometheus_client.core import HistogramMetricFamily, InfoMetricFamily, SummaryMetricFamily
-        from prometheus_client.samples import Sample
+        """The families of one agent's stats; its timings and routes go to `pending`, for the budget."""
+        from prometheus_client.core import InfoMetricFamily
 
         base = ["app", "pid"]
         info = fams.add(InfoMetricFamily("perftop_agent", "The perftop agent in a process", labels=base))
@@ -717,38 +770,15 @@ class HostCollector:
             {k: _label(agent.info.get(k, "")) for k in ("agent_version", "python", "protocol")},
         )
         mlabels = [*base, "metric"]
-        summary = fams.add(
-            SummaryMetricFamily(
-                "perftop_timing_seconds", "Timings: quantiles from the agent's sketch", labels=mlabels
-            )
-        )
-        histogram = fams.add(
-            HistogramMetricFamily(
-                "perftop_timing_histogram_seconds",
-                "Timings in fixed log-spaced buckets, for histogram_quantile() across processes and hosts",
-                labels=mlabels,
-            )
-        )
-        assert isinstance(summary, SummaryMetricFamily) and isinstance(histogram, HistogramMetricFamily)
-        errors = fams.counter("perftop_timing_errors", "Timed calls that raised", mlabels)
         app, pid = labels
         for metric, timing in (stats.get("timings") or {}).items():
-            try:
-                d = digest_sketch(timing.get("sketch"))
-            except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+            sketch = timing.get("sketch") if isinstance(timing, dict) else None
+            if not isinstance(sketch, dict) or not isinstance(sketch.get("count"), int):
                 continue
+            # Digested only if admitted: a tight --max-series also saves the work of what it leaves out.
             key = [app, pid, _label(metric)]
-            for q, value in zip(QUANTILES, d.quantiles, strict=True):
-                summary.samples.append(
-                    Sample(
-                        "perftop_timing_seconds",
-                        {"app": app, "pid": pid, "metric": key[2], "quantile": str(q)},
-                        value,
-                    )
-                )
-            summary.add_metric(key, d.count, d.sum_s)
-            histogram.add_metric(key, list(zip(_LE, d.buckets, strict=True)), d.sum_s)
-            errors.add_metric(key, float(d.errors))
+            emit = partial(self._timing_series, fams, key, sketch)
+            pending.append((sketch["count"], self.ladder.series + 7, emit))
         counters = stats.get("counters") or {}
         if counters:
             fam = fams.counter("perftop_counter", "Counters (perftop.count)", mlabels)
@@ -786,39 +816,147 @@ class HostCollector:
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     ofam.add_metric([app, pid, _label(kind)], float(value))
         self._query_families(fams, labels, stats.get("queries"))
-        self._request_families(fams, labels, stats.get("requests"))
+        self._request_families(fams, labels, stats.get("requests"), pending)
 
-    @staticmethod
-    def _request_families(fams: _Families, labels: list[str], requests: Any) -> None:
+    def _timing_series(self, fams: _Families, key: list[str], sketch: dict[str, Any]) -> None:
+        """One timing's series: summary, classic histogram, native histogram, errors (none if its
+        sketch is malformed)."""
+        from prometheus_client.core import HistogramMetricFamily, SummaryMetricFamily
+        from prometheus_client.samples import BucketSpan, NativeHistogram, Sample
+
+        try:
+            d = digest_sketch(sketch, self.ladder, native=True)
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError):
+            return
+
+        mlabels = ["app", "pid", "metric"]
+        summary = fams.family(
+            "perftop_timing_seconds",
+            lambda: SummaryMetricFamily(
+                "perftop_timing_seconds", "Timings: quantiles from the agent's sketch", labels=mlabels
+            ),
+        )
+        histogram = fams.family(
+            "perftop_timing_histogram_seconds",
+            lambda: HistogramMetricFamily(
+                "perftop_timing_histogram_seconds",
+                "Timings in log-spaced buckets (the same on every host), for histogram_quantile() "
+                "across processes and hosts",
+                labels=mlabels,
+            ),
+        )
+        native = fams.family(
+            NATIVE_FAMILY,
+            lambda: HistogramMetricFamily(
+                NATIVE_FAMILY,
+                "Timings as native histograms (protobuf or OpenMetrics 2.0 scrapes only), "
+                "for histogram_quantile() across processes and hosts within 2%",
+                labels=mlabels,
+            ),
+        )
+        app, pid, metric = key
+        for q, value in zip(QUANTILES, d.quantiles, strict=True):
+            summary.samples.append(
+                Sample(
+                    "perftop_timing_seconds",
+                    {"app": app, "pid": pid, "metric": metric, "quantile": str(q)},
+                    value,
+                )
+            )
+        summary.add_metric(key, d.count, d.sum_s)
+        # As HistogramMetricFamily.add_metric makes them (same samples, same order), at half its cost.
+        base = {"app": app, "pid": pid, "metric": metric}
+        bucket = "perftop_timing_histogram_seconds_bucket"
+        histogram.samples.extend(
+            [
+                Sample(bucket, {**base, "le": le}, n)
+                for le, n in zip(self.ladder.labels, d.buckets, strict=True)
+            ]
+        )
+        histogram.samples.append(Sample("perftop_timing_histogram_seconds_count", base, d.buckets[-1]))
+        histogram.samples.append(Sample("perftop_timing_histogram_seconds_sum", dict(base), d.sum_s))
+        native.samples.append(
+            Sample(
+                NATIVE_FAMILY,
+                {"app": app, "pid": pid, "metric": metric},
+                float(d.count),
+                native_histogram=NativeHistogram(
+                    d.count,  # whole numbers: prometheus_client's OpenMetrics parser reads them as int
+                    d.sum_s,
+                    SCHEMA,
+                    ZERO_THRESHOLD,
+                    d.zero,
+                    pos_spans=[BucketSpan(offset, length) for offset, length in d.native_spans],
+                    pos_deltas=d.native_deltas,
+                ),
+            )
+        )
+        fams.counter("perftop_timing_errors", "Timed calls that raised", mlabels).add_metric(
+            key, float(d.errors)
+        )
+
+    def _request_families(
+        self, fams: _Families, labels: list[str], requests: Any, pending: list[_Pending]
+    ) -> None:
         """Per route: SQL time per request and queries per request, as histograms (merge them across
-        workers and hosts with sum by (le, route))."""
+        workers and hosts with sum by (le, route)); to `pending`, for the budget."""
         if not isinstance(requests, dict) or not requests:
             return
-        from prometheus_client.core import HistogramMetricFamily
-
-        rlabels = ["app", "pid", "route"]
-        sql = fams.add(
-            HistogramMetricFamily(
-                "perftop_request_sql_seconds", "SQL time per web request, by route", labels=rlabels
-            )
-        )
-        queries = fams.add(
-            HistogramMetricFamily(
-                "perftop_request_queries", "SQL queries per web request, by route", labels=rlabels
-            )
-        )
-        assert isinstance(sql, HistogramMetricFamily) and isinstance(queries, HistogramMetricFamily)
         for route, data in requests.items():
             if not isinstance(data, dict):
                 continue
             try:
-                d = digest_sketch(data.get("sql_ns"))
+                d = digest_sketch(data.get("sql_ns"), self.ladder)
                 counts, total = count_buckets(data.get("queries"), QUERY_BUCKETS)
             except (ValueError, TypeError, KeyError, IndexError, OverflowError):
                 continue
             key = [*labels, _label(route)]
-            sql.add_metric(key, list(zip(_LE, d.buckets, strict=True)), d.sum_s)
-            queries.add_metric(key, list(zip(_QUERY_LE, counts, strict=True)), total)
+            cost = self.ladder.series + len(QUERY_BUCKETS) + 3  # + its +Inf, _sum and _count
+            pending.append((d.count, cost, partial(self._route_series, fams, key, d, counts, total)))
+
+    def _route_series(
+        self, fams: _Families, key: list[str], d: TimingDigest, counts: list[float], total: float
+    ) -> None:
+        from prometheus_client.core import HistogramMetricFamily
+
+        rlabels = ["app", "pid", "route"]
+        sql = fams.family(
+            "perftop_request_sql_seconds",
+            lambda: HistogramMetricFamily(
+                "perftop_request_sql_seconds", "SQL time per web request, by route", labels=rlabels
+            ),
+        )
+        queries = fams.family(
+            "perftop_request_queries",
+            lambda: HistogramMetricFamily(
+                "perftop_request_queries", "SQL queries per web request, by route", labels=rlabels
+            ),
+        )
+        sql.add_metric(key, list(zip(self.ladder.labels, d.buckets, strict=True)), d.sum_s)
+        queries.add_metric(key, list(zip(_QUERY_LE, counts, strict=True)), total)
+
+    def _admit(self, fams: _Families, pending: list[_Pending]) -> int:
+        """Emit the pending timings and routes within the --max-series budget, the busiest first, and
+        return how many series were left out. The other families are always exported and count first
+        (with the exporter's own gauges)."""
+        if not self.max_series:
+            for _, _, emit in pending:
+                emit()
+            return 0
+        room = self.max_series - sum(len(fam.samples) for fam in fams) - len(OWN_GAUGES)
+        admitted = [False] * len(pending)
+        for k in sorted(range(len(pending)), key=lambda k: -pending[k][0]):
+            cost = pending[k][1]
+            if cost <= room:
+                admitted[k] = True
+                room -= cost
+        dropped = 0
+        for (_, cost, emit), ok in zip(pending, admitted, strict=True):
+            if ok:
+                emit()
+            else:
+                dropped += cost
+        return dropped
 
     def _query_families(self, fams: _Families, labels: list[str], queries: Any) -> None:
         if not isinstance(queries, dict):
@@ -1004,8 +1142,6 @@ class Prerenderer:
 
     def body(self, accept: str, fresh: bool = False) -> Rendering:
         """The answer to a scrape whose Accept header is `accept`; `fresh` insists on a new collection."""
-        from prometheus_client.exposition import choose_encoder
-
         encoder, ctype = choose_encoder(accept)
         now = time.monotonic()
         fresh = fresh or self.always_fresh
@@ -1075,13 +1211,38 @@ class Prerenderer:
         return body, generation, started
 
 
+def _is_native(fam: Metric) -> bool:
+    return fam.name == NATIVE_FAMILY
+
+
+def choose_encoder(accept: str) -> tuple[Callable[[Collector], bytes], str]:
+    """The writer and content type a scrape's Accept header asks for: Prometheus' protobuf (native
+    histograms included) if it offers it, else prometheus_client's choice of text format (written by
+    text.py's faster equivalent where there is one), whose OpenMetrics 2.0 carries the native histograms
+    and the others leave them out."""
+    if protobuf.accepts(accept):
+        return (lambda registry: protobuf.encode(registry.collect())), protobuf.CONTENT_TYPE
+    from prometheus_client.exposition import choose_encoder as text_encoder
+
+    encoder, ctype = text_encoder(accept)
+    encoder = text.faster(encoder) or encoder
+    version = re.search(r"version=(\d+)", ctype)
+    if ctype.startswith("application/openmetrics-text") and version and int(version.group(1)) >= 2:
+        return encoder, ctype
+
+    def without_native(registry: Collector) -> bytes:
+        return encoder(_Frozen([fam for fam in registry.collect() if not _is_native(fam)]))
+
+    return without_native, ctype
+
+
 # -- HTTP ------------------------------------------------------------------------------------------------
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """`/metrics` (text format or OpenMetrics, by the Accept header; gzipped if the scraper accepts it, as
-    Prometheus does) and `/healthz`. One request per connection, each socket operation bounded by
-    REQUEST_TIMEOUT_S, so that no client holds a worker for long."""
+    """`/metrics` (text format, OpenMetrics or protobuf, by the Accept header; gzipped if the scraper
+    accepts it, as Prometheus does) and `/healthz`. One request per connection, each socket operation
+    bounded by REQUEST_TIMEOUT_S, so that no client holds a worker for long."""
 
     server: MetricsServer
     protocol_version = "HTTP/1.1"
@@ -1330,6 +1491,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}")
+    return value
+
+
+def _per_decade(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_PER_DECADE:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_PER_DECADE}, not {value}")
+    return value
+
+
 def _refresh(text: str) -> float | None:
     """`--refresh`: 'auto' -> 0.0 (paced by the scrapes), 0 -> None (on each scrape), S -> S."""
     from perftop.cli import parse_seconds
@@ -1347,9 +1525,10 @@ def add_export_parser(sub: Any) -> None:
     p = sub.add_parser(
         "export",
         help="Prometheus scrape endpoint for this host's agents, system and processes",
-        description="Serve /metrics (Prometheus text format or OpenMetrics) and /healthz. Every scrape "
-        "samples the host, every process with an agent in the socket directory and every --pid process, "
-        "and exports each timing as a summary and as a histogram with fixed buckets.",
+        description="Serve /metrics (Prometheus text format, OpenMetrics or protobuf) and /healthz. Every "
+        "scrape samples the host, every process with an agent in the socket directory and every --pid "
+        "process, and exports each timing as a summary, as a histogram on a fixed log-spaced ladder "
+        "and, to scrapers that negotiate Prometheus' protobuf or OpenMetrics 2.0, as a native histogram.",
     )
     p.add_argument(
         "--listen", metavar="HOST:PORT", help=f"default {DEFAULT_LISTEN} (none with --otlp, unless given)"
@@ -1369,6 +1548,22 @@ def add_export_parser(sub: Any) -> None:
         default=DEFAULT_MAX_QUERIES,
         metavar="N",
         help=f"query fingerprints per agent, top N by total time (default {DEFAULT_MAX_QUERIES})",
+    )
+    p.add_argument(
+        "--buckets-per-decade",
+        type=_per_decade,
+        default=DEFAULT_PER_DECADE,
+        metavar="N",
+        help=f"classic histogram buckets per power of ten, 100 µs to 100 s (1..{MAX_PER_DECADE}, default "
+        f"{DEFAULT_PER_DECADE}: histogram_quantile() within 7%% of perftop's own quantiles)",
+    )
+    p.add_argument(
+        "--max-series",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="series budget of a scrape: past it, whole timings and routes are left out, least busy "
+        "first, and counted in perftop_export_dropped_series (default 0: no budget)",
     )
     p.add_argument(
         "--refresh",
@@ -1404,7 +1599,13 @@ def run_export(args: argparse.Namespace) -> int:
             check_pid(pid)
         except CollectorError as exc:
             return _fail(str(exc), 2)
-    collector = HostCollector(args.socket_dir, pids, args.max_queries)
+    collector = HostCollector(
+        args.socket_dir,
+        pids,
+        args.max_queries,
+        getattr(args, "buckets_per_decade", DEFAULT_PER_DECADE),
+        getattr(args, "max_series", 0),
+    )
     try:
         pusher = OtlpPusher(collector, endpoint, args.otlp_interval) if endpoint else None
     except OtlpUnavailable as exc:
