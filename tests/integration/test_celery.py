@@ -29,7 +29,7 @@ import pytest
 
 celery = pytest.importorskip("celery")
 
-from perftop.collectors.agent_view import AgentView, AgentWatcher  # noqa: E402
+from perftop.collectors.agent_view import AgentView, AgentWatcher, fetch_agent_view  # noqa: E402
 from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
@@ -437,6 +437,33 @@ def test_max_tasks_per_child_recycling_keeps_the_merged_count_exact(tmp_path: Pa
         watcher.close()
     finally:
         polling.set()
+        stop_worker(worker)
+
+
+def test_a_snapshot_taken_after_the_pool_recycled_counts_the_recycled_childrens_tasks(tmp_path: Path) -> None:
+    """No viewer attached while the children were recycled: a later one-shot snapshot still counts every
+    task they ran (their final stats), as many as the results returned."""
+    worker = start_worker(tmp_path, "redis", "--max-tasks-per-child", "2")
+    try:
+        ran_in = {pid for pid, _ in (worker.run(STARTED) for _ in range(8))}
+        assert len(ran_in) >= 8 // 2
+        _wait(lambda: len(ran_in - set(worker.children())) >= 2, 60, "children that ran them to be recycled")
+        expected = 1 + 8  # wait_ready's round trip, then the test's
+        seen: list[int] = []
+
+        def counted() -> bool:
+            view = fetch_agent_view(worker.master, None, worker.socket_dir)
+            seen.append(_count(view, f"celery {STARTED}") if view is not None else -1)
+            return seen[-1] >= expected
+
+        try:
+            _wait(counted, 60, "a fresh viewer to count every task")
+        except AssertionError:
+            raise AssertionError(f"one-shot counts {seen[-5:]}, tasks run {expected}") from None
+        assert seen[-1] == expected
+        snapshot = worker.json("snapshot", "--pid", str(worker.master), "--json")
+        assert snapshot["timings"][f"celery {STARTED}"]["count"] == expected
+    finally:
         stop_worker(worker)
 
 
