@@ -43,8 +43,8 @@ BACKEND = ("redis://127.0.0.1:6379/1", 6379)
 SLACK_S = 0.250
 """How much shorter perftop's queue wait may be than the test's own (publish stamp after the publisher's
 clock read, prerun before the task's), on a loaded machine."""
-STARTED, DUE, FAIL, FLAKY, BURN, NAP = (
-    f"celery_app.{t}" for t in ("started", "due", "fail", "flaky", "burn", "nap")
+STARTED, DUE, FAIL, FLAKY, BURN, NAP, LOOKUP = (
+    f"celery_app.{t}" for t in ("started", "due", "fail", "flaky", "burn", "nap", "lookup")
 )
 
 
@@ -463,6 +463,33 @@ def test_a_snapshot_taken_after_the_pool_recycled_counts_the_recycled_childrens_
         assert seen[-1] == expected
         snapshot = worker.json("snapshot", "--pid", str(worker.master), "--json")
         assert snapshot["timings"][f"celery {STARTED}"]["count"] == expected
+    finally:
+        stop_worker(worker)
+
+
+def test_a_query_run_once_per_task_on_a_kept_connection_is_no_n_plus_one(tmp_path: Path) -> None:
+    """Each task is a unit of work, as a request is: a Django query run once by each of 15 tasks on the
+    pool child's one connection is no N+1; 12 runs of it inside one task are, at the task's line."""
+    worker = start_worker(tmp_path, "redis", concurrency=1)
+    try:
+        assert len({worker.run(LOOKUP, n) for n in range(15)}) == 1  # one child, one connection
+        snapshot: dict[str, Any] = {}
+
+        def counted(n: int) -> bool:
+            snapshot.update(worker.json("snapshot", "--pid", str(worker.master), "--json"))
+            return any(q["fingerprint"] == "SELECT ?" and q["count"] == n for q in snapshot["queries"])
+
+        _wait(lambda: counted(15), 60, "the 15 queries of 15 tasks")
+        query = next(q for q in snapshot["queries"] if q["fingerprint"] == "SELECT ?")
+        assert not query["n_plus_one"], query
+
+        worker.run(LOOKUP, 7, 12)
+        _wait(lambda: counted(27), 60, "the 12 queries of one task")
+        query = next(q for q in snapshot["queries"] if q["fingerprint"] == "SELECT ?")
+        app = TARGETS / "celery_app.py"
+        line = next(n for n, text in enumerate(app.read_text().splitlines(), 1) if text.endswith("# LOOKUP"))
+        assert query["n_plus_one"] and query["n_plus_one_site"]["file"] == str(app), query
+        assert query["n_plus_one_site"]["line"] == line, query
     finally:
         stop_worker(worker)
 
