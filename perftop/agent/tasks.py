@@ -123,10 +123,12 @@ def _queue_wait(task: Any, now: float) -> None:
 
 def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:
     """A task starts in this process: note when, record its queue wait, and start the N+1 counts of
-    this thread's Django connections afresh (a task is a unit of work, as a request is)."""
+    this thread's Django connections afresh (a task is a unit of work, as a request is; not an eager
+    run, which is part of its caller's, a request's perhaps)."""
     try:
         django = sys.modules.get(_DJANGO_HOOK)  # imported once Django's ORM is instrumented
-        if django is not None:
+        request = getattr(task if task is not None else sender, "request", None)
+        if django is not None and not getattr(request, "is_eager", False):
             django.new_unit_of_work()
         if len(_started) < MAX_RUNNING:
             _started[task_id] = _pc()

@@ -494,6 +494,23 @@ def test_a_query_run_once_per_task_on_a_kept_connection_is_no_n_plus_one(tmp_pat
         stop_worker(worker)
 
 
+def test_an_eager_task_inside_a_request_stays_part_of_the_requests_n_plus_one() -> None:
+    """A task run eagerly in a request's loop (Celery's `apply`) starts no unit of work of its own: the
+    request's 12 runs of one query on its connection are still an N+1."""
+    pytest.importorskip("django")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERFTOP")}
+    out = subprocess.run(
+        [sys.executable, str(TARGETS / "celery_django_eager.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"count": 12, "n_plus_one": True}
+
+
 def test_a_killed_pool_childs_last_data_stays_marked_gone(worker: Worker) -> None:
     watcher = AgentWatcher(worker.socket_dir)
     try:
