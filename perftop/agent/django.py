@@ -45,7 +45,7 @@ from perftop.agent import explain as _explain
 from perftop.agent import sqlalchemy as stats
 from perftop.agent.recorder import log_once
 
-__all__ = ["DjangoSource", "instrument", "is_instrumented"]
+__all__ = ["DjangoSource", "instrument", "is_instrumented", "new_unit_of_work"]
 
 _perf = time.perf_counter_ns
 _OPEN = "_perftop_open"
@@ -379,6 +379,15 @@ def _on_connection_created(sender: Any, connection: Any = None, **extra: Any) ->
 
 def _on_request_boundary(sender: Any, **extra: Any) -> None:
     """A request starts or ends: the N+1 counts of this thread's connections start afresh."""
+    new_unit_of_work()
+
+
+def new_unit_of_work() -> None:
+    """A unit of work (a request, a Celery task) starts or ends in this thread: the N+1 counts of its
+    connections start afresh, so that a query run once per task on a connection kept across tasks is
+    not taken for a loop. Nothing before `instrument()`; never raises."""
+    if not _instrumented:
+        return
     try:
         for connection in _connections.all(initialized_only=True):
             stats.forget_connection(id(connection))

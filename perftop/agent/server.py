@@ -1066,12 +1066,13 @@ def socket_file() -> str | None:
 
 
 def _sweep_finals(directory: str) -> None:
-    """Remove final stats files of dead workers older than FINAL_KEEP_S (those no viewer swept), so that
-    a server recycling its workers all day leaves a bounded number of them."""
+    """Remove final stats files of dead workers older than FINAL_KEEP_S (those no viewer swept), and the
+    half-written `.final.tmp` of workers killed while writing theirs, so that a server recycling its
+    workers all day leaves a bounded number of them."""
     now = time.time()
     for name in os.listdir(directory):
-        pid = name[: -len(".final")]
-        if name.endswith(".final") and pid.isdigit() and not paths.pid_alive(int(pid)):
+        pid = name.partition(".")[0]
+        if name.endswith((".final", ".final.tmp")) and pid.isdigit() and not paths.pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 old = os.path.join(directory, name)
                 if now - os.lstat(old).st_mtime > FINAL_KEEP_S:

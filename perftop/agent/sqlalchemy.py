@@ -750,20 +750,40 @@ def _rows(rowcount: Any) -> int | None:
     return rowcount if type(rowcount) is int and 0 <= rowcount < ROWCOUNT_UNKNOWN else None
 
 
+def _django_template_site(frame: Any) -> dict[str, Any] | None:
+    """The template file and line of the node a Django template renders in `frame` (a frame of
+    `Node.render_annotated`), None where the template has no file (one made from a string)."""
+    try:
+        node = frame.f_locals.get("self")
+        name = node.origin.name
+        line = node.token.lineno
+    except Exception:
+        return None
+    if type(name) is not str or name.startswith("<") or type(line) is not int:
+        return None
+    return {"file": name, "line": line, "function": "template"}
+
+
 def _call_site() -> dict[str, Any] | None:
     """The first frame of the app's own code (not SQLAlchemy, perftop, the standard library or another
     installed library: an ORM's lazy load inside a Jinja2 loop is placed at the template's line, whose code
-    carries the template's file name); where the stack has none, the first frame outside SQLAlchemy and
+    carries the template's file name, and one inside a Django template at that template's line, read from
+    the innermost node Django renders); where the stack has none, the first frame outside SQLAlchemy and
     perftop (walks the stack)."""
     frame: Any = sys._getframe(2)
     fallback = None
     library = None
+    django_site = None
     while frame is not None:
         code = frame.f_code
         kind = _kind_of(code)
+        if kind == _LIBRARY and django_site is None and code.co_name == "render_annotated":
+            django_site = _django_template_site(frame)
         if kind != _INTERNAL:
             function = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
             site = {"file": code.co_filename, "line": frame.f_lineno, "function": function}
+            if kind == _APP and django_site is not None:
+                return django_site
             if kind == _APP and not code.co_filename.startswith("<"):
                 template = frame.f_globals.get("__jinja_template__")
                 if template is not None:  # a compiled Jinja2 template: its own line, not the Python one
@@ -776,7 +796,7 @@ def _call_site() -> dict[str, Any] | None:
             elif kind == _LIBRARY and library is None:
                 library = site
         frame = frame.f_back
-    return fallback or library
+    return fallback or django_site or library
 
 
 # -- instrumenting ---------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ A failure in here is logged once and never reaches the app or the task.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from datetime import datetime
 from types import ModuleType
@@ -66,6 +67,7 @@ MAX_LOST_IDS = 1024
 """Task ids of lost tasks remembered, so that one Celery reports twice (a hard time limit: once as the
 pool's error, once as the timeout) counts once."""
 _UID = "perftop"
+_DJANGO_HOOK = "perftop.agent.django"
 _IGNORED = "IGNORED"
 _SUCCESS = "SUCCESS"
 
@@ -120,8 +122,14 @@ def _queue_wait(task: Any, now: float) -> None:
 
 
 def _prerun(sender: Any = None, task_id: Any = None, task: Any = None, **_: Any) -> None:
-    """A task starts in this process: note when, and record its queue wait."""
+    """A task starts in this process: note when, record its queue wait, and start the N+1 counts of
+    this thread's Django connections afresh (a task is a unit of work, as a request is; not an eager
+    run, which is part of its caller's, a request's perhaps)."""
     try:
+        django = sys.modules.get(_DJANGO_HOOK)  # imported once Django's ORM is instrumented
+        request = getattr(task if task is not None else sender, "request", None)
+        if django is not None and not getattr(request, "is_eager", False):
+            django.new_unit_of_work()
         if len(_started) < MAX_RUNNING:
             _started[task_id] = _pc()
         _queue_wait(task if task is not None else sender, time.time())

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from perftop.collectors.agent_client import (
     AgentClient,
     AgentError,
@@ -174,7 +176,9 @@ class AgentWatcher:
         """The last since-start (stats, info) of each child agent."""
         self._gone: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         """Those of child agents that went away (their final stats where they left them)."""
-        self._attached_at = 0.0
+        self._since = 0.0
+        """When the root process started: departed workers' final stats from then on are merged (also
+        those of workers recycled before this viewer attached, as a one-shot snapshot is)."""
         self._dirs: set[str] = set()
         self._finals_read: set[str] = set()
 
@@ -199,7 +203,7 @@ class AgentWatcher:
                 self._root = pid
                 self._kept.clear()
                 self._gone.clear()
-                self._attached_at = time.time()
+                self._since = _started_at(pid)
                 self._dirs = {socket_dir(self.socket_dir)}
                 self._finals_read = set()
             found = self._discover(pid)
@@ -244,7 +248,7 @@ class AgentWatcher:
         for apid in list(self._kept):
             if apid not in found:
                 self._gone[apid] = self._kept.pop(apid)
-        finals = read_finals(self._dirs, {pid, *found}, self._attached_at, self._finals_read, found)
+        finals = read_finals(self._dirs, {pid, *found}, self._since, self._finals_read, found)
         for apid, stats in finals.items():
             if apid != pid:
                 info = self._gone.get(apid, ({}, {"pid": apid}))[1]
@@ -265,6 +269,14 @@ class AgentWatcher:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+
+
+def _started_at(pid: int) -> float:
+    """When `pid` started (unix seconds, psutil); now where it cannot be read (it just exited)."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return time.time()
 
 
 def call_agent(pid: int, method: str, params: dict[str, Any], socket_dir: str | None, timeout: float) -> Any:

@@ -29,7 +29,7 @@ import pytest
 
 celery = pytest.importorskip("celery")
 
-from perftop.collectors.agent_view import AgentView, AgentWatcher  # noqa: E402
+from perftop.collectors.agent_view import AgentView, AgentWatcher, fetch_agent_view  # noqa: E402
 from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
@@ -43,8 +43,8 @@ BACKEND = ("redis://127.0.0.1:6379/1", 6379)
 SLACK_S = 0.250
 """How much shorter perftop's queue wait may be than the test's own (publish stamp after the publisher's
 clock read, prerun before the task's), on a loaded machine."""
-STARTED, DUE, FAIL, FLAKY, BURN, NAP = (
-    f"celery_app.{t}" for t in ("started", "due", "fail", "flaky", "burn", "nap")
+STARTED, DUE, FAIL, FLAKY, BURN, NAP, LOOKUP = (
+    f"celery_app.{t}" for t in ("started", "due", "fail", "flaky", "burn", "nap", "lookup")
 )
 
 
@@ -440,6 +440,77 @@ def test_max_tasks_per_child_recycling_keeps_the_merged_count_exact(tmp_path: Pa
     finally:
         polling.set()
         stop_worker(worker)
+
+
+def test_a_snapshot_taken_after_the_pool_recycled_counts_the_recycled_childrens_tasks(tmp_path: Path) -> None:
+    """No viewer attached while the children were recycled: a later one-shot snapshot still counts every
+    task they ran (their final stats), as many as the results returned."""
+    worker = start_worker(tmp_path, "redis", "--max-tasks-per-child", "2")
+    try:
+        ran_in = {pid for pid, _ in (worker.run(STARTED) for _ in range(8))}
+        assert len(ran_in) >= 8 // 2
+        _wait(lambda: len(ran_in - set(worker.children())) >= 2, 60, "children that ran them to be recycled")
+        expected = 1 + 8  # wait_ready's round trip, then the test's
+        seen: list[int] = []
+
+        def counted() -> bool:
+            view = fetch_agent_view(worker.master, None, worker.socket_dir)
+            seen.append(_count(view, f"celery {STARTED}") if view is not None else -1)
+            return seen[-1] >= expected
+
+        try:
+            _wait(counted, 60, "a fresh viewer to count every task")
+        except AssertionError:
+            raise AssertionError(f"one-shot counts {seen[-5:]}, tasks run {expected}") from None
+        assert seen[-1] == expected
+        snapshot = worker.json("snapshot", "--pid", str(worker.master), "--json")
+        assert snapshot["timings"][f"celery {STARTED}"]["count"] == expected
+    finally:
+        stop_worker(worker)
+
+
+def test_a_query_run_once_per_task_on_a_kept_connection_is_no_n_plus_one(tmp_path: Path) -> None:
+    """Each task is a unit of work, as a request is: a Django query run once by each of 15 tasks on the
+    pool child's one connection is no N+1; 12 runs of it inside one task are, at the task's line."""
+    worker = start_worker(tmp_path, "redis", concurrency=1)
+    try:
+        assert len({worker.run(LOOKUP, n) for n in range(15)}) == 1  # one child, one connection
+        snapshot: dict[str, Any] = {}
+
+        def counted(n: int) -> bool:
+            snapshot.update(worker.json("snapshot", "--pid", str(worker.master), "--json"))
+            return any(q["fingerprint"] == "SELECT ?" and q["count"] == n for q in snapshot["queries"])
+
+        _wait(lambda: counted(15), 60, "the 15 queries of 15 tasks")
+        query = next(q for q in snapshot["queries"] if q["fingerprint"] == "SELECT ?")
+        assert not query["n_plus_one"], query
+
+        worker.run(LOOKUP, 7, 12)
+        _wait(lambda: counted(27), 60, "the 12 queries of one task")
+        query = next(q for q in snapshot["queries"] if q["fingerprint"] == "SELECT ?")
+        app = TARGETS / "celery_app.py"
+        line = next(n for n, text in enumerate(app.read_text().splitlines(), 1) if text.endswith("# LOOKUP"))
+        assert query["n_plus_one"] and query["n_plus_one_site"]["file"] == str(app), query
+        assert query["n_plus_one_site"]["line"] == line, query
+    finally:
+        stop_worker(worker)
+
+
+def test_an_eager_task_inside_a_request_stays_part_of_the_requests_n_plus_one() -> None:
+    """A task run eagerly in a request's loop (Celery's `apply`) starts no unit of work of its own: the
+    request's 12 runs of one query on its connection are still an N+1."""
+    pytest.importorskip("django")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PERFTOP")}
+    out = subprocess.run(
+        [sys.executable, str(TARGETS / "celery_django_eager.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"count": 12, "n_plus_one": True}
 
 
 def test_a_killed_pool_childs_last_data_stays_marked_gone(worker: Worker) -> None:

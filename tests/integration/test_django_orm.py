@@ -228,6 +228,38 @@ def test_django_queries_are_what_the_app_ran(serve: Any, tables: dict[str, str])
         assert server.get(lookup) is not None and server[lookup] > 0, server
 
 
+def test_an_n_plus_one_in_a_django_template_loop_is_placed_at_the_template_line(
+    serve: Any, tmp_path: Path
+) -> None:
+    """A lazy foreign-key load in a Django template's `{% for %}` loop: the N+1 hint and the request's
+    queries name the template file and the line that reads it, not the view's `render()` line."""
+    env = app_env("sqlite", tmp_path)
+    port = free_port()
+    service = serve(gunicorn(WSGI, port), port, env)
+    for author in (1, 2):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/shelf/{author}/", timeout=60) as resp:
+            assert resp.read().count(b"<li>") == 12
+    deadline = time.monotonic() + 30
+    while True:
+        snap = service.snapshot()
+        counts = {
+            q["fingerprint"]: q["count"] for q in snap["queries"] if "sqlite_master" not in q["fingerprint"]
+        }
+        if sorted(counts.values()) == [2, 24] or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert sorted(counts.values()) == [2, 24], counts
+    lookup = next(q for q in snap["queries"] if q["count"] == 24)
+    assert "pt_author_" in lookup["fingerprint"] and lookup["n_plus_one"], lookup
+    template = APP.parent / "templates" / "shelf.html"
+    line = next(n for n, text in enumerate(template.read_text().splitlines(), 1) if "{# N+1 #}" in text)
+    expected = {"file": str(template), "line": line, "function": "template"}
+    assert lookup["n_plus_one_site"] == expected, lookup["n_plus_one_site"]
+    slowest = snap["requests"]["GET /shelf/{author_id}/"]["slowest"][0]["queries"]
+    sites = [q["call_site"] for q in slowest if q["fingerprint"] == lookup["fingerprint"]]
+    assert sites and all(site == expected for site in sites), sites
+
+
 @pytest.mark.parametrize("server", ["runserver", "uvicorn-asgi"])
 def test_an_app_that_also_instruments_itself_is_timed_once(serve: Any, tmp_path: Path, server: str) -> None:
     """`perftop.instrument_django()` called by the app under `perftop run` (runserver; uvicorn, where the

@@ -506,7 +506,8 @@ def test_exiting_workers_sweep_old_final_stats_of_dead_pids(tmp_path: Path) -> N
     dead.wait()
     # a dead PID's old file; a dead PID's recent one (PIDs stay below 2**22); a live PID's old one
     stale, fresh, alive = (sockets / f"{p}.final" for p in (dead.pid, 2**22 + 1, 1))
-    for path, age in ((stale, 600), (fresh, 10), (alive, 600)):
+    half = sockets / f"{dead.pid}.final.tmp"  # a worker killed while it wrote its file
+    for path, age in ((stale, 600), (fresh, 10), (alive, 600), (half, 600)):
         path.write_text("{}")
         os.utime(path, (time.time() - age, time.time() - age))
     env = {**os.environ, "PERFTOP_SOCKET_DIR": str(sockets)}
@@ -530,7 +531,7 @@ def test_exiting_workers_sweep_old_final_stats_of_dead_pids(tmp_path: Path) -> N
         # 13 tasks, 5 at most per worker: one worker at least has left through its finalizers
         planted = {stale, fresh, alive}
         _wait(lambda: set(sockets.glob("*.final")) - planted, 30, "a worker's final stats")
-        assert not stale.exists()  # no viewer ran: the exiting workers swept it
+        assert not stale.exists() and not half.exists()  # no viewer ran: the exiting workers swept them
         assert fresh.exists() and alive.exists()
     finally:
         pool.stdin.write("\n")

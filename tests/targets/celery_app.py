@@ -61,6 +61,27 @@ def flaky(self: Any) -> int:
     return os.getpid()
 
 
+@app.task
+def lookup(key: int, times: int = 1) -> int:
+    """Reads `key` back `times` times through Django's database layer (SQLite in memory, Django set up
+    on the first run in each pool child, whose connection is then kept across tasks); the worker's PID."""
+    from django.conf import settings
+
+    if not settings.configured:
+        database = {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}
+        settings.configure(DATABASES={"default": database}, USE_TZ=True)
+        import django
+
+        django.setup()
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for _ in range(times):
+            cursor.execute("SELECT %s", [key])  # LOOKUP
+            assert cursor.fetchone()[0] == key
+    return os.getpid()
+
+
 def planted_cpu_loop(seconds: float) -> int:
     """Burns CPU for `seconds`: what a profile of the pool must find."""
     deadline = time.monotonic() + seconds

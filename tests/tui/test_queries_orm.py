@@ -68,3 +68,31 @@ async def test_at_80x24_six_fingerprints_show_and_those_differing_in_their_tail_
         following, followers = shown[ORM.index(FOLLOWING)], shown[ORM.index(FOLLOWERS)]
         assert following != followers
         assert following.endswith("lowed_id = ?") and followers.endswith("lower_id = ?")
+
+
+class NPlusOneSources(fixed.FixedSources):
+    """The N+1 fingerprint of a Django list view as perftop reported it: long, with the database's time."""
+
+    def agent(self, pid: int, window: float | None) -> AgentView | None:
+        view = super().agent(pid, window)
+        if view is None:
+            return None
+        n1 = {
+            **fixed.QUERY_STATS["queries"][0],
+            "fingerprint": FOLLOWERS,
+            "server_mean_ms": 0.02,
+            "n_plus_one_site": {"file": "/srv/shop/templates/books.html", "line": 3, "function": "template"},
+        }
+        return dataclasses.replace(view, queries={**fixed.QUERY_STATS, "queries": [n1]})
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)], ids=lambda s: f"{s[0]}x{s[1]}")
+async def test_the_n_plus_one_site_of_a_long_fingerprint_is_on_screen(size: tuple[int, int]) -> None:
+    """The line under the table says where the N+1 loop is, whatever room the fingerprint takes."""
+    app = PerftopApp(sources=NPlusOneSources(), pid=202, interval=3600)
+    async with app.run_test(size=size) as pilot:
+        await _queries_ready(pilot)
+        selected = app.query_one(QueriesPane).query_one("#selected")
+        await wait_for(pilot, lambda: selected.size.height > 0 and "N+1" in str(selected.render()))
+        shown = "".join(selected.render_line(y).text for y in range(selected.size.height))
+        assert "books.html:3" in shown, shown

@@ -368,8 +368,8 @@ class QueriesPane(Vertical, can_focus=True):
         if q is None:
             self._selected.update("")
             return
-        n1 = (
-            f"\nN+1: run {q.get('count')}x, from {site_text(q.get('n_plus_one_site'))}"
+        n1 = (  # first: the long fingerprint below it may not fit in the lines shown
+            f"N+1: run {q.get('count')}x, from {site_text(q.get('n_plus_one_site'))}\n"
             if q.get("n_plus_one")
             else ""
         )
@@ -381,8 +381,8 @@ class QueriesPane(Vertical, can_focus=True):
             if server is not None
             else ""
         )
-        text = f"{q.get('fingerprint')}{errors}{times}{n1}"
-        self._selected.update(f"[b]{escape(str(q.get('dialect', '')))}[/b] {escape(text)}")
+        text = f"{q.get('fingerprint')}{errors}{times}"
+        self._selected.update(f"{escape(n1)}[b]{escape(str(q.get('dialect', '')))}[/b] {escape(text)}")
 
     def watch_sort(self) -> None:
         if self.is_mounted and self.stats is not None:

@@ -45,6 +45,12 @@ settings.configure(
     DATABASES={"default": DATABASE},
     LOGGING_CONFIG=None,
     USE_TZ=False,
+    TEMPLATES=[
+        {
+            "BACKEND": "django.template.backends.django.DjangoTemplates",
+            "DIRS": [os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")],
+        }
+    ],
 )
 
 import django  # noqa: E402
@@ -58,7 +64,8 @@ if os.environ.get("PERFTOP_TEST_SELF") == "1":
     perftop.instrument_django()
 
 from django.db import connection, models  # noqa: E402
-from django.http import HttpRequest, JsonResponse  # noqa: E402
+from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
+from django.shortcuts import render  # noqa: E402
 from django.urls import path  # noqa: E402
 
 
@@ -71,7 +78,7 @@ class Author(models.Model):
 
 
 class Book(models.Model):
-    author_id = models.IntegerField()
+    author = models.ForeignKey(Author, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False)
     title = models.CharField(max_length=50)
 
     class Meta:
@@ -131,6 +138,12 @@ def rename(request: HttpRequest, author_id: int) -> JsonResponse:
     return ledger.answer(updated=n)
 
 
+def shelf(request: HttpRequest, author_id: int) -> HttpResponse:
+    """The author's books in a template that reads each book's author: 1 + 12 queries, the N+1 in the
+    template's loop (tests/targets/web/templates/shelf.html)."""
+    return render(request, "shelf.html", {"books": Book.objects.filter(author_id=author_id).order_by("id")})
+
+
 def ping(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"statements": []})
 
@@ -140,6 +153,7 @@ urlpatterns = [
     path("books/<int:author_id>/", books),
     path("count/", count),
     path("rename/<int:author_id>/", rename),
+    path("shelf/<int:author_id>/", shelf),
 ]
 
 from django.core.asgi import get_asgi_application  # noqa: E402
