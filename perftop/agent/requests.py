@@ -34,6 +34,9 @@ SLOWEST_KEPT = 5
 MIN_FOR_P99 = 20
 """Below this many requests, a route's 'slow' means slower than every earlier one (no p99 yet)."""
 MAX_PENDING = 100_000
+MAX_ROUTES_PER_FINGERPRINT = 8
+"""Routes remembered per fingerprint (the `routes` of a queries row: which endpoints run it)."""
+MAX_ROUTED_FINGERPRINTS = 2_000
 
 _pc = time.perf_counter_ns
 
@@ -159,6 +162,8 @@ class _Route:
 
 _pending: collections.deque[tuple[str, int, bool, float | None, Trace]] = collections.deque()
 _routes: dict[str, _Route] = {}
+_fp_routes: dict[str, dict[str, None]] = {}
+"""By fingerprint: the routes whose requests ran it, first seen first (bounded both ways)."""
 _lock = threading.Lock()
 dropped = {"requests": 0, "routes": 0}
 """Requests not counted because the queue was full, and routes past MAX_ROUTES."""
@@ -177,19 +182,43 @@ def end(trace: Trace, route: str, duration_ns: int, error: bool, queue_ms: float
 def snapshot() -> dict[str, Any]:
     """Fold the finished requests in and return every route's figures (the `requests` of `stats`)."""
     with _lock:
-        while _pending:
-            try:
-                route, duration_ns, error, queue_ms, trace = _pending.popleft()
-            except IndexError:
-                break
-            stats = _routes.get(route)
-            if stats is None:
-                if len(_routes) >= MAX_ROUTES:
-                    dropped["routes"] += 1
-                    continue
-                stats = _routes[route] = _Route()
-            stats.add(duration_ns, error, queue_ms, trace)
+        _fold()
         return {route: stats.to_dict() for route, stats in _routes.items()}
+
+
+def _fold() -> None:
+    """Fold the finished requests into their routes (the caller holds `_lock`)."""
+    while _pending:
+        try:
+            route, duration_ns, error, queue_ms, trace = _pending.popleft()
+        except IndexError:
+            break
+        stats = _routes.get(route)
+        if stats is None:
+            if len(_routes) >= MAX_ROUTES:
+                dropped["routes"] += 1
+                continue
+            stats = _routes[route] = _Route()
+        stats.add(duration_ns, error, queue_ms, trace)
+        _note_routes(route, trace)
+
+
+def _note_routes(route: str, trace: Trace) -> None:
+    for fingerprint in {q[0] for q in trace.queries}:
+        routes = _fp_routes.get(fingerprint)
+        if routes is None:
+            if len(_fp_routes) >= MAX_ROUTED_FINGERPRINTS:
+                continue
+            routes = _fp_routes[fingerprint] = {}
+        if route not in routes and len(routes) < MAX_ROUTES_PER_FINGERPRINT:
+            routes[route] = None
+
+
+def routes_of(fingerprint: str) -> list[str]:
+    """The routes whose finished requests ran `fingerprint`, sorted."""
+    with _lock:
+        _fold()
+        return sorted(_fp_routes.get(fingerprint, ()))
 
 
 def reset_after_fork() -> None:
@@ -198,6 +227,7 @@ def reset_after_fork() -> None:
     _lock = threading.Lock()
     _pending.clear()
     _routes.clear()
+    _fp_routes.clear()
     dropped["requests"] = dropped["routes"] = 0
 
 

@@ -1125,6 +1125,7 @@ def query_stats(window_s: float | None, now: float | None = None) -> dict[str, A
                     "share_percent": 0.0,
                     "n_plus_one": n1,
                     "n_plus_one_site": dict(stats.n1_site) if n1 and stats.n1_site else None,
+                    "routes": request_stats.routes_of(fp),
                     "dialect": stats.dialect,
                     "sketch": sketch.to_dict(),
                 }

@@ -348,8 +348,11 @@ def merge_queries(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 continue
             sketches.setdefault(fp, Sketch()).merge(sketch)
             seen = extra.setdefault(
-                fp, {"rows": 0, "rows_counted": 0, "n_plus_one": False, "n_plus_one_site": None}
+                fp, {"rows": 0, "rows_counted": 0, "n_plus_one": False, "n_plus_one_site": None, "routes": []}
             )
+            routes = row.get("routes")
+            if isinstance(routes, list):  # the workers' routes, merged (each worker's list is bounded)
+                seen["routes"] = sorted({*seen["routes"], *(str(r) for r in routes)})
             seen["rows"] += row.get("rows") or 0
             seen["rows_counted"] += row.get("rows_counted", row.get("count") or 0) or 0
             seen["dialect"] = row.get("dialect")

@@ -456,6 +456,11 @@ def test_each_route_shows_its_sql_time_and_queries_per_request(serve: Any, tmp_p
         "SELECT id, user_id FROM posts WHERE user_id = ?",
         "SELECT name FROM users WHERE id = ?",
     ]
+    # Each fingerprint names the routes that ran it (CLI.md `queries[].routes`), merged over the workers.
+    ran_by = {q["fingerprint"]: q["routes"] for q in service.snapshot()["queries"]}
+    assert ran_by["SELECT name FROM users WHERE id = ?"] == ["GET /users/{uid}/posts"]
+    assert ran_by["SELECT id, user_id FROM posts WHERE user_id = ?"] == ["GET /users/{uid}/posts"]
+    assert ran_by["SELECT count(*) FROM posts"] == ["GET /slow/{ms}"]
     # The waterfall of a slow request: its one query, the rest of its 300 ms outside SQL.
     slowest = slow["slowest"][0]
     assert slowest["duration_ms"] >= 300 and [q["fingerprint"] for q in slowest["queries"]] == [

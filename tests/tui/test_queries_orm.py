@@ -82,6 +82,7 @@ class NPlusOneSources(fixed.FixedSources):
             "fingerprint": FOLLOWERS,
             "server_mean_ms": 0.02,
             "n_plus_one_site": {"file": "/srv/shop/templates/books.html", "line": 3, "function": "template"},
+            "routes": ["GET /books/"],
         }
         return dataclasses.replace(view, queries={**fixed.QUERY_STATS, "queries": [n1]})
 
@@ -96,3 +97,5 @@ async def test_the_n_plus_one_site_of_a_long_fingerprint_is_on_screen(size: tupl
         await wait_for(pilot, lambda: selected.size.height > 0 and "N+1" in str(selected.render()))
         shown = "".join(selected.render_line(y).text for y in range(selected.size.height))
         assert "books.html:3" in shown, shown
+        if size[0] >= 120:  # which route runs the loop (at 80 columns the site takes the line)
+            assert "books.html:3 in template · route GET /books/" in shown, shown

@@ -368,8 +368,11 @@ class QueriesPane(Vertical, can_focus=True):
         if q is None:
             self._selected.update("")
             return
+        routes = q.get("routes") or []
+        shown = ", ".join(str(r) for r in routes[:3]) + (" ..." if len(routes) > 3 else "")
+        in_routes = f" · {'routes' if len(routes) > 1 else 'route'} {shown}" if routes else ""
         n1 = (  # first: the long fingerprint below it may not fit in the lines shown
-            f"N+1: run {q.get('count')}x, from {site_text(q.get('n_plus_one_site'))}\n"
+            f"N+1: run {q.get('count')}x, from {site_text(q.get('n_plus_one_site'))}{in_routes}\n"
             if q.get("n_plus_one")
             else ""
         )
