@@ -1,4 +1,6 @@
-"""`perftop record`: a recording file of one process, and the reader `perftop replay` uses.
+"""A recording file of one process (written by `perftop record`), and the reader `perftop replay` uses.
+
+The commands themselves are in `perftop.commands.record` and `perftop.commands.replay`.
 
 A recording is an SQLite database written through SQLAlchemy Core: a `meta` table (format version, PID,
 start time, interval, host) and a `samples` table with one row per interval: the timestamp and the
