@@ -14,10 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "perftop"
 
-# The frameworks the agent hooks: imported only lazily, inside functions, by the module that hooks them.
-AGENT_LAZY_FRAMEWORKS = frozenset(
-    {"sqlalchemy", "django", "celery", "flask", "fastapi", "starlette", "werkzeug", "gunicorn", "uvicorn"}
-)
+# The frameworks the agent hooks and imports, only lazily, inside functions (the others it reaches through
+# sys.modules): SQLAlchemy (the SQL hook, EXPLAIN), Django (its ORM hook), Celery (its task signals).
+AGENT_LAZY_FRAMEWORKS = frozenset({"sqlalchemy", "django", "celery"})
 # Modules outside `agent/` that the agent may use: stdlib-only wire code, and the app-side public API
 # (`perftop`, its version, the WSGI/ASGI middleware the framework hooks install).
 AGENT_MAY_IMPORT = (
