@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from perftop.agent import requests
-from perftop.agent.frameworks import TIMED_KEY
 from perftop.agent.recorder import log_once
+from perftop.agent.requests import TIMED_KEY
 from perftop.wsgi import RouteFor, Routes, queue_wait, template_from_params
 
 __all__ = ["Middleware", "timed"]

@@ -11,7 +11,7 @@ import stat
 import sys
 
 from perftop._version import __version__
-from perftop.argtypes import whole
+from perftop.commands._args import fail, hz, parse_pid, seconds, whole
 
 # `perftop run` execs the program as soon as it can: argparse (with re, 13 ms), json and typing are
 # imported only where they are needed, never on its way.
@@ -47,58 +47,10 @@ def _parser_class() -> type[argparse.ArgumentParser]:
     return _Parser
 
 
-PID_MAX = 4_194_304
-"""The kernel's largest possible PID (PID_MAX_LIMIT on 64-bit Linux)."""
-
-
-def _pid(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if not 0 < value <= PID_MAX:
-        raise argparse.ArgumentTypeError(f"PID must be a positive whole number up to {PID_MAX}, not {text!r}")
-    return value
-
-
-def parse_seconds(
-    text: str, low: float = 0.05, high: float = 3600, expected: str = "a number of seconds"
-) -> float:
-    """An argparse type: seconds from `low` to `high`, else a one-line error."""
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}") from None
-    if not low <= value <= high:
-        raise argparse.ArgumentTypeError(f"seconds must be between {low:g} and {high:g}, not {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    return parse_seconds(text)
-
-
-def _hz(text: str) -> float:
-    """A sampling rate from 1 to 1000 Hz (what the agent accepts), else a one-line error (exit 2)."""
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a rate in Hz, not {text!r}") from None
-    if not 1 <= value <= 1000:
-        raise argparse.ArgumentTypeError(f"the rate must be between 1 and 1000 Hz, not {text}")
-    return value
-
-
 def _common(p: argparse.ArgumentParser, interval: bool = True) -> None:
     if interval:
         p.add_argument(
-            "--interval", type=_seconds, default=1.0, metavar="S", help="refresh interval (default 1.0)"
+            "--interval", type=seconds, default=1.0, metavar="S", help="refresh interval (default 1.0)"
         )
     p.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are (default as the agent's)")
 
@@ -118,14 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'perftop COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"perftop {__version__}")
-    parser.add_argument("--pid", type=_pid, help="attach to this process")
+    parser.add_argument("--pid", type=parse_pid, help="attach to this process")
     # `perftop web` runs sessions with this: keys that change the target are refused.
     parser.add_argument("--read-only", action="store_true", help=argparse.SUPPRESS)
     _tui_options(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=parser_class)
 
     attach = sub.add_parser("attach", help="the TUI attached to PID", description="The TUI attached to PID.")
-    attach.add_argument("attach_pid", type=_pid, metavar="PID")
+    attach.add_argument("attach_pid", type=parse_pid, metavar="PID")
     _tui_options(attach)
 
     snap = sub.add_parser(
@@ -133,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="one report as JSON or text, then exit",
         description="Sample the host (and a process) over --interval, print one report, exit.",
     )
-    snap.add_argument("--pid", type=_pid, dest="snap_pid", metavar="PID")
+    snap.add_argument("--pid", type=parse_pid, dest="snap_pid", metavar="PID")
     _common(snap)
-    snap.add_argument("--window", type=_seconds, metavar="S", help="timings window (default: since start)")
+    snap.add_argument("--window", type=seconds, metavar="S", help="timings window (default: since start)")
     snap.add_argument("--json", action="store_true", help="print the JSON document of CLI.md")
     snap.add_argument("--no-children", action="store_true", help="do not merge the agents of child processes")
     act = sub.add_parser(
@@ -144,10 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run an action inside PID's agent: gc, memory, profile, profile_exact, threads, or "
         "explain --fingerprint FP. Prints a text report, or the JSON of CLI.md with --json.",
     )
-    act.add_argument("--pid", type=_pid, dest="act_pid", metavar="PID", required=True)
+    act.add_argument("--pid", type=parse_pid, dest="act_pid", metavar="PID", required=True)
     act.add_argument("action", choices=ACTIONS, metavar="ACTION", help=", ".join(ACTIONS))
-    act.add_argument("--seconds", type=_seconds, help="profile duration (default 5)")
-    act.add_argument("--hz", type=_hz, help="profile sampling rate (default 100, at most 1000)")
+    act.add_argument("--seconds", type=seconds, help="profile duration (default 5)")
+    act.add_argument("--hz", type=hz, help="profile sampling rate (default 100, at most 1000)")
     act.add_argument("--threads", help="profile: all (default), main, or a thread name or ident")
     act.add_argument("--include-idle", action="store_true", help="profile: count waiting threads too")
     act.add_argument(
@@ -188,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are")
     act.add_argument(
         "--worker",
-        type=_pid,
+        type=parse_pid,
         action="append",
         metavar="PID",
         help="from a parent: run in this worker only (repeatable; default: every worker with an agent)",
@@ -231,13 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
         "else gdb, on 3.10-3.13, each only after a preflight on a throwaway process of the same "
         "interpreter; sys.remote_exec on 3.14+). The process keeps running; nothing needs installing in it.",
     )
-    inject.add_argument("inject_pid", type=_pid, metavar="PID")
-    inject.add_argument("--timeout", type=_seconds, default=10.0, help="give up after S seconds (default 10)")
+    inject.add_argument("inject_pid", type=parse_pid, metavar="PID")
+    inject.add_argument("--timeout", type=seconds, default=10.0, help="give up after S seconds (default 10)")
     inject.add_argument("--socket-dir", metavar="DIR", help="where the agent's socket goes")
 
-    from perftop.export.prometheus import add_export_parser
-    from perftop.recording import add_record_parser, add_replay_parser
-    from perftop.web import add_web_parser
+    from perftop.commands.export import add_export_parser
+    from perftop.commands.record import add_record_parser
+    from perftop.commands.replay import add_replay_parser
+    from perftop.commands.web import add_web_parser
 
     add_export_parser(sub)
     add_record_parser(sub)
@@ -579,10 +532,10 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "snapshot": _run_snapshot,
     "action": _run_action,
     "inject": lambda a: _run_inject(a),
-    "export": lambda a: _command("perftop.export.prometheus", "run_export")(a),
-    "record": lambda a: _command("perftop.recording", "run_record")(a),
-    "replay": lambda a: _command("perftop.recording", "run_replay")(a),
-    "web": lambda a: _command("perftop.web", "run_web")(a),
+    "export": lambda a: _command("perftop.commands.export", "run_export")(a),
+    "record": lambda a: _command("perftop.commands.record", "run_record")(a),
+    "replay": lambda a: _command("perftop.commands.replay", "run_replay")(a),
+    "web": lambda a: _command("perftop.commands.web", "run_web")(a),
     "run": _run_program,
     "demo": _run_demo,
 }
@@ -601,18 +554,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_tui(args.pid, args)
         return _COMMANDS[args.command](args)
     except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(str(exc), EXIT_USAGE)
     except Failure as exc:
-        return _fail(str(exc), EXIT_FAILURE)
+        return fail(str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return EXIT_OK
-
-
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"perftop: {_safe_line(message)}\n")
-    return code
 
 
 def _safe_line(text: str) -> str:

@@ -996,11 +996,12 @@ def inject(pid: int, socket_dir: str | None = None, timeout: float = 10.0) -> st
     passed to the agent (None: the target's own default). Raises InjectError (a one-line reason with the
     fix) on every failure; the target keeps running in every case.
     """
-    from perftop.cli import PID_MAX
     from perftop.collectors.discovery import find_agent
 
-    if not 0 < pid <= PID_MAX:
-        raise InjectError(f"PID must be a positive whole number up to {PID_MAX}, not {pid}", bad_input=True)
+    if not 0 < pid <= paths.PID_MAX:
+        raise InjectError(
+            f"PID must be a positive whole number up to {paths.PID_MAX}, not {pid}", bad_input=True
+        )
     if not paths.pid_alive(pid):
         raise InjectError(
             f"no process with PID {pid} (it exited, or never existed): check the PID with ps", bad_input=True

@@ -1,4 +1,6 @@
-"""`perftop record`: a recording file of one process, and the reader `perftop replay` uses.
+"""A recording file of one process (written by `perftop record`), and the reader `perftop replay` uses.
+
+The commands themselves are in `perftop.commands.record` and `perftop.commands.replay`.
 
 A recording is an SQLite database written through SQLAlchemy Core: a `meta` table (format version, PID,
 start time, interval, host) and a `samples` table with one row per interval: the timestamp and the
@@ -20,17 +22,14 @@ auto_vacuum), so the file stays under the cap while recording goes on.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
 import logging
 import math
 import os
-import signal
 import socket
 import stat
-import sys
 import threading
 import time
 import zlib
@@ -986,131 +985,3 @@ def agent_over_window(now: AgentView, base: AgentView | None, span: float, windo
         overflow=now.overflow,
         taken_at=now.taken_at,
     )
-
-
-# -- the `record` command --------------------------------------------------------------------------------
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
-    return value
-
-
-def _megabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a size in MB, not {text!r}") from None
-    if not MIN_MAX_MB <= value < math.inf:
-        raise argparse.ArgumentTypeError(f"--max-mb must be at least {MIN_MAX_MB}, not {text}")
-    return value
-
-
-def add_record_parser(sub: Any) -> None:
-    """Register `perftop record` on the CLI's subparsers."""
-    from perftop.cli import _pid, _seconds
-
-    p = sub.add_parser(
-        "record",
-        help="record a process (host, process, agent) to a file for `perftop replay`",
-        description="Record PID every --interval seconds into a new SQLite file: one compressed row per "
-        "interval, committed as it is written (a killed recorder leaves a readable file), oldest rows "
-        "dropped to stay under --max-mb. Stops after --duration, when PID exits, or on Ctrl+C.",
-    )
-    p.add_argument("--pid", type=_pid, required=True, dest="record_pid", metavar="PID")
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="the recording file to create")
-    p.add_argument("--interval", type=_seconds, default=1.0, metavar="S", help="default 1.0")
-    p.add_argument("--duration", type=_positive_seconds, metavar="S", help="stop after S seconds")
-    p.add_argument(
-        "--max-mb", type=_megabytes, default=DEFAULT_MAX_MB, metavar="N", help="size cap (default 100 MB)"
-    )
-    p.add_argument("--force", action="store_true", help="replace FILE if it exists")
-    p.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are (default as the agent's)")
-
-
-def run_record(args: argparse.Namespace) -> int:
-    """`perftop record`: record until --duration, the process's exit, Ctrl+C or SIGTERM."""
-    path = args.output
-    if os.path.exists(path):
-        if not args.force:
-            return _fail(f"{path} already exists (use --force to replace it)", 2)
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            return _fail(f"cannot replace {path}: {exc.strerror}", 2)
-    recorder = Recorder(args.record_pid, path, args.interval, args.socket_dir, args.duration, args.max_mb)
-    try:
-        recorder.start()
-    except RecordingError as exc:
-        return _fail(str(exc), 2)
-    _say(f"recording PID {args.record_pid} to {path} every {args.interval:g}s (Ctrl+C stops)")
-    previous = signal.signal(signal.SIGTERM, lambda *_: recorder.stop(timeout=0))
-    try:
-        while not recorder.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        recorder.stop()
-        signal.signal(signal.SIGTERM, previous)
-    if recorder.error:
-        return _fail(recorder.error, 1)
-    why = f" ({recorder.ended})" if recorder.ended else ""
-    dropped = f", {recorder.dropped} oldest dropped for the size cap" if recorder.dropped else ""
-    _say(f"recorded {recorder.intervals} intervals to {path}{dropped}{why}")
-    return 0
-
-
-def _fail(message: str, code: int) -> int:
-    _say(message)
-    return code
-
-
-def _say(message: str) -> None:
-    """One `perftop: ` line on stderr, with any control character in it (paths, errors) escaped."""
-    from perftop.units import safe_text
-
-    sys.stderr.write(f"perftop: {safe_text(message, newlines=False)}\n")
-    sys.stderr.flush()
-
-
-# -- the `replay` command --------------------------------------------------------------------------------
-
-
-def add_replay_parser(sub: Any) -> None:
-    """Register `perftop replay` on the CLI's subparsers."""
-    p = sub.add_parser(
-        "replay",
-        help="open a recording made by `perftop record` in the TUI",
-        description="Open a recording in the TUI: every pane as recorded. Keys: left/right step one "
-        "interval, [ and ] ten, home/end, space play/pause, +/- the playback pace.",
-    )
-    p.add_argument("file", metavar="FILE", help="the recording")
-    p.add_argument("--theme", metavar="NAME", help="theme name or path to a theme file")
-
-
-def run_replay(args: argparse.Namespace) -> int:
-    """`perftop replay FILE`: a foreign, truncated or unreadable file is one `perftop: ` line, exit 2."""
-    from perftop.themes import ThemeError, resolve_theme
-
-    try:
-        reader = RecordingReader(args.file)
-    except RecordingError as exc:
-        return _fail(str(exc), 2)
-    try:
-        try:
-            theme, themes = resolve_theme(args.theme)
-        except ThemeError as exc:
-            return _fail(str(exc), 2)
-        from perftop.tui.replay import ReplayApp
-
-        app = ReplayApp(reader, theme_name=theme.name, themes=themes)
-        app.run()
-        return app.return_code or 0
-    finally:
-        reader.close()

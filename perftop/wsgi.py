@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from perftop.agent import requests
-from perftop.agent.frameworks import ROUTE_KEY, TIMED_KEY
 from perftop.agent.recorder import MAX_PENDING, Timing, count, log_once, registry
+from perftop.agent.requests import ROUTE_KEY, TIMED_KEY
 
 __all__ = ["NOT_FOUND_ROUTE", "Middleware", "ServerError", "normalize_path", "timed"]
 
@@ -229,12 +229,29 @@ def _note_routes_of_loaded_frameworks() -> None:
 
     flask = sys.modules.get("flask")
     if flask is not None:
-        from perftop.agent.frameworks import hook_flask_routes
-
         try:
             hook_flask_routes(flask)
         except Exception as exc:
             log_once("flask-route", "could not hook Flask's request_started signal", exc=exc)
+
+
+def hook_flask_routes(module: Any) -> None:
+    """Note each Flask request's URL rule when the request starts (Flask's `request_started` signal)."""
+    signal = getattr(module, "request_started", None)
+    if signal is None or getattr(module, "_perftop_routes", False):
+        return
+    request = module.request
+
+    def started(sender: Any, **extra: Any) -> None:
+        try:
+            rule = request.url_rule
+            if rule is not None:
+                request.environ[ROUTE_KEY] = werkzeug_template(rule.rule)
+        except Exception as exc:
+            log_once("flask-route", "could not read a Flask request's URL rule", exc=exc)
+
+    signal.connect(started, weak=False)
+    module._perftop_routes = True
 
 
 def _status_code(status: Any) -> int | None:

@@ -28,13 +28,10 @@ from types import ModuleType
 from typing import Any
 
 from perftop.agent.recorder import log_once
+from perftop.agent.requests import ROUTE_KEY, TIMED_KEY
 
 __all__ = ["HOOKS", "ROUTE_KEY", "TIMED_KEY", "django_template", "instrument_module"]
 
-ROUTE_KEY = "perftop.route"
-"""Where a framework hook leaves the route template of a live request (WSGI environ, ASGI scope)."""
-TIMED_KEY = "perftop.timed"
-"""Set on a request by the outermost timing wrapper; inner ones pass the request through."""
 
 _PATCHED = "_perftop_patched"
 _RE_GROUP = re.compile(r"\(\?P<([A-Za-z_][A-Za-z0-9_]*)>(?:[^()]|\([^()]*\))*\)")
@@ -90,28 +87,10 @@ def _asgi_class(cls: Any) -> None:
 
 
 def _flask(module: ModuleType) -> None:
+    from perftop.wsgi import hook_flask_routes
+
     _wsgi_class(module.Flask)
     hook_flask_routes(module)
-
-
-def hook_flask_routes(module: ModuleType) -> None:
-    """Note each Flask request's URL rule when the request starts (Flask's `request_started` signal)."""
-    signal = getattr(module, "request_started", None)
-    if signal is None or getattr(module, "_perftop_routes", False):
-        return
-    request = module.request
-    from perftop.wsgi import werkzeug_template
-
-    def started(sender: Any, **extra: Any) -> None:
-        try:
-            rule = request.url_rule
-            if rule is not None:
-                request.environ[ROUTE_KEY] = werkzeug_template(rule.rule)
-        except Exception as exc:
-            log_once("flask-route", "could not read a Flask request's URL rule", exc=exc)
-
-    signal.connect(started, weak=False)
-    module._perftop_routes = True  # type: ignore[attr-defined]
 
 
 def _django_base(module: ModuleType) -> None:

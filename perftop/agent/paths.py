@@ -19,6 +19,8 @@ import stat
 import tempfile
 
 SOCKET_SUFFIX = ".sock"
+PID_MAX = 4_194_304
+"""The kernel's largest possible PID (PID_MAX_LIMIT on 64-bit Linux)."""
 FALLBACK_DIRS = 8
 """`<default>.1` to `<default>.N` are tried when the default directory is taken, then a `mkdtemp`."""
 _SOCKET_NAME = re.compile(r"^([1-9][0-9]{0,9})\.sock$")

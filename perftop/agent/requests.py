@@ -25,6 +25,11 @@ from typing import Any
 
 from perftop.sketch import Sketch
 
+ROUTE_KEY = "perftop.route"
+"""Where a framework hook leaves the route template of a live request (WSGI environ, ASGI scope)."""
+TIMED_KEY = "perftop.timed"
+"""Set on a request by the outermost timing wrapper; inner ones pass the request through."""
+
 MAX_ROUTES = 500
 MAX_TRACE_QUERIES = 100
 MAX_FINGERPRINTS = 100

@@ -27,7 +27,6 @@ series the dashboard asks for; counters get their `_total` back there):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import os
@@ -573,29 +572,6 @@ def failure_reason(messages: list[str]) -> str:
     if errno:
         reason = errno.group(0)
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
-
-
-def add_otlp_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--otlp URL` and `--otlp-interval S` on `perftop export`."""
-    parser.add_argument(
-        "--otlp",
-        metavar="URL",
-        help="also push the metrics over OTLP/HTTP to URL (an OpenTelemetry Collector, e.g. "
-        "http://127.0.0.1:4318; /v1/metrics is added); without --listen, serve no scrape endpoint",
-    )
-    parser.add_argument(
-        "--otlp-interval",
-        type=_interval,
-        default=DEFAULT_INTERVAL_S,
-        metavar="S",
-        help=f"seconds between OTLP pushes (default {DEFAULT_INTERVAL_S:g})",
-    )
-
-
-def _interval(text: str) -> float:
-    from perftop.cli import parse_seconds
-
-    return parse_seconds(text, 0.1, 3600)
 
 
 def say(message: str) -> None:

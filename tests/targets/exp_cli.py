@@ -23,10 +23,10 @@ def main() -> int:
     import importlib
 
     module_name, add, run = {
-        "export": ("perftop.export.prometheus", "add_export_parser", "run_export"),
-        "record": ("perftop.recording", "add_record_parser", "run_record"),
-        "replay": ("perftop.recording", "add_replay_parser", "run_replay"),
-        "web": ("perftop.web", "add_web_parser", "run_web"),
+        "export": ("perftop.commands.export", "add_export_parser", "run_export"),
+        "record": ("perftop.commands.record", "add_record_parser", "run_record"),
+        "replay": ("perftop.commands.replay", "add_replay_parser", "run_replay"),
+        "web": ("perftop.commands.web", "add_web_parser", "run_web"),
     }[command]
     module = importlib.import_module(module_name)
     parser = cli._Parser(prog="perftop")

@@ -28,6 +28,7 @@ from perftop.actions_view import (
     render,
     render_workers,
 )
+from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
 from perftop.tui.widgets.flame import FlameView
 from perftop.units import fmt_bytes, short_path
@@ -143,16 +144,14 @@ class ActionsPane(Vertical):
 
     def start(self, name: str, params: dict[str, Any]) -> bool:
         """Run an action in the attached agent; refused (with a notice) while another runs."""
-        from perftop.tui.app import PerftopApp
-
         if self.running is not None:
             elapsed = time.monotonic() - self._started
             self.notify(
                 f"{TITLES[self.running]} is running ({elapsed:.1f} s); wait for it", severity="warning"
             )
             return False
-        app = self.app
-        if not isinstance(app, PerftopApp):
+        app = agent_host(self.app)
+        if app is None:
             return False
         seconds = float(params.get("seconds", 0.0))
         target = app.action_target

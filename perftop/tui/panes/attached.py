@@ -7,6 +7,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import TabbedContent, TabPane, Tabs
 
+from perftop.tui.context import agent_host
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.queries import QueriesPane
@@ -47,10 +48,8 @@ class AttachedView(Vertical):
 
     def action_inject(self) -> None:
         """`i`: start an agent inside the attached Python process (after a confirmation)."""
-        from perftop.tui.app import PerftopApp
-
-        app = self.app
-        if not isinstance(app, PerftopApp) or app.attached is None or app.refuses("injecting an agent"):
+        app = agent_host(self.app)
+        if app is None or app.attached is None or app.refuses("injecting an agent"):
             return
         pid = app.attached
 
@@ -61,7 +60,7 @@ class AttachedView(Vertical):
                 )
                 self.notify(f"injecting an agent into PID {pid}…")
 
-        app.push_screen(
+        self.app.push_screen(
             Confirm(
                 f"Start perftop's agent inside PID {pid}?\n\nIt first tries the method on a throwaway copy "
                 "of the process's interpreter, then attaches for a moment (pyinjector, or gdb for a busy "
@@ -95,16 +94,14 @@ class AttachedView(Vertical):
     def action_run(self, name: str) -> None:
         """Start an action in the attached process and show the Actions tab. Attached to a parent whose
         workers run agents, first ask where: all workers (the default), one, or the parent itself."""
-        from perftop.tui.app import PerftopApp
-
         titles = {"gc": "forced GC", "memory": "memory tracing", "memory_stop": "memory tracing"}
-        app = self.app
-        if name in titles and isinstance(app, PerftopApp) and app.refuses(titles[name]):
+        app = agent_host(self.app)
+        if name in titles and app is not None and app.refuses(titles[name]):
             return
         process = self.query_one(ProcessPane)
         tree = process.sample.tree if process.sample is not None else None
         workers = [w for w in tree.workers if w.has_agent and not w.gone] if tree is not None else []
-        if not workers or not isinstance(app, PerftopApp) or app.attached is None:
+        if not workers or app is None or app.attached is None:
             self._start(name)
             return
         selected = process.selected_worker
@@ -116,7 +113,8 @@ class AttachedView(Vertical):
                 self._start(name)
                 app.action_target = None
 
-        app.push_screen(TargetPicker(name.replace("_", " "), app.attached, len(workers), worker), answered)
+        picker = TargetPicker(name.replace("_", " "), app.attached, len(workers), worker)
+        self.app.push_screen(picker, answered)
 
     def _start(self, name: str) -> None:
         pane = self.query_one(ActionsPane)

@@ -19,6 +19,7 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from perftop.render.plan import NO_ADVICE, NO_ADVICE_BUT_WARNINGS, plan_lines
 from perftop.render.sql import compact_sql
+from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
 from perftop.tui.panes import CELL_PAD, FRAME
 from perftop.tui.widgets.confirm import Confirm
@@ -424,9 +425,8 @@ class QueriesPane(Vertical, can_focus=True):
         if not analyze:
             self._explain(fp, False)
             return
-        from perftop.tui.app import PerftopApp
-
-        if isinstance(self.app, PerftopApp) and self.app.refuses("EXPLAIN ANALYZE"):
+        host = agent_host(self.app)
+        if host is not None and host.refuses("EXPLAIN ANALYZE"):
             return
 
         def answered(yes: bool | None) -> None:
@@ -442,10 +442,8 @@ class QueriesPane(Vertical, can_focus=True):
         )
 
     def _explain(self, fp: str, analyze: bool) -> None:
-        from perftop.tui.app import PerftopApp
-
-        app = self.app
-        if not isinstance(app, PerftopApp):
+        app = agent_host(self.app)
+        if app is None:
             return
         params = {"fingerprint": fp, "analyze": analyze, "confirm": analyze}
         if app.agent_call("explain", params, self, timeout=60.0):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from perftop.argtypes import whole
+from perftop.commands._args import fail, is_loopback, parse_listen, whole
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -48,31 +47,6 @@ DEFAULT_SESSION_MEMORY_MB, MIN_SESSION_MEMORY_MB = 1024, 512
 session maps about 280 MiB."""
 BUSY_CLOSE_CODE = 1013
 """WebSocket close code 'try again later', for a session past --max-sessions."""
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """`HOST:PORT` (IPv6 as `[::1]:PORT`) -> (host, port); ValueError with a one-line message."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"--listen wants HOST:PORT, not {text!r}")
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"--listen port must be a number, not {port_text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"--listen port must be between 0 and 65535, not {port}")
-    return host, port
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` names only this machine (127.0.0.0/8, ::1, localhost)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def add_web_parser(sub: Any) -> None:
@@ -324,32 +298,32 @@ def run_web(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
-        return _fail(str(exc), 2)
+        return fail(str(exc), 2)
     if port == 0:
-        return _fail("--listen needs an explicit port for the browser to connect back to", 2)
+        return fail("--listen needs an explicit port for the browser to connect back to", 2)
     tui_args = list(args.tui_args or [])
     first = next((a for a in tui_args if a != "--"), None)
     if first in NOT_IN_BROWSER:
-        return _fail(f"'perftop {first}' is not the TUI: nothing to show in a browser", 2)
+        return fail(f"'perftop {first}' is not the TUI: nothing to show in a browser", 2)
     token = args.token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(32)
     if len(token) < MIN_TOKEN_LENGTH or not TOKEN_CHARACTERS.fullmatch(token):
-        return _fail(
+        return fail(
             f"the token must be at least {MIN_TOKEN_LENGTH} characters, each a letter, a digit, - or _", 2
         )
     url = (args.public_url or public_url(host, port)).rstrip("/")
     if origin_of(url) is None:
-        return _fail(f"--public-url must be an http:// or https:// URL, not {args.public_url!r}", 2)
+        return fail(f"--public-url must be an http:// or https:// URL, not {args.public_url!r}", 2)
     try:
         import aiohttp  # noqa: F401
         import textual_serve  # noqa: F401
     except ImportError:
-        return _fail("textual-serve is not installed: pip install textual-serve", 1)
+        return fail("textual-serve is not installed: pip install textual-serve", 1)
     try:  # a clear error now rather than a traceback from the web server later
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
-        return _fail(f"cannot listen on {args.listen}: {exc.strerror or exc}", 2)
+        return fail(f"cannot listen on {args.listen}: {exc.strerror or exc}", 2)
     if not is_loopback(host):
         sys.stderr.write(
             f"perftop: warning: serving the TUI on {host}: anyone who can reach port {port} and has the "
@@ -365,12 +339,7 @@ def run_web(args: argparse.Namespace) -> int:
     try:
         server.serve()
     except OSError as exc:
-        return _fail(f"cannot serve on {args.listen}: {exc.strerror or exc}", 1)
+        return fail(f"cannot serve on {args.listen}: {exc.strerror or exc}", 1)
     except KeyboardInterrupt:
         pass
     return 0
-
-
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"perftop: {message}\n")
-    return code
