@@ -54,7 +54,10 @@ def test_attached_to_the_master_the_workers_are_listed_and_gc_runs_in_each(
         screen = term.wait_screen(
             lambda s: (
                 f"tree of {WORKERS + 1}" in s
-                and all("agent" in row for row in _worker_rows(s, workers).values())
+                # "agent", not "no agent": the workers' agents answered (only then do actions ask where)
+                and all(
+                    " agent" in row and "no agent" not in row for row in _worker_rows(s, workers).values()
+                )
                 and len(_worker_rows(s, workers)) == WORKERS
             ),
             timeout=60,
