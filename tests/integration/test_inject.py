@@ -14,7 +14,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,12 +83,6 @@ class Target:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate(timeout=30)
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="ptinj") as d:
-        yield d
 
 
 @pytest.fixture
