@@ -432,7 +432,8 @@ def test_routes_sql_time_and_queries_per_request_of_real_gunicorn_workers(
     """A Flask + SQLAlchemy app on two gunicorn workers under `perftop run`: each route's queries per
     request are known exactly (six on the N+1 route, none on /fast), so the pushed histograms' counts,
     sums and buckets are too; the SQL time agrees with perftop's own snapshot of the merged workers."""
-    from tests.integration.test_frameworks import Service, free_port, gunicorn, sql_app_db
+    from tests.helpers import free_port
+    from tests.integration.test_frameworks import Service, gunicorn, sql_app_db
 
     port = free_port()
     cmd = gunicorn("tests.targets.web.flask_sql_app:app", port, "-k", "gthread", "--threads", "2")
