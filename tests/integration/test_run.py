@@ -94,7 +94,7 @@ def test_sqlalchemy_program_is_seen_and_its_stdio_and_exit_code_pass_through(soc
     try:
         assert read_line(proc) == "ready"
         socket_path = wait_for(
-            lambda: find_agent(proc.pid, sock_dir), what="the agent's socket", timeout=30.0
+            lambda: find_agent(proc.pid, sock_dir), 30.0, "the agent's socket", interval=0.05
         )
         assert os.path.dirname(socket_path) == sock_dir
         snap = snapshot(proc.pid, sock_dir)
@@ -142,7 +142,10 @@ def test_killed_by_a_signal_like_the_program_alone(sig: signal.Signals, sock_dir
             assert read_line(proc) == "ready"
             if via_perftop:
                 wait_for(
-                    functools.partial(find_agent, proc.pid, sock_dir), what="the agent's socket", timeout=30.0
+                    functools.partial(find_agent, proc.pid, sock_dir),
+                    30.0,
+                    "the agent's socket",
+                    interval=0.05,
                 )
             proc.send_signal(sig)
             codes.append(proc.wait(30))
@@ -190,13 +193,13 @@ def test_multiprocessing_child_has_its_own_agent(method: str, sock_dir: str) -> 
         assert line.startswith("child "), line
         child = int(line.split()[1])
         parent_sock = wait_for(
-            lambda: find_agent(proc.pid, sock_dir), what="the parent's agent", timeout=30.0
+            lambda: find_agent(proc.pid, sock_dir), 30.0, "the parent's agent", interval=0.05
         )
-        child_sock = wait_for(lambda: find_agent(child, sock_dir), what="the child's agent", timeout=30.0)
+        child_sock = wait_for(lambda: find_agent(child, sock_dir), 30.0, "the child's agent", interval=0.05)
         assert child_sock != parent_sock
         assert os.path.basename(child_sock) == f"{child}.sock"
         assert child in wait_for(
-            lambda: find_child_agents(proc.pid, sock_dir), what="child discovery", timeout=30.0
+            lambda: find_child_agents(proc.pid, sock_dir), 30.0, "child discovery", interval=0.05
         )
         assert snapshot(child, sock_dir)["agent"]["pid"] == child
         assert proc.stdin is not None
@@ -291,7 +294,7 @@ def test_a_python_dash_m_program_is_named_by_its_module(sock_dir: str) -> None:
     then, names the program by its module, as `ps` users would."""
     proc = perftop_run("python", "-m", "http.server", "--bind", "127.0.0.1", "0", env=run_env(sock_dir))
     try:
-        wait_for(lambda: find_agent(proc.pid, sock_dir), what="the agent's socket", timeout=30.0)
+        wait_for(lambda: find_agent(proc.pid, sock_dir), 30.0, "the agent's socket", interval=0.05)
         assert snapshot(proc.pid, sock_dir)["agent"]["name"] == "http.server"
     finally:
         kill(proc)
