@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,7 @@ TARGETS = REPO / "tests" / "targets"
 
 
 def wait_gone(path: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} is still there"
-        time.sleep(0.05)
+    wait_for(lambda: not os.path.exists(path), timeout, f"{path} to go", interval=0.05)
 
 
 def run_env(sock_dir: str, **extra: str) -> dict[str, str]:
