@@ -38,7 +38,7 @@ class AgentView:
     """Every process whose agent is merged in."""
     window_s: float | None
     timings: dict[str, dict[str, Any]]
-    """The CLI.md `timings` rows by metric name."""
+    """The CLI contract's `timings` rows by metric name."""
     sketches: dict[str, Sketch]
     """The merged sketch of each timing (values in ns), for histograms."""
     counters: dict[str, dict[str, Any]]
@@ -56,7 +56,7 @@ class AgentView:
     gone_pids: tuple[int, ...] = ()
     """Merged processes that have exited: their last data is kept until the view is reset."""
     requests: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """The CLI.md `requests` rows by route (web requests timed by the middleware or `perftop run`)."""
+    """The CLI contract's `requests` rows by route (web requests timed by the middleware or `perftop run`)."""
     memory: dict[str, Any] | None = None
     """tracemalloc's state in the PID's own agent (tracing, overhead, when perftop stops it), or None."""
 
@@ -82,7 +82,7 @@ class AgentView:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """The agent keys of the snapshot JSON (CLI.md)."""
+        """The agent keys of the snapshot JSON (the CLI contract)."""
         queries = self.queries or {}
         gc = None
         if self.gc is not None:
@@ -112,7 +112,7 @@ class AgentView:
 
 
 def agent_info(client: AgentClient) -> dict[str, Any]:
-    """The CLI.md `agent` object, from the agent's hello."""
+    """The CLI contract's `agent` object, from the agent's hello."""
     h = client.hello
     return {
         "pid": h.pid,

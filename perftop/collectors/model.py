@@ -1,12 +1,12 @@
 """perftop's own frozen data types, returned by the collectors and read by the TUI and the JSON export.
 
 psutil's OS-dependent named tuples never leave `perftop.collectors`: each collector converts them into
-these types. Units are in the field names, as in the JSON contract (`../shared/CLI.md`).
+these types. Units are in the field names, as in the JSON contract (shared/CLI.md, beside the repository).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -280,15 +280,6 @@ class ProcessRow:
     cpu_percent: float
     rss_bytes: int
     num_threads: int
-
-
-@dataclass(frozen=True)
-class ProcessGone:
-    """The attached process no longer exists (or can no longer be read)."""
-
-    pid: int
-    reason: str
-    at: float = field(default=0.0)
 
 
 def _fields(obj: object) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def merge_requests(reports: Iterable[Any]) -> dict[str, dict[str, Any]]:
 
 
 def request_rows(merged: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The CLI.md `requests` rows by route, from `merge_requests`."""
+    """The CLI contract's `requests` rows by route, from `merge_requests`."""
     rows: dict[str, dict[str, Any]] = {}
     for route, r in merged.items():
         duration, sql, queries, queue = r["duration_ns"], r["sql_ns"], r["queries"], r["queue_ns"]

@@ -321,7 +321,7 @@ def fan_out(
 
 
 def merge_action(action: str, results: Mapping[int, Any]) -> Any:
-    """One result of the shape of a single process's (CLI.md), from several workers' results.
+    """One result of the shape of a single process's (the CLI contract), from several workers' results.
 
     profile: samples, idle samples, per-function, per-line and call-tree counts summed, folded stacks
     added up (same stack, counts summed), every worker's threads named with its PID; gc: collected and

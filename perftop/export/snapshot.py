@@ -1,4 +1,7 @@
-"""`perftop snapshot`: one report of the host, a process and its agents, as the JSON of CLI.md or as text."""
+"""`perftop snapshot`: one report of the host, a process and its agents, as JSON or as text.
+
+The JSON keys are those of the CLI contract (shared/CLI.md, beside the repository).
+"""
 
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def take_snapshot(
 
 
 def snapshot_json(snap: Snapshot) -> dict[str, Any]:
-    """The document `perftop snapshot --json` prints (keys as in CLI.md)."""
+    """The document `perftop snapshot --json` prints (keys as in the CLI contract)."""
     doc: dict[str, Any] = {
         "perftop_version": __version__,
         "taken_at": snap.taken_at,

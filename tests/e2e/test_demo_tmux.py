@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 from tests.e2e.tmux import Tmux
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -45,10 +46,12 @@ def demo_pid(term: Tmux) -> int:
 
 
 def wait_gone(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-        assert time.monotonic() < deadline, f"the demo service {pid} is still running"
-        time.sleep(0.1)
+    wait_for(
+        lambda: not (psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE),
+        timeout,
+        f"the demo service {pid} to exit",
+        interval=0.1,
+    )
 
 
 def test_demo_shows_every_tab_and_q_stops_the_service(tmp_path: Path, sockets: str) -> None:

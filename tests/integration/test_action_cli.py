@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from perftop.collectors.agent_client import AgentClient
 from perftop.collectors.discovery import find_agent
+from tests.helpers import wait_for
 
 TARGET = str(Path(__file__).resolve().parent.parent / "targets" / "cli_hot_app.py")
 
@@ -24,10 +24,7 @@ def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subproce
         [sys.executable, TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(tmp_path)
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 10
-    while find_agent(proc.pid) is None:
-        assert time.monotonic() < deadline, "agent did not come up"
-        time.sleep(0.05)
+    wait_for(lambda: find_agent(proc.pid) is not None, 10, "the agent to come up", interval=0.05)
     yield proc
     if proc.poll() is None:
         assert proc.stdin is not None
@@ -86,10 +83,7 @@ def test_gc_threads_and_memory_diff(target: subprocess.Popen[str]) -> None:
     # A few leaking iterations (300 new objects each from that one line). Traced, one iteration of the
     # allocation-heavy burner can take over a second on a loaded machine: count them, do not guess.
     done = works(target.pid)
-    deadline = time.monotonic() + 30
-    while works(target.pid) < done + 3:
-        assert time.monotonic() < deadline, "the target's worker made no progress"
-        time.sleep(0.1)
+    wait_for(lambda: works(target.pid) >= done + 3, 30, "the target's worker to make progress", interval=0.1)
     second = json.loads(action(target.pid, "memory", "--json").stdout)
     source = Path(TARGET).read_text().splitlines()
     leak_line = next(n for n, line in enumerate(source, 1) if "LEAK.extend" in line)

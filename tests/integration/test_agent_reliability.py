@@ -18,16 +18,8 @@ import pytest
 from perftop.collectors.agent_client import AgentClient
 from perftop.protocol import MAX_FRAME_BYTES, encode
 from perftop.sketch import Sketch
-from tests.targets.agent_harness import (
-    ROOT,
-    RawViewer,
-    Target,
-    fd_count,
-    short_tmp_dir,
-    target_env,
-    thread_names,
-    wait_for,
-)
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import ROOT, RawViewer, Target, fd_count, target_env, thread_names
 
 SPAM_VIEWER = Path(__file__).resolve().parents[1] / "targets" / "agent_spam_viewer.py"
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from perftop.collectors.agent_client import AgentClient
-from tests.targets.agent_harness import Target, short_tmp_dir, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import Target
 
 FOREIGN_CLIENT = Path(__file__).resolve().parents[1] / "targets" / "agent_foreign_client.py"
 SYSTEM_PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable

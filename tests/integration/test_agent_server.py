@@ -28,15 +28,8 @@ from perftop.collectors.agent_client import (
 )
 from perftop.protocol import encode
 from perftop.sketch import Sketch
-from tests.targets.agent_harness import (
-    ROOT,
-    RawViewer,
-    Target,
-    short_tmp_dir,
-    target_env,
-    thread_names,
-    wait_for,
-)
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import ROOT, RawViewer, Target, target_env, thread_names
 
 
 @pytest.fixture

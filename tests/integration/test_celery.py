@@ -31,6 +31,7 @@ celery = pytest.importorskip("celery")
 
 from perftop.collectors.agent_view import AgentView, AgentWatcher, fetch_agent_view  # noqa: E402
 from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
+from tests.helpers import wait_for  # noqa: E402
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 CONCURRENCY = 2
@@ -46,14 +47,6 @@ clock read, prerun before the task's), on a loaded machine."""
 STARTED, DUE, FAIL, FLAKY, BURN, NAP, LOOKUP = (
     f"celery_app.{t}" for t in ("started", "due", "fail", "flaky", "burn", "nap", "lookup")
 )
-
-
-def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def _need(port: int, what: str) -> None:
@@ -115,7 +108,7 @@ class Worker:
             agents = self.agents()
             return len(agents) == self.pool_children and agents == self.children()
 
-        _wait(ready, 90, f"{self.pool_children} pool children with agents")
+        wait_for(ready, 90, f"{self.pool_children} pool children with agents", interval=0.1)
         assert isinstance(self.run(STARTED), list)
 
 
@@ -211,7 +204,7 @@ def _settled(watcher: AgentWatcher, master: int, counts: dict[str, int]) -> Agen
         views.append(_view(watcher, master))
         return all(_count(views[-1], name) >= n for name, n in counts.items())
 
-    _wait(reached, 30, f"the counts {counts}")
+    wait_for(reached, 30, f"the counts {counts}", interval=0.1)
     return views[-1]
 
 
@@ -427,7 +420,7 @@ def test_max_tasks_per_child_recycling_keeps_the_merged_count_exact(tmp_path: Pa
             return counted == base + 30
 
         try:
-            _wait(settled, 60, "the merged count to reach every task")
+            wait_for(settled, 60, "the merged count to reach every task", interval=0.1)
         except AssertionError:
             raise AssertionError(f"merged counts {seen[-5:]}, tasks run {base + 30}") from None
         worker.wait_ready()
@@ -449,7 +442,12 @@ def test_a_snapshot_taken_after_the_pool_recycled_counts_the_recycled_childrens_
     try:
         ran_in = {pid for pid, _ in (worker.run(STARTED) for _ in range(8))}
         assert len(ran_in) >= 8 // 2
-        _wait(lambda: len(ran_in - set(worker.children())) >= 2, 60, "children that ran them to be recycled")
+        wait_for(
+            lambda: len(ran_in - set(worker.children())) >= 2,
+            60,
+            "children that ran them to be recycled",
+            interval=0.1,
+        )
         expected = 1 + 8  # wait_ready's round trip, then the test's
         seen: list[int] = []
 
@@ -459,7 +457,7 @@ def test_a_snapshot_taken_after_the_pool_recycled_counts_the_recycled_childrens_
             return seen[-1] >= expected
 
         try:
-            _wait(counted, 60, "a fresh viewer to count every task")
+            wait_for(counted, 60, "a fresh viewer to count every task", interval=0.1)
         except AssertionError:
             raise AssertionError(f"one-shot counts {seen[-5:]}, tasks run {expected}") from None
         assert seen[-1] == expected
@@ -481,12 +479,12 @@ def test_a_query_run_once_per_task_on_a_kept_connection_is_no_n_plus_one(tmp_pat
             snapshot.update(worker.json("snapshot", "--pid", str(worker.master), "--json"))
             return any(q["fingerprint"] == "SELECT ?" and q["count"] == n for q in snapshot["queries"])
 
-        _wait(lambda: counted(15), 60, "the 15 queries of 15 tasks")
+        wait_for(lambda: counted(15), 60, "the 15 queries of 15 tasks", interval=0.1)
         query = next(q for q in snapshot["queries"] if q["fingerprint"] == "SELECT ?")
         assert not query["n_plus_one"], query
 
         worker.run(LOOKUP, 7, 12)
-        _wait(lambda: counted(27), 60, "the 12 queries of one task")
+        wait_for(lambda: counted(27), 60, "the 12 queries of one task", interval=0.1)
         query = next(q for q in snapshot["queries"] if q["fingerprint"] == "SELECT ?")
         app = TARGETS / "celery_app.py"
         line = next(n for n, text in enumerate(app.read_text().splitlines(), 1) if text.endswith("# LOOKUP"))
@@ -522,7 +520,7 @@ def test_a_killed_pool_childs_last_data_stays_marked_gone(worker: Worker) -> Non
         _settled(watcher, worker.master, {f"celery {STARTED}": base + 10})  # the last poll before it dies
         victim = pids[-1]
         os.kill(victim, signal.SIGKILL)
-        _wait(lambda: victim not in worker.children(), 60, "the killed child to go")
+        wait_for(lambda: victim not in worker.children(), 60, "the killed child to go", interval=0.1)
         worker.wait_ready()  # billiard replaced it; one more task ran
         _settled(watcher, worker.master, {f"celery {STARTED}": base + 11})
         counted, gone = _task_count(watcher, worker.master)
@@ -548,10 +546,11 @@ def test_a_task_killed_by_its_hard_time_limit_is_counted_lost_by_the_master(work
         base = int(_view(watcher, worker.master).counters.get(name, {}).get("value", 0))
         result = worker.run(BURN, 30.0, time_limit=1)
         assert type(result).__name__ == "TimeLimitExceeded"
-        _wait(
+        wait_for(
             lambda: _view(watcher, worker.master).counters.get(name, {}).get("value") == base + 1,
             30,
             "the lost task to be counted",
+            interval=0.1,
         )
         # the master counted it: the child that ran it was killed before its run could end
         own = worker.json(

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import promql_parser
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.targets.agent_harness import short_tmp_dir, wait_for
+from tests.helpers import free_port, short_tmp_dir, wait_for
 from tests.targets.exp_procs import http_get
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,13 +109,6 @@ def _stop(proc: subprocess.Popen[str]) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def scrape_names(url: str) -> set[str]:

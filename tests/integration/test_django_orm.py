@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 
 from perftop.agent.fingerprint import fingerprint
-from tests.integration.test_frameworks import REPO, Service, free_port, gunicorn
+from tests.helpers import free_port
+from tests.integration.test_frameworks import REPO, Service, gunicorn
 from tests.targets.sql_client import PG_URL, database_url, new_suffix
 
 pytest.importorskip("django")

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from perftop.collectors.agent_client import AgentClient
 from perftop.export.prometheus import BUCKETS_S
 from perftop.sketch import ALPHA
-from tests.targets.agent_harness import Target, short_tmp_dir, wait_for
+from tests.helpers import wait_for
+from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import Command, http_get, run
 from tests.targets.exp_target import samples
 
@@ -32,26 +32,13 @@ OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 Sample = tuple[str, dict[str, str], float]
 
 
-@pytest.fixture
-def sockets() -> Iterator[str]:
-    with short_tmp_dir() as path:
-        yield path
+def target(stack: ExitStack, sock_dir: str, name: str) -> Target:
+    return stack.enter_context(Target(sock_dir, name, script=SCRIPT))
 
 
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    """Everything a test starts is stopped here, whatever happens."""
-    with ExitStack() as s:
-        yield s
-
-
-def target(stack: ExitStack, sockets: str, name: str) -> Target:
-    return stack.enter_context(Target(sockets, name, script=SCRIPT))
-
-
-def exporter(stack: ExitStack, sockets: str, *args: str) -> str:
+def exporter(stack: ExitStack, sock_dir: str, *args: str) -> str:
     """Start `perftop export` on a free loopback port; its /metrics URL."""
-    cmd = stack.enter_context(Command("export", "--listen", "127.0.0.1:0", "--socket-dir", sockets, *args))
+    cmd = stack.enter_context(Command("export", "--listen", "127.0.0.1:0", "--socket-dir", sock_dir, *args))
     port = cmd.wait_line(r"exporting on http://[^:]+:(\d+)/metrics").group(1)
     return f"http://127.0.0.1:{port}"
 
@@ -101,13 +88,13 @@ def exact_quantile(values: list[float], q: float) -> float:
     return ordered[max(math.ceil(q * len(ordered)), 1) - 1]
 
 
-def test_timing_is_a_summary_and_a_histogram_with_the_calls_made(stack: ExitStack, sockets: str) -> None:
-    app = target(stack, sockets, "shop")
+def test_timing_is_a_summary_and_a_histogram_with_the_calls_made(stack: ExitStack, sock_dir: str) -> None:
+    app = target(stack, sock_dir, "shop")
     assert app.cmd("work 250") == "done 250"
     assert app.cmd("samples latency 7 400") == "done 400"
     assert app.cmd("count cache.hit 7") == "done"
     assert app.cmd("gauge queue.depth 3.5") == "done"
-    url = exporter(stack, sockets)
+    url = exporter(stack, sock_dir)
     found = scrape(url)
     pid = str(app.pid)
     key = {"app": "shop", "pid": pid}
@@ -149,12 +136,12 @@ def test_timing_is_a_summary_and_a_histogram_with_the_calls_made(stack: ExitStac
 
 
 def test_histogram_quantile_across_two_processes_matches_the_merged_exact_p99(
-    stack: ExitStack, sockets: str
+    stack: ExitStack, sock_dir: str
 ) -> None:
-    a, b = target(stack, sockets, "api"), target(stack, sockets, "api")
+    a, b = target(stack, sock_dir, "api"), target(stack, sock_dir, "api")
     assert a.cmd("samples request 1 3000") == "done 3000"
     assert b.cmd("samples request 2 2000") == "done 2000"
-    found = scrape(exporter(stack, sockets))
+    found = scrape(exporter(stack, sock_dir))
     per_pid = [buckets(found, metric="request", pid=str(t.pid)) for t in (a, b)]
     assert [s[-1][1] for s in per_pid] == [3000, 2000]
     # sum by (le) (...) across the two processes, then histogram_quantile(0.99, ...)
@@ -168,14 +155,14 @@ def test_histogram_quantile_across_two_processes_matches_the_merged_exact_p99(
     assert bounds[k] * (1 - 2 * ALPHA) <= estimate <= bounds[k + 1] * (1 + 2 * ALPHA), (estimate, exact)
 
 
-def test_agents_are_picked_up_and_dropped_without_restart(stack: ExitStack, sockets: str) -> None:
-    url = exporter(stack, sockets)
+def test_agents_are_picked_up_and_dropped_without_restart(stack: ExitStack, sock_dir: str) -> None:
+    url = exporter(stack, sock_dir)
     assert not [s for s in scrape(url) if s[0] == "perftop_agent_up"]
-    first = target(stack, sockets, "first")
+    first = target(stack, sock_dir, "first")
     first.cmd("work 3")
     found = scrape(url)
     assert value(found, "perftop_timing_seconds_count", metric="work", pid=str(first.pid)) == 3
-    second = target(stack, sockets, "second")
+    second = target(stack, sock_dir, "second")
     second.cmd("work 5")
     found = scrape(url)
     assert {lab["pid"] for n, lab, _ in found if n == "perftop_agent_up"} == {str(first.pid), str(second.pid)}
@@ -193,10 +180,10 @@ def test_agents_are_picked_up_and_dropped_without_restart(stack: ExitStack, sock
     assert not [s for s in found if "pid" in s[1]]
 
 
-def test_openmetrics_by_content_negotiation(stack: ExitStack, sockets: str) -> None:
-    app = target(stack, sockets, "om")
+def test_openmetrics_by_content_negotiation(stack: ExitStack, sock_dir: str) -> None:
+    app = target(stack, sock_dir, "om")
     app.cmd("work 12")
-    url = exporter(stack, sockets)
+    url = exporter(stack, sock_dir)
     status, content_type, body = http_get(f"{url}/metrics", accept=OPENMETRICS)
     assert status == 200
     assert content_type.startswith("application/openmetrics-text; version=1.0.0"), content_type
@@ -222,14 +209,14 @@ def test_openmetrics_by_content_negotiation(stack: ExitStack, sockets: str) -> N
     assert "# EOF" not in body
 
 
-def test_pid_without_agent_and_query_fingerprints_top_n(stack: ExitStack, sockets: str) -> None:
+def test_pid_without_agent_and_query_fingerprints_top_n(stack: ExitStack, sock_dir: str) -> None:
     plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     stack.callback(plain.wait)
     stack.callback(plain.kill)
-    app = target(stack, sockets, "sql")
+    app = target(stack, sock_dir, "sql")
     assert app.cmd("sql t_big:60,t_mid:20,t_small:3") == "done"
     # A process with no agent, exported because of --pid: under its process name, dropped once it exits.
-    url = exporter(stack, sockets, "--max-queries", "2", "--pid", str(plain.pid))
+    url = exporter(stack, sock_dir, "--max-queries", "2", "--pid", str(plain.pid))
     found = scrape(url)
     name = psutil.Process(plain.pid).name()
     assert value(found, "perftop_process_threads", pid=str(plain.pid), app=name) == 1
@@ -250,10 +237,10 @@ def test_pid_without_agent_and_query_fingerprints_top_n(stack: ExitStack, socket
         assert seconds == pytest.approx(r["total_ms"] / 1000)
 
 
-def test_refresh_answers_from_a_background_collection(stack: ExitStack, sockets: str) -> None:
-    app = target(stack, sockets, "bg")
+def test_refresh_answers_from_a_background_collection(stack: ExitStack, sock_dir: str) -> None:
+    app = target(stack, sock_dir, "bg")
     app.cmd("work 10")
-    url = exporter(stack, sockets, "--refresh", "0.2")
+    url = exporter(stack, sock_dir, "--refresh", "0.2")
 
     def count() -> float | None:
         found = scrape(url)
@@ -275,11 +262,11 @@ def scrape_with_headers(url: str) -> tuple[list[Sample], str, float]:
     return [(s.name, s.labels, s.value) for fam in parse_text(body) for s in fam.samples], made, age
 
 
-def test_regular_scrapes_are_answered_from_a_collection_made_ahead(stack: ExitStack, sockets: str) -> None:
+def test_regular_scrapes_are_answered_from_a_collection_made_ahead(stack: ExitStack, sock_dir: str) -> None:
     """The default: once the exporter has seen the scrapes' rhythm, it collects just before each one."""
-    app = target(stack, sockets, "paced")
+    app = target(stack, sock_dir, "paced")
     app.cmd("work 10")
-    url = exporter(stack, sockets)
+    url = exporter(stack, sock_dir)
     answers = []
     for _ in range(6):
         found, made, age = scrape_with_headers(url)
@@ -302,10 +289,10 @@ def test_regular_scrapes_are_answered_from_a_collection_made_ahead(stack: ExitSt
     assert status == 200
 
 
-def test_refresh_0_collects_on_every_scrape(stack: ExitStack, sockets: str) -> None:
-    app = target(stack, sockets, "each")
+def test_refresh_0_collects_on_every_scrape(stack: ExitStack, sock_dir: str) -> None:
+    app = target(stack, sock_dir, "each")
     app.cmd("work 3")
-    url = exporter(stack, sockets, "--refresh", "0")
+    url = exporter(stack, sock_dir, "--refresh", "0")
     for _ in range(4):
         found, made, _ = scrape_with_headers(url)
         assert made == "on-request"
@@ -313,7 +300,7 @@ def test_refresh_0_collects_on_every_scrape(stack: ExitStack, sockets: str) -> N
         time.sleep(0.3)
 
 
-def test_bad_arguments_are_one_line_errors(sockets: str) -> None:
+def test_bad_arguments_are_one_line_errors(sock_dir: str) -> None:
     for args, fragment in (
         (("--listen", "nowhere"), "HOST:PORT"),
         (("--listen", "127.0.0.1:99999"), "between 0 and 65535"),
@@ -322,7 +309,7 @@ def test_bad_arguments_are_one_line_errors(sockets: str) -> None:
         (("--refresh", "soon"), "expected auto or a number of seconds"),
         (("--refresh", "-1"), "between 0 and 3600"),
     ):
-        result = run("export", "--socket-dir", sockets, *args)
+        result = run("export", "--socket-dir", sock_dir, *args)
         assert result.returncode == 2, result
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("perftop: ") and fragment in lines[0], result.stderr

@@ -8,7 +8,6 @@ import math
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from perftop.export.histograms import BASE, ladder, native_index
 from perftop.export.prometheus import NATIVE_FAMILY
 from perftop.sketch import ALPHA, Sketch, bucket_of
-from tests.targets.agent_harness import Target, short_tmp_dir, target_env
+from tests.targets.agent_harness import Target, target_env
 from tests.targets.exp_procs import Command, http_get, run
 from tests.targets.exp_target import samples
 
@@ -28,20 +27,8 @@ WSGI_APP = Path(__file__).resolve().parents[1] / "targets" / "mw_wsgi_app.py"
 OPENMETRICS_2 = "application/openmetrics-text; version=2.0.0"
 
 
-@pytest.fixture
-def sockets() -> Iterator[str]:
-    with short_tmp_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
-
-
-def exporter(stack: ExitStack, sockets: str, *args: str) -> str:
-    cmd = stack.enter_context(Command("export", "--listen", "127.0.0.1:0", "--socket-dir", sockets, *args))
+def exporter(stack: ExitStack, sock_dir: str, *args: str) -> str:
+    cmd = stack.enter_context(Command("export", "--listen", "127.0.0.1:0", "--socket-dir", sock_dir, *args))
     port = cmd.wait_line(r"exporting on http://[^:]+:(\d+)/metrics").group(1)
     return f"http://127.0.0.1:{port}/metrics"
 
@@ -52,22 +39,22 @@ def text_samples(url: str) -> list[tuple[str, dict[str, str], float]]:
     return [(s.name, s.labels, s.value) for fam in parse_text(body) for s in fam.samples]
 
 
-def test_buckets_per_decade_sets_the_classic_ladder(stack: ExitStack, sockets: str) -> None:
-    app = stack.enter_context(Target(sockets, "shop", script=SCRIPT))
+def test_buckets_per_decade_sets_the_classic_ladder(stack: ExitStack, sock_dir: str) -> None:
+    app = stack.enter_context(Target(sock_dir, "shop", script=SCRIPT))
     assert app.cmd("samples latency 3 500") == "done 500"
-    found = text_samples(exporter(stack, sockets, "--buckets-per-decade", "4"))
+    found = text_samples(exporter(stack, sock_dir, "--buckets-per-decade", "4"))
     les = sorted(float(lab["le"]) for n, lab, _ in found if n == "perftop_timing_histogram_seconds_bucket")
     assert les == [*ladder(4).bounds, math.inf]
     assert not [n for n, _, _ in found if n.startswith(NATIVE_FAMILY)]  # text 0.0.4 cannot carry them
 
 
 def test_max_series_keeps_the_busiest_timings_and_counts_what_it_dropped(
-    stack: ExitStack, sockets: str
+    stack: ExitStack, sock_dir: str
 ) -> None:
-    app = stack.enter_context(Target(sockets, "shop", script=SCRIPT))
+    app = stack.enter_context(Target(sock_dir, "shop", script=SCRIPT))
     assert app.cmd("samples busy 1 300") == "done 300"
     assert app.cmd("samples quiet 2 20") == "done 20"
-    unlimited = text_samples(exporter(stack, sockets))
+    unlimited = text_samples(exporter(stack, sock_dir))
     per_timing = {
         metric: sum(1 for _, lab, _ in unlimited if lab.get("metric") == metric)
         for metric in ("busy", "quiet")
@@ -77,18 +64,18 @@ def test_max_series_keeps_the_busiest_timings_and_counts_what_it_dropped(
     assert per_timing == {"busy": ladder().series + 6, "quiet": ladder().series + 6}
     others = len(unlimited) - sum(per_timing.values())
     budget = others + ladder().series + 7 + 5  # room for one timing, not two
-    found = text_samples(exporter(stack, sockets, "--max-series", str(budget)))
+    found = text_samples(exporter(stack, sock_dir, "--max-series", str(budget)))
     assert {lab["metric"] for _, lab, _ in found if "metric" in lab} == {"busy"}
     dropped = [v for n, _, v in found if n == "perftop_export_dropped_series"]
     assert dropped == [ladder().series + 7]
     assert [v for n, _, v in unlimited if n == "perftop_export_dropped_series"] == [0.0]
 
 
-def test_max_series_counts_what_each_timing_and_route_costs(stack: ExitStack, sockets: str) -> None:
+def test_max_series_counts_what_each_timing_and_route_costs(stack: ExitStack, sock_dir: str) -> None:
     """A budget that only the host, process and agent families fit in: every timing and every route's
     histograms are left out, and the gauge counts exactly their series (a timing's native one too)."""
     app = subprocess.Popen(
-        [sys.executable, str(WSGI_APP), sockets],
+        [sys.executable, str(WSGI_APP), sock_dir],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
@@ -101,7 +88,7 @@ def test_max_series_counts_what_each_timing_and_route_costs(stack: ExitStack, so
     base = f"http://127.0.0.1:{int(app.stdout.readline())}"
     for path in ("/orders/1", "/orders/2", "/orders/3/items/4", "/reports/daily"):
         assert http_get(base + path)[0] == 200
-    unlimited = text_samples(exporter(stack, sockets))
+    unlimited = text_samples(exporter(stack, sock_dir))
     budgeted = ("perftop_timing_seconds", "perftop_timing_histogram_seconds", "perftop_timing_errors")
     budgeted += ("perftop_request_sql_seconds", "perftop_request_queries")
     suffixes = ("", "_count", "_sum", "_bucket", "_total")
@@ -110,18 +97,18 @@ def test_max_series_counts_what_each_timing_and_route_costs(stack: ExitStack, so
     timings = {lab["metric"] for n, lab, _ in pending if n == "perftop_timing_seconds_count"}
     routes = {lab["route"] for n, lab, _ in pending if n == "perftop_request_sql_seconds_count"}
     assert len(routes) >= 2 and len(timings) >= 2, (routes, timings)
-    found = text_samples(exporter(stack, sockets, "--max-series", str(len(unlimited) - len(pending))))
+    found = text_samples(exporter(stack, sock_dir, "--max-series", str(len(unlimited) - len(pending))))
     assert not [s for s in found if s[0] in names]
     dropped = [v for n, _, v in found if n == "perftop_export_dropped_series"]
     assert dropped == [len(pending) + len(timings)]
 
 
 def test_openmetrics_2_carries_native_histograms_with_the_sketchs_buckets(
-    stack: ExitStack, sockets: str
+    stack: ExitStack, sock_dir: str
 ) -> None:
-    app = stack.enter_context(Target(sockets, "shop", script=SCRIPT))
+    app = stack.enter_context(Target(sock_dir, "shop", script=SCRIPT))
     assert app.cmd("samples latency 5 2000") == "done 2000"
-    url = exporter(stack, sockets)
+    url = exporter(stack, sock_dir)
     status, content_type, body = http_get(url, accept=OPENMETRICS_2, fresh=True)
     assert status == 200 and content_type.startswith("application/openmetrics-text; version=2.0.0")
     families = {fam.name: fam for fam in parse_openmetrics(body)}
@@ -166,14 +153,14 @@ def test_openmetrics_2_carries_native_histograms_with_the_sketchs_buckets(
     assert NATIVE_FAMILY not in http_get(url)[2]
 
 
-def test_bad_histogram_arguments_are_one_line_errors(sockets: str) -> None:
+def test_bad_histogram_arguments_are_one_line_errors(sock_dir: str) -> None:
     for args, fragment in (
         (("--buckets-per-decade", "0"), "expected a positive whole number"),
         (("--buckets-per-decade", "41"), "expected at most 40"),
         (("--max-series", "-3"), "expected a whole number"),
         (("--max-series", "lots"), "expected a whole number"),
     ):
-        result = run("export", "--socket-dir", sockets, *args)
+        result = run("export", "--socket-dir", sock_dir, *args)
         assert result.returncode == 2, result
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("perftop: ") and fragment in lines[0], result.stderr

@@ -14,9 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.helpers import wait_for
 from tests.integration.test_export import Sample, scrape, value
 from tests.integration.test_frameworks import CONTROL
-from tests.integration.test_prefork import WORKERS, Server, _wait, start_server, stop_server
+from tests.integration.test_prefork import WORKERS, Server, start_server, stop_server
 from tests.targets.exp_procs import Command
 
 MAX_REQUESTS = 20
@@ -78,12 +79,13 @@ def test_a_recycled_worker_lingers_one_scrape_and_service_counts_never_go_back(s
                     scraped()
                 continue
             # This worker answered its last request: it exits, and leaves its final stats.
-            _wait(
+            wait_for(
                 lambda pid=pid: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
                 60,
                 "exit",
+                interval=0.1,
             )
-            _wait(lambda pid=pid: pid not in server.worker_agents(), 60, "its socket to go")
+            wait_for(lambda pid=pid: pid not in server.worker_agents(), 60, "its socket to go", interval=0.1)
             recycled.append(pid)
             last = scraped()  # the first scrape since it went: its series once more, with its final counts
             assert value(last, "perftop_agent_up", pid=str(pid)) == 0
@@ -105,7 +107,9 @@ def test_a_recycled_worker_lingers_one_scrape_and_service_counts_never_go_back(s
             )
 
         server.wait_ready()
-        _wait(settled, 60, f"the service's count to reach {base + sent} (counted {totals[-5:]})")
+        wait_for(
+            settled, 60, f"the service's count to reach {base + sent} (counted {totals[-5:]})", interval=0.1
+        )
         assert totals == sorted(totals), totals  # never backwards across six recycles
         found = scrape(url)
         served = value(found, "perftop_service_counter_total", pid=str(server.master), metric="app.served")
@@ -133,7 +137,12 @@ def test_workers_that_come_and_go_between_scrapes_still_count(tmp_path: Path) ->
                 seen.append(_service(scrape(url), server.master))
                 return seen[-1] == len(answered)
 
-            _wait(settled, 60, f"the service's count to reach {len(answered)} (counted {seen[-5:]})")
+            wait_for(
+                settled,
+                60,
+                f"the service's count to reach {len(answered)} (counted {seen[-5:]})",
+                interval=0.1,
+            )
             assert seen == sorted(seen)
             found = scrape(url)
             assert value(found, "perftop_service_workers_departed_total", pid=str(server.master)) == 12

@@ -8,12 +8,10 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,8 @@ import pytest
 from perftop.collectors.agent_client import AgentClient
 from perftop.export.histograms import NATIVE_ERROR
 from perftop.sketch import Sketch
-from tests.targets.agent_harness import Target, short_tmp_dir, wait_for
+from tests.helpers import free_port, short_tmp_dir, wait_for
+from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import Command
 from tests.targets.exp_target import samples
 
@@ -40,13 +39,6 @@ def prometheus_binary() -> str:
             pytest.fail("prometheus is installed by .ci/run and must be present in CI")
         pytest.skip("no prometheus binary (apt-get install prometheus)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Prometheus:
@@ -107,12 +99,6 @@ class Prometheus:
             return None
         assert len(result) == 1, result
         return float(result[0]["value"][1])
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
 
 
 def merged_sketch(pids: list[int], sockets: str, metric: str) -> Sketch:

@@ -16,7 +16,8 @@ from prometheus_client.samples import Exemplar, Sample
 
 from perftop.export.prometheus import NATIVE_FAMILY, HostCollector, choose_encoder
 from perftop.export.text import faster, write_openmetrics, write_text
-from tests.targets.agent_harness import Target, short_tmp_dir
+from tests.helpers import short_tmp_dir
+from tests.targets.agent_harness import Target
 
 SCRIPT = Path(__file__).resolve().parents[1] / "targets" / "exp_target.py"
 

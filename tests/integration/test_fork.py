@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,7 +24,8 @@ import pytest
 from perftop.agent import paths
 from perftop.collectors.agent_client import AgentClient, AgentError
 from perftop.collectors.discovery import find_agent
-from tests.targets.agent_harness import ROOT, Target, short_tmp_dir, target_env, wait_for
+from tests.helpers import free_port, short_tmp_dir, wait_for
+from tests.targets.agent_harness import ROOT, Target, target_env
 
 TARGETS = Path(__file__).resolve().parents[1] / "targets"
 FORK_TARGET = TARGETS / "lc_fork_target.py"
@@ -180,18 +180,12 @@ def test_multiprocessing_workers_serve_their_own_agents(target: Target, method: 
         target.cmd("kill " + " ".join(map(str, pids)), timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_gunicorn_workers_under_perftop_run_name_their_own_threads() -> None:
     pytest.importorskip("gunicorn")
     with short_tmp_dir() as tmp:
         socks = os.path.join(tmp, "socks")
         env = {**target_env(), "PERFTOP_SOCKET_DIR": socks}
-        port = _free_port()
+        port = free_port()
         cmd = [sys.executable, "-m", "perftop", "run", "--", sys.executable, "-m", "gunicorn", "-w", "2"]
         cmd += ["-b", f"127.0.0.1:{port}", "--chdir", str(TARGETS), "lc_wsgi:app"]
         proc = subprocess.Popen(cmd, env=env, cwd=str(ROOT), stderr=subprocess.PIPE, text=True)

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import free_port
+
 REPO = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
 RAW = ("alice", "bob", "carol", "6a2f41a3", "1999", "/user/a", "/orders/1", "nope")
@@ -34,13 +36,6 @@ pytest.importorskip("flask")
 pytest.importorskip("django")
 pytest.importorskip("fastapi")
 pytest.importorskip("gunicorn")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Service:

@@ -14,8 +14,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from perftop.agent import paths
 from perftop.collectors.discovery import find_agent
 from perftop.inject import InjectError, inject
 from tests.foreign_user import dropper, foreign_env, interpreter_for
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TARGET = str(REPO / "tests" / "targets" / "inj_target.py")
@@ -84,12 +83,6 @@ class Target:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate(timeout=30)
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="ptinj") as d:
-        yield d
 
 
 @pytest.fixture
@@ -220,10 +213,12 @@ def test_already_traced(targets: list[Target], tmp_path: Path, sock_dir: str) ->
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while "TracerPid:\t0" in Path(f"/proc/{target.pid}/status").read_text():
-            assert time.monotonic() < deadline, "gdb never attached"
-            time.sleep(0.05)
+        wait_for(
+            lambda: "TracerPid:\t0" not in Path(f"/proc/{target.pid}/status").read_text(),
+            30,
+            "gdb to attach",
+            interval=0.05,
+        )
         with pytest.raises(
             InjectError, match=rf"PID {target.pid} \(python.*\) is already being traced by PID"
         ):

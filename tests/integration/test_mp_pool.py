@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -23,19 +22,12 @@ import pytest
 
 from perftop.collectors.agent_view import AgentWatcher
 from perftop.collectors.discovery import find_child_agents
+from tests.helpers import wait_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 TASKS = 40
 PER_WORKER = 5
 """The pool's maxtasksperchild (tests/targets/prefork_pool.py)."""
-
-
-def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def _count(watcher: AgentWatcher, pid: int) -> tuple[int, tuple[int, ...]]:
@@ -69,7 +61,12 @@ def test_a_spawn_or_forkserver_pool_is_one_service_with_exact_counts(tmp_path: P
         # every Python descendant runs an agent (the pool's workers, and the helpers multiprocessing
         # started: its resource tracker, the fork server)
         descendants = {p.pid for p in psutil.Process(pool.pid).children(recursive=True)}
-        _wait(lambda: set(find_child_agents(pool.pid, str(sockets))) == descendants, 30, "every agent")
+        wait_for(
+            lambda: set(find_child_agents(pool.pid, str(sockets))) == descendants,
+            30,
+            "every agent",
+            interval=0.1,
+        )
         assert len(descendants) >= 3
         doc = _perftop(env, "snapshot", "--pid", str(pool.pid), "--interval", "0.2", "--json")
         assert doc.returncode == 0, doc.stderr
@@ -104,7 +101,7 @@ def test_a_spawn_or_forkserver_pool_is_one_service_with_exact_counts(tmp_path: P
             return counted == base + TASKS
 
         try:
-            _wait(settled, 60, "the merged count to reach every task")
+            wait_for(settled, 60, "the merged count to reach every task", interval=0.1)
         except AssertionError:
             raise AssertionError(f"merged counts {seen[-5:]}, tasks run {base + TASKS}") from None
         _, gone = _count(watcher, pool.pid)

@@ -34,7 +34,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from perftop.sketch import ALPHA
-from tests.targets.agent_harness import ROOT, Target, short_tmp_dir, target_env, wait_for
+from tests.helpers import wait_for
+from tests.targets.agent_harness import ROOT, Target, target_env
 from tests.targets.exp_procs import Command, http_get, run
 from tests.targets.exp_target import samples
 
@@ -102,18 +103,6 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def sockets() -> Iterator[str]:
-    with short_tmp_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
-
-
-@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     server = Receiver()
     try:
@@ -123,13 +112,13 @@ def receiver() -> Iterator[Receiver]:
         server.server_close()
 
 
-def target(stack: ExitStack, sockets: str, name: str) -> Target:
-    return stack.enter_context(Target(sockets, name, script=SCRIPT))
+def target(stack: ExitStack, sock_dir: str, name: str) -> Target:
+    return stack.enter_context(Target(sock_dir, name, script=SCRIPT))
 
 
-def pusher(stack: ExitStack, sockets: str, url: str, *args: str) -> Command:
+def pusher(stack: ExitStack, sock_dir: str, url: str, *args: str) -> Command:
     cmd = stack.enter_context(
-        Command("export", "--otlp", url, "--otlp-interval", "0.5", "--socket-dir", sockets, *args)
+        Command("export", "--otlp", url, "--otlp-interval", "0.5", "--socket-dir", sock_dir, *args)
     )
     cmd.wait_line(r"pushing OTLP to .*/v1/metrics every 0\.5 s")
     return cmd
@@ -207,23 +196,23 @@ def exact_quantile(values: list[float], q: float) -> float:
     return ordered[max(math.ceil(q * len(ordered)), 1) - 1]
 
 
-def snapshot(sockets: str, pid: int) -> dict[str, Any]:
-    done = run("snapshot", "--pid", str(pid), "--json", "--interval", "0.1", "--socket-dir", sockets)
+def snapshot(sock_dir: str, pid: int) -> dict[str, Any]:
+    done = run("snapshot", "--pid", str(pid), "--json", "--interval", "0.1", "--socket-dir", sock_dir)
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 
 
 def test_push_carries_exact_counts_and_quantiles_of_two_processes(
-    stack: ExitStack, sockets: str, receiver: Receiver
+    stack: ExitStack, sock_dir: str, receiver: Receiver
 ) -> None:
-    a, b = target(stack, sockets, "api"), target(stack, sockets, "api")
+    a, b = target(stack, sock_dir, "api"), target(stack, sock_dir, "api")
     assert a.cmd("samples request 1 3000") == "done 3000"
     assert b.cmd("samples request 2 2000") == "done 2000"
     assert a.cmd("work 250") == "done 250"
     assert a.cmd("count cache.hit 7") == "done"
     assert a.cmd("gauge queue.depth 3.5") == "done"
     before = time.time()
-    cmd = pusher(stack, sockets, receiver.url)
+    cmd = pusher(stack, sock_dir, receiver.url)
 
     def pushed() -> ExportMetricsServiceRequest | None:
         latest = receiver.latest()
@@ -274,7 +263,7 @@ def test_push_carries_exact_counts_and_quantiles_of_two_processes(
             assert low <= cumulative <= high, (k, low, cumulative, high)
 
         # p50 and p99 read from the buckets: against perftop's own snapshot and against the exact values.
-        snap = snapshot(sockets, t.pid)["timings"]["request"]
+        snap = snapshot(sock_dir, t.pid)["timings"]["request"]
         p50, p99 = quantiles(p, [0.5, 0.99])
         assert p50 * 1000 == pytest.approx(snap["p50_ms"], rel=QUANTILE_REL)
         assert p99 * 1000 == pytest.approx(snap["p99_ms"], rel=QUANTILE_REL)
@@ -322,12 +311,12 @@ def test_push_carries_exact_counts_and_quantiles_of_two_processes(
 
 
 def test_failing_receiver_backs_off_counts_and_collection_goes_on(
-    stack: ExitStack, sockets: str, receiver: Receiver
+    stack: ExitStack, sock_dir: str, receiver: Receiver
 ) -> None:
-    app = target(stack, sockets, "shop")
+    app = target(stack, sock_dir, "shop")
     assert app.cmd("work 100") == "done 100"
     receiver.status = 503
-    cmd = pusher(stack, sockets, receiver.url, "--listen", "127.0.0.1:0")
+    cmd = pusher(stack, sock_dir, receiver.url, "--listen", "127.0.0.1:0")
     listening = re.search(r"exporting on http://[^:]+:(\d+)/metrics", cmd.stderr)
     assert listening is not None
     port = listening.group(1)
@@ -369,12 +358,12 @@ def test_failing_receiver_backs_off_counts_and_collection_goes_on(
     assert "Traceback" not in cmd.stderr
 
 
-def test_receiver_down_is_counted_and_nothing_else_stops(stack: ExitStack, sockets: str) -> None:
+def test_receiver_down_is_counted_and_nothing_else_stops(stack: ExitStack, sock_dir: str) -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
-    target(stack, sockets, "shop")
-    cmd = pusher(stack, sockets, url)
+    target(stack, sock_dir, "shop")
+    cmd = pusher(stack, sock_dir, url)
     cmd.wait_line(r"failed \(\[Errno 111\] Connection refused\); next try in 0.5 s \(failures so far: 1\)")
     cmd.wait_line(r"next try in 1 s \(failures so far: 2\)")
     assert cmd.proc.poll() is None
@@ -393,22 +382,22 @@ def test_receiver_down_is_counted_and_nothing_else_stops(stack: ExitStack, socke
         (("--otlp", "http://127.0.0.1:4318", "--otlp-interval", "soon"), "expected a number of seconds"),
     ],
 )
-def test_bad_otlp_arguments_are_one_line_errors(sockets: str, args: tuple[str, ...], message: str) -> None:
-    done = run("export", "--socket-dir", sockets, *args, timeout=30)
+def test_bad_otlp_arguments_are_one_line_errors(sock_dir: str, args: tuple[str, ...], message: str) -> None:
+    done = run("export", "--socket-dir", sock_dir, *args, timeout=30)
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) <= 2  # argparse's usage line and its one-line error
 
 
-def test_without_the_opentelemetry_packages_otlp_is_a_one_line_error(sockets: str) -> None:
+def test_without_the_opentelemetry_packages_otlp_is_a_one_line_error(sock_dir: str) -> None:
     """As on an install without the `otlp` extra: the exporter package cannot be imported."""
     code = (
         "import sys; sys.modules['opentelemetry.exporter.otlp.proto.http.metric_exporter'] = None; "
         "from perftop.cli import main; sys.exit(main(sys.argv[1:]))"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code, "export", "--otlp", "http://127.0.0.1:4318", "--socket-dir", sockets],
+        [sys.executable, "-c", code, "export", "--otlp", "http://127.0.0.1:4318", "--socket-dir", sock_dir],
         capture_output=True,
         text=True,
         timeout=60,
@@ -443,7 +432,8 @@ def test_routes_sql_time_and_queries_per_request_of_real_gunicorn_workers(
     """A Flask + SQLAlchemy app on two gunicorn workers under `perftop run`: each route's queries per
     request are known exactly (six on the N+1 route, none on /fast), so the pushed histograms' counts,
     sums and buckets are too; the SQL time agrees with perftop's own snapshot of the merged workers."""
-    from tests.integration.test_frameworks import Service, free_port, gunicorn, sql_app_db
+    from tests.helpers import free_port
+    from tests.integration.test_frameworks import Service, gunicorn, sql_app_db
 
     port = free_port()
     cmd = gunicorn("tests.targets.web.flask_sql_app:app", port, "-k", "gthread", "--threads", "2")

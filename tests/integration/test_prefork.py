@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,17 +28,10 @@ from perftop.collectors.discovery import find_child_agents
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.workers import TreeCollector
 from perftop.tui.sources import LiveSources
+from tests.helpers import free_port, wait_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 WORKERS = 3
-
-
-def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @dataclass
@@ -86,13 +78,7 @@ class Server:
             agents = self.worker_agents()
             return len(agents) == workers and agents == self.workers()
 
-        _wait(ready, 60, f"{workers} workers with agents")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        wait_for(ready, 60, f"{workers} workers with agents", interval=0.1)
 
 
 def start_server(tmp: Path, *extra: str) -> Server:
@@ -102,7 +88,7 @@ def start_server(tmp: Path, *extra: str) -> Server:
         conn.executemany("INSERT INTO prefork_items (name) VALUES (?)", [(str(i % 7),) for i in range(300)])
     sockets = tmp / "sockets"
     env = {**os.environ, "PERFTOP_SOCKET_DIR": str(sockets), "PREFORK_DB": str(db)}
-    port = _free_port()
+    port = free_port()
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
     cmd = [sys.executable, "-m", "perftop", "run", "--", gunicorn, "-w", str(WORKERS)]
     cmd += ["-b", f"127.0.0.1:{port}", "--chdir", str(TARGETS), "--graceful-timeout", "20", *extra]
@@ -111,7 +97,7 @@ def start_server(tmp: Path, *extra: str) -> Server:
     server = Server(proc, port, env, str(sockets))
     try:
         server.wait_ready()
-        _wait(lambda: _answers(server), 30, "the first answer")
+        wait_for(lambda: _answers(server), 30, "the first answer", interval=0.1)
     except BaseException:
         stop_server(server)
         raise
@@ -238,7 +224,7 @@ def test_tree_totals_match_the_sum_of_psutil_readings(server: Server) -> None:
 def test_fan_out_profile_finds_the_planted_loop_in_every_worker(server: Server) -> None:
     workers = server.worker_agents()
     with Load(server, "/burn", clients=6) as load:
-        _wait(lambda: len(load.by_worker) == WORKERS, 60, "every worker answering")
+        wait_for(lambda: len(load.by_worker) == WORKERS, 60, "every worker answering", interval=0.1)
         doc = server.json("action", "--pid", str(server.master), "profile", "--seconds", "3", "--json")
     per_pid = {int(k): v for k, v in doc["per_pid"].items()}
     assert sorted(per_pid) == workers
@@ -325,7 +311,12 @@ def test_a_killed_workers_last_data_stays_marked_gone(tmp_path: Path) -> None:
         counted, _ = _http_count(watcher, server.master)  # the last poll before it dies
         assert counted == base + 31
         os.kill(victim, signal.SIGKILL)
-        _wait(lambda: victim not in server.workers() and len(server.workers()) == WORKERS, 60, "a new worker")
+        wait_for(
+            lambda: victim not in server.workers() and len(server.workers()) == WORKERS,
+            60,
+            "a new worker",
+            interval=0.1,
+        )
         server.wait_ready()
         counted, gone = _http_count(watcher, server.master)
         assert counted == base + 31 and gone == (victim,)
@@ -358,9 +349,9 @@ def test_hup_reload_and_max_requests_recycling_keep_the_merged_counts_exact(tmp_
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         with Load(server, "/", clients=4) as load:
-            _wait(lambda: load.sent >= 250, 120, "250 requests")
+            wait_for(lambda: load.sent >= 250, 120, "250 requests", interval=0.1)
             os.kill(server.master, signal.SIGHUP)
-            _wait(lambda: load.sent >= 500, 120, "500 requests")
+            wait_for(lambda: load.sent >= 500, 120, "500 requests", interval=0.1)
         polling.set()
         poller.join(30)
         assert load.errors == 0
@@ -375,7 +366,7 @@ def test_hup_reload_and_max_requests_recycling_keep_the_merged_counts_exact(tmp_
             return counted == expected
 
         try:
-            _wait(settled, 60, f"the merged count to reach {expected}")
+            wait_for(settled, 60, f"the merged count to reach {expected}", interval=0.1)
         except AssertionError:
             raise AssertionError(f"merged counts {seen[-5:]}, requests answered {expected}") from None
         server.wait_ready()  # no worker half-way out
@@ -413,7 +404,7 @@ def test_the_tuis_actions_from_the_master_go_to_the_workers(server: Server) -> N
 def test_children_without_python_still_get_their_rows(tmp_path: Path) -> None:
     parent = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60 & wait"])
     try:
-        _wait(lambda: len(psutil.Process(parent.pid).children()) == 2, 30, "two children")
+        wait_for(lambda: len(psutil.Process(parent.pid).children()) == 2, 30, "two children", interval=0.1)
         children = sorted(c.pid for c in psutil.Process(parent.pid).children())
         collector = ProcessCollector(parent.pid)
         trees = TreeCollector(parent.pid)
@@ -424,7 +415,7 @@ def test_children_without_python_still_get_their_rows(tmp_path: Path) -> None:
         rss = sum(psutil.Process(p).memory_info().rss for p in [parent.pid, *children])
         assert abs(tree.rss_bytes - rss) <= 0.05 * rss
         os.kill(children[0], signal.SIGKILL)
-        _wait(lambda: len(psutil.Process(parent.pid).children()) == 1, 30, "one child left")
+        wait_for(lambda: len(psutil.Process(parent.pid).children()) == 1, 30, "one child left", interval=0.1)
         tree = trees.sample(collector.sample())
         assert tree is not None and tree.departed == 1 and tree.pids == (parent.pid, children[1])
         assert [(w.pid, w.gone) for w in tree.workers] == [(children[1], False), (children[0], True)]
@@ -483,7 +474,7 @@ def test_a_multiprocessing_pool_recycling_its_workers_keeps_exact_counts(tmp_pat
             return counted == base + 60
 
         try:
-            _wait(settled, 60, "the merged count to reach every task")
+            wait_for(settled, 60, "the merged count to reach every task", interval=0.1)
         except AssertionError:
             raise AssertionError(f"merged counts {seen[-5:]}, tasks run {base + 60}") from None
         _, gone = _http_count(watcher, pool.pid)
@@ -530,7 +521,7 @@ def test_exiting_workers_sweep_old_final_stats_of_dead_pids(tmp_path: Path) -> N
         assert pool.stdout.readline().strip() == "done"
         # 13 tasks, 5 at most per worker: one worker at least has left through its finalizers
         planted = {stale, fresh, alive}
-        _wait(lambda: set(sockets.glob("*.final")) - planted, 30, "a worker's final stats")
+        wait_for(lambda: set(sockets.glob("*.final")) - planted, 30, "a worker's final stats", interval=0.1)
         assert not stale.exists() and not half.exists()  # no viewer ran: the exiting workers swept them
         assert fresh.exists() and alive.exists()
     finally:

@@ -10,7 +10,6 @@ import shutil
 import signal
 import sqlite3
 import zlib
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -25,7 +24,8 @@ from perftop.recording import (
     process_from_json,
     system_from_json,
 )
-from tests.targets.agent_harness import Target, short_tmp_dir, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import Command, run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "targets" / "exp_target.py"
@@ -44,18 +44,6 @@ SNAPSHOT_KEYS = {
     "pool",
     "gc",
 }
-
-
-@pytest.fixture
-def sockets() -> Iterator[str]:
-    with short_tmp_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
 
 
 def rows_in(path: str) -> list[tuple[int, float]]:
@@ -77,15 +65,15 @@ def check_every_frame(reader: RecordingReader, pid: int) -> None:
 
 
 def test_recording_holds_the_snapshot_document_and_the_sketches(
-    stack: ExitStack, sockets: str, tmp_path: Path
+    stack: ExitStack, sock_dir: str, tmp_path: Path
 ) -> None:
-    app = stack.enter_context(Target(sockets, "rec", script=SCRIPT))
+    app = stack.enter_context(Target(sock_dir, "rec", script=SCRIPT))
     assert app.cmd("work 42") == "done 42"
     assert app.cmd("sql t_orders:4") == "done"
     path = str(tmp_path / "run.rec")
     result = run(
         "record", "--pid", str(app.pid), "-o", path, "--interval", "0.2", "--duration", "1",
-        "--socket-dir", sockets,
+        "--socket-dir", sock_dir,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "recorded" in result.stderr.splitlines()[-1]
@@ -112,12 +100,12 @@ def test_recording_holds_the_snapshot_document_and_the_sketches(
     assert zlib.decompress(blob).startswith(b'{"perftop_version"')
 
 
-def test_a_sigkilled_recorder_leaves_a_readable_file(stack: ExitStack, sockets: str, tmp_path: Path) -> None:
-    app = stack.enter_context(Target(sockets, "crash", script=SCRIPT))
+def test_a_sigkilled_recorder_leaves_a_readable_file(stack: ExitStack, sock_dir: str, tmp_path: Path) -> None:
+    app = stack.enter_context(Target(sock_dir, "crash", script=SCRIPT))
     app.cmd("metrics 10 300")
     path = str(tmp_path / "crash.rec")
     recorder = stack.enter_context(
-        Command("record", "--pid", str(app.pid), "-o", path, "--interval", "0.05", "--socket-dir", sockets)
+        Command("record", "--pid", str(app.pid), "-o", path, "--interval", "0.05", "--socket-dir", sock_dir)
     )
     recorder.wait_line("recording PID")
     seen = wait_for(lambda: len(rows_in(path)) >= 25 and rows_in(path), timeout=60)
@@ -130,11 +118,11 @@ def test_a_sigkilled_recorder_leaves_a_readable_file(stack: ExitStack, sockets: 
     assert last is not None and last.sketches["m009"].count == 300
 
 
-def test_recording_ends_when_the_process_exits(stack: ExitStack, sockets: str, tmp_path: Path) -> None:
-    app = stack.enter_context(Target(sockets, "short", script=SCRIPT))
+def test_recording_ends_when_the_process_exits(stack: ExitStack, sock_dir: str, tmp_path: Path) -> None:
+    app = stack.enter_context(Target(sock_dir, "short", script=SCRIPT))
     path = str(tmp_path / "short.rec")
     recorder = stack.enter_context(
-        Command("record", "--pid", str(app.pid), "-o", path, "--interval", "0.1", "--socket-dir", sockets)
+        Command("record", "--pid", str(app.pid), "-o", path, "--interval", "0.1", "--socket-dir", sock_dir)
     )
     wait_for(lambda: len(rows_in(path)) >= 3, timeout=30)
     app.proc.stdin.write("exit\n")  # type: ignore[union-attr]
@@ -148,15 +136,15 @@ def test_recording_ends_when_the_process_exits(stack: ExitStack, sockets: str, t
     assert result.returncode == 2 and "already exists" in result.stderr
 
 
-def test_the_size_cap_holds_while_recording_goes_on(stack: ExitStack, sockets: str, tmp_path: Path) -> None:
-    app = stack.enter_context(Target(sockets, "big", script=SCRIPT))
+def test_the_size_cap_holds_while_recording_goes_on(stack: ExitStack, sock_dir: str, tmp_path: Path) -> None:
+    app = stack.enter_context(Target(sock_dir, "big", script=SCRIPT))
     app.cmd("metrics 20 300")  # a few kB per interval: the 0.1 MB cap is reached in seconds
     path = str(tmp_path / "capped.rec")
     cap = 100_000
     recorder = stack.enter_context(
         Command(
             "record", "--pid", str(app.pid), "-o", path, "--interval", "0.05", "--max-mb", "0.1",
-            "--socket-dir", sockets,
+            "--socket-dir", sock_dir,
         )
     )  # fmt: skip
     sizes: list[int] = []
@@ -204,13 +192,13 @@ _RECORDING: dict[str, Path] = {}
 def recording_of_a_target(tmp_path: Path) -> Path:
     """A short recording of a real target (made once per test session, copied for each caller)."""
     if "path" not in _RECORDING:
-        with short_tmp_dir() as sockets, Target(sockets, "src", script=SCRIPT) as app:
+        with short_tmp_dir() as sock_dir, Target(sock_dir, "src", script=SCRIPT) as app:
             app.cmd("metrics 6 200")
             app.cmd("sql t_a:3")
             path = tmp_path / "source.rec"
             result = run(
                 "record", "--pid", str(app.pid), "-o", str(path), "--interval", "0.05", "--duration", "2",
-                "--socket-dir", sockets,
+                "--socket-dir", sock_dir,
             )  # fmt: skip
             assert result.returncode == 0, result.stderr
         _RECORDING["path"] = path

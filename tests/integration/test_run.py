@@ -11,45 +11,22 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from perftop.agent import paths
 from perftop.collectors.discovery import find_agent, find_child_agents
 from perftop.runner import agent_env
+from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TARGETS = REPO / "tests" / "targets"
-T = TypeVar("T")
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def wait_gone(path: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} is still there"
-        time.sleep(0.05)
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="ptrun") as d:
-        yield d
+    wait_for(lambda: not os.path.exists(path), timeout, f"{path} to go", interval=0.05)
 
 
 def run_env(sock_dir: str, **extra: str) -> dict[str, str]:
@@ -112,7 +89,9 @@ def test_sqlalchemy_program_is_seen_and_its_stdio_and_exit_code_pass_through(soc
     )
     try:
         assert read_line(proc) == "ready"
-        socket_path = wait_for(lambda: find_agent(proc.pid, sock_dir), what="the agent's socket")
+        socket_path = wait_for(
+            lambda: find_agent(proc.pid, sock_dir), 30.0, "the agent's socket", interval=0.05
+        )
         assert os.path.dirname(socket_path) == sock_dir
         snap = snapshot(proc.pid, sock_dir)
         agent = snap["agent"]
@@ -158,7 +137,12 @@ def test_killed_by_a_signal_like_the_program_alone(sig: signal.Signals, sock_dir
         try:
             assert read_line(proc) == "ready"
             if via_perftop:
-                wait_for(functools.partial(find_agent, proc.pid, sock_dir), what="the agent's socket")
+                wait_for(
+                    functools.partial(find_agent, proc.pid, sock_dir),
+                    30.0,
+                    "the agent's socket",
+                    interval=0.05,
+                )
             proc.send_signal(sig)
             codes.append(proc.wait(30))
         finally:
@@ -204,11 +188,15 @@ def test_multiprocessing_child_has_its_own_agent(method: str, sock_dir: str) -> 
         line = read_line(proc)
         assert line.startswith("child "), line
         child = int(line.split()[1])
-        parent_sock = wait_for(lambda: find_agent(proc.pid, sock_dir), what="the parent's agent")
-        child_sock = wait_for(lambda: find_agent(child, sock_dir), what="the child's agent")
+        parent_sock = wait_for(
+            lambda: find_agent(proc.pid, sock_dir), 30.0, "the parent's agent", interval=0.05
+        )
+        child_sock = wait_for(lambda: find_agent(child, sock_dir), 30.0, "the child's agent", interval=0.05)
         assert child_sock != parent_sock
         assert os.path.basename(child_sock) == f"{child}.sock"
-        assert child in wait_for(lambda: find_child_agents(proc.pid, sock_dir), what="child discovery")
+        assert child in wait_for(
+            lambda: find_child_agents(proc.pid, sock_dir), 30.0, "child discovery", interval=0.05
+        )
         assert snapshot(child, sock_dir)["agent"]["pid"] == child
         assert proc.stdin is not None
         proc.stdin.write("stop\n")
@@ -302,7 +290,7 @@ def test_a_python_dash_m_program_is_named_by_its_module(sock_dir: str) -> None:
     then, names the program by its module, as `ps` users would."""
     proc = perftop_run("python", "-m", "http.server", "--bind", "127.0.0.1", "0", env=run_env(sock_dir))
     try:
-        wait_for(lambda: find_agent(proc.pid, sock_dir), what="the agent's socket")
+        wait_for(lambda: find_agent(proc.pid, sock_dir), 30.0, "the agent's socket", interval=0.05)
         assert snapshot(proc.pid, sock_dir)["agent"]["name"] == "http.server"
     finally:
         kill(proc)

@@ -8,14 +8,13 @@ import os
 import re
 import shutil
 import socket
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.targets.agent_harness import wait_for
+from tests.helpers import free_port, wait_for
 from tests.targets.exp_procs import Command, http_get, run
 
 CHROMIUM = "/usr/bin/chromium"
@@ -43,13 +42,6 @@ SCREEN_TEXT = """() => {
 """The text on the page's terminal, read from xterm.js's screen buffer (it draws on a canvas)."""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def browser_or_skip() -> Any:
     """Playwright's sync API, or a skip saying what is missing (a failure when CI=true)."""
     missing = None
@@ -64,12 +56,6 @@ def browser_or_skip() -> Any:
             pytest.fail(missing)
         pytest.skip(missing)
     return sync_playwright
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
 
 
 def expose_terminal(route: Any) -> None:

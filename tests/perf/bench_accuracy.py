@@ -32,7 +32,8 @@ from perftop.collectors.agent_client import (
     timing_rows,
 )
 from perftop.sketch import Sketch, Windows
-from tests.targets.agent_harness import Target, short_tmp_dir, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import Target
 from tests.targets.agent_target import samples
 
 N = 1_000_000

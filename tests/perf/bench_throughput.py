@@ -17,7 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from perftop.collectors.agent_client import AgentClient, timing_rows
-from tests.targets.agent_harness import Target, short_tmp_dir, thread_names, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import Target, thread_names
 
 THREADS = 4
 SECONDS = 10.0

@@ -18,7 +18,8 @@ import pytest
 
 from perftop.agent.recorder import MAX_PENDING
 from perftop.collectors.agent_client import AgentClient, AgentError
-from tests.targets.agent_harness import Target, short_tmp_dir, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import Target
 
 LC_TARGET = Path(__file__).resolve().parents[1] / "targets" / "lc_target.py"
 TCP_CONNECTIONS = 8

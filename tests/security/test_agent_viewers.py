@@ -15,7 +15,8 @@ import pytest
 from perftop.agent import server
 from perftop.collectors.agent_client import AgentClient, AgentError
 from perftop.protocol import Hello, Request, encode
-from tests.targets.agent_harness import RawViewer, Target, short_tmp_dir, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import RawViewer, Target
 
 LC_TARGET = Path(__file__).resolve().parents[1] / "targets" / "lc_target.py"
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from perftop.protocol import PROTOCOL_VERSION, FrameDecoder
-from tests.targets.agent_harness import ROOT, Target, short_tmp_dir, target_env, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import ROOT, Target, target_env
 from tests.targets.exp_procs import run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "targets" / "exp_target.py"

@@ -21,7 +21,7 @@ import pytest
 from perftop.agent.sqlalchemy import EXPLAIN_CANCEL_GRACE_S, statement_timeout_ms
 from perftop.collectors.agent_client import RequestFailed
 from perftop.collectors.agent_view import call_agent
-from tests.targets.agent_harness import wait_for
+from tests.helpers import wait_for
 from tests.targets.secret_client import SecretApp, secret_app, start_perftop
 from tests.targets.sql_client import database_url
 

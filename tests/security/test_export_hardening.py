@@ -14,7 +14,6 @@ import textwrap
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
@@ -24,24 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from perftop.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, Response, encode
 from tests.foreign_user import dropper, foreign_env, interpreter_for
-from tests.targets.agent_harness import ROOT, short_tmp_dir, target_env, wait_for
+from tests.helpers import wait_for
+from tests.targets.agent_harness import ROOT, target_env
 from tests.targets.exp_procs import Command, http_get, run
 
 
-@pytest.fixture
-def sockets() -> Iterator[str]:
-    with short_tmp_dir() as path:
-        yield path
-
-
-@pytest.fixture
-def stack() -> Iterator[ExitStack]:
-    with ExitStack() as s:
-        yield s
-
-
-def exporter(stack: ExitStack, sockets: str, *args: str) -> tuple[str, Command]:
-    cmd = stack.enter_context(Command("export", "--listen", "127.0.0.1:0", "--socket-dir", sockets, *args))
+def exporter(stack: ExitStack, sock_dir: str, *args: str) -> tuple[str, Command]:
+    cmd = stack.enter_context(Command("export", "--listen", "127.0.0.1:0", "--socket-dir", sock_dir, *args))
     port = cmd.wait_line(r"exporting on http://[^:]+:(\d+)/metrics").group(1)
     return f"http://127.0.0.1:{port}", cmd
 
@@ -110,16 +98,16 @@ def as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
     ["in-use", "192.0.2.1:0", "127.0.0.1:80"],
     ids=["port-in-use", "unassigned-address", "privileged-port"],
 )
-def test_a_bind_failure_is_one_line_and_a_nonzero_exit(sockets: str, listen: str) -> None:
+def test_a_bind_failure_is_one_line_and_a_nonzero_exit(sock_dir: str, listen: str) -> None:
     with socket.socket() as taken:
         if listen == "in-use":
             taken.bind(("127.0.0.1", 0))
             taken.listen(1)
             listen = f"127.0.0.1:{taken.getsockname()[1]}"
         if listen.endswith(":80") and os.geteuid() == 0:
-            result = as_nobody("export", "--listen", listen, "--socket-dir", sockets)
+            result = as_nobody("export", "--listen", listen, "--socket-dir", sock_dir)
         else:
-            result = run("export", "--listen", listen, "--socket-dir", sockets, timeout=60)
+            result = run("export", "--listen", listen, "--socket-dir", sock_dir, timeout=60)
     assert result.returncode == 2, result
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"perftop: cannot listen on {listen}: "), result.stderr
@@ -127,9 +115,9 @@ def test_a_bind_failure_is_one_line_and_a_nonzero_exit(sockets: str, listen: str
 
 
 def test_half_open_connections_do_not_make_threads_and_scrapes_still_work(
-    stack: ExitStack, sockets: str
+    stack: ExitStack, sock_dir: str
 ) -> None:
-    url, cmd = exporter(stack, sockets)
+    url, cmd = exporter(stack, sock_dir)
     port = int(url.rsplit(":", 1)[1])
     exporter_proc = psutil.Process(cmd.proc.pid)
     assert http_get(f"{url}/healthz")[0] == 200
@@ -166,8 +154,8 @@ def test_half_open_connections_do_not_make_threads_and_scrapes_still_work(
     assert "Traceback" not in cmd.stderr
 
 
-def test_client_resets_cost_no_traceback(stack: ExitStack, sockets: str) -> None:
-    url, cmd = exporter(stack, sockets)
+def test_client_resets_cost_no_traceback(stack: ExitStack, sock_dir: str) -> None:
+    url, cmd = exporter(stack, sock_dir)
     port = int(url.rsplit(":", 1)[1])
     before = len(cmd.lines)
     for i in range(40):
@@ -184,10 +172,10 @@ def test_client_resets_cost_no_traceback(stack: ExitStack, sockets: str) -> None
     assert "Traceback" not in cmd.stderr
 
 
-def test_no_cache_cannot_make_the_exporter_hammer_the_agents(stack: ExitStack, sockets: str) -> None:
-    agent = CountingAgent(sockets)
+def test_no_cache_cannot_make_the_exporter_hammer_the_agents(stack: ExitStack, sock_dir: str) -> None:
+    agent = CountingAgent(sock_dir)
     stack.callback(agent.close)
-    url, cmd = exporter(stack, sockets)
+    url, cmd = exporter(stack, sock_dir)
     wait_for(lambda: 'app="counted"' in http_get(f"{url}/metrics", fresh=True)[2], timeout=20)
     start_count = agent.requests
     started = time.monotonic()
@@ -221,14 +209,14 @@ BUSY = textwrap.dedent(
 )
 
 
-def test_the_first_scrape_reports_a_busy_process_cpu(stack: ExitStack, sockets: str) -> None:
+def test_the_first_scrape_reports_a_busy_process_cpu(stack: ExitStack, sock_dir: str) -> None:
     busy = subprocess.Popen(
         [sys.executable, "-c", BUSY], stdout=subprocess.PIPE, cwd=str(ROOT), env=target_env()
     )
     stack.callback(busy.wait, 10)
     stack.callback(busy.kill)
     assert busy.stdout is not None and busy.stdout.readline() == b"ready\n"
-    url, _ = exporter(stack, sockets, "--pid", str(busy.pid))
+    url, _ = exporter(stack, sock_dir, "--pid", str(busy.pid))
     proc = psutil.Process(busy.pid)
     # Oracle: the process's CPU time from psutil over an interval that holds the exporter's first scrape.
     cpu0, t0 = sum(proc.cpu_times()[:2]), time.monotonic()

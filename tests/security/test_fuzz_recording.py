@@ -33,7 +33,8 @@ from perftop.recording import (
     restore_document,
     system_from_json,
 )
-from tests.targets.agent_harness import Target, short_tmp_dir
+from tests.helpers import short_tmp_dir
+from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "targets" / "exp_target.py"

@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,12 +88,6 @@ class Idle:
         self.proc.communicate(timeout=30)
         if self.peer is not None:
             self.peer.close()
-
-
-@pytest.fixture
-def sock_dir() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="ptsafe") as d:
-        yield d
 
 
 @pytest.fixture

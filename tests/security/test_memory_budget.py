@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from perftop.collectors.discovery import find_agent
+from tests.helpers import wait_for
 
 TARGET = str(Path(__file__).resolve().parent.parent / "targets" / "mem_grower.py")
 
@@ -36,10 +37,7 @@ def grower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Grower]:
         [sys.executable, TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 10
-    while find_agent(proc.pid) is None:
-        assert time.monotonic() < deadline, "agent did not come up"
-        time.sleep(0.05)
+    wait_for(lambda: find_agent(proc.pid) is not None, 10, "the agent to come up", interval=0.05)
     yield Grower(proc)
     proc.kill()
     proc.wait(10)
@@ -91,7 +89,9 @@ def test_tracing_stops_by_itself_after_its_lease(grower: Grower) -> None:
         check=True,
     )
     assert stats.returncode == 0
-    deadline = time.monotonic() + 30
-    while grower.ask("tracing") == "True":
-        assert time.monotonic() < deadline, "tracemalloc is still on 30 s after a 10 s lease"
-        time.sleep(0.5)
+    wait_for(
+        lambda: grower.ask("tracing") != "True",
+        30,
+        "tracemalloc to stop (30 s after a 10 s lease)",
+        interval=0.5,
+    )

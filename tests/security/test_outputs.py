@@ -18,7 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from perftop.units import safe_json, safe_text
-from tests.targets.agent_harness import ROOT, short_tmp_dir, target_env, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import ROOT, target_env
 from tests.targets.exp_procs import Command
 
 TITLE = "\x1b]0;OWNED\x07"

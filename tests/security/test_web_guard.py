@@ -22,7 +22,8 @@ import psutil
 import pytest
 
 from perftop.collectors.discovery import find_agent
-from tests.targets.agent_harness import ROOT, short_tmp_dir, wait_for
+from tests.helpers import free_port, short_tmp_dir, wait_for
+from tests.targets.agent_harness import ROOT
 from tests.targets.exp_procs import Command, run
 
 ESCAPE = re.compile(rb"\x1b(\[[0-9;?<>=]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
@@ -40,13 +41,6 @@ for _ in sys.stdin:
 """
 """A target whose generation-2 collections happen only when something calls gc.collect(); each line in
 asks it for (collections, tracing)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class Web:

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.targets.agent_harness import ROOT, short_tmp_dir
+from tests.helpers import short_tmp_dir
+from tests.targets.agent_harness import ROOT
 
 APP = Path(__file__).resolve().with_name("secret_app.py")
 REPLY_TIMEOUT_S = 60.0

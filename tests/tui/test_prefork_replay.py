@@ -19,9 +19,10 @@ from perftop.recording import RecordingError, RecordingReader, agent_from_json, 
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.replay import ReplayApp
 from perftop.tui.widgets.proctable import LineTable
+from tests.helpers import wait_for
 from tests.integration.test_frameworks import CONTROL
-from tests.integration.test_prefork import WORKERS, _wait, start_server, stop_server
-from tests.tui.waiting import wait_for
+from tests.integration.test_prefork import WORKERS, start_server, stop_server
+from tests.tui.waiting import wait_for as wait_in_app
 
 RECORD = ("--interval", "0.2")
 
@@ -73,17 +74,17 @@ async def test_record_stores_the_tree_and_replay_marks_the_departed_worker_gone(
                 finally:
                     reader.close()
 
-            _wait(lambda: recorded(3), 60, "3 recorded intervals")
+            wait_for(lambda: recorded(3), 60, "3 recorded intervals", interval=0.1)
             for _ in range(6):
                 server.get("/")
             victim = before[0]
             os.kill(victim, signal.SIGKILL)
-            _wait(lambda: _respawned(server.workers(), victim), 60, "a respawn")
+            wait_for(lambda: _respawned(server.workers(), victim), 60, "a respawn", interval=0.1)
             after = server.workers()
             reader = RecordingReader(path)
             marked = len(reader)
             reader.close()
-            _wait(lambda: recorded(marked + 4), 60, "4 more intervals")
+            wait_for(lambda: recorded(marked + 4), 60, "4 more intervals", interval=0.1)
         finally:
             recorder.send_signal(signal.SIGTERM)
             _, err = recorder.communicate(timeout=60)
@@ -108,10 +109,10 @@ async def test_record_stores_the_tree_and_replay_marks_the_departed_worker_gone(
     app = ReplayApp(reader)
     async with app.run_test(size=(140, 45)) as pilot:
         pane = app.query_one(ProcessPane)
-        await wait_for(pilot, lambda: sorted(pane.shown_workers) == sorted(before), timeout=30)
-        await wait_for(pilot, lambda: app.focused is not None and not isinstance(app.focused, Input))
+        await wait_in_app(pilot, lambda: sorted(pane.shown_workers) == sorted(before), timeout=30)
+        await wait_in_app(pilot, lambda: app.focused is not None and not isinstance(app.focused, Input))
         await pilot.press("end")  # the last interval
-        await wait_for(pilot, lambda: pane.shown_workers[-1:] == [victim], timeout=30)
+        await wait_in_app(pilot, lambda: pane.shown_workers[-1:] == [victim], timeout=30)
         lines = pane.query_one("#workers", LineTable)._lines
         gone = [line for line in lines if line.split() and line.split()[0] == str(victim)]
         assert gone and "gone" in gone[0]

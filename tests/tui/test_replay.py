@@ -22,7 +22,8 @@ from perftop.tui.panes.queries import QueriesPane
 from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.replay import ReplayApp
 from perftop.units import fmt_bytes
-from tests.targets.agent_harness import Target, short_tmp_dir, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import Command
 from tests.tui.waiting import wait_for as wait_in_app
 

@@ -22,6 +22,7 @@ from perftop.collectors.cgroup import (
     read_cgroup,
 )
 from perftop.collectors.model import CgroupInfo
+from tests.helpers import wait_for
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cgroup"
 FIXTURE_PID = 4242
@@ -379,14 +380,6 @@ def _spawn(code: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL)
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_real_v1_limits(v1_cgroup: Callable[[dict[str, dict[str, str]]], str]) -> None:
     name = v1_cgroup(
         {
@@ -422,7 +415,7 @@ def test_real_v1_throttling(v1_cgroup: Callable[[dict[str, dict[str, str]]], str
             info = read_cgroup(child.pid)
             return info is not None and (info.cpu_throttled_count or 0) > 0
 
-        _wait_for(throttled, 20, "the busy child to be throttled")
+        wait_for(throttled, 20, "the busy child to be throttled", interval=0.05)
         info = read_cgroup(child.pid)
         assert info is not None
         assert info.cpu_limit_cores == pytest.approx(0.1)

@@ -26,6 +26,7 @@ from perftop.collectors.process import (
     count_user_tasks,
 )
 from tests.foreign_user import dropper, foreign_env, interpreter_for
+from tests.helpers import wait_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 HOLDER = str(TARGETS / "coll_holder.py")
@@ -48,14 +49,6 @@ def _wait_ready(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
         if proc.poll() is not None:
             pytest.fail(f"target exited with {proc.returncode} before it was ready")
     pytest.fail("target not ready in time")
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -151,7 +144,7 @@ def test_limits_of_a_child_with_nofile_1234(holder: Holder) -> None:
 def test_sample_fields(holder: Holder) -> None:
     child = holder("--files", "5", "--threads", "3")
     ps = psutil.Process(child.pid)
-    _wait_for(lambda: ps.status() == psutil.STATUS_SLEEPING, 10, "the child to block reading stdin")
+    wait_for(lambda: ps.status() == psutil.STATUS_SLEEPING, 10, "the child to block reading stdin")
     collector = ProcessCollector(child.pid)
     assert collector.pid == child.pid
     sample = collector.sample()
@@ -175,7 +168,7 @@ def test_sample_fields(holder: Holder) -> None:
 def test_cpu_percent_of_a_busy_child(holder: Holder) -> None:
     child = holder("--busy")
     collector = ProcessCollector(child.pid)
-    _wait_for(lambda: collector.sample().cpu_percent > 10.0, 20, "the busy child's CPU to show")
+    wait_for(lambda: collector.sample().cpu_percent > 10.0, 20, "the busy child's CPU to show")
 
 
 def test_connections_counted_and_sampled_less_often(
@@ -291,7 +284,7 @@ def test_zombie_counts_as_exited(holder: Holder) -> None:
     collector = ProcessCollector(child.pid)
     collector.sample()
     child.kill()  # not reaped yet: a zombie
-    _wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 10, "the zombie")
+    wait_for(lambda: psutil.Process(child.pid).status() == psutil.STATUS_ZOMBIE, 10, "the zombie")
     with pytest.raises(NoSuchProcessError):
         collector.sample()
     with pytest.raises(NoSuchProcessError, match="has exited"):

@@ -16,16 +16,9 @@ import pytest
 
 from perftop.collectors.model import ProcessRow
 from perftop.collectors.proclist import ProcessLister
+from tests.helpers import wait_for
 
 HOLDER = str(Path(__file__).resolve().parent.parent / "targets" / "coll_holder.py")
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -95,7 +88,7 @@ def test_cpu_percent_from_deltas(spawn: Callable[..., subprocess.Popen[bytes]]) 
         row = _row(lister.sample(), child.pid)
         return row is not None and row.cpu_percent > 10.0
 
-    _wait_for(busy_shows, 20, "the busy child's CPU in the list")
+    wait_for(busy_shows, 20, "the busy child's CPU in the list", interval=0.05)
 
 
 def test_vanished_processes_are_dropped(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
@@ -107,7 +100,9 @@ def test_vanished_processes_are_dropped(spawn: Callable[..., subprocess.Popen[by
     reaped.kill()
     reaped.wait()
     zombie.kill()  # left unreaped until the fixture cleans up
-    _wait_for(lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE, 10, "the zombie")
+    wait_for(
+        lambda: psutil.Process(zombie.pid).status() == psutil.STATUS_ZOMBIE, 10, "the zombie", interval=0.05
+    )
     rows = lister.sample()
     assert _row(rows, reaped.pid) is None
     assert lister.process(reaped.pid) is None
@@ -176,13 +171,15 @@ def test_exec_to_another_program_is_followed_at_once() -> None:
     )
     try:
         lister = ProcessLister(cmdline_max_age_s=3600)
-        _wait_for(lambda: _row(lister.sample(), shell.pid) is not None, 10, "the shell in the list")
+        wait_for(
+            lambda: _row(lister.sample(), shell.pid) is not None, 10, "the shell in the list", interval=0.05
+        )
         row = _row(lister.sample(), shell.pid)
         assert row is not None and row.name == "sh" and row.cmdline.startswith("sh -c read line")
         assert shell.stdin is not None
         shell.stdin.write(b"go\n")
         shell.stdin.flush()
-        _wait_for(lambda: psutil.Process(shell.pid).name() != "sh", 10, "the exec")
+        wait_for(lambda: psutil.Process(shell.pid).name() != "sh", 10, "the exec", interval=0.05)
         row = _row(lister.sample(), shell.pid)
         assert row is not None
         assert row.name == psutil.Process(shell.pid).name()
@@ -228,7 +225,12 @@ def test_command_line_with_newlines_is_one_line() -> None:
     """A newline inside an argument (bash -c 'a\\nb', python -c) must not split the process list's row."""
     child = subprocess.Popen([sys.executable, "-c", "import time\ntime.sleep(30)\t", "x  y"])
     try:
-        _wait_for(lambda: Path(f"/proc/{child.pid}/cmdline").read_bytes().count(b"\0") == 4, 10, "exec")
+        wait_for(
+            lambda: Path(f"/proc/{child.pid}/cmdline").read_bytes().count(b"\0") == 4,
+            10,
+            "exec",
+            interval=0.05,
+        )
         row = _row(ProcessLister().sample(), child.pid)
         assert row is not None
         assert row.cmdline == f"{sys.executable} -c import time time.sleep(30) x y"

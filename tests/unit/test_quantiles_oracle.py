@@ -29,7 +29,8 @@ from perftop.collectors.agent_view import build_view
 from perftop.export.prometheus import QUANTILES as EXPORT_QUANTILES
 from perftop.export.prometheus import digest_sketch
 from perftop.sketch import Sketch, nearest_rank
-from tests.targets.agent_harness import ROOT, Target, short_tmp_dir, wait_for
+from tests.helpers import short_tmp_dir, wait_for
+from tests.targets.agent_harness import ROOT, Target
 from tests.targets.agent_target import samples
 
 QS = (0.0, 0.001, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)

@@ -8,23 +8,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 import pytest
 
 from perftop.collectors.system import SystemCollector, counter_deltas, read_pressure
+from tests.helpers import wait_for
 
 MB = 1_000_000
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _push_through_loopback(total: int) -> int:
@@ -151,7 +143,7 @@ def test_cpu_percent_sees_a_busy_process() -> None:
             sample = collector.sample()
             return sample.cpu_percent >= threshold and max(sample.per_cpu_percent) >= 50.0
 
-        _wait_for(busy_seen, 20, "CPU use to show in the total and on one core")
+        wait_for(busy_seen, 20, "CPU use to show in the total and on one core", interval=0.05)
     finally:
         busy.kill()
         busy.wait()
@@ -163,11 +155,16 @@ def test_each_collector_keeps_its_own_cpu_baseline() -> None:
     try:
         threshold = 100.0 / (psutil.cpu_count() or 1) * 0.5
         other = SystemCollector()
-        _wait_for(lambda: other.sample().cpu_percent >= threshold, 20, "the busy child to show")
+        wait_for(lambda: other.sample().cpu_percent >= threshold, 20, "the busy child to show", interval=0.05)
         ours = SystemCollector()
         opened = time.monotonic()
         # Keep the window open for half a second of busy CPU while others sample.
-        _wait_for(lambda: other.sample() is not None and time.monotonic() - opened >= 0.5, 10, "the window")
+        wait_for(
+            lambda: other.sample() is not None and time.monotonic() - opened >= 0.5,
+            10,
+            "the window",
+            interval=0.05,
+        )
         psutil.cpu_percent()
         other.sample()
         sample = ours.sample()

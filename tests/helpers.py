@@ -1,0 +1,61 @@
+"""Helpers shared by the test modules (importable, unlike conftest fixtures): polling with a deadline, a
+short socket directory, a free loopback port. Standard library only, so target scripts can use them too."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def describe(predicate: Callable[[], object]) -> str:
+    """What a predicate checks, for a timeout message: its source line(s), else its repr."""
+    try:
+        return " ".join(line.strip() for line in inspect.getsource(predicate).splitlines())
+    except (OSError, TypeError):
+        return repr(predicate)
+
+
+def timeout_message(timeout: float, what: str, last: object) -> str:
+    """The one wording of a failed wait: how long, what for, and the last value seen."""
+    return f"timed out after {timeout}s waiting for {what} (last value: {last!r})"
+
+
+def wait_for(
+    predicate: Callable[[], T], timeout: float = 10.0, what: str | None = None, interval: float = 0.02
+) -> T:
+    """Poll `predicate` every `interval` s until it returns something truthy and return that value; at the
+    deadline, fail with what was awaited (`what`, else the predicate's source) and the last value seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(timeout_message(timeout, what or describe(predicate), value))
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def short_tmp_dir() -> Iterator[str]:
+    """A fresh directory with a short path (Unix socket paths are limited to 107 bytes), removed after."""
+    path = tempfile.mkdtemp(prefix="pt-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (the caller binds it soon after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
