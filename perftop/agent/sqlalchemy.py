@@ -1098,6 +1098,7 @@ def query_stats(window_s: float | None, now: float | None = None) -> dict[str, A
     the pool, and what the fingerprint cap dropped. Parameter values are never included."""
     if now is None:
         now = time.time()
+    routes = request_stats.routes_by_fingerprint()  # before our lock: the two locks are never nested
     with _lock:
         _drain_locked()
         rows_out: list[dict[str, Any]] = []
@@ -1125,7 +1126,7 @@ def query_stats(window_s: float | None, now: float | None = None) -> dict[str, A
                     "share_percent": 0.0,
                     "n_plus_one": n1,
                     "n_plus_one_site": dict(stats.n1_site) if n1 and stats.n1_site else None,
-                    "routes": request_stats.routes_of(fp),
+                    "routes": routes.get(fp, []),
                     "dialect": stats.dialect,
                     "sketch": sketch.to_dict(),
                 }
