@@ -31,7 +31,7 @@ celery = pytest.importorskip("celery")
 
 from perftop.collectors.agent_view import AgentView, AgentWatcher, fetch_agent_view  # noqa: E402
 from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
-from tests.helpers import wait_for  # noqa: E402
+from tests.helpers import run_perftop, wait_for  # noqa: E402
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 CONCURRENCY = 2
@@ -85,14 +85,7 @@ class Worker:
         return self.send(name, *args, **options).get(timeout=120, propagate=False)
 
     def perftop(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "perftop", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-            check=False,
-        )
+        return run_perftop(*args, env=self.env, timeout=timeout)
 
     def json(self, *args: str) -> Any:
         out = self.perftop(*args)

@@ -22,7 +22,7 @@ import pytest
 
 from perftop.collectors.agent_view import AgentWatcher
 from perftop.collectors.discovery import find_child_agents
-from tests.helpers import wait_for
+from tests.helpers import run_perftop, wait_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 TASKS = 40
@@ -34,17 +34,6 @@ def _count(watcher: AgentWatcher, pid: int) -> tuple[int, tuple[int, ...]]:
     view = watcher.fetch(pid, None)
     assert view is not None
     return int(view.timings.get("http POOL /task", {}).get("count", 0)), view.gone_pids
-
-
-def _perftop(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "perftop", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
@@ -68,12 +57,12 @@ def test_a_spawn_or_forkserver_pool_is_one_service_with_exact_counts(tmp_path: P
             interval=0.1,
         )
         assert len(descendants) >= 3
-        doc = _perftop(env, "snapshot", "--pid", str(pool.pid), "--interval", "0.2", "--json")
+        doc = run_perftop("snapshot", "--pid", str(pool.pid), "--interval", "0.2", "--json", env=env)
         assert doc.returncode == 0, doc.stderr
         tree = json.loads(doc.stdout)["process"]["tree"]
         assert {w["pid"] for w in tree["workers"]} == descendants
         assert all(w["has_agent"] for w in tree["workers"])
-        threads = _perftop(env, "action", "--pid", str(pool.pid), "threads", "--json")
+        threads = run_perftop("action", "--pid", str(pool.pid), "threads", "--json", env=env)
         assert threads.returncode == 0, threads.stderr
         assert {int(p) for p in json.loads(threads.stdout)["per_pid"]} == descendants
 

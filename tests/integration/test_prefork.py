@@ -28,7 +28,7 @@ from perftop.collectors.discovery import find_child_agents
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.workers import TreeCollector
 from perftop.tui.sources import LiveSources
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, run_perftop, wait_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 WORKERS = 3
@@ -57,14 +57,7 @@ class Server:
         return sorted(find_child_agents(self.master, self.socket_dir))
 
     def perftop(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "perftop", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env,
-            check=False,
-        )
+        return run_perftop(*args, env=self.env, timeout=timeout)
 
     def json(self, *args: str) -> Any:
         out = self.perftop(*args)
