@@ -228,12 +228,12 @@ def _action_params(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _run_action(args: argparse.Namespace) -> int:
-    from perftop.actions_view import render
     from perftop.collectors.agent_client import AgentError, RequestFailed
     from perftop.collectors.agent_view import call_agent
     from perftop.collectors.errors import CollectorError
     from perftop.collectors.process import check_pid
-    from perftop.units import safe_json
+    from perftop.render.actions import render
+    from perftop.render.units import safe_json
 
     try:
         check_pid(args.act_pid)
@@ -299,9 +299,9 @@ def _fan_out_action(
 ) -> int:
     """Run the action in every target at once; print the merged result and each worker's (`per_pid`).
     EXPLAIN runs once, in a process whose agent recorded the fingerprint."""
-    from perftop.actions_view import render
     from perftop.collectors.agent_view import call_agent
     from perftop.collectors.workers import fan_out, merge_action, worker_figures
+    from perftop.render.actions import render
 
     def call(pid: int) -> object:
         if args.action == "profile":
@@ -338,7 +338,7 @@ def _fan_out_action(
     if args.output and args.action == "profile":
         _save_profile(merged, args.output)
     if args.json:
-        from perftop.units import safe_json
+        from perftop.render.units import safe_json
 
         doc = {"threads": merged} if isinstance(merged, list) else dict(merged)
         doc["per_pid"] = {str(pid): results[pid] for pid in sorted(results)}
@@ -383,7 +383,7 @@ def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
 
 
 def _run_inject(args: argparse.Namespace) -> int:
-    from perftop.inject import InjectError, inject
+    from perftop.launch.inject import InjectError, inject
 
     try:
         path = inject(args.inject_pid, args.socket_dir, timeout=args.timeout)
@@ -429,7 +429,7 @@ def _run_program(args: argparse.Namespace) -> int:
 
 
 def _exec_program(cmd: list[str], name: str | None, slow_ms: float | None) -> int:
-    from perftop.runner import exec_with_agent
+    from perftop.launch.runner import exec_with_agent
 
     try:
         exec_with_agent(cmd, name, slow_ms)
@@ -443,7 +443,7 @@ def _exec_program(cmd: list[str], name: str | None, slow_ms: float | None) -> in
 def _run_demo(args: argparse.Namespace) -> int:
     import tempfile
 
-    from perftop.runner import demo_command, exec_with_agent, start_demo, stop_process, wait_for_agent
+    from perftop.launch.runner import demo_command, exec_with_agent, start_demo, stop_process, wait_for_agent
 
     if args.no_tui:
         sys.stdout.write(f"{os.getpid()}\n")
@@ -463,7 +463,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _demo_log(directory: str) -> str:
     """The demo service's log file, `demo.log` in `directory`: a directory of ours, mode 0700 (so nobody
     else can plant a symlink in it), and a regular file of ours opened without following a symlink."""
-    from perftop.agent.paths import ensure_private_dir
+    from perftop.wire.paths import ensure_private_dir
 
     path = os.path.join(directory, "demo.log")
     try:
@@ -483,7 +483,7 @@ def _demo_log(directory: str) -> str:
 def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
     from perftop.collectors.errors import CollectorError
     from perftop.collectors.process import check_pid
-    from perftop.themes import ThemeError, resolve_theme
+    from perftop.tui.themes import ThemeError, resolve_theme
 
     if pid is not None:
         try:
@@ -512,7 +512,7 @@ def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
 def _run_snapshot(args: argparse.Namespace) -> int:
     from perftop.collectors.errors import CollectorError
     from perftop.export.snapshot import snapshot_json, snapshot_text, take_snapshot
-    from perftop.units import safe_json, safe_text
+    from perftop.render.units import safe_json, safe_text
 
     try:
         snap = take_snapshot(
@@ -565,6 +565,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _safe_line(text: str) -> str:
     """`text` as one line with no control character (paths and errors can hold app-chosen bytes)."""
-    from perftop.units import safe_text
+    from perftop.render.units import safe_text
 
     return safe_text(text, newlines=False)

@@ -54,7 +54,7 @@ from perftop.collectors.model import (
     SystemSample,
     WorkerRow,
 )
-from perftop.sketch import Sketch, SketchError, bucket_value
+from perftop.wire.sketch import Sketch, SketchError, bucket_value
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -19,14 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent / "perftop"
 AGENT_LAZY_FRAMEWORKS = frozenset({"sqlalchemy", "django", "celery"})
 # Modules outside `agent/` that the agent may use: stdlib-only wire code, and the app-side public API
 # (`perftop`, its version, the WSGI/ASGI middleware the framework hooks install).
-AGENT_MAY_IMPORT = (
-    "perftop.agent",
-    "perftop.sketch",
-    "perftop.protocol",
-    "perftop._version",
-    "perftop.wsgi",
-    "perftop.asgi",
-)
+AGENT_MAY_IMPORT = ("perftop.agent", "perftop.wire", "perftop._version")
 AGENT_MAY_IMPORT_EXACTLY = ("perftop",)
 
 KNOWN_CYCLES: dict[frozenset[str], str] = {

@@ -1,9 +1,9 @@
 """Zero-code request timing: wraps the web frameworks' application classes when a program imports them.
 
-`perftop run` puts a post-import hook in the program (see `perftop/_bootstrap/sitecustomize.py`); when the
-program imports one of `HOOKS`' modules, `instrument_module` patches that framework's application class
-so that every request is timed exactly as `perftop.wsgi.Middleware` / `perftop.asgi.Middleware` would
-(one timing per route template, status classes, errors), with no change to the app. That is how the
+`perftop run` puts a post-import hook in the program (see `perftop/launch/_bootstrap/sitecustomize.py`);
+when the program imports one of `HOOKS`' modules, `instrument_module` patches that framework's application
+class so that every request is timed exactly as `perftop.wsgi.Middleware` / `perftop.asgi.Middleware`
+would (one timing per route template, status classes, errors), with no change to the app. That is how the
 established instrumenters (opentelemetry-instrument, ddtrace-run) do it: patching the framework, not the
 server, covers every server (gunicorn, uvicorn, hypercorn, waitress, `flask run`, `runserver`).
 
@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any
 
 from perftop.agent.recorder import log_once
-from perftop.agent.requests import ROUTE_KEY, TIMED_KEY
+from perftop.agent.routes import ROUTE_KEY, TIMED_KEY
 
 __all__ = ["HOOKS", "ROUTE_KEY", "TIMED_KEY", "django_template", "instrument_module"]
 
@@ -62,7 +62,7 @@ def _patch(cls: Any, name: str, make: Callable[[Any], Any]) -> None:
 
 def _wsgi_class(cls: Any) -> None:
     """Time every request a WSGI application class answers (its `__call__`)."""
-    from perftop import wsgi
+    from perftop.agent import wsgi
 
     def make(original: Any) -> Any:
         def __call__(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
@@ -75,7 +75,7 @@ def _wsgi_class(cls: Any) -> None:
 
 def _asgi_class(cls: Any) -> None:
     """Time every HTTP request an ASGI application class answers (its `__call__`)."""
-    from perftop import asgi
+    from perftop.agent import asgi
 
     def make(original: Any) -> Any:
         async def __call__(self: Any, scope: Any, receive: Any, send: Any) -> None:
@@ -87,7 +87,7 @@ def _asgi_class(cls: Any) -> None:
 
 
 def _flask(module: ModuleType) -> None:
-    from perftop.wsgi import hook_flask_routes
+    from perftop.agent.wsgi import hook_flask_routes
 
     _wsgi_class(module.Flask)
     hook_flask_routes(module)

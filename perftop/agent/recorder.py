@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast, overload
 
-from perftop.sketch import Sketch, Windows
+from perftop.wire.sketch import Sketch, Windows
 
 log = logging.getLogger("perftop")
 

@@ -39,11 +39,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perftop import _version
-from perftop.agent import gcwatch, paths
-from perftop.agent import requests as request_stats
+from perftop.agent import gcwatch
+from perftop.agent import routes as request_stats
 from perftop.agent.recorder import log_once, registry
 from perftop.agent.threads import refresh_native_id, set_native_thread_name
-from perftop.protocol import (
+from perftop.wire import paths
+from perftop.wire.protocol import (
     ErrorFrame,
     FrameDecoder,
     Hello,

@@ -66,9 +66,9 @@ from typing import Any
 
 from perftop.agent import explain as _explain
 from perftop.agent import fingerprint as _fingerprint
-from perftop.agent import requests as request_stats
+from perftop.agent import routes as request_stats
 from perftop.agent.recorder import SumWindows, log_once
-from perftop.sketch import Sketch, Windows
+from perftop.wire.sketch import Sketch, Windows
 
 __all__ = [
     "ExplainError",
@@ -237,7 +237,7 @@ class _Cell:
 class _Activity:
     """Timing sketches (ns) and row sums per fingerprint: since start, and over sliding windows.
 
-    The same rings and slot rules as `perftop.sketch.Windows` (10 one-second slots, 30 ten-second
+    The same rings and slot rules as `perftop.wire.sketch.Windows` (10 one-second slots, 30 ten-second
     slots), but sparse: a slot holds a cell only for the fingerprints executed during it. A `Windows`
     per fingerprint preallocates its 41 sketches (about 10 kB), which is 20 MB at the 2,000-fingerprint
     cap whatever the traffic; here memory follows what actually ran.

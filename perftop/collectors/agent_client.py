@@ -20,9 +20,9 @@ import time
 from types import TracebackType
 from typing import Any
 
-from perftop.agent import paths
 from perftop.collectors.discovery import find_agent, find_child_agents, socket_dir
-from perftop.protocol import (
+from perftop.wire import paths
+from perftop.wire.protocol import (
     MAX_FRAME_BYTES,
     ErrorFrame,
     FrameDecoder,
@@ -32,7 +32,7 @@ from perftop.protocol import (
     Response,
     encode,
 )
-from perftop.sketch import Sketch, SketchError
+from perftop.wire.sketch import Sketch, SketchError
 
 __all__ = [
     "AgentClient",

@@ -25,7 +25,7 @@ from perftop.collectors.agent_client import (
 )
 from perftop.collectors.requests import merge_requests, request_rows
 from perftop.collectors.workers import WorkerFigures, read_finals, worker_figures
-from perftop.sketch import Sketch
+from perftop.wire.sketch import Sketch
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import stat
 
 import psutil
 
-from perftop.agent import paths
+from perftop.wire import paths
 
 _ACCEPTCON = 0x10000
 """__SO_ACCEPTCON in /proc/net/unix flags: the socket is listening."""

@@ -2,7 +2,7 @@
 
 Each agent reports, per route ("GET /orders/{id}"), sketches of request duration, SQL time per request,
 queries per request and queue wait, their totals, the fingerprints its requests ran most and its slowest
-recent requests with their queries in order (perftop/agent/requests.py). Workers merge by adding sketch
+recent requests with their queries in order (perftop/agent/routes.py). Workers merge by adding sketch
 buckets and totals, never by averaging percentiles. What an agent sends is checked: a malformed route is
 skipped, never a crash.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from perftop.sketch import Sketch, SketchError
+from perftop.wire.sketch import Sketch, SketchError
 
 SLOWEST_SHOWN = 10
 

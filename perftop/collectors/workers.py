@@ -23,7 +23,7 @@ import psutil
 
 from perftop.collectors.model import ProcessSample, ProcessTree, WorkerRow
 from perftop.collectors.process import connection_inodes
-from perftop.sketch import Sketch, SketchError
+from perftop.wire.sketch import Sketch, SketchError
 
 REQUEST_PREFIX = "http "
 """Timings of requests, as the WSGI/ASGI middleware names them (`http GET /orders/{id}`)."""

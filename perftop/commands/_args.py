@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 def say(message: str) -> None:
     """One `perftop: ` line on stderr, with any control character in it (paths, errors) escaped."""
-    from perftop.units import safe_text
+    from perftop.render.units import safe_text
 
     sys.stderr.write(f"perftop: {safe_text(message, newlines=False)}\n")
     sys.stderr.flush()
@@ -42,7 +42,7 @@ def parse_pid(text: str) -> int:
     """An argparse type: a PID from 1 to the kernel's PID_MAX_LIMIT, else a one-line error."""
     import argparse
 
-    from perftop.agent.paths import PID_MAX
+    from perftop.wire.paths import PID_MAX
 
     try:
         value = int(text)

@@ -23,7 +23,7 @@ def add_replay_parser(sub: Any) -> None:
 
 def run_replay(args: argparse.Namespace) -> int:
     """`perftop replay FILE`: a foreign, truncated or unreadable file is one `perftop: ` line, exit 2."""
-    from perftop.themes import ThemeError, resolve_theme
+    from perftop.tui.themes import ThemeError, resolve_theme
 
     try:
         reader = RecordingReader(args.file)

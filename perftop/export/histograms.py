@@ -28,7 +28,7 @@ from functools import lru_cache
 from itertools import repeat
 from operator import sub
 
-from perftop.sketch import ALPHA, GAMMA, bucket_value
+from perftop.wire.sketch import ALPHA, GAMMA, bucket_value
 
 NS_PER_S = 1e9
 SCHEMA = 6

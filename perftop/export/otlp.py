@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from perftop._version import __version__
-from perftop.sketch import ALPHA, GAMMA, MAX_BINS, MAX_WIRE_BINS, SketchError, bucket_value
-from perftop.units import safe_text
+from perftop.render.units import safe_text
+from perftop.wire.sketch import ALPHA, GAMMA, MAX_BINS, MAX_WIRE_BINS, SketchError, bucket_value
 
 if TYPE_CHECKING:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter

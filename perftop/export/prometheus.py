@@ -45,7 +45,6 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from itertools import accumulate, pairwise
 from typing import TYPE_CHECKING, Any
 
-from perftop.agent import paths
 from perftop.export import protobuf, text
 from perftop.export.histograms import (
     DEFAULT_PER_DECADE,
@@ -55,8 +54,9 @@ from perftop.export.histograms import (
     ladder,
     native_buckets,
 )
-from perftop.sketch import ALPHA, MAX_INDEX, Sketch, bucket_value, quantiles_of
-from perftop.units import safe_text
+from perftop.render.units import safe_text
+from perftop.wire import paths
+from perftop.wire.sketch import ALPHA, MAX_INDEX, Sketch, bucket_value, quantiles_of
 
 if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -1477,7 +1477,7 @@ def _family(host: str) -> Any:
 
 def _say(message: str) -> None:
     """One `perftop: ` line on stderr, with any control character in it (paths, errors) escaped."""
-    from perftop.units import safe_text
+    from perftop.render.units import safe_text
 
     sys.stderr.write(f"perftop: {safe_text(message, newlines=False)}\n")
     sys.stderr.flush()

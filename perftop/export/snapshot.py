@@ -16,7 +16,7 @@ from perftop.collectors.model import ProcessSample, ProcessTree, SystemSample
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.system import SystemCollector
 from perftop.collectors.workers import TreeCollector
-from perftop.units import fmt_bytes, fmt_count, fmt_limit, fmt_ms, fmt_rate, safe_text
+from perftop.render.units import fmt_bytes, fmt_count, fmt_limit, fmt_ms, fmt_rate, safe_text
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def test_demo_shows_every_tab_and_q_stops_the_service(tmp_path: Path, sockets: s
     pid = None
     try:
         pid = demo_pid(term)
-        assert "perftop.demo" in " ".join(psutil.Process(pid).cmdline())
+        assert "perftop.launch.demo_service" in " ".join(psutil.Process(pid).cmdline())
         screen = term.wait_screen(lambda s: "nofile" in s and "p Profile" in s)
         assert len(screen.splitlines()[1]) == 120, "the TUI did not take the terminal's width"
         term.send("2")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from perftop.collectors.agent_client import AgentClient
-from perftop.protocol import MAX_FRAME_BYTES, encode
-from perftop.sketch import Sketch
+from perftop.wire.protocol import MAX_FRAME_BYTES, encode
+from perftop.wire.sketch import Sketch
 from tests.helpers import short_tmp_dir, wait_for
 from tests.targets.agent_harness import ROOT, RawViewer, Target, fd_count, target_env, thread_names
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from perftop.agent import paths
 from perftop.collectors.agent_client import (
     AgentClient,
     AgentError,
@@ -26,8 +25,9 @@ from perftop.collectors.agent_client import (
     socket_dir,
     timing_rows,
 )
-from perftop.protocol import encode
-from perftop.sketch import Sketch
+from perftop.wire import paths
+from perftop.wire.protocol import encode
+from perftop.wire.sketch import Sketch
 from tests.helpers import short_tmp_dir, wait_for
 from tests.targets.agent_harness import ROOT, RawViewer, Target, target_env, thread_names
 

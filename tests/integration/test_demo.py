@@ -112,7 +112,7 @@ def test_snapshot_has_every_section_populated(demo: tuple[int, str]) -> None:
         assert time.monotonic() < deadline, f"still empty after 90 s: {missing}"
         time.sleep(0.5)
     assert any(name.startswith("api.") for name in snap["timings"])
-    assert snap["agent"]["argv"][0].endswith("demo.py") or "perftop.demo" in " ".join(
+    assert snap["agent"]["argv"][0].endswith("demo_service.py") or "perftop.launch.demo_service" in " ".join(
         snap["process"]["cmdline"]
     )
 

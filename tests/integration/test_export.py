@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from perftop.collectors.agent_client import AgentClient
 from perftop.export.prometheus import BUCKETS_S
-from perftop.sketch import ALPHA
+from perftop.wire.sketch import ALPHA
 from tests.helpers import wait_for
 from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import Command, http_get, run

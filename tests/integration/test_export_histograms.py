@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from perftop.export.histograms import BASE, ladder, native_index
 from perftop.export.prometheus import NATIVE_FAMILY
-from perftop.sketch import ALPHA, Sketch, bucket_of
+from perftop.wire.sketch import ALPHA, Sketch, bucket_of
 from tests.targets.agent_harness import Target, target_env
 from tests.targets.exp_procs import Command, http_get, run
 from tests.targets.exp_target import samples

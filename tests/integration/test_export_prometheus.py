@@ -20,7 +20,7 @@ import pytest
 
 from perftop.collectors.agent_client import AgentClient
 from perftop.export.histograms import NATIVE_ERROR
-from perftop.sketch import Sketch
+from perftop.wire.sketch import Sketch
 from tests.helpers import free_port, short_tmp_dir, wait_for
 from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import Command

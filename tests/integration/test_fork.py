@@ -21,9 +21,9 @@ from typing import Any
 import psutil
 import pytest
 
-from perftop.agent import paths
 from perftop.collectors.agent_client import AgentClient, AgentError
 from perftop.collectors.discovery import find_agent
+from perftop.wire import paths
 from tests.helpers import free_port, short_tmp_dir, wait_for
 from tests.targets.agent_harness import ROOT, Target, target_env
 

@@ -1,4 +1,4 @@
-"""Injecting the agent into running, uninstrumented Python processes (`perftop.inject.inject`).
+"""Injecting the agent into running, uninstrumented Python processes (`perftop.launch.inject.inject`).
 
 Targets are plain programs started with `python -S` (no site-packages, so nothing of perftop is
 importable in them): the agent must come up, answer a snapshot, and the target must keep running and exit
@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from perftop import inject_loader
-from perftop.agent import paths
 from perftop.collectors.discovery import find_agent
-from perftop.inject import InjectError, inject
+from perftop.launch import inject_loader
+from perftop.launch.inject import InjectError, inject
+from perftop.wire import paths
 from tests.foreign_user import dropper, foreign_env, interpreter_for
 from tests.helpers import wait_for
 

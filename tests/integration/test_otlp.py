@@ -33,7 +33,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
     ResourceMetrics,
 )
 
-from perftop.sketch import ALPHA
+from perftop.wire.sketch import ALPHA
 from tests.helpers import wait_for
 from tests.targets.agent_harness import ROOT, Target, target_env
 from tests.targets.exp_procs import Command, http_get, run

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from perftop.agent import paths
 from perftop.collectors.discovery import find_agent, find_child_agents
-from perftop.runner import agent_env
+from perftop.launch.runner import agent_env
+from perftop.wire import paths
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent

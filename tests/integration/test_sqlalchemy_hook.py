@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from perftop.sketch import Sketch
+from perftop.wire.sketch import Sketch
 from tests.targets.sql_app import SLOW_SQL
 from tests.targets.sql_client import APP, database_url, marker_line, running_app
 

@@ -31,7 +31,7 @@ from perftop.collectors.agent_client import (
     merge_stats,
     timing_rows,
 )
-from perftop.sketch import Sketch, Windows
+from perftop.wire.sketch import Sketch, Windows
 from tests.helpers import short_tmp_dir, wait_for
 from tests.targets.agent_harness import Target
 from tests.targets.agent_target import samples

@@ -1,7 +1,8 @@
 """How far PromQL's histogram_quantile() is from perftop's own quantiles, per classic ladder resolution
 (`perftop export --buckets-per-decade N`) and for the native histograms, and what each costs in series.
 
-Two sets of timings: the demo service's (`python -m perftop.demo`, run for --seconds, its sketches read
+Two sets of timings: the demo service's (`python -m perftop.launch.demo_service`, run for
+--seconds, its sketches read
 from its agent) and a grid of lognormal distributions (medians 1.3 ms to 0.9 s, sigma 0.3 to 1.2, 20,000
 values each). For each timing with at least 200 values, p50 and p99 are computed three ways: the
 sketch's own (what `perftop snapshot` and the summaries say), histogram_quantile() over the classic
@@ -30,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from perftop.collectors.agent_client import AgentClient  # noqa: E402
 from perftop.export.histograms import BASE, ladder, native_buckets  # noqa: E402
-from perftop.runner import wait_for_agent  # noqa: E402
-from perftop.sketch import GAMMA, Sketch  # noqa: E402
+from perftop.launch.runner import wait_for_agent  # noqa: E402
+from perftop.wire.sketch import GAMMA, Sketch  # noqa: E402
 
 OLD_1_2_5 = tuple(m * 10.0**e for e in range(-4, 2) for m in (1.0, 2.0, 5.0))
 RESOLUTIONS = (5, 8, 10, 12, 16, 20)
@@ -85,7 +86,7 @@ def demo_sketches(seconds: float) -> dict[str, Sketch]:
     with tempfile.TemporaryDirectory(prefix="perftop-bench-buckets-") as tmp:
         env = {**os.environ, "PERFTOP_SOCKET_DIR": tmp}
         demo = subprocess.Popen(
-            [sys.executable, "-m", "perftop.demo", "--duration", str(seconds + 30)],
+            [sys.executable, "-m", "perftop.launch.demo_service", "--duration", str(seconds + 30)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
 from perftop.collectors.agent_client import AgentClient  # noqa: E402
-from perftop.inject import InjectError, inject  # noqa: E402
+from perftop.launch.inject import InjectError, inject  # noqa: E402
 
 TARGET = str(REPO / "tests" / "targets" / "inj_idle.py")
 MODES = ("sleep", "select", "event", "stdin", "busy")

@@ -1,6 +1,7 @@
 """How big a recording of the demo service grows: goal <= 20 MB for an hour at 1 s intervals.
 
-Starts the built-in demo service (`python -m perftop.demo`: 6 endpoints, SQL, GC, async), records it with
+Starts the built-in demo service (`python -m perftop.launch.demo_service`:
+6 endpoints, SQL, GC, async), records it with
 `Recorder` at --interval for --duration seconds (default 3 minutes), then extrapolates to an hour from the
 bytes the rows of the last third of the run took (sketches gain bins as tails fill in, so later rows are
 the larger ones), and reports the CPU time the recorder spent per interval.
@@ -23,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from perftop.launch.runner import wait_for_agent  # noqa: E402
 from perftop.recording import Recorder  # noqa: E402
-from perftop.runner import wait_for_agent  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="perftop-bench-record-") as tmp:
         env = {**os.environ, "PERFTOP_SOCKET_DIR": tmp}
         demo = subprocess.Popen(
-            [sys.executable, "-m", "perftop.demo", "--db", os.path.join(tmp, "demo.db")],
+            [sys.executable, "-m", "perftop.launch.demo_service", "--db", os.path.join(tmp, "demo.db")],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

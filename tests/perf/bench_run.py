@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     perftop = [python, "-m", "perftop"]
     script = Path(python).with_name("perftop")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PERFTOP")}
-    from perftop.runner import agent_env
+    from perftop.launch.runner import agent_env
 
     base = median_ms([python, "-c", "pass"], args.runs, env)
     rows = [("python -c pass", base)]

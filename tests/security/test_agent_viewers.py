@@ -14,7 +14,7 @@ import pytest
 
 from perftop.agent import server
 from perftop.collectors.agent_client import AgentClient, AgentError
-from perftop.protocol import Hello, Request, encode
+from perftop.wire.protocol import Hello, Request, encode
 from tests.helpers import short_tmp_dir, wait_for
 from tests.targets.agent_harness import RawViewer, Target
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from perftop.protocol import PROTOCOL_VERSION, FrameDecoder
+from perftop.wire.protocol import PROTOCOL_VERSION, FrameDecoder
 from tests.helpers import short_tmp_dir, wait_for
 from tests.targets.agent_harness import ROOT, Target, target_env
 from tests.targets.exp_procs import run

@@ -21,7 +21,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from perftop.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, Response, encode
+from perftop.wire.protocol import PROTOCOL_VERSION, FrameDecoder, Hello, Response, encode
 from tests.foreign_user import dropper, foreign_env, interpreter_for
 from tests.helpers import wait_for
 from tests.targets.agent_harness import ROOT, target_env

@@ -1,4 +1,4 @@
-"""Fuzzing the frame decoder (`perftop/protocol.py`) with adversarial frames: whatever bytes arrive, the
+"""Fuzzing the frame decoder (`perftop/wire/protocol.py`) with adversarial frames: whatever bytes arrive, the
 decoder returns messages or raises ProtocolError with a one-line message; it never raises anything else,
 never takes long, and never holds more than one frame's worth of bytes."""
 
@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perftop.protocol import (
+from perftop.wire.protocol import (
     HEADER_BYTES,
     FrameDecoder,
     ProtocolError,

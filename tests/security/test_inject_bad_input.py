@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from perftop.inject import InjectError, inject
+from perftop.launch.inject import InjectError, inject
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SLEEPER = "import sys; print('ready', flush=True); sys.stdin.readline(); print('bye')"

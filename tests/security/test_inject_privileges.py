@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from perftop.inject import InjectError, inject, run_target_interpreter
+from perftop.launch.inject import InjectError, inject, run_target_interpreter
 from tests.foreign_user import foreign_env, interpreter_for
 from tests.security.test_inject_safety import AMX
 
@@ -122,7 +122,7 @@ def test_another_user_may_not_run_the_target_interpreter(
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         code = (
-            "import sys\nfrom perftop.inject import InjectError, run_target_interpreter\n"
+            "import sys\nfrom perftop.launch.inject import InjectError, run_target_interpreter\n"
             f"try:\n    run_target_interpreter({holder.pid}, ['-c', 'pass'], 30)\n"
             "except InjectError as exc:\n    print('refused', exc)\n"
         )

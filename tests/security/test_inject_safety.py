@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from perftop.collectors.agent_client import AgentClient
-from perftop.inject import InjectError, inject
+from perftop.launch.inject import InjectError, inject
 
 REPO = Path(__file__).resolve().parent.parent.parent
 IDLE = str(REPO / "tests" / "targets" / "inj_idle.py")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from perftop.units import safe_json, safe_text
+from perftop.render.units import safe_json, safe_text
 from tests.helpers import short_tmp_dir, wait_for
 from tests.targets.agent_harness import ROOT, target_env
 from tests.targets.exp_procs import Command

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from perftop.protocol import FrameDecoder, Hello, encode
+from perftop.wire.protocol import FrameDecoder, Hello, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(__file__).resolve().parent / "agent_target.py"

@@ -1,9 +1,9 @@
-"""Runs perftop.inject.inject(PID, SOCKET_DIR) and writes `ok PATH` or `error MESSAGE` on one line (for
+"""Runs perftop.launch.inject.inject(PID, SOCKET_DIR) and writes `ok PATH` or `error MESSAGE` on one line (for
 injecting as another user)."""
 
 import sys
 
-from perftop.inject import InjectError, inject
+from perftop.launch.inject import InjectError, inject
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-from perftop.protocol import FrameDecoder, Hello, Response, encode
+from perftop.wire.protocol import FrameDecoder, Hello, Response, encode
 
 SPOOFED = 999_999
 

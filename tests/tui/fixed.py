@@ -21,7 +21,7 @@ from perftop.collectors.model import (
     SwapInfo,
     SystemSample,
 )
-from perftop.sketch import Sketch
+from perftop.wire.sketch import Sketch
 
 NOW = 1_790_000_000.0
 GiB = 1024**3

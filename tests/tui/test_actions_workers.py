@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from textual.widgets import DataTable
 
-from perftop.actions_view import per_worker
+from perftop.render.actions import per_worker
+from perftop.render.units import fmt_count
 from perftop.tui.app import PerftopApp
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.sources import LiveSources
 from perftop.tui.widgets.proctable import LineTable
 from perftop.tui.widgets.target import TargetPicker
-from perftop.units import fmt_count
 from tests.integration.test_frameworks import CONTROL
 from tests.integration.test_prefork import WORKERS, Load, Server, start_server, stop_server
 from tests.targets.prefork_app import GROW_BYTES

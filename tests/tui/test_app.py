@@ -7,7 +7,6 @@ import json
 import pytest
 from textual.widgets import ContentSwitcher, DataTable, Label, Static, TabbedContent
 
-from perftop.themes import resolve_theme
 from perftop.tui.app import PerftopApp
 from perftop.tui.panes.metric_detail import MetricDetail
 from perftop.tui.panes.process import ProcessPane
@@ -15,6 +14,7 @@ from perftop.tui.panes.proclist import ProcessListPane
 from perftop.tui.panes.queries import ExplainView, QueriesPane
 from perftop.tui.panes.system import SystemPane
 from perftop.tui.panes.timings import TimingsPane
+from perftop.tui.themes import resolve_theme
 from perftop.tui.widgets.bar import UsageBar
 from perftop.tui.widgets.confirm import Confirm
 from tests.tui.fixed import EXPLAIN_RESULT, FixedSources

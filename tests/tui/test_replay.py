@@ -18,10 +18,10 @@ from textual.widgets import Input
 
 from perftop.collectors.agent_client import AgentError
 from perftop.recording import RecordingReader
+from perftop.render.units import fmt_bytes
 from perftop.tui.panes.queries import QueriesPane
 from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.replay import ReplayApp
-from perftop.units import fmt_bytes
 from tests.helpers import short_tmp_dir, wait_for
 from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import Command

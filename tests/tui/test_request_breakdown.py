@@ -6,8 +6,8 @@ from __future__ import annotations
 from textual.app import App
 from textual.widgets import Static
 
-from perftop.sketch import Sketch
 from perftop.tui.panes.metric_detail import MetricDetail
+from perftop.wire.sketch import Sketch
 
 ROUTE = {
     "count": 40,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from perftop.actions_view import gc_side_by_side, per_worker, render_workers
 from perftop.collectors.workers import merge_action
-from perftop.units import fmt_count
+from perftop.render.actions import gc_side_by_side, per_worker, render_workers
+from perftop.render.units import fmt_count
 
 PIDS = list(range(4001, 4009))  # eight workers
 

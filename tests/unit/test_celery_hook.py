@@ -13,7 +13,7 @@ import pytest
 
 from perftop.agent import tasks
 from perftop.agent.recorder import registry
-from perftop.sketch import Sketch
+from perftop.wire.sketch import Sketch
 
 celery = pytest.importorskip("celery")
 signals = pytest.importorskip("celery.signals")

@@ -31,7 +31,7 @@ from perftop.export.histograms import (
     native_index,
 )
 from perftop.export.prometheus import choose_encoder, digest_sketch
-from perftop.sketch import ALPHA, GAMMA, Sketch, bucket_value
+from perftop.wire.sketch import ALPHA, GAMMA, Sketch, bucket_value
 
 # -- the classic ladder ----------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import pytest
 
 from perftop.agent.frameworks import HOOKS, django_template
 
-BOOTSTRAP = Path(__file__).resolve().parents[2] / "perftop" / "_bootstrap" / "sitecustomize.py"
+BOOTSTRAP = Path(__file__).resolve().parents[2] / "perftop" / "launch" / "_bootstrap" / "sitecustomize.py"
 
 
 def test_the_bootstrap_watches_exactly_the_modules_the_agent_can_instrument() -> None:

@@ -17,7 +17,7 @@ from perftop.export.otlp import (
     failure_reason,
     metrics_endpoint,
 )
-from perftop.sketch import ALPHA, Sketch
+from perftop.wire.sketch import ALPHA, Sketch
 
 
 def in_bucket(value: float, index: int) -> bool:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perftop.protocol import (
+from perftop.wire.protocol import (
     HEADER_BYTES,
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,

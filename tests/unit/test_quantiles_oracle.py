@@ -28,7 +28,7 @@ from perftop.collectors.agent_client import QUANTILES, merge_queries, merge_stat
 from perftop.collectors.agent_view import build_view
 from perftop.export.prometheus import QUANTILES as EXPORT_QUANTILES
 from perftop.export.prometheus import digest_sketch
-from perftop.sketch import Sketch, nearest_rank
+from perftop.wire.sketch import Sketch, nearest_rank
 from tests.helpers import short_tmp_dir, wait_for
 from tests.targets.agent_harness import ROOT, Target
 from tests.targets.agent_target import samples

@@ -20,7 +20,7 @@ import pytest
 import perftop
 from perftop.agent import gcwatch
 from perftop.agent.recorder import OVERFLOW_NAME, Registry, registry
-from perftop.sketch import Sketch
+from perftop.wire.sketch import Sketch
 from tests.targets.agent_harness import ROOT, target_env
 
 

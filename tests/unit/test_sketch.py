@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perftop.sketch import ALPHA, MAX_BINS, Sketch, SketchError, Windows
+from perftop.wire.sketch import ALPHA, MAX_BINS, Sketch, SketchError, Windows
 
 QS = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from perftop.units import fmt_count, fmt_ms, short_path
+from perftop.render.units import fmt_count, fmt_ms, short_path
 
 
 @pytest.mark.parametrize(

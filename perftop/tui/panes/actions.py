@@ -21,17 +21,17 @@ from textual.reactive import reactive
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
-from perftop.actions_view import (
+from perftop.render.actions import (
     memory_growth_by_worker,
     memory_side_by_side,
     per_worker,
     render,
     render_workers,
 )
+from perftop.render.units import fmt_bytes, short_path
 from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
 from perftop.tui.widgets.flame import FlameView
-from perftop.units import fmt_bytes, short_path
 
 TITLES = {
     "profile": "CPU profile (sampling)",

@@ -71,7 +71,7 @@ class AttachedView(Vertical):
         )
 
     def _inject(self, pid: int) -> None:
-        from perftop.inject import InjectError, inject
+        from perftop.launch.inject import InjectError, inject
 
         socket_dir = getattr(getattr(self.app, "sources", None), "socket_dir", None)
         try:

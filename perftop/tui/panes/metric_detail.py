@@ -13,8 +13,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Sparkline, Static
 
 from perftop.render.sql import compact_sql
-from perftop.sketch import Sketch, bucket_value
-from perftop.units import fmt_ms, short_path
+from perftop.render.units import fmt_ms, short_path
+from perftop.wire.sketch import Sketch, bucket_value
 
 
 def histogram(sketch: Sketch, rows: int = 16) -> list[tuple[float, float, int]]:

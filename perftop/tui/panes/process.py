@@ -14,9 +14,9 @@ from textual.reactive import reactive
 from textual.widgets import Label, Static
 
 from perftop.collectors.model import CgroupInfo, Limit, ProcessSample, ProcessTree, WorkerRow
+from perftop.render.units import fmt_bytes, fmt_count, fmt_duration, fmt_limit, fmt_ms
 from perftop.tui.widgets.bar import UsageBar
 from perftop.tui.widgets.proctable import LineTable
-from perftop.units import fmt_bytes, fmt_count, fmt_duration, fmt_limit, fmt_ms
 
 WORKER_SORTS: tuple[str, ...] = ("cpu", "rss", "req/s", "p99", "age", "pid")
 """The worker table's sort orders, cycled by `o`."""

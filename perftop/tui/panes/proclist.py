@@ -11,9 +11,9 @@ from textual.reactive import reactive
 from textual.widgets import Input, Static
 
 from perftop.collectors.model import ProcessRow
+from perftop.render.units import fmt_bytes
 from perftop.tui.widgets.filterbar import FilterBar
 from perftop.tui.widgets.proctable import LineTable
-from perftop.units import fmt_bytes
 
 SORTS: tuple[str, ...] = ("cpu", "mem", "pid", "name")
 """The sort orders `s` cycles through."""

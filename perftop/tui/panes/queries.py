@@ -19,12 +19,12 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from perftop.render.plan import NO_ADVICE, NO_ADVICE_BUT_WARNINGS, plan_lines
 from perftop.render.sql import compact_sql
+from perftop.render.units import fmt_count, fmt_ms, short_path
 from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
 from perftop.tui.panes import CELL_PAD, FRAME
 from perftop.tui.widgets.confirm import Confirm
 from perftop.tui.widgets.filterbar import FilterBar
-from perftop.units import fmt_count, fmt_ms, short_path
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("fingerprint", "fingerprint", 44),

@@ -10,9 +10,9 @@ from textual.reactive import reactive
 from textual.widgets import Label
 
 from perftop.collectors.model import SystemSample
+from perftop.render.units import fmt_bytes, fmt_rate
 from perftop.tui.widgets.bar import UsageBar
 from perftop.tui.widgets.spark import TextSparkline
-from perftop.units import fmt_bytes, fmt_rate
 
 HISTORY = 60
 """Samples kept for each sparkline."""

@@ -15,9 +15,9 @@ from textual.reactive import reactive
 from textual.widgets import DataTable, Static
 
 from perftop.collectors.agent_view import AgentView
+from perftop.render.units import fmt_count, fmt_ms
 from perftop.tui.panes import CELL_PAD, FRAME
 from perftop.tui.panes.metric_detail import MetricDetail
-from perftop.units import fmt_count, fmt_ms
 
 WINDOWS: tuple[tuple[float | None, str], ...] = (
     (None, "since start"),

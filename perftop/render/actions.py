@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from perftop.render.plan import NO_ADVICE, NO_ADVICE_BUT_WARNINGS, plan_lines, plan_text
-from perftop.units import fmt_bytes, fmt_count, fmt_ms, safe_text, short_path
+from perftop.render.units import fmt_bytes, fmt_count, fmt_ms, safe_text, short_path
 
 
 def _site(file: Any, line: Any) -> str:

@@ -51,12 +51,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NoReturn
 
-from perftop import inject_loader
-from perftop.agent import paths
+from perftop.launch import inject_loader
+from perftop.wire import paths
 
-PACKAGE_DIR = str(Path(__file__).resolve().parent)
-"""The perftop package the target loads (it must be readable by the target's user)."""
-PROBE = os.path.join(PACKAGE_DIR, "inject_probe.py")
+PACKAGE_DIR = str(Path(__file__).resolve().parent.parent)
+"""The perftop package directory the target loads (it must be readable by the target's user)."""
+PROBE = os.path.join(PACKAGE_DIR, "launch", "inject_probe.py")
 """The throwaway process of the preflight (run by the target's interpreter)."""
 MIN_PYTHON = (3, 10)
 """The oldest Python the agent runs on."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import perftop
 
-log = logging.getLogger("perftop.demo")
+log = logging.getLogger("perftop.launch.demo_service")
 
 COUNTRIES = ("FR", "DE", "US", "JP", "BR", "IN", "NG", "SE")
 STATUSES = ("new", "paid", "shipped", "cancelled", "refunded")
@@ -317,7 +317,7 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perftop.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m perftop.launch.demo_service", description=__doc__)
     parser.add_argument(
         "--url",
         help="SQLAlchemy URL of the database to use, e.g. postgresql+psycopg://postgres@127.0.0.1/test "

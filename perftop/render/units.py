@@ -108,7 +108,7 @@ _STDLIB = re.compile(r".*/lib/python3\.\d+t?/")
 def short_path(path: object, keep: int = 3, longer_than: int = 40) -> str:
     """A source path as py-spy shows it: an installed package from its own name on
     (`sqlalchemy/engine/cursor.py`), the standard library from its root (`asyncio/base_events.py`), and
-    any other path longer than `longer_than` by its last `keep` components (`…/perftop/demo.py`)."""
+    any other path longer than `longer_than` by its last `keep` components (`…/launch/demo_service.py`)."""
     text = str(path)
     short = _PACKAGES.sub("", text, count=1)
     if short == text:

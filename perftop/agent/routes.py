@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from perftop.sketch import Sketch
+from perftop.wire.sketch import Sketch
 
 ROUTE_KEY = "perftop.route"
 """Where a framework hook leaves the route template of a live request (WSGI environ, ASGI scope)."""

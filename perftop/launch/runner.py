@@ -82,7 +82,7 @@ def demo_command(threads: int, url: str | None = None, parent: int | None = None
     return [
         sys.executable,
         "-m",
-        "perftop.demo",
+        "perftop.launch.demo_service",
         "--threads",
         str(threads),
         *(["--url", url] if url else []),

@@ -59,7 +59,8 @@ class _Abort(BaseException):
     perftop's `except Exception` handlers let it through."""
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+"""The `perftop` package directory (this file is perftop/launch/_bootstrap/sitecustomize.py)."""
 
 
 class _PerftopFinder:

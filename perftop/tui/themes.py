@@ -23,7 +23,7 @@ class ThemeError(ValueError):
 
 def theme_dirs() -> list[Path]:
     """Where theme files are looked for: the user's config dir, the installed package, the source tree."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent
     config = Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "perftop" / "themes"
     return [p for p in (config, here / "themes", here.parent / "themes") if p.is_dir()]
 

@@ -1,0 +1,1 @@
+"""Getting an agent into a process: `perftop run` (runner, _bootstrap), `perftop inject`, the demo service."""
