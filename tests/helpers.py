@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import queue
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -73,3 +75,51 @@ def run_perftop(*args: str, env: dict[str, str], timeout: float = 120) -> subpro
         env=env,
         check=False,
     )
+
+
+class ChildLines:
+    """A child's stdout read line by line by a thread (so a test can wait for a line with a deadline) and
+    its stderr collected by another (so a failure can show what the child said). `name` is for messages."""
+
+    def __init__(self, proc: subprocess.Popen[str], name: str) -> None:
+        self.proc = proc
+        self.name = name
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._stderr: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._stderr.append(line)
+
+    @property
+    def stderr(self) -> str:
+        """Everything the child wrote on stderr so far."""
+        return "".join(self._stderr)
+
+    def next(self, timeout: float) -> str:
+        """The child's next stdout line (without its newline); AssertionError at the deadline or its exit."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            message = f"no line from {self.name} within {timeout} s; stderr: {self.stderr}"
+            raise AssertionError(message) from None
+        if line is None:
+            raise AssertionError(f"{self.name} exited ({self.proc.poll()}); stderr: {self.stderr}")
+        return line
+
+
+def close_streams(proc: subprocess.Popen[Any]) -> None:
+    """Close a finished child's pipes (an unclosed pipe is a ResourceWarning at the end of the test)."""
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()

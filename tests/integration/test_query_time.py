@@ -11,11 +11,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,33 +31,11 @@ NESTED_SLACK_MS = 0.05
 """perftop's interval lies inside the app's; this only absorbs the two clocks' rounding."""
 
 
-class QueryTimeApp(SqlApp):
-    """A running qtime_app.py, driven like sql_app.py (same line protocol)."""
-
-    def __init__(self, url: str, suffix: str, *options: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        self.proc = subprocess.Popen(
-            [sys.executable, str(QAPP), url, suffix, *options],
-            cwd=QAPP.parents[2],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._stderr: list[str] = []
-        threading.Thread(target=self._read, args=(self.proc.stdout, self._lines), daemon=True).start()
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-        hello = self._reply()
-        assert hello.get("ready"), hello
-        self.dialect = str(hello["dialect"])
-
-
 @contextlib.contextmanager
-def running(kind: str, tmp_path: Path, rows: int = 300_000, suffix: str = "") -> Iterator[QueryTimeApp]:
+def running(kind: str, tmp_path: Path, rows: int = 300_000, suffix: str = "") -> Iterator[SqlApp]:
     url = database_url(kind, tmp_path)
-    app = QueryTimeApp(url, suffix or new_suffix(), "--slow-ms", str(SLOW_MS), "--rows", str(rows))
+    options = ("--slow-ms", str(SLOW_MS), "--rows", str(rows))
+    app = SqlApp(url, suffix or new_suffix(), *options, script=QAPP)
     try:
         yield app
     finally:

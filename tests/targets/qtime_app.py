@@ -4,8 +4,9 @@ finishes the result (the last fetch, `close()`, the connection's return, or drop
 
 Usage: python tests/targets/qtime_app.py URL SUFFIX [--slow-ms MS] [--rows N]
 
-Protocol: one JSON object per line on stdin, one reply per line on stdout:
-  {"cmd": NAME, ...args}  ->  {"ok": true, "result": ...} or {"ok": false, "error": MSG, "type": NAME}
+Protocol (tests/targets/json_lines.py): one JSON object per line on stdin, one reply per line on stdout:
+  {"cmd": NAME, ...args}  ->  {"ok": true, "result": ...} or {"ok": false, "error": MSG, "type": NAME,
+                                                              "value_error": bool}
 Commands: scan, async_stream, insert_returning, pk_lookup, leak_check, stats, teardown, exit.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from perftop.agent import sqlalchemy as hook
+from tests.targets.json_lines import serve
 
 FILL = {
     "sqlite": (
@@ -273,20 +274,7 @@ def main() -> None:
             "teardown",
         )
     }
-    out = sys.stdout
-    out.write(json.dumps({"ready": True, "pid": os.getpid(), "dialect": app.dialect}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        request = json.loads(line)
-        name = request.pop("cmd")
-        if name == "exit":
-            break
-        try:
-            reply: dict[str, Any] = {"ok": True, "result": commands[name](**request)}
-        except Exception as exc:
-            reply = {"ok": False, "error": str(exc), "type": type(exc).__name__}
-        out.write(json.dumps(reply, default=str) + "\n")
-        out.flush()
+    serve(commands, dialect=app.dialect)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,10 @@ Every URL gets an engine, instrumented through the public API (`perftop.instrume
 slow_ms=0 so every execution, failed ones included, goes to the slow list; keep_values as given). A second
 URL makes an app with two engines (the EXPLAIN engine-choice test).
 
-Protocol: one JSON object per line on stdin, one reply per line on stdout; the first line out is
-{"ready": true, "pid": PID}.
+Protocol: tests/targets/json_lines.py (one JSON object per line on stdin, one reply per line on stdout;
+the first line out is {"ready": true, "pid": PID}).
   {"cmd": "sql", "sql": S, "params": {..} | null, "engine": 0 | 1, "fetch": bool}
-        -> {"ok": true, "result": rows or rowcount} or {"ok": false, "type": NAME, "error": MSG}
+        -> {"ok": true, "result": rows or rowcount} or {"ok": false, "type": NAME, "error": MSG, ...}
         one transaction, committed unless it fails; params null runs S with no parameter parsing
   {"cmd": "sql_timed_out", "sql": S, "params": {..}, "timeout_ms": N}
         -> S under a statement timeout of N ms (PostgreSQL statement_timeout, MariaDB max_statement_time):
@@ -20,7 +20,6 @@ Protocol: one JSON object per line on stdin, one reply per line on stdout; the f
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import perftop
+from tests.targets.json_lines import serve
 
 
 def main() -> None:
@@ -40,26 +40,12 @@ def main() -> None:
     engines = [sa.create_engine(url) for url in urls]
     for engine in engines:
         perftop.instrument_sqlalchemy(engine, slow_ms=0, keep_values=keep_values)
-    out = sys.stdout
-    out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        request = json.loads(line)
-        cmd = request.pop("cmd")
-        if cmd == "exit":
-            break
-        try:
-            if cmd == "sql":
-                result = run_sql(engines[request.get("engine", 0)], request)
-            elif cmd == "sql_timed_out":
-                result = run_timed_out(engines[0], request)
-            else:
-                raise ValueError(f"unknown command {cmd!r}")
-            reply: dict[str, Any] = {"ok": True, "result": result}
-        except Exception as exc:
-            reply = {"ok": False, "type": type(exc).__name__, "error": str(exc)}
-        out.write(json.dumps(reply, default=str) + "\n")
-        out.flush()
+    serve(
+        {
+            "sql": lambda **request: run_sql(engines[request.get("engine", 0)], request),
+            "sql_timed_out": lambda **request: run_timed_out(engines[0], request),
+        }
+    )
     for engine in engines:
         engine.dispose()
 

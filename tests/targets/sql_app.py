@@ -7,7 +7,7 @@ perftop's hook is installed for every engine BEFORE the engine exists (`instrume
 then once more for the engine itself, which must change nothing (the hook is idempotent). With
 --engine-first the order is reversed: the engine, then every engine (which takes the engine's over).
 
-Protocol: one JSON object per line on stdin, one reply per line on stdout:
+Protocol (tests/targets/json_lines.py): one JSON object per line on stdin, one reply per line on stdout:
   {"cmd": NAME, ...args}  ->  {"ok": true, "result": ...} or {"ok": false, "error": MSG, "type": NAME,
                                                               "value_error": bool}
 Commands: setup, workload, n_plus_one, find_by_email, exec, fail, hold, release, contend,
@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from perftop.agent import sqlalchemy as hook
+from tests.targets.json_lines import serve
 
 SLOW_SQL = (
     "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) SELECT count(*) FROM c"
@@ -294,25 +295,7 @@ def main() -> None:
             "teardown",
         )
     }
-    out = sys.stdout
-    out.write(json.dumps({"ready": True, "pid": os.getpid(), "dialect": app.dialect}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        request = json.loads(line)
-        name = request.pop("cmd")
-        if name == "exit":
-            break
-        try:
-            reply: dict[str, Any] = {"ok": True, "result": commands[name](**request)}
-        except Exception as exc:
-            reply = {
-                "ok": False,
-                "error": str(exc),
-                "type": type(exc).__name__,
-                "value_error": isinstance(exc, ValueError),
-            }
-        out.write(json.dumps(reply, default=str) + "\n")
-        out.flush()
+    serve(commands, dialect=app.dialect)
 
 
 if __name__ == "__main__":
