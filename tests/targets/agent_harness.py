@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from perftop.wire.protocol import FrameDecoder, Hello, encode
+from tests.helpers import ChildLines, close_streams
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = Path(__file__).resolve().parent / "agent_target.py"
@@ -43,10 +42,7 @@ class Target:
             env=target_env(),
         )
         self.children: list[int] = []
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        self._stderr: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
+        self.output = ChildLines(self.proc, "the target")
         try:
             ready = self.read_line(timeout=20).split()
             assert ready[0] == "ready", ready
@@ -58,30 +54,12 @@ class Target:
             self.kill()
             raise
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
-
-    def _pump_err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self._stderr.append(line)
-
     @property
     def stderr(self) -> str:
-        return "".join(self._stderr)
+        return self.output.stderr
 
     def read_line(self, timeout: float = 10.0) -> str:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            message = f"no answer from the target within {timeout} s; stderr: {self.stderr}"
-            raise AssertionError(message) from None
-        if line is None:
-            raise AssertionError(f"the target exited ({self.proc.poll()}); stderr: {self.stderr}")
-        return line
+        return self.output.next(timeout)
 
     def cmd(self, line: str, timeout: float = 20.0) -> str:
         assert self.proc.stdin is not None
@@ -102,10 +80,7 @@ class Target:
             self.proc.kill()
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
+        close_streams(self.proc)
 
     def __enter__(self) -> Target:
         return self

@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import multiprocessing
 import os
-import random
 import sys
 import threading
 from pathlib import Path
@@ -40,11 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import perftop
 from perftop.agent import server
+from tests.targets.line_target import (
+    Command,
+    run_count,
+    run_gauge,
+    run_observe,
+    run_work,
+    samples,
+    serve,
+    work,
+)
 
-
-@perftop.time_it("work")
-def work(i: int) -> int:
-    return i + 1
+__all__ = ["samples"]
 
 
 @perftop.time_it("fails")
@@ -63,22 +68,6 @@ def spin_once() -> None:
     pass
 
 
-def reply(line: str) -> None:
-    """One answer line on stdout, flushed: the test is waiting for it."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def samples(dist: str, seed: int, n: int) -> list[float]:
-    """Reproducible durations in ms: `lognormal` (median 20 ms) or `bimodal` (5 ms, and 10% at 200 ms)."""
-    rng = random.Random(seed)
-    if dist == "lognormal":
-        return [rng.lognormvariate(math.log(20.0), 0.8) for _ in range(n)]
-    if dist == "bimodal":
-        return [abs(rng.gauss(5.0, 0.5) if rng.random() < 0.9 else rng.gauss(200.0, 20.0)) for _ in range(n)]
-    raise ValueError(dist)
-
-
 _stop_spinning = [False]
 
 
@@ -94,109 +83,131 @@ def _mp_worker(go: Any) -> None:
     go.wait(60)
 
 
+class Commands:
+    """The commands beyond the shared ones, with the state they keep between lines."""
+
+    def __init__(self, socket_dir: str) -> None:
+        self.socket_dir = socket_dir
+        self.counts: list[list[int]] = []
+        self.spinners: list[threading.Thread] = []
+        self.go: Any = None
+        self.worker: Any = None
+
+    def errors(self, args: list[str]) -> str:
+        k, v = int(args[0]), int(args[1])
+        for kind, times in ((KeyError, k), (ValueError, v)):
+            for _ in range(times):
+                with contextlib.suppress(kind):
+                    fails(kind)
+        return f"done {k} {v}"
+
+    def run_async(self, args: list[str]) -> str:
+        n = int(args[0])
+
+        async def run() -> None:
+            for i in range(n):
+                await async_work(i)
+
+        asyncio.run(run())
+        return f"done {n}"
+
+    def timer(self, args: list[str]) -> str:
+        n = int(args[0])
+        for _ in range(n):
+            with perftop.timer("block"):
+                pass
+        return f"done {n}"
+
+    def spin(self, args: list[str]) -> str:
+        for _ in range(int(args[0])):
+            slot = [0]
+            self.counts.append(slot)
+            thread = threading.Thread(target=_spin, args=(slot,), name="spinner", daemon=True)
+            thread.start()
+            self.spinners.append(thread)
+        return f"spinning {len(self.counts)}"
+
+    def progress(self, args: list[str]) -> str:
+        return f"progress {sum(slot[0] for slot in self.counts)}"
+
+    def unspin(self, args: list[str]) -> str:
+        _stop_spinning[0] = True
+        for thread in self.spinners:
+            thread.join()
+        return f"unspun {sum(slot[0] for slot in self.counts)}"
+
+    def samples(self, args: list[str]) -> str:
+        values = samples(args[0], int(args[1]), int(args[2]))
+        for ms in values:
+            perftop.observe(args[0], ms)
+        return f"done {len(values)}"
+
+    def workers(self, args: list[str]) -> str:
+        pids = []
+        for i in range(int(args[0])):
+            pid = os.fork()
+            if pid == 0:
+                sys.stdin.close()
+                for ms in samples(args[1], i, int(args[2])):
+                    perftop.observe(args[1], ms)
+                threading.Event().wait()
+            pids.append(pid)
+        return "workers " + " ".join(map(str, pids))
+
+    def mpstart(self, args: list[str]) -> str:
+        ctx = multiprocessing.get_context("fork")
+        self.go = ctx.Event()
+        self.worker = ctx.Process(target=_mp_worker, args=(self.go,))
+        self.worker.start()
+        return f"mp {self.worker.pid}"
+
+    def mpjoin(self, args: list[str]) -> str:
+        self.go.set()
+        self.worker.join(30)
+        return f"joined {self.worker.exitcode}"
+
+    def fork(self, args: list[str]) -> str:
+        pid = os.fork()
+        if pid == 0:
+            # The child: serve until killed; stdin belongs to the parent.
+            sys.stdin.close()
+            threading.Event().wait()
+        return f"forked {pid}"
+
+    def stop(self, args: list[str]) -> str:
+        perftop.stop()
+        return "stopped"
+
+    def start(self, args: list[str]) -> str:
+        perftop.start(name=args[0] if args else None, socket_dir=self.socket_dir)
+        return f"started {server.socket_file()}"
+
+
 def main() -> None:
     socket_dir = sys.argv[1]
     name = sys.argv[2] if len(sys.argv) > 2 else "agent-target"
     perftop.start(name=name, socket_dir=socket_dir)
-    counts: list[list[int]] = []
-    spinners: list[threading.Thread] = []
-    reply(f"ready {os.getpid()} {server.socket_file()}")
-    for line in sys.stdin:
-        cmd, *args = line.split()
-        if cmd == "work":
-            n = int(args[0])
-            for i in range(n):
-                work(i)
-            reply(f"done {n}")
-        elif cmd == "errors":
-            k, v = int(args[0]), int(args[1])
-            for kind, times in ((KeyError, k), (ValueError, v)):
-                for _ in range(times):
-                    with contextlib.suppress(kind):
-                        fails(kind)
-            reply(f"done {k} {v}")
-        elif cmd == "async":
-            n = int(args[0])
-
-            async def run(n: int = n) -> None:
-                for i in range(n):
-                    await async_work(i)
-
-            asyncio.run(run())
-            reply(f"done {n}")
-        elif cmd == "timer":
-            n = int(args[0])
-            for _ in range(n):
-                with perftop.timer("block"):
-                    pass
-            reply(f"done {n}")
-        elif cmd == "count":
-            perftop.count(args[0], int(args[1]))
-            reply("done")
-        elif cmd == "gauge":
-            perftop.gauge(args[0], float(args[1]))
-            reply("done")
-        elif cmd == "observe":
-            perftop.observe(args[0], float(args[1]))
-            reply("done")
-        elif cmd == "spin":
-            for _ in range(int(args[0])):
-                slot = [0]
-                counts.append(slot)
-                thread = threading.Thread(target=_spin, args=(slot,), name="spinner", daemon=True)
-                thread.start()
-                spinners.append(thread)
-            reply(f"spinning {len(counts)}")
-        elif cmd == "progress":
-            reply(f"progress {sum(slot[0] for slot in counts)}")
-        elif cmd == "unspin":
-            _stop_spinning[0] = True
-            for thread in spinners:
-                thread.join()
-            reply(f"unspun {sum(slot[0] for slot in counts)}")
-        elif cmd == "samples":
-            values = samples(args[0], int(args[1]), int(args[2]))
-            for ms in values:
-                perftop.observe(args[0], ms)
-            reply(f"done {len(values)}")
-        elif cmd == "workers":
-            pids = []
-            for i in range(int(args[0])):
-                pid = os.fork()
-                if pid == 0:
-                    sys.stdin.close()
-                    for ms in samples(args[1], i, int(args[2])):
-                        perftop.observe(args[1], ms)
-                    threading.Event().wait()
-                pids.append(pid)
-            reply("workers " + " ".join(map(str, pids)))
-        elif cmd == "mpstart":
-            ctx = multiprocessing.get_context("fork")
-            go = ctx.Event()
-            worker = ctx.Process(target=_mp_worker, args=(go,))
-            worker.start()
-            reply(f"mp {worker.pid}")
-        elif cmd == "mpjoin":
-            go.set()
-            worker.join(30)
-            reply(f"joined {worker.exitcode}")
-        elif cmd == "fork":
-            pid = os.fork()
-            if pid == 0:
-                # The child: serve until killed; stdin belongs to the parent.
-                sys.stdin.close()
-                threading.Event().wait()
-            reply(f"forked {pid}")
-        elif cmd == "stop":
-            perftop.stop()
-            reply("stopped")
-        elif cmd == "start":
-            perftop.start(name=args[0] if args else None, socket_dir=socket_dir)
-            reply(f"started {server.socket_file()}")
-        elif cmd == "exit":
-            sys.exit(0)
-        else:
-            reply(f"unknown {cmd}")
+    own = Commands(socket_dir)
+    commands: dict[str, Command] = {
+        "work": run_work,
+        "count": run_count,
+        "gauge": run_gauge,
+        "observe": run_observe,
+        "errors": own.errors,
+        "async": own.run_async,
+        "timer": own.timer,
+        "spin": own.spin,
+        "progress": own.progress,
+        "unspin": own.unspin,
+        "samples": own.samples,
+        "workers": own.workers,
+        "mpstart": own.mpstart,
+        "mpjoin": own.mpjoin,
+        "fork": own.fork,
+        "stop": own.stop,
+        "start": own.start,
+    }
+    serve(commands)
 
 
 if __name__ == "__main__":

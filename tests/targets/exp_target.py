@@ -16,9 +16,6 @@ each command line with one line:
 
 from __future__ import annotations
 
-import math
-import os
-import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,71 +23,63 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import perftop
-from perftop.agent import server
-
-
-@perftop.time_it("work")
-def work(i: int) -> int:
-    return i * 2
+from tests.targets import line_target
+from tests.targets.line_target import Command, run_count, run_gauge, run_work, serve
 
 
 def samples(seed: int, n: int) -> list[float]:
     """Reproducible durations in milliseconds: lognormal, median 20 ms (the test recomputes them)."""
-    rng = random.Random(seed)
-    return [rng.lognormvariate(math.log(20.0), 0.8) for _ in range(n)]
+    return line_target.samples("lognormal", seed, n)
 
 
-def reply(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def run_samples(args: list[str]) -> str:
+    values = samples(int(args[1]), int(args[2]))
+    for ms in values:
+        perftop.observe(args[0], ms)
+    return f"done {len(values)}"
+
+
+def run_metrics(args: list[str]) -> str:
+    k, n = int(args[0]), int(args[1])
+    for index in range(k):
+        for ms in samples(index, n):
+            perftop.observe(f"m{index:03d}", ms)
+    return f"done {k}"
+
+
+class Sql:
+    """`sql SPEC` on one instrumented in-memory SQLite engine, made at the first use."""
+
+    def __init__(self) -> None:
+        self.engine: Any = None
+
+    def __call__(self, args: list[str]) -> str:
+        from sqlalchemy import create_engine, text
+
+        if self.engine is None:
+            self.engine = create_engine("sqlite://")
+            perftop.instrument_sqlalchemy(self.engine, slow_ms=1000)
+        with self.engine.connect() as conn:
+            for item in args[0].split(","):
+                table, times = item.split(":")
+                conn.execute(text(f"CREATE TABLE IF NOT EXISTS {table} (x INTEGER)"))
+                for _ in range(int(times)):
+                    conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+        return "done"
 
 
 def main() -> None:
     socket_dir, name = sys.argv[1], sys.argv[2]
     perftop.start(name=name, socket_dir=socket_dir)
-    engine: Any = None
-    reply(f"ready {os.getpid()} {server.socket_file()}")
-    for line in sys.stdin:
-        cmd, *args = line.split()
-        if cmd == "work":
-            n = int(args[0])
-            for i in range(n):
-                work(i)
-            reply(f"done {n}")
-        elif cmd == "samples":
-            values = samples(int(args[1]), int(args[2]))
-            for ms in values:
-                perftop.observe(args[0], ms)
-            reply(f"done {len(values)}")
-        elif cmd == "metrics":
-            k, n = int(args[0]), int(args[1])
-            for index in range(k):
-                for ms in samples(index, n):
-                    perftop.observe(f"m{index:03d}", ms)
-            reply(f"done {k}")
-        elif cmd == "count":
-            perftop.count(args[0], int(args[1]))
-            reply("done")
-        elif cmd == "gauge":
-            perftop.gauge(args[0], float(args[1]))
-            reply("done")
-        elif cmd == "sql":
-            from sqlalchemy import create_engine, text
-
-            if engine is None:
-                engine = create_engine("sqlite://")
-                perftop.instrument_sqlalchemy(engine, slow_ms=1000)
-            with engine.connect() as conn:
-                for item in args[0].split(","):
-                    table, times = item.split(":")
-                    conn.execute(text(f"CREATE TABLE IF NOT EXISTS {table} (x INTEGER)"))
-                    for _ in range(int(times)):
-                        conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
-            reply("done")
-        elif cmd == "exit":
-            sys.exit(0)
-        else:
-            reply(f"unknown {cmd}")
+    commands: dict[str, Command] = {
+        "work": run_work,
+        "samples": run_samples,
+        "metrics": run_metrics,
+        "count": run_count,
+        "gauge": run_gauge,
+        "sql": Sql(),
+    }
+    serve(commands)
 
 
 if __name__ == "__main__":

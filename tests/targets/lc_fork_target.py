@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import perftop
-from perftop.agent import server
+from tests.targets.line_target import Command, serve
 
 _mp: dict[int, Any] = {}
 wait_in_c = time.sleep
@@ -45,11 +45,6 @@ def parent_work() -> None:
 @perftop.time_it("child.work")
 def child_work() -> None:
     pass
-
-
-def reply(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def record_forever() -> None:
@@ -74,52 +69,65 @@ def forked_child() -> None:
         os._exit(0)
 
 
+def run_fork(args: list[str]) -> str:
+    pids = []
+    for _ in range(int(args[0])):
+        pid = os.fork()
+        if pid == 0:
+            forked_child()
+        pids.append(pid)
+    return "forked " + " ".join(map(str, pids))
+
+
+def run_mp(args: list[str]) -> str:
+    ctx: Any = multiprocessing.get_context(args[0])
+    if args[0] == "forkserver":
+        ctx.set_forkserver_preload(["tests.targets.lc_fork_preload"])
+    procs = [ctx.Process(target=child_main, daemon=True) for _ in range(int(args[1]))]
+    for proc in procs:
+        proc.start()
+        _mp[proc.pid] = proc
+    return "mp " + " ".join(str(p.pid) for p in procs)
+
+
+def run_preexec(args: list[str]) -> str:
+    proc = subprocess.Popen(["sleep", "30"], preexec_fn=os.getpid)
+    _mp[proc.pid] = proc
+    return f"preexec {proc.pid}"
+
+
+def run_spin(args: list[str]) -> str:
+    until = time.monotonic() + float(args[0])
+    while time.monotonic() < until:
+        pass
+    return "spun"
+
+
+def run_kill(args: list[str]) -> str:
+    for pid in map(int, args):
+        os.kill(pid, signal.SIGKILL)
+        proc = _mp.pop(pid, None)
+        if isinstance(proc, subprocess.Popen):
+            proc.wait()
+        elif proc is not None:
+            proc.join()
+        else:
+            os.waitpid(pid, 0)
+    return "killed"
+
+
 def main() -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # a stuck child's stacks, on demand
     perftop.start(name="fork-target")
     threading.Thread(target=record_forever, name="recorder", daemon=True).start()
-    reply(f"ready {os.getpid()} {server.socket_file()}")
-    for line in sys.stdin:
-        cmd, *args = line.split()
-        if cmd == "fork":
-            pids = []
-            for _ in range(int(args[0])):
-                pid = os.fork()
-                if pid == 0:
-                    forked_child()
-                pids.append(pid)
-            reply("forked " + " ".join(map(str, pids)))
-        elif cmd == "mp":
-            ctx: Any = multiprocessing.get_context(args[0])
-            if args[0] == "forkserver":
-                ctx.set_forkserver_preload(["tests.targets.lc_fork_preload"])
-            procs = [ctx.Process(target=child_main, daemon=True) for _ in range(int(args[1]))]
-            for proc in procs:
-                proc.start()
-                _mp[proc.pid] = proc
-            reply("mp " + " ".join(str(p.pid) for p in procs))
-        elif cmd == "preexec":
-            proc = subprocess.Popen(["sleep", "30"], preexec_fn=os.getpid)
-            _mp[proc.pid] = proc
-            reply(f"preexec {proc.pid}")
-        elif cmd == "spin":
-            until = time.monotonic() + float(args[0])
-            while time.monotonic() < until:
-                pass
-            reply("spun")
-        elif cmd == "kill":
-            for pid in map(int, args):
-                os.kill(pid, signal.SIGKILL)
-                proc = _mp.pop(pid, None)
-                if isinstance(proc, subprocess.Popen):
-                    proc.wait()
-                elif proc is not None:
-                    proc.join()
-                else:
-                    os.waitpid(pid, 0)
-            reply("killed")
-        else:
-            reply(f"unknown {cmd}")
+    commands: dict[str, Command] = {
+        "fork": run_fork,
+        "mp": run_mp,
+        "preexec": run_preexec,
+        "spin": run_spin,
+        "kill": run_kill,
+    }
+    serve(commands)
 
 
 if __name__ == "__main__":

@@ -29,16 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import perftop
 from perftop.agent import server
 from perftop.agent.recorder import registry
-
-
-@perftop.time_it("work")
-def work(i: int) -> int:
-    return i + 1
-
-
-def reply(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+from tests.targets.line_target import Command, run_work, serve, work
 
 
 def agent_fds() -> list[int]:
@@ -58,56 +49,62 @@ TCP: list[socket.socket] = []
 """The app's connections, global so that they are still open when atexit hooks run (as in the report)."""
 
 
+def run_set(args: list[str]) -> str:
+    setattr(server, args[0], float(args[1]))
+    return "set"
+
+
+def run_agentfds(args: list[str]) -> str:
+    return "fds " + " ".join(map(str, agent_fds()))
+
+
+def run_close(args: list[str]) -> str:
+    port, k = int(args[0]), int(args[1])
+    os.closerange(3, 4096)
+    for i in range(k):
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(f"app {i}\n".encode())
+        TCP.append(conn)
+    return "tcp " + " ".join(str(c.fileno()) for c in TCP)
+
+
+def run_bye(args: list[str]) -> str:
+    for i, conn in enumerate(TCP):
+        conn.sendall(f"bye {i}\n".encode())
+    return "sent"
+
+
+def run_stall(args: list[str]) -> str:
+    n = int(args[0])
+    out = []
+    with registry.drain_lock:
+        for i in range(n):
+            work(i)
+        for _ in range(n):
+            with perftop.timer("block"):
+                pass
+        for _ in range(n):
+            perftop.count("hits", 1)
+        for _ in range(n):
+            perftop.observe("lat", 1.5)
+        metrics = [registry.timings["work"], registry.timings["block"]]
+        metrics += [registry.counters["hits"], registry.timings["lat"]]
+        for m in metrics:
+            out.append(f"{m.name} {len(m.buf)} {m.dropped}")
+    return "stalled " + " ".join(out)
+
+
 def main() -> None:
     perftop.start(name="lc-target", socket_dir=sys.argv[1])
-    tcp = TCP
-    reply(f"ready {os.getpid()} {server.socket_file()}")
-    for line in sys.stdin:
-        cmd, *args = line.split()
-        if cmd == "work":
-            n = int(args[0])
-            for i in range(n):
-                work(i)
-            reply(f"done {n}")
-        elif cmd == "set":
-            setattr(server, args[0], float(args[1]))
-            reply("set")
-        elif cmd == "agentfds":
-            reply("fds " + " ".join(map(str, agent_fds())))
-        elif cmd == "close":
-            port, k = int(args[0]), int(args[1])
-            os.closerange(3, 4096)
-            for i in range(k):
-                conn = socket.create_connection(("127.0.0.1", port))
-                conn.sendall(f"app {i}\n".encode())
-                tcp.append(conn)
-            reply("tcp " + " ".join(str(c.fileno()) for c in tcp))
-        elif cmd == "bye":
-            for i, conn in enumerate(tcp):
-                conn.sendall(f"bye {i}\n".encode())
-            reply("sent")
-        elif cmd == "stall":
-            n = int(args[0])
-            out = []
-            with registry.drain_lock:
-                for i in range(n):
-                    work(i)
-                for _ in range(n):
-                    with perftop.timer("block"):
-                        pass
-                for _ in range(n):
-                    perftop.count("hits", 1)
-                for _ in range(n):
-                    perftop.observe("lat", 1.5)
-                metrics = [registry.timings["work"], registry.timings["block"]]
-                metrics += [registry.counters["hits"], registry.timings["lat"]]
-                for m in metrics:
-                    out.append(f"{m.name} {len(m.buf)} {m.dropped}")
-            reply("stalled " + " ".join(out))
-        elif cmd == "exit":
-            sys.exit(0)
-        else:
-            reply(f"unknown {cmd}")
+    commands: dict[str, Command] = {
+        "work": run_work,
+        "set": run_set,
+        "agentfds": run_agentfds,
+        "close": run_close,
+        "bye": run_bye,
+        "stall": run_stall,
+    }
+    serve(commands)
 
 
 if __name__ == "__main__":
