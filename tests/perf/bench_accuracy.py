@@ -33,17 +33,13 @@ from perftop.collectors.agent_client import (
 )
 from perftop.wire.sketch import Sketch, Windows
 from tests.helpers import short_tmp_dir, wait_for
+from tests.perf._common import out
 from tests.targets.agent_harness import Target
 from tests.targets.agent_target import samples
 
 N = 1_000_000
 WORKERS = 4
 SMALL = (2, 3, 10, 20, 100)
-
-
-def out(line: str = "") -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def exact(values: list[float], q: float) -> float:

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from perftop.collectors.agent_client import AgentClient  # noqa: E402
 from perftop.export.histograms import BASE, ladder, native_buckets  # noqa: E402
-from perftop.launch.runner import wait_for_agent  # noqa: E402
 from perftop.wire.sketch import GAMMA, Sketch  # noqa: E402
+from tests.perf._common import demo_service  # noqa: E402
 
 OLD_1_2_5 = tuple(m * 10.0**e for e in range(-4, 2) for m in (1.0, 2.0, 5.0))
 RESOLUTIONS = (5, 8, 10, 12, 16, 20)
@@ -83,27 +83,16 @@ def native_quantile(q: float, sketch: Sketch) -> float:
 
 def demo_sketches(seconds: float) -> dict[str, Sketch]:
     """The demo service's timings after `seconds` of its own load."""
-    with tempfile.TemporaryDirectory(prefix="perftop-bench-buckets-") as tmp:
-        env = {**os.environ, "PERFTOP_SOCKET_DIR": tmp}
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "perftop.launch.demo_service", "--duration", str(seconds + 30)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
+    with (
+        tempfile.TemporaryDirectory(prefix="perftop-bench-buckets-") as tmp,
+        demo_service(tmp, "--duration", str(seconds + 30), timeout=120) as demo,
+    ):
+        subprocess.run(["sleep", str(seconds)], check=True)
+        client = AgentClient(os.path.join(tmp, f"{demo.pid}.sock"), timeout=10)
         try:
-            if not wait_for_agent(demo.pid, tmp, timeout=120):
-                raise SystemExit("the demo service did not start")
-            subprocess.run(["sleep", str(seconds)], check=True)
-            client = AgentClient(os.path.join(tmp, f"{demo.pid}.sock"), timeout=10)
-            try:
-                stats = client.call("stats", {"window": None}, timeout=10)
-            finally:
-                client.close()
+            stats = client.call("stats", {"window": None}, timeout=10)
         finally:
-            demo.kill()
-            demo.wait()
+            client.close()
     return {f"demo {name}": Sketch.from_dict(t["sketch"]) for name, t in stats["timings"].items()}
 
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import perftop
 from perftop.agent.recorder import Timing
+from tests.perf._common import out
 
 CALLS = 300_000
 REPEATS = 9
@@ -92,10 +93,6 @@ class Nothing:
 def with_nothing() -> None:
     with Nothing():
         pass
-
-
-def out(line: str) -> None:
-    sys.stdout.write(line + "\n")
 
 
 def measure(fn: Callable[[], None]) -> float:

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
@@ -22,18 +19,7 @@ from perftop.collectors.cgroup import read_cgroup
 from perftop.collectors.process import ProcessCollector, count_user_tasks
 from perftop.collectors.proclist import ProcessLister
 from perftop.collectors.system import SystemCollector
-
-RUNS = 20
-
-
-def timed(fn: Callable[[], object], runs: int = RUNS) -> tuple[float, float]:
-    """Median and max wall time of `fn()` in milliseconds."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), max(times)
+from tests.perf._common import timed
 
 
 def report(label: str, figures: tuple[float, float]) -> None:

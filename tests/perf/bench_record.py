@@ -15,7 +15,6 @@ import argparse
 import os
 import resource
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from perftop.launch.runner import wait_for_agent  # noqa: E402
 from perftop.recording import Recorder  # noqa: E402
+from tests.perf._common import demo_service  # noqa: E402
 
 
 def main() -> None:
@@ -34,17 +33,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="perftop-bench-record-") as tmp:
-        env = {**os.environ, "PERFTOP_SOCKET_DIR": tmp}
-        demo = subprocess.Popen(
-            [sys.executable, "-m", "perftop.launch.demo_service", "--db", os.path.join(tmp, "demo.db")],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
-        try:
-            if not wait_for_agent(demo.pid, tmp, timeout=60):
-                raise SystemExit("the demo service did not start")
+        with demo_service(tmp) as demo:
             path = os.path.join(tmp, "demo.rec")
             cpu_before = resource.getrusage(resource.RUSAGE_SELF)
             recorder = Recorder(demo.pid, path, args.interval, tmp, duration=args.duration).start()
@@ -56,9 +45,6 @@ def main() -> None:
             cpu_after = resource.getrusage(resource.RUSAGE_SELF)
             if recorder.error:
                 raise SystemExit(recorder.error)
-        finally:
-            demo.kill()
-            demo.wait()
         size = os.path.getsize(path)
         with sqlite3.connect(path) as db:
             rows = db.execute("SELECT id, length(payload) FROM samples ORDER BY id").fetchall()

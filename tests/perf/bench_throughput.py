@@ -18,16 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from perftop.collectors.agent_client import AgentClient, timing_rows
 from tests.helpers import short_tmp_dir, wait_for
+from tests.perf._common import out
 from tests.targets.agent_harness import Target, thread_names
 
 THREADS = 4
 SECONDS = 10.0
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def out(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def thread_cpu_s(pid: int, comm: str) -> float:

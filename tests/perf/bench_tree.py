@@ -10,28 +10,15 @@ case, and every 5 s, the default); median and max of 20 runs each.
 from __future__ import annotations
 
 import multiprocessing
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.workers import TreeCollector
-
-RUNS = 20
-
-
-def timed(fn: Callable[[], object], runs: int = RUNS) -> tuple[float, float]:
-    """Median and max wall time of `fn()` in milliseconds."""
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times), max(times)
+from tests.perf._common import timed
 
 
 def child(stop: multiprocessing.synchronize.Event) -> None:

@@ -1,0 +1,54 @@
+"""What the benchmarks share (run by hand, not collected): a line of output, a wall-clock timing of a
+call, and the demo service started with its agent in a private socket directory. Standard library only
+at import (perftop is imported where it is used), so a benchmark imports only what it measures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def out(line: str = "") -> None:
+    """One line of the report on stdout, flushed (a long benchmark shows its progress)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def timed(fn: Callable[[], object], runs: int = 20) -> tuple[float, float]:
+    """Median and max wall time of `fn()` in milliseconds over `runs` runs."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), max(times)
+
+
+@contextlib.contextmanager
+def demo_service(socket_dir: str, *args: str, timeout: float = 60) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m perftop.launch.demo_service ARGS` with its agent in `socket_dir`, once its agent
+    answers (SystemExit if it does not within `timeout` s); killed at the end."""
+    from perftop.launch.runner import wait_for_agent
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "perftop.launch.demo_service", *args],
+        env={**os.environ, "PERFTOP_SOCKET_DIR": socket_dir},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        if not wait_for_agent(demo.pid, socket_dir, timeout=timeout):
+            raise SystemExit("the demo service did not start")
+        yield demo
+    finally:
+        demo.kill()
+        demo.wait()
