@@ -123,3 +123,38 @@ def close_streams(proc: subprocess.Popen[Any]) -> None:
         if stream is not None:
             with contextlib.suppress(OSError, ValueError):
                 stream.close()
+
+
+@contextlib.contextmanager
+def refreshing(fetch: Callable[[], object], every: float) -> Iterator[None]:
+    """`fetch()` every `every` s on a thread for as long as the block runs (a viewer refreshing while
+    workers come and go); the thread is stopped and joined after."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.is_set():
+            fetch()
+            time.sleep(every)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
+
+
+def wait_count(count: Callable[[], int], expected: int, what: str, timeout: float = 60) -> None:
+    """Wait until `count()` (a merged count) is `expected`; at the deadline, fail with the last five
+    counts seen and what `expected` counts (`what`, e.g. "tasks run")."""
+    seen: list[int] = []
+
+    def settled() -> bool:
+        seen.append(count())
+        return seen[-1] == expected
+
+    try:
+        wait_for(settled, timeout, f"the merged count to reach {expected}", interval=0.1)
+    except AssertionError:
+        raise AssertionError(f"merged counts {seen[-5:]}, {what} {expected}") from None

@@ -31,7 +31,7 @@ celery = pytest.importorskip("celery")
 
 from perftop.collectors.agent_view import AgentView, AgentWatcher, fetch_agent_view  # noqa: E402
 from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
-from tests.helpers import run_perftop, wait_for  # noqa: E402
+from tests.helpers import refreshing, run_perftop, wait_count, wait_for  # noqa: E402
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 CONCURRENCY = 2
@@ -404,34 +404,15 @@ def test_fan_out_profile_from_the_master_finds_the_planted_loop_in_the_pool(work
 def test_max_tasks_per_child_recycling_keeps_the_merged_count_exact(tmp_path: Path) -> None:
     worker = start_worker(tmp_path, "redis", "--max-tasks-per-child", "3")
     watcher = AgentWatcher(worker.socket_dir)
-    polling = threading.Event()
-
-    def poll() -> None:  # a viewer refreshing while the pool recycles its children
-        while not polling.is_set():
-            watcher.fetch(worker.master, None)
-            time.sleep(0.3)
-
     try:
         base, _ = _task_count(watcher, worker.master)
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        results = [r.get(timeout=120) for r in [worker.send(STARTED) for _ in range(30)]]
-        polling.set()
-        poller.join(30)
+        # a viewer refreshing while the pool recycles its children
+        with refreshing(lambda: watcher.fetch(worker.master, None), 0.3):
+            results = [r.get(timeout=120) for r in [worker.send(STARTED) for _ in range(30)]]
         ran_in = {pid for pid, _ in results}
         assert len(ran_in) >= 30 // 3  # 3 runs at most per child
 
-        seen: list[int] = []
-
-        def settled() -> bool:
-            counted, _ = _task_count(watcher, worker.master)
-            seen.append(counted)
-            return counted == base + 30
-
-        try:
-            wait_for(settled, 60, "the merged count to reach every task", interval=0.1)
-        except AssertionError:
-            raise AssertionError(f"merged counts {seen[-5:]}, tasks run {base + 30}") from None
+        wait_count(lambda: _task_count(watcher, worker.master)[0], base + 30, "tasks run")
         worker.wait_ready()
         _, gone = _task_count(watcher, worker.master)
         assert set(gone).isdisjoint(worker.children())
@@ -440,7 +421,6 @@ def test_max_tasks_per_child_recycling_keeps_the_merged_count_exact(tmp_path: Pa
         assert finals and all(f.stat().st_mode & 0o777 == 0o600 for f in finals)
         watcher.close()
     finally:
-        polling.set()
         stop_worker(worker)
 
 

@@ -13,8 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -22,7 +20,7 @@ import pytest
 
 from perftop.collectors.agent_view import AgentWatcher
 from perftop.collectors.discovery import find_child_agents
-from tests.helpers import run_perftop, wait_for
+from tests.helpers import refreshing, run_perftop, wait_count, wait_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 TASKS = 40
@@ -68,31 +66,12 @@ def test_a_spawn_or_forkserver_pool_is_one_service_with_exact_counts(tmp_path: P
 
         watcher = AgentWatcher(str(sockets))
         base, _ = _count(watcher, pool.pid)  # the first 3 tasks
-        polling = threading.Event()
-
-        def poll() -> None:  # a viewer refreshing while the pool recycles its workers
-            while not polling.is_set():
-                watcher.fetch(pool.pid, None)
-                time.sleep(0.2)
-
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        pool.stdin.write("go\n")
-        pool.stdin.flush()
-        assert pool.stdout.readline().strip() == "done"
-        polling.set()
-        poller.join(30)
-        seen: list[int] = []
-
-        def settled() -> bool:
-            counted, _ = _count(watcher, pool.pid)
-            seen.append(counted)
-            return counted == base + TASKS
-
-        try:
-            wait_for(settled, 60, "the merged count to reach every task", interval=0.1)
-        except AssertionError:
-            raise AssertionError(f"merged counts {seen[-5:]}, tasks run {base + TASKS}") from None
+        # a viewer refreshing while the pool recycles its workers
+        with refreshing(lambda: watcher.fetch(pool.pid, None), 0.2):
+            pool.stdin.write("go\n")
+            pool.stdin.flush()
+            assert pool.stdout.readline().strip() == "done"
+        wait_count(lambda: _count(watcher, pool.pid)[0], base + TASKS, "tasks run")
         _, gone = _count(watcher, pool.pid)
         assert len(gone) >= TASKS // PER_WORKER - 3  # 3 workers at most are still live
         watcher.close()

@@ -28,7 +28,7 @@ from perftop.collectors.discovery import find_child_agents
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.workers import TreeCollector
 from perftop.tui.sources import LiveSources
-from tests.helpers import free_port, run_perftop, wait_for
+from tests.helpers import free_port, refreshing, run_perftop, wait_count, wait_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 WORKERS = 3
@@ -330,38 +330,20 @@ def test_a_killed_workers_last_data_stays_marked_gone(tmp_path: Path) -> None:
 def test_hup_reload_and_max_requests_recycling_keep_the_merged_counts_exact(tmp_path: Path) -> None:
     server = start_server(tmp_path, "--max-requests", "50")
     watcher = AgentWatcher(server.socket_dir)
-    polling = threading.Event()
-
-    def poll() -> None:  # a viewer refreshing while workers come and go
-        while not polling.is_set():
-            watcher.fetch(server.master, None)
-            time.sleep(0.5)
-
     try:
         base, _ = _http_count(watcher, server.master)
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        with Load(server, "/", clients=4) as load:
+        # a viewer refreshing while workers come and go
+        with (
+            refreshing(lambda: watcher.fetch(server.master, None), 0.5),
+            Load(server, "/", clients=4) as load,
+        ):
             wait_for(lambda: load.sent >= 250, 120, "250 requests", interval=0.1)
             os.kill(server.master, signal.SIGHUP)
             wait_for(lambda: load.sent >= 500, 120, "500 requests", interval=0.1)
-        polling.set()
-        poller.join(30)
         assert load.errors == 0
         expected = base + load.sent
         assert expected - base >= 500  # every worker was recycled several times over
-
-        seen: list[int] = []
-
-        def settled() -> bool:
-            counted, _ = _http_count(watcher, server.master)
-            seen.append(counted)
-            return counted == expected
-
-        try:
-            wait_for(settled, 60, f"the merged count to reach {expected}", interval=0.1)
-        except AssertionError:
-            raise AssertionError(f"merged counts {seen[-5:]}, requests answered {expected}") from None
+        wait_count(lambda: _http_count(watcher, server.master)[0], expected, "requests answered")
         server.wait_ready()  # no worker half-way out
         view = watcher.fetch(server.master, None)
         # a worker answers 50 requests at most: >= 10 served them, of which 3 at most are still live
@@ -370,7 +352,6 @@ def test_hup_reload_and_max_requests_recycling_keep_the_merged_counts_exact(tmp_
         assert sum(t["count"] for n, t in view.timings.items() if n.startswith("http ")) == expected
         watcher.close()
     finally:
-        polling.set()
         stop_server(server)
 
 
@@ -445,31 +426,12 @@ def test_a_multiprocessing_pool_recycling_its_workers_keeps_exact_counts(tmp_pat
         assert pool.stdout.readline().strip() == "ready"
         watcher = AgentWatcher(env["PERFTOP_SOCKET_DIR"])
         base, _ = _http_count(watcher, pool.pid)  # the first 3 tasks, in workers still live or gone
-        polling = threading.Event()
-
-        def poll() -> None:  # a viewer refreshing while the pool recycles its workers every 5 tasks
-            while not polling.is_set():
-                watcher.fetch(pool.pid, None)
-                time.sleep(0.2)
-
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        pool.stdin.write("go\n")
-        pool.stdin.flush()
-        assert pool.stdout.readline().strip() == "done"
-        polling.set()
-        poller.join(30)
-        seen: list[int] = []
-
-        def settled() -> bool:
-            counted, _ = _http_count(watcher, pool.pid)
-            seen.append(counted)
-            return counted == base + 60
-
-        try:
-            wait_for(settled, 60, "the merged count to reach every task", interval=0.1)
-        except AssertionError:
-            raise AssertionError(f"merged counts {seen[-5:]}, tasks run {base + 60}") from None
+        # a viewer refreshing while the pool recycles its workers every 5 tasks
+        with refreshing(lambda: watcher.fetch(pool.pid, None), 0.2):
+            pool.stdin.write("go\n")
+            pool.stdin.flush()
+            assert pool.stdout.readline().strip() == "done"
+        wait_count(lambda: _http_count(watcher, pool.pid)[0], base + 60, "tasks run")
         _, gone = _http_count(watcher, pool.pid)
         assert len(gone) >= 60 // 5 - 3  # 5 tasks per worker: >= 12 workers ran them, 3 at most live
         watcher.close()
