@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from perftop.agent.explain import advise, explain_sql, plan_from_rows
-from tests.targets.sql_client import AppError, database_url, new_suffix, running_app
+from tests.targets.sql_client import AppError, database_url, direct_engine, new_suffix, running_app
 
 DB = pytest.mark.db
 
@@ -115,17 +113,6 @@ def test_stale_statistics_advice_from_explain_analyze(tmp_path: Path) -> None:
 # -- advice on real plans, taken straight from the databases ----------------------------------------------
 
 
-@contextlib.contextmanager
-def _engine(url: str) -> Iterator[Any]:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-
-
 def _plan(conn: Any, dialect: str, statement: str, analyze: bool = False, mariadb: bool = False) -> Any:
     sql, _ = explain_sql(dialect, statement, analyze, mariadb, 10.0)
     result = conn.exec_driver_sql(sql)
@@ -133,7 +120,7 @@ def _plan(conn: Any, dialect: str, statement: str, analyze: bool = False, mariad
 
 
 def test_sqlite_order_by_temp_btree_and_automatic_index(tmp_path: Path) -> None:
-    with _engine(database_url("sqlite", tmp_path)) as engine, engine.connect() as conn:
+    with direct_engine(database_url("sqlite", tmp_path)) as engine, engine.connect() as conn:
         conn.exec_driver_sql("CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT, team INT, born INT)")
         conn.exec_driver_sql("CREATE TABLE teams (id INTEGER PRIMARY KEY, label TEXT)")
         ordered = "SELECT id FROM people WHERE team = 3 ORDER BY born"
@@ -160,7 +147,7 @@ def test_postgresql_sort_spill_and_nested_loop(tmp_path: Path) -> None:
     url = database_url("postgresql", tmp_path)
     suffix = new_suffix()
     a, b = f"nla_{suffix}", f"nlb_{suffix}"
-    with _engine(url) as engine, engine.connect() as conn:
+    with direct_engine(url) as engine, engine.connect() as conn:
         try:
             conn.exec_driver_sql(
                 f"CREATE TABLE {a} AS SELECT g AS id, md5(g::text) AS label FROM generate_series(1, 5000) g"
@@ -195,7 +182,7 @@ def test_mariadb_block_nested_loop(tmp_path: Path) -> None:
     url = database_url("mariadb", tmp_path)
     suffix = new_suffix()
     t, u = f"bnlt_{suffix}", f"bnlu_{suffix}"
-    with _engine(url) as engine, engine.connect() as conn:
+    with direct_engine(url) as engine, engine.connect() as conn:
         try:
             conn.exec_driver_sql(f"CREATE TABLE {t} (id INT PRIMARY KEY, email VARCHAR(100), n INT)")
             conn.exec_driver_sql(f"CREATE TABLE {u} (id INT PRIMARY KEY, name VARCHAR(100))")

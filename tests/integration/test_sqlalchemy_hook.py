@@ -13,7 +13,7 @@ import pytest
 
 from perftop.wire.sketch import Sketch
 from tests.targets.sql_app import SLOW_SQL
-from tests.targets.sql_client import APP, database_url, marker_line, running_app
+from tests.targets.sql_client import APP, database_url, direct_engine, marker_line, running_app
 
 KINDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.db)]
 
@@ -125,12 +125,12 @@ def test_failing_statement_counted_and_exception_unchanged(kind: str, tmp_path: 
         seen = app.call("fail")
         stats = app.stats()
         # The same statement on an engine perftop never touched (this test process) fails identically.
-        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        try:
-            with pytest.raises(sa.exc.DBAPIError) as raised, engine.connect() as conn:
-                conn.execute(sa.text(f"SELECT * FROM missing_items_{suffix}"))
-        finally:
-            engine.dispose()
+        with (
+            direct_engine(url) as engine,
+            pytest.raises(sa.exc.DBAPIError) as raised,
+            engine.connect() as conn,
+        ):
+            conn.execute(sa.text(f"SELECT * FROM missing_items_{suffix}"))
 
     assert seen["type"] == f"{type(raised.value).__module__}.{type(raised.value).__qualname__}"
     assert seen["message"] == str(raised.value)

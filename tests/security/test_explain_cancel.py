@@ -9,10 +9,8 @@ timeout is 10 s, so the bounds below (5 s) are met only by a cancel.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +21,12 @@ from perftop.collectors.agent_client import RequestFailed
 from perftop.collectors.agent_view import call_agent
 from tests.helpers import wait_for
 from tests.targets.secret_client import SecretApp, secret_app, start_perftop
-from tests.targets.sql_client import database_url
+from tests.targets.sql_client import database_url, direct_engine
 
 pytestmark = pytest.mark.db
 
 CANCEL_BOUND_S = 5.0
 SLEEP_S = 20
-
-
-@contextlib.contextmanager
-def _engine(url: str) -> Iterator[Any]:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def _running_sleeps(engine: Any, kind: str) -> int:
@@ -71,7 +58,7 @@ def _sleep_fingerprint(app: SecretApp, kind: str) -> str:
 @pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
 def test_a_killed_viewer_cancels_its_running_explain(kind: str, tmp_path: Path) -> None:
     url = database_url(kind, tmp_path)
-    with _engine(url) as engine, secret_app(url) as app:
+    with direct_engine(url) as engine, secret_app(url) as app:
         fp = _sleep_fingerprint(app, kind)
         assert _running_sleeps(engine, kind) == 0
         viewer = start_perftop(

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from perftop.agent.explain import advise, explain_sql, plan_from_rows, redact_plan
 from perftop.agent.fingerprint import normalize, redact_error, redact_sql
-from tests.targets.sql_client import database_url, new_suffix
+from tests.targets.sql_client import database_url, direct_engine, new_suffix
 
 SECRET = "SECRETX"
 SERIES = "generate_series(1, 5000) g"
@@ -125,14 +125,8 @@ def test_no_quoted_value_survives_in_sql(value: str) -> None:
 
 @contextlib.contextmanager
 def _connection(url: str) -> Iterator[Any]:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            yield conn
-    finally:
-        engine.dispose()
+    with direct_engine(url) as engine, engine.connect() as conn:
+        yield conn
 
 
 def _plan(conn: Any, dialect: str, statement: str, analyze: bool = False) -> Any:

@@ -8,8 +8,6 @@ MariaDB, so a rollback could not hide a write that happened.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +15,9 @@ import pytest
 
 from perftop.collectors.agent_view import call_agent
 from tests.targets.secret_client import SecretApp, perftop, secret_app
-from tests.targets.sql_client import database_url, new_suffix
+from tests.targets.sql_client import database_url, direct_engine, new_suffix
 
 pytestmark = pytest.mark.db
-
-
-@contextlib.contextmanager
-def _engine(url: str) -> Iterator[Any]:
-    import sqlalchemy as sa
-
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        yield engine
-    finally:
-        engine.dispose()
 
 
 def _scalar(engine: Any, sql: str) -> Any:
@@ -92,7 +79,7 @@ def _fingerprint_of(app: SecretApp, needle: str) -> str:
 def test_explain_of_a_select_that_writes_changes_nothing(kind: str, tmp_path: Path) -> None:
     url = database_url(kind, tmp_path)
     s = new_suffix()
-    with _engine(url) as engine:
+    with direct_engine(url) as engine:
         selects, drops = _setup(engine, kind, s)
         try:
             with secret_app(url) as app:

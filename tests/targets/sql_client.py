@@ -75,17 +75,23 @@ class SqlApp(LineApp):
         return result
 
 
-def drop_tables(url: str, suffix: str) -> None:
-    """Drop the tables an app with `suffix` may have left (when it died before its teardown)."""
+@contextlib.contextmanager
+def direct_engine(url: str) -> Iterator[Any]:
+    """An engine of the test's own on `url` (perftop never touches it), without a pool, disposed after."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
-        with engine.begin() as conn:
-            for name in ("orders", "users", "items", "stale"):
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}_{suffix}")
+        yield engine
     finally:
         engine.dispose()
+
+
+def drop_tables(url: str, suffix: str) -> None:
+    """Drop the tables an app with `suffix` may have left (when it died before its teardown)."""
+    with direct_engine(url) as engine, engine.begin() as conn:
+        for name in ("orders", "users", "items", "stale"):
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {name}_{suffix}")
 
 
 @contextlib.contextmanager
