@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import queue
+import select
 import shutil
 import socket
 import subprocess
@@ -158,3 +159,44 @@ def wait_count(count: Callable[[], int], expected: int, what: str, timeout: floa
         wait_for(settled, timeout, f"the merged count to reach {expected}", interval=0.1)
     except AssertionError:
         raise AssertionError(f"merged counts {seen[-5:]}, {what} {expected}") from None
+
+
+def terminate(
+    proc: subprocess.Popen[Any], timeout: float, before_kill: Callable[[], object] | None = None
+) -> None:
+    """Stop a server as its operator would: SIGTERM, then `timeout` s to exit; if it is still running,
+    `before_kill()` (e.g. kill its children) and SIGKILL. Does nothing to a process already gone."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        if before_kill is not None:
+            before_kill()
+        proc.kill()
+        proc.wait(10)
+
+
+def wait_ready(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Wait for a child's `ready` line on stdout, failing (not hanging) if it exits first or takes longer
+    than `timeout` s."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([proc.stdout], [], [], 0.1)
+        if readable:
+            line = proc.stdout.readline()
+            assert line == b"ready\n", f"target said {line!r} (exit code {proc.poll()})"
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"target exited with {proc.returncode} before it was ready")
+    raise AssertionError(f"target not ready in {timeout} s")
+
+
+def kill(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL a child if it still runs, reap it and close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    close_streams(proc)

@@ -4,66 +4,23 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-TARGET = str(Path(__file__).resolve().parent.parent / "targets" / "workers_app.py")
+from tests.helpers import run_perftop
+from tests.targets.workers_client import workers_app
 
 
 def test_snapshot_of_a_parent_merges_its_workers(tmp_path: Path) -> None:
     env = {**os.environ, "PERFTOP_SOCKET_DIR": str(tmp_path / "sockets")}
-    parent = subprocess.Popen(
-        [sys.executable, TARGET, "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert parent.stdout is not None
-        line = parent.stdout.readline().split()
-        assert line[0] == "ready", line
-        workers = sorted(int(p) for p in line[1:])
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "perftop",
-                "snapshot",
-                "--pid",
-                str(parent.pid),
-                "--interval",
-                "0.1",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
+    with workers_app(3, env) as (parent, workers):
+        out = run_perftop(
+            "snapshot", "--pid", str(parent.pid), "--interval", "0.1", "--json", env=env, timeout=60
         )
         assert out.returncode == 0, out.stderr
         doc = json.loads(out.stdout)
-        alone = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "perftop",
-                "snapshot",
-                "--pid",
-                str(parent.pid),
-                "--no-children",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            check=False,
+        alone = run_perftop(
+            "snapshot", "--pid", str(parent.pid), "--no-children", "--json", env=env, timeout=60
         )
-    finally:
-        if parent.poll() is None:
-            assert parent.stdin is not None
-            parent.stdin.write("\n")
-            parent.stdin.flush()
-            parent.wait(20)
     assert sorted(doc["agent"]["merged_pids"]) == workers
     request = doc["timings"]["request"]
     assert request["count"] == 3000

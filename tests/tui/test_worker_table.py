@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from perftop.tui.panes.process import ProcessPane
 from perftop.tui.sources import LiveSources
 from perftop.tui.widgets.proctable import LineTable
 from perftop.tui.widgets.target import TargetPicker
+from tests.targets.workers_client import workers_app
 from tests.tui.fixed import NOW, FixedSources
 from tests.tui.waiting import wait_for
 
@@ -104,17 +103,9 @@ async def test_worker_table_sorts_marks_gone_and_enter_attaches() -> None:
 
 
 async def test_live_parent_lists_its_workers_and_attaches_to_one(tmp_path: Path) -> None:
-    target = str(Path(__file__).resolve().parent.parent / "targets" / "workers_app.py")
     sockets = str(tmp_path / "sockets")
     env = {**os.environ, "PERFTOP_SOCKET_DIR": sockets}
-    parent = subprocess.Popen(
-        [sys.executable, target, "3"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert parent.stdout is not None
-        line = parent.stdout.readline().split()
-        assert line[0] == "ready", line
-        workers = sorted(int(p) for p in line[1:])
+    with workers_app(3, env) as (parent, workers):
         app = PerftopApp(sources=LiveSources(socket_dir=sockets), pid=parent.pid, interval=0.25)
         async with app.run_test(size=(140, 45)) as pilot:
             pane = app.query_one(ProcessPane)
@@ -164,9 +155,3 @@ async def test_live_parent_lists_its_workers_and_attaches_to_one(tmp_path: Path)
             await pilot.press("home", "down", "enter")
             await wait_for(pilot, lambda: app.attached == chosen)
             await wait_for(pilot, lambda: pane.sample is not None and pane.sample.pid == chosen, timeout=30)
-    finally:
-        if parent.poll() is None:
-            assert parent.stdin is not None
-            parent.stdin.write("\n")
-            parent.stdin.flush()
-            parent.wait(20)

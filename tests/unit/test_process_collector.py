@@ -9,7 +9,6 @@ import resource
 import select
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from perftop.collectors.process import (
     count_user_tasks,
 )
 from tests.foreign_user import dropper, foreign_env, interpreter_for
-from tests.helpers import wait_for
+from tests.helpers import kill, wait_for, wait_ready
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 HOLDER = str(TARGETS / "coll_holder.py")
@@ -34,30 +33,6 @@ READER = str(TARGETS / "coll_reader.py")
 REPO = str(Path(__file__).resolve().parent.parent.parent)
 
 Holder = Callable[..., subprocess.Popen[bytes]]
-
-
-def _wait_ready(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Wait for the target's `ready` line, failing (not hanging) if it dies or takes too long."""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        readable, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if readable:
-            line = proc.stdout.readline()
-            assert line == b"ready\n", f"target said {line!r} (exit code {proc.poll()})"
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"target exited with {proc.returncode} before it was ready")
-    pytest.fail("target not ready in time")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    for stream in (proc.stdin, proc.stdout):
-        if stream is not None:
-            stream.close()
 
 
 @pytest.fixture
@@ -73,14 +48,14 @@ def holder() -> Iterator[Holder]:
             **popen,  # type: ignore[call-overload]
         )
         started.append(proc)
-        _wait_ready(proc)
+        wait_ready(proc)
         return proc
 
     try:
         yield start
     finally:
         for proc in started:
-            _stop(proc)
+            kill(proc)
 
 
 def _expected(value: int) -> int | None:
@@ -237,7 +212,7 @@ def test_count_connections_matches_psutil() -> None:
         collector = ProcessCollector(child.pid, connections_every_s=0)
         assert collector.sample().num_connections == int(expected)
     finally:
-        _stop(child)
+        kill(child)
     with pytest.raises(FileNotFoundError):
         count_connections(child.pid)
 
@@ -377,6 +352,6 @@ def test_count_user_tasks_counts_the_threads_of_a_uid(holder: Holder) -> None:
     before = count_user_tasks(NOBODY)
     child = holder("--threads", "5", exe=exe, preexec_fn=dropper(NOBODY, NOBODY), env=foreign_env())
     assert count_user_tasks(NOBODY) == before + 6
-    _stop(child)
+    kill(child)
     assert count_user_tasks(NOBODY) == before
     assert count_user_tasks(2**31 - 7) == 0

@@ -16,7 +16,7 @@ import pytest
 
 from perftop.collectors.model import ProcessRow
 from perftop.collectors.proclist import ProcessLister
-from tests.helpers import wait_for
+from tests.helpers import kill, wait_for, wait_ready
 
 HOLDER = str(Path(__file__).resolve().parent.parent / "targets" / "coll_holder.py")
 
@@ -31,21 +31,14 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             [sys.executable, HOLDER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
         started.append(proc)
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        assert ready and proc.stdout.readline() == b"ready\n"
+        wait_ready(proc)
         return proc
 
     try:
         yield start
     finally:
         for proc in started:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
+            kill(proc)
 
 
 def _row(rows: list[ProcessRow], pid: int) -> ProcessRow | None:
@@ -141,17 +134,10 @@ def reexec() -> Iterator[subprocess.Popen[bytes]]:
         env={**os.environ, "REEXEC": _REEXEC},
     )
     try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 20)
-        assert ready and proc.stdout.readline() == b"ready\n"
+        wait_ready(proc)
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        kill(proc)
 
 
 def _exec_again(proc: subprocess.Popen[bytes]) -> None:
