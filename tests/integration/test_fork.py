@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ import pytest
 from perftop.collectors.agent_client import AgentClient, AgentError
 from perftop.collectors.discovery import find_agent
 from perftop.wire import paths
-from tests.helpers import free_port, short_tmp_dir, wait_for
+from tests.helpers import free_port, short_tmp_dir, terminate, wait_for
 from tests.targets.agent_harness import ROOT, Target, target_env
 
 TARGETS = Path(__file__).resolve().parents[1] / "targets"
@@ -203,11 +202,6 @@ def test_gunicorn_workers_under_perftop_run_name_their_own_threads() -> None:
                 check_worker(pid, socks)
             check_worker(proc.pid, socks)  # the arbiter too
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            terminate(proc, 30)
             if proc.stderr is not None:
                 proc.stderr.close()

@@ -28,7 +28,7 @@ from perftop.collectors.discovery import find_child_agents
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.workers import TreeCollector
 from perftop.tui.sources import LiveSources
-from tests.helpers import free_port, refreshing, run_perftop, wait_count, wait_for
+from tests.helpers import free_port, refreshing, run_perftop, terminate, wait_count, wait_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 WORKERS = 3
@@ -106,13 +106,7 @@ def _answers(server: Server) -> bool:
 
 
 def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
-        try:
-            server.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(10)
+    terminate(server.proc, 30)
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.helpers import free_port, short_tmp_dir, wait_for
+from tests.helpers import (
+    ChildLines,
+    free_port,
+    kill,
+    refreshing,
+    short_tmp_dir,
+    terminate,
+    wait_count,
+    wait_for,
+)
 
 
 def test_wait_for_returns_the_first_truthy_value() -> None:
@@ -61,3 +73,66 @@ def test_sock_dir_fixture_is_an_empty_private_directory(sock_dir: str) -> None:
     assert os.path.isdir(sock_dir)
     assert os.listdir(sock_dir) == []
     assert os.stat(sock_dir).st_mode & 0o077 == 0
+
+
+def _child(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_child_lines_reads_lines_and_says_why_there_is_none() -> None:
+    proc = _child("import sys; print('one'); sys.stderr.write('oops'); sys.stdin.readline()")
+    lines = ChildLines(proc, "the child")
+    try:
+        assert lines.next(30) == "one"
+        with pytest.raises(AssertionError, match=r"^no line from the child within 0\.05 s; stderr: "):
+            lines.next(0.05)
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait(30)
+        wait_for(lambda: lines.stderr == "oops", 30)
+        with pytest.raises(AssertionError, match=r"^the child exited \(0\); stderr: oops$"):
+            lines.next(30)
+    finally:
+        kill(proc)
+
+
+def test_wait_count_names_the_last_counts_seen_and_what_was_expected() -> None:
+    counts = itertools.count()
+    with pytest.raises(AssertionError) as failed:
+        wait_count(lambda: next(counts), 1000, "tasks run", timeout=0.3)
+    seen = [int(n) for n in str(failed.value).split("[")[1].split("]")[0].split(", ")]
+    assert seen == list(range(seen[0], seen[0] + len(seen))) and 1 <= len(seen) <= 5, seen
+    assert str(failed.value).endswith("], tasks run 1000")
+    wait_count(lambda: 10, 10, "tasks run")
+
+
+def test_refreshing_fetches_while_the_block_runs_and_stops_after() -> None:
+    calls: list[float] = []
+    with refreshing(lambda: calls.append(time.monotonic()), 0.01):
+        wait_for(lambda: len(calls) >= 3, 10)
+    stopped = len(calls)
+    time.sleep(0.1)
+    assert len(calls) == stopped
+
+
+def test_terminate_stops_with_sigterm_and_kills_what_ignores_it() -> None:
+    polite = _child("import sys; sys.stdin.read()")
+    terminate(polite, 30)
+    assert polite.returncode == -signal.SIGTERM
+    ignore = "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+    stubborn = _child(f"{ignore}; print('ready', flush=True); sys.stdin.read()")
+    killed: list[bool] = []
+    try:
+        assert stubborn.stdout is not None and stubborn.stdout.readline() == "ready\n"
+        terminate(stubborn, 0.2, lambda: killed.append(True))
+        assert stubborn.returncode == -signal.SIGKILL and killed == [True]
+    finally:
+        kill(polite)
+        kill(stubborn)
