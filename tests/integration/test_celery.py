@@ -31,7 +31,7 @@ celery = pytest.importorskip("celery")
 
 from perftop.collectors.agent_view import AgentView, AgentWatcher, fetch_agent_view  # noqa: E402
 from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
-from tests.helpers import refreshing, run_perftop, wait_count, wait_for  # noqa: E402
+from tests.helpers import refreshing, run_perftop, terminate, wait_count, wait_for  # noqa: E402
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 CONCURRENCY = 2
@@ -139,15 +139,11 @@ def start_worker(
 
 
 def stop_worker(worker: Worker) -> None:
-    if worker.proc.poll() is None:
-        worker.proc.send_signal(signal.SIGTERM)
-        try:
-            worker.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            for child in psutil.Process(worker.master).children(recursive=True):
-                child.kill()
-            worker.proc.kill()
-            worker.proc.wait(10)
+    def kill_children() -> None:
+        for child in psutil.Process(worker.master).children(recursive=True):
+            child.kill()
+
+    terminate(worker.proc, 60, kill_children)
     try:
         with worker.client.connection_for_write() as conn:
             conn.default_channel.queue_delete(worker.client.conf.task_default_queue)
