@@ -36,6 +36,21 @@ def foreign_env() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{REPO}:{site}"}
 
 
+def run_as(uid: int, gid: int, exe: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`exe ARGS...` run to its end as `uid`:`gid` (no supplementary groups), in `/` with foreign_env(),
+    output captured as text."""
+    return subprocess.run(
+        [exe, *args],
+        preexec_fn=dropper(uid, gid),
+        env=foreign_env(),
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 @functools.cache
 def interpreter_for(uid: int, gid: int) -> str | None:
     """A Python that user `uid` can run and that imports psutil and perftop, or None."""
@@ -48,15 +63,7 @@ def interpreter_for(uid: int, gid: int) -> str | None:
     ]
     for exe in dict.fromkeys(c for c in candidates if c):
         try:
-            probe = subprocess.run(
-                [exe, "-c", "import psutil, perftop.collectors.process"],
-                preexec_fn=dropper(uid, gid),
-                env=foreign_env(),
-                capture_output=True,
-                timeout=60,
-                cwd="/",
-                check=False,
-            )
+            probe = run_as(uid, gid, exe, "-c", "import psutil, perftop.collectors.process")
         except OSError:  # missing, or not executable by that user
             continue
         if probe.returncode == 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 import queue
 import select
 import shutil
@@ -66,14 +67,23 @@ def free_port() -> int:
         return port
 
 
-def run_perftop(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`python -m perftop ARGS...` run to its end with `env`, output captured as text."""
+def run_perftop(
+    *args: str,
+    env: dict[str, str],
+    timeout: float = 120,
+    cwd: str | os.PathLike[str] | None = None,
+    stdin: int | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m perftop ARGS...` run to its end with `env` (in `cwd`, with `stdin`), output captured as
+    text."""
     return subprocess.run(
         [sys.executable, "-m", "perftop", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         env=env,
+        cwd=cwd,
+        stdin=stdin,
         check=False,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 
 from perftop.collectors.agent_client import AgentClient
 from perftop.collectors.discovery import find_agent
-from tests.helpers import wait_for
+from tests.helpers import run_perftop, wait_for
 
 TARGET = str(Path(__file__).resolve().parent.parent / "targets" / "cli_hot_app.py")
 
@@ -38,13 +39,7 @@ def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subproce
 
 
 def action(pid: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "perftop", "action", "--pid", str(pid), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_perftop("action", "--pid", str(pid), *args, env=dict(os.environ))
 
 
 def test_profile_finds_the_hot_function_and_saves_folded_stacks(

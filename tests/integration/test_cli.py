@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.foreign_user import dropper, foreign_env, interpreter_for
+from tests.foreign_user import interpreter_for, run_as
+from tests.helpers import run_perftop
 
 
 def perftop(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "perftop", *args]
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL
-    )
+    return run_perftop(*args, env=dict(os.environ), timeout=timeout, stdin=subprocess.DEVNULL)
 
 
 def assert_usage_error(result: subprocess.CompletedProcess[str], fragment: str) -> None:
@@ -73,16 +71,8 @@ def test_access_denied_says_what_is_missing() -> None:
     nobody = pwd.getpwnam("nobody")
     exe = interpreter_for(nobody.pw_uid, nobody.pw_gid)
     assert exe is not None, "no Python that user nobody can run"
-    result = subprocess.run(
-        [exe, "-m", "perftop", "snapshot", "--pid", "1", "--interval", "0.1"],
-        preexec_fn=dropper(nobody.pw_uid, nobody.pw_gid),
-        env=foreign_env(),
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    snapshot = ["-m", "perftop", "snapshot", "--pid", "1", "--interval", "0.1"]
+    result = run_as(nobody.pw_uid, nobody.pw_gid, exe, *snapshot)
     assert_usage_error(result, "cannot read PID 1 (owned by root)")
 
 

@@ -24,8 +24,8 @@ from perftop.collectors.discovery import find_agent
 from perftop.launch import inject_loader
 from perftop.launch.inject import InjectError, inject
 from perftop.wire import paths
-from tests.foreign_user import dropper, foreign_env, interpreter_for
-from tests.helpers import wait_for
+from tests.foreign_user import dropper, foreign_env, interpreter_for, run_as
+from tests.helpers import run_perftop, wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TARGET = str(REPO / "tests" / "targets" / "inj_target.py")
@@ -100,14 +100,16 @@ def start(targets: list[Target], exe: str, mode: str, tmp: Path, **popen: Any) -
 
 
 def snapshot(pid: int, sock_dir: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-m", "perftop", "snapshot", "--pid", str(pid), "--json", "--interval", "0.2"],
+    result = run_perftop(
+        "snapshot",
+        "--pid",
+        str(pid),
+        "--json",
+        "--interval",
+        "0.2",
         env={**os.environ, "PERFTOP_SOCKET_DIR": sock_dir},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
         timeout=60,
-        check=False,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     snap: dict[str, Any] = json.loads(result.stdout)
@@ -260,16 +262,7 @@ def as_nobody() -> tuple[int, int, str]:
 
 
 def inject_as(uid: int, gid: int, exe: str, pid: int, sock_dir: str) -> str:
-    result = subprocess.run(
-        [exe, CLIENT, str(pid), sock_dir],
-        preexec_fn=dropper(uid, gid),
-        env=foreign_env(),
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_as(uid, gid, exe, CLIENT, str(pid), sock_dir)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from perftop.collectors.discovery import find_agent
+from tests.helpers import run_perftop
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TARGETS = REPO / "tests" / "targets"
@@ -68,14 +69,8 @@ class Server:
         return ["--pid", str(self.proc.pid), "--socket-dir", self.sock_dir]
 
     def snapshot(self) -> dict[str, Any]:
-        result = subprocess.run(
-            [sys.executable, "-m", "perftop", "snapshot", "--json", "--interval", "0.1", *self.target_args()],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        snapshot = ("snapshot", "--json", "--interval", "0.1", *self.target_args())
+        result = run_perftop(*snapshot, env=dict(os.environ), timeout=60, cwd=REPO)
         assert result.returncode == 0, result.stderr
         snap: dict[str, Any] = json.loads(result.stdout)
         return snap

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from perftop.collectors.pyspy import find_pyspy, ptrace_refusal
+from tests.helpers import run_perftop
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "tests" / "targets" / "prof_oracle.py"
@@ -95,15 +96,7 @@ def target(tmp_path: Path) -> Iterator[Callable[..., int]]:
 def perftop_profile(pid: int, socket_dir: str, *options: str) -> dict[str, Any]:
     options = (*options, "--seconds", str(SECONDS), "--hz", str(HZ))
     env = dict(os.environ, PERFTOP_SOCKET_DIR=socket_dir)
-    done = subprocess.run(
-        [sys.executable, "-m", "perftop", "action", "--pid", str(pid), "profile", "--json", *options],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-        cwd=ROOT,
-    )
+    done = run_perftop("action", "--pid", str(pid), "profile", "--json", *options, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     result: dict[str, Any] = json.loads(done.stdout)
     return result

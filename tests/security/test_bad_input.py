@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from perftop.wire.protocol import PROTOCOL_VERSION, FrameDecoder
-from tests.helpers import short_tmp_dir, wait_for
+from tests.helpers import run_perftop, short_tmp_dir, wait_for
 from tests.targets.agent_harness import ROOT, Target, target_env
 from tests.targets.exp_procs import run
 
@@ -30,16 +30,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "targets" / "exp_target.py"
 def perftop(
     *args: str, stdin: int | None = subprocess.DEVNULL, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "perftop", *args],
-        stdin=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=str(ROOT),
-        env=env or target_env(),
-        check=False,
-    )
+    return run_perftop(*args, env=env or target_env(), timeout=60, cwd=ROOT, stdin=stdin)
 
 
 def assert_one_line(result: subprocess.CompletedProcess[str], fragment: str, code: int = 2) -> None:

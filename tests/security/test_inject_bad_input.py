@@ -15,20 +15,14 @@ from pathlib import Path
 import pytest
 
 from perftop.launch.inject import InjectError, inject
+from tests.helpers import run_perftop
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SLEEPER = "import sys; print('ready', flush=True); sys.stdin.readline(); print('bye')"
 
 
 def perftop(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "perftop", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_perftop(*args, env=dict(os.environ), cwd=REPO)
 
 
 @pytest.mark.parametrize("pid", ["18446744073709551616", "4194305", "-1", "0", "1e3", "", "0x10"])

@@ -5,6 +5,7 @@ stops by itself after its lease (the app's own `tracemalloc.is_tracing()` is the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from perftop.collectors.discovery import find_agent
-from tests.helpers import wait_for
+from tests.helpers import run_perftop, wait_for
 
 TARGET = str(Path(__file__).resolve().parent.parent / "targets" / "mem_grower.py")
 
@@ -44,13 +45,7 @@ def grower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Grower]:
 
 
 def memory(pid: int, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "perftop", "action", "--pid", str(pid), "memory", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_perftop("action", "--pid", str(pid), "memory", *args, env=dict(os.environ))
 
 
 def test_a_snapshot_of_a_large_traced_heap_is_refused_with_an_estimate(grower: Grower) -> None:
