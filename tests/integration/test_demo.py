@@ -16,20 +16,14 @@ from typing import Any
 import pytest
 
 from perftop.collectors.discovery import find_agent
+from tests.helpers import run_perftop
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def perftop(*args: str, sock_dir: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "perftop", *args, "--socket-dir", sock_dir],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    options = (*args, "--socket-dir", sock_dir)
+    return run_perftop(*options, env=dict(os.environ), timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from perftop.agent.fingerprint import fingerprint
-from tests.helpers import free_port
+from tests.helpers import free_port, run_perftop, wait_for
 from tests.integration.test_frameworks import REPO, Service, gunicorn
 from tests.targets.sql_client import PG_URL, database_url, new_suffix
 
@@ -108,14 +108,7 @@ def wait_queries(
 
 
 def action(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "perftop", "action", "--pid", str(service.proc.pid), *args],
-        cwd=REPO,
-        env=service.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_perftop("action", "--pid", str(service.proc.pid), *args, env=service.env, cwd=REPO)
 
 
 def marker_line(marker: str) -> int:
@@ -220,13 +213,14 @@ def test_django_queries_are_what_the_app_ran(serve: Any, tables: dict[str, str])
     assert after == dict(ran)
 
     if kind == "postgresql":  # the database's own time, read through a connection of the alias's own
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
+
+        def server_mean_ms() -> float | None:
             server = {q["fingerprint"]: q["server_mean_ms"] for q in service.snapshot()["queries"]}
-            if server.get(lookup) is not None:
-                break
-            time.sleep(1)
-        assert server.get(lookup) is not None and server[lookup] > 0, server
+            mean: float | None = server.get(lookup)
+            return mean
+
+        mean = wait_for(server_mean_ms, 40, f"the server time of {lookup!r}", interval=1)
+        assert mean > 0, mean
 
 
 def test_an_n_plus_one_in_a_django_template_loop_is_placed_at_the_template_line(
@@ -240,16 +234,13 @@ def test_an_n_plus_one_in_a_django_template_loop_is_placed_at_the_template_line(
     for author in (1, 2):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/shelf/{author}/", timeout=60) as resp:
             assert resp.read().count(b"<li>") == 12
-    deadline = time.monotonic() + 30
-    while True:
+
+    def counted() -> dict[str, Any] | None:
         snap = service.snapshot()
-        counts = {
-            q["fingerprint"]: q["count"] for q in snap["queries"] if "sqlite_master" not in q["fingerprint"]
-        }
-        if sorted(counts.values()) == [2, 24] or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert sorted(counts.values()) == [2, 24], counts
+        counts = [q["count"] for q in snap["queries"] if "sqlite_master" not in q["fingerprint"]]
+        return snap if sorted(counts) == [2, 24] else None
+
+    snap = wait_for(counted, 30, "the two queries counted 2 and 24 times", interval=0.3)
     lookup = next(q for q in snap["queries"] if q["count"] == 24)
     assert "pt_author_" in lookup["fingerprint"] and lookup["n_plus_one"], lookup
     template = APP.parent / "templates" / "shelf.html"

@@ -19,7 +19,7 @@ import pytest
 from perftop.collectors.discovery import find_agent, find_child_agents
 from perftop.launch.runner import agent_env
 from perftop.wire import paths
-from tests.helpers import wait_for
+from tests.helpers import run_perftop, wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TARGETS = REPO / "tests" / "targets"
@@ -59,15 +59,7 @@ def kill(proc: subprocess.Popen[str]) -> None:
 
 def perftop_cli(*args: str, sock_dir: str) -> subprocess.CompletedProcess[str]:
     """`perftop ARGS...` run to its end, output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "perftop", *args],
-        env=run_env(sock_dir),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_perftop(*args, env=run_env(sock_dir), timeout=60, cwd=REPO)
 
 
 def snapshot(pid: int, sock_dir: str) -> dict[str, Any]:

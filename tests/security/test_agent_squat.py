@@ -23,7 +23,7 @@ import pytest
 
 from perftop.collectors.agent_client import AgentClient, AgentError
 from perftop.collectors.discovery import find_agent
-from tests.foreign_user import REPO, dropper, foreign_env, interpreter_for
+from tests.foreign_user import REPO, dropper, foreign_env, interpreter_for, run_as
 
 TARGETS = Path(__file__).resolve().parents[1] / "targets"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="playing two other users needs root")
@@ -31,7 +31,7 @@ WORK = 7
 SPOOFED = 999_999
 
 
-def run_as(uid: int, gid: int, exe: str, *args: str, **kw: object) -> subprocess.Popen[str]:
+def start_as(uid: int, gid: int, exe: str, *args: str, **kw: object) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [exe, *args],
         preexec_fn=dropper(uid, gid),
@@ -80,7 +80,7 @@ def test_a_squatted_default_dir_neither_stops_the_agent_nor_fools_a_viewer(squat
     if exe is None or squatter_exe is None:
         pytest.skip("no Python the test users can run")
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    victim = run_as(uid, uid, exe, str(TARGETS / "lc_victim.py"), **pipes)
+    victim = start_as(uid, uid, exe, str(TARGETS / "lc_victim.py"), **pipes)
     fake = None
     try:
         assert victim.stdout is not None
@@ -95,7 +95,7 @@ def test_a_squatted_default_dir_neither_stops_the_agent_nor_fools_a_viewer(squat
         assert os.stat(default).st_uid == nobody.pw_uid and os.listdir(default) == []
 
         fake_path = os.path.join(default, f"{pid}.sock")
-        fake = run_as(
+        fake = start_as(
             nobody.pw_uid,
             nobody.pw_gid,
             squatter_exe,
@@ -125,16 +125,7 @@ def test_a_squatted_default_dir_neither_stops_the_agent_nor_fools_a_viewer(squat
                 timeout=120,
                 check=False,
             ),
-            subprocess.run(
-                [exe, *snapshot],
-                preexec_fn=dropper(uid, uid),
-                env=foreign_env(),
-                cwd="/",
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            ),
+            run_as(uid, uid, exe, *snapshot, timeout=120),
         ]
         for result in snapshots:
             assert result.returncode == 0, result.stderr

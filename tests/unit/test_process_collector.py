@@ -24,7 +24,7 @@ from perftop.collectors.process import (
     count_connections,
     count_user_tasks,
 )
-from tests.foreign_user import dropper, foreign_env, interpreter_for
+from tests.foreign_user import dropper, foreign_env, interpreter_for, run_as
 from tests.helpers import kill, wait_for, wait_ready
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
@@ -285,16 +285,8 @@ def _run_reader_as(uid: int, gid: int, pid: int) -> dict[str, object]:
     exe = interpreter_for(uid, gid)
     if exe is None:
         pytest.skip(f"no Python interpreter that uid {uid} may run and that can import psutil")
-    out = subprocess.run(
-        [exe, READER, str(pid)],
-        preexec_fn=dropper(uid, gid),
-        env=foreign_env(),
-        capture_output=True,
-        timeout=60,
-        cwd="/",
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr.decode()
+    out = run_as(uid, gid, exe, READER, str(pid))
+    assert out.returncode == 0, out.stderr
     result: dict[str, object] = json.loads(out.stdout)
     assert result["uid"] == uid
     return result
