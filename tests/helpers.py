@@ -210,3 +210,7 @@ def kill(proc: subprocess.Popen[Any]) -> None:
         proc.kill()
     proc.wait()
     close_streams(proc)
+
+
+Holder = Callable[..., subprocess.Popen[bytes]]
+"""The `holder` fixture (tests/conftest.py): starts tests/targets/coll_holder.py ARGS, ready."""

@@ -9,7 +9,6 @@ import resource
 import select
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -25,37 +24,12 @@ from perftop.collectors.process import (
     count_user_tasks,
 )
 from tests.foreign_user import dropper, foreign_env, interpreter_for, run_as
-from tests.helpers import kill, wait_for, wait_ready
+from tests.helpers import Holder, kill, wait_for
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 HOLDER = str(TARGETS / "coll_holder.py")
 READER = str(TARGETS / "coll_reader.py")
 REPO = str(Path(__file__).resolve().parent.parent.parent)
-
-Holder = Callable[..., subprocess.Popen[bytes]]
-
-
-@pytest.fixture
-def holder() -> Iterator[Holder]:
-    """Starts coll_holder.py targets (waiting until they are ready) and always kills them afterwards."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str, exe: str = sys.executable, **popen: object) -> subprocess.Popen[bytes]:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(
-            [exe, HOLDER, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            **popen,  # type: ignore[call-overload]
-        )
-        started.append(proc)
-        wait_ready(proc)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            kill(proc)
 
 
 def _expected(value: int) -> int | None:

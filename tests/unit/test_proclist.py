@@ -8,7 +8,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -16,37 +16,17 @@ import pytest
 
 from perftop.collectors.model import ProcessRow
 from perftop.collectors.proclist import ProcessLister
-from tests.helpers import kill, wait_for, wait_ready
+from tests.helpers import Holder, kill, wait_for, wait_ready
 
 HOLDER = str(Path(__file__).resolve().parent.parent / "targets" / "coll_holder.py")
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    """Starts coll_holder.py (waiting for its `ready` line) and always kills what it started."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            [sys.executable, HOLDER, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-        )
-        started.append(proc)
-        wait_ready(proc)
-        return proc
-
-    try:
-        yield start
-    finally:
-        for proc in started:
-            kill(proc)
 
 
 def _row(rows: list[ProcessRow], pid: int) -> ProcessRow | None:
     return next((r for r in rows if r.pid == pid), None)
 
 
-def test_finds_a_child_with_name_and_cmdline(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    child = spawn("--threads", "2", "--files", "1")
+def test_finds_a_child_with_name_and_cmdline(holder: Holder) -> None:
+    child = holder("--threads", "2", "--files", "1")
     rows = ProcessLister().sample()
     row = _row(rows, child.pid)
     assert row is not None
@@ -61,8 +41,8 @@ def test_finds_a_child_with_name_and_cmdline(spawn: Callable[..., subprocess.Pop
     assert len({r.pid for r in rows}) == len(rows)
 
 
-def test_reuses_process_objects_between_samples(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    child = spawn()
+def test_reuses_process_objects_between_samples(holder: Holder) -> None:
+    child = holder()
     lister = ProcessLister()
     lister.sample()
     first = lister.process(child.pid)
@@ -72,8 +52,8 @@ def test_reuses_process_objects_between_samples(spawn: Callable[..., subprocess.
     assert lister.process(os.getpid()) is not None
 
 
-def test_cpu_percent_from_deltas(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    child = spawn("--busy")
+def test_cpu_percent_from_deltas(holder: Holder) -> None:
+    child = holder("--busy")
     lister = ProcessLister()
     lister.sample()
 
@@ -84,9 +64,9 @@ def test_cpu_percent_from_deltas(spawn: Callable[..., subprocess.Popen[bytes]]) 
     wait_for(busy_shows, 20, "the busy child's CPU in the list", interval=0.05)
 
 
-def test_vanished_processes_are_dropped(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
-    reaped = spawn()
-    zombie = spawn()
+def test_vanished_processes_are_dropped(holder: Holder) -> None:
+    reaped = holder()
+    zombie = holder()
     lister = ProcessLister()
     rows = lister.sample()
     assert _row(rows, reaped.pid) is not None and _row(rows, zombie.pid) is not None
@@ -192,9 +172,9 @@ def test_rewritten_command_line_is_read_again_after_max_age(reexec: subprocess.P
     assert row is not None and row.cmdline.endswith(" first")  # within its max age: the cached one
 
 
-def test_cpu_percent_matches_psutil(spawn: Callable[..., subprocess.Popen[bytes]]) -> None:
+def test_cpu_percent_matches_psutil(holder: Holder) -> None:
     """The CPU share of a busy child agrees with psutil's own measure over the same interval."""
-    child = spawn("--busy")
+    child = holder("--busy")
     lister = ProcessLister()
     proc = psutil.Process(child.pid)
     lister.sample()
