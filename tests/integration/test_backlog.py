@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from perftop.collectors.process import ProcessCollector, listen_backlog
+from tests.helpers import free_port, run_perftop, wait_for
 from tests.integration.test_frameworks import CONTROL
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -62,9 +63,7 @@ def test_the_queue_of_a_socket_that_never_accepts(family: str) -> None:
 def test_a_busy_gunicorn_shows_the_requests_waiting_in_its_backlog(tmp_path: Path) -> None:
     pytest.importorskip("gunicorn")
     pytest.importorskip("flask")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["PERFTOP_SOCKET_DIR"] = str(tmp_path / "sockets")
@@ -78,14 +77,15 @@ def test_a_busy_gunicorn_shows_the_requests_waiting_in_its_backlog(tmp_path: Pat
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def answers() -> bool:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/user/ready", timeout=5):
-                    break
+                    return True
             except OSError:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.1)
+                return False
+
+        wait_for(answers, 60, "gunicorn to answer", interval=0.1)
         waiting = 6
         slow = f"http://127.0.0.1:{port}/sleep/1500"
         threads = [
@@ -95,14 +95,7 @@ def test_a_busy_gunicorn_shows_the_requests_waiting_in_its_backlog(tmp_path: Pat
         for t in threads:
             t.start()
         time.sleep(0.5)  # the one sync worker holds one request; the others wait in the kernel's queue
-        out = subprocess.run(
-            [sys.executable, "-m", "perftop", "snapshot", "--pid", str(server.pid), "--json"],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = run_perftop("snapshot", "--pid", str(server.pid), "--json", env=env, timeout=60, cwd=REPO)
         assert out.returncode == 0, out.stderr
         backlog = json.loads(out.stdout)["process"]["listen_backlog"]
         assert len(backlog) == 1 and backlog[0]["address"] == f"127.0.0.1:{port}", backlog

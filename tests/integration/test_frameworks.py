@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, run_perftop
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
@@ -103,13 +103,8 @@ class Service:
 
     def snapshot(self) -> dict[str, Any]:
         """`perftop snapshot --pid SERVER --json`: the server and its workers merged."""
-        out = subprocess.run(
-            [sys.executable, "-m", "perftop", "snapshot", "--pid", str(self.proc.pid), "--json"],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+        out = run_perftop(
+            "snapshot", "--pid", str(self.proc.pid), "--json", env=self.env, timeout=60, cwd=REPO
         )
         assert out.returncode == 0, out.stderr + self.output()
         snap: dict[str, Any] = json.loads(out.stdout)

@@ -14,7 +14,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from tests.helpers import run_perftop, wait_for
 from tests.targets.sql_client import PG_URL, AppError, SqlApp, database_url, new_suffix
 
 QAPP = Path(__file__).resolve().parents[1] / "targets" / "qtime_app.py"
@@ -257,21 +257,14 @@ def test_queries_show_the_databases_own_time_beside_the_apps(tmp_path: Path) -> 
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
         fingerprint = f"SELECT name FROM {table} WHERE id = ?"
-        deadline = time.monotonic() + 60
-        while True:
-            out = subprocess.run(
-                [sys.executable, "-m", "perftop", "snapshot", "--pid", str(proc.pid), "--json"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+
+        def measured() -> dict[str, Any] | None:
+            out = run_perftop("snapshot", "--pid", str(proc.pid), "--json", env=env, timeout=60)
             rows = {q["fingerprint"]: q for q in json.loads(out.stdout)["queries"]}
-            row = rows.get(fingerprint) or {}
-            if row.get("server_mean_ms") is not None or time.monotonic() > deadline:
-                break
-            time.sleep(1)
-        assert row.get("server_mean_ms") is not None, (sorted(rows), row)
+            row: dict[str, Any] = rows.get(fingerprint) or {}
+            return row if row.get("server_mean_ms") is not None else None
+
+        row = wait_for(measured, 60, f"the server time of {fingerprint!r} in a snapshot", interval=1)
         with stat_engine.connect() as conn:
             calls, total = conn.exec_driver_sql(
                 "SELECT sum(calls), sum(total_exec_time) FROM pg_stat_statements "

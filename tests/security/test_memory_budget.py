@@ -76,14 +76,8 @@ def test_tracing_stops_by_itself_after_its_lease(grower: Grower) -> None:
     assert started.returncode == 0, started.stderr
     assert json.loads(started.stdout)["stops_at"] > time.time()
     assert grower.ask("tracing") == "True"
-    stats = subprocess.run(
-        [sys.executable, "-m", "perftop", "snapshot", "--pid", str(pid), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert stats.returncode == 0
+    stats = run_perftop("snapshot", "--pid", str(pid), "--json", env=dict(os.environ), timeout=60)
+    assert stats.returncode == 0, stats.stderr
     wait_for(
         lambda: grower.ask("tracing") != "True",
         30,

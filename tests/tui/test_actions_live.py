@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from perftop.tui.panes.process import ProcessPane
 from perftop.tui.sources import LiveSources
 from perftop.tui.widgets.confirm import Confirm
 from perftop.tui.widgets.flame import FlameView
+from tests import helpers
 from tests.tui.waiting import wait_for
 
 TARGET = str(Path(__file__).resolve().parent.parent / "targets" / "cli_hot_app.py")
@@ -33,10 +33,7 @@ def target(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         [sys.executable, TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 10
-    while find_agent(proc.pid, sockets) is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    helpers.wait_for(lambda: find_agent(proc.pid, sockets), 10, "the target's agent", interval=0.05)
     yield proc, sockets
     proc.kill()
     proc.wait()

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +27,7 @@ from perftop.collectors.agent_view import build_view
 from perftop.export.prometheus import QUANTILES as EXPORT_QUANTILES
 from perftop.export.prometheus import digest_sketch
 from perftop.wire.sketch import Sketch, nearest_rank
-from tests.helpers import short_tmp_dir, wait_for
+from tests.helpers import run_perftop, short_tmp_dir, wait_for
 from tests.targets.agent_harness import ROOT, Target
 from tests.targets.agent_target import samples
 
@@ -290,25 +288,16 @@ def test_export_summaries_are_the_sketch_quantiles(values: list[float]) -> None:
 
 
 def snapshot(target: Target, *extra: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "perftop",
-            "snapshot",
-            "--pid",
-            str(target.pid),
-            "--interval",
-            "0.05",
-            *extra,
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=str(ROOT),
+    out = run_perftop(
+        "snapshot",
+        "--pid",
+        str(target.pid),
+        "--interval",
+        "0.05",
+        *extra,
+        "--json",
         env={**os.environ, "PERFTOP_SOCKET_DIR": target.socket_dir},
-        check=False,
+        cwd=ROOT,
     )
     assert out.returncode == 0, out.stderr
     doc: dict[str, Any] = json.loads(out.stdout)
