@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -21,6 +19,7 @@ import pytest
 from perftop.collectors.agent_view import AgentWatcher
 from perftop.collectors.discovery import find_child_agents
 from tests.helpers import refreshing, run_perftop, wait_count, wait_for
+from tests.targets.pool_client import prefork_pool, run_tasks
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 TASKS = 40
@@ -38,13 +37,7 @@ def _count(watcher: AgentWatcher, pid: int) -> tuple[int, tuple[int, ...]]:
 def test_a_spawn_or_forkserver_pool_is_one_service_with_exact_counts(tmp_path: Path, method: str) -> None:
     sockets = tmp_path / "sockets"
     env = {**os.environ, "PERFTOP_SOCKET_DIR": str(sockets)}
-    cmd = [sys.executable, "-m", "perftop", "run", "--", sys.executable, str(TARGETS / "prefork_pool.py")]
-    pool = subprocess.Popen(
-        [*cmd, str(TASKS), method], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-    )
-    assert pool.stdin is not None and pool.stdout is not None
-    try:
-        assert pool.stdout.readline().strip() == "ready"
+    with prefork_pool(env, TASKS, method) as pool:
         # every Python descendant runs an agent (the pool's workers, and the helpers multiprocessing
         # started: its resource tracker, the fork server)
         descendants = {p.pid for p in psutil.Process(pool.pid).children(recursive=True)}
@@ -68,17 +61,10 @@ def test_a_spawn_or_forkserver_pool_is_one_service_with_exact_counts(tmp_path: P
         base, _ = _count(watcher, pool.pid)  # the first 3 tasks
         # a viewer refreshing while the pool recycles its workers
         with refreshing(lambda: watcher.fetch(pool.pid, None), 0.2):
-            pool.stdin.write("go\n")
-            pool.stdin.flush()
-            assert pool.stdout.readline().strip() == "done"
+            run_tasks(pool)
         wait_count(lambda: _count(watcher, pool.pid)[0], base + TASKS, "tasks run")
         _, gone = _count(watcher, pool.pid)
         assert len(gone) >= TASKS // PER_WORKER - 3  # 3 workers at most are still live
         watcher.close()
         finals = list(sockets.glob("*.final"))
         assert len(finals) >= len(gone) and all(f.stat().st_mode & 0o777 == 0o600 for f in finals)
-    finally:
-        if pool.poll() is None:
-            pool.stdin.write("\n")
-            pool.stdin.flush()
-            pool.wait(60)

@@ -29,6 +29,7 @@ from perftop.collectors.process import ProcessCollector
 from perftop.collectors.workers import TreeCollector
 from perftop.tui.sources import LiveSources
 from tests.helpers import free_port, refreshing, run_perftop, terminate, wait_count, wait_for
+from tests.targets.pool_client import prefork_pool, run_tasks
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 WORKERS = 3
@@ -399,32 +400,12 @@ def test_children_without_python_still_get_their_rows(tmp_path: Path) -> None:
 
 def test_a_multiprocessing_pool_recycling_its_workers_keeps_exact_counts(tmp_path: Path) -> None:
     env = {**os.environ, "PERFTOP_SOCKET_DIR": str(tmp_path / "sockets")}
-    pool = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "perftop",
-            "run",
-            "--",
-            sys.executable,
-            str(TARGETS / "prefork_pool.py"),
-            "60",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    assert pool.stdin is not None and pool.stdout is not None
-    try:
-        assert pool.stdout.readline().strip() == "ready"
+    with prefork_pool(env, 60) as pool:
         watcher = AgentWatcher(env["PERFTOP_SOCKET_DIR"])
         base, _ = _http_count(watcher, pool.pid)  # the first 3 tasks, in workers still live or gone
         # a viewer refreshing while the pool recycles its workers every 5 tasks
         with refreshing(lambda: watcher.fetch(pool.pid, None), 0.2):
-            pool.stdin.write("go\n")
-            pool.stdin.flush()
-            assert pool.stdout.readline().strip() == "done"
+            run_tasks(pool)
         wait_count(lambda: _http_count(watcher, pool.pid)[0], base + 60, "tasks run")
         _, gone = _http_count(watcher, pool.pid)
         assert len(gone) >= 60 // 5 - 3  # 5 tasks per worker: >= 12 workers ran them, 3 at most live
@@ -432,11 +413,6 @@ def test_a_multiprocessing_pool_recycling_its_workers_keeps_exact_counts(tmp_pat
         # the exited workers' files are private; older files of dead PIDs were swept by their exits
         finals = list((tmp_path / "sockets").glob("*.final"))
         assert len(finals) >= len(gone) and all(f.stat().st_mode & 0o777 == 0o600 for f in finals)
-    finally:
-        if pool.poll() is None:
-            pool.stdin.write("\n")
-            pool.stdin.flush()
-            pool.wait(30)
 
 
 def test_exiting_workers_sweep_old_final_stats_of_dead_pids(tmp_path: Path) -> None:
@@ -451,29 +427,10 @@ def test_exiting_workers_sweep_old_final_stats_of_dead_pids(tmp_path: Path) -> N
         path.write_text("{}")
         os.utime(path, (time.time() - age, time.time() - age))
     env = {**os.environ, "PERFTOP_SOCKET_DIR": str(sockets)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "perftop",
-        "run",
-        "--",
-        sys.executable,
-        str(TARGETS / "prefork_pool.py"),
-        "10",
-    ]
-    pool = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-    assert pool.stdin is not None and pool.stdout is not None
-    try:
-        assert pool.stdout.readline().strip() == "ready"
-        pool.stdin.write("go\n")
-        pool.stdin.flush()
-        assert pool.stdout.readline().strip() == "done"
+    with prefork_pool(env, 10) as pool:
+        run_tasks(pool)
         # 13 tasks, 5 at most per worker: one worker at least has left through its finalizers
         planted = {stale, fresh, alive}
         wait_for(lambda: set(sockets.glob("*.final")) - planted, 30, "a worker's final stats", interval=0.1)
         assert not stale.exists() and not half.exists()  # no viewer ran: the exiting workers swept them
         assert fresh.exists() and alive.exists()
-    finally:
-        pool.stdin.write("\n")
-        pool.stdin.flush()
-        pool.wait(30)

@@ -25,6 +25,7 @@ import pytest
 
 from perftop.collectors.agent_client import AgentClient
 from perftop.launch.inject import InjectError, inject
+from tests.helpers import run_perftop
 
 REPO = Path(__file__).resolve().parent.parent.parent
 IDLE = str(REPO / "tests" / "targets" / "inj_idle.py")
@@ -197,24 +198,8 @@ def test_failed_preflight_leaves_the_target_untouched(
     idle = Idle(str(copy), "select")
     idles.append(idle)
     copy.chmod(0o600)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "perftop",
-            "inject",
-            str(idle.pid),
-            "--socket-dir",
-            sock_dir,
-            "--timeout",
-            "30",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    cli_args = ("inject", str(idle.pid), "--socket-dir", sock_dir, "--timeout", "30")
+    result = run_perftop(*cli_args, env=dict(os.environ), timeout=120, cwd=REPO)
     assert result.returncode == 1 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -265,25 +250,8 @@ def test_a_method_that_harms_the_throwaway_process_is_not_used(
     idle = Idle(exe, "sleep")
     idles.append(idle)
     env = {**os.environ, "PATH": str(bin_dir), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "perftop",
-            "inject",
-            str(idle.pid),
-            "--socket-dir",
-            sock_dir,
-            "--timeout",
-            "60",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    cli_args = ("inject", str(idle.pid), "--socket-dir", sock_dir, "--timeout", "60")
+    result = run_perftop(*cli_args, env=env, timeout=180, cwd=REPO)
     assert (result.returncode, result.stdout) == (1, ""), result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
