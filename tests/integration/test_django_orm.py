@@ -214,10 +214,10 @@ def test_django_queries_are_what_the_app_ran(serve: Any, tables: dict[str, str])
 
     if kind == "postgresql":  # the database's own time, read through a connection of the alias's own
 
-        def server_mean_ms() -> float | None:
+        def server_mean_ms() -> float:
+            """The lookup's mean time in the database, 0 while there is none."""
             server = {q["fingerprint"]: q["server_mean_ms"] for q in service.snapshot()["queries"]}
-            mean: float | None = server.get(lookup)
-            return mean
+            return float(server.get(lookup) or 0.0)
 
         mean = wait_for(server_mean_ms, 40, f"the server time of {lookup!r}", interval=1)
         assert mean > 0, mean
@@ -235,10 +235,11 @@ def test_an_n_plus_one_in_a_django_template_loop_is_placed_at_the_template_line(
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/shelf/{author}/", timeout=60) as resp:
             assert resp.read().count(b"<li>") == 12
 
-    def counted() -> dict[str, Any] | None:
+    def counted() -> dict[str, Any]:
+        """The snapshot once its two queries ran 2 and 24 times, else an empty dict."""
         snap = service.snapshot()
         counts = [q["count"] for q in snap["queries"] if "sqlite_master" not in q["fingerprint"]]
-        return snap if sorted(counts) == [2, 24] else None
+        return snap if sorted(counts) == [2, 24] else {}
 
     snap = wait_for(counted, 30, "the two queries counted 2 and 24 times", interval=0.3)
     lookup = next(q for q in snap["queries"] if q["count"] == 24)

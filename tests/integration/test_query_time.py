@@ -258,11 +258,12 @@ def test_queries_show_the_databases_own_time_beside_the_apps(tmp_path: Path) -> 
         assert proc.stdout is not None and proc.stdout.readline().strip() == "done"
         fingerprint = f"SELECT name FROM {table} WHERE id = ?"
 
-        def measured() -> dict[str, Any] | None:
+        def measured() -> dict[str, Any]:
+            """The fingerprint's row once it carries the server's time, else an empty dict."""
             out = run_perftop("snapshot", "--pid", str(proc.pid), "--json", env=env, timeout=60)
             rows = {q["fingerprint"]: q for q in json.loads(out.stdout)["queries"]}
             row: dict[str, Any] = rows.get(fingerprint) or {}
-            return row if row.get("server_mean_ms") is not None else None
+            return row if row.get("server_mean_ms") is not None else {}
 
         row = wait_for(measured, 60, f"the server time of {fingerprint!r} in a snapshot", interval=1)
         with stat_engine.connect() as conn:

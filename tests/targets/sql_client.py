@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.targets.json_lines import AppError, LineApp
+from tests.targets.json_lines import AppError as AppError
+from tests.targets.json_lines import LineApp
 
 APP = Path(__file__).resolve().with_name("sql_app.py")
 PG_URL = os.environ.get("PERFTOP_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
