@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from perftop.launch.inject import InjectError, inject, run_target_interpreter
-from tests.foreign_user import foreign_env, interpreter_for
+from tests.foreign_user import foreign_env, interpreter_for, run_as
 from tests.security.test_inject_safety import AMX
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -126,18 +126,7 @@ def test_another_user_may_not_run_the_target_interpreter(
             f"try:\n    run_target_interpreter({holder.pid}, ['-c', 'pass'], 30)\n"
             "except InjectError as exc:\n    print('refused', exc)\n"
         )
-        result = subprocess.run(
-            [exe, "-c", code],
-            env=foreign_env(),
-            cwd="/",
-            user=uid,
-            group=gid,
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_as(uid, gid, exe, "-c", code)
     finally:
         holder.kill()
         holder.wait()
@@ -209,18 +198,8 @@ def test_a_user_without_a_home_injects_into_its_own_process() -> None:
     try:
         assert target.stdout is not None and target.stdin is not None
         assert int(target.stdout.readline()) == target.pid and target.stdout.readline() == b"ready\n"
-        result = subprocess.run(
-            [exe, str(REPO / "tests" / "targets" / "inj_client.py"), str(target.pid), ""],
-            env=foreign_env(),
-            cwd="/",
-            user=uid,
-            group=gid,
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        client = str(REPO / "tests" / "targets" / "inj_client.py")
+        result = run_as(uid, gid, exe, client, str(target.pid), "", timeout=120)
         assert result.returncode == 0, result.stderr
         assert result.stdout == f"ok /tmp/perftop-{uid}/{target.pid}.sock\n"
         assert "/perftop-agent-loader.so" in Path(f"/proc/{target.pid}/maps").read_text()
