@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_port, run_perftop
+from tests.helpers import free_port, run_perftop, wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
 BIN = Path(sys.executable).parent
@@ -377,9 +377,7 @@ def test_queue_wait_from_x_request_start(serve: Any, server: str) -> None:
         sent.append((wait, time.time() - before))
     assert service.get("/user/nostamp") == 200
     assert service.get("/user/garbage", headers={"X-Request-Start": "t=yesterday"}) == 200
-    deadline = time.monotonic() + 30
-    while not (queue := service.timings("http.queue")) and time.monotonic() < deadline:
-        time.sleep(0.3)
+    queue = wait_for(lambda: service.timings("http.queue"), 30, "an http.queue timing", interval=0.3)
     assert list(queue) == ["http.queue"], queue
     stats = queue["http.queue"]
     assert stats["count"] == len(waits), stats
@@ -420,13 +418,13 @@ def test_each_route_shows_its_sql_time_and_queries_per_request(serve: Any, tmp_p
     assert all(a["queries"] == 6 for p, a in zip(paths, answers, strict=True) if p.startswith("/users"))
 
     names = {"GET /users/{uid}/posts": 40, "GET /fast": 41, "GET /slow/{ms}": 2}
-    deadline = time.monotonic() + 30
-    while True:
-        routes = service.snapshot()["requests"]
-        if {r: routes.get(r, {}).get("count") for r in names} == names or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert {r: routes.get(r, {}).get("count") for r in names} == names, routes.keys()
+
+    def counted() -> dict[str, Any]:
+        """The snapshot's requests once the routes' counts are `names`', else an empty dict."""
+        routes: dict[str, Any] = service.snapshot()["requests"]
+        return routes if {r: routes.get(r, {}).get("count") for r in names} == names else {}
+
+    routes = wait_for(counted, 30, f"the requests counted as {names}", interval=0.3)
 
     posts, fast, slow = (routes[r] for r in names)
     assert posts["queries_mean"] == pytest.approx(6.0) and posts["queries_max"] == 6
@@ -505,13 +503,15 @@ def test_an_n_plus_one_inside_a_template_points_at_the_template_line(serve: Any,
     cmd = gunicorn("tests.targets.web.flask_sql_app:app", port)
     service = serve(cmd, port, env=sql_app_db(tmp_path), probe="/fast")
     assert service.get("/page") == 200
-    deadline = time.monotonic() + 30
-    while True:
+
+    def flagged() -> dict[str, Any]:
+        """The snapshot once the lazy load is flagged as an N+1, else an empty dict."""
         snap = service.snapshot()
         lazy = [q for q in snap["queries"] if q["fingerprint"].startswith("SELECT users.id")]
-        if (lazy and lazy[0]["n_plus_one"]) or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
+        return snap if lazy and lazy[0]["n_plus_one"] else {}
+
+    snap = wait_for(flagged, 30, "the lazy load flagged as an N+1", interval=0.3)
+    lazy = [q for q in snap["queries"] if q["fingerprint"].startswith("SELECT users.id")]
     assert lazy and lazy[0]["count"] == 20 and lazy[0]["n_plus_one"], snap["queries"]
     site = lazy[0]["n_plus_one_site"]
     assert site["file"].endswith("templates/posts.html") and site["line"] == 3, site

@@ -8,9 +8,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 from perftop.collectors.agent_client import AgentClient
 from perftop.collectors.discovery import find_agent
+from tests.helpers import wait_for
 
 APP = textwrap.dedent(
     """
@@ -40,20 +42,18 @@ def test_an_unregistered_loop_is_found_and_its_lag_recorded(tmp_path: Path) -> N
     )
     try:
         assert app.stdout is not None and app.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 20
-        while (path := find_agent(app.pid, sockets)) is None:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        deadline = time.monotonic() + 20  # for both waits
+        path = wait_for(lambda: find_agent(app.pid, sockets), 20, "the app's agent", interval=0.05)
         with AgentClient(path) as client:
-            lag = None
-            while lag is None or lag["count"] < 3:
-                assert time.monotonic() < deadline, "no asyncio.loop_lag timing appeared"
-                time.sleep(0.5)
-                lag = (
-                    client.call("stats", {"window": None})["timings"]
-                    .get("asyncio.loop_lag", {})
-                    .get("sketch")
-                )
+
+            def lagged() -> dict[str, Any]:
+                """The loop lag's sketch once it holds three samples, else an empty dict."""
+                timings = client.call("stats", {"window": None})["timings"]
+                sketch: dict[str, Any] = timings.get("asyncio.loop_lag", {}).get("sketch") or {}
+                return sketch if sketch.get("count", 0) >= 3 else {}
+
+            left = deadline - time.monotonic()
+            lag = wait_for(lagged, left, "three asyncio.loop_lag samples", interval=0.5)
         assert lag["max"] >= 200e6  # ns: the loop was blocked 250 ms at a time
     finally:
         app.kill()
