@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from perftop.collectors.discovery import find_agent
-from tests.helpers import run_perftop
+from tests.helpers import run_perftop, short_tmp_dir
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -29,7 +29,7 @@ def perftop(*args: str, sock_dir: str, timeout: float = 60) -> subprocess.Comple
 @pytest.fixture(scope="module")
 def demo() -> Iterator[tuple[int, str]]:
     """The demo service's PID and socket directory; the service is killed afterwards, whatever happens."""
-    with tempfile.TemporaryDirectory(prefix="ptdemo") as sock_dir, tempfile.TemporaryFile("w+") as err:
+    with short_tmp_dir() as sock_dir, tempfile.TemporaryFile("w+") as err:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PERFTOP")}
         env["PERFTOP_SOCKET_DIR"] = sock_dir
         proc = subprocess.Popen(

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -26,11 +25,10 @@ TARGETS = REPO / "tests" / "targets"
 
 
 class Server:
-    """A target app serving on 127.0.0.1 in a subprocess, with its agent's sockets in a private dir."""
+    """A target app serving on 127.0.0.1 in a subprocess, with its agent's sockets in `sock_dir`."""
 
-    def __init__(self, script: str) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="ptmw")
-        self.sock_dir = self.tmp.name
+    def __init__(self, script: str, sock_dir: str) -> None:
+        self.sock_dir = sock_dir
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         self.proc = subprocess.Popen(
             [sys.executable, str(TARGETS / script), self.sock_dir],
@@ -89,12 +87,11 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.communicate(timeout=30)
-        self.tmp.cleanup()
 
 
 @pytest.fixture
-def wsgi() -> Iterator[Server]:
-    server = Server("mw_wsgi_app.py")
+def wsgi(sock_dir: str) -> Iterator[Server]:
+    server = Server("mw_wsgi_app.py", sock_dir)
     try:
         yield server.start()
     finally:
@@ -102,10 +99,10 @@ def wsgi() -> Iterator[Server]:
 
 
 @pytest.fixture
-def asgi() -> Iterator[Server]:
+def asgi(sock_dir: str) -> Iterator[Server]:
     if importlib.util.find_spec("uvicorn") is None:
         pytest.skip("uvicorn is not installed (pip install '.[test]')")
-    server = Server("mw_asgi_app.py")
+    server = Server("mw_asgi_app.py", sock_dir)
     try:
         yield server.start()
     finally:

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,34 +69,31 @@ def untouched(proc: subprocess.Popen[str], sock_dir: str) -> None:
     assert proc.returncode == 0
 
 
-def test_target_in_another_mount_namespace_is_refused(sleeper: list[subprocess.Popen[str]]) -> None:
+def test_target_in_another_mount_namespace_is_refused(
+    sleeper: list[subprocess.Popen[str]], sock_dir: str
+) -> None:
     if os.geteuid() != 0 or shutil.which("unshare") is None:
         pytest.skip("needs root and unshare, to start a target in its own mount namespace")
     proc = start(sleeper, ["unshare", "-m", "--", sys.executable, "-S", "-c", SLEEPER])
-    with tempfile.TemporaryDirectory(prefix="ptbad") as sock_dir:
-        result = perftop("inject", str(proc.pid), "--socket-dir", sock_dir)
-        assert (result.returncode, result.stdout) == (2, "")
-        assert result.stderr.count("\n") == 1, result.stderr
-        assert result.stderr.startswith(f"perftop: PID {proc.pid} (python")
-        assert (
-            "runs in another mount namespace" in result.stderr
-            and f"nsenter -m -t {proc.pid}" in result.stderr
-        )
-        untouched(proc, sock_dir)
+    result = perftop("inject", str(proc.pid), "--socket-dir", sock_dir)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"perftop: PID {proc.pid} (python")
+    assert "runs in another mount namespace" in result.stderr and f"nsenter -m -t {proc.pid}" in result.stderr
+    untouched(proc, sock_dir)
 
 
-def test_stopped_target_is_refused(sleeper: list[subprocess.Popen[str]]) -> None:
+def test_stopped_target_is_refused(sleeper: list[subprocess.Popen[str]], sock_dir: str) -> None:
     proc = start(sleeper, [sys.executable, "-S", "-c", SLEEPER])
     name = Path(f"/proc/{proc.pid}/comm").read_text().strip()
     os.kill(proc.pid, signal.SIGSTOP)
-    with tempfile.TemporaryDirectory(prefix="ptbad") as sock_dir:
-        try:
-            result = perftop("inject", str(proc.pid), "--socket-dir", sock_dir)
-        finally:
-            os.kill(proc.pid, signal.SIGCONT)
-        assert (result.returncode, result.stdout) == (2, "")
-        assert result.stderr == (
-            f"perftop: PID {proc.pid} ({name}) is stopped (SIGSTOP, or Ctrl-Z): nothing could run in it; "
-            f"resume it first (kill -CONT {proc.pid}), then try again\n"
-        )
-        untouched(proc, sock_dir)
+    try:
+        result = perftop("inject", str(proc.pid), "--socket-dir", sock_dir)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"perftop: PID {proc.pid} ({name}) is stopped (SIGSTOP, or Ctrl-Z): nothing could run in it; "
+        f"resume it first (kill -CONT {proc.pid}), then try again\n"
+    )
+    untouched(proc, sock_dir)
