@@ -52,3 +52,40 @@ def demo_service(socket_dir: str, *args: str, timeout: float = 60) -> Iterator[s
     finally:
         demo.kill()
         demo.wait()
+
+
+@contextlib.contextmanager
+def metric_agents(
+    socket_dir: str, count: int, metrics: int, samples: int
+) -> Iterator[list[subprocess.Popen[str]]]:
+    """`count` instrumented processes (tests/targets/exp_target.py, named bench00...) with their agents in
+    `socket_dir`, each once it has recorded `metrics` timings of `samples` samples; killed at the end."""
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for i in range(count):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(ROOT / "tests" / "targets" / "exp_target.py"),
+                        socket_dir,
+                        f"bench{i:02d}",
+                    ],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().startswith("ready")
+            proc.stdin.write(f"metrics {metrics} {samples}\n")
+            proc.stdin.flush()
+        for proc in procs:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().startswith("done")
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,8 +32,7 @@ from opentelemetry.sdk.metrics.export import MetricExportResult  # noqa: E402
 
 from perftop.export.otlp import Translator  # noqa: E402
 from perftop.export.prometheus import HostCollector  # noqa: E402
-
-TARGET = ROOT / "tests" / "targets" / "exp_target.py"
+from tests.perf._common import metric_agents  # noqa: E402
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -57,7 +55,6 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--pushes", type=int, default=10)
     args = parser.parse_args()
-    procs: list[subprocess.Popen[str]] = []
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     exporter = OTLPMetricExporter(
@@ -65,54 +62,35 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="perftop-bench-otlp-") as sockets:
         try:
-            for i in range(args.agents):
-                procs.append(
-                    subprocess.Popen(
-                        [sys.executable, str(TARGET), sockets, f"bench{i:02d}"],
-                        stdin=subprocess.PIPE,
-                        stdout=subprocess.PIPE,
-                        text=True,
+            with metric_agents(sockets, args.agents, args.metrics, args.samples):
+                collector = HostCollector(sockets)
+                translator = Translator("bench", time.time())
+                collect_s, translate_s, push_s, sizes, histograms = [], [], [], [], []
+                for _ in range(args.pushes):
+                    stats: dict[int, dict[str, Any]] = {}
+                    t0 = time.perf_counter()
+                    families = collector.collect(agent_stats=stats)
+                    t1 = time.perf_counter()
+                    data = translator.translate(families, stats, time.time())
+                    t2 = time.perf_counter()
+                    assert exporter.export(data) == MetricExportResult.SUCCESS
+                    t3 = time.perf_counter()
+                    collect_s.append(t1 - t0)
+                    translate_s.append(t2 - t1)
+                    push_s.append(t3 - t2)
+                    raw = encode_metrics(data).SerializeToString()
+                    sizes.append((len(raw), len(gzip.compress(raw))))
+                    histograms.append(
+                        sum(
+                            len(m.data.data_points)
+                            for rm in data.resource_metrics
+                            for sm in rm.scope_metrics
+                            for m in sm.metrics
+                            if type(m.data).__name__ == "ExponentialHistogram"
+                        )
                     )
-                )
-            for proc in procs:
-                assert proc.stdout is not None and proc.stdin is not None
-                assert proc.stdout.readline().startswith("ready")
-                proc.stdin.write(f"metrics {args.metrics} {args.samples}\n")
-                proc.stdin.flush()
-            for proc in procs:
-                assert proc.stdout is not None
-                assert proc.stdout.readline().startswith("done")
-            collector = HostCollector(sockets)
-            translator = Translator("bench", time.time())
-            collect_s, translate_s, push_s, sizes, histograms = [], [], [], [], []
-            for _ in range(args.pushes):
-                stats: dict[int, dict[str, Any]] = {}
-                t0 = time.perf_counter()
-                families = collector.collect(agent_stats=stats)
-                t1 = time.perf_counter()
-                data = translator.translate(families, stats, time.time())
-                t2 = time.perf_counter()
-                assert exporter.export(data) == MetricExportResult.SUCCESS
-                t3 = time.perf_counter()
-                collect_s.append(t1 - t0)
-                translate_s.append(t2 - t1)
-                push_s.append(t3 - t2)
-                raw = encode_metrics(data).SerializeToString()
-                sizes.append((len(raw), len(gzip.compress(raw))))
-                histograms.append(
-                    sum(
-                        len(m.data.data_points)
-                        for rm in data.resource_metrics
-                        for sm in rm.scope_metrics
-                        for m in sm.metrics
-                        if type(m.data).__name__ == "ExponentialHistogram"
-                    )
-                )
-            collector.close()
+                collector.close()
         finally:
-            for proc in procs:
-                proc.kill()
-                proc.wait()
             exporter.shutdown()
             receiver.shutdown()
 
