@@ -1,10 +1,12 @@
 """Helpers shared by the test modules (importable, unlike conftest fixtures): polling with a deadline, a
-short socket directory, a free loopback port. Standard library only, so target scripts can use them too."""
+short socket directory, a free loopback port, the perftop command line, and child processes (their output,
+readiness and stopping). Standard library only, so target scripts can use them too."""
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import os
 import queue
 import select
@@ -214,3 +216,12 @@ def kill(proc: subprocess.Popen[Any]) -> None:
 
 Holder = Callable[..., subprocess.Popen[bytes]]
 """The `holder` fixture (tests/conftest.py): starts tests/targets/coll_holder.py ARGS, ready."""
+
+
+def perftop_json(
+    *args: str, env: dict[str, str], timeout: float = 120, cwd: str | os.PathLike[str] | None = None
+) -> Any:
+    """`python -m perftop ARGS...` (a --json command) that must succeed: its stdout, parsed."""
+    result = run_perftop(*args, env=env, timeout=timeout, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)

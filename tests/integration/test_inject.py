@@ -8,7 +8,6 @@ normally afterwards. Every failure reason is forced by a test, and the target su
 from __future__ import annotations
 
 import glob
-import json
 import os
 import pwd
 import shutil
@@ -25,7 +24,7 @@ from perftop.launch import inject_loader
 from perftop.launch.inject import InjectError, inject
 from perftop.wire import paths
 from tests.foreign_user import dropper, foreign_env, interpreter_for, run_as
-from tests.helpers import run_perftop, wait_for
+from tests.helpers import perftop_json, wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TARGET = str(REPO / "tests" / "targets" / "inj_target.py")
@@ -100,19 +99,10 @@ def start(targets: list[Target], exe: str, mode: str, tmp: Path, **popen: Any) -
 
 
 def snapshot(pid: int, sock_dir: str) -> dict[str, Any]:
-    result = run_perftop(
-        "snapshot",
-        "--pid",
-        str(pid),
-        "--json",
-        "--interval",
-        "0.2",
-        env={**os.environ, "PERFTOP_SOCKET_DIR": sock_dir},
-        timeout=60,
-        cwd=REPO,
+    env = {**os.environ, "PERFTOP_SOCKET_DIR": sock_dir}
+    snap: dict[str, Any] = perftop_json(
+        "snapshot", "--pid", str(pid), "--json", "--interval", "0.2", env=env, timeout=60, cwd=REPO
     )
-    assert result.returncode == 0, result.stderr
-    snap: dict[str, Any] = json.loads(result.stdout)
     return snap
 
 

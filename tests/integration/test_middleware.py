@@ -4,7 +4,6 @@ are timed per route template (never per raw URL), counted per status class, 5xx 
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from perftop.collectors.discovery import find_agent
-from tests.helpers import run_perftop
+from tests.helpers import perftop_json
 
 REPO = Path(__file__).resolve().parent.parent.parent
 TARGETS = REPO / "tests" / "targets"
@@ -68,9 +67,7 @@ class Server:
 
     def snapshot(self) -> dict[str, Any]:
         snapshot = ("snapshot", "--json", "--interval", "0.1", *self.target_args())
-        result = run_perftop(*snapshot, env=dict(os.environ), timeout=60, cwd=REPO)
-        assert result.returncode == 0, result.stderr
-        snap: dict[str, Any] = json.loads(result.stdout)
+        snap: dict[str, Any] = perftop_json(*snapshot, env=dict(os.environ), timeout=60, cwd=REPO)
         return snap
 
     def settled(self, predicate: Any, timeout: float = 30.0) -> dict[str, Any]:

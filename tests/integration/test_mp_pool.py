@@ -9,7 +9,6 @@ tree, the fan-out), the workers' final stats files on disk.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 
 from perftop.collectors.agent_view import AgentWatcher
 from perftop.collectors.discovery import find_child_agents
-from tests.helpers import refreshing, run_perftop, wait_count, wait_for
+from tests.helpers import perftop_json, refreshing, wait_count, wait_for
 from tests.targets.pool_client import prefork_pool, run_tasks
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
@@ -48,14 +47,12 @@ def test_a_spawn_or_forkserver_pool_is_one_service_with_exact_counts(tmp_path: P
             interval=0.1,
         )
         assert len(descendants) >= 3
-        doc = run_perftop("snapshot", "--pid", str(pool.pid), "--interval", "0.2", "--json", env=env)
-        assert doc.returncode == 0, doc.stderr
-        tree = json.loads(doc.stdout)["process"]["tree"]
+        doc = perftop_json("snapshot", "--pid", str(pool.pid), "--interval", "0.2", "--json", env=env)
+        tree = doc["process"]["tree"]
         assert {w["pid"] for w in tree["workers"]} == descendants
         assert all(w["has_agent"] for w in tree["workers"])
-        threads = run_perftop("action", "--pid", str(pool.pid), "threads", "--json", env=env)
-        assert threads.returncode == 0, threads.stderr
-        assert {int(p) for p in json.loads(threads.stdout)["per_pid"]} == descendants
+        threads = perftop_json("action", "--pid", str(pool.pid), "threads", "--json", env=env)
+        assert {int(p) for p in threads["per_pid"]} == descendants
 
         watcher = AgentWatcher(str(sockets))
         base, _ = _count(watcher, pool.pid)  # the first 3 tasks

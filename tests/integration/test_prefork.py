@@ -6,7 +6,6 @@ Oracles: psutil's own readings of the master and each worker (tree totals), the 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -28,7 +27,7 @@ from perftop.collectors.discovery import find_child_agents
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.workers import TreeCollector
 from perftop.tui.sources import LiveSources
-from tests.helpers import free_port, refreshing, run_perftop, terminate, wait_count, wait_for
+from tests.helpers import free_port, perftop_json, refreshing, run_perftop, terminate, wait_count, wait_for
 from tests.targets.pool_client import prefork_pool, run_tasks
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
@@ -61,9 +60,7 @@ class Server:
         return run_perftop(*args, env=self.env, timeout=timeout)
 
     def json(self, *args: str) -> Any:
-        out = self.perftop(*args)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        return perftop_json(*args, env=self.env)
 
     def wait_ready(self, workers: int = WORKERS) -> None:
         """Until `workers` workers run agents and answer."""

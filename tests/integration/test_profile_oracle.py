@@ -12,7 +12,6 @@ in-process profile and says which sampler ran.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from typing import Any
 import pytest
 
 from perftop.collectors.pyspy import find_pyspy, ptrace_refusal
-from tests.helpers import run_perftop
+from tests.helpers import perftop_json
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGET = ROOT / "tests" / "targets" / "prof_oracle.py"
@@ -96,9 +95,9 @@ def target(tmp_path: Path) -> Iterator[Callable[..., int]]:
 def perftop_profile(pid: int, socket_dir: str, *options: str) -> dict[str, Any]:
     options = (*options, "--seconds", str(SECONDS), "--hz", str(HZ))
     env = dict(os.environ, PERFTOP_SOCKET_DIR=socket_dir)
-    done = run_perftop("action", "--pid", str(pid), "profile", "--json", *options, env=env, cwd=ROOT)
-    assert done.returncode == 0, done.stderr
-    result: dict[str, Any] = json.loads(done.stdout)
+    result: dict[str, Any] = perftop_json(
+        "action", "--pid", str(pid), "profile", "--json", *options, env=env, cwd=ROOT
+    )
     return result
 
 

@@ -6,18 +6,16 @@ import json
 import os
 from pathlib import Path
 
-from tests.helpers import run_perftop
+from tests.helpers import perftop_json, run_perftop
 from tests.targets.workers_client import workers_app
 
 
 def test_snapshot_of_a_parent_merges_its_workers(tmp_path: Path) -> None:
     env = {**os.environ, "PERFTOP_SOCKET_DIR": str(tmp_path / "sockets")}
     with workers_app(3, env) as (parent, workers):
-        out = run_perftop(
+        doc = perftop_json(
             "snapshot", "--pid", str(parent.pid), "--interval", "0.1", "--json", env=env, timeout=60
         )
-        assert out.returncode == 0, out.stderr
-        doc = json.loads(out.stdout)
         alone = run_perftop(
             "snapshot", "--pid", str(parent.pid), "--no-children", "--json", env=env, timeout=60
         )

@@ -27,7 +27,7 @@ from perftop.collectors.agent_view import build_view
 from perftop.export.prometheus import QUANTILES as EXPORT_QUANTILES
 from perftop.export.prometheus import digest_sketch
 from perftop.wire.sketch import Sketch, nearest_rank
-from tests.helpers import run_perftop, short_tmp_dir, wait_for
+from tests.helpers import perftop_json, short_tmp_dir, wait_for
 from tests.targets.agent_harness import ROOT, Target
 from tests.targets.agent_target import samples
 
@@ -288,19 +288,9 @@ def test_export_summaries_are_the_sketch_quantiles(values: list[float]) -> None:
 
 
 def snapshot(target: Target, *extra: str) -> dict[str, Any]:
-    out = run_perftop(
-        "snapshot",
-        "--pid",
-        str(target.pid),
-        "--interval",
-        "0.05",
-        *extra,
-        "--json",
-        env={**os.environ, "PERFTOP_SOCKET_DIR": target.socket_dir},
-        cwd=ROOT,
-    )
-    assert out.returncode == 0, out.stderr
-    doc: dict[str, Any] = json.loads(out.stdout)
+    env = {**os.environ, "PERFTOP_SOCKET_DIR": target.socket_dir}
+    args = ("snapshot", "--pid", str(target.pid), "--interval", "0.05", *extra, "--json")
+    doc: dict[str, Any] = perftop_json(*args, env=env, cwd=ROOT)
     return doc
 
 
