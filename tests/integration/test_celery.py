@@ -31,7 +31,7 @@ celery = pytest.importorskip("celery")
 
 from perftop.collectors.agent_view import AgentView, AgentWatcher, fetch_agent_view  # noqa: E402
 from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
-from tests.helpers import refreshing, run_perftop, terminate, wait_count, wait_for  # noqa: E402
+from tests.helpers import perftop_json, refreshing, run_perftop, terminate, wait_count, wait_for  # noqa: E402
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 CONCURRENCY = 2
@@ -88,9 +88,7 @@ class Worker:
         return run_perftop(*args, env=self.env, timeout=timeout)
 
     def json(self, *args: str) -> Any:
-        out = self.perftop(*args)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        return perftop_json(*args, env=self.env)
 
     def wait_ready(self) -> None:
         """Until every pool child runs an agent, and a task round-trips."""
