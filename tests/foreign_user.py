@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -36,18 +37,16 @@ def foreign_env() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": f"{REPO}:{site}"}
 
 
+def as_user(uid: int, gid: int) -> dict[str, Any]:
+    """The Popen keywords that run a program as `uid`:`gid` (no supplementary groups), in `/`, with
+    foreign_env()."""
+    return {"preexec_fn": dropper(uid, gid), "env": foreign_env(), "cwd": "/"}
+
+
 def run_as(uid: int, gid: int, exe: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """`exe ARGS...` run to its end as `uid`:`gid` (no supplementary groups), in `/` with foreign_env(),
-    output captured as text."""
+    """`exe ARGS...` run to its end as `uid`:`gid` (see as_user), output captured as text."""
     return subprocess.run(
-        [exe, *args],
-        preexec_fn=dropper(uid, gid),
-        env=foreign_env(),
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        [exe, *args], capture_output=True, text=True, timeout=timeout, check=False, **as_user(uid, gid)
     )
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from perftop.collectors.agent_client import AgentClient, AgentError
 from perftop.collectors.discovery import find_agent
-from tests.foreign_user import REPO, dropper, foreign_env, interpreter_for, run_as
+from tests.foreign_user import REPO, as_user, dropper, interpreter_for, run_as
 
 TARGETS = Path(__file__).resolve().parents[1] / "targets"
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="playing two other users needs root")
@@ -32,14 +32,8 @@ SPOOFED = 999_999
 
 
 def start_as(uid: int, gid: int, exe: str, *args: str, **kw: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [exe, *args],
-        preexec_fn=dropper(uid, gid),
-        env=foreign_env(),
-        cwd="/",
-        text=True,
-        **kw,  # type: ignore[arg-type]
-    )
+    proc: subprocess.Popen[str] = subprocess.Popen([exe, *args], text=True, **as_user(uid, gid), **kw)  # type: ignore[call-overload]
+    return proc
 
 
 def viewer_env() -> dict[str, str]:
