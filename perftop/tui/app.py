@@ -19,7 +19,8 @@ from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent
 
 from perftop._version import __version__
 from perftop.collectors.agent_client import AgentError
-from perftop.recording import Recorder, RecordingError
+from perftop.recording.errors import RecordingError
+from perftop.recording.recorder import Recorder
 from perftop.tui.messages import (
     AgentReply,
     AgentSampled,

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from perftop.launch.runner import wait_for_agent  # noqa: E402
-from perftop.recording import Recorder  # noqa: E402
+from perftop.recording.recorder import Recorder  # noqa: E402
 
 
 def main() -> None:

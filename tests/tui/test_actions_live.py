@@ -13,7 +13,7 @@ import pytest
 from textual.widgets import DataTable, TabbedContent
 
 from perftop.collectors.discovery import find_agent
-from perftop.recording import RecordingReader
+from perftop.recording.store import RecordingReader
 from perftop.tui.app import PerftopApp
 from perftop.tui.panes.actions import ActionsPane, TracebackView
 from perftop.tui.panes.process import ProcessPane
