@@ -511,7 +511,8 @@ def _run_tui(pid: int | None, args: argparse.Namespace) -> int:
 
 def _run_snapshot(args: argparse.Namespace) -> int:
     from perftop.collectors.errors import CollectorError
-    from perftop.export.snapshot import snapshot_json, snapshot_text, take_snapshot
+    from perftop.export.snapshot import take_snapshot
+    from perftop.render.snapshot import snapshot_json, snapshot_text
     from perftop.render.units import safe_json, safe_text
 
     try:

@@ -21,6 +21,7 @@ from perftop.collectors.model import ProcessSample, SystemSample
 from perftop.recording.codec import MB, pack_sketch
 from perftop.recording.errors import RecordingError
 from perftop.recording.store import RecordingWriter
+from perftop.render.snapshot import Snapshot, snapshot_json
 
 if TYPE_CHECKING:
     from perftop.collectors.agent_view import AgentView
@@ -39,8 +40,6 @@ def interval_document(
 ) -> dict[str, Any]:
     """What one row of a recording holds: the snapshot document, and under `recording` the rest the
     replay needs to rebuild the TUI's data (sketches, per-worker rows, raw GC and SQL figures...)."""
-    from perftop.export.snapshot import Snapshot, snapshot_json
-
     doc = snapshot_json(Snapshot(taken_at, system, process, agent))
     extra: dict[str, Any] = {
         "system_taken_at": system.taken_at,
