@@ -1,6 +1,6 @@
 """The `perftop` command: composes the commands of `perftop.commands`, parses, dispatches, and turns their
 errors into one line on stderr starting `perftop: ` with exit code 2 for bad usage or input and 1 for a
-runtime failure, never a traceback (the contract is ../shared/CLI.md).
+runtime failure, never a traceback (the CLI contract, ../shared/CLI.md).
 
 A command's module is imported only when it is the chosen command: `perftop` (the TUI) loads none of
 `export`, `record`, `web`... on its way to the first frame. Only `perftop --help`, which lists every

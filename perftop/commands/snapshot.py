@@ -27,7 +27,8 @@ def add_snapshot_parser(sub: Any) -> None:
 
 
 def run_snapshot(args: argparse.Namespace) -> int:
-    """`perftop snapshot`: the report as text, or as the JSON document of CLI.md with --json."""
+    """`perftop snapshot`: the report as text, or as the JSON document of the CLI contract
+    (../shared/CLI.md) with --json."""
     from perftop.collectors.errors import CollectorError
     from perftop.export.snapshot import snapshot_json, snapshot_text, take_snapshot
     from perftop.render.units import safe_json, safe_text

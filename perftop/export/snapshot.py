@@ -1,6 +1,6 @@
 """`perftop snapshot`: one report of the host, a process and its agents, as JSON or as text.
 
-The JSON keys are those of the CLI contract (shared/CLI.md, beside the repository).
+The JSON keys are those of the CLI contract, ../shared/CLI.md.
 """
 
 from __future__ import annotations
