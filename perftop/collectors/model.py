@@ -1,7 +1,7 @@
 """perftop's own frozen data types, returned by the collectors and read by the TUI and the JSON export.
 
 psutil's OS-dependent named tuples never leave `perftop.collectors`: each collector converts them into
-these types. Units are in the field names, as in the JSON contract (shared/CLI.md, beside the repository).
+these types. Units are in the field names, as in the JSON of the CLI contract, ../shared/CLI.md.
 """
 
 from __future__ import annotations

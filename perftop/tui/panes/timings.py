@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Static
 from perftop.collectors.agent_view import AgentView
 from perftop.render.units import fmt_count, fmt_ms
 from perftop.tui.panes import CELL_PAD, FRAME
-from perftop.tui.panes.metric_detail import MetricDetail
+from perftop.tui.screens.metric_detail import MetricDetail
 
 WINDOWS: tuple[tuple[float | None, str], ...] = (
     (None, "since start"),
