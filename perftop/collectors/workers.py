@@ -43,15 +43,26 @@ class WorkerFigures:
     fingerprints: frozenset[str]
 
 
-def worker_figures(stats: Mapping[str, Any]) -> WorkerFigures:
-    """Requests (every `http ...` and `celery ...` timing merged: count, rate over the stats' span, p99)
-    and the query fingerprints of one agent's `stats` result."""
-    merged = Sketch()
+def decode_timings(stats: Mapping[str, Any]) -> dict[str, Sketch]:
+    """The sketch of each timing of one agent's `stats` result, decoded (malformed ones are skipped).
+
+    The viewer decodes each sketch it is sent once, here; merged views, rows and worker figures are all
+    derived from these."""
+    out: dict[str, Sketch] = {}
     for name, timing in (stats.get("timings") or {}).items():
-        if not name.startswith((REQUEST_PREFIX, TASK_PREFIX)):
-            continue
         with contextlib.suppress(SketchError):
-            merged.merge(Sketch.from_dict(timing.get("sketch")))
+            out[name] = Sketch.from_dict(timing.get("sketch") if isinstance(timing, Mapping) else None)
+    return out
+
+
+def worker_figures(stats: Mapping[str, Any], sketches: Mapping[str, Sketch] | None = None) -> WorkerFigures:
+    """Requests (every `http ...` and `celery ...` timing merged: count, rate over the stats' span, p99)
+    and the query fingerprints of one agent's `stats` result; `sketches`: its timings already decoded
+    (`decode_timings`), else they are decoded here."""
+    merged = Sketch()
+    for name, sketch in (decode_timings(stats) if sketches is None else sketches).items():
+        if name.startswith((REQUEST_PREFIX, TASK_PREFIX)):
+            merged.merge(sketch)
     span = float(stats.get("span_s") or 0.0)
     p99 = merged.quantile(0.99)
     queries = stats.get("queries") or {}
