@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from textual.app import ComposeResult
@@ -12,6 +13,7 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Label, Sparkline, Static
 
+from perftop.collectors.rows import TimingRow
 from perftop.render.sql import compact_sql
 from perftop.render.units import fmt_ms, short_path
 from perftop.wire.sketch import Sketch, bucket_value
@@ -97,7 +99,7 @@ class MetricDetail(ModalScreen[None]):
         self,
         name: str,
         sketch: Sketch,
-        row: dict[str, Any],
+        row: TimingRow | Mapping[str, Any],
         p50_history: list[float],
         p99_history: list[float],
         errors_by_type: dict[str, int],
@@ -108,7 +110,7 @@ class MetricDetail(ModalScreen[None]):
         """The route's request breakdown (SQL time, queries, slowest requests), for a web route."""
         self.metric = name
         self.sketch = sketch
-        self.row = row
+        self.row = row if isinstance(row, TimingRow) else TimingRow.from_json(name, row)
         self.p50_history = p50_history
         self.p99_history = p99_history
         self.errors_by_type = errors_by_type
@@ -119,9 +121,9 @@ class MetricDetail(ModalScreen[None]):
         with VerticalScroll():
             yield Label(self.metric, classes="title", markup=False)
             yield Label(
-                f"n {r.get('count')}  errors {r.get('errors')}  mean {fmt_ms(r.get('mean_ms'))}"
-                f"  p50 {fmt_ms(r.get('p50_ms'))}  p99 {fmt_ms(r.get('p99_ms'))}"
-                f"  p99.9 {fmt_ms(r.get('p999_ms'))}  max {fmt_ms(r.get('max_ms'))}"
+                f"n {r.count}  errors {r.errors}  mean {fmt_ms(r.mean_ms)}"
+                f"  p50 {fmt_ms(r.p50_ms)}  p99 {fmt_ms(r.p99_ms)}"
+                f"  p99.9 {fmt_ms(r.p999_ms)}  max {fmt_ms(r.max_ms)}"
             )
             if errors:
                 yield Label(f"errors by type: {errors}", markup=False)
