@@ -27,11 +27,18 @@ def _int(value: Any) -> int:
     return 0 if number is None else int(number)
 
 
+def _opt_int(value: Any) -> int | None:
+    number = _num(value)
+    return None if number is None else int(number)
+
+
 class _Keyed:
     """Rows are read by column key too (`row["p99_ms"]`): the tables name their columns and sort keys
     after the fields, which are the snapshot JSON's keys."""
 
     def __getitem__(self, key: str) -> Any:
+        if key not in getattr(self, "__dataclass_fields__", ()):
+            raise KeyError(key)
         return getattr(self, key)
 
 
@@ -183,9 +190,9 @@ class SlowQuery:
 class Pool:
     """The connection pool(s), summed over the processes (waits: the worst process's)."""
 
-    size: Any
-    checked_out: Any
-    overflow: Any
+    size: int | None
+    checked_out: int | None
+    overflow: int | None
     checkouts_per_s: float
     wait_p99_ms: float | None
     wait_max_ms: float | None
@@ -193,9 +200,9 @@ class Pool:
     @classmethod
     def from_json(cls, pool: Mapping[str, Any]) -> Pool:
         return cls(
-            size=pool.get("size"),
-            checked_out=pool.get("checked_out"),
-            overflow=pool.get("overflow"),
+            size=_opt_int(pool.get("size")),
+            checked_out=_opt_int(pool.get("checked_out")),
+            overflow=_opt_int(pool.get("overflow")),
             checkouts_per_s=_num(pool.get("checkouts_per_s")) or 0.0,
             wait_p99_ms=_num(pool.get("wait_p99_ms")),
             wait_max_ms=_num(pool.get("wait_max_ms")),
@@ -236,6 +243,69 @@ class QueryStats:
 
 
 @dataclass(frozen=True)
+class RequestQuery:
+    """One query a slow request ran, in the order it ran."""
+
+    ms: float | None
+    fingerprint: str
+    call_site: CallSite | None
+
+
+@dataclass(frozen=True)
+class SlowRequest:
+    """One of a route's slowest recent requests, with its queries (a waterfall)."""
+
+    duration_ms: float | None
+    sql_ms: float | None
+    query_count: int
+    """The queries it ran (more than `queries` holds where the agent kept only the first ones)."""
+    queries: tuple[RequestQuery, ...]
+
+    @classmethod
+    def from_json(cls, req: Mapping[str, Any]) -> SlowRequest:
+        queries = tuple(
+            RequestQuery(_num(q.get("ms")), str(q.get("fingerprint")), CallSite.from_json(q.get("call_site")))
+            for q in req.get("queries") or ()
+            if isinstance(q, Mapping)
+        )
+        return cls(
+            duration_ms=_num(req.get("duration_ms")),
+            sql_ms=_num(req.get("sql_ms")),
+            query_count=_int(req["query_count"]) if "query_count" in req else len(queries),
+            queries=queries,
+        )
+
+
+@dataclass(frozen=True)
+class RequestRow:
+    """Where a route's requests spend their time: SQL or code, how many queries, queue wait."""
+
+    sql_ms_mean: float | None
+    sql_share_percent: float | None
+    """SQL time in percent of the requests' time."""
+    queries_mean: float | None
+    queries_p99: float | None
+    queries_max: float | None
+    queue_p99_ms: float | None
+    top_fingerprints: tuple[str, ...]
+    slowest: tuple[SlowRequest, ...]
+
+    @classmethod
+    def from_json(cls, r: Mapping[str, Any]) -> RequestRow:
+        """From a row of the snapshot JSON's `requests` (by route)."""
+        return cls(
+            sql_ms_mean=_num(r.get("sql_ms_mean")),
+            sql_share_percent=_num(r.get("sql_share_percent")),
+            queries_mean=_num(r.get("queries_mean")),
+            queries_p99=_num(r.get("queries_p99")),
+            queries_max=_num(r.get("queries_max")),
+            queue_p99_ms=_num(r.get("queue_p99_ms")),
+            top_fingerprints=tuple(str(fp) for fp in r.get("top_fingerprints") or ()),
+            slowest=tuple(SlowRequest.from_json(s) for s in r.get("slowest") or () if isinstance(s, Mapping)),
+        )
+
+
+@dataclass(frozen=True)
 class Counter:
     """A counter's value and rate, summed over the processes."""
 
@@ -258,6 +328,12 @@ class ViewRows:
     gauges: tuple[tuple[str, float], ...] = ()
     queries: QueryStats | None = None
     """None where the process records no SQL."""
+    requests: Mapping[str, RequestRow] = field(default_factory=dict)
+    """The request breakdown of each web route ("GET /orders/{id}"), for the detail of its timing."""
+
+    def request_of(self, metric: str) -> RequestRow | None:
+        """The breakdown of the route a timing (`http GET /orders/{id}`) is of, if it is a route's."""
+        return self.requests.get(metric.split(" ", 1)[-1])
 
 
 def view_rows(view: AgentView) -> ViewRows:
@@ -277,4 +353,7 @@ def view_rows(view: AgentView) -> ViewRows:
         ),
         gauges=tuple(sorted(view.gauges.items())),
         queries=None if queries is None or queries.empty else queries,
+        requests={
+            route: RequestRow.from_json(r) for route, r in view.requests.items() if isinstance(r, Mapping)
+        },
     )

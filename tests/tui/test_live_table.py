@@ -60,3 +60,12 @@ async def test_the_timings_table_is_not_rebuilt_each_tick() -> None:
         await pilot.pause()
         assert all(a is b for a, b in zip(keys, table.rows, strict=True))
         assert [str(table.get_row_at(i)[0]) for i in range(3)] == [row.label for row in pane.rows()]
+
+
+async def test_a_key_given_twice_shows_both_rows() -> None:
+    app = TableApp()
+    async with app.run_test():
+        table = app.query_one(DataTable)
+        sync_rows(table, [("a", ["a", "1"]), ("a", ["a", "2"])])
+        sync_rows(table, [("a", ["a", "1"]), ("a", ["a", "3"])])
+        assert shown(table) == [["a", "1"], ["a", "3"]]

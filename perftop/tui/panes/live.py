@@ -41,11 +41,12 @@ def sync_rows(table: DataTable[Text], rows: Sequence[tuple[str, Sequence[str]]])
     """Make `table` show `rows` ((row key, cell texts) in display order; one text per column): cells
     that changed are updated in place, rows no longer there removed, new ones added, and the rows
     re-sorted only where their order changed. The cursor stays on the row (key) it was on, or goes to the
-    top where that row left."""
+    top where that row left. A key given twice is made unique (both rows are shown)."""
     columns = [column.key for column in table.ordered_columns]
     cursor = table.cursor_row
     ordered = table.ordered_rows
     selected = ordered[cursor].key if 0 <= cursor < len(ordered) else None
+    rows = unique_keys(rows)
     wanted = {key for key, _ in rows}
     for row in ordered:
         if row.key.value not in wanted:
@@ -64,3 +65,17 @@ def sync_rows(table: DataTable[Text], rows: Sequence[tuple[str, Sequence[str]]])
     index = table.get_row_index(selected) if selected is not None and selected in table.rows else 0
     if index != table.cursor_row:
         table.move_cursor(row=index, animate=False)
+
+
+def unique_keys(rows: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, Sequence[str]]]:
+    """`rows` with a key already used suffixed with its occurrence (`key`, `key#2`, ...)."""
+    used: set[str] = set()
+    out: list[tuple[str, Sequence[str]]] = []
+    for key, texts in rows:
+        unique, n = key, 1
+        while unique in used:
+            n += 1
+            unique = f"{key}#{n}"
+        used.add(unique)
+        out.append((unique, texts))
+    return out

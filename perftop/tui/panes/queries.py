@@ -279,12 +279,8 @@ class QueriesPane(Vertical, can_focus=True):
             return
         self._refresh_table()
         slow_rows: list[tuple[str, list[str]]] = []
-        keys: set[str] = set()
         for slow in stats.slow[:50]:
             key = f"{slow.at}|{slow.duration_ms}|{slow.fingerprint}"
-            while key in keys:  # the same statement, as slow, at the same time: keep both rows
-                key += "+"
-            keys.add(key)
             cells = [
                 f"{slow.duration_ms:.1f}",
                 f"{slow.age_s(now):.0f}s",

@@ -321,7 +321,7 @@ class TimingsPane(Vertical, can_focus=True):
                 list(self._p50.get(name, ())),
                 list(self._trends.get(name, ())),
                 self.view.errors_by_type.get(name, {}),
-                self.view.requests.get(name.split(" ", 1)[-1]),
+                self.data.request_of(name),
             )
         )
 
