@@ -159,9 +159,10 @@ class TimingsPane(Vertical, can_focus=True):
         if self._lay_out():
             self._refresh_table()
 
-    def _lay_out(self) -> bool:
-        """Fit the columns to the pane's width and the longest metric name; True where they changed."""
-        longest = max((len(row.label) for row in self.rows()), default=0)
+    def _lay_out(self, rows: list[TimingRow] | None = None) -> bool:
+        """Fit the columns to the pane's width and the longest name of `rows` (default: the rows shown);
+        True where they changed."""
+        longest = max((len(row.label) for row in (self.rows() if rows is None else rows)), default=0)
         columns = layout_columns(self.size.width or 80, longest)
         if columns == self._columns:
             return False
@@ -245,8 +246,8 @@ class TimingsPane(Vertical, can_focus=True):
         return out
 
     def _refresh_table(self) -> None:
-        self._lay_out()
         rows = self.rows()
+        self._lay_out(rows)
         columns = self._columns
         sync_rows(
             self._table,
