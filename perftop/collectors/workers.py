@@ -43,13 +43,16 @@ class WorkerFigures:
     fingerprints: frozenset[str]
 
 
-def decode_timings(stats: Mapping[str, Any]) -> dict[str, Sketch]:
-    """The sketch of each timing of one agent's `stats` result, decoded (malformed ones are skipped).
+def decode_timings(stats: Mapping[str, Any], prefixes: tuple[str, ...] = ("",)) -> dict[str, Sketch]:
+    """The sketch of each timing of one agent's `stats` result (of those whose name starts with one of
+    `prefixes`), decoded; malformed ones are skipped.
 
     The viewer decodes each sketch it is sent once, here; merged views, rows and worker figures are all
     derived from these."""
     out: dict[str, Sketch] = {}
     for name, timing in (stats.get("timings") or {}).items():
+        if not name.startswith(prefixes):
+            continue
         with contextlib.suppress(SketchError):
             out[name] = Sketch.from_dict(timing.get("sketch") if isinstance(timing, Mapping) else None)
     return out
@@ -60,7 +63,9 @@ def worker_figures(stats: Mapping[str, Any], sketches: Mapping[str, Sketch] | No
     and the query fingerprints of one agent's `stats` result; `sketches`: its timings already decoded
     (`decode_timings`), else they are decoded here."""
     merged = Sketch()
-    for name, sketch in (decode_timings(stats) if sketches is None else sketches).items():
+    if sketches is None:
+        sketches = decode_timings(stats, (REQUEST_PREFIX, TASK_PREFIX))
+    for name, sketch in sketches.items():
         if name.startswith((REQUEST_PREFIX, TASK_PREFIX)):
             merged.merge(sketch)
     span = float(stats.get("span_s") or 0.0)
