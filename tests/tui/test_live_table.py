@@ -8,11 +8,15 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 
+from perftop.collectors.agent_view import AgentView, build_view
+from perftop.tui.app import PerftopApp
 from perftop.tui.panes.live import sync_rows
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.timings import TimingsPane
+from tests.tui.fixed import FixedSources
 from tests.tui.test_app import make_app
 from tests.tui.waiting import wait_for
+from tests.unit.test_view_rows import WORKERS, worker_stats
 
 
 class TableApp(App[None]):
@@ -69,3 +73,31 @@ async def test_a_key_given_twice_shows_both_rows() -> None:
         sync_rows(table, [("a", ["a", "1"]), ("a", ["a", "2"])])
         sync_rows(table, [("a", ["a", "1"]), ("a", ["a", "3"])])
         assert shown(table) == [["a", "1"], ["a", "3"]]
+
+
+class WorkerSources(FixedSources):
+    """Three workers' agents, merged as the live collector merges them."""
+
+    def agent(self, pid: int, window: float | None) -> AgentView | None:
+        results = {p: worker_stats(p) for p in WORKERS}
+        return build_view(results, {p: {"pid": p, "name": "shop"} for p in WORKERS}, window, WORKERS[0])
+
+
+async def test_b_adds_each_workers_row_under_its_metric_and_removes_them() -> None:
+    app = PerftopApp(sources=WorkerSources(), pid=202, interval=0.1)
+    async with app.run_test(size=(140, 45)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
+        await pilot.press("2")
+        pane = app.query_one(TimingsPane)
+        table = pane.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 3)
+        merged = [str(table.get_row_at(i)[0]) for i in range(3)]
+        await pilot.press("b")
+        await wait_for(pilot, lambda: table.row_count == 9)
+        labels = [str(table.get_row_at(i)[0]) for i in range(9)]
+        assert [label for label in labels if not label.startswith("  └")] == merged
+        checkout = labels.index("checkout")
+        assert labels[checkout + 1 : checkout + 3] == ["  └ pid 301", "  └ pid 303"]
+        await pilot.press("b")
+        await wait_for(pilot, lambda: table.row_count == 3)
+        assert [str(table.get_row_at(i)[0]) for i in range(3)] == merged
