@@ -250,3 +250,64 @@ def test_reader_sees_relative_lazy_and_skips_type_checking(
 def test_cycle_finder_reports_a_cycle() -> None:
     """The cycle finder itself on a known graph."""
     assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+LAYER_MAY_IMPORT: dict[str, tuple[str, ...]] = {
+    "perftop.wire": (),
+    "perftop.agent": ("perftop.wire",),
+    "perftop.collectors": ("perftop.wire",),
+    "perftop.render": ("perftop.wire", "perftop.collectors"),
+    "perftop.export": ("perftop.wire", "perftop.collectors", "perftop.render"),
+    "perftop.recording": ("perftop.wire", "perftop.collectors", "perftop.render"),
+    "perftop.launch": ("perftop.wire", "perftop.collectors", "perftop.render"),
+    "perftop.tui": (
+        "perftop.wire",
+        "perftop.collectors",
+        "perftop.render",
+        "perftop.recording",
+        "perftop.launch",
+    ),
+}
+"""DESIGN.md's layers, each with the perftop packages below it that it may import (besides itself and
+`perftop._version`). `cli` and `commands` may import any of them; the other test above keeps them on top."""
+
+IN_APP_LAUNCHERS = {
+    "perftop.launch._bootstrap.sitecustomize": ("perftop.agent",),
+    "perftop.launch.demo_service": ("perftop",),
+    "perftop.agent.autostart": ("perftop",),
+}
+"""Modules that start an agent inside the monitored app, as the app itself would: the bootstrap `perftop run`
+puts on the app's path (it imports the agent lazily, once the program runs), the demo service (an
+instrumented app) and the agent's autostart (both through the public API, `perftop.start`)."""
+
+
+def test_every_module_imports_only_its_layer_and_below() -> None:
+    """No upward or sideways import between DESIGN.md's layers (function-level imports count too)."""
+    problems = []
+    for imp in all_imports():
+        if not _within(imp.target, "perftop") or _within(imp.target, "perftop._version"):
+            continue
+        layer = next((name for name in LAYER_MAY_IMPORT if _within(imp.importer, name)), None)
+        if layer is None or _within(imp.target, layer):
+            continue
+        allowed = LAYER_MAY_IMPORT[layer] + IN_APP_LAUNCHERS.get(imp.importer, ())
+        if any(imp.target == ok if ok == "perftop" else _within(imp.target, ok) for ok in allowed):
+            continue
+        problems.append(f"{imp.importer} (line {imp.line}) imports {imp.target}, outside {layer}'s layers")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_public_facades_import_only_the_agent() -> None:
+    """`perftop`, `perftop.wsgi` and `perftop.asgi` run in instrumented apps: agent-side code only, so an app
+    never needs Textual, psutil or SQLAlchemy installed."""
+    problems = []
+    for imp in all_imports():
+        if imp.importer not in ("perftop", "perftop.wsgi", "perftop.asgi"):
+            continue
+        top = imp.target.split(".")[0]
+        if top in sys.stdlib_module_names or top == "__future__":
+            continue
+        if any(_within(imp.target, ok) for ok in ("perftop.agent", "perftop.wire", "perftop._version")):
+            continue
+        problems.append(f"{imp.importer} (line {imp.line}) imports {imp.target}")
+    assert not problems, "\n".join(problems)

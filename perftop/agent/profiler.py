@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import CodeType, FrameType
 from typing import Any
 
+from perftop.wire.profile import TOP_N, call_tree, speedscope
+
 PERFTOP_THREAD_PREFIX = "perftop"
 """Threads whose name starts with this belong to perftop and are never profiled."""
 
@@ -40,11 +42,6 @@ MAX_DEPTH = 256
 
 MAX_STACKS = 100_000
 """Distinct (thread, stack) keys kept in one profile; samples of further new stacks go to dropped_samples."""
-
-TOP_N = 50
-TREE_MIN_SHARE = 0.005
-TREE_MAX_DEPTH = 64
-SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
 _TRUNCATED = "<truncated>"
 
@@ -1252,98 +1249,8 @@ def _summarise(
         "top_total": top_rows(total_counts),
         "lines": [{"file": w[0], "line": w[1], "samples": line_counts[w]} for w in lines_ranked],
         "folded": "".join(f"{line} {folded[line]}\n" for line in sorted(folded)),
-        "tree": _tree(per_thread, thread_label, label_info, total),
-        "speedscope": _speedscope(per_thread, thread_label, label_info),
-    }
-
-
-def _tree(
-    per_thread: dict[int, dict[tuple[str, ...], int]],
-    thread_label: Callable[[int], str],
-    label_info: dict[str, tuple[str, str, int]],
-    total: int,
-) -> dict[str, Any]:
-    """Call tree (root 'all' > threads > frames) pruned to nodes holding >= 0.5% of samples, depth <= 64."""
-    threshold = max(1, int(total * TREE_MIN_SHARE + 0.999999))
-
-    def new_node(label: str) -> dict[str, Any]:
-        name, path, line = label_info.get(label, (label, "", 0))
-        return {"name": name, "file": path, "line": line, "total": 0, "self": 0, "children": {}}
-
-    root = new_node("all")
-    for ident, stacks in per_thread.items():
-        thread_node = new_node(thread_label(ident))
-        for path, count in stacks.items():
-            thread_node["total"] += count
-            node = thread_node
-            for depth, label in enumerate(path, start=2):
-                if depth > TREE_MAX_DEPTH:
-                    break
-                children = node["children"]
-                child = children.get(label)
-                if child is None:
-                    child = children[label] = new_node(label)
-                child["total"] += count
-                node = child
-            else:
-                node["self"] += count
-        root["total"] += thread_node["total"]
-        root["children"][f"thread {ident}"] = thread_node
-
-    def finish(node: dict[str, Any]) -> dict[str, Any]:
-        kept = [finish(c) for c in node["children"].values() if c["total"] >= threshold]
-        kept.sort(key=lambda c: (-c["total"], c["name"]))
-        node["children"] = kept
-        return node
-
-    return finish(root)
-
-
-def _speedscope(
-    per_thread: dict[int, dict[tuple[str, ...], int]],
-    thread_label: Callable[[int], str],
-    label_info: dict[str, tuple[str, str, int]],
-) -> dict[str, Any]:
-    """A speedscope file (one 'sampled' profile per thread, weights in samples) from the same stacks."""
-    frames: list[dict[str, Any]] = []
-    index: dict[str, int] = {}
-    profiles: list[dict[str, Any]] = []
-    for ident in sorted(per_thread, key=lambda i: -sum(per_thread[i].values())):
-        samples: list[list[int]] = []
-        weights: list[int] = []
-        for path, count in per_thread[ident].items():
-            stack: list[int] = []
-            for label in path:
-                at = index.get(label)
-                if at is None:
-                    _name, file, line = label_info.get(label, (label, "", 0))
-                    frame: dict[str, Any] = {"name": label}
-                    if file:
-                        frame["file"] = file
-                        frame["line"] = line
-                    at = index[label] = len(frames)
-                    frames.append(frame)
-                stack.append(at)
-            samples.append(stack)
-            weights.append(count)
-        profiles.append(
-            {
-                "type": "sampled",
-                "name": thread_label(ident),
-                "unit": "none",
-                "startValue": 0,
-                "endValue": sum(weights),
-                "samples": samples,
-                "weights": weights,
-            }
-        )
-    return {
-        "$schema": SPEEDSCOPE_SCHEMA,
-        "shared": {"frames": frames},
-        "profiles": profiles,
-        "name": f"perftop profile of pid {os.getpid()}",
-        "activeProfileIndex": 0,
-        "exporter": "perftop",
+        "tree": call_tree(per_thread, thread_label, label_info, total),
+        "speedscope": speedscope(per_thread, thread_label, label_info),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,10 @@ from perftop.collectors.agent_client import (
     find_child_agents,
     merge_stats,
     socket_dir,
-    timing_rows,
+    timing_row,
 )
 from perftop.collectors.requests import merge_requests, request_rows
-from perftop.collectors.workers import WorkerFigures, read_finals, worker_figures
+from perftop.collectors.workers import WorkerFigures, decode_timings, read_finals, worker_figures
 from perftop.wire.sketch import Sketch
 
 
@@ -132,31 +133,69 @@ def build_view(
     main_pid: int,
     gone: tuple[int, ...] = (),
 ) -> AgentView:
-    """Merge the `stats` results of several agents (by PID) into one view; `gone`: those that exited."""
+    """Merge the `stats` results of several agents (by PID) into one view; `gone`: those that exited.
+
+    Each timing's sketch is decoded once (`decode_timings`): the merged sketches, the merged and
+    per-process rows and the workers' figures are all derived from that one decode, and workers merge
+    as decoded sketches (never re-encoded to be merged)."""
     pids = tuple(sorted(results))
-    merged = merge_stats([results[p] for p in pids])
+    decoded = {p: decode_timings(results[p]) for p in pids}
+    merged = merge_stats([{**results[p], "timings": {}} for p in pids])
     info = infos.get(main_pid) or infos[pids[0]]
-    sketches = {name: Sketch.from_dict(t["sketch"]) for name, t in merged.get("timings", {}).items()}
-    per_pid = {p: timing_rows(results[p]) for p in pids} if len(pids) > 1 else {}
+    sketches = merge_sketches(decoded[p] for p in pids)
+    span = float(merged.get("span_s") or 0.0)
+    per_pid = (
+        {p: {name: timing_row(sk, _span(results[p])) for name, sk in decoded[p].items()} for p in pids}
+        if len(pids) > 1
+        else {}
+    )
+    errors_by_type: dict[str, dict[str, int]] = {}
+    for p in pids:
+        for name in decoded[p]:
+            by_type = errors_by_type.setdefault(name, {})
+            for kind, n in (results[p]["timings"][name].get("errors_by_type") or {}).items():
+                by_type[kind] = by_type.get(kind, 0) + n
     return AgentView(
         info=info,
         pids=pids,
         window_s=window,
-        timings=timing_rows(merged),
+        timings={name: timing_row(sk, span) for name, sk in sketches.items()},
         sketches=sketches,
         counters=merged.get("counters", {}),
         gauges=merged.get("gauges", {}),
         gc=merged.get("gc"),
         queries=merged.get("queries"),
         per_pid=per_pid,
-        errors_by_type={name: t.get("errors_by_type", {}) for name, t in merged.get("timings", {}).items()},
+        errors_by_type=errors_by_type,
         overflow=merged.get("overflow", {}),
         taken_at=float(merged.get("now", 0.0)),
-        figures={p: worker_figures(results[p]) for p in pids},
+        figures={p: worker_figures(results[p], decoded[p]) for p in pids},
         gone_pids=tuple(sorted(gone)),
         requests=request_rows(merge_requests(results[p].get("requests") for p in pids)),
         memory=(results.get(main_pid) or results[pids[0]]).get("memory"),
     )
+
+
+def merge_sketches(parts: Iterable[Mapping[str, Sketch]]) -> dict[str, Sketch]:
+    """The sketches of several processes merged by name (bucket counts add); a name only one process
+    has keeps that process's sketch, not copied. The parts are left as they are."""
+    out: dict[str, Sketch] = {}
+    copied: set[str] = set()
+    for part in parts:
+        for name, sketch in part.items():
+            into = out.get(name)
+            if into is None:
+                out[name] = sketch
+                continue
+            if name not in copied:
+                into = out[name] = into.copy()
+                copied.add(name)
+            into.merge(sketch)
+    return out
+
+
+def _span(stats: Mapping[str, Any]) -> float:
+    return float(stats.get("span_s") or 0.0)
 
 
 class AgentWatcher:

@@ -1,11 +1,12 @@
 """perftop's own frozen data types, returned by the collectors and read by the TUI and the JSON export.
 
 psutil's OS-dependent named tuples never leave `perftop.collectors`: each collector converts them into
-these types. Units are in the field names, as in the JSON contract (shared/CLI.md, beside the repository).
+these types. Units are in the field names, as in the JSON of the CLI contract, ../shared/CLI.md.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,21 @@ class Pressure:
     full_avg10: float | None
     full_avg60: float | None
     full_avg300: float | None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Pressure:
+        """The Pressure `to_json` wrote, or the parsed lines of a PSI file: `some` (required) and `full`
+        (None or absent where the kernel does not report it), each with avg10, avg60 and avg300. The one
+        constructor the system collector and the recording reader share."""
+        some, full = data["some"], data.get("full")
+        return cls(
+            some_avg10=some["avg10"],
+            some_avg60=some["avg60"],
+            some_avg300=some["avg300"],
+            full_avg10=None if full is None else full["avg10"],
+            full_avg60=None if full is None else full["avg60"],
+            full_avg300=None if full is None else full["avg300"],
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

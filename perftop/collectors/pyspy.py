@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from perftop.wire.profile import TOP_N, call_tree, speedscope
+
 SAMPLERS = ("auto", "in-process", "py-spy")
 CAP_SYS_PTRACE = 19
 _THREAD = re.compile(r"^thread \((?P<tid>0x[0-9a-fA-F]+|\d+)\)(?:: ?(?P<name>.*))?$")
@@ -271,8 +273,6 @@ def convert_raw(
     line, not the definition). With --idle, which samples were idle is not in py-spy's output: a sample
     counts as idle when its innermost frame's line calls a blocking function (`idle_samples_estimated`).
     """
-    from perftop.agent.profiler import TOP_N, _speedscope, _tree
-
     names = names or set()
     tids = tids or set()
     per_thread: dict[int, dict[tuple[str, ...], int]] = {}
@@ -372,8 +372,8 @@ def convert_raw(
         "top_total": rows(total_counts),
         "lines": [{"file": w[0], "line": w[1], "samples": line_counts[w]} for w in ranked_lines],
         "folded": "".join(f"{line} {folded[line]}\n" for line in sorted(folded)),
-        "tree": _tree(per_thread, thread_label, label_info, total),
-        "speedscope": _speedscope(per_thread, thread_label, label_info),
+        "tree": call_tree(per_thread, thread_label, label_info, total),
+        "speedscope": speedscope(per_thread, thread_label, label_info, pid),
         "notes": [
             "Sampled from outside by py-spy (ptrace, --nonblocking): every thread is seen where it is, "
             "GIL or not. Time in a C extension is charged to the Python line that called it."

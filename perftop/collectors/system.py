@@ -78,18 +78,9 @@ def _parse_pressure(text: str) -> Pressure | None:
                 continue
         if {"avg10", "avg60", "avg300"} <= values.keys():
             lines[kind] = values
-    some = lines.get("some")
-    if some is None:
+    if "some" not in lines:
         return None
-    full = lines.get("full")
-    return Pressure(
-        some_avg10=some["avg10"],
-        some_avg60=some["avg60"],
-        some_avg300=some["avg300"],
-        full_avg10=None if full is None else full["avg10"],
-        full_avg60=None if full is None else full["avg60"],
-        full_avg300=None if full is None else full["avg300"],
-    )
+    return Pressure.from_json(lines)
 
 
 def _cpu_times(times: Any) -> _CpuTimes:

@@ -43,15 +43,31 @@ class WorkerFigures:
     fingerprints: frozenset[str]
 
 
-def worker_figures(stats: Mapping[str, Any]) -> WorkerFigures:
-    """Requests (every `http ...` and `celery ...` timing merged: count, rate over the stats' span, p99)
-    and the query fingerprints of one agent's `stats` result."""
-    merged = Sketch()
+def decode_timings(stats: Mapping[str, Any], prefixes: tuple[str, ...] = ("",)) -> dict[str, Sketch]:
+    """The sketch of each timing of one agent's `stats` result (of those whose name starts with one of
+    `prefixes`), decoded; malformed ones are skipped.
+
+    The viewer decodes each sketch it is sent once, here; merged views, rows and worker figures are all
+    derived from these."""
+    out: dict[str, Sketch] = {}
     for name, timing in (stats.get("timings") or {}).items():
-        if not name.startswith((REQUEST_PREFIX, TASK_PREFIX)):
+        if not name.startswith(prefixes):
             continue
         with contextlib.suppress(SketchError):
-            merged.merge(Sketch.from_dict(timing.get("sketch")))
+            out[name] = Sketch.from_dict(timing.get("sketch") if isinstance(timing, Mapping) else None)
+    return out
+
+
+def worker_figures(stats: Mapping[str, Any], sketches: Mapping[str, Sketch] | None = None) -> WorkerFigures:
+    """Requests (every `http ...` and `celery ...` timing merged: count, rate over the stats' span, p99)
+    and the query fingerprints of one agent's `stats` result; `sketches`: its timings already decoded
+    (`decode_timings`), else they are decoded here."""
+    merged = Sketch()
+    if sketches is None:
+        sketches = decode_timings(stats, (REQUEST_PREFIX, TASK_PREFIX))
+    for name, sketch in sketches.items():
+        if name.startswith((REQUEST_PREFIX, TASK_PREFIX)):
+            merged.merge(sketch)
     span = float(stats.get("span_s") or 0.0)
     p99 = merged.quantile(0.99)
     queries = stats.get("queries") or {}

@@ -1,10 +1,28 @@
-"""What the commands share: the one `fail()` and the argparse validators (PID, seconds, whole numbers,
-`--listen`). Standard library only, argparse imported lazily: `perftop run` execs without importing it."""
+"""What the commands share: the exit codes and the two errors they raise, the one `fail()`, the argparse
+validators (PID, seconds, whole numbers, `--listen`), the options several commands take, and the TUI launch
+of `perftop`, `attach` and `demo`. Everything else is imported lazily: `perftop run` execs without argparse,
+and a command imports only what it uses."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad usage or bad input: `perftop: ` and the message on stderr, exit code 2."""
+
+
+class Failure(Exception):
+    """A runtime failure: `perftop: ` and the message on stderr, exit code 1."""
 
 
 def say(message: str) -> None:
@@ -151,3 +169,54 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    """`--interval S` and `--socket-dir DIR`, as every command that samples takes them."""
+    p.add_argument(
+        "--interval", type=seconds, default=1.0, metavar="S", help="refresh interval (default 1.0)"
+    )
+    p.add_argument("--socket-dir", metavar="DIR", help="where agents' sockets are (default as the agent's)")
+
+
+def add_tui_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that opens the TUI: the common ones and `--theme NAME`."""
+    add_common_options(p)
+    p.add_argument("--theme", metavar="NAME", help="theme name or path to a theme file")
+
+
+def check_target(pid: int) -> None:
+    """UsageError (exit 2) unless `pid` is a process this user may watch."""
+    from perftop.collectors.errors import CollectorError
+    from perftop.collectors.process import check_pid
+
+    try:
+        check_pid(pid)
+    except CollectorError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def open_tui(pid: int | None, args: argparse.Namespace) -> int:
+    """Run the TUI (attached to `pid`, else the process list) until it quits; its exit code. A PID that
+    cannot be watched or a theme that cannot be read is a UsageError, before the screen is taken."""
+    from perftop.tui.themes import ThemeError, resolve_theme
+
+    if pid is not None:
+        check_target(pid)
+    try:
+        theme, themes = resolve_theme(args.theme)
+    except ThemeError as exc:
+        raise UsageError(str(exc)) from None
+    from perftop.tui.app import PerftopApp
+    from perftop.tui.sources import LiveSources
+
+    app = PerftopApp(
+        sources=LiveSources(socket_dir=args.socket_dir),
+        pid=pid,
+        interval=args.interval,
+        theme_name=theme.name,
+        themes=themes,
+        read_only=getattr(args, "read_only", False),
+    )
+    app.run()
+    return app.return_code or EXIT_OK

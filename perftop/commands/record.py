@@ -9,7 +9,8 @@ import signal
 from typing import Any
 
 from perftop.commands._args import fail, parse_pid, positive_seconds, say, seconds
-from perftop.recording import DEFAULT_MAX_MB, MIN_MAX_MB, Recorder, RecordingError
+from perftop.recording.errors import RecordingError
+from perftop.recording.recorder import DEFAULT_MAX_MB, MIN_MAX_MB, Recorder
 
 
 def _megabytes(text: str) -> float:

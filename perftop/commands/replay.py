@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from perftop.commands._args import fail
-from perftop.recording import RecordingError, RecordingReader
+from perftop.recording.errors import RecordingError
+from perftop.recording.store import RecordingReader
 
 
 def add_replay_parser(sub: Any) -> None:

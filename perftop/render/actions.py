@@ -1,7 +1,7 @@
 """Text renderings of action results (gc, memory, profile, threads, explain), for the CLI and the TUI.
 
-The results are the JSON documents of `perftop action --json` (the CLI contract, shared/CLI.md beside the
-repository); these functions only read them.
+The results are the JSON documents of `perftop action --json` (the CLI contract, ../shared/CLI.md); these
+functions only read them.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent
 
 from perftop._version import __version__
 from perftop.collectors.agent_client import AgentError
-from perftop.recording import Recorder, RecordingError
+from perftop.recording.errors import RecordingError
+from perftop.recording.recorder import Recorder
 from perftop.tui.messages import (
     AgentReply,
     AgentSampled,
@@ -172,9 +173,9 @@ class PerftopApp(App[int]):
     @on(AgentSampled)
     def _agent(self, msg: AgentSampled) -> None:
         if msg.pid == self.attached and (pane := self._pane(TimingsPane)):
-            pane.show(msg.view, msg.error)
+            pane.show(msg.rows, msg.error)
             if queries := self._pane(QueriesPane):
-                queries.show(None if msg.view is None else msg.view.queries, self.sources.now())
+                queries.show(None if msg.rows is None else msg.rows.queries, self.sources.now())
             if actions := self._pane(ActionsPane):
                 actions.show_tracing(None if msg.view is None else msg.view.memory, self.sources.now())
 

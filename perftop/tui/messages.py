@@ -12,6 +12,7 @@ from textual.message import Message
 
 from perftop.collectors.agent_view import AgentView
 from perftop.collectors.model import ProcessRow, ProcessSample, SystemSample
+from perftop.collectors.rows import ViewRows
 
 
 class _Tick(Message):
@@ -55,13 +56,17 @@ class ProcessExited(Message):
 
 
 class AgentSampled(_Tick):
-    """New data from the attached process's agent(s); `view` is None where there is no agent."""
+    """New data from the attached process's agent(s); `view` is None where there is no agent; `rows`: the
+    panes' rows of it, built in the sampler's thread."""
 
-    def __init__(self, pid: int, view: AgentView | None, error: str | None = None) -> None:
+    def __init__(
+        self, pid: int, view: AgentView | None, error: str | None = None, rows: ViewRows | None = None
+    ) -> None:
         super().__init__()
         self.pid = pid
         self.view = view
         self.error = error
+        self.rows = rows
 
 
 class AgentReply(Message):

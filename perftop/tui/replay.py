@@ -30,16 +30,15 @@ from perftop.collectors.agent_client import AgentError
 from perftop.collectors.agent_view import AgentView
 from perftop.collectors.errors import NoSuchProcessError
 from perftop.collectors.model import ProcessRow, ProcessSample, SystemSample
-from perftop.recording import (
-    MALFORMED,
-    RecordingError,
-    RecordingReader,
+from perftop.recording.errors import MALFORMED, RecordingError
+from perftop.recording.frames import (
     agent_from_json,
     agent_over_window,
     process_from_json,
     process_row_from_json,
     system_from_json,
 )
+from perftop.recording.store import RecordingReader
 from perftop.tui.app import PerftopApp
 from perftop.tui.sampler import Sampler
 

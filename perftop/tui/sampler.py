@@ -13,6 +13,7 @@ from typing import Any
 from textual.app import App
 
 from perftop.collectors.errors import CollectorError
+from perftop.collectors.rows import view_rows
 from perftop.tui.messages import (
     AgentSampled,
     ProcessesListed,
@@ -87,6 +88,8 @@ class Sampler(threading.Thread):
         except Exception:
             log.exception("process sampling failed")
         try:
-            self.app.post_message(AgentSampled(pid, self.sources.agent(pid, self.window)))
+            view = self.sources.agent(pid, self.window)
+            rows = None if view is None else view_rows(view)  # here, off the UI thread: once per tick
+            self.app.post_message(AgentSampled(pid, view, rows=rows))
         except Exception as exc:
             self.app.post_message(AgentSampled(pid, None, error=str(exc) or type(exc).__name__))

@@ -15,15 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from perftop.recording import (
-    FORMAT_VERSION,
-    RecordingError,
-    RecordingReader,
-    RecordingWriter,
-    agent_from_json,
-    process_from_json,
-    system_from_json,
-)
+from perftop.recording.errors import RecordingError
+from perftop.recording.frames import agent_from_json, process_from_json, system_from_json
+from perftop.recording.store import FORMAT_VERSION, RecordingReader, RecordingWriter
 from tests.helpers import short_tmp_dir, wait_for
 from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import Command, run

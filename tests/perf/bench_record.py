@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from perftop.recording import Recorder  # noqa: E402
+from perftop.recording.recorder import Recorder  # noqa: E402
 from tests.perf._common import demo_service  # noqa: E402
 
 

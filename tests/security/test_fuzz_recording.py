@@ -1,4 +1,4 @@
-"""Fuzzing the recording reader (`perftop/recording.py`): a real recording of a real process, damaged at
+"""Fuzzing the recording reader (`perftop/recording/`): a real recording of a real process, damaged at
 random (bytes of the SQLite file, payloads of its rows, documents of the wrong shape), is read as replay
 reads it. Only RecordingError may come out, with a one-line message; nothing hangs; an interval never
 inflates past MAX_DOCUMENT_BYTES."""
@@ -19,20 +19,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from perftop.recording import (
-    MALFORMED,
+from perftop.recording.codec import (
     MAX_DOCUMENT_BYTES,
-    RecordingError,
-    RecordingReader,
-    agent_from_json,
     compress,
     decompress,
     dictionary_of,
     parse_document,
-    process_from_json,
     restore_document,
-    system_from_json,
 )
+from perftop.recording.errors import MALFORMED, RecordingError
+from perftop.recording.frames import agent_from_json, process_from_json, system_from_json
+from perftop.recording.store import RecordingReader
 from tests.helpers import short_tmp_dir
 from tests.targets.agent_harness import Target
 from tests.targets.exp_procs import run

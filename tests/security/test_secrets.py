@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from perftop.collectors.agent_view import call_agent
-from perftop.recording import RecordingReader
+from perftop.recording.store import RecordingReader
 from tests.targets.secret_client import SecretApp, perftop, secret_app
 from tests.targets.sql_client import database_url, new_suffix
 

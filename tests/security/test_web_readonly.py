@@ -14,8 +14,9 @@ from perftop.tui.app import PerftopApp
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.attached import AttachedView
 from perftop.tui.panes.process import ProcessPane
-from perftop.tui.panes.queries import ExplainView, QueriesPane
-from perftop.tui.widgets.confirm import Confirm
+from perftop.tui.panes.queries import QueriesPane
+from perftop.tui.screens.confirm import Confirm
+from perftop.tui.screens.explain import ExplainView
 from tests.tui.fixed import FixedSources
 from tests.tui.waiting import wait_for
 

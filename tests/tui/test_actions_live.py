@@ -12,12 +12,13 @@ import pytest
 from textual.widgets import DataTable, TabbedContent
 
 from perftop.collectors.discovery import find_agent
-from perftop.recording import RecordingReader
+from perftop.recording.store import RecordingReader
 from perftop.tui.app import PerftopApp
-from perftop.tui.panes.actions import ActionsPane, TracebackView
+from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
+from perftop.tui.screens.confirm import Confirm
+from perftop.tui.screens.traceback import TracebackView
 from perftop.tui.sources import LiveSources
-from perftop.tui.widgets.confirm import Confirm
 from perftop.tui.widgets.flame import FlameView
 from tests import helpers
 from tests.tui.waiting import wait_for

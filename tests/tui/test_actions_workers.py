@@ -20,9 +20,9 @@ from perftop.render.units import fmt_count
 from perftop.tui.app import PerftopApp
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
+from perftop.tui.screens.target_picker import TargetPicker
 from perftop.tui.sources import LiveSources
 from perftop.tui.widgets.proctable import LineTable
-from perftop.tui.widgets.target import TargetPicker
 from tests.integration.test_frameworks import CONTROL
 from tests.integration.test_prefork import WORKERS, Load, Server, start_server, stop_server
 from tests.targets.prefork_app import GROW_BYTES

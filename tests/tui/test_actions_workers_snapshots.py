@@ -17,7 +17,7 @@ from perftop.tui.app import PerftopApp
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.attached import AttachedView
 from perftop.tui.panes.process import ProcessPane
-from perftop.tui.widgets.target import TargetPicker
+from perftop.tui.screens.target_picker import TargetPicker
 from tests.tui.test_worker_table import MASTER, TreeSources
 from tests.tui.waiting import wait_for
 

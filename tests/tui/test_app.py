@@ -8,15 +8,16 @@ import pytest
 from textual.widgets import ContentSwitcher, DataTable, Label, Static, TabbedContent
 
 from perftop.tui.app import PerftopApp
-from perftop.tui.panes.metric_detail import MetricDetail
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.proclist import ProcessListPane
-from perftop.tui.panes.queries import ExplainView, QueriesPane
+from perftop.tui.panes.queries import QueriesPane
 from perftop.tui.panes.system import SystemPane
 from perftop.tui.panes.timings import TimingsPane
+from perftop.tui.screens.confirm import Confirm
+from perftop.tui.screens.explain import ExplainView
+from perftop.tui.screens.metric_detail import MetricDetail
 from perftop.tui.themes import resolve_theme
 from perftop.tui.widgets.bar import UsageBar
-from perftop.tui.widgets.confirm import Confirm
 from tests.tui.fixed import EXPLAIN_RESULT, FixedSources
 from tests.tui.waiting import wait_for
 

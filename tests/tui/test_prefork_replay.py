@@ -15,7 +15,9 @@ from pathlib import Path
 
 from textual.widgets import Input
 
-from perftop.recording import RecordingError, RecordingReader, agent_from_json, process_from_json
+from perftop.recording.errors import RecordingError
+from perftop.recording.frames import agent_from_json, process_from_json
+from perftop.recording.store import RecordingReader
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.replay import ReplayApp
 from perftop.tui.widgets.proctable import LineTable

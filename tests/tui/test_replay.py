@@ -17,7 +17,7 @@ import pytest
 from textual.widgets import Input
 
 from perftop.collectors.agent_client import AgentError
-from perftop.recording import RecordingReader
+from perftop.recording.store import RecordingReader
 from perftop.render.units import fmt_bytes
 from perftop.tui.panes.queries import QueriesPane
 from perftop.tui.panes.timings import TimingsPane

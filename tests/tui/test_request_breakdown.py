@@ -6,7 +6,7 @@ from __future__ import annotations
 from textual.app import App
 from textual.widgets import Static
 
-from perftop.tui.panes.metric_detail import MetricDetail
+from perftop.tui.screens.metric_detail import MetricDetail
 from perftop.wire.sketch import Sketch
 
 ROUTE = {

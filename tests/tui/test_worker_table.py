@@ -10,9 +10,9 @@ from perftop.collectors.model import ProcessSample, ProcessTree, WorkerRow
 from perftop.tui.app import PerftopApp
 from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
+from perftop.tui.screens.target_picker import TargetPicker
 from perftop.tui.sources import LiveSources
 from perftop.tui.widgets.proctable import LineTable
-from perftop.tui.widgets.target import TargetPicker
 from tests.targets.workers_client import workers_app
 from tests.tui.fixed import NOW, FixedSources
 from tests.tui.waiting import wait_for

@@ -18,7 +18,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
-from textual.screen import ModalScreen
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
 from perftop.render.actions import (
@@ -31,6 +30,7 @@ from perftop.render.actions import (
 from perftop.render.units import fmt_bytes, short_path
 from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
+from perftop.tui.screens.traceback import TracebackView
 from perftop.tui.widgets.flame import FlameView
 
 TITLES = {
@@ -293,39 +293,6 @@ class ActionsPane(Vertical):
             return
         paths = save_result(self.last, self.results[self.last], self.pid or 0, Path.cwd())
         self.notify("saved " + ", ".join(str(p) for p in paths), timeout=10, markup=False)
-
-
-class TracebackView(ModalScreen[None]):
-    """Where a memory allocation site was called from, outermost first."""
-
-    DEFAULT_CSS = """
-    TracebackView { align: center middle; }
-    TracebackView > VerticalScroll {
-        width: 90%; height: auto; max-height: 80%; border: thick $accent; background: $surface; padding: 0 1;
-    }
-    """
-
-    BINDINGS = [Binding("escape,q,enter", "close", "Close")]
-
-    def __init__(self, site: dict[str, Any]) -> None:
-        super().__init__()
-        self.site = site
-
-    def compose(self) -> ComposeResult:
-        frames = self.site.get("traceback") or [
-            {"file": self.site.get("file"), "line": self.site.get("line")}
-        ]
-        lines = [
-            f"{self.site.get('size_diff_bytes', 0):+,} bytes, {self.site.get('count_diff', 0):+,} objects"
-            " since the previous snapshot, allocated at:",
-            "",
-            *(f"  {f.get('file')}:{f.get('line')}" for f in frames),
-        ]
-        with VerticalScroll():
-            yield Static("\n".join(lines), id="traceback", markup=False)
-
-    def action_close(self) -> None:
-        self.dismiss(None)
 
 
 def save_result(name: str, result: Any, pid: int, folder: Path) -> list[Path]:

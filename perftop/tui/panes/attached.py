@@ -12,8 +12,9 @@ from perftop.tui.panes.actions import ActionsPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.queries import QueriesPane
 from perftop.tui.panes.timings import WINDOWS, TimingsPane
-from perftop.tui.widgets.confirm import Confirm
-from perftop.tui.widgets.target import ActionTarget, TargetPicker
+from perftop.tui.screens.confirm import Confirm
+from perftop.tui.screens.target_picker import TargetPicker
+from perftop.tui.widgets.target import ActionTarget
 
 
 class AttachedView(Vertical):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -11,19 +10,19 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.content import Content
 from textual.markup import escape
 from textual.reactive import reactive
-from textual.screen import ModalScreen
 from textual.widgets import DataTable, Input, Label, Static
 
-from perftop.render.plan import NO_ADVICE, NO_ADVICE_BUT_WARNINGS, plan_lines
+from perftop.collectors.rows import CallSite, QueryRow, QueryStats
 from perftop.render.sql import compact_sql
 from perftop.render.units import fmt_count, fmt_ms, short_path
 from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
 from perftop.tui.panes import CELL_PAD, FRAME
-from perftop.tui.widgets.confirm import Confirm
+from perftop.tui.panes.live import CatchUp, sync_rows
+from perftop.tui.screens.confirm import Confirm
+from perftop.tui.screens.explain import ExplainView
 from perftop.tui.widgets.filterbar import FilterBar
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
@@ -54,12 +53,12 @@ SLOW_FIXED = (("ms", 8), ("ago", 6))
 """The slow list's fixed columns; its fingerprint and call site share what is left."""
 
 
-def site_text(site: dict[str, Any] | None, short: bool = False) -> str:
+def site_text(site: CallSite | None, short: bool = False) -> str:
     """`file:line in function` of a call site; `short` shortens the path as py-spy does."""
-    if not site:
+    if site is None:
         return "-"
-    file = short_path(site.get("file"), keep=2, longer_than=0) if short else site.get("file")
-    return f"{file}:{site.get('line')} in {site.get('function')}"
+    file = short_path(site.file, keep=2, longer_than=0) if short else site.file
+    return f"{file}:{site.line} in {site.function}"
 
 
 def fingerprint_width(width: int) -> int:
@@ -68,87 +67,9 @@ def fingerprint_width(width: int) -> int:
     return max(FINGERPRINT_MIN, width - FRAME - others - CELL_PAD)
 
 
-def rows_text(q: dict[str, Any]) -> str:
+def rows_text(q: QueryRow) -> str:
     """Rows returned or affected; '-' where the driver never said (SQLite's SELECT rowcount is -1)."""
-    return "-" if q.get("rows_counted", 1) == 0 else fmt_count(q.get("rows"))
-
-
-class ExplainView(ModalScreen[None]):
-    """The plan the database returned for a fingerprint, and the advice read from it."""
-
-    DEFAULT_CSS = """
-    ExplainView { align: center middle; }
-    ExplainView > Vertical {
-        width: 95%; height: 90%; border: thick $accent; background: $surface; padding: 0 1;
-    }
-    ExplainView .title { color: $accent; text-style: bold; }
-    ExplainView .section { color: $secondary; text-style: bold; margin-top: 1; }
-    ExplainView .advice { color: $warning; }
-    ExplainView #plan { height: 1fr; overflow-y: auto; }
-    """
-
-    BINDINGS = [Binding("escape,q", "close", "Close"), Binding("r", "raw", "Raw plan")]
-
-    def __init__(self, result: dict[str, Any]) -> None:
-        super().__init__()
-        self.result = result
-        self.raw = False
-
-    def compose(self) -> ComposeResult:
-        r = self.result
-        advice = r.get("advice") or []
-        with Vertical():
-            analyzed = " (ANALYZE: executed and rolled back)" if r.get("analyzed") else ""
-            yield Label(f"EXPLAIN on {r.get('dialect')}{analyzed}", classes="title")
-            yield Label(str(r.get("statement") or r.get("fingerprint")), markup=False)
-            yield Label(f"advice ({len(advice)})", classes="section")
-            if not advice:
-                warned = any(line.warn for line in plan_lines(str(r.get("dialect")), r.get("plan")))
-                yield Label(NO_ADVICE_BUT_WARNINGS if warned else NO_ADVICE)
-            for item in advice:
-                yield Label(
-                    f"• {item.get('message')}",
-                    classes="advice",
-                    id=f"advice-{advice.index(item)}",
-                    markup=False,
-                )
-                if item.get("sql"):
-                    yield Label(f"    {item['sql']}", markup=False)
-            yield Label("plan (r: raw)", classes="section", id="plan-title")
-            yield Static(plan_content(str(r.get("dialect")), r.get("plan")), id="plan")
-
-    def action_raw(self) -> None:
-        """`r`: the plan as the database returned it, or back to the tree."""
-        self.raw = not self.raw
-        plan = self.query_one("#plan", Static)
-        if self.raw:
-            raw = self.result.get("plan")
-            plan.update(Content(raw if isinstance(raw, str) else json.dumps(raw, indent=2)))
-        else:
-            plan.update(plan_content(str(self.result.get("dialect")), self.result.get("plan")))
-        self.query_one("#plan-title", Label).update("plan, raw (r: tree)" if self.raw else "plan (r: raw)")
-
-    def action_close(self) -> None:
-        self.dismiss(None)
-
-
-def plan_content(dialect: str, plan: Any) -> Content:
-    """The plan as an indented tree: the costly nodes in the theme's error colour with their share of the
-    time, conditions and figures dimmed beneath, warnings in the warning colour. App text stays plain."""
-    parts: list[Content] = []
-    for line in plan_lines(dialect, plan):
-        indent = "  " * line.depth + ("-> " if line.depth else "")
-        share = f"  {line.share:.0%}" if line.share is not None and line.share >= 0.05 else ""
-        style = "bold $error" if line.hot else "bold"
-        parts.append(
-            Content.from_markup(
-                f"$indent[{style}]$text[/][$accent]$share[/]", indent=indent, text=line.text, share=share
-            )
-        )
-        pad = "  " * line.depth + "     "
-        parts.extend(Content.from_markup("$pad[$text-muted]$d[/]", pad=pad, d=d) for d in line.details)
-        parts.extend(Content.from_markup("$pad[$warning]! $w[/]", pad=pad, w=w) for w in line.warn)
-    return Content("\n").join(parts)
+    return fmt_count(q.rows)
 
 
 class QueriesPane(Vertical, can_focus=True):
@@ -187,7 +108,7 @@ class QueriesPane(Vertical, can_focus=True):
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self.stats: dict[str, Any] | None = None
+        self.stats: QueryStats | None = None
         self._shown: list[str] = []
         self.explaining: str | None = None
         """The fingerprint an EXPLAIN is running for, or None."""
@@ -202,7 +123,7 @@ class QueriesPane(Vertical, can_focus=True):
         self._slow: DataTable[Text] = DataTable(cursor_type="row", id="slow-table")
         self._pool = Label("", id="pool")
         self._now = 0.0
-        self._stale = False
+        self._catch_up = CatchUp(self, self._redraw)
         self._fp_width = 0
         self._slow_fp_width = 0
 
@@ -254,9 +175,9 @@ class QueriesPane(Vertical, can_focus=True):
             self._slow.clear()
             self.set_class(True, "-empty")
 
-    def show(self, stats: dict[str, Any] | None, now: float | None = None) -> None:
+    def show(self, stats: QueryStats | None, now: float | None = None) -> None:
         """New query stats from the agent (None: this process records no SQL)."""
-        if stats is None or not (stats.get("queries") or stats.get("slow_queries") or stats.get("pool")):
+        if stats is None or stats.empty:
             if self.stats is None:
                 if self._table.has_focus:
                     self.focus()  # the table is about to hide: keep focus (and the keys) in this view
@@ -265,82 +186,79 @@ class QueriesPane(Vertical, can_focus=True):
         self.set_class(False, "-empty")
         self.stats = stats
         self._now = time.time() if now is None else now
-        self._stale = True
-        if self.is_on_screen:
-            self._redraw()
+        self._catch_up.changed()
 
     def on_show(self) -> None:
         """A hidden tab is not redrawn every tick: catch up when it is shown."""
-        if self._stale:
-            self._redraw()
+        self._catch_up.shown()
 
     def _redraw(self) -> None:
-        self._stale = False
         stats, now = self.stats, self._now
         if stats is None:
             return
         self._refresh_table()
-        self._slow.clear()
-        for slow in stats.get("slow_queries", [])[:50]:
-            self._slow.add_row(
-                Text(f"{slow.get('duration_ms', 0):.1f}"),
-                Text(f"{max(0.0, now - float(slow.get('at') or now)):.0f}s"),
-                Text(compact_sql(str(slow.get("fingerprint")), self._slow_fp_width)),
-                Text(
-                    ("ERROR " + str(slow["error"]) + " " if slow.get("error") else "")
-                    + site_text(slow.get("call_site"), short=True)
-                ),
-            )
-        pool = stats.get("pool")
-        if pool:
+        slow_rows: list[tuple[str, list[str]]] = []
+        for slow in stats.slow[:50]:
+            key = f"{slow.at}|{slow.duration_ms}|{slow.fingerprint}"
+            cells = [
+                f"{slow.duration_ms:.1f}",
+                f"{slow.age_s(now):.0f}s",
+                compact_sql(slow.fingerprint, self._slow_fp_width),
+                ("ERROR " + slow.error + " " if slow.error else "") + site_text(slow.call_site, short=True),
+            ]
+            slow_rows.append((key, cells))
+        sync_rows(self._slow, slow_rows)
+        pool = stats.pool
+        if pool is not None:
             self._pool.update(
-                f"pool: size {pool.get('size')} · checked out {pool.get('checked_out')} · overflow "
-                f"{pool.get('overflow')} · {pool.get('checkouts_per_s', 0):.1f} checkouts/s · wait p99 "
-                f"{fmt_ms(pool.get('wait_p99_ms'))} max {fmt_ms(pool.get('wait_max_ms'))}"
+                f"pool: size {pool.size} · checked out {pool.checked_out} · overflow "
+                f"{pool.overflow} · {pool.checkouts_per_s:.1f} checkouts/s · wait p99 "
+                f"{fmt_ms(pool.wait_p99_ms)} max {fmt_ms(pool.wait_max_ms)}"
             )
         else:
             self._pool.update("pool: none seen")
         self._title()
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[QueryRow]:
         """Fingerprint rows in display order, filtered."""
         if self.stats is None:
             return []
         needle = self.filter_text.lower().strip()
-        rows = [q for q in self.stats.get("queries", []) if needle in str(q.get("fingerprint", "")).lower()]
-        rows.sort(key=lambda q: -(q.get(self.sort) or 0))
+        rows = [q for q in self.stats.queries if needle in q.fingerprint.lower()]
+        rows.sort(key=lambda q: -(q[self.sort] or 0))
         return rows
 
     def _refresh_table(self) -> None:
-        table = self._table
-        selected = self.selected_fingerprint
-        table.clear()
-        self._shown = []
-        for q in self.rows():
-            fp = str(q.get("fingerprint"))
-            width = self._fp_width
-            cells = (
-                compact_sql(fp, width),
-                fmt_count(q.get("count")),
-                fmt_ms(q.get("total_ms")),
-                f"{q.get('share_percent', 0):.0f}%",
-                fmt_ms(q.get("mean_ms")),
-                fmt_ms(q.get("p95_ms")),
-                fmt_ms(q.get("max_ms")),
-                rows_text(q),
-                "N+1" if q.get("n_plus_one") else "",
-            )
-            table.add_row(*(Text(cell) for cell in cells))
-            self._shown.append(fp)
-        if selected in self._shown:
-            table.move_cursor(row=self._shown.index(selected), animate=False)
+        rows = self.rows()
+        width = self._fp_width
+        sync_rows(
+            self._table,
+            [
+                (
+                    q.fingerprint,
+                    [
+                        compact_sql(q.fingerprint, width),
+                        fmt_count(q.count),
+                        fmt_ms(q.total_ms),
+                        f"{q.share_percent:.0f}%",
+                        fmt_ms(q.mean_ms),
+                        fmt_ms(q.p95_ms),
+                        fmt_ms(q.max_ms),
+                        rows_text(q),
+                        "N+1" if q.n_plus_one else "",
+                    ],
+                )
+                for q in rows
+            ],
+        )
+        self._shown = [q.fingerprint for q in rows]
         self._describe_selected()
 
     def _title(self) -> None:
-        n = len(self.stats.get("queries", [])) if self.stats else 0
-        threshold = self.stats.get("slow_ms") if self.stats else None
+        n = len(self.stats.queries) if self.stats else 0
+        threshold = self.stats.slow_ms if self.stats else None
         slow = f" · slow ≥ {threshold:g}ms" if threshold is not None else ""
-        if self.stats and self.stats.get("server_times"):
+        if self.stats and self.stats.server_times:
             slow += " · no database times (see JSON: server_times)"
         self.border_title = (
             f"queries ({n} fingerprints) · window {self.window_label} · sort "
@@ -356,9 +274,9 @@ class QueriesPane(Vertical, can_focus=True):
         cursor = self._table.cursor_row
         return self._shown[cursor] if 0 <= cursor < len(self._shown) else None
 
-    def _selected_row(self) -> dict[str, Any] | None:
+    def _selected_row(self) -> QueryRow | None:
         fp = self.selected_fingerprint
-        return next((q for q in self.rows() if q.get("fingerprint") == fp), None)
+        return next((q for q in self.rows() if q.fingerprint == fp), None)
 
     @on(DataTable.RowHighlighted, "#query-table")
     def _highlighted(self) -> None:
@@ -369,24 +287,22 @@ class QueriesPane(Vertical, can_focus=True):
         if q is None:
             self._selected.update("")
             return
-        routes = q.get("routes") or []
-        shown = ", ".join(str(r) for r in routes[:3]) + (" ..." if len(routes) > 3 else "")
+        routes = q.routes
+        shown = ", ".join(routes[:3]) + (" ..." if len(routes) > 3 else "")
         in_routes = f" · {'routes' if len(routes) > 1 else 'route'} {shown}" if routes else ""
         n1 = (  # first: the long fingerprint below it may not fit in the lines shown
-            f"N+1: run {q.get('count')}x, from {site_text(q.get('n_plus_one_site'))}{in_routes}\n"
-            if q.get("n_plus_one")
-            else ""
+            f"N+1: run {q.count}x, from {site_text(q.n_plus_one_site)}{in_routes}\n" if q.n_plus_one else ""
         )
-        errors = f" · {q.get('errors')} errors" if q.get("errors") else ""
-        server = q.get("server_mean_ms")
+        errors = f" · {q.errors} errors" if q.errors else ""
+        server = q.server_mean_ms
         times = (
-            f" · app mean {fmt_ms(q.get('mean_ms'))}, database {fmt_ms(server)} (pg_stat_statements; "
+            f" · app mean {fmt_ms(q.mean_ms)}, database {fmt_ms(server)} (pg_stat_statements; "
             "the rest is the round trip, the driver and the ORM)"
             if server is not None
             else ""
         )
-        text = f"{q.get('fingerprint')}{errors}{times}"
-        self._selected.update(f"{escape(n1)}[b]{escape(str(q.get('dialect', '')))}[/b] {escape(text)}")
+        text = f"{q.fingerprint}{errors}{times}"
+        self._selected.update(f"{escape(n1)}[b]{escape(q.dialect)}[/b] {escape(text)}")
 
     def watch_sort(self) -> None:
         if self.is_mounted and self.stats is not None:

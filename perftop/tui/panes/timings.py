@@ -15,9 +15,11 @@ from textual.reactive import reactive
 from textual.widgets import DataTable, Static
 
 from perftop.collectors.agent_view import AgentView
+from perftop.collectors.rows import TimingRow, ViewRows
 from perftop.render.units import fmt_count, fmt_ms
 from perftop.tui.panes import CELL_PAD, FRAME
-from perftop.tui.panes.metric_detail import MetricDetail
+from perftop.tui.panes.live import CatchUp, sync_rows
+from perftop.tui.screens.metric_detail import MetricDetail
 
 WINDOWS: tuple[tuple[float | None, str], ...] = (
     (None, "since start"),
@@ -91,11 +93,11 @@ def trend_glyphs(values: list[float]) -> str:
     return "".join(_LEVELS[min(7, int(v / top * 7.999))] for v in values[-12:])
 
 
-def sort_key(row: dict[str, Any], key: str) -> Any:
+def sort_key(row: TimingRow, key: str) -> Any:
     """Numbers sort high first; names alphabetically."""
     if key == "name":
-        return row["name"]
-    value = row.get(key)
+        return row.name
+    value = row[key]
     return -(value if isinstance(value, (int, float)) else -1.0)
 
 
@@ -139,6 +141,8 @@ class TimingsPane(Vertical, can_focus=True):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.view: AgentView | None = None
+        self.data: ViewRows | None = None
+        """The rows of `view`, as the sampler built them."""
         self._trends: dict[str, deque[float]] = {}
         self._p50: dict[str, deque[float]] = {}
         self._shown: list[str] = []
@@ -149,18 +153,16 @@ class TimingsPane(Vertical, can_focus=True):
         self._counters = Static("", id="counters", markup=False)
 
         self._columns: list[tuple[str, str, int]] = []
-        self._stale = False
+        self._catch_up = CatchUp(self, self._redraw)
 
     def on_resize(self) -> None:
         if self._lay_out():
             self._refresh_table()
 
-    def _lay_out(self) -> bool:
-        """Fit the columns to the pane's width and the longest metric name; True where they changed."""
-        names = self.view.timings if self.view is not None else ()
-        longest = max((len(name) for name in names), default=0)
-        if self.breakdown and self.view is not None and self.view.per_pid:
-            longest = max(longest, len(f"  └ pid {max(self.view.per_pid)}"))
+    def _lay_out(self, rows: list[TimingRow] | None = None) -> bool:
+        """Fit the columns to the pane's width and the longest name of `rows` (default: the rows shown);
+        True where they changed."""
+        longest = max((len(row.label) for row in (self.rows() if rows is None else rows)), default=0)
         columns = layout_columns(self.size.width or 80, longest)
         if columns == self._columns:
             return False
@@ -183,6 +185,7 @@ class TimingsPane(Vertical, can_focus=True):
         """A new process was attached: forget the previous one's data."""
         self.pid = pid
         self.view = None
+        self.data = None
         self.gone = None
         self._trends.clear()
         self._p50.clear()
@@ -197,9 +200,9 @@ class TimingsPane(Vertical, can_focus=True):
         if reason is not None:
             self._gone.update(f"process gone: {reason}. Last values kept.")
 
-    def show(self, view: AgentView | None, error: str | None = None) -> None:
-        """New agent data (None: the process has no agent)."""
-        if view is None:
+    def show(self, data: ViewRows | None, error: str | None = None) -> None:
+        """New agent data, as rows (None: the process has no agent)."""
+        if data is None:
             if self.view is None:
                 if self._table.has_focus:
                     self.focus()  # the table is about to hide: keep focus (and the keys) in this view
@@ -208,92 +211,63 @@ class TimingsPane(Vertical, can_focus=True):
                     self._help.update(f"agent error: {error}\n\n{NO_AGENT}")
             return
         self.set_class(False, "-no-agent")
-        self.view = view
-        for name, row in view.timings.items():
-            if row["p99_ms"] is not None:
-                self._trends.setdefault(name, deque(maxlen=TREND)).append(row["p99_ms"])
-                self._p50.setdefault(name, deque(maxlen=TREND)).append(row["p50_ms"] or 0.0)
-        self._stale = True
-        if self.is_on_screen:
-            self._redraw()
+        self.view, self.data = data.view, data
+        for row in data.timings:
+            if row.p99_ms is not None:
+                self._trends.setdefault(row.name, deque(maxlen=TREND)).append(row.p99_ms)
+                self._p50.setdefault(row.name, deque(maxlen=TREND)).append(row.p50_ms or 0.0)
+        self._catch_up.changed()
 
     def on_show(self) -> None:
         """A hidden tab is not redrawn every tick: catch up when it is shown."""
-        if self._stale:
-            self._redraw()
+        self._catch_up.shown()
 
     def _redraw(self) -> None:
-        self._stale = False
-        view = self.view
-        if view is None:
+        data = self.data
+        if data is None:
             return
         self._refresh_table()
-        parts = [
-            f"{name} {fmt_count(c.get('value'))} ({c.get('rate_per_s', 0):.1f}/s)"
-            for name, c in sorted(view.counters.items())
-        ]
-        parts += [f"{name} = {value:g}" for name, value in sorted(view.gauges.items())]
+        parts = [f"{c.name} {fmt_count(c.value)} ({c.rate_per_s:.1f}/s)" for c in data.counters]
+        parts += [f"{name} = {value:g}" for name, value in data.gauges]
         self._counters.update("   ".join(parts) if parts else "")
         self._title()
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[TimingRow]:
         """Table rows in display order (merged rows, and per-worker rows under each with `b`)."""
-        if self.view is None:
+        if self.data is None:
             return []
-        rows = []
-        for name, t in self.view.timings.items():
-            count = t.get("count") or 0
-            rows.append(
-                {**t, "name": name, "error_percent": 100.0 * (t.get("errors") or 0) / count if count else 0.0}
-            )
-        rows.sort(key=lambda r: sort_key(r, self.sort))
-        if not (self.breakdown and self.view.per_pid):
+        rows = sorted(self.data.timings, key=lambda r: sort_key(r, self.sort))
+        if not (self.breakdown and self.data.workers):
             return rows
         out = []
         for row in rows:
             out.append(row)
-            for pid, per in sorted(self.view.per_pid.items()):
-                if row["name"] in per:
-                    sub = per[row["name"]]
-                    count = sub.get("count") or 0
-                    out.append(
-                        {
-                            **sub,
-                            "name": f"  └ pid {pid}",
-                            "metric": row["name"],
-                            "error_percent": 100.0 * (sub.get("errors") or 0) / count if count else 0.0,
-                        }
-                    )
+            out.extend(self.data.workers.get(row.name, ()))
         return out
 
     def _refresh_table(self) -> None:
-        self._lay_out()
-        table = self._table
-        cursor = table.cursor_row
-        selected = self._shown[cursor] if 0 <= cursor < len(self._shown) else None
-        table.clear()
-        self._shown = []
+        rows = self.rows()
+        self._lay_out(rows)
         columns = self._columns
-        for row in self.rows():
-            name = row["name"]
-            table.add_row(*(Text(self._cell(row, key, width)) for _, key, width in columns))
-            self._shown.append(row.get("metric", name))
-        if selected in self._shown:
-            table.move_cursor(row=self._shown.index(selected), animate=False)
+        sync_rows(
+            self._table,
+            [(row.key, [self._cell(row, key, width) for _, key, width in columns]) for row in rows],
+        )
+        self._shown = [row.name for row in rows]
 
-    def _cell(self, row: dict[str, Any], key: str, width: int) -> str:
+    def _cell(self, row: TimingRow, key: str, width: int) -> str:
         if key == "name":
-            name: str = row["name"]
+            name = row.label
             return name if len(name) <= width else name[: width - 1] + "…"
         if key == "rate_per_s":
-            return f"{row.get('rate_per_s', 0):.1f}"
+            return f"{row.rate_per_s:.1f}"
         if key in ("count", "errors"):
-            return fmt_count(row.get(key) or 0)
+            return fmt_count(row[key])
         if key == "error_percent":
-            return f"{row['error_percent']:.1f}"
+            return f"{row.error_percent:.1f}"
         if key == "trend":
-            return trend_glyphs(list(self._trends.get(row.get("metric", row["name"]), ())))
-        return fmt_ms(row.get(key))
+            return trend_glyphs(list(self._trends.get(row.name, ())))
+        return fmt_ms(row[key])
 
     def _title(self) -> None:
         label = WINDOWS[self.window_index][1]
@@ -324,7 +298,7 @@ class TimingsPane(Vertical, can_focus=True):
         self.sort = SORTABLE[(SORTABLE.index(self.sort) + 1) % len(SORTABLE)]
 
     def action_breakdown(self) -> None:
-        if self.view is not None and not self.view.per_pid:
+        if self.data is not None and not self.data.workers:
             self.notify("only one process reports to this view: nothing to break down")
         self.breakdown = not self.breakdown
 
@@ -335,17 +309,20 @@ class TimingsPane(Vertical, can_focus=True):
 
     def action_detail(self) -> None:
         name = self.selected_metric
-        if name is None or self.view is None or name not in self.view.sketches:
+        if name is None or self.view is None or self.data is None or name not in self.view.sketches:
+            return
+        row = next((r for r in self.data.timings if r.name == name), None)
+        if row is None:
             return
         self.app.push_screen(
             MetricDetail(
                 name,
                 self.view.sketches[name],
-                self.view.timings[name],
+                row,
                 list(self._p50.get(name, ())),
                 list(self._trends.get(name, ())),
                 self.view.errors_by_type.get(name, {}),
-                self.view.requests.get(name.split(" ", 1)[-1]),
+                self.data.request_of(name),
             )
         )
 

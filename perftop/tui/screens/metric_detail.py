@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from textual.app import ComposeResult
@@ -12,6 +13,7 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Label, Sparkline, Static
 
+from perftop.collectors.rows import RequestRow, TimingRow
 from perftop.render.sql import compact_sql
 from perftop.render.units import fmt_ms, short_path
 from perftop.wire.sketch import Sketch, bucket_value
@@ -44,36 +46,33 @@ def histogram_text(sketch: Sketch, width: int = 50, rows: int = 16) -> str:
     return "\n".join(lines)
 
 
-def breakdown_text(r: dict[str, Any]) -> str:
+def breakdown_text(r: RequestRow) -> str:
     """A route's request breakdown: SQL time and queries per request, queue wait, the fingerprints its
     requests run most, and its slowest recent requests with their queries in order (a waterfall)."""
-    share = r.get("sql_share_percent")
+    share = r.sql_share_percent
     lines = [
-        f"SQL {fmt_ms(r.get('sql_ms_mean'))} per request on average"
+        f"SQL {fmt_ms(r.sql_ms_mean)} per request on average"
         + (
             f" ({share:.0f}% of the time; the rest is the app's own code and waits)"
             if share is not None
             else ""
         ),
-        f"queries per request: mean {r.get('queries_mean') or 0:.1f}, p99 {r.get('queries_p99') or 0:.0f}, "
-        f"max {r.get('queries_max') or 0:.0f}",
+        f"queries per request: mean {r.queries_mean or 0:.1f}, p99 {r.queries_p99 or 0:.0f}, "
+        f"max {r.queries_max or 0:.0f}",
     ]
-    if r.get("queue_p99_ms") is not None:
-        lines.append(f"queue wait p99 {fmt_ms(r['queue_p99_ms'])} (X-Request-Start)")
-    if r.get("top_fingerprints"):
+    if r.queue_p99_ms is not None:
+        lines.append(f"queue wait p99 {fmt_ms(r.queue_p99_ms)} (X-Request-Start)")
+    if r.top_fingerprints:
         lines.append("runs most:")
-        lines.extend(f"  {compact_sql(fp, 100)}" for fp in r["top_fingerprints"])
-    for req in r.get("slowest") or []:
+        lines.extend(f"  {compact_sql(fp, 100)}" for fp in r.top_fingerprints)
+    for req in r.slowest:
         lines.append(
-            f"slow request: {fmt_ms(req.get('duration_ms'))}, SQL {fmt_ms(req.get('sql_ms'))} in "
-            f"{req.get('query_count', len(req.get('queries') or []))} queries"
+            f"slow request: {fmt_ms(req.duration_ms)}, SQL {fmt_ms(req.sql_ms)} in {req.query_count} queries"
         )
-        for q in req.get("queries") or []:
-            site = q.get("call_site") or {}
-            where = (
-                f"{short_path(site.get('file'), keep=2, longer_than=0)}:{site.get('line')}" if site else "-"
-            )
-            lines.append(f"  {fmt_ms(q.get('ms')):>9}  {compact_sql(str(q.get('fingerprint')), 70)}  {where}")
+        for q in req.queries:
+            site = q.call_site
+            where = "-" if site is None else f"{short_path(site.file, keep=2, longer_than=0)}:{site.line}"
+            lines.append(f"  {fmt_ms(q.ms):>9}  {compact_sql(q.fingerprint, 70)}  {where}")
     return "\n".join(lines)
 
 
@@ -97,18 +96,20 @@ class MetricDetail(ModalScreen[None]):
         self,
         name: str,
         sketch: Sketch,
-        row: dict[str, Any],
+        row: TimingRow | Mapping[str, Any],
         p50_history: list[float],
         p99_history: list[float],
         errors_by_type: dict[str, int],
-        request: dict[str, Any] | None = None,
+        request: RequestRow | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.request = request
+        self.request = (
+            request if request is None or isinstance(request, RequestRow) else RequestRow.from_json(request)
+        )
         """The route's request breakdown (SQL time, queries, slowest requests), for a web route."""
         self.metric = name
         self.sketch = sketch
-        self.row = row
+        self.row = row if isinstance(row, TimingRow) else TimingRow.from_json(name, row)
         self.p50_history = p50_history
         self.p99_history = p99_history
         self.errors_by_type = errors_by_type
@@ -119,9 +120,9 @@ class MetricDetail(ModalScreen[None]):
         with VerticalScroll():
             yield Label(self.metric, classes="title", markup=False)
             yield Label(
-                f"n {r.get('count')}  errors {r.get('errors')}  mean {fmt_ms(r.get('mean_ms'))}"
-                f"  p50 {fmt_ms(r.get('p50_ms'))}  p99 {fmt_ms(r.get('p99_ms'))}"
-                f"  p99.9 {fmt_ms(r.get('p999_ms'))}  max {fmt_ms(r.get('max_ms'))}"
+                f"n {r.count}  errors {r.errors}  mean {fmt_ms(r.mean_ms)}"
+                f"  p50 {fmt_ms(r.p50_ms)}  p99 {fmt_ms(r.p99_ms)}"
+                f"  p99.9 {fmt_ms(r.p999_ms)}  max {fmt_ms(r.max_ms)}"
             )
             if errors:
                 yield Label(f"errors by type: {errors}", markup=False)

@@ -1,0 +1,81 @@
+"""What the panes fed every tick share: redrawing a hidden tab only when it is shown, and tables updated
+in place (keyed rows; only changed cells rewritten, rows that left removed, new ones added, re-sorted only
+when the order changed), which keeps the cursor on the same row and spares DataTable re-measuring every
+cell after a `clear()`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from rich.text import Text
+from textual.widget import Widget
+from textual.widgets import DataTable
+
+
+class CatchUp:
+    """Redraws a pane at once when new data arrives while it is on screen; while it is hidden (another
+    tab), only once, when it is shown (the pane calls `shown()` from `on_show`)."""
+
+    def __init__(self, pane: Widget, redraw: Callable[[], None]) -> None:
+        self._pane = pane
+        self._redraw = redraw
+        self._stale = False
+
+    def changed(self) -> None:
+        """New data: redraw now if the pane is on screen, else when it is shown."""
+        self._stale = True
+        if self._pane.is_on_screen:
+            self.redraw()
+
+    def shown(self) -> None:
+        """The pane was shown: catch up with the data that came while it was hidden."""
+        if self._stale:
+            self.redraw()
+
+    def redraw(self) -> None:
+        self._stale = False
+        self._redraw()
+
+
+def sync_rows(table: DataTable[Text], rows: Sequence[tuple[str, Sequence[str]]]) -> None:
+    """Make `table` show `rows` ((row key, cell texts) in display order; one text per column): cells
+    that changed are updated in place, rows no longer there removed, new ones added, and the rows
+    re-sorted only where their order changed. The cursor stays on the row (key) it was on, or goes to the
+    top where that row left. A key given twice is made unique (both rows are shown)."""
+    columns = [column.key for column in table.ordered_columns]
+    cursor = table.cursor_row
+    ordered = table.ordered_rows
+    selected = ordered[cursor].key if 0 <= cursor < len(ordered) else None
+    rows = unique_keys(rows)
+    wanted = {key for key, _ in rows}
+    for row in ordered:
+        if row.key.value not in wanted:
+            table.remove_row(row.key)
+    for key, texts in rows:
+        if key in table.rows:
+            for column, text in zip(columns, texts, strict=True):
+                if str(table.get_cell(key, column)) != text:
+                    table.update_cell(key, column, Text(text))
+        else:
+            table.add_row(*(Text(text) for text in texts), key=key)
+    order = [key for key, _ in rows]
+    if columns and [row.key.value for row in table.ordered_rows] != order:
+        rank = {id(table.get_cell(key, columns[0])): i for i, key in enumerate(order)}
+        table.sort(columns[0], key=lambda cell: rank[id(cell)])
+    index = table.get_row_index(selected) if selected is not None and selected in table.rows else 0
+    if index != table.cursor_row:
+        table.move_cursor(row=index, animate=False)
+
+
+def unique_keys(rows: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, Sequence[str]]]:
+    """`rows` with a key already used suffixed with its occurrence (`key`, `key#2`, ...)."""
+    used: set[str] = set()
+    out: list[tuple[str, Sequence[str]]] = []
+    for key, texts in rows:
+        unique, n = key, 1
+        while unique in used:
+            n += 1
+            unique = f"{key}#{n}"
+        used.add(unique)
+        out.append((unique, texts))
+    return out
