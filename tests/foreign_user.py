@@ -68,3 +68,19 @@ def interpreter_for(uid: int, gid: int) -> str | None:
         if probe.returncode == 0:
             return exe
     return None
+
+
+def nobody_python(purpose: str) -> tuple[int, int, str]:
+    """User nobody's uid and gid and a Python it can run with perftop; the test is skipped (saying what
+    root was needed for, `purpose`) when this run is not root or there is no such Python."""
+    import pwd
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip(f"needs root, {purpose}")
+    user = pwd.getpwnam("nobody")
+    exe = interpreter_for(user.pw_uid, user.pw_gid)
+    if exe is None:
+        pytest.skip("no Python that user nobody can run with perftop")
+    return user.pw_uid, user.pw_gid, exe

@@ -32,6 +32,7 @@ celery = pytest.importorskip("celery")
 from perftop.collectors.agent_view import AgentView, AgentWatcher, fetch_agent_view  # noqa: E402
 from perftop.collectors.discovery import find_agent, find_child_agents  # noqa: E402
 from tests.helpers import perftop_json, refreshing, run_perftop, terminate, wait_count, wait_for  # noqa: E402
+from tests.targets.workers_client import cpu_seconds  # noqa: E402
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 CONCURRENCY = 2
@@ -305,14 +306,6 @@ def test_a_task_with_an_eta_waits_from_when_it_was_due(worker: Worker) -> None:
         watcher.close()
 
 
-def _tree_cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        t = psutil.Process(pid).cpu_times()
-        total += t.user + t.system
-    return total
-
-
 def _threads_fds(procs: list[psutil.Process]) -> tuple[int, int]:
     return sum(p.num_threads() for p in procs), sum(p.num_fds() for p in procs)
 
@@ -352,7 +345,7 @@ def test_tree_totals_match_the_sum_of_psutil_readings_of_the_pool(worker: Worker
 
     def read_cpu() -> None:
         while not done.is_set():
-            readings.append((time.time(), _tree_cpu_seconds(pids)))
+            readings.append((time.time(), cpu_seconds(pids)))
             time.sleep(0.05)
 
     reader = threading.Thread(target=read_cpu)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import glob
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from perftop.collectors.discovery import find_agent
 from perftop.launch import inject_loader
 from perftop.launch.inject import InjectError, inject
 from perftop.wire import paths
-from tests.foreign_user import dropper, foreign_env, interpreter_for, run_as
+from tests.foreign_user import dropper, foreign_env, nobody_python, run_as
 from tests.helpers import perftop_json, wait_for
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -242,13 +241,7 @@ def test_remote_debugging_disabled_on_314(targets: list[Target], tmp_path: Path,
 
 
 def as_nobody() -> tuple[int, int, str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to run the injector as user nobody")
-    nobody = pwd.getpwnam("nobody")
-    exe = interpreter_for(nobody.pw_uid, nobody.pw_gid)
-    if exe is None:
-        pytest.skip("no Python that user nobody can run with perftop")
-    return nobody.pw_uid, nobody.pw_gid, exe
+    return nobody_python("to run the injector as user nobody")
 
 
 def inject_as(uid: int, gid: int, exe: str, pid: int, sock_dir: str) -> str:

@@ -29,6 +29,7 @@ from perftop.collectors.workers import TreeCollector
 from perftop.tui.sources import LiveSources
 from tests.helpers import free_port, perftop_json, refreshing, run_perftop, terminate, wait_count, wait_for
 from tests.targets.pool_client import prefork_pool, run_tasks
+from tests.targets.workers_client import cpu_seconds
 
 TARGETS = Path(__file__).resolve().parent.parent / "targets"
 WORKERS = 3
@@ -152,14 +153,6 @@ class Load:
             return sum(self.by_worker.values())
 
 
-def _tree_cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        t = psutil.Process(pid).cpu_times()
-        total += t.user + t.system
-    return total
-
-
 def test_tree_totals_match_the_sum_of_psutil_readings(server: Server) -> None:
     workers = server.workers()
     pids = [server.master, *workers]
@@ -192,9 +185,9 @@ def test_tree_totals_match_the_sum_of_psutil_readings(server: Server) -> None:
     # that encloses the snapshot's interval
     with Load(server, "/burn", clients=4):
         time.sleep(1.0)
-        wall0, cpu0 = time.monotonic(), _tree_cpu_seconds(pids)
+        wall0, cpu0 = time.monotonic(), cpu_seconds(pids)
         busy = server.json("snapshot", "--pid", str(server.master), "--interval", "3", "--json")
-        wall1, cpu1 = time.monotonic(), _tree_cpu_seconds(pids)
+        wall1, cpu1 = time.monotonic(), cpu_seconds(pids)
     oracle = 100.0 * (cpu1 - cpu0) / (wall1 - wall0)
     got = busy["process"]["tree"]["cpu_percent"]
     assert oracle > 8.0, oracle  # busy enough to tell the workers' CPU from the idle master's

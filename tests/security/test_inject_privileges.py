@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from perftop.launch.inject import InjectError, inject, run_target_interpreter
-from tests.foreign_user import foreign_env, interpreter_for, run_as
+from tests.foreign_user import foreign_env, interpreter_for, nobody_python, run_as
 from tests.security.test_inject_safety import AMX
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -35,13 +35,8 @@ WHOAMI = (
 
 def nobody() -> tuple[int, int, int, str]:
     """uid, gid, an extra group, and a Python that nobody can run with perftop; skips if not root."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to run the target as user nobody")
-    user = pwd.getpwnam("nobody")
-    exe = interpreter_for(user.pw_uid, user.pw_gid)
-    if exe is None:
-        pytest.skip("no Python that user nobody can run with perftop")
-    return user.pw_uid, user.pw_gid, grp.getgrnam("users").gr_gid, exe
+    uid, gid, exe = nobody_python("to run the target as user nobody")
+    return uid, gid, grp.getgrnam("users").gr_gid, exe
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Test-side driver for workers_app.py: a pre-forking parent whose N workers run agents (not collected)."""
+"""Test-side helpers for pre-forking servers and pools (not collected): a driver for workers_app.py, a
+parent whose N workers run agents, and the CPU time of a set of processes (the oracle for tree totals)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 APP = Path(__file__).resolve().with_name("workers_app.py")
 
@@ -29,3 +32,12 @@ def workers_app(n: int, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[
             parent.stdin.write("\n")
             parent.stdin.flush()
             parent.wait(20)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """The user and system CPU time the processes `pids` have used, in seconds, as psutil reads it."""
+    total = 0.0
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
