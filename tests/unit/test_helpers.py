@@ -21,6 +21,7 @@ from tests.helpers import (
     terminate,
     wait_count,
     wait_for,
+    wait_ready,
 )
 
 
@@ -136,3 +137,18 @@ def test_terminate_stops_with_sigterm_and_kills_what_ignores_it() -> None:
     finally:
         kill(polite)
         kill(stubborn)
+
+
+def test_wait_ready_reads_the_ready_line_and_fails_on_an_early_exit() -> None:
+    pipes = subprocess.PIPE
+    code = "print('ready', flush=True); input()"
+    ready = subprocess.Popen([sys.executable, "-c", code], stdin=pipes, stdout=pipes)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"], stdin=pipes, stdout=pipes)
+    try:
+        wait_ready(ready)
+        # the end of its output or its exit, whichever wait_ready sees first
+        with pytest.raises(AssertionError, match=r"^target (said b'' \(exit code|exited with 0 before)"):
+            wait_ready(gone)
+    finally:
+        kill(ready)
+        kill(gone)
