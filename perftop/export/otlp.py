@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     )
     from prometheus_client.core import Metric
 
-    from perftop.export.prometheus import HostCollector
+    from perftop.export.prometheus.collector import HostCollector
 
 # opentelemetry is imported where it is used: it is an optional extra (`perftop[otlp]`), and registering
 # the export command's flags must cost the other commands nothing.

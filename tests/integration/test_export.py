@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from perftop.collectors.agent_client import AgentClient
-from perftop.export.prometheus import BUCKETS_S
+from perftop.export.prometheus.families import BUCKETS_S
 from perftop.wire.sketch import ALPHA
 from tests.helpers import wait_for
 from tests.targets.agent_harness import Target

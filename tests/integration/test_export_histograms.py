@@ -16,7 +16,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from perftop.export.histograms import BASE, ladder, native_index
-from perftop.export.prometheus import NATIVE_FAMILY
+from perftop.export.prometheus.families import NATIVE_FAMILY
 from perftop.wire.sketch import ALPHA, Sketch, bucket_of
 from tests.targets.agent_harness import Target, target_env
 from tests.targets.exp_procs import Command, http_get, run
