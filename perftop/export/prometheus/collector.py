@@ -53,7 +53,6 @@ from perftop.wire import paths
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
 
-    from perftop.collectors.agent_client import AgentClient
     from perftop.collectors.model import ProcessSample, SystemSample
     from perftop.collectors.process import ProcessCollector
 
@@ -76,39 +75,6 @@ _Pending = tuple[int, int, Callable[[], None]]
 """A timing or route waiting for the series budget: (its count, its series, what emits them)."""
 
 
-class _Agent:
-    """One agent the exporter talks to: its socket, an open client kept between scrapes, its name."""
-
-    def __init__(self, pid: int, path: str) -> None:
-        self.pid = pid
-        self.path = path
-        self.client: AgentClient | None = None
-        self.info: dict[str, Any] = {}
-
-    def stats(self) -> dict[str, Any]:
-        """The agent's stats since start; AgentError (and the client closed) if it cannot answer."""
-        from perftop.collectors.agent_client import AgentClient, AgentError
-
-        if self.client is None or self.client.closed:
-            self.client = AgentClient(self.path, timeout=AGENT_TIMEOUT_S)
-            h = self.client.hello
-            self.info = {
-                "name": h.name or "",
-                "agent_version": h.agent_version,
-                "python": h.python,
-                "protocol": str(h.protocol),
-            }
-        result = self.client.call("stats", {"window": None}, timeout=AGENT_TIMEOUT_S)
-        if not isinstance(result, dict):
-            raise AgentError("the agent answered stats with something other than an object")
-        return result
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
-
 def _ppid(pid: int) -> int:
     """The parent PID of `pid`, from /proc (OSError once it has exited)."""
     with open(f"/proc/{pid}/stat", "rb") as f:
@@ -119,8 +85,9 @@ def _ppid(pid: int) -> int:
 class _Departed:
     """An agent gone since the previous collection: the last stats it answered, or the final ones it left."""
 
-    def __init__(self, agent: _Agent, stats: dict[str, Any], ppid: int) -> None:
-        self.agent = agent
+    def __init__(self, info: dict[str, Any], stats: dict[str, Any], ppid: int) -> None:
+        self.info = info
+        """The agent's `agent_info` from its last hello (empty for a worker never seen alive)."""
         self.stats = stats
         self.ppid = ppid
 
@@ -196,7 +163,9 @@ class HostCollector:
         self._processes: dict[int, ProcessCollector] = {}
         self._gone: set[int] = set()
         """--pid processes that exited: not looked at again (their PID may be reused)."""
-        self._agents: dict[int, _Agent] = {}
+        from perftop.collectors.agent_view import AgentPool
+
+        self._agents = AgentPool(AGENT_TIMEOUT_S)
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="perftop-export")
         self.last_duration_s = 0.0
         self.extra_families: list[Callable[[], Iterable[Metric]]] = []
@@ -220,9 +189,7 @@ class HostCollector:
 
     def close(self) -> None:
         with self._lock:
-            for agent in self._agents.values():
-                agent.close()
-            self._agents.clear()
+            self._agents.close()
         self._pool.shutdown(wait=False)
 
     def describe(self) -> Iterable[Metric]:
@@ -233,17 +200,9 @@ class HostCollector:
 
     def _discover(self) -> dict[int, str]:
         """{pid: socket path} of every live agent in the socket dir, and of the --pid processes' agents."""
-        found: dict[int, str] = {}
-        try:
-            names = os.listdir(self.socket_dir)
-        except OSError:
-            names = []
-        for name in names:
-            pid = paths.pid_of_socket_name(name)
-            if pid is not None and pid != os.getpid() and paths.pid_alive(pid):
-                found[pid] = os.path.join(self.socket_dir, name)
-        from perftop.collectors.discovery import find_agent
+        from perftop.collectors.discovery import agents_in, find_agent
 
+        found = agents_in(self.socket_dir)
         for pid in self.pids:
             if pid not in found and pid not in self._gone:
                 path = find_agent(pid, self.explicit_socket_dir)
@@ -252,28 +211,21 @@ class HostCollector:
         return found
 
     def _sync_agents(self, found: dict[int, str]) -> None:
-        """Open clients for new agents; the workers whose agent went away linger for one more collection."""
+        """Keep clients for the agents found; the workers whose agent went away linger for one more
+        collection."""
         for pid in self._lingering:
             self._retire(pid)
         self._lingering.clear()
-        for pid in set(self._agents) - set(found):
-            gone = self._agents.pop(pid)
-            gone.close()
+        for pid, info in self._agents.sync(found).items():
             last = self._last.pop(pid, None)
             ppid = self._ppids.pop(pid, None)
             if last is not None and ppid in found:  # a worker of a parent with an agent (a service)
-                self._lingering[pid] = _Departed(gone, last, ppid)
+                self._lingering[pid] = _Departed(info, last, ppid)
         for pid in found:
             if pid not in self._ppids:
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     self._ppids[pid] = _ppid(pid)
         self._read_finals(found)
-        for pid, path in found.items():
-            agent = self._agents.get(pid)
-            if agent is None or agent.path != path:
-                if agent is not None:
-                    agent.close()
-                self._agents[pid] = _Agent(pid, path)
 
     def _services(self, found: Iterable[int]) -> set[int]:
         """The parents of workers: agents (found now) whose PID is the parent PID of another agent."""
@@ -291,7 +243,7 @@ class HostCollector:
         parents = self._services(found) | {d.ppid for d in self._lingering.values()}
         if not parents:
             return
-        dirs = [self.socket_dir, *(os.path.dirname(a.path) for a in self._agents.values())]
+        dirs = [self.socket_dir, *(os.path.dirname(path) for path in found.values())]
         parent_of: dict[int, int] = {}
         finals = read_finals(dirs, parents, self._started_at, self._finals_read, found, parent_of)
         for pid, stats in finals.items():
@@ -299,7 +251,7 @@ class HostCollector:
             if departed is not None:
                 departed.stats = stats
             elif pid not in found and pid not in self._retired_pids:  # not counted already
-                self._lingering[pid] = _Departed(_Agent(pid, ""), stats, parent_of[pid])
+                self._lingering[pid] = _Departed({}, stats, parent_of[pid])
 
     def _retire(self, pid: int) -> None:
         """Fold a departed worker's final counts into its service's."""
@@ -309,15 +261,19 @@ class HostCollector:
         while len(self._retired_pids) > RETIRED_PIDS_KEPT:
             del self._retired_pids[next(iter(self._retired_pids))]
 
-    def _fetch(self, agent: _Agent) -> dict[str, Any] | None:
+    def _fetch(self, pid: int) -> dict[str, Any] | None:
+        """The since-start stats of the agent of `pid`, or None if it did not answer them."""
         from perftop.collectors.agent_client import AgentError
 
         try:
-            return agent.stats()
+            stats = self._agents.call(pid, "stats", {"window": None})
         except (AgentError, OSError) as exc:
-            log.debug("agent %s did not answer: %s", agent.pid, exc)
-            agent.close()
+            log.debug("agent %s did not answer: %s", pid, exc)
             return None
+        if not isinstance(stats, dict):
+            log.debug("agent %s answered stats with something other than an object", pid)
+            return None
+        return stats
 
     def _open_processes(self, agent_pids: Iterable[int]) -> list[int]:
         """The PIDs to sample: a collector for each (a new one takes its CPU baseline now); the
@@ -373,38 +329,37 @@ class HostCollector:
             started = time.perf_counter()
             found = self._discover()
             self._sync_agents(found)
-            agents = list(self._agents.values())
-            futures = [self._pool.submit(self._fetch, agent) for agent in agents]
+            agents = self._agents.pids()
+            futures = [self._pool.submit(self._fetch, pid) for pid in agents]
             system = self._system.sample()
             processes = self._sample_processes(found)
             fams = Families()
             self._system_families(fams, system)
             apps: dict[int, str] = {}
             pending: list[_Pending] = []
-            for agent, future in zip(agents, futures, strict=True):
+            for pid, future in zip(agents, futures, strict=True):
                 stats = future.result()
-                app = label_value(
-                    agent.info.get("name") or (processes[agent.pid].name if agent.pid in processes else "")
-                )
-                apps[agent.pid] = app
-                labels = [app, str(agent.pid)]
+                info = self._agents.infos.get(pid, {})
+                app = label_value(info.get("name") or (processes[pid].name if pid in processes else ""))
+                apps[pid] = app
+                labels = [app, str(pid)]
                 if stats is not None:
-                    self._last[agent.pid] = stats
+                    self._last[pid] = stats
                 fams.gauge(
                     "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
                 ).add_metric(labels, 0.0 if stats is None else 1.0)
                 if stats is not None:
-                    self._agent_families(fams, labels, agent, stats, pending)
+                    self._agent_families(fams, labels, info, stats, pending)
                     if agent_stats is not None:
-                        agent_stats[agent.pid] = stats
+                        agent_stats[pid] = stats
             for pid, departed in sorted(self._lingering.items()):
-                app = label_value(departed.agent.info.get("name") or "")
+                app = label_value(departed.info.get("name") or "")
                 apps.setdefault(pid, app)
                 labels = [app, str(pid)]
                 fams.gauge(
                     "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
                 ).add_metric(labels, 0.0)
-                self._agent_families(fams, labels, departed.agent, departed.stats, pending)
+                self._agent_families(fams, labels, departed.info, departed.stats, pending)
             self._service_families(fams, found, apps)
             for pid, sample in processes.items():
                 self._process_families(fams, apps.get(pid) or sample.name, sample)
@@ -584,7 +539,7 @@ class HostCollector:
         self,
         fams: Families,
         labels: list[str],
-        agent: _Agent,
+        info: dict[str, Any],
         stats: dict[str, Any],
         pending: list[_Pending],
     ) -> None:
@@ -592,11 +547,11 @@ class HostCollector:
         from prometheus_client.core import InfoMetricFamily
 
         base = ["app", "pid"]
-        info = fams.add(InfoMetricFamily("perftop_agent", "The perftop agent in a process", labels=base))
-        assert isinstance(info, InfoMetricFamily)
-        info.add_metric(
+        info_fam = fams.add(InfoMetricFamily("perftop_agent", "The perftop agent in a process", labels=base))
+        assert isinstance(info_fam, InfoMetricFamily)
+        info_fam.add_metric(
             labels,
-            {k: label_value(agent.info.get(k, "")) for k in ("agent_version", "python", "protocol")},
+            {k: label_value(info.get(k, "")) for k in ("agent_version", "python", "protocol")},
         )
         mlabels = [*base, "metric"]
         app, pid = labels
