@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -177,8 +177,84 @@ def _metric(labels: Iterable[tuple[str, str]], field: int, payload: bytes) -> by
     return _labels(labels) + _bytes_field(field, payload)
 
 
+# -- the parts of a family, for families that write themselves (the exporter's timings) ---------------
+
+
+def label_pairs(labels: Iterable[tuple[str, str]]) -> bytes:
+    """A Metric's `label` fields, in the order given."""
+    return _labels(labels)
+
+
+def family_message(name: str, help_text: str, kind: int, metrics: Iterable[bytes]) -> bytes:
+    """One delimited MetricFamily of Metric messages (each from `metric_message`)."""
+    return _family(name, help_text, kind, metrics)
+
+
+def metric_message(labels: bytes, field: int, payload: bytes) -> bytes:
+    """A Metric: its `label_pairs`, then its value message in `field` (2 gauge, 3 counter, 4 summary,
+    5 untyped, 7 histogram)."""
+    return labels + _bytes_field(field, payload)
+
+
+def value_payload(value: float) -> bytes:
+    """A Gauge, Counter or Untyped message."""
+    return _double_field(1, value)
+
+
+def summary_payload(count: float, total: float, quantiles: Iterable[float], values: Iterable[float]) -> bytes:
+    """A Summary message, as a summary family's samples give it."""
+    parts = [_uint_field(1, _count(count)), _double_field(2, total)]
+    for q, value in zip(quantiles, values, strict=True):
+        parts.append(_bytes_field(3, _double_field(1, q) + _double_field(2, value)))
+    return b"".join(parts)
+
+
+def upper_bounds(les: Iterable[str]) -> list[bytes]:
+    """The Bucket `upper_bound` fields of a classic histogram's `le` labels (+Inf left out)."""
+    return [_upper_bound(le) for le in les if le != "+Inf"]
+
+
+def classic_payload(cumulative: Sequence[float], bounds: Sequence[bytes], total: float) -> bytes:
+    """A classic Histogram message: the count (the last of `cumulative`, the +Inf bucket), the sum, and a
+    Bucket per bound with its cumulative count."""
+    counts = [_varint(_count(n)) for n in cumulative]
+    buckets = [
+        b"\x1a" + _SMALL[10 + len(c)] + b"\x08" + c + bound for c, bound in zip(counts, bounds, strict=False)
+    ]
+    return _uint_field(1, _count(cumulative[-1])) + _double_field(2, total) + b"".join(buckets)
+
+
+def native_payload(
+    count: float,
+    total: float,
+    schema: int,
+    zero_threshold: float,
+    zero_count: float,
+    spans: Iterable[tuple[int, int]],
+    deltas: Sequence[int],
+) -> bytes:
+    """A native Histogram message (positive buckets and zero bucket)."""
+    out = [
+        _uint_field(1, _count(count)),
+        _double_field(2, total),
+        _uint_field(5, _zigzag(schema)),
+        _double_field(6, zero_threshold),
+        _uint_field(7, _count(zero_count)),
+    ]
+    for offset, length in spans:
+        out.append(_bytes_field(12, _uint_field(1, _zigzag(offset)) + _uint_field(2, length)))
+    if deltas:
+        out.append(_bytes_field(13, b"".join([_varint(_zigzag(d)) for d in deltas])))
+    return b"".join(out)
+
+
 def encode_family(fam: Metric) -> bytes:
-    """One prometheus_client family as delimited MetricFamily messages (empty if it has no samples)."""
+    """One prometheus_client family as delimited MetricFamily messages (empty if it has no samples). A
+    family with a `protobuf_family()` method writes itself (the exporter's timings)."""
+    direct = getattr(fam, "protobuf_family", None)
+    if direct is not None:
+        result: bytes = direct()
+        return result
     if not fam.samples:
         return b""
     kind = fam.type

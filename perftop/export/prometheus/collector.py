@@ -25,20 +25,19 @@ parent, so that a recycle never makes a service's counters go backwards.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from perftop.export.histograms import DEFAULT_PER_DECADE, SCHEMA, ZERO_THRESHOLD, ladder
+from perftop.export.histograms import DEFAULT_PER_DECADE, ladder
 from perftop.export.prometheus.families import (
-    NATIVE_FAMILY,
     NS_PER_S,
-    QUANTILES,
     QUERY_BUCKETS,
     QUERY_LE,
     Families,
@@ -73,6 +72,18 @@ PRIME_S = 0.5
 REQUEST_TIMEOUT_S = 5.0
 _Pending = tuple[int, int, Callable[[], None]]
 """A timing or route waiting for the series budget: (its count, its series, what emits them)."""
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off within, back on after if it was on (see HostCollector.collect)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def _ppid(pid: int) -> int:
@@ -176,7 +187,8 @@ class HostCollector:
         self._ppids: dict[int, int] = {}
         """The parent PID of each agent found (read once, when it is first found)."""
         self._last: dict[int, dict[str, Any]] = {}
-        """The latest stats of each agent that answered."""
+        """The latest stats of each agent that answered, of the services' processes (parents and
+        workers)."""
         self._lingering: dict[int, _Departed] = {}
         """Agents gone since the previous collection: exported once more (their final counts), then folded
         into their service's `_retired` counts."""
@@ -324,65 +336,81 @@ class HostCollector:
 
     def collect(self, agent_stats: dict[int, dict[str, Any]] | None = None) -> Iterable[Metric]:
         """One collection's families; `agent_stats`, if given, gets each answering agent's stats by PID
-        (the raw sketches, for the OTLP push)."""
-        with self._lock:
-            started = time.perf_counter()
-            found = self._discover()
-            self._sync_agents(found)
-            agents = self._agents.pids()
-            futures = [self._pool.submit(self._fetch, pid) for pid in agents]
-            system = self._system.sample()
-            processes = self._sample_processes(found)
-            fams = Families()
-            self._system_families(fams, system)
-            apps: dict[int, str] = {}
-            pending: list[_Pending] = []
-            for pid, future in zip(agents, futures, strict=True):
-                stats = future.result()
-                info = self._agents.infos.get(pid, {})
-                app = label_value(info.get("name") or (processes[pid].name if pid in processes else ""))
-                apps[pid] = app
-                labels = [app, str(pid)]
-                if stats is not None:
+        (the raw sketches, for the OTLP push).
+
+        The cyclic garbage collector is paused meanwhile: the agents' stats decode to hundreds of
+        thousands of small lists and dicts (20 agents x 100 timings: a million), none in a cycle, which
+        made it run hundreds of times per collection, over more objects each time (a third of the
+        collection's CPU). Reference counting frees them as usual (before the collector resumes, which
+        would otherwise visit them all once more)."""
+        with self._lock, _gc_paused():
+            return self._collect(agent_stats)
+
+    def _collect(self, agent_stats: dict[int, dict[str, Any]] | None) -> list[Metric]:
+        """collect()'s work, lock held."""
+        started = time.perf_counter()
+        found = self._discover()
+        self._sync_agents(found)
+        agents = self._agents.pids()
+        futures = [self._pool.submit(self._fetch, pid) for pid in agents]
+        system = self._system.sample()
+        processes = self._sample_processes(found)
+        fams = Families()
+        self._system_families(fams, system)
+        apps: dict[int, str] = {}
+        pending: list[_Pending] = []
+        roots = self._services(found)
+        for pid, future in zip(agents, futures, strict=True):
+            stats = future.result()
+            info = self._agents.infos.get(pid, {})
+            app = label_value(info.get("name") or (processes[pid].name if pid in processes else ""))
+            apps[pid] = app
+            labels = [app, str(pid)]
+            if stats is not None:
+                # Kept for the services' counts and a departing worker's last export only: the
+                # stats of a host's agents are a million objects, for the GC to visit.
+                if pid in roots or self._ppids.get(pid) in roots:
                     self._last[pid] = stats
-                fams.gauge(
-                    "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
-                ).add_metric(labels, 0.0 if stats is None else 1.0)
-                if stats is not None:
-                    self._agent_families(fams, labels, info, stats, pending)
-                    if agent_stats is not None:
-                        agent_stats[pid] = stats
-            for pid, departed in sorted(self._lingering.items()):
-                app = label_value(departed.info.get("name") or "")
-                apps.setdefault(pid, app)
-                labels = [app, str(pid)]
-                fams.gauge(
-                    "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
-                ).add_metric(labels, 0.0)
-                self._agent_families(fams, labels, departed.info, departed.stats, pending)
-            self._service_families(fams, found, apps)
-            for pid, sample in processes.items():
-                self._process_families(fams, apps.get(pid) or sample.name, sample)
-            dropped = self._admit(fams, pending)
-            fams.gauge("perftop_export_agents", "Agents found by this scrape", []).add_metric(
-                [], float(len(agents))
-            )
+                else:
+                    self._last.pop(pid, None)
             fams.gauge(
-                "perftop_export_dropped_series",
-                "Series left out of this scrape by --max-series (whole timings and routes, least busy first)",
-                [],
-            ).add_metric([], float(dropped))
-            for extra in self.extra_families:
-                for fam in extra():
-                    fams.add(fam)
-            self.last_duration_s = time.perf_counter() - started
+                "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
+            ).add_metric(labels, 0.0 if stats is None else 1.0)
+            if stats is not None:
+                self._agent_families(fams, labels, info, stats, pending)
+                if agent_stats is not None:
+                    agent_stats[pid] = stats
+        for pid, departed in sorted(self._lingering.items()):
+            app = label_value(departed.info.get("name") or "")
+            apps.setdefault(pid, app)
+            labels = [app, str(pid)]
             fams.gauge(
-                "perftop_export_collect_seconds",
-                "Time this scrape took to collect (before rendering)",
-                [],
-                unit="seconds",
-            ).add_metric([], self.last_duration_s)
-            return list(fams)
+                "perftop_agent_up", "1 if the agent answered this scrape, 0 if not", ["app", "pid"]
+            ).add_metric(labels, 0.0)
+            self._agent_families(fams, labels, departed.info, departed.stats, pending)
+        self._service_families(fams, found, apps)
+        for pid, sample in processes.items():
+            self._process_families(fams, apps.get(pid) or sample.name, sample)
+        dropped = self._admit(fams, pending)
+        fams.gauge("perftop_export_agents", "Agents found by this scrape", []).add_metric(
+            [], float(len(agents))
+        )
+        fams.gauge(
+            "perftop_export_dropped_series",
+            "Series left out of this scrape by --max-series (whole timings and routes, least busy first)",
+            [],
+        ).add_metric([], float(dropped))
+        for extra in self.extra_families:
+            for fam in extra():
+                fams.add(fam)
+        self.last_duration_s = time.perf_counter() - started
+        fams.gauge(
+            "perftop_export_collect_seconds",
+            "Time this scrape took to collect (before rendering)",
+            [],
+            unit="seconds",
+        ).add_metric([], self.last_duration_s)
+        return list(fams)
 
     def _service_families(self, fams: Families, found: Iterable[int], apps: dict[int, str]) -> None:
         """Per service (a parent whose workers run agents): its processes' counts summed, those of its
@@ -604,80 +632,15 @@ class HostCollector:
 
     def _timing_series(self, fams: Families, key: list[str], sketch: dict[str, Any]) -> None:
         """One timing's series: summary, classic histogram, native histogram, errors (none if its
-        sketch is malformed)."""
-        from prometheus_client.core import HistogramMetricFamily, SummaryMetricFamily
-        from prometheus_client.samples import BucketSpan, NativeHistogram, Sample
+        sketch is malformed), as one row of the timing families (see timings.py)."""
+        from perftop.export.prometheus.timings import timing_rows
 
         try:
             d = digest_sketch(sketch, self.ladder, native=True)
         except (ValueError, TypeError, KeyError, IndexError, OverflowError):
             return
-
-        mlabels = ["app", "pid", "metric"]
-        summary = fams.family(
-            "perftop_timing_seconds",
-            lambda: SummaryMetricFamily(
-                "perftop_timing_seconds", "Timings: quantiles from the agent's sketch", labels=mlabels
-            ),
-        )
-        histogram = fams.family(
-            "perftop_timing_histogram_seconds",
-            lambda: HistogramMetricFamily(
-                "perftop_timing_histogram_seconds",
-                "Timings in log-spaced buckets (the same on every host), for histogram_quantile() "
-                "across processes and hosts",
-                labels=mlabels,
-            ),
-        )
-        native = fams.family(
-            NATIVE_FAMILY,
-            lambda: HistogramMetricFamily(
-                NATIVE_FAMILY,
-                "Timings as native histograms (protobuf or OpenMetrics 2.0 scrapes only), "
-                "for histogram_quantile() across processes and hosts within 2%",
-                labels=mlabels,
-            ),
-        )
         app, pid, metric = key
-        for q, value in zip(QUANTILES, d.quantiles, strict=True):
-            summary.samples.append(
-                Sample(
-                    "perftop_timing_seconds",
-                    {"app": app, "pid": pid, "metric": metric, "quantile": str(q)},
-                    value,
-                )
-            )
-        summary.add_metric(key, d.count, d.sum_s)
-        # As HistogramMetricFamily.add_metric makes them (same samples, same order), at half its cost.
-        base = {"app": app, "pid": pid, "metric": metric}
-        bucket = "perftop_timing_histogram_seconds_bucket"
-        histogram.samples.extend(
-            [
-                Sample(bucket, {**base, "le": le}, n)
-                for le, n in zip(self.ladder.labels, d.buckets, strict=True)
-            ]
-        )
-        histogram.samples.append(Sample("perftop_timing_histogram_seconds_count", base, d.buckets[-1]))
-        histogram.samples.append(Sample("perftop_timing_histogram_seconds_sum", dict(base), d.sum_s))
-        native.samples.append(
-            Sample(
-                NATIVE_FAMILY,
-                {"app": app, "pid": pid, "metric": metric},
-                float(d.count),
-                native_histogram=NativeHistogram(
-                    d.count,  # whole numbers: prometheus_client's OpenMetrics parser reads them as int
-                    d.sum_s,
-                    SCHEMA,
-                    ZERO_THRESHOLD,
-                    d.zero,
-                    pos_spans=[BucketSpan(offset, length) for offset, length in d.native_spans],
-                    pos_deltas=d.native_deltas,
-                ),
-            )
-        )
-        fams.counter("perftop_timing_errors", "Timed calls that raised", mlabels).add_metric(
-            key, float(d.errors)
-        )
+        timing_rows(fams, self.ladder)((app, pid, metric, d))
 
     def _request_families(
         self, fams: Families, labels: list[str], requests: Any, pending: list[_Pending]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +29,10 @@ QUANTILES: tuple[float, ...] = (0.5, 0.9, 0.99)
 
 class TimingDigest:
     """What one scrape exports of one timing sketch: count, sum, quantiles, cumulative bucket counts on
-    the classic ladder, and the native histogram's buckets."""
+    the classic ladder, and the native histogram's buckets (worked out when first asked for: only the
+    scrapes in a format with native histograms need them)."""
 
-    __slots__ = ("buckets", "count", "errors", "native_deltas", "native_spans", "quantiles", "sum_s", "zero")
+    __slots__ = ("_bins", "_native", "buckets", "count", "errors", "quantiles", "sum_s", "zero")
 
     def __init__(
         self,
@@ -40,24 +42,42 @@ class TimingDigest:
         quantiles: list[float],
         buckets: list[float],
         zero: int = 0,
-        native: tuple[list[tuple[int, int]], list[int]] = ([], []),
+        bins: tuple[list[int], list[int]] = ([], []),
     ) -> None:
+        """`bins`: the sketch's populated bins, (indices ascending, counts), for the native buckets."""
         self.count = count
         self.errors = errors
         self.sum_s = sum_s
         self.quantiles = quantiles
         """Seconds, one per QUANTILES (NaN when the sketch is empty)."""
         self.buckets = buckets
-        """Cumulative counts, one per bound of the ladder and a last one for +Inf (the count)."""
+        """Cumulative counts, one per bound of the ladder and a last one for +Inf (the count): whole
+        numbers, as the sketch's (ints, written as floats)."""
         self.zero = zero
         """Values the sketch counts as zero (the native zero bucket)."""
-        self.native_spans, self.native_deltas = native
-        """The native histogram's positive buckets (see histograms.native_buckets)."""
+        self._bins = bins
+        self._native: tuple[list[tuple[int, int]], list[int]] | None = None
+
+    def _native_buckets(self) -> tuple[list[tuple[int, int]], list[int]]:
+        if self._native is None:
+            self._native = native_buckets(*self._bins)
+        return self._native
+
+    @property
+    def native_spans(self) -> list[tuple[int, int]]:
+        """The native histogram's positive spans (see histograms.native_buckets)."""
+        return self._native_buckets()[0]
+
+    @property
+    def native_deltas(self) -> list[int]:
+        """The native histogram's positive bucket deltas."""
+        return self._native_buckets()[1]
 
 
 def digest_sketch(data: Any, lad: Ladder | None = None, native: bool = False) -> TimingDigest:
     """Summarise a serialized sketch (`Sketch.to_dict`, values in ns) in one pass over its sorted bins,
-    with classic buckets on `lad` (default: the default ladder) and, if `native`, the native buckets.
+    with classic buckets on `lad` (default: the default ladder) and, if `native`, the native buckets
+    (else none: an empty native histogram).
 
     The quantiles come from `quantiles_of`, as `Sketch.quantiles` does (nearest rank ceil(q * count),
     clamped to the exact min and max). ValueError or TypeError when the sketch is malformed.
@@ -76,18 +96,17 @@ def digest_sketch(data: Any, lad: Ladder | None = None, native: bool = False) ->
         order = sorted(range(len(idx)), key=idx.__getitem__)
         idx = [idx[k] for k in order]
         counts = [counts[k] for k in order]
-    cum = list(accumulate(counts))
-    if (cum[-1] if cum else 0) + zero != count or count < 0 or zero < 0 or min(counts, default=0) < 0:
+    # cum[k]: the values in the zero bucket and the first k bins.
+    cum = list(accumulate(counts, initial=zero))
+    if cum[-1] != count or count < 0 or zero < 0 or min(counts, default=0) < 0:
         raise ValueError("bin counts do not add up to the count")
     if len(set(idx)) != len(idx):
         raise ValueError("a bin appears twice")
     if idx and not -MAX_INDEX <= idx[0] <= idx[-1] <= MAX_INDEX:
         raise ValueError("a bin index beyond the float range")
-    buckets: list[float] = []
-    for threshold in lad.thresholds:
-        pos = bisect_right(idx, threshold)
-        buckets.append(float(zero + (cum[pos - 1] if pos else 0)))
-    buckets.append(float(count))
+    # The cumulative count at each bound: the bins up to its threshold, found by C-level bisects.
+    buckets: list[float] = list(map(cum.__getitem__, map(partial(bisect_right, idx), lad.thresholds)))
+    buckets.append(count)
     if count:
         values = quantiles_of(QUANTILES, count, zero, idx, counts, float(data["min"]), float(data["max"]))
         quantiles = [value / NS_PER_S for value in values]
@@ -100,7 +119,7 @@ def digest_sketch(data: Any, lad: Ladder | None = None, native: bool = False) ->
         quantiles,
         buckets,
         zero,
-        native_buckets(idx, counts) if native else ([], []),
+        (idx, counts) if native else ([], []),
     )
 
 
@@ -145,6 +164,10 @@ class Families:
             fam = self._by_name[name] = CounterMetricFamily(name, doc, labels=labels, unit=unit)
         assert isinstance(fam, CounterMetricFamily)
         return fam
+
+    def get(self, name: str) -> Metric | None:
+        """The family `name`, if made."""
+        return self._by_name.get(name)
 
     def add(self, fam: Metric) -> Metric:
         return self._by_name.setdefault(fam.name, fam)
