@@ -9,7 +9,7 @@ escaped once per rendering and each distinct value formatted once, which makes a
 times cheaper. A family with anything else (exemplars, timestamps, native histograms, `_created` or
 gauge-histogram samples, names outside `[a-zA-Z_][a-zA-Z0-9_]*`) is handed to prometheus_client whole.
 A family with a `text_lines(out)` method writes its own lines (the exporter's timings, see
-prometheus/timings.py).
+prometheus/timings.py), and in OpenMetrics 2.0 one with `openmetrics2_lines(out)` (its native histograms).
 """
 
 from __future__ import annotations
@@ -132,8 +132,12 @@ def write_openmetrics(registry: Collector, version: str = "1.0.0") -> bytes:
     generate_latest: Callable[..., bytes] = write_family
     writer = _Writer(openmetrics=True)
     out: list[str] = []
+    major = version.split(".")[0]
+    native = major.isdigit() and int(major) >= 2
     for fam in registry.collect():
         direct = getattr(fam, "text_lines", None)
+        if direct is None and native:
+            direct = getattr(fam, "openmetrics2_lines", None)
         if direct is None and not writer.plain(fam):
             body = generate_latest(_Frozen([fam]), escaping=UNDERSCORES, version=version).decode("utf-8")
             out.append(body.removesuffix("# EOF\n"))

@@ -250,6 +250,19 @@ class NativeFamily(TimingFamily):
         labels = {"app": app, "pid": pid, "metric": metric}
         return [Sample(NATIVE_FAMILY, labels, float(d.count), native_histogram=histogram)]
 
+    def openmetrics2_lines(self, out: list[str]) -> None:
+        """Append the OpenMetrics 2.0 line of every row, as prometheus_client writes a native histogram
+        (`{count:…,sum:…,schema:…,…,positive_spans:[offset:length,…],positive_deltas:[…]}`)."""
+        zero = f",schema:{SCHEMA},zero_threshold:{ZERO_THRESHOLD},zero_count:"
+        for app, pid, metric, d in self.rows:
+            labels = _pairs(app, pid, metric)[2]
+            line = f"{NATIVE_FAMILY}{{{labels}}} {{count:{d.count},sum:{d.sum_s}{zero}{d.zero}"
+            spans = d.native_spans
+            if spans:
+                shown = ",".join([f"{offset}:{length}" for offset, length in spans])
+                line += f",positive_spans:[{shown}],positive_deltas:[{','.join(map(str, d.native_deltas))}]"
+            out.append(line + "}\n")
+
     def protobuf_metrics(self) -> list[bytes]:
         native = protobuf.native_payload
         return [
