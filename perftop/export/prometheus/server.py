@@ -11,7 +11,6 @@ import math
 import re
 import selectors
 import socket
-import sys
 import threading
 import time
 from collections import deque
@@ -22,6 +21,7 @@ from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 from perftop.export import protobuf, text
+from perftop.export.notes import say
 from perftop.export.prometheus.collector import HostCollector
 from perftop.export.prometheus.families import NATIVE_FAMILY
 
@@ -64,8 +64,8 @@ class Rendering:
 
 class Prerenderer:
     """Answers scrapes from a collection rendered ahead of them in a background thread, so that a
-    scrape is answered at once whatever the size of the host (prometheus_client writes about 10 µs a
-    line: 20 agents x 100 timings take a second to collect and write).
+    scrape is answered at once whatever the size of the host (20 agents x 100 timings take a few
+    tenths of a second of CPU to collect and write, more on a loaded machine).
 
     - `every_s` > 0 (`--refresh S`): a collection every S seconds; scrapes get the latest one.
     - `every_s` == 0 (the default): paced by the scrapes. After each scrape the next collection is timed
@@ -507,7 +507,7 @@ class MetricsServer(HTTPServer):
             if message in self._noted or len(self._noted) >= 100:
                 return
             self._noted.add(message)
-        _say(f"export: {message}")
+        say(f"export: {message}")
 
     def server_close(self) -> None:
         self._closing = True
@@ -529,11 +529,3 @@ class MetricsServer(HTTPServer):
 
 def _family(host: str) -> Any:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
-
-
-def _say(message: str) -> None:
-    """One `perftop: ` line on stderr, with any control character in it (paths, errors) escaped."""
-    from perftop.render.units import safe_text
-
-    sys.stderr.write(f"perftop: {safe_text(message, newlines=False)}\n")
-    sys.stderr.flush()
