@@ -341,8 +341,8 @@ class HostCollector:
         The cyclic garbage collector is paused meanwhile: the agents' stats decode to hundreds of
         thousands of small lists (20 agents x 100 timings: half a million `[index, count]` pairs), none
         in a cycle, which made it run hundreds of times per collection, over more objects each time (a
-        third of the collection's CPU). Reference counting frees them as usual (before the collector resumes, which
-        would otherwise visit them all once more)."""
+        third of the collection's CPU). Reference counting frees them as usual (before the collector
+        resumes, which would otherwise visit them all once more)."""
         with self._lock, _gc_paused():
             return self._collect(agent_stats)
 
