@@ -1,8 +1,9 @@
-"""`perftop export`: a Prometheus scrape endpoint for this host's agents, system and processes.
+"""What `perftop export` collects: this host's agents, system and processes, as metric families.
 
-Built on prometheus_client: one custom collector yields metric families on every collection and the
-library's exposition writes them, as the Prometheus text format or as OpenMetrics depending on the Accept
-header. A collection samples the host (the SystemCollector is kept, so rates are measured between
+HostCollector is a prometheus_client collector: each collection yields the metric families of one scrape
+(the timings' as rows that write themselves, see timings.py; the others as prometheus_client's own),
+which server.py renders in the format the scrape asks for (text, OpenMetrics, protobuf) and the OTLP
+pusher translates. A collection samples the host (the SystemCollector is kept, so rates are measured between
 collections), every process that has an agent in the socket directory or was named with `--pid` (one
 ProcessCollector each, dropped when the process goes), and asks every agent for its stats since start.
 By default a collection is made ahead of each scrape, timed by the scrapes so far (see Prerenderer), so

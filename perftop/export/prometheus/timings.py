@@ -33,7 +33,6 @@ Row = tuple[str, str, str, TimingDigest]
 SUMMARY = "perftop_timing_seconds"
 HISTOGRAM = "perftop_timing_histogram_seconds"
 ERRORS = "perftop_timing_errors"
-LABELS = ("app", "pid", "metric")
 _Q_LABELS = tuple(str(q) for q in QUANTILES)
 
 
@@ -99,8 +98,8 @@ _SUMMARY_TEMPLATE = "".join(
 
 class TimingFamily(Metric):
     """One of the timing families, over the rows it shares with the other three. `protobuf_family`
-    writes it, and `text_lines` those with a text form (the native histograms have none: OpenMetrics
-    2.0 has prometheus_client write them from `samples`); `samples` is the same family as
+    writes it; `text_lines` writes those with a text form (all but the native histograms, which have
+    `openmetrics2_lines` instead, for OpenMetrics 2.0 only); `samples` is the same family as
     prometheus_client samples.
 
     text.py and protobuf.py find these methods by name (they cannot import this module, which imports
