@@ -5,12 +5,13 @@ Starts 20 real instrumented processes (tests/targets/exp_target.py), each with 1
 lognormal samples (a few hundred sketch bins each, like a real latency distribution). Then, for each
 code (the old tree extracted with `git archive 67f12bc perftop` into a temporary directory, and this
 one), a subprocess with that tree first on PYTHONPATH makes a HostCollector on those agents and times
-collections: CPU (user + system, all threads: `time.process_time`) of `collect()` and of rendering it in
-each format asked (Prometheus text, OpenMetrics 1.0, OpenMetrics 2.0 with native histograms, protobuf).
-The old and the new code alternate, --rounds times, and the medians are compared: the ratio new/old is
-the figure of the redesign (goal <= 0.1). Also printed: the bytes and samples (text lines) of a scrape,
-and whether the lines of the benchmark's timings (`m000`...) in the text format are the same, byte for
-byte, from both codes (the agents are idle; their own `gc.*` timings and GC counts do change).
+collections: CPU (user + system, all threads: `time.process_time`) of `collect()` and of rendering it,
+a collection per format (none shares another's work), in each format asked (Prometheus text,
+OpenMetrics 1.0, OpenMetrics 2.0 with native histograms, protobuf). The old and the new code
+alternate, --rounds times, and the medians are compared: the ratio new/old is the figure of the
+redesign (goal <= 0.1). Also printed: the bytes and samples (text lines) of a scrape, and whether the
+lines of the benchmark's timings (`m000`...) in the text format are the same, byte for byte, from both
+codes (the agents are idle; their own `gc.*` timings and GC counts do change).
 
 With --http, as before the redesign: `perftop export` on a free loopback port, whole scrapes timed over
 HTTP (request to last byte) in each format and each `--refresh` mode (0: collect on each scrape; auto,
@@ -98,8 +99,9 @@ class Frozen:
 
 
 def measure(sockets: str, collections: int, formats: list[str]) -> None:
-    """In the subprocess: time `collections` collections of the agents in `sockets`, each rendered in
-    every format of `formats`, with the perftop first on the path; print one JSON line."""
+    """In the subprocess: with the perftop first on the path, time `collections` collections of the
+    agents in `sockets` per format of `formats`, each rendered in that format only (so that no format
+    is spared work another one did on the same collection); print one JSON line."""
     import perftop
     from perftop.export.prometheus import HostCollector, choose_encoder
 
@@ -108,18 +110,18 @@ def measure(sockets: str, collections: int, formats: list[str]) -> None:
     try:
         for encode in encoders.values():  # warm up: connections to the agents, CPU baselines, caches
             encode(Frozen(list(collector.collect())))
-        collect_cpu: list[float] = []
+        collect_cpu: dict[str, list[float]] = {label: [] for label in encoders}
         render_cpu: dict[str, list[float]] = {label: [] for label in encoders}
         bodies: dict[str, bytes] = {}
         for _ in range(collections):
-            started = time.process_time()
-            families = list(collector.collect())
-            collect_cpu.append(time.process_time() - started)
             for label, encode in encoders.items():
                 started = time.process_time()
+                families = list(collector.collect())
+                collected = time.process_time()
                 bodies[label] = encode(Frozen(families))
-                render_cpu[label].append(time.process_time() - started)
-            del families
+                render_cpu[label].append(time.process_time() - collected)
+                collect_cpu[label].append(collected - started)
+                del families
     finally:
         collector.close()
     result = {
@@ -194,7 +196,10 @@ def compare(args: argparse.Namespace, sockets: str) -> None:
         f"{args.agents} agents x {args.metrics} timings x {args.samples} samples; {args.rounds} rounds of "
         f"{args.collections} collections per code, alternating; CPU medians (all threads)\n"
     )
-    collect = {code: statistics.median(x for r in rs for x in r["collect"]) for code, rs in runs.items()}
+    collect = {
+        code: statistics.median(x for r in rs for xs in r["collect"].values() for x in xs)
+        for code, rs in runs.items()
+    }
     sys.stdout.write(
         f"  collect()            old {collect['old'] * 1000:6.0f} ms  new {collect['new'] * 1000:6.0f} ms  "
         f"ratio {collect['new'] / collect['old']:.3f}\n"
@@ -202,7 +207,7 @@ def compare(args: argparse.Namespace, sockets: str) -> None:
     for label in formats:
         total = {
             code: statistics.median(
-                c + r for run in rs for c, r in zip(run["collect"], run["render"][label], strict=True)
+                c + r for run in rs for c, r in zip(run["collect"][label], run["render"][label], strict=True)
             )
             for code, rs in runs.items()
         }
