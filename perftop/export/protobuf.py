@@ -23,6 +23,7 @@ import math
 import struct
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -214,14 +215,55 @@ def upper_bounds(les: Iterable[str]) -> list[bytes]:
     return [_upper_bound(le) for le in les if le != "+Inf"]
 
 
+class _BucketHeads(dict[float, bytes]):
+    """A classic Bucket's bytes up to its upper bound, by cumulative count: its field key and length and
+    its `cumulative_count` field (the upper bound's field, always 9 bytes, follows). A host's buckets
+    hold a few thousand distinct counts, the same from one scrape to the next."""
+
+    def __missing__(self, count: float) -> bytes:
+        if len(self) > 100_000:
+            self.clear()
+        varint = _varint(_count(count))
+        head = self[count] = b"\x1a" + _SMALL[10 + len(varint)] + b"\x08" + varint
+        return head
+
+
+_BUCKET_HEADS = _BucketHeads()
+
+
 def classic_payload(cumulative: Sequence[float], bounds: Sequence[bytes], total: float) -> bytes:
     """A classic Histogram message: the count (the last of `cumulative`, the +Inf bucket), the sum, and a
     Bucket per bound with its cumulative count."""
-    counts = [_varint(_count(n)) for n in cumulative]
-    buckets = [
-        b"\x1a" + _SMALL[10 + len(c)] + b"\x08" + c + bound for c, bound in zip(counts, bounds, strict=False)
-    ]
-    return _uint_field(1, _count(cumulative[-1])) + _double_field(2, total) + b"".join(buckets)
+    heads = map(_BUCKET_HEADS.__getitem__, cumulative[: len(bounds)])
+    buckets = b"".join(chain.from_iterable(zip(heads, bounds, strict=True)))
+    return _uint_field(1, _count(cumulative[-1])) + _double_field(2, total) + buckets
+
+
+class _Deltas(dict[int, bytes]):
+    """The sint64 varint of a native bucket delta, by value, made once (deltas are small numbers)."""
+
+    def __missing__(self, delta: int) -> bytes:
+        if len(self) > 100_000:
+            self.clear()
+        varint = self[delta] = _varint(_zigzag(delta))
+        return varint
+
+
+_DELTAS = _Deltas()
+
+
+class _Spans(dict[tuple[int, int], bytes]):
+    """A native histogram's `positive_span` field, by (offset, length), made once."""
+
+    def __missing__(self, span: tuple[int, int]) -> bytes:
+        if len(self) > 100_000:
+            self.clear()
+        offset, length = span
+        field = self[span] = _bytes_field(12, _uint_field(1, _zigzag(offset)) + _uint_field(2, length))
+        return field
+
+
+_SPANS = _Spans()
 
 
 def native_payload(
@@ -241,10 +283,9 @@ def native_payload(
         _double_field(6, zero_threshold),
         _uint_field(7, _count(zero_count)),
     ]
-    for offset, length in spans:
-        out.append(_bytes_field(12, _uint_field(1, _zigzag(offset)) + _uint_field(2, length)))
+    out.extend(map(_SPANS.__getitem__, spans))
     if deltas:
-        out.append(_bytes_field(13, b"".join([_varint(_zigzag(d)) for d in deltas])))
+        out.append(_bytes_field(13, b"".join(map(_DELTAS.__getitem__, deltas))))
     return b"".join(out)
 
 
