@@ -108,7 +108,7 @@ def count_codec_calls(monkeypatch: pytest.MonkeyPatch) -> CodecCalls:
     return calls
 
 
-def test_each_timing_sketch_is_decoded_once_per_tick_and_never_re_encoded(
+def test_each_timing_and_query_sketch_is_decoded_once_per_tick_and_never_re_encoded(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     results = {pid: worker_stats(pid, sql=True) for pid in WORKERS}
