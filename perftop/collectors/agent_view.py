@@ -137,10 +137,11 @@ def build_view(
 
     Each timing's sketch is decoded once (`decode_timings`): the merged sketches, the merged and
     per-process rows and the workers' figures are all derived from that one decode, and workers merge
-    as decoded sketches (never re-encoded to be merged)."""
+    as decoded sketches (never re-encoded to be merged). So do the query sketches (`merge_queries`),
+    whose merged rows carry only the figures."""
     pids = tuple(sorted(results))
     decoded = {p: decode_timings(results[p]) for p in pids}
-    merged = merge_stats([{**results[p], "timings": {}} for p in pids])
+    merged = merge_stats([{**results[p], "timings": {}} for p in pids], query_sketches=False)
     info = infos.get(main_pid) or infos[pids[0]]
     sketches = merge_sketches(decoded[p] for p in pids)
     span = float(merged.get("span_s") or 0.0)
