@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -225,3 +226,22 @@ def perftop_json(
     result = run_perftop(*args, env=env, timeout=timeout, cwd=cwd)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+def start_exp_target(stack: contextlib.ExitStack, sock_dir: str, name: str) -> Any:
+    """An instrumented tests/targets/exp_target.py process named `name` with its agent in `sock_dir`,
+    stopped with `stack` (a tests.targets.agent_harness.Target: the export and OTLP tests' one copy)."""
+    from tests.targets.agent_harness import Target
+
+    script = Path(__file__).resolve().parent / "targets" / "exp_target.py"
+    return stack.enter_context(Target(sock_dir, name, script=script))
+
+
+def start_exporter(stack: contextlib.ExitStack, sock_dir: str, *args: str) -> str:
+    """`perftop export ARGS` on a free loopback port for the agents in `sock_dir`, stopped with `stack`:
+    its base URL, `http://127.0.0.1:PORT` (the export tests' one copy)."""
+    from tests.targets.exp_procs import Command
+
+    cmd = stack.enter_context(Command("export", "--listen", "127.0.0.1:0", "--socket-dir", sock_dir, *args))
+    port = cmd.wait_line(r"exporting on http://[^:]+:(\d+)/metrics").group(1)
+    return f"http://127.0.0.1:{port}"

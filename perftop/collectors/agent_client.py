@@ -254,13 +254,14 @@ def _error_message(message: dict[str, Any]) -> str:
 # -- merging and presenting stats -----------------------------------------------------------------------
 
 
-def merge_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_stats(results: list[dict[str, Any]], *, query_sketches: bool = True) -> dict[str, Any]:
     """Merge the `stats` results of several processes into one of the same shape.
 
     Timings: sketches merged (bucket counts add; percentiles are never averaged), errors by type summed.
     Counters: values and rates summed. Gauges: summed across processes (a queue depth per worker adds up
     to the service's). span_s: the longest; gc: counts summed; overflow: numbers summed; queries: see
-    `merge_queries`. The result also says how many `processes` it merged.
+    `merge_queries` (`query_sketches` is its `sketches`). The result also says how many `processes` it
+    merged.
     """
     if not results:
         return {
@@ -321,20 +322,24 @@ def merge_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
         "gauges": gauges,
         "overflow": overflow,
         "gc": gc_out,
-        "queries": merge_queries(queries) if queries else None,
+        "queries": merge_queries(queries, sketches=query_sketches) if queries else None,
         "processes": len(results),
     }
 
 
-def merge_queries(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_queries(parts: list[dict[str, Any]], *, sketches: bool = True) -> dict[str, Any]:
     """Merge the `queries` objects (the SQLAlchemy hook's `query_stats`) of several processes.
 
-    Per fingerprint the sketches are merged and every figure is recomputed from the merged sketch; rows
-    and rows_counted add up; n_plus_one is true if any process saw it. Slow queries: all of them, newest
-    first. Pool: sizes and rates summed, wait_p99_ms the worst of the processes (pools carry no sketch),
-    pools listed.
+    Per fingerprint the sketches are decoded once and merged, and every figure is computed from the
+    merged sketch; rows and rows_counted add up; n_plus_one is true if any process saw it. Slow queries:
+    all of them, newest first. Pool: sizes and rates summed, wait_p99_ms the worst of the processes
+    (pools carry no sketch), pools listed.
+
+    `sketches`: whether each merged row carries its merged sketch (`"sketch"`, encoded like an agent's);
+    the viewer leaves them out, as it shows only the figures (and `snapshot --json` has no sketches), so
+    that a tick never encodes a sketch just merged.
     """
-    sketches: dict[str, Sketch] = {}
+    merged: dict[str, Sketch] = {}
     extra: dict[str, dict[str, Any]] = {}
     slow: list[Any] = []
     pools: list[dict[str, Any]] = []
@@ -346,7 +351,11 @@ def merge_queries(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 sketch = Sketch.from_dict(row.get("sketch"))
             except SketchError:
                 continue
-            sketches.setdefault(fp, Sketch()).merge(sketch)
+            into = merged.get(fp)
+            if into is None:
+                merged[fp] = sketch  # decoded here: this merge's own, merged into in place
+            else:
+                into.merge(sketch)
             seen = extra.setdefault(
                 fp, {"rows": 0, "rows_counted": 0, "n_plus_one": False, "n_plus_one_site": None, "routes": []}
             )
@@ -368,25 +377,25 @@ def merge_queries(parts: list[dict[str, Any]]) -> dict[str, Any]:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 overflow[key] = overflow.get(key, 0) + value
     rows: list[dict[str, Any]] = []
-    for fp, sketch in sketches.items():
+    for fp, sketch in merged.items():
         p50, p95, p99 = sketch.quantiles((0.5, 0.95, 0.99))
         mean = sketch.mean
-        rows.append(
-            {
-                "fingerprint": fp,
-                "count": sketch.count,
-                "errors": sketch.errors,
-                "total_ms": sketch.sum / NS_PER_MS,
-                "mean_ms": None if mean is None else mean / NS_PER_MS,
-                "p50_ms": None if p50 is None else p50 / NS_PER_MS,
-                "p95_ms": None if p95 is None else p95 / NS_PER_MS,
-                "p99_ms": None if p99 is None else p99 / NS_PER_MS,
-                "max_ms": sketch.max / NS_PER_MS if sketch.count else None,
-                "share_percent": 0.0,
-                **extra[fp],
-                "sketch": sketch.to_dict(),
-            }
-        )
+        merged_row: dict[str, Any] = {
+            "fingerprint": fp,
+            "count": sketch.count,
+            "errors": sketch.errors,
+            "total_ms": sketch.sum / NS_PER_MS,
+            "mean_ms": None if mean is None else mean / NS_PER_MS,
+            "p50_ms": None if p50 is None else p50 / NS_PER_MS,
+            "p95_ms": None if p95 is None else p95 / NS_PER_MS,
+            "p99_ms": None if p99 is None else p99 / NS_PER_MS,
+            "max_ms": sketch.max / NS_PER_MS if sketch.count else None,
+            "share_percent": 0.0,
+            **extra[fp],
+        }
+        if sketches:
+            merged_row["sketch"] = sketch.to_dict()
+        rows.append(merged_row)
     grand = sum(r["total_ms"] for r in rows)
     for r in rows:
         r["share_percent"] = 100.0 * r["total_ms"] / grand if grand > 0 else 0.0

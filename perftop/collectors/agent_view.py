@@ -137,10 +137,11 @@ def build_view(
 
     Each timing's sketch is decoded once (`decode_timings`): the merged sketches, the merged and
     per-process rows and the workers' figures are all derived from that one decode, and workers merge
-    as decoded sketches (never re-encoded to be merged)."""
+    as decoded sketches (never re-encoded to be merged). So do the query sketches (`merge_queries`),
+    whose merged rows carry only the figures."""
     pids = tuple(sorted(results))
     decoded = {p: decode_timings(results[p]) for p in pids}
-    merged = merge_stats([{**results[p], "timings": {}} for p in pids])
+    merged = merge_stats([{**results[p], "timings": {}} for p in pids], query_sketches=False)
     info = infos.get(main_pid) or infos[pids[0]]
     sketches = merge_sketches(decoded[p] for p in pids)
     span = float(merged.get("span_s") or 0.0)
@@ -308,6 +309,71 @@ class AgentWatcher:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+
+
+class AgentPool:
+    """Open clients to many agents by PID, kept between calls (the exporter asks a whole host's agents
+    for their stats on every collection). A client whose call failed is closed and reopened by the next
+    call; `infos` keeps each agent's `agent_info` from its latest hello, also once it is gone.
+
+    Thread-safe: calls to different agents may run at once (each client takes one request at a time)."""
+
+    def __init__(self, timeout: float = 5.0) -> None:
+        self.timeout = timeout
+        self._clients: dict[int, AgentClient] = {}
+        self._paths: dict[int, str] = {}
+        self.infos: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    def sync(self, found: dict[int, str]) -> dict[int, dict[str, Any]]:
+        """Keep the agents of `found` ({pid: socket path}): the clients of the others, and of those whose
+        socket moved, are closed. Returns the `infos` of the agents dropped (those not in `found`)."""
+        with self._lock:
+            dropped: dict[int, dict[str, Any]] = {}
+            for pid in set(self._paths) - set(found):
+                client = self._clients.pop(pid, None)
+                if client is not None:
+                    client.close()
+                del self._paths[pid]
+                dropped[pid] = self.infos.pop(pid, {})
+            for pid, path in found.items():
+                if self._paths.get(pid) != path:
+                    client = self._clients.pop(pid, None)
+                    if client is not None:
+                        client.close()
+                    self._paths[pid] = path
+                    self.infos.pop(pid, None)
+            return dropped
+
+    def pids(self) -> list[int]:
+        """The agents kept, in the order they were first found."""
+        with self._lock:
+            return list(self._paths)
+
+    def call(self, pid: int, method: str, params: dict[str, Any] | None = None) -> Any:
+        """One request to the agent of `pid` (kept by `sync`), over its kept client; AgentError or OSError,
+        with the client closed, when it cannot answer."""
+        with self._lock:
+            client, path = self._clients.get(pid), self._paths[pid]
+        try:
+            if client is None or client.closed:
+                client = AgentClient(path, timeout=self.timeout)
+                info = agent_info(client)
+                with self._lock:
+                    self._clients[pid] = client
+                    self.infos[pid] = info
+            return client.call(method, params, timeout=self.timeout)
+        except (AgentError, OSError):
+            if client is not None:
+                client.close()
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+            self._paths.clear()
 
 
 def _started_at(pid: int) -> float:

@@ -131,3 +131,18 @@ def find_child_agents(pid: int, socket_dir: str | None = None) -> dict[int, str]
         if path is not None:
             out[child.pid] = path
     return out
+
+
+def agents_in(directory: str) -> dict[int, str]:
+    """{pid: socket path} of every live process with an agent socket (`<pid>.sock`) in `directory`, this
+    process's own left out: a whole host's agents, for the exporter (an unreadable directory has none)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return {}
+    found: dict[int, str] = {}
+    for name in names:
+        pid = paths.pid_of_socket_name(name)
+        if pid is not None and pid != os.getpid() and paths.pid_alive(pid):
+            found[pid] = os.path.join(directory, name)
+    return found

@@ -18,12 +18,8 @@ from perftop.commands._args import (
 )
 from perftop.export.histograms import DEFAULT_PER_DECADE, MAX_PER_DECADE
 from perftop.export.otlp import DEFAULT_INTERVAL_S
-from perftop.export.prometheus import (
-    DEFAULT_LISTEN,
-    DEFAULT_MAX_QUERIES,
-    HostCollector,
-    MetricsServer,
-)
+from perftop.export.prometheus.collector import DEFAULT_MAX_QUERIES, HostCollector
+from perftop.export.prometheus.server import DEFAULT_LISTEN, MetricsServer
 
 
 def _per_decade(text: str) -> int:

@@ -32,7 +32,6 @@ import math
 import os
 import re
 import socket
-import sys
 import threading
 import time
 import urllib.parse
@@ -41,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from perftop._version import __version__
+from perftop.export.notes import say
 from perftop.render.units import safe_text
 from perftop.wire.sketch import ALPHA, GAMMA, MAX_BINS, MAX_WIRE_BINS, SketchError, bucket_value
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     )
     from prometheus_client.core import Metric
 
-    from perftop.export.prometheus import HostCollector
+    from perftop.export.prometheus.collector import HostCollector
 
 # opentelemetry is imported where it is used: it is an optional extra (`perftop[otlp]`), and registering
 # the export command's flags must cost the other commands nothing.
@@ -572,9 +572,3 @@ def failure_reason(messages: list[str]) -> str:
     if errno:
         reason = errno.group(0)
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
-
-
-def say(message: str) -> None:
-    """One `perftop: ` line on stderr, control characters escaped."""
-    sys.stderr.write(f"perftop: {safe_text(message, newlines=False)}\n")
-    sys.stderr.flush()

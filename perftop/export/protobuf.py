@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -177,8 +178,124 @@ def _metric(labels: Iterable[tuple[str, str]], field: int, payload: bytes) -> by
     return _labels(labels) + _bytes_field(field, payload)
 
 
+# -- the parts of a family, for families that write themselves (the exporter's timings) ---------------
+
+
+def label_pairs(labels: Iterable[tuple[str, str]]) -> bytes:
+    """A Metric's `label` fields, in the order given."""
+    return _labels(labels)
+
+
+def family_message(name: str, help_text: str, kind: int, metrics: Iterable[bytes]) -> bytes:
+    """One delimited MetricFamily of Metric messages (each from `metric_message`)."""
+    return _family(name, help_text, kind, metrics)
+
+
+def metric_message(labels: bytes, field: int, payload: bytes) -> bytes:
+    """A Metric: its `label_pairs`, then its value message in `field` (2 gauge, 3 counter, 4 summary,
+    5 untyped, 7 histogram)."""
+    return labels + _bytes_field(field, payload)
+
+
+def value_payload(value: float) -> bytes:
+    """A Gauge, Counter or Untyped message."""
+    return _double_field(1, value)
+
+
+def summary_payload(count: float, total: float, quantiles: Iterable[float], values: Iterable[float]) -> bytes:
+    """A Summary message, as a summary family's samples give it."""
+    parts = [_uint_field(1, _count(count)), _double_field(2, total)]
+    for q, value in zip(quantiles, values, strict=True):
+        parts.append(_bytes_field(3, _double_field(1, q) + _double_field(2, value)))
+    return b"".join(parts)
+
+
+def upper_bounds(les: Iterable[str]) -> list[bytes]:
+    """The Bucket `upper_bound` fields of a classic histogram's `le` labels (+Inf left out)."""
+    return [_upper_bound(le) for le in les if le != "+Inf"]
+
+
+class _BucketHeads(dict[float, bytes]):
+    """A classic Bucket's bytes up to its upper bound, by cumulative count: its field key and length and
+    its `cumulative_count` field (the upper bound's field, always 9 bytes, follows). A host's buckets
+    hold a few thousand distinct counts, the same from one scrape to the next."""
+
+    def __missing__(self, count: float) -> bytes:
+        if len(self) > 100_000:
+            self.clear()
+        varint = _varint(_count(count))
+        head = self[count] = b"\x1a" + _SMALL[10 + len(varint)] + b"\x08" + varint
+        return head
+
+
+_BUCKET_HEADS = _BucketHeads()
+
+
+def classic_payload(cumulative: Sequence[float], bounds: Sequence[bytes], total: float) -> bytes:
+    """A classic Histogram message: the count (the last of `cumulative`, the +Inf bucket), the sum, and a
+    Bucket per bound with its cumulative count."""
+    heads = map(_BUCKET_HEADS.__getitem__, cumulative[: len(bounds)])
+    buckets = b"".join(chain.from_iterable(zip(heads, bounds, strict=True)))
+    return _uint_field(1, _count(cumulative[-1])) + _double_field(2, total) + buckets
+
+
+class _Deltas(dict[int, bytes]):
+    """The sint64 varint of a native bucket delta, by value, made once (deltas are small numbers)."""
+
+    def __missing__(self, delta: int) -> bytes:
+        if len(self) > 100_000:
+            self.clear()
+        varint = self[delta] = _varint(_zigzag(delta))
+        return varint
+
+
+_DELTAS = _Deltas()
+
+
+class _Spans(dict[tuple[int, int], bytes]):
+    """A native histogram's `positive_span` field, by (offset, length), made once."""
+
+    def __missing__(self, span: tuple[int, int]) -> bytes:
+        if len(self) > 100_000:
+            self.clear()
+        offset, length = span
+        field = self[span] = _bytes_field(12, _uint_field(1, _zigzag(offset)) + _uint_field(2, length))
+        return field
+
+
+_SPANS = _Spans()
+
+
+def native_payload(
+    count: float,
+    total: float,
+    schema: int,
+    zero_threshold: float,
+    zero_count: float,
+    spans: Iterable[tuple[int, int]],
+    deltas: Sequence[int],
+) -> bytes:
+    """A native Histogram message (positive buckets and zero bucket)."""
+    out = [
+        _uint_field(1, _count(count)),
+        _double_field(2, total),
+        _uint_field(5, _zigzag(schema)),
+        _double_field(6, zero_threshold),
+        _uint_field(7, _count(zero_count)),
+    ]
+    out.extend(map(_SPANS.__getitem__, spans))
+    if deltas:
+        out.append(_bytes_field(13, b"".join(map(_DELTAS.__getitem__, deltas))))
+    return b"".join(out)
+
+
 def encode_family(fam: Metric) -> bytes:
-    """One prometheus_client family as delimited MetricFamily messages (empty if it has no samples)."""
+    """One prometheus_client family as delimited MetricFamily messages (empty if it has no samples). A
+    family with a `protobuf_family()` method writes itself (the exporter's timings)."""
+    direct = getattr(fam, "protobuf_family", None)
+    if direct is not None:
+        result: bytes = direct()
+        return result
     if not fam.samples:
         return b""
     kind = fam.type

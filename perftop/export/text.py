@@ -8,6 +8,8 @@ timing's classic histogram is 64 lines at the default resolution. Here each `nam
 escaped once per rendering and each distinct value formatted once, which makes a line about five
 times cheaper. A family with anything else (exemplars, timestamps, native histograms, `_created` or
 gauge-histogram samples, names outside `[a-zA-Z_][a-zA-Z0-9_]*`) is handed to prometheus_client whole.
+A family with a `text_lines(out)` method writes its own lines (the exporter's timings, see
+prometheus/timings.py), and in OpenMetrics 2.0 one with `openmetrics2_lines(out)` (its native histograms).
 """
 
 from __future__ import annotations
@@ -108,13 +110,17 @@ def write_text(registry: Collector) -> bytes:
     writer = _Writer(openmetrics=False)
     out: list[str] = []
     for fam in registry.collect():
-        if not writer.plain(fam):
+        direct = getattr(fam, "text_lines", None)
+        if direct is None and not writer.plain(fam):
             out.append(generate_latest(_Frozen([fam])).decode("utf-8"))
             continue
         name = fam.name + _TEXT_SUFFIXES.get(fam.type, "")
         out.append(f"# HELP {name} {_help(fam.documentation, False)}\n")
         out.append(f"# TYPE {name} {_TEXT_TYPES.get(fam.type, fam.type)}\n")
-        writer.lines(fam, out)
+        if direct is not None:
+            direct(out)
+        else:
+            writer.lines(fam, out)
     return "".join(out).encode("utf-8")
 
 
@@ -126,8 +132,13 @@ def write_openmetrics(registry: Collector, version: str = "1.0.0") -> bytes:
     generate_latest: Callable[..., bytes] = write_family
     writer = _Writer(openmetrics=True)
     out: list[str] = []
+    major = version.split(".")[0]
+    native = major.isdigit() and int(major) >= 2
     for fam in registry.collect():
-        if not writer.plain(fam):
+        direct = getattr(fam, "text_lines", None)
+        if direct is None and native:
+            direct = getattr(fam, "openmetrics2_lines", None)
+        if direct is None and not writer.plain(fam):
             body = generate_latest(_Frozen([fam]), escaping=UNDERSCORES, version=version).decode("utf-8")
             out.append(body.removesuffix("# EOF\n"))
             continue
@@ -135,7 +146,10 @@ def write_openmetrics(registry: Collector, version: str = "1.0.0") -> bytes:
         out.append(f"# TYPE {fam.name} {fam.type}\n")
         if fam.unit:
             out.append(f"# UNIT {fam.name} {fam.unit}\n")
-        writer.lines(fam, out)
+        if direct is not None:
+            direct(out)
+        else:
+            writer.lines(fam, out)
     out.append("# EOF\n")
     return "".join(out).encode("utf-8")
 

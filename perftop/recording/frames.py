@@ -201,18 +201,17 @@ def sketch_difference(later: Sketch, earlier: Sketch) -> Sketch:
 
 def agent_over_window(now: AgentView, base: AgentView | None, span: float, window: float) -> AgentView:
     """`now` (since start) narrowed to what happened since `base`, `span` seconds earlier: sketches and
-    counters are differences; gauges, GC and SQL stay as recorded at `now`."""
-    from perftop.collectors.agent_client import timing_rows
+    counters are differences; gauges, GC and SQL stay as recorded at `now`. The rows are computed from
+    the window's sketches as they are (no sketch is encoded or decoded here)."""
+    from perftop.collectors.agent_client import timing_row
     from perftop.collectors.agent_view import AgentView
 
     sketches: dict[str, Sketch] = {}
     for name, sketch in now.sketches.items():
         before = None if base is None else base.sketches.get(name)
-        sketches[name] = sketch.copy() if before is None else sketch_difference(sketch, before)
-    stats = {
-        "span_s": span,
-        "timings": {name: {"sketch": sk.to_dict()} for name, sk in sketches.items() if sk.count},
-    }
+        window_sketch = sketch.copy() if before is None else sketch_difference(sketch, before)
+        if window_sketch.count:
+            sketches[name] = window_sketch
     counters: dict[str, dict[str, Any]] = {}
     for name, counter in now.counters.items():
         was = (base.counters.get(name) if base is not None else None) or {}
@@ -223,8 +222,8 @@ def agent_over_window(now: AgentView, base: AgentView | None, span: float, windo
         info=now.info,
         pids=now.pids,
         window_s=window,
-        timings=timing_rows(stats),
-        sketches={name: sk for name, sk in sketches.items() if sk.count},
+        timings={name: timing_row(sk, span) for name, sk in sketches.items()},
+        sketches=sketches,
         counters=counters,
         gauges=now.gauges,
         gc=now.gc,

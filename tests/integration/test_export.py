@@ -11,7 +11,6 @@ import sys
 import time
 import urllib.request
 from contextlib import ExitStack
-from pathlib import Path
 
 import psutil
 import pytest
@@ -19,28 +18,15 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from perftop.collectors.agent_client import AgentClient
-from perftop.export.prometheus import BUCKETS_S
+from perftop.export.prometheus.families import BUCKETS_S
 from perftop.wire.sketch import ALPHA
-from tests.helpers import wait_for
-from tests.targets.agent_harness import Target
-from tests.targets.exp_procs import Command, http_get, run
+from tests.helpers import start_exp_target, start_exporter, wait_for
+from tests.targets.exp_procs import http_get, run
 from tests.targets.exp_target import samples
 
-SCRIPT = Path(__file__).resolve().parents[1] / "targets" / "exp_target.py"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
 Sample = tuple[str, dict[str, str], float]
-
-
-def target(stack: ExitStack, sock_dir: str, name: str) -> Target:
-    return stack.enter_context(Target(sock_dir, name, script=SCRIPT))
-
-
-def exporter(stack: ExitStack, sock_dir: str, *args: str) -> str:
-    """Start `perftop export` on a free loopback port; its /metrics URL."""
-    cmd = stack.enter_context(Command("export", "--listen", "127.0.0.1:0", "--socket-dir", sock_dir, *args))
-    port = cmd.wait_line(r"exporting on http://[^:]+:(\d+)/metrics").group(1)
-    return f"http://127.0.0.1:{port}"
 
 
 def scrape(url: str, fresh: bool = True) -> list[Sample]:
@@ -89,12 +75,12 @@ def exact_quantile(values: list[float], q: float) -> float:
 
 
 def test_timing_is_a_summary_and_a_histogram_with_the_calls_made(stack: ExitStack, sock_dir: str) -> None:
-    app = target(stack, sock_dir, "shop")
+    app = start_exp_target(stack, sock_dir, "shop")
     assert app.cmd("work 250") == "done 250"
     assert app.cmd("samples latency 7 400") == "done 400"
     assert app.cmd("count cache.hit 7") == "done"
     assert app.cmd("gauge queue.depth 3.5") == "done"
-    url = exporter(stack, sock_dir)
+    url = start_exporter(stack, sock_dir)
     found = scrape(url)
     pid = str(app.pid)
     key = {"app": "shop", "pid": pid}
@@ -138,10 +124,10 @@ def test_timing_is_a_summary_and_a_histogram_with_the_calls_made(stack: ExitStac
 def test_histogram_quantile_across_two_processes_matches_the_merged_exact_p99(
     stack: ExitStack, sock_dir: str
 ) -> None:
-    a, b = target(stack, sock_dir, "api"), target(stack, sock_dir, "api")
+    a, b = start_exp_target(stack, sock_dir, "api"), start_exp_target(stack, sock_dir, "api")
     assert a.cmd("samples request 1 3000") == "done 3000"
     assert b.cmd("samples request 2 2000") == "done 2000"
-    found = scrape(exporter(stack, sock_dir))
+    found = scrape(start_exporter(stack, sock_dir))
     per_pid = [buckets(found, metric="request", pid=str(t.pid)) for t in (a, b)]
     assert [s[-1][1] for s in per_pid] == [3000, 2000]
     # sum by (le) (...) across the two processes, then histogram_quantile(0.99, ...)
@@ -156,13 +142,13 @@ def test_histogram_quantile_across_two_processes_matches_the_merged_exact_p99(
 
 
 def test_agents_are_picked_up_and_dropped_without_restart(stack: ExitStack, sock_dir: str) -> None:
-    url = exporter(stack, sock_dir)
+    url = start_exporter(stack, sock_dir)
     assert not [s for s in scrape(url) if s[0] == "perftop_agent_up"]
-    first = target(stack, sock_dir, "first")
+    first = start_exp_target(stack, sock_dir, "first")
     first.cmd("work 3")
     found = scrape(url)
     assert value(found, "perftop_timing_seconds_count", metric="work", pid=str(first.pid)) == 3
-    second = target(stack, sock_dir, "second")
+    second = start_exp_target(stack, sock_dir, "second")
     second.cmd("work 5")
     found = scrape(url)
     assert {lab["pid"] for n, lab, _ in found if n == "perftop_agent_up"} == {str(first.pid), str(second.pid)}
@@ -181,9 +167,9 @@ def test_agents_are_picked_up_and_dropped_without_restart(stack: ExitStack, sock
 
 
 def test_openmetrics_by_content_negotiation(stack: ExitStack, sock_dir: str) -> None:
-    app = target(stack, sock_dir, "om")
+    app = start_exp_target(stack, sock_dir, "om")
     app.cmd("work 12")
-    url = exporter(stack, sock_dir)
+    url = start_exporter(stack, sock_dir)
     status, content_type, body = http_get(f"{url}/metrics", accept=OPENMETRICS)
     assert status == 200
     assert content_type.startswith("application/openmetrics-text; version=1.0.0"), content_type
@@ -213,10 +199,10 @@ def test_pid_without_agent_and_query_fingerprints_top_n(stack: ExitStack, sock_d
     plain = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     stack.callback(plain.wait)
     stack.callback(plain.kill)
-    app = target(stack, sock_dir, "sql")
+    app = start_exp_target(stack, sock_dir, "sql")
     assert app.cmd("sql t_big:60,t_mid:20,t_small:3") == "done"
     # A process with no agent, exported because of --pid: under its process name, dropped once it exits.
-    url = exporter(stack, sock_dir, "--max-queries", "2", "--pid", str(plain.pid))
+    url = start_exporter(stack, sock_dir, "--max-queries", "2", "--pid", str(plain.pid))
     found = scrape(url)
     name = psutil.Process(plain.pid).name()
     assert value(found, "perftop_process_threads", pid=str(plain.pid), app=name) == 1
@@ -238,9 +224,9 @@ def test_pid_without_agent_and_query_fingerprints_top_n(stack: ExitStack, sock_d
 
 
 def test_refresh_answers_from_a_background_collection(stack: ExitStack, sock_dir: str) -> None:
-    app = target(stack, sock_dir, "bg")
+    app = start_exp_target(stack, sock_dir, "bg")
     app.cmd("work 10")
-    url = exporter(stack, sock_dir, "--refresh", "0.2")
+    url = start_exporter(stack, sock_dir, "--refresh", "0.2")
 
     def count() -> float | None:
         found = scrape(url)
@@ -264,9 +250,9 @@ def scrape_with_headers(url: str) -> tuple[list[Sample], str, float]:
 
 def test_regular_scrapes_are_answered_from_a_collection_made_ahead(stack: ExitStack, sock_dir: str) -> None:
     """The default: once the exporter has seen the scrapes' rhythm, it collects just before each one."""
-    app = target(stack, sock_dir, "paced")
+    app = start_exp_target(stack, sock_dir, "paced")
     app.cmd("work 10")
-    url = exporter(stack, sock_dir)
+    url = start_exporter(stack, sock_dir)
     answers = []
     for _ in range(6):
         found, made, age = scrape_with_headers(url)
@@ -290,9 +276,9 @@ def test_regular_scrapes_are_answered_from_a_collection_made_ahead(stack: ExitSt
 
 
 def test_refresh_0_collects_on_every_scrape(stack: ExitStack, sock_dir: str) -> None:
-    app = target(stack, sock_dir, "each")
+    app = start_exp_target(stack, sock_dir, "each")
     app.cmd("work 3")
-    url = exporter(stack, sock_dir, "--refresh", "0")
+    url = start_exporter(stack, sock_dir, "--refresh", "0")
     for _ in range(4):
         found, made, _ = scrape_with_headers(url)
         assert made == "on-request"

@@ -14,7 +14,9 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.samples import Exemplar, Sample
 
-from perftop.export.prometheus import NATIVE_FAMILY, HostCollector, choose_encoder
+from perftop.export.prometheus.collector import HostCollector
+from perftop.export.prometheus.families import NATIVE_FAMILY
+from perftop.export.prometheus.server import choose_encoder
 from perftop.export.text import faster, write_openmetrics, write_text
 from tests.helpers import short_tmp_dir
 from tests.targets.agent_harness import Target

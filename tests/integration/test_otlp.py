@@ -34,12 +34,11 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import (
 )
 
 from perftop.wire.sketch import ALPHA
-from tests.helpers import wait_for
-from tests.targets.agent_harness import ROOT, Target, target_env
+from tests.helpers import start_exp_target, wait_for
+from tests.targets.agent_harness import ROOT, target_env
 from tests.targets.exp_procs import Command, http_get, run
 from tests.targets.exp_target import samples
 
-SCRIPT = Path(__file__).resolve().parents[1] / "targets" / "exp_target.py"
 SCALE = 5
 BASE = 2.0 ** (2.0**-SCALE)
 QUANTILE_REL = 0.02
@@ -110,10 +109,6 @@ def receiver() -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def target(stack: ExitStack, sock_dir: str, name: str) -> Target:
-    return stack.enter_context(Target(sock_dir, name, script=SCRIPT))
 
 
 def pusher(stack: ExitStack, sock_dir: str, url: str, *args: str) -> Command:
@@ -205,7 +200,7 @@ def snapshot(sock_dir: str, pid: int) -> dict[str, Any]:
 def test_push_carries_exact_counts_and_quantiles_of_two_processes(
     stack: ExitStack, sock_dir: str, receiver: Receiver
 ) -> None:
-    a, b = target(stack, sock_dir, "api"), target(stack, sock_dir, "api")
+    a, b = start_exp_target(stack, sock_dir, "api"), start_exp_target(stack, sock_dir, "api")
     assert a.cmd("samples request 1 3000") == "done 3000"
     assert b.cmd("samples request 2 2000") == "done 2000"
     assert a.cmd("work 250") == "done 250"
@@ -313,7 +308,7 @@ def test_push_carries_exact_counts_and_quantiles_of_two_processes(
 def test_failing_receiver_backs_off_counts_and_collection_goes_on(
     stack: ExitStack, sock_dir: str, receiver: Receiver
 ) -> None:
-    app = target(stack, sock_dir, "shop")
+    app = start_exp_target(stack, sock_dir, "shop")
     assert app.cmd("work 100") == "done 100"
     receiver.status = 503
     cmd = pusher(stack, sock_dir, receiver.url, "--listen", "127.0.0.1:0")
@@ -362,7 +357,7 @@ def test_receiver_down_is_counted_and_nothing_else_stops(stack: ExitStack, sock_
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{s.getsockname()[1]}"
-    target(stack, sock_dir, "shop")
+    start_exp_target(stack, sock_dir, "shop")
     cmd = pusher(stack, sock_dir, url)
     cmd.wait_line(r"failed \(\[Errno 111\] Connection refused\); next try in 0.5 s \(failures so far: 1\)")
     cmd.wait_line(r"next try in 1 s \(failures so far: 2\)")

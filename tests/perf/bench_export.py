@@ -1,23 +1,34 @@
-"""How long a scrape of `perftop export` takes on a host with 20 agents x 100 timings (goal: <= 100 ms).
+"""CPU of one `perftop export` collection on a host with 20 agents x 100 timings, this tree's code against
+the code before the export redesign (commit 67f12bc), in one run; with --http, scrape times over HTTP.
 
 Starts 20 real instrumented processes (tests/targets/exp_target.py), each with 100 timings of 2,000
-lognormal samples (a few hundred sketch bins each, like a real latency distribution), then `perftop export`
-on a free loopback port, and times whole scrapes over HTTP (request to last byte), in the Prometheus text
-format, OpenMetrics 1.0, OpenMetrics 2.0 (with native histograms) and Prometheus' protobuf (with native
-histograms, what Prometheus asks for with `--enable-feature=native-histograms`), in each `--refresh` mode:
-0 (collect on each scrape), auto (the default: collect ahead of each scrape, paced by the scrapes) and 5
-(every 5 s in the background). Also reports the exporter's own collection time (the rest of a scrape made
-on request is rendering), the exporter's CPU time per scrape (user + system, from /proc: what a loaded
-machine inflates least), how many answers were made ahead, the samples (text lines) and the bytes of a
-scrape, raw and gzipped (Prometheus asks for gzip).
+lognormal samples (a few hundred sketch bins each, like a real latency distribution). Then, for each
+code (the old tree extracted with `git archive 67f12bc perftop` into a temporary directory, and this
+one), a subprocess with that tree first on PYTHONPATH makes a HostCollector on those agents and times
+collections: CPU (user + system, all threads: `time.process_time`) of `collect()` and of rendering it,
+a collection per format (none shares another's work), in each format asked (Prometheus text,
+OpenMetrics 1.0, OpenMetrics 2.0 with native histograms, protobuf). The old and the new code
+alternate, --rounds times, and the medians are compared: the ratio new/old is the figure of the
+redesign (goal <= 0.1). Also printed: the bytes and samples (text lines) of a scrape, and whether the
+lines of the benchmark's timings (`m000`...) in the text format are the same, byte for byte, from both
+codes (the agents are idle; their own `gc.*` timings and GC counts do change).
 
-Run: .venv/bin/python tests/perf/bench_export.py [--agents 20] [--metrics 100] [--scrapes 10]
+With --http, as before the redesign: `perftop export` on a free loopback port, whole scrapes timed over
+HTTP (request to last byte) in each format and each `--refresh` mode (0: collect on each scrape; auto,
+the default: collect ahead of each scrape, paced by the scrapes; 5: every 5 s in the background), with
+the exporter's own collection time, its CPU per scrape (from /proc), how many answers were made ahead,
+and the size of a scrape, raw and gzipped.
+
+Run: .venv/bin/python tests/perf/bench_export.py [--agents 20] [--metrics 100] [--rounds 3] [--http]
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
+import json
+import os
 import re
 import statistics
 import struct
@@ -27,6 +38,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -72,11 +84,160 @@ def scrape(port: int, accept: str | None) -> tuple[float, bytes, bool]:
     return time.perf_counter() - started, body, ahead
 
 
+OLD_COMMIT = "67f12bc"
+"""The last commit before the export redesign: its collection is what the ratio compares against."""
+
+
+class Frozen:
+    """A registry of the families of one collection, for rendering them."""
+
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+
+def measure(sockets: str, collections: int, formats: list[str]) -> None:
+    """In the subprocess: with the perftop first on the path, time `collections` collections of the
+    agents in `sockets` per format of `formats`, each rendered in that format only (so that no format
+    is spared work another one did on the same collection); print one JSON line."""
+    import perftop
+    from perftop.export.prometheus import HostCollector, choose_encoder
+
+    collector = HostCollector(sockets)
+    encoders = {label: choose_encoder(accept or "")[0] for label, accept in FORMATS if label in formats}
+    try:
+        for encode in encoders.values():  # warm up: connections to the agents, CPU baselines, caches
+            encode(Frozen(list(collector.collect())))
+        collect_cpu: dict[str, list[float]] = {label: [] for label in encoders}
+        render_cpu: dict[str, list[float]] = {label: [] for label in encoders}
+        bodies: dict[str, bytes] = {}
+        for _ in range(collections):
+            for label, encode in encoders.items():
+                started = time.process_time()
+                families = list(collector.collect())
+                collected = time.process_time()
+                bodies[label] = encode(Frozen(families))
+                render_cpu[label].append(time.process_time() - collected)
+                collect_cpu[label].append(collected - started)
+                del families
+    finally:
+        collector.close()
+    result = {
+        "perftop": perftop.__file__,
+        "collect": collect_cpu,
+        "render": render_cpu,
+        "bytes": {label: len(body) for label, body in bodies.items()},
+        "samples": {
+            label: sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+            for label, body in bodies.items()
+            if label != "protobuf"
+        },
+        "timing_lines": hashlib.sha256(
+            b"".join(line for line in bodies.get("text", b"").splitlines() if b'metric="m' in line)
+        ).hexdigest(),
+    }
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+def start_agents(args: argparse.Namespace, sockets: str, procs: list[subprocess.Popen[str]]) -> None:
+    """Start --agents instrumented processes with --metrics timings of --samples samples each."""
+    for i in range(args.agents):
+        proc = subprocess.Popen(
+            [sys.executable, str(TARGET), sockets, f"bench{i:02d}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().startswith("ready")
+        proc.stdin.write(f"metrics {args.metrics} {args.samples}\n")
+        proc.stdin.flush()
+    for proc in procs:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("done")
+
+
+def compare(args: argparse.Namespace, sockets: str) -> None:
+    """Old code against new on the same agents, alternating, and print the figures and the ratios."""
+    formats = args.formats.split(",")
+    with tempfile.TemporaryDirectory(prefix="perftop-bench-old-") as old_tree:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", OLD_COMMIT, "perftop"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", old_tree], input=archive, check=True)
+        trees = {"old": old_tree, "new": str(ROOT)}
+        runs: dict[str, list[dict[str, Any]]] = {"old": [], "new": []}
+        for _ in range(args.rounds):
+            for code, tree in trees.items():
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--measure",
+                        sockets,
+                        "--collections",
+                        str(args.collections),
+                        "--formats",
+                        args.formats,
+                    ],
+                    env={**os.environ, "PYTHONPATH": tree},
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                run = json.loads(out.strip().splitlines()[-1])
+                assert run["perftop"].startswith(tree), (run["perftop"], tree)
+                runs[code].append(run)
+    sys.stdout.write(
+        f"{args.agents} agents x {args.metrics} timings x {args.samples} samples; {args.rounds} rounds of "
+        f"{args.collections} collections per code, alternating; CPU medians (all threads)\n"
+    )
+    collect = {
+        code: statistics.median(x for r in rs for xs in r["collect"].values() for x in xs)
+        for code, rs in runs.items()
+    }
+    sys.stdout.write(
+        f"  collect()            old {collect['old'] * 1000:6.0f} ms  new {collect['new'] * 1000:6.0f} ms  "
+        f"ratio {collect['new'] / collect['old']:.3f}\n"
+    )
+    for label in formats:
+        total = {
+            code: statistics.median(
+                c + r for run in rs for c, r in zip(run["collect"][label], run["render"][label], strict=True)
+            )
+            for code, rs in runs.items()
+        }
+        last = {code: rs[-1] for code, rs in runs.items()}
+        size = ", ".join(
+            f"{code} {last[code]['bytes'][label] / 1e6:.2f} MB"
+            + (f" {last[code]['samples'][label]} samples" if label in last[code]["samples"] else "")
+            for code in runs
+        )
+        sys.stdout.write(
+            f"  collect + {label:11} old {total['old'] * 1000:6.0f} ms  new {total['new'] * 1000:6.0f} ms  "
+            f"ratio {total['new'] / total['old']:.3f}   ({size})\n"
+        )
+    if "text" in formats:
+        same = {r["timing_lines"] for rs in runs.values() for r in rs}
+        sys.stdout.write(
+            f"  lines of the timings m000... in the text format identical, old and new: {len(same) == 1}\n"
+        )
+    sys.stdout.flush()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--metrics", type=int, default=100)
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3, help="old/new alternations")
+    parser.add_argument("--collections", type=int, default=3, help="collections timed per round and code")
+    parser.add_argument("--measure", metavar="SOCKETS", help=argparse.SUPPRESS)
+    parser.add_argument("--http", action="store_true", help="also time scrapes over HTTP, as before")
     parser.add_argument("--scrapes", type=int, default=10)
     parser.add_argument(
         "--every", type=float, default=5.0, help="seconds from one scrape's start to the next, as Prometheus"
@@ -87,54 +248,49 @@ def main() -> None:
     )
     parser.add_argument("--export-args", default="", help="more `perftop export` arguments, space-separated")
     args = parser.parse_args()
+    if args.measure:
+        measure(args.measure, args.collections, args.formats.split(","))
+        return
     procs: list[subprocess.Popen[str]] = []
     with tempfile.TemporaryDirectory(prefix="perftop-bench-export-") as sockets:
         try:
-            for i in range(args.agents):
-                proc = subprocess.Popen(
-                    [sys.executable, str(TARGET), sockets, f"bench{i:02d}"],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                procs.append(proc)
-            for proc in procs:
-                assert proc.stdout is not None and proc.stdin is not None
-                assert proc.stdout.readline().startswith("ready")
-                proc.stdin.write(f"metrics {args.metrics} {args.samples}\n")
-                proc.stdin.flush()
-            for proc in procs:
-                assert proc.stdout is not None
-                assert proc.stdout.readline().startswith("done")
-            for refresh in args.modes.split(","):
-                for label, accept in FORMATS:
-                    if label not in args.formats.split(","):
-                        continue
-                    # An exporter of its own per format: a collection renders every format asked so far.
-                    exporter = subprocess.Popen(
-                        [
-                            sys.executable,
-                            str(CLI),
-                            "export",
-                            "--listen",
-                            "127.0.0.1:0",
-                            "--socket-dir",
-                            sockets,
-                            "--refresh",
-                            refresh,
-                            *args.export_args.split(),
-                        ],
-                        stderr=subprocess.PIPE,
-                        text=True,
-                    )
-                    procs.append(exporter)
-                    run(exporter, args, f"--refresh {refresh}", label, accept)
-                    exporter.kill()
-                    exporter.wait()
+            start_agents(args, sockets, procs)
+            compare(args, sockets)
+            if args.http:
+                http(args, sockets, procs)
         finally:
             for proc in procs:
                 proc.kill()
                 proc.wait()
+
+
+def http(args: argparse.Namespace, sockets: str, procs: list[subprocess.Popen[str]]) -> None:
+    """Scrapes over HTTP of `perftop export` (this tree's), each format in each --refresh mode."""
+    for refresh in args.modes.split(","):
+        for label, accept in FORMATS:
+            if label not in args.formats.split(","):
+                continue
+            # An exporter of its own per format: a collection renders every format asked so far.
+            exporter = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(CLI),
+                    "export",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--socket-dir",
+                    sockets,
+                    "--refresh",
+                    refresh,
+                    *args.export_args.split(),
+                ],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            procs.append(exporter)
+            run(exporter, args, f"--refresh {refresh}", label, accept)
+            exporter.kill()
+            exporter.wait()
 
 
 def run(

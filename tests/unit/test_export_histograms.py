@@ -30,7 +30,8 @@ from perftop.export.histograms import (
     native_buckets,
     native_index,
 )
-from perftop.export.prometheus import choose_encoder, digest_sketch
+from perftop.export.prometheus.families import digest_sketch
+from perftop.export.prometheus.server import choose_encoder
 from perftop.wire.sketch import ALPHA, GAMMA, Sketch, bucket_value
 
 # -- the classic ladder ----------------------------------------------------------------------------------
