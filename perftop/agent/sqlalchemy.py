@@ -67,8 +67,8 @@ from typing import Any
 from perftop.agent import explain as _explain
 from perftop.agent import fingerprint as _fingerprint
 from perftop.agent import routes as request_stats
-from perftop.agent.recorder import SumWindows, log_once
-from perftop.wire.sketch import Sketch, Windows
+from perftop.agent.pump import log_once, pump
+from perftop.wire.sketch import Sketch, SumWindows, Windows
 
 __all__ = [
     "ExplainError",
@@ -145,7 +145,7 @@ _checkouts: deque[tuple[int, int]] = deque(maxlen=POOL_EVENTS_MAX)
 _waits: deque[tuple[int, int]] = deque(maxlen=POOL_EVENTS_MAX)
 """(id(pool), ns spent getting a connection from the pool) per checkout."""
 
-# -- aggregated state (drain thread and readers, under _lock) -------------------------------------------
+# -- aggregated state (the agent thread's drain task and readers, under _lock) -----------------------
 _lock = threading.Lock()
 _started_at = time.time()
 _max_fingerprints = 2000
@@ -158,8 +158,8 @@ _instrumented: dict[int, Any] = {}
 """id(engine) -> weakref of each engine instrumented by itself (not through the global listeners)."""
 _pools: dict[int, _PoolState] = {}
 _pools_lock = threading.Lock()
-_drain_thread: threading.Thread | None = None
-_fork_hook_registered = False
+_drain_registered = False
+"""Whether the aggregation is one of the agent thread's tasks (and the fork hook registered)."""
 
 
 class ExplainError(ValueError):
@@ -865,14 +865,14 @@ def instrument(
                 with _lock:
                     _instrumented[id(engine)] = weakref.ref(engine)
             _track_pool(engine.pool)
-        _ensure_drain_thread()
+        _ensure_drain()
     except Exception as exc:
         log_once("sql-instrument", "could not instrument SQLAlchemy", exc=exc)
 
 
 def start_recording(slow_ms: float, n_plus_one_threshold: int = 10, max_fingerprints: int = 2000) -> None:
     """Set the thresholds every hook shares (the slow list's, N+1's, the fingerprint cap) and start the
-    aggregation thread: what a hook does before it records anything. Raises on a bad value."""
+    aggregation (an agent thread task): what a hook does before it records anything. Raises on a bad value."""
     global _slow_ns, _n1_threshold, _max_fingerprints, _layers_seen
     _slow_ns = max(0, int(float(slow_ms) * 1_000_000))
     _n1_threshold = max(2, int(n_plus_one_threshold))
@@ -881,7 +881,7 @@ def start_recording(slow_ms: float, n_plus_one_threshold: int = 10, max_fingerpr
     if layers != _layers_seen:
         _layers_seen = layers
         _init_skip_prefixes()
-    _ensure_drain_thread()
+    _ensure_drain()
 
 
 _layers_seen: tuple[str, ...] | None = None
@@ -957,31 +957,25 @@ def is_instrumented() -> bool:
         return _global or any(ref() is not None for ref in _instrumented.values())
 
 
-def _ensure_drain_thread() -> None:
-    global _drain_thread, _fork_hook_registered
+def _ensure_drain() -> None:
+    """Aggregate every DRAIN_INTERVAL_S on the agent thread (a task registered once), which runs."""
+    global _drain_registered
     with _lock:
-        if _drain_thread is not None and _drain_thread.is_alive():
-            return
-        _drain_thread = threading.Thread(target=_drain_loop, name="perftop-sql", daemon=True)
-        _drain_thread.start()
-        if not _fork_hook_registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _fork_hook_registered = True
+        if not _drain_registered:
+            _drain_registered = True
+            pump.every(DRAIN_INTERVAL_S, _drain, "sql-drain", "could not aggregate query statistics")
+            pump.on_fork(in_child=_after_fork_in_child)
+    pump.ensure_running()
 
 
-def _drain_loop() -> None:
-    while True:
-        time.sleep(DRAIN_INTERVAL_S)
-        try:
-            with _lock:
-                _drain_locked()
-        except Exception as exc:
-            log_once("sql-drain", "could not aggregate query statistics", exc=exc)
+def _drain() -> None:
+    with _lock:
+        _drain_locked()
 
 
 def _after_fork_in_child() -> None:
-    """A forked worker starts empty (its parent's numbers are the parent's) and with its own thread."""
-    global _lock, _pools_lock, _drain_thread, _started_at, _dropped_extra, _executions_dropped, _activity
+    """A forked worker starts empty (its parent's numbers are the parent's), aggregated by its own thread."""
+    global _lock, _pools_lock, _started_at, _dropped_extra, _executions_dropped, _activity
     _lock = threading.Lock()
     _pools_lock = threading.Lock()
     _started_at = time.time()
@@ -997,12 +991,8 @@ def _after_fork_in_child() -> None:
     for state in list(_pools.values()):
         state.checkouts = SumWindows(_started_at)
         state.waits = Windows(_started_at)
-    _drain_thread = None
     if _global or _instrumented:
-        try:
-            _ensure_drain_thread()
-        except Exception as exc:
-            log_once("sql-fork", "could not restart the query aggregation thread after fork", exc=exc)
+        pump.ensure_running()
 
 
 @contextlib.contextmanager
