@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -37,6 +37,8 @@ log = logging.getLogger("perftop")
 
 TICK_S = 0.2
 """How often the recorder's buffers are aggregated, and the longest the thread waits when nothing is due."""
+START_WAIT_S = 2.0
+"""How long an app thread's first metric waits for an agent start under way (see `wait_started`)."""
 FORK_LOCK_BUDGET_S = 0.5
 """How long a fork may wait, in all, for the agent's locks (held for microseconds unless something is
 wrong): past it, the fork goes ahead and the child replaces the locks anyway."""
@@ -110,6 +112,8 @@ class Pump:
         self._in_child_hooks = False
         self._start_after_hooks = False
         self._restart_hook = False
+        self._starting = threading.RLock()
+        """Held while `perftop.agent.start()` imports and starts the socket server."""
         self.waiter: Waiter | None = None
         """Set by the socket server while it has a selector; read by the thread on every pass."""
 
@@ -155,6 +159,21 @@ class Pump:
     def on_exit(self, fn: Callable[[], None]) -> None:
         """Run `fn` at interpreter exit (or when a pool worker leaves through `run_exit_hooks`)."""
         self._exit_hooks.append(fn)
+
+    # -- starting --------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Held around an agent start (`perftop.agent.start()`), which `wait_started` waits for."""
+        with self._starting:
+            yield
+
+    def wait_started(self) -> None:
+        """Wait (at most START_WAIT_S) for an agent start under way in another thread, e.g. `perftop
+        run`'s start-up thread: a short-lived worker (a pool's, recycled after a few tasks) is then served
+        before its first metric returns, so it leaves its final stats when it exits."""
+        if self._starting.acquire(timeout=START_WAIT_S):
+            self._starting.release()
 
     # -- the thread ----------------------------------------------------------------------------------
 
@@ -270,6 +289,7 @@ class Pump:
         _logged_lock = threading.Lock()
         self._held_for_fork.clear()
         self._lock = threading.Lock()
+        self._starting = threading.RLock()
         self._event = threading.Event()
         self._thread = None
         self._soon.clear()

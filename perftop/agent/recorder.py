@@ -234,6 +234,7 @@ class Registry:
         if not self._started_thread:
             self._started_thread = True
             try:
+                pump.wait_started()
                 pump.ensure_running()
             except Exception as exc:
                 log_once("agent-thread", "could not start the agent thread", exc=exc)
