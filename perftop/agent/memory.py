@@ -68,13 +68,6 @@ def expire(now: float) -> None:
                 _stop_locked()
 
 
-def _expire_now() -> None:
-    expire(time.time())
-
-
-pump.every(TICK_S, _expire_now, "memory-expire", "could not stop tracing at the end of its lease")
-
-
 def _stop_locked() -> None:
     _state.previous = None
     _state.expires_at = None
@@ -321,3 +314,10 @@ def gc_action(generation: int, count_objects: bool) -> dict[str, Any]:
         "objects_before": objects_before,
         "objects_after": len(gc.get_objects()) if count_objects else None,
     }
+
+
+def _expire_now() -> None:
+    expire(time.time())
+
+
+pump.every(TICK_S, _expire_now, "memory-expire", "could not stop tracing at the end of its lease")
