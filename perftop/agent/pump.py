@@ -190,8 +190,8 @@ class Pump:
             self._thread.start()
             if not self._restart_hook and hasattr(os, "register_at_fork"):
                 # Registered now, not at import, so that it runs after the at-fork hooks of the modules
-                # imported meanwhile: a child that runs Python code after the hooks only briefly (a
-                # subprocess's preexec_fn, then exec) then makes no socket before it execs.
+                # imported meanwhile (os.register_at_fork's own, such as routes'): their state is reset
+                # in the child before its thread runs.
                 os.register_at_fork(after_in_child=self._restart_in_child)
                 self._restart_hook = True
 
