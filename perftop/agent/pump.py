@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Protocol
 
 from perftop.agent.threads import refresh_native_id, set_native_thread_name
@@ -114,6 +115,8 @@ class Pump:
         self._restart_hook = False
         self._starting = threading.RLock()
         """Held while `perftop.agent.start()` imports and starts the socket server."""
+        self._fork_point: tuple[FrameType, int] | None = None
+        """In a forked child: (frame, instruction) of the Python code that forked."""
         self.waiter: Waiter | None = None
         """Set by the socket server while it has a selector; read by the thread on every pass."""
 
@@ -294,6 +297,10 @@ class Pump:
         self._thread = None
         self._soon.clear()
         self.waiter = None
+        self._fork_point = None
+        with contextlib.suppress(Exception):
+            caller = sys._getframe(1)  # the code that called os.fork() (this hook is called from C)
+            self._fork_point = (caller, caller.f_lasti)
         with contextlib.suppress(Exception):
             refresh_native_id()
         self._in_child_hooks, self._start_after_hooks = True, False
@@ -306,6 +313,18 @@ class Pump:
                         log_once("fork-child", "could not reset part of the agent in a forked child", exc=exc)
         finally:
             self._in_child_hooks = False
+
+    def forker_moved_on(self) -> bool:
+        """In a forked child, whether the code that forked has run on since (a child about to exec, as a
+        subprocess's with a preexec_fn, never does: it holds the interpreter until its exec)."""
+        point = self._fork_point
+        if point is None:
+            return True
+        frame, lasti = point
+        moved = frame.f_lasti != lasti  # the forking frame went past its call of os.fork()
+        if moved:
+            self._fork_point = None
+        return moved
 
     def _restart_in_child(self) -> None:
         """In the child, after the at-fork hooks: the thread again, if a hook asked for it."""

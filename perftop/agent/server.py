@@ -59,8 +59,9 @@ MAX_REQUEST_BYTES = 1024 * 1024
 cannot make the agent buffer gigabytes."""
 LOOP_DISCOVERY_S = 5.0
 """How often the agent thread looks for running asyncio loops to record their lag (perftop.agent.loop)."""
-FORK_SERVE_DELAY_S = 0.05
-"""How long a forked child's agent thread waits before it makes the child's socket."""
+FORK_SERVE_WAIT_S = 1.0
+"""How long a forked child's agent thread waits, at most, for the code that forked to run on before it
+makes the child's socket (see `Pump.forker_moved_on`)."""
 _PEERCRED = struct.Struct("3i")
 
 _Identity = tuple[int, int, int]
@@ -355,9 +356,11 @@ class Server:
             pump.ensure_running()
 
     def _serve_pending(self) -> None:
-        """On the agent thread of a forked child: serve as the parent did (after a moment: a child that
-        execs right after the fork holds the interpreter until then, so this thread makes no socket)."""
-        time.sleep(FORK_SERVE_DELAY_S)
+        """On the agent thread of a forked child: serve as the parent did, once the code that forked runs
+        on (a child that execs right after the fork never does, so it leaves no socket behind)."""
+        deadline = time.monotonic() + FORK_SERVE_WAIT_S
+        while not pump.forker_moved_on() and time.monotonic() < deadline:
+            time.sleep(0.001)
         pending, self._serve_after_fork = self._serve_after_fork, None
         if pending is not None and self._listener is None:
             try:
