@@ -11,9 +11,12 @@ __all__ = ["socket_file", "start", "stop"]
 
 def start(name: str | None = None, socket_dir: str | None = None, max_metrics: int | None = None) -> None:
     """Start the agent (idempotent): gc pause recording, the agent thread and the socket. Never raises."""
-    from perftop.agent import server
+    from perftop.agent.pump import pump
 
-    server.start(name, socket_dir, max_metrics)
+    with pump.starting():  # an app thread's first metric waits for this (`Pump.wait_started`)
+        from perftop.agent import server
+
+        server.start(name, socket_dir, max_metrics)
 
 
 def stop() -> None:

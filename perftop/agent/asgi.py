@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from perftop.agent import routes as requests
-from perftop.agent.recorder import log_once
+from perftop.agent.pump import log_once
 from perftop.agent.routes import TIMED_KEY
 from perftop.agent.wsgi import RouteFor, Routes, queue_wait, template_from_params
 

@@ -43,7 +43,7 @@ from typing import Any
 
 from perftop.agent import explain as _explain
 from perftop.agent import sqlalchemy as stats
-from perftop.agent.recorder import log_once
+from perftop.agent.pump import log_once
 
 __all__ = ["DjangoSource", "instrument", "is_instrumented", "new_unit_of_work"]
 

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from perftop.agent.recorder import log_once
+from perftop.agent.pump import log_once
 from perftop.agent.routes import ROUTE_KEY, TIMED_KEY
 
 __all__ = ["HOOKS", "ROUTE_KEY", "TIMED_KEY", "django_template", "instrument_module"]

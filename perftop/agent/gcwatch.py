@@ -8,11 +8,11 @@ counted per generation. The callback is a few list operations, and it never rais
 from __future__ import annotations
 
 import gc
-import os
 import time
 from typing import Any
 
-from perftop.agent.recorder import Timing, log_once, registry
+from perftop.agent.pump import log_once, pump
+from perftop.agent.recorder import Timing, registry
 
 _pc = time.perf_counter_ns
 
@@ -88,5 +88,4 @@ def _after_fork_in_child() -> None:
     _state.uncollectable = 0
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+pump.on_fork(in_child=_after_fork_in_child)

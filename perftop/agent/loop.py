@@ -15,7 +15,8 @@ import time
 import weakref
 from typing import Any
 
-from perftop.agent.recorder import log_once, registry
+from perftop.agent.pump import log_once
+from perftop.agent.recorder import registry
 
 DEFAULT_NAME = "asyncio.loop_lag"
 _watched: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()

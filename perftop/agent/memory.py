@@ -13,6 +13,8 @@ import time
 import tracemalloc
 from typing import Any
 
+from perftop.agent.pump import TICK_S, pump
+
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _AGENT_DIR = os.path.join(_PACKAGE_DIR, "agent")
 # Modules that only ever run on perftop's own threads: a trace passing through any of them is perftop's.
@@ -54,7 +56,7 @@ def estimated_blocks() -> int:
 
 def _renew_lease(lease_s: float) -> None:
     """Tracing stops `lease_s` from now unless another memory action comes first (called under the lock;
-    the agent thread's housekeeping calls `expire`)."""
+    the agent thread calls `expire`)."""
     _state.expires_at = time.time() + lease_s
 
 
@@ -312,3 +314,10 @@ def gc_action(generation: int, count_objects: bool) -> dict[str, Any]:
         "objects_before": objects_before,
         "objects_after": len(gc.get_objects()) if count_objects else None,
     }
+
+
+def _expire_now() -> None:
+    expire(time.time())
+
+
+pump.every(TICK_S, _expire_now, "memory-expire", "could not stop tracing at the end of its lease")

@@ -24,7 +24,6 @@ import collections
 import contextlib
 import functools
 import inspect
-import logging
 import math
 import os
 import threading
@@ -32,9 +31,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast, overload
 
-from perftop.wire.sketch import Sketch, Windows
-
-log = logging.getLogger("perftop")
+from perftop.agent.pump import TICK_S, log_once, pump
+from perftop.wire.sketch import Sketch, SumWindows, Windows, window_span
 
 OVERFLOW_NAME = "perftop.overflow"
 """Where metrics past the cardinality cap are recorded."""
@@ -47,26 +45,10 @@ most ~36 MB per metric, and more than one second of the fastest recording the in
 live agent thread (draining five times a second) never reaches it."""
 MAX_DROPPED_NAMES_KEPT = 10_000
 """Dropped names remembered to count them distinctly; past this, each further drop counts as new."""
-_FINE_S, _FINE_SLOTS, _COARSE_S, _COARSE_SLOTS = 1, 10, 10, 30
-"""The same rings as `Windows`' defaults, for counters."""
 
 _pc = time.perf_counter_ns
-_logged: set[str] = set()
-_logged_lock = threading.Lock()
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def log_once(key: str, message: str, *, exc: BaseException | None = None) -> None:
-    """Log `message` as a warning the first time `key` is seen in this process; later ones are silent."""
-    try:
-        with _logged_lock:
-            if key in _logged:
-                return
-            _logged.add(key)
-        log.warning("perftop: %s", message, exc_info=exc)
-    except Exception:
-        return  # logging itself failed; the app must not notice
 
 
 def _is_number(value: object) -> bool:
@@ -145,43 +127,6 @@ class Timing:
         self.dropped = 0
 
 
-class SumWindows:
-    """Sums over sliding windows: a ring of 1 s slots, a ring of 10 s slots, and a total. For counters."""
-
-    __slots__ = ("_coarse", "_fine", "started_at", "total")
-
-    def __init__(self, started_at: float) -> None:
-        self.started_at = started_at
-        self.total: float = 0
-        self._fine: list[list[float]] = [[-1, 0] for _ in range(_FINE_SLOTS)]
-        self._coarse: list[list[float]] = [[-1, 0] for _ in range(_COARSE_SLOTS)]
-
-    @staticmethod
-    def _add(ring: list[list[float]], width: int, now: float, value: float) -> None:
-        epoch = int(now // width)
-        slot = ring[epoch % len(ring)]
-        if slot[0] != epoch:
-            slot[0], slot[1] = epoch, 0
-        slot[1] += value
-
-    def add(self, now: float, value: float) -> None:
-        self._add(self._fine, _FINE_S, now, value)
-        self._add(self._coarse, _COARSE_S, now, value)
-        self.total += value
-
-    def window(self, seconds: float | None, now: float) -> float:
-        """The sum over the last `seconds` (None: since start), with `Windows.window`'s slot rules."""
-        if seconds is None or seconds <= 0:
-            return self.total
-        if seconds <= _FINE_S * _FINE_SLOTS:
-            ring, width = self._fine, _FINE_S
-        else:
-            ring, width = self._coarse, _COARSE_S
-        last = int(now // width)
-        first = last - min(max(1, math.ceil(seconds / width)), len(ring)) + 1
-        return sum(v for start, v in ring if first <= start <= last)
-
-
 class CounterMetric:
     """One counter: pending increments, the value since start, and sums over windows for rates."""
 
@@ -231,16 +176,6 @@ class Gauge:
     def __init__(self, name: str) -> None:
         self.name = name
         self.value: Any = None
-
-
-def _span(seconds: float | None, now: float, started_at: float) -> float:
-    """The time a window covers (what rates divide by), with `Windows.window`'s rules."""
-    since_start = max(now - started_at, 1e-9)
-    if seconds is None or seconds <= 0:
-        return since_start
-    fine, coarse = _FINE_S * _FINE_SLOTS, _COARSE_S * _COARSE_SLOTS
-    longest = fine if seconds <= fine else coarse
-    return min(float(seconds), since_start, float(longest))
 
 
 def _default_max_metrics() -> int:
@@ -299,9 +234,8 @@ class Registry:
         if not self._started_thread:
             self._started_thread = True
             try:
-                from perftop.agent.server import agent
-
-                agent.ensure_thread()
+                pump.wait_started()
+                pump.ensure_running()
             except Exception as exc:
                 log_once("agent-thread", "could not start the agent thread", exc=exc)
 
@@ -417,7 +351,8 @@ class Registry:
             return [[start, sk.to_dict()] for start, sk in metric.windows.history(time.time(), fine)]
 
     def span(self, window: float | None, now: float) -> float:
-        return _span(window, now, self.started_at)
+        """The time a window covers (what rates divide by), with `Windows.window`'s rules."""
+        return window_span(window, now, self.started_at)
 
     def reset_after_fork(self) -> None:
         """In a forked child: a fresh lock and empty state; metric objects stay (decorators hold them)."""
@@ -623,13 +558,15 @@ def observe(name: str, ms: float) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _logged_lock
-    _logged_lock = threading.Lock()
+    """A forked child starts empty, and its agent thread drains the metrics the parent made."""
     try:
         registry.reset_after_fork()
     except Exception as exc:
         log_once("fork-reset", "could not reset the recorder in a forked child", exc=exc)
+    if registry.timings or registry.counters:
+        pump.ensure_running()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+# First of the agent thread's tasks, whatever else fails: the buffers are drained on time.
+pump.every(TICK_S, registry.flush, "agent-flush", "the agent thread could not aggregate", first=True)
+pump.on_fork(locks=lambda: (registry.lock, registry.drain_lock), in_child=_after_fork_in_child)

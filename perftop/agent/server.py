@@ -1,13 +1,12 @@
-"""The agent thread: aggregates the recorder's buffers and serves viewers over a Unix socket.
+"""The socket server: serves viewers over a Unix socket, on the agent thread (`perftop.agent.pump`).
 
-One daemon thread, "perftop-agent", runs a `selectors` loop over non-blocking sockets. It drains the
-recorder a few times a second whether or not a socket is served (so recording before `start()` stays
-bounded), and once `serve()` is called it listens on `<socket dir>/<pid>.sock` (directory 0700, socket
-0600, every peer checked with SO_PEERCRED). Each connection has a bounded output buffer: a viewer that
-stops reading is disconnected and counted, and the app never waits for it. Idle viewers, viewers that
-send a frame too slowly and viewers that stop reading are closed after a timeout, and when every slot is
-taken the longest-idle viewer makes room for a new one. Actions (profiling, explain) run on one separate
-worker thread, "perftop-action", so stats keep flowing while one runs.
+Once `serve()` is called it listens on `<socket dir>/<pid>.sock` (directory 0700, socket 0600, every
+peer checked with SO_PEERCRED), and the agent thread waits in its `selectors` loop over non-blocking
+sockets between its tasks. Each connection has a bounded output buffer: a viewer that stops reading is
+disconnected and counted, and the app never waits for it. Idle viewers, viewers that send a frame too
+slowly and viewers that stop reading are closed after a timeout, and when every slot is taken the
+longest-idle viewer makes room for a new one. What a request is answered with is `perftop.agent.handlers`'
+business (actions run on its worker thread, so stats keep flowing while one runs).
 
 The app may close the agent's file descriptors under it (a daemonizing app closes every fd, and its next
 socket reuses the numbers). So the agent remembers each of its sockets' identity (fd, device, inode),
@@ -20,14 +19,8 @@ Standard library only. Nothing here raises into the app: failures are logged onc
 
 from __future__ import annotations
 
-import atexit
-import collections
 import contextlib
-import importlib
-import importlib.util
-import json
 import os
-import queue
 import selectors
 import socket
 import stat
@@ -38,34 +31,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from perftop import _version
 from perftop.agent import gcwatch
-from perftop.agent import routes as request_stats
-from perftop.agent.recorder import log_once, registry
-from perftop.agent.threads import refresh_native_id, set_native_thread_name
+from perftop.agent.handlers import Handlers, available_methods
+from perftop.agent.pump import TICK_S, log_once, pump
+from perftop.agent.recorder import registry
 from perftop.wire import paths
-from perftop.wire.protocol import (
-    ErrorFrame,
-    FrameDecoder,
-    Hello,
-    ProtocolError,
-    Request,
-    Response,
-    encode,
-    window_seconds,
-)
+from perftop.wire.protocol import ErrorFrame, FrameDecoder, Hello, ProtocolError, Request, Response, encode
 
-FLUSH_INTERVAL_S = 0.2
-"""How often the recorder's buffers are aggregated."""
 OUTBUF_LIMIT = 4 * 1024 * 1024
 """Bytes queued for one viewer beyond which it is disconnected as too slow (one frame always fits)."""
 MAX_CONNECTIONS = 64
 HANDSHAKE_TIMEOUT_S = 10.0
 """A connection that has not said hello by then is closed."""
-MAX_ACTION_SECONDS = 300.0
-"""Cap on an action's `seconds` parameter."""
-ACTION_GRACE_S = 30.0
-"""After its seconds (or MAX_ACTION_SECONDS) plus this, a running action is asked to cancel."""
 IDLE_TIMEOUT_S = 300.0
 """A greeted viewer that sends no request for this long (and waits for no action) is closed."""
 IDLE_EVICT_S = 5.0
@@ -80,11 +57,11 @@ RECV_BYTES = 256 * 1024
 MAX_REQUEST_BYTES = 1024 * 1024
 """Largest frame a viewer may send (requests are small); far below MAX_FRAME_BYTES, so that 64 viewers
 cannot make the agent buffer gigabytes."""
-METHODS = ("info", "stats", "history", "action", "explain")
-FINAL_KEEP_S = 300.0
-"""A worker's final stats file outlives it this long at least (viewers read it within a refresh)."""
 LOOP_DISCOVERY_S = 5.0
 """How often the agent thread looks for running asyncio loops to record their lag (perftop.agent.loop)."""
+FORK_SERVE_WAIT_S = 1.0
+"""How long a forked child's agent thread waits, at most, for the code that forked to run on before it
+makes the child's socket (see `Pump.forker_moved_on`)."""
 _PEERCRED = struct.Struct("3i")
 
 _Identity = tuple[int, int, int]
@@ -156,44 +133,33 @@ class _Conn:
 
 
 @dataclass
-class _Job:
-    method: str
-    name: str
-    params: dict[str, Any]
-    conn_id: int
-    request_id: int
-    started: float
-    deadline: float
-    cancel: threading.Event = field(default_factory=threading.Event)
-    ok: bool = False
-    result: Any = None
-    error: str | None = None
-
-
-@dataclass
 class Counters:
-    """What the server has done, for its own stats (reported under `overflow`)."""
+    """What the server has done, reported under `stats`' `overflow`."""
 
-    accepted: int = 0
     refused_peer: int = 0
     refused_full: int = 0
     closed_slow: int = 0
-    closed_bad_frame: int = 0
-    closed_handshake_timeout: int = 0
     closed_idle: int = 0
     closed_frame_timeout: int = 0
     fds_lost: int = 0
     """Times the agent found one of its sockets closed (or its fd reused) by the app, and made new ones."""
 
+    def overflow(self) -> dict[str, int]:
+        """The counts as `stats`' `overflow` keys."""
+        return {
+            "viewers_closed_slow": self.closed_slow,
+            "viewers_refused": self.refused_peer + self.refused_full,
+            "viewers_closed_idle": self.closed_idle,
+            "viewers_closed_frame_timeout": self.closed_frame_timeout,
+            "fds_lost": self.fds_lost,
+        }
 
-class Agent:
-    """The agent thread and, once `serve()` is called, the socket server it runs."""
+
+class Server:
+    """The socket server; while it has a selector, what the agent thread waits in between its tasks."""
 
     def __init__(self) -> None:
-        self._next_loop_discovery = time.monotonic() + 1.0
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._quit = False
         self._sel: selectors.BaseSelector | None = None
         self._wake_r: socket.socket | None = None
         self._wake_r_ident: _Identity | None = None
@@ -205,22 +171,16 @@ class Agent:
         self.path: str | None = None
         self.directory: str | None = None
         self._asked_dir: str | None = None
+        """The directory `serve()` was given (None: the default), which a forked child asks for again."""
         self._serve_after_fork: tuple[str | None, str | None] | None = None
         """In a forked child: (name, directory) the agent thread serves with once it runs."""
-        """The directory `serve()` was given (None: the default), which a forked child asks for again."""
-        self.name: str | None = None
-        self.started_at: float | None = None
         self._want_serve = False
         self._want_stop_serving = False
         self._conns: dict[int, _Conn] = {}
         self._next_conn_id = 1
         self._stopped = threading.Event()
         self.counters = Counters()
-        self._job: _Job | None = None
-        self._jobs: queue.Queue[_Job] = queue.Queue(maxsize=1)
-        self._done: collections.deque[_Job] = collections.deque()
-        self._worker: threading.Thread | None = None
-        self._capabilities: list[str] = list(METHODS)
+        self.handlers = Handlers(self.wake, lambda: self.counters.overflow())
         self._accept_paused_until: float | None = None
         self._mp_hooked = False
         self.forked = False
@@ -228,39 +188,36 @@ class Agent:
 
     # -- control, from any thread ---------------------------------------------------------------------
 
-    def ensure_thread(self) -> None:
-        """Start the agent thread if it is not running (it aggregates even without a socket)."""
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return
-            self._quit = False
-            self._sel = _new_selector()
-            self._new_wake_pair()
-            self._thread = threading.Thread(target=self._run, name="perftop-agent", daemon=True)
-            self._thread.start()
+    @property
+    def name(self) -> str | None:
+        return self.handlers.name
 
     def serve(self, name: str | None, directory: str | None) -> None:
         """Listen on this process's socket (idempotent). Raises OSError if the socket cannot be made."""
         with self._lock:
             if self._listener is not None:
                 if name:
-                    self.name = name  # e.g. a forked worker naming itself
+                    self.handlers.name = name  # e.g. a forked worker naming itself
                 return
             self._asked_dir = directory
             directory, fallback_reason = paths.agent_socket_dir(directory)
             paths.remove_stale_sockets(directory)
             path = paths.socket_path(os.getpid(), directory)
+            if self._sel is None:
+                self._sel = _new_selector()
+                self._new_wake_pair()
             self._bind(path)
             self.path = path
             if fallback_reason is not None:
                 log_once("socket-dir-fallback", f"{fallback_reason}; this agent listens at {path} instead")
             self.directory = directory
-            self.name = name or program_name()
-            self.started_at = time.time()
-            self._capabilities = _available_methods()
+            self.handlers.name = name or program_name()
+            self.handlers.started_at = time.time()
+            self.handlers.capabilities = available_methods()
             self._want_serve = True
-        self.ensure_thread()
-        self._wake()
+        pump.waiter = self
+        pump.ensure_running()
+        pump.wake()
 
     def stop_serving(self, timeout: float = 5.0) -> None:
         """Close the socket and every viewer connection, and remove the socket file."""
@@ -269,10 +226,10 @@ class Agent:
                 return
             self._want_stop_serving = True
             self._stopped.clear()
-            thread = self._thread
+            thread = pump.thread
         self._remove_socket_file()
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-            self._wake()
+            self.wake()
             self._stopped.wait(timeout)
         else:
             self._close_server()
@@ -325,7 +282,7 @@ class Agent:
             self._sel.register(r, selectors.EVENT_READ, None)
         self._waker = (w, w_ident)
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         """Wake the agent thread; writes only to a wake-up socket verified to be still ours."""
         waker = self._waker
         if waker is not None and _is_ours(*waker):
@@ -344,50 +301,32 @@ class Agent:
         except OSError:
             pass
 
+    # -- exit and fork (registered with the pump) ------------------------------------------------------
+
     def at_exit(self) -> None:
         """At interpreter exit: leave a forked worker's final stats, remove the socket file and cancel a
         running action."""
         self._write_final()
         self._remove_socket_file()
-        job = self._job
-        if job is not None:
-            job.cancel.set()
-        self._quit = True
-        self._wake()
+        self.handlers.cancel()
 
     def _write_final(self) -> None:
-        """In a forked worker (gunicorn, Celery prefork) or a spawned multiprocessing one, write its
-        since-start stats beside its socket as `<pid>.final` (0600, atomically), so that viewers merging
-        the workers keep what it counted after their last poll when it is recycled or reloaded (read by
-        perftop.collectors.workers)."""
+        """In a forked worker (gunicorn, Celery prefork) or a spawned multiprocessing one, leave its
+        since-start stats beside its socket (`Handlers.write_final`)."""
         path = self.path
         pending = self._serve_after_fork
         if path is None and pending is not None:  # exited before its agent thread made the socket
             path = paths.socket_path(os.getpid(), paths.socket_dir(pending[1]))
         if path is None or not (self.forked or _mp_spawned()) or not path.endswith(paths.SOCKET_SUFFIX):
             return
-        try:
-            _sweep_finals(os.path.dirname(path))
-            doc = {
-                "pid": os.getpid(),
-                "ppid": os.getppid(),
-                "exited_at": time.time(),
-                "stats": self._stats(None),
-            }
-            tmp = f"{path[: -len(paths.SOCKET_SUFFIX)]}.final.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(json.dumps(doc).encode())
-            os.replace(tmp, tmp[: -len(".tmp")])
-        except Exception as exc:
-            log_once("final", "could not write the final stats at exit", exc=exc)
+        self.handlers.write_final(path)
 
     def after_fork_in_child(self) -> None:
         """In a forked child: let go of the parent's sockets and start afresh: fresh state, the agent
         thread again, and (made by that thread) a socket of our own if the parent served one."""
         was_serving = self._listener is not None
         self.forked = True
-        name, directory = self.name, self._asked_dir
+        name, directory = self.handlers.name, self._asked_dir
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         _let_go(self._listener, self._listener_ident)
@@ -405,19 +344,29 @@ class Agent:
         self._listen_ino = None
         self.path = None
         self._conns = {}
-        self._thread = None
         self._want_serve = self._want_stop_serving = False
         self.counters = Counters()
-        self._job = None
-        self._jobs = queue.Queue(maxsize=1)
-        self._done = collections.deque()
-        self._worker = None
+        self.handlers.reset_after_fork()
         self._accept_paused_until = None
         # The socket is made by the new agent thread, not here: a fork about to exec (subprocess with a
         # preexec_fn runs these hooks too) then leaves no socket file and does no I/O before the exec.
         self._serve_after_fork = (name, directory) if was_serving else None
-        if was_serving or registry.timings or registry.counters:
-            self.ensure_thread()
+        if was_serving:
+            pump.call_soon(self._serve_pending)
+            pump.ensure_running()
+
+    def _serve_pending(self) -> None:
+        """On the agent thread of a forked child: serve as the parent did, once the code that forked runs
+        on (a child that execs right after the fork never does, so it leaves no socket behind)."""
+        deadline = time.monotonic() + FORK_SERVE_WAIT_S
+        while not pump.forker_moved_on() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        pending, self._serve_after_fork = self._serve_after_fork, None
+        if pending is not None and self._listener is None:
+            try:
+                self.serve(*pending)
+            except Exception as exc:
+                log_once("fork-serve", "could not open the agent socket in a forked child", exc=exc)
 
     def before_fork(self) -> None:
         """In the parent, just before a fork: if the app uses multiprocessing, make sure its workers
@@ -435,40 +384,13 @@ class Agent:
         except Exception as exc:
             log_once("mp-hook", "could not hook the socket cleanup into multiprocessing", exc=exc)
 
-    # -- the agent thread ------------------------------------------------------------------------------
+    # -- on the agent thread ---------------------------------------------------------------------------
 
-    def _run(self) -> None:
-        set_native_thread_name("perftop-agent")
-        pending, self._serve_after_fork = self._serve_after_fork, None
-        if pending is not None and self._listener is None:
-            try:
-                self.serve(*pending)
-            except Exception as exc:
-                log_once("fork-serve", "could not open the agent socket in a forked child", exc=exc)
-        next_flush = time.monotonic() + FLUSH_INTERVAL_S
-        while not self._quit and self._sel is not None:
-            now = time.monotonic()
-            if now >= next_flush:
-                # First, and whatever else fails: the recorder's buffers are drained on time.
-                next_flush = now + FLUSH_INTERVAL_S
-                try:
-                    registry.flush()
-                except Exception as exc:
-                    log_once("agent-flush", "the agent thread could not aggregate", exc=exc)
-                try:
-                    self._housekeeping(now)
-                except Exception as exc:
-                    log_once("agent-housekeeping", "the agent's housekeeping failed", exc=exc)
-            try:
-                self._step(max(0.0, next_flush - time.monotonic()))
-            except Exception as exc:
-                log_once("agent-loop", "the agent thread hit an error and carries on", exc=exc)
-                time.sleep(FLUSH_INTERVAL_S)
-
-    def _step(self, timeout: float) -> None:
+    def wait(self, timeout: float) -> None:
         """One pass of the loop: apply serve/stop requests, wait for events up to `timeout`, handle them."""
         sel = self._sel
         if sel is None:
+            time.sleep(min(timeout, TICK_S))
             return
         if self._want_serve:
             self._want_serve = False
@@ -484,7 +406,7 @@ class Agent:
         except OSError:
             # One of our fds is no longer valid (closed by the app): make new ones, then carry on.
             self._recover()
-            time.sleep(min(timeout, FLUSH_INTERVAL_S))
+            time.sleep(min(timeout, TICK_S))
             return
         for key, mask in events:
             self._on_event(key, mask)
@@ -610,20 +532,16 @@ class Agent:
             conn = _Conn(sock, self._next_conn_id, now, peer_pid, ident=ident, last_active=now)
             self._next_conn_id += 1
             self._conns[conn.id] = conn
-            self.counters.accepted += 1
             if self._sel is not None:
                 self._sel.register(sock, selectors.EVENT_READ, conn.id)
-            self._queue(conn, self._hello().to_dict())
+            self._queue(conn, self.handlers.hello().to_dict())
 
     def _evict_idle(self, now: float) -> bool:
         """Close the longest-idle viewer (idle for IDLE_EVICT_S at least) to make room; whether one was."""
-        job = self._job
         idle = [
             c
             for c in self._conns.values()
-            if now - c.last_active >= IDLE_EVICT_S
-            and not c.out
-            and not (job is not None and job.conn_id == c.id)
+            if now - c.last_active >= IDLE_EVICT_S and not c.out and not self.handlers.waits_for(c.id)
         ]
         if not idle:
             return False
@@ -646,18 +564,6 @@ class Agent:
         if listener is not None and self._sel is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._sel.register(listener, selectors.EVENT_READ, "listen")
-
-    def _hello(self) -> Hello:
-        return Hello(
-            role="agent",
-            pid=os.getpid(),
-            agent_version=_version.__version__,
-            python=sys.version.split()[0],
-            argv=[str(a) for a in sys.argv],
-            started_at=self.started_at,
-            name=self.name,
-            capabilities=list(self._capabilities),
-        )
 
     def _read(self, conn: _Conn) -> None:
         if not _is_ours(conn.sock, conn.ident):
@@ -692,7 +598,6 @@ class Agent:
 
     def _fatal(self, conn: _Conn, message: str) -> None:
         """Say why in an error frame (best effort, without waiting) and close the connection."""
-        self.counters.closed_bad_frame += 1
         self._close(conn, ErrorFrame(message).to_dict())
 
     def _handle(self, conn: _Conn, message: dict[str, Any]) -> None:
@@ -713,7 +618,7 @@ class Agent:
             self._fatal(conn, f"bad request: {exc}")
             return
         try:
-            response = self._dispatch(conn, request)
+            response = self.handlers.dispatch(conn.id, request)
         except Exception as exc:
             log_once(f"method-{request.method}", f"request {request.method!r} failed", exc=exc)
             response = Response(
@@ -731,123 +636,13 @@ class Agent:
             )
         self._queue_bytes(conn, frame)
 
-    def _dispatch(self, conn: _Conn, request: Request) -> Response | None:
-        method, params = request.method, request.params
-        if method == "info":
-            info = self._hello().to_dict()
-            keys = ("pid", "protocol", "agent_version", "python", "argv", "started_at", "name")
-            return Response(request.id, True, {k: info[k] for k in keys})
-        if method == "stats":
-            try:
-                window = window_seconds(params.get("window"))
-            except ProtocolError as exc:
-                return Response(request.id, False, error=str(exc))
-            return Response(request.id, True, self._stats(window))
-        if method == "history":
-            metric = params.get("metric")
-            if not isinstance(metric, str):
-                return Response(request.id, False, error="'metric' must be a metric name")
-            registry.flush()
-            history = registry.history(metric, bool(params.get("fine", False)))
-            if history is None:
-                return Response(request.id, False, error=f"no timing named {metric!r}")
-            return Response(request.id, True, history)
-        if method in ("action", "explain"):
-            return self._start_job(conn, request)
-        return Response(
-            request.id, False, error=f"unknown method {method!r}; this agent serves: {', '.join(METHODS)}"
-        )
-
-    def _stats(self, window: float | None) -> dict[str, Any]:
-        registry.flush()
-        now = time.time()
-        span = registry.span(window, now)
-        overflow = registry.overflow()
-        overflow.update(
-            viewers_closed_slow=self.counters.closed_slow,
-            viewers_refused=self.counters.refused_peer + self.counters.refused_full,
-            viewers_closed_idle=self.counters.closed_idle,
-            viewers_closed_frame_timeout=self.counters.closed_frame_timeout,
-            fds_lost=self.counters.fds_lost,
-        )
-        return {
-            "now": now,
-            "window_s": window,
-            "span_s": span,
-            "timings": registry.timings_stats(window, now),
-            "counters": registry.counters_stats(window, now, span),
-            "gauges": registry.gauges_stats(),
-            "overflow": overflow,
-            "gc": gcwatch.gc_stats(),
-            "queries": _query_stats(window),
-            "requests": request_stats.snapshot(),
-            "memory": _memory_state(),
-        }
-
-    # -- actions ---------------------------------------------------------------------------------------
-
-    def _start_job(self, conn: _Conn, request: Request) -> Response | None:
-        params = dict(request.params)
-        if request.method == "action":
-            name = params.pop("name", None)
-            if not isinstance(name, str) or not name:
-                return Response(request.id, False, error="'name' must name an action")
-        else:
-            name = "explain"
-        seconds = params.get("seconds")
-        limit = MAX_ACTION_SECONDS
-        if seconds is not None:
-            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-                return Response(request.id, False, error="'seconds' must be a positive number")
-            if seconds > MAX_ACTION_SECONDS:
-                params["seconds"] = MAX_ACTION_SECONDS
-            limit = min(float(seconds), MAX_ACTION_SECONDS)
-        job = self._job
-        if job is not None:
-            running = time.monotonic() - job.started
-            return Response(request.id, False, error=f"busy: {job.name} running for {running:.1f} s")
-        now = time.monotonic()
-        job = _Job(request.method, name, params, conn.id, request.id, now, now + limit + ACTION_GRACE_S)
-        self._job = job
-        self._ensure_worker()
-        try:
-            self._jobs.put_nowait(job)
-        except queue.Full:
-            self._job = None
-            return Response(request.id, False, error="busy: the action worker is not ready")
-        return None
-
-    def _ensure_worker(self) -> None:
-        if self._worker is not None and self._worker.is_alive():
-            return
-        self._worker = threading.Thread(target=self._work, name="perftop-action", daemon=True)
-        self._worker.start()
-
-    def _work(self) -> None:
-        """The action worker thread: runs one job at a time and hands it back to the agent thread."""
-        set_native_thread_name("perftop-action")
-        jobs = self._jobs
-        while True:
-            job = jobs.get()
-            try:
-                job.result = _run_job(job)
-                job.ok = True
-            except Exception as exc:
-                job.error = _job_error(job, exc)
-            self._done.append(job)
-            self._wake()
-
     def _finish_jobs(self) -> None:
-        while self._done:
-            job = self._done.popleft()
-            if self._job is job:
-                self._job = None
-            conn = self._conns.get(job.conn_id)
+        """Answer the viewers whose actions are done (those still connected)."""
+        for conn_id, response in self.handlers.finished():
+            conn = self._conns.get(conn_id)
             if conn is not None:
                 conn.last_active = time.monotonic()
-                self._respond(
-                    conn, Response(job.request_id, job.ok, job.result if job.ok else None, job.error)
-                )
+                self._respond(conn, response)
 
     # -- output and closing ----------------------------------------------------------------------------
 
@@ -893,9 +688,7 @@ class Agent:
         if self._sel is not None:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._sel.unregister(conn.sock)
-        job = self._job
-        if job is not None and job.conn_id == conn.id:
-            job.cancel.set()
+        self.handlers.cancel(conn.id)
         if not _is_ours(conn.sock, conn.ident):
             _let_go(conn.sock, None)
             return
@@ -915,38 +708,27 @@ class Agent:
                     self._sel.unregister(listener)
             _let_go(listener, self._listener_ident)
         self._listener = self._listener_ident = None
-        job = self._job
-        if job is not None:
-            job.cancel.set()
+        self.handlers.cancel()
 
-    def _housekeeping(self, now: float) -> None:
+    def housekeeping(self) -> None:
+        """The agent thread's periodic check of the sockets, the connections' timeouts and the action's."""
+        if self._sel is None:
+            return  # never served (or a forked child not serving yet): no socket of ours to look at
+        now = time.monotonic()
         paused = self._accept_paused_until
         if paused is not None and now >= paused:
             self._resume_accepting()
         self._recover()
         self._expire_connections(now)
-        job = self._job
-        if job is not None and now > job.deadline:
-            job.cancel.set()
+        self.handlers.expire(now)
         if self._listener is not None:
             self._check_socket_file()
-        memory = sys.modules.get("perftop.agent.memory")
-        if memory is not None:
-            memory.expire(time.time())
-        if now >= self._next_loop_discovery:
-            self._next_loop_discovery = now + LOOP_DISCOVERY_S
-            if "asyncio" in sys.modules:  # never import asyncio into an app that does not use it
-                from perftop.agent.loop import discover_loops
-
-                discover_loops()
 
     def _expire_connections(self, now: float) -> None:
         """Close viewers that never said hello, send a frame too slowly, idle, or stopped reading."""
-        job = self._job
         for conn in list(self._conns.values()):
-            waiting = job is not None and job.conn_id == conn.id
+            waiting = self.handlers.waits_for(conn.id)
             if not conn.greeted and now - conn.opened_at > HANDSHAKE_TIMEOUT_S:
-                self.counters.closed_handshake_timeout += 1
                 self._close(conn, ErrorFrame("no hello received in time").to_dict())
             elif conn.frame_started is not None and now - conn.frame_started > FRAME_TIMEOUT_S:
                 self.counters.closed_frame_timeout += 1
@@ -980,65 +762,22 @@ def _send_and_close(sock: socket.socket, message: str) -> None:
         sock.close()
 
 
-def _available_methods() -> list[str]:
-    """The methods whose implementation can be imported (actions and explain live in other modules)."""
-    out = ["info", "stats", "history"]
-    for method, module in (("action", "perftop.agent.actions"), ("explain", "perftop.agent.sqlalchemy")):
-        try:
-            if importlib.util.find_spec(module) is not None:
-                out.append(method)
-        except (ImportError, ValueError):
-            pass
-    return out
+def _discover_loops() -> None:
+    """Watch the app's asyncio loops (perftop.agent.loop), once it uses asyncio."""
+    if "asyncio" in sys.modules:  # never import asyncio into an app that does not use it
+        from perftop.agent.loop import discover_loops
+
+        discover_loops()
 
 
-def _run_job(job: _Job) -> Any:
-    """Run one action or explain (in the worker thread); ImportError means it is not available."""
-    if job.method == "explain":
-        try:
-            sa_hook = importlib.import_module("perftop.agent.sqlalchemy")
-        except ImportError as exc:
-            raise _NotAvailable(f"explain is not available in this agent: {exc}") from None
-        return sa_hook.explain(job.params, job.cancel)
-    try:
-        actions = importlib.import_module("perftop.agent.actions")
-    except ImportError as exc:
-        raise _NotAvailable(f"actions are not available in this agent: {exc}") from None
-    return actions.run_action(job.name, job.params, job.cancel)
-
-
-class _NotAvailable(Exception):
-    pass
-
-
-def _job_error(job: _Job, exc: Exception) -> str:
-    if isinstance(exc, _NotAvailable) or type(exc).__name__ in ("ActionError", "ExplainError"):
-        return str(exc) or type(exc).__name__
-    log_once(f"job-{job.name}-{type(exc).__name__}", f"action {job.name!r} failed", exc=exc)
-    return f"{job.name} failed: {type(exc).__name__}: {exc}"
-
-
-def _memory_state() -> dict[str, Any] | None:
-    """tracemalloc's state, once perftop's memory action was loaded (None before: nothing to show)."""
-    memory = sys.modules.get("perftop.agent.memory")
-    return None if memory is None else memory.tracing_state()
-
-
-def _query_stats(window: float | None) -> Any:
-    """The SQLAlchemy hook's query stats if that hook has been loaded, else None."""
-    module = sys.modules.get("perftop.agent.sqlalchemy")
-    query_stats = getattr(module, "query_stats", None)
-    if query_stats is None:
-        return None
-    try:
-        return query_stats(window)
-    except Exception as exc:
-        log_once("query-stats", "the SQLAlchemy hook's query_stats failed", exc=exc)
-        return None
-
-
-agent = Agent()
-"""The process's one agent."""
+server = Server()
+"""The process's one socket server."""
+pump.every(TICK_S, server.housekeeping, "agent-housekeeping", "the agent's housekeeping failed")
+pump.every(
+    LOOP_DISCOVERY_S, _discover_loops, "loop-discovery", "could not look for asyncio loops", first_after=1.0
+)
+pump.on_exit(server.at_exit)
+pump.on_fork(locks=lambda: (server._lock,), before=server.before_fork, in_child=server.after_fork_in_child)
 
 
 def start(name: str | None = None, socket_dir: str | None = None, max_metrics: int | None = None) -> None:
@@ -1047,8 +786,8 @@ def start(name: str | None = None, socket_dir: str | None = None, max_metrics: i
         if max_metrics is not None:
             registry.max_metrics = max(1, int(max_metrics))
         gcwatch.install()
-        agent.ensure_thread()
-        agent.serve(name, socket_dir)
+        pump.ensure_running()
+        server.serve(name, socket_dir)
     except Exception as exc:
         log_once("start", f"could not start the agent: {exc}", exc=exc)
 
@@ -1056,28 +795,14 @@ def start(name: str | None = None, socket_dir: str | None = None, max_metrics: i
 def stop() -> None:
     """Stop serving: close the socket and every viewer, remove the socket file. Recording goes on."""
     try:
-        agent.stop_serving()
+        server.stop_serving()
     except Exception as exc:
         log_once("stop", f"could not stop the agent cleanly: {exc}", exc=exc)
 
 
 def socket_file() -> str | None:
     """The socket this process serves, or None."""
-    return agent.path if agent.serving else None
-
-
-def _sweep_finals(directory: str) -> None:
-    """Remove final stats files of dead workers older than FINAL_KEEP_S (those no viewer swept), and the
-    half-written `.final.tmp` of workers killed while writing theirs, so that a server recycling its
-    workers all day leaves a bounded number of them."""
-    now = time.time()
-    for name in os.listdir(directory):
-        pid = name.partition(".")[0]
-        if name.endswith((".final", ".final.tmp")) and pid.isdigit() and not paths.pid_alive(int(pid)):
-            with contextlib.suppress(OSError):
-                old = os.path.join(directory, name)
-                if now - os.lstat(old).st_mtime > FINAL_KEEP_S:
-                    os.unlink(old)
+    return server.path if server.serving else None
 
 
 def _mp_spawned() -> bool:
@@ -1091,7 +816,7 @@ def _mp_spawned() -> bool:
         return False
 
 
-def _mp_worker_started(owner: Agent) -> None:
+def _mp_worker_started(owner: Server) -> None:
     """In a multiprocessing worker (after its finalizers were reset): leave its final stats and remove our
     socket at its exit."""
     util = sys.modules.get("multiprocessing.util")
@@ -1102,78 +827,6 @@ def _mp_worker_started(owner: Agent) -> None:
             finalize(None, owner._remove_socket_file, exitpriority=0)
         except Exception as exc:
             log_once("mp-finalize", "could not register the socket cleanup with multiprocessing", exc=exc)
-
-
-FORK_LOCK_BUDGET_S = 0.5
-"""How long a fork may wait, in all, for the agent's locks (held for microseconds unless something is
-wrong): past it, the fork goes ahead and the child replaces the locks anyway."""
-_LAZY_MODULES = (
-    "perftop.agent.actions",
-    "perftop.agent.profiler",
-    "perftop.agent.memory",
-    "perftop.agent.loop",
-    "perftop.agent.sqlalchemy",
-    "perftop.agent.explain",
-    "perftop.agent.fingerprint",
-)
-"""Modules the agent's threads import on first use: a child forked mid-import would wait on the module's
-import lock forever (its holder does not exist in the child), so a fork first lets such an import finish."""
-_held_for_fork: list[threading.Lock] = []
-
-
-def _settle_imports() -> None:
-    """Wait until no other thread is importing one of `_LAZY_MODULES` (a no-op when none is)."""
-    bootstrap = sys.modules.get("importlib._bootstrap")
-    module_locks = getattr(bootstrap, "_module_locks", None)
-    for name in _LAZY_MODULES:
-        spec = getattr(sys.modules.get(name), "__spec__", None)
-        busy = bool(getattr(spec, "_initializing", False))
-        if not busy and isinstance(module_locks, dict):
-            ref = module_locks.get(name)
-            busy = ref is not None and (not callable(ref) or ref() is not None)
-        if busy:
-            with contextlib.suppress(Exception):
-                importlib.import_module(name)  # returns once the other thread's import is done
-
-
-def _before_fork() -> None:
-    """Just before a fork, in the forking thread: let imports finish and take the agent's locks, so the
-    child starts from consistent state; `_after_fork_in_parent` gives the locks back."""
-    with contextlib.suppress(Exception):
-        _settle_imports()
-    deadline = time.monotonic() + FORK_LOCK_BUDGET_S
-    for lock in (agent._lock, registry.lock, registry.drain_lock):
-        try:
-            if lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                _held_for_fork.append(lock)
-        except Exception as exc:
-            log_once("fork-lock", "could not take the agent's locks before a fork", exc=exc)
-    with contextlib.suppress(Exception):
-        agent.before_fork()
-
-
-def _after_fork_in_parent() -> None:
-    while _held_for_fork:
-        with contextlib.suppress(RuntimeError):
-            _held_for_fork.pop().release()
-
-
-def _after_fork_in_child() -> None:
-    """In the child: the locks taken before the fork are replaced (by the recorder's hook and here), the
-    forking thread's native id is its own, and the agent restarts: thread, socket, fresh state."""
-    _held_for_fork.clear()
-    try:
-        refresh_native_id()
-        agent.after_fork_in_child()
-    except Exception as exc:
-        log_once("fork-agent", "could not restart the agent in a forked child", exc=exc)
-
-
-atexit.register(agent.at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
-    )
 
 
 def program_name() -> str:

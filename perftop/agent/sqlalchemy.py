@@ -67,8 +67,8 @@ from typing import Any
 from perftop.agent import explain as _explain
 from perftop.agent import fingerprint as _fingerprint
 from perftop.agent import routes as request_stats
-from perftop.agent.recorder import SumWindows, log_once
-from perftop.wire.sketch import Sketch, Windows
+from perftop.agent.pump import log_once, pump
+from perftop.wire.sketch import Sketch, SumWindows, Windows
 
 __all__ = [
     "ExplainError",
@@ -120,47 +120,6 @@ ROWCOUNT_UNKNOWN = 2**63
 
 _perf = time.perf_counter_ns
 
-# -- hot-path state (module globals: the fastest lookups the listeners can make) ------------------------
-_pending: list[tuple[Any, ...]] = []
-"""(fingerprint, duration ns, end perf ns, rowcount, error, statement, parameters, engine) per execution."""
-_pending_append = _pending.append
-_fp_cache = _fingerprint._cache
-_fp_get = _fp_cache.get
-_checkout_counts: dict[int, dict[str, int]] = {}
-"""id(DBAPI connection) -> executions per fingerprint since that connection was checked out."""
-_opened: dict[int, dict[int, weakref.ref[_Open]]] = {}
-"""id(DBAPI connection) -> id(record) -> record, of its executions whose result is still open (ended at
-checkin). Weak: a record belongs to its execution context, so it goes when the context goes. Emptied
-past CHECKOUT_TABLE_MAX connections, as `_checkout_counts` is."""
-_results_hooked = False
-"""Whether `CursorResult._soft_close` is wrapped; if not, executions end at `execute()`'s return."""
-_slow_ns = 100_000_000
-_n1_threshold = 10
-_suppressed: set[int] = set()
-"""Threads whose executions are not recorded (perftop's own EXPLAIN and catalog queries)."""
-_slow: deque[tuple[str, int, float, dict[str, Any] | None, str | None]] = deque(maxlen=SLOW_LIST_MAX)
-_n1_events: deque[tuple[str, float, dict[str, Any] | None]] = deque(maxlen=N_PLUS_ONE_EVENTS_MAX)
-_checkouts: deque[tuple[int, int]] = deque(maxlen=POOL_EVENTS_MAX)
-"""(id(pool), perf ns) per checkout."""
-_waits: deque[tuple[int, int]] = deque(maxlen=POOL_EVENTS_MAX)
-"""(id(pool), ns spent getting a connection from the pool) per checkout."""
-
-# -- aggregated state (drain thread and readers, under _lock) -------------------------------------------
-_lock = threading.Lock()
-_started_at = time.time()
-_max_fingerprints = 2000
-_global = False
-_keep_values_all = False
-"""`instrument(None, keep_values=True)`: every engine's values may be shown (the app's own opt-in)."""
-_keep_values_engines: weakref.WeakSet[Any] = weakref.WeakSet()
-"""Engines the app instrumented with keep_values=True."""
-_instrumented: dict[int, Any] = {}
-"""id(engine) -> weakref of each engine instrumented by itself (not through the global listeners)."""
-_pools: dict[int, _PoolState] = {}
-_pools_lock = threading.Lock()
-_drain_thread: threading.Thread | None = None
-_fork_hook_registered = False
-
 
 class ExplainError(ValueError):
     """A request perftop refuses to EXPLAIN (unknown fingerprint, ANALYZE not allowed): one-line message."""
@@ -189,7 +148,7 @@ class Source:
 
 
 class _FpStats:
-    """What is kept per fingerprint besides its timings (those are in `_activity`)."""
+    """What is kept per fingerprint besides its timings (those are in `_s.activity`)."""
 
     __slots__ = ("dialect", "last", "n1_at", "n1_site")
 
@@ -300,11 +259,94 @@ class _PoolState:
         self.waits = Windows(started_at)
 
 
-_stats: dict[str, _FpStats] = {}
-_activity = _Activity(_started_at)
-_dropped: set[int] = set()
-_dropped_extra = 0
-_executions_dropped = 0
+SERVER_TIMES_EVERY_S = 10.0
+"""How often the database's own execution times are read (pg_stat_statements), in a thread of its own."""
+SERVER_TIMES_TIMEOUT_MS = 1000
+SERVER_TEXTS_MAX = 20_000
+"""pg_stat_statements texts whose fingerprint is remembered (the cache is emptied past this)."""
+
+
+class _ServerTimes:
+    """The database's own mean execution time per fingerprint (PostgreSQL's pg_stat_statements, read on
+    a connection of its own, never one of the app's pool), refreshed in the background; `why` says why
+    there are none."""
+
+    def __init__(self) -> None:
+        self.by_fp: dict[str, float] = {}
+        self.why: str | None = None
+        self.at = -math.inf
+        self.running = False
+        self.fp_of: dict[str, str] = {}
+
+
+class _State:
+    """Everything the hook keeps, in one object: what the listeners append to (the hot path), what the
+    agent thread's drain task aggregates it into (under `lock`), the settings and the call-site rules."""
+
+    def __init__(self) -> None:
+        # -- hot path: appended to by the app's threads without a lock, drained by the agent thread
+        self.pending: list[tuple[Any, ...]] = []
+        """(fingerprint, duration ns, end perf ns, rowcount, error, statement, parameters, engine) per
+        execution. Never replaced (emptied in place), so `pending_append` stays bound to it."""
+        self.pending_append = self.pending.append
+        self.checkout_counts: dict[int, dict[str, int]] = {}
+        """id(DBAPI connection) -> executions per fingerprint since that connection was checked out."""
+        self.opened: dict[int, dict[int, weakref.ref[_Open]]] = {}
+        """id(DBAPI connection) -> id(record) -> record, of its executions whose result is still open
+        (ended at checkin). Weak: a record belongs to its execution context, so it goes when the context
+        goes. Emptied past CHECKOUT_TABLE_MAX connections, as `checkout_counts` is."""
+        self.results_hooked = False
+        """Whether `CursorResult._soft_close` is wrapped; if not, executions end at `execute()`'s return."""
+        self.slow_ns = 100_000_000
+        self.n1_threshold = 10
+        self.suppressed: set[int] = set()
+        """Threads whose executions are not recorded (perftop's own EXPLAIN and catalog queries)."""
+        self.slow: deque[tuple[str, int, float, dict[str, Any] | None, str | None]] = deque(
+            maxlen=SLOW_LIST_MAX
+        )
+        self.n1_events: deque[tuple[str, float, dict[str, Any] | None]] = deque(maxlen=N_PLUS_ONE_EVENTS_MAX)
+        self.checkouts: deque[tuple[int, int]] = deque(maxlen=POOL_EVENTS_MAX)
+        """(id(pool), perf ns) per checkout."""
+        self.waits: deque[tuple[int, int]] = deque(maxlen=POOL_EVENTS_MAX)
+        """(id(pool), ns spent getting a connection from the pool) per checkout."""
+        # -- aggregated (the agent thread's drain task and readers, under `lock`)
+        self.lock = threading.Lock()
+        self.started_at = time.time()
+        self.stats: dict[str, _FpStats] = {}
+        self.activity = _Activity(self.started_at)
+        self.dropped: set[int] = set()
+        self.dropped_extra = 0
+        self.executions_dropped = 0
+        self.pools: dict[int, _PoolState] = {}
+        self.pools_lock = threading.Lock()
+        self.drain_registered = False
+        """Whether the aggregation is one of the agent thread's tasks (and the fork hook registered)."""
+        self.server_times = _ServerTimes()
+        # -- settings
+        self.max_fingerprints = 2000
+        self.global_listeners = False
+        """Whether the listeners are on every Engine (`instrument(None)`)."""
+        self.keep_values_all = False
+        """`instrument(None, keep_values=True)`: every engine's values may be shown (the app's opt-in)."""
+        self.keep_values_engines: weakref.WeakSet[Any] = weakref.WeakSet()
+        """Engines the app instrumented with keep_values=True."""
+        self.instrumented: dict[int, Any] = {}
+        """id(engine) -> weakref of each engine instrumented by itself (not through the global listeners)."""
+        # -- call sites
+        self.skip_prefixes: tuple[str, ...] = ()
+        self.library_prefixes: tuple[str, ...] = ()
+        self.internal_codes: dict[Any, int] = {}
+        """Code object -> _APP, _LIBRARY or _INTERNAL (what `_call_site` makes of its frames)."""
+        self.layers_seen: tuple[str, ...] | None = None
+        """The database layers imported when the call-site prefixes were last computed (None: never)."""
+
+
+_s = _State()
+"""The hook's state."""
+_opened = _s.opened
+"""The state's table of open results under its former name (never replaced, only emptied in place)."""
+_fp_cache = _fingerprint._cache
+_fp_get = _fp_cache.get
 
 
 # -- the listeners (hot path) ----------------------------------------------------------------------------
@@ -315,7 +357,7 @@ class _Open:
     or closed, its connection checked in, or its execution context freed, whichever comes first.
 
     Referenced strongly only by its execution context (`context._perftop_open`) and refers to nothing
-    that refers back, so it adds no reference cycle; `_opened` holds it weakly.
+    that refers back, so it adds no reference cycle; `_s.opened` holds it weakly.
     """
 
     __slots__ = (
@@ -349,7 +391,7 @@ class _Open:
         self.parameters = parameters
         self.engine = engine
         self.opens = opens
-        """The `_opened` table of its DBAPI connection (None if unknown)."""
+        """The `_s.opened` table of its DBAPI connection (None if unknown)."""
         self.trace = _request_current()
         """The web request that ran it (its SQL time counts there), or None."""
         self.site = _call_site() if self.trace is not None else None
@@ -368,12 +410,12 @@ def _end(op: _Open, t1: int) -> None:
     op.fp = None
     try:
         dt = t1 - op.t0
-        _pending_append((fp, dt, t1, op.rowcount, 0, op.statement, op.parameters, op.engine))
+        _s.pending_append((fp, dt, t1, op.rowcount, 0, op.statement, op.parameters, op.engine))
         opens = op.opens
         if opens is not None:
             opens.pop(id(op), None)
-        if dt >= _slow_ns:
-            _slow.append((fp, dt, time.time(), _call_site(), None))
+        if dt >= _s.slow_ns:
+            _s.slow.append((fp, dt, time.time(), _call_site(), None))
         if op.trace is not None:  # the request that ran it, even if it ends in another's time (GC, pool)
             op.trace.add(fp, dt, _rows(op.rowcount), op.site)
     except Exception as exc:
@@ -403,7 +445,7 @@ def _end_open_results(opens: dict[int, weakref.ref[_Open]]) -> None:
 
 
 def _on_do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-    if context is None or (_suppressed and threading.get_ident() in _suppressed):
+    if context is None or (_s.suppressed and threading.get_ident() in _s.suppressed):
         return False
     t0 = _perf()
     try:
@@ -416,7 +458,7 @@ def _on_do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -
 
 
 def _on_do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
-    if context is None or (_suppressed and threading.get_ident() in _suppressed):
+    if context is None or (_s.suppressed and threading.get_ident() in _s.suppressed):
         return False
     t0 = _perf()
     try:
@@ -429,7 +471,7 @@ def _on_do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
 
 
 def _on_do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
-    if context is None or (_suppressed and threading.get_ident() in _suppressed):
+    if context is None or (_s.suppressed and threading.get_ident() in _s.suppressed):
         return False
     t0 = _perf()
     try:
@@ -455,7 +497,7 @@ def _record(cursor: Any, statement: str, parameters: Any, context: Any, t0: int,
         engine = context.root_connection.engine
         if (
             cursor.description is None
-            or not _results_hooked
+            or not _s.results_hooked
             or not _open(fp, t0, cursor.rowcount, statement, parameters, engine, key, context)
         ):
             record_execution(fp, t0, t1, cursor.rowcount, statement, parameters, engine)
@@ -471,9 +513,9 @@ def record_execution(
     """Record an execution that is over at `t1` (perf ns): its timing, the slow list, the request's SQL.
     `engine`: the Engine or `Source` that ran it. Shared by the hooks; the caller catches exceptions."""
     dt = t1 - t0
-    _pending_append((fp, dt, t1, rowcount, 0, statement, parameters, engine))
-    if dt >= _slow_ns:
-        _slow.append((fp, dt, time.time(), _call_site(), None))
+    _s.pending_append((fp, dt, t1, rowcount, 0, statement, parameters, engine))
+    if dt >= _s.slow_ns:
+        _s.slow.append((fp, dt, time.time(), _call_site(), None))
     trace = _request_current()
     if trace is not None:
         trace.add(fp, dt, _rows(rowcount), _call_site())
@@ -493,18 +535,18 @@ def end_execution(op: _Open, t1: int) -> None:
 def count_execution(key: int, fp: str) -> None:
     """Count an execution of `fp` on the connection `key` for N+1 detection (its call site is taken
     once, when the count reaches the threshold)."""
-    counts = _checkout_counts.get(key)
+    counts = _s.checkout_counts.get(key)
     if counts is None:
         counts = _new_checkout(key)
     n = counts.get(fp, 0) + 1
     counts[fp] = n
-    if n == _n1_threshold:
-        _n1_events.append((fp, time.time(), _call_site()))
+    if n == _s.n1_threshold:
+        _s.n1_events.append((fp, time.time(), _call_site()))
 
 
 def forget_connection(key: int) -> None:
     """A unit of work on the connection `key` is over (a request, a checkin): its N+1 count starts again."""
-    _checkout_counts.pop(key, None)
+    _s.checkout_counts.pop(key, None)
 
 
 def _open(
@@ -516,11 +558,11 @@ def _open(
         _end(earlier, t0)
     opens = None
     if key:
-        opens = _opened.get(key)
+        opens = _s.opened.get(key)
         if opens is None:
-            if len(_opened) >= CHECKOUT_TABLE_MAX:
-                _opened.clear()
-            opens = _opened[key] = {}
+            if len(_s.opened) >= CHECKOUT_TABLE_MAX:
+                _s.opened.clear()
+            opens = _s.opened[key] = {}
     op = _Open(fp, t0, rowcount, statement, parameters, engine, opens)
     try:
         context._perftop_open = op
@@ -549,12 +591,12 @@ def record_failure(
     fp: str, dt: int, statement: str, parameters: Any, engine: Any, error: BaseException
 ) -> None:
     """Record a failed execution (`dt` ns) as an error of its fingerprint; the caller re-raises it."""
-    _pending_append((fp, dt, _perf(), 0, 1, statement, parameters, engine))
+    _s.pending_append((fp, dt, _perf(), 0, 1, statement, parameters, engine))
     trace = _request_current()
     if trace is not None:
         trace.add(fp, dt, None, _call_site())
-    if dt >= _slow_ns:
-        _slow.append((fp, dt, time.time(), _call_site(), _error_text(error, engine)))
+    if dt >= _s.slow_ns:
+        _s.slow.append((fp, dt, time.time(), _call_site(), _error_text(error, engine)))
 
 
 def _error_text(error: BaseException, engine: Any) -> str:
@@ -578,7 +620,7 @@ def _keeps_values(engine: Any) -> bool:
     if isinstance(engine, Source):
         return engine.keep_values
     try:
-        return _keep_values_all or engine in _keep_values_engines
+        return _s.keep_values_all or engine in _s.keep_values_engines
     except TypeError:  # not weak-referenceable: never opted in
         return False
 
@@ -610,10 +652,10 @@ def fingerprint_of(statement: str, double_quoted_literals: bool) -> str:
 
 
 def _new_checkout(key: int) -> dict[str, int]:
-    if len(_checkout_counts) >= CHECKOUT_TABLE_MAX:
-        _checkout_counts.clear()
+    if len(_s.checkout_counts) >= CHECKOUT_TABLE_MAX:
+        _s.checkout_counts.clear()
     counts: dict[str, int] = {}
-    _checkout_counts[key] = counts
+    _s.checkout_counts[key] = counts
     return counts
 
 
@@ -622,15 +664,15 @@ def _on_checkout(dbapi_connection: Any, connection_record: Any, connection_proxy
     try:
         key = id(dbapi_connection)
         _new_checkout(key)
-        opens = _opened.get(key)
+        opens = _s.opened.get(key)
         if opens:  # results left open without a checkin event (an invalidated connection)
             _end_open_results(opens)
         pool = getattr(connection_proxy, "_pool", None)
         if pool is not None:
             key = id(pool)
-            if key not in _pools:
+            if key not in _s.pools:
                 _track_pool(pool)
-            _checkouts.append((key, _perf()))
+            _s.checkouts.append((key, _perf()))
     except Exception as exc:
         log_once("sql-checkout", "could not record a pool checkout", exc=exc)
 
@@ -639,8 +681,8 @@ def _on_checkin(dbapi_connection: Any, connection_record: Any) -> None:
     """A connection returns to the pool: its N+1 count is over, and so are its results still open."""
     if dbapi_connection is not None:
         key = id(dbapi_connection)
-        _checkout_counts.pop(key, None)
-        opens = _opened.get(key)
+        _s.checkout_counts.pop(key, None)
+        opens = _s.opened.get(key)
         if opens:
             try:
                 _end_open_results(opens)
@@ -655,12 +697,12 @@ def _track_pool(pool: Any) -> None:
     spent blocked on a full pool plus, when the pool grows, the time to open a new DBAPI connection. A
     pool first seen at a checkout event has that first checkout unmeasured.
     """
-    with _pools_lock:  # not _lock: an app thread must never wait for an aggregation to finish
+    with _s.pools_lock:  # not _s.lock: an app thread must never wait for an aggregation to finish
         key = id(pool)
-        state = _pools.get(key)
+        state = _s.pools.get(key)
         if state is not None and state.pool() is pool:
             return
-        _pools[key] = _PoolState(pool, _started_at)
+        _s.pools[key] = _PoolState(pool, _s.started_at)
     original = getattr(pool, "_do_get", None)
     if original is None or getattr(original, "_perftop_timed", False):
         return
@@ -668,7 +710,7 @@ def _track_pool(pool: Any) -> None:
     def _timed_do_get() -> Any:
         t0 = _perf()
         entry = original()
-        _waits.append((key, _perf() - t0))
+        _s.waits.append((key, _perf() - t0))
         return entry
 
     _timed_do_get._perftop_timed = True  # type: ignore[attr-defined]
@@ -680,12 +722,6 @@ def _track_pool(pool: Any) -> None:
 
 # -- call sites ------------------------------------------------------------------------------------------
 
-_skip_prefixes: tuple[str, ...] = ()
-_library_prefixes: tuple[str, ...] = ()
-_internal_codes: dict[Any, int] = {}
-"""Code object -> _APP, _LIBRARY or _INTERNAL (what `_call_site` makes of its frames)."""
-
-
 _DATABASE_LAYERS = ("sqlalchemy", "django.db")
 """Packages whose frames are never call sites once imported (the database layers perftop hooks)."""
 
@@ -695,7 +731,6 @@ def _init_skip_prefixes() -> None:
     agent and middleware, logging, contextlib; and frames of installed libraries and the standard
     library are passed over while an app frame is further up. Run again when a hook is instrumented (a
     database layer imported since is then added)."""
-    global _skip_prefixes, _library_prefixes
     import sysconfig
 
     layers: list[str] = []
@@ -706,8 +741,8 @@ def _init_skip_prefixes() -> None:
             layers += [os.path.dirname(os.path.abspath(path)) + os.sep, os.path.dirname(path) + os.sep]
     agent_dir = os.path.dirname(os.path.abspath(__file__)) + os.sep
     perftop_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    _internal_codes.clear()
-    _skip_prefixes = (
+    _s.internal_codes.clear()
+    _s.skip_prefixes = (
         *layers,
         agent_dir,
         os.path.dirname(__file__) + os.sep,
@@ -723,25 +758,25 @@ def _init_skip_prefixes() -> None:
     for entry in sys.path:
         if entry.endswith(("site-packages", "dist-packages")):
             libraries.add(os.path.abspath(entry) + os.sep)
-    _library_prefixes = tuple(sorted(libraries))
+    _s.library_prefixes = tuple(sorted(libraries))
 
 
 _APP, _LIBRARY, _INTERNAL = 0, 1, 2
 
 
 def _kind_of(code: Any) -> int:
-    kind = _internal_codes.get(code)
+    kind = _s.internal_codes.get(code)
     if kind is None:
         name = code.co_filename
-        if name.startswith(_skip_prefixes):
+        if name.startswith(_s.skip_prefixes):
             kind = _INTERNAL
-        elif name.startswith(_library_prefixes) or name.startswith("<frozen"):
+        elif name.startswith(_s.library_prefixes) or name.startswith("<frozen"):
             kind = _LIBRARY
         else:
             kind = _APP
-        if len(_internal_codes) > 20_000:
-            _internal_codes.clear()
-        _internal_codes[code] = kind
+        if len(_s.internal_codes) > 20_000:
+            _s.internal_codes.clear()
+        _s.internal_codes[code] = kind
     return kind
 
 
@@ -821,71 +856,65 @@ def instrument(
     slow list, EXPLAIN's plan, advice and statement); by default they are redacted inside the app.
     Idempotent per engine; a later call updates the settings. Never raises: a failure is logged once.
     """
-    global _global, _keep_values_all
     try:
         from sqlalchemy import event
         from sqlalchemy.engine import Engine
         from sqlalchemy.pool import Pool
 
         start_recording(slow_ms, n_plus_one_threshold, max_fingerprints)
-        with _lock:
-            already = _global
+        with _s.lock:
+            already = _s.global_listeners
             try:
                 _hook_results()
             except Exception as exc:  # queries are then timed to execute's end, as before
                 log_once("sql-results", "cannot see when results are fetched", exc=exc)
         if engine is None:
-            _keep_values_all = bool(keep_values)
+            _s.keep_values_all = bool(keep_values)
             if not already:
                 for name, fn in _LISTENERS:
                     event.listen(Engine, name, fn)
                 event.listen(Pool, "checkout", _on_checkout)
                 event.listen(Pool, "checkin", _on_checkin)
-                with _lock:
-                    _global = True
-                    engines = [ref() for ref in _instrumented.values()]
-                    _instrumented.clear()
+                with _s.lock:
+                    _s.global_listeners = True
+                    engines = [ref() for ref in _s.instrumented.values()]
+                    _s.instrumented.clear()
                 for old in engines:  # the global listeners cover them now; one listener per event
                     if old is not None:
                         _remove_engine_listeners(old)
         else:
             engine = getattr(engine, "sync_engine", engine)  # an AsyncEngine wraps a sync one
             if keep_values:
-                _keep_values_engines.add(engine)
+                _s.keep_values_engines.add(engine)
             else:
-                _keep_values_engines.discard(engine)
-            with _lock:
-                ref = _instrumented.get(id(engine))
+                _s.keep_values_engines.discard(engine)
+            with _s.lock:
+                ref = _s.instrumented.get(id(engine))
                 done = already or (ref is not None and ref() is engine)
             if not done:
                 for name, fn in _LISTENERS:
                     event.listen(engine, name, fn)
                 event.listen(engine, "checkout", _on_checkout)
                 event.listen(engine, "checkin", _on_checkin)
-                with _lock:
-                    _instrumented[id(engine)] = weakref.ref(engine)
+                with _s.lock:
+                    _s.instrumented[id(engine)] = weakref.ref(engine)
             _track_pool(engine.pool)
-        _ensure_drain_thread()
+        _ensure_drain()
     except Exception as exc:
         log_once("sql-instrument", "could not instrument SQLAlchemy", exc=exc)
 
 
 def start_recording(slow_ms: float, n_plus_one_threshold: int = 10, max_fingerprints: int = 2000) -> None:
     """Set the thresholds every hook shares (the slow list's, N+1's, the fingerprint cap) and start the
-    aggregation thread: what a hook does before it records anything. Raises on a bad value."""
-    global _slow_ns, _n1_threshold, _max_fingerprints, _layers_seen
-    _slow_ns = max(0, int(float(slow_ms) * 1_000_000))
-    _n1_threshold = max(2, int(n_plus_one_threshold))
-    _max_fingerprints = max(1, int(max_fingerprints))
+    aggregation (an agent thread task): what a hook does before it records anything. Raises on a bad value."""
+    _s.slow_ns = max(0, int(float(slow_ms) * 1_000_000))
+    _s.n1_threshold = max(2, int(n_plus_one_threshold))
+    _s.max_fingerprints = max(1, int(max_fingerprints))
     layers = tuple(name for name in _DATABASE_LAYERS if name in sys.modules)
-    if layers != _layers_seen:
-        _layers_seen = layers
+    if layers != _s.layers_seen:
+        _s.layers_seen = layers
         _init_skip_prefixes()
-    _ensure_drain_thread()
-
-
-_layers_seen: tuple[str, ...] | None = None
-"""The database layers imported when the call-site prefixes were last computed (None: never computed)."""
+    _ensure_drain()
 
 
 def _hook_results() -> None:
@@ -893,8 +922,7 @@ def _hook_results() -> None:
     or the result is closed (including `.first()`, `.scalar()`, `.all()`, ORM loads, `yield_per`), so
     the execution's `_Open` record ends there. A result of an engine perftop does not record has no
     record: the wrapper costs it one attribute lookup."""
-    global _results_hooked
-    if _results_hooked:
+    if _s.results_hooked:
         return
     from sqlalchemy.engine.cursor import CursorFetchStrategy, CursorResult
     from sqlalchemy.engine.default import DefaultExecutionContext
@@ -917,7 +945,7 @@ def _hook_results() -> None:
     _soft_close.__wrapped__ = original  # type: ignore[attr-defined]
     DefaultExecutionContext._perftop_open = None  # type: ignore[attr-defined]
     CursorResult._soft_close = _soft_close  # type: ignore[method-assign]
-    _results_hooked = True
+    _s.results_hooked = True
 
     # A fetch that fails goes through the strategy's handle_exception, which re-raises it wrapped.
     failed = CursorFetchStrategy.__dict__.get("handle_exception")
@@ -953,95 +981,82 @@ def _remove_engine_listeners(engine: Any) -> None:
 
 def is_instrumented() -> bool:
     """Whether `instrument()` has attached to at least one engine (or to all of them)."""
-    with _lock:
-        return _global or any(ref() is not None for ref in _instrumented.values())
+    with _s.lock:
+        return _s.global_listeners or any(ref() is not None for ref in _s.instrumented.values())
 
 
-def _ensure_drain_thread() -> None:
-    global _drain_thread, _fork_hook_registered
-    with _lock:
-        if _drain_thread is not None and _drain_thread.is_alive():
-            return
-        _drain_thread = threading.Thread(target=_drain_loop, name="perftop-sql", daemon=True)
-        _drain_thread.start()
-        if not _fork_hook_registered and hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
-            _fork_hook_registered = True
+def _ensure_drain() -> None:
+    """Aggregate every DRAIN_INTERVAL_S on the agent thread (a task registered once), which runs."""
+    with _s.lock:
+        if not _s.drain_registered:
+            _s.drain_registered = True
+            pump.every(DRAIN_INTERVAL_S, _drain, "sql-drain", "could not aggregate query statistics")
+            pump.on_fork(in_child=_after_fork_in_child)
+    pump.ensure_running()
 
 
-def _drain_loop() -> None:
-    while True:
-        time.sleep(DRAIN_INTERVAL_S)
-        try:
-            with _lock:
-                _drain_locked()
-        except Exception as exc:
-            log_once("sql-drain", "could not aggregate query statistics", exc=exc)
+def _drain() -> None:
+    with _s.lock:
+        _drain_locked()
 
 
 def _after_fork_in_child() -> None:
-    """A forked worker starts empty (its parent's numbers are the parent's) and with its own thread."""
-    global _lock, _pools_lock, _drain_thread, _started_at, _dropped_extra, _executions_dropped, _activity
-    _lock = threading.Lock()
-    _pools_lock = threading.Lock()
-    _started_at = time.time()
-    _activity = _Activity(_started_at)
-    del _pending[:]
-    for q in (_slow, _n1_events, _checkouts, _waits):
+    """A forked worker starts empty (its parent's numbers are the parent's), aggregated by its own thread."""
+    _s.lock = threading.Lock()
+    _s.pools_lock = threading.Lock()
+    _s.started_at = time.time()
+    _s.activity = _Activity(_s.started_at)
+    del _s.pending[:]
+    for q in (_s.slow, _s.n1_events, _s.checkouts, _s.waits):
         q.clear()
-    _checkout_counts.clear()
-    _opened.clear()
-    _stats.clear()
-    _dropped.clear()
-    _dropped_extra = _executions_dropped = 0
-    for state in list(_pools.values()):
-        state.checkouts = SumWindows(_started_at)
-        state.waits = Windows(_started_at)
-    _drain_thread = None
-    if _global or _instrumented:
-        try:
-            _ensure_drain_thread()
-        except Exception as exc:
-            log_once("sql-fork", "could not restart the query aggregation thread after fork", exc=exc)
+    _s.checkout_counts.clear()
+    _s.opened.clear()
+    _s.stats.clear()
+    _s.dropped.clear()
+    _s.dropped_extra = _s.executions_dropped = 0
+    for state in list(_s.pools.values()):
+        state.checkouts = SumWindows(_s.started_at)
+        state.waits = Windows(_s.started_at)
+    if _s.global_listeners or _s.instrumented:
+        pump.ensure_running()
 
 
 @contextlib.contextmanager
 def _not_recorded() -> Iterator[None]:
     """Executions of this thread inside the block are not recorded (perftop's own queries)."""
     ident = threading.get_ident()
-    _suppressed.add(ident)
+    _s.suppressed.add(ident)
     try:
         yield
     finally:
-        _suppressed.discard(ident)
+        _s.suppressed.discard(ident)
 
 
 # -- aggregation -----------------------------------------------------------------------------------------
 
 
 def _drain_locked() -> None:
-    """Aggregate everything pending into the windows (caller holds _lock)."""
-    global _dropped_extra, _executions_dropped
+    """Aggregate everything pending into the windows (caller holds _s.lock)."""
     wall_minus_perf = time.time() - _perf() / 1e9
-    n = len(_pending)
+    n = len(_s.pending)
     if n:
-        chunk = _pending[:n]
-        del _pending[:n]
+        chunk = _s.pending[:n]
+        del _s.pending[:n]
         groups: dict[tuple[str, int], tuple[Sketch, list[int]]] = {}
         """(fingerprint, second) -> (sketch, [rows, executions whose rows are known])."""
         for fp, dt, t_end, rows, err, statement, parameters, engine in chunk:
-            stats = _stats.get(fp)
+            stats = _s.stats.get(fp)
             if stats is None:
-                if len(_stats) >= _max_fingerprints:
-                    _executions_dropped += 1
+                if len(_s.stats) >= _s.max_fingerprints:
+                    _s.executions_dropped += 1
                     h = hash(fp)
-                    if h not in _dropped:
-                        if len(_dropped) < DROPPED_KEPT_MAX:
-                            _dropped.add(h)
+                    if h not in _s.dropped:
+                        if len(_s.dropped) < DROPPED_KEPT_MAX:
+                            _s.dropped.add(h)
                         else:
-                            _dropped_extra += 1
+                            _s.dropped_extra += 1
                     continue
-                stats = _stats[fp] = _FpStats(_dialect_name(engine))
+                stats = _s.stats[fp] = _FpStats(_dialect_name(engine))
             stats.ran(engine, statement, parameters, bool(err))
             second = int(t_end / 1e9 + wall_minus_perf)
             group = groups.get((fp, second))
@@ -1053,31 +1068,31 @@ def _drain_locked() -> None:
                 group[1][0] += rows
                 group[1][1] += 1
         for (fp, second), (sketch, (rows_sum, counted)) in groups.items():
-            _activity.add(fp, second, sketch, rows_sum, counted)
-    for _ in range(len(_n1_events)):
-        fp, at, site = _n1_events.popleft()
-        found = _stats.get(fp)
+            _s.activity.add(fp, second, sketch, rows_sum, counted)
+    for _ in range(len(_s.n1_events)):
+        fp, at, site = _s.n1_events.popleft()
+        found = _s.stats.get(fp)
         if found is not None:
             found.n1_at, found.n1_site = at, site
     _drain_pool_events(wall_minus_perf)
 
 
 def _drain_pool_events(wall_minus_perf: float) -> None:
-    for _ in range(len(_checkouts)):
-        key, t = _checkouts.popleft()
-        state = _pools.get(key)
+    for _ in range(len(_s.checkouts)):
+        key, t = _s.checkouts.popleft()
+        state = _s.pools.get(key)
         if state is not None:
             state.checkouts.add(t / 1e9 + wall_minus_perf, 1)
     now = time.time()
-    for _ in range(len(_waits)):
-        key, wait = _waits.popleft()
-        state = _pools.get(key)
+    for _ in range(len(_s.waits)):
+        key, wait = _s.waits.popleft()
+        state = _s.pools.get(key)
         if state is not None:
             state.waits.add(now, wait)
-    with _pools_lock:
-        for key, state in list(_pools.items()):
+    with _s.pools_lock:
+        for key, state in list(_s.pools.items()):
             if state.pool() is None:
-                del _pools[key]
+                del _s.pools[key]
 
 
 def _dialect_name(engine: Any) -> str:
@@ -1099,12 +1114,12 @@ def query_stats(window_s: float | None, now: float | None = None) -> dict[str, A
     if now is None:
         now = time.time()
     routes = request_stats.routes_by_fingerprint()  # before our lock: the two locks are never nested
-    with _lock:
+    with _s.lock:
         _drain_locked()
         rows_out: list[dict[str, Any]] = []
-        cells, _span = _activity.window(window_s, now)
+        cells, _span = _s.activity.window(window_s, now)
         for fp, cell in cells.items():
-            stats = _stats.get(fp)
+            stats = _s.stats.get(fp)
             sketch = cell.sketch
             if stats is None or sketch.count == 0:
                 continue
@@ -1139,13 +1154,13 @@ def query_stats(window_s: float | None, now: float | None = None) -> dict[str, A
                 "call_site": dict(site) if site else None,
                 "error": error,
             }
-            for fp, dt, at, site, error in reversed(_slow.copy())  # app threads append meanwhile
+            for fp, dt, at, site, error in reversed(_s.slow.copy())  # app threads append meanwhile
             if window_s is None or at >= now - window_s
         ]
         pool = _pool_stats(window_s, now)
         overflow = {
-            "fingerprints_dropped": len(_dropped) + _dropped_extra,
-            "executions_dropped": _executions_dropped,
+            "fingerprints_dropped": len(_s.dropped) + _s.dropped_extra,
+            "executions_dropped": _s.executions_dropped,
         }
     grand = sum(r["total_ms"] for r in rows_out)
     server, why = _server_times()
@@ -1158,52 +1173,29 @@ def query_stats(window_s: float | None, now: float | None = None) -> dict[str, A
         "slow_queries": slow,
         "pool": pool,
         "overflow": overflow,
-        "slow_ms": _slow_ns / 1e6,
+        "slow_ms": _s.slow_ns / 1e6,
         "server_times": why,
     }
-
-
-SERVER_TIMES_EVERY_S = 10.0
-"""How often the database's own execution times are read (pg_stat_statements), in a thread of its own."""
-SERVER_TIMES_TIMEOUT_MS = 1000
-SERVER_TEXTS_MAX = 20_000
-"""pg_stat_statements texts whose fingerprint is remembered (the cache is emptied past this)."""
-
-
-class _ServerTimes:
-    """The database's own mean execution time per fingerprint (PostgreSQL's pg_stat_statements, read on
-    a connection of its own, never one of the app's pool), refreshed in the background; `why` says why
-    there are none."""
-
-    def __init__(self) -> None:
-        self.by_fp: dict[str, float] = {}
-        self.why: str | None = None
-        self.at = -math.inf
-        self.running = False
-        self.fp_of: dict[str, str] = {}
-
-
-_server = _ServerTimes()
 
 
 def _server_times() -> tuple[dict[str, float], str | None]:
     """The last figures read, starting a refresh when they are old (the caller never waits for it)."""
     engines = {
         id(engine): engine
-        for stats in list(_stats.values())
+        for stats in list(_s.stats.values())
         if stats.dialect == "postgresql"
         for engine, _, _, _ in list(stats.last.values())
     }
     if not engines:
         return {}, None
     now = time.monotonic()
-    if not _server.running and now - _server.at >= SERVER_TIMES_EVERY_S:
-        _server.running = True
-        _server.at = now
+    if not _s.server_times.running and now - _s.server_times.at >= SERVER_TIMES_EVERY_S:
+        _s.server_times.running = True
+        _s.server_times.at = now
         threading.Thread(
             target=_refresh_server_times, args=(list(engines.values()),), name="perftop-pgstat", daemon=True
         ).start()
-    return _server.by_fp, _server.why
+    return _s.server_times.by_fp, _s.server_times.why
 
 
 def _refresh_server_times(engines: list[Any]) -> None:
@@ -1218,21 +1210,21 @@ def _refresh_server_times(engines: list[Any]) -> None:
                 why = f"no server times: pg_stat_statements is not readable ({type(exc).__name__}: {text})"
                 continue
             for query, calls, total_ms in rows:
-                fp = _server.fp_of.get(query)
+                fp = _s.server_times.fp_of.get(query)
                 if fp is None:
                     fp = _fingerprint.fingerprint(query)
-                    if len(_server.fp_of) > SERVER_TEXTS_MAX:
-                        _server.fp_of.clear()
-                    _server.fp_of[query] = fp
+                    if len(_s.server_times.fp_of) > SERVER_TEXTS_MAX:
+                        _s.server_times.fp_of.clear()
+                    _s.server_times.fp_of[query] = fp
                 acc = totals.setdefault(fp, [0.0, 0.0])
                 acc[0] += float(calls)
                 acc[1] += float(total_ms)
-        _server.by_fp = {fp: t / n for fp, (n, t) in totals.items() if n > 0}
-        _server.why = why if not totals else None
+        _s.server_times.by_fp = {fp: t / n for fp, (n, t) in totals.items() if n > 0}
+        _s.server_times.why = why if not totals else None
     except Exception as exc:
         log_once("sql-server-times", "could not read the database's own query times", exc=exc)
     finally:
-        _server.running = False
+        _s.server_times.running = False
 
 
 def _read_pg_stat_statements(engine: Any) -> list[tuple[str, float, float]]:
@@ -1267,7 +1259,7 @@ def _pool_stats(window_s: float | None, now: float) -> dict[str, Any] | None:
     waits = Sketch()
     checkouts = 0.0
     span = 1e-9
-    for state in list(_pools.values()):
+    for state in list(_s.pools.values()):
         pool = state.pool()
         if pool is None:
             continue
@@ -1354,9 +1346,9 @@ def _explain_request(params: dict[str, Any], cancel: threading.Event) -> dict[st
     wanted = params.get("dialect")
     if wanted is not None and not isinstance(wanted, str):
         raise ExplainError("'dialect' must be a dialect name such as postgresql, mysql or sqlite")
-    with _lock:
+    with _s.lock:
         _drain_locked()
-        stats = _stats.get(fp)
+        stats = _s.stats.get(fp)
         candidates = stats.candidates(wanted) if stats is not None else []
     if not candidates:
         shown = fp if len(fp) <= 80 else fp[:77] + "..."

@@ -36,7 +36,8 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any
 
-from perftop.agent.recorder import MAX_PENDING, Timing, count, log_once, registry
+from perftop.agent.pump import log_once, pump
+from perftop.agent.recorder import MAX_PENDING, Timing, count, registry
 
 __all__ = [
     "LOST_PREFIX",
@@ -193,9 +194,7 @@ def instrument_celery(signals: ModuleType) -> None:
 def _leave() -> None:
     """In a billiard pool worker about to `os._exit`: the agent's exit work (final stats, socket)."""
     try:
-        from perftop.agent import server
-
-        server.agent.at_exit()
+        pump.run_exit_hooks()
     except Exception as exc:
         log_once("billiard-exit", "could not leave a billiard worker's final stats", exc=exc)
 

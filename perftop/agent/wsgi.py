@@ -23,7 +23,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from perftop.agent import routes as requests
-from perftop.agent.recorder import MAX_PENDING, Timing, count, log_once, registry
+from perftop.agent.pump import log_once
+from perftop.agent.recorder import MAX_PENDING, Timing, count, registry
 from perftop.agent.routes import ROUTE_KEY, TIMED_KEY
 
 __all__ = ["NOT_FOUND_ROUTE", "Middleware", "ServerError", "normalize_path", "timed"]

@@ -19,7 +19,7 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
 from itertools import accumulate
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 ALPHA = 0.008
 """Relative accuracy of every quantile (0.8%, under the promised 1% with room for float rounding)."""
@@ -324,7 +324,71 @@ _UNUSED = Sketch()
 """The placeholder of ring slots not used yet: epoch -1 never matches, so nothing ever adds to it."""
 
 
-class Windows:
+FINE_S, FINE_SLOTS, COARSE_S, COARSE_SLOTS = 1, 10, 10, 30
+"""The default rings: ten 1 s slots (the 10 s window exactly), thirty 10 s slots (1 min and 5 min)."""
+
+
+def window_span(
+    seconds: float | None,
+    now: float,
+    started_at: float,
+    fine_s: int = FINE_S,
+    fine_slots: int = FINE_SLOTS,
+    coarse_s: int = COARSE_S,
+    coarse_slots: int = COARSE_SLOTS,
+) -> float:
+    """The time the last `seconds` (None: since start) covers, what rates divide by: the window, or the
+    time since start if that is shorter, or the chosen ring's length if that is shorter still."""
+    since_start = max(now - started_at, 1e-9)
+    if seconds is None or seconds <= 0:
+        return since_start
+    fine = fine_s * fine_slots
+    longest = fine if seconds <= fine else coarse_s * coarse_slots
+    return min(float(seconds), since_start, float(longest))
+
+
+_S = TypeVar("_S")
+
+
+class _Rings(Generic[_S]):
+    """A ring of fine slots and a ring of coarse slots, each slot (epoch, value): the slot rules that
+    `Windows` (sketches) and `SumWindows` (sums) share. A window up to the fine ring's length is read
+    from the fine ring, a longer one from the coarse ring, to within one coarse slot."""
+
+    __slots__ = ("_coarse", "_coarse_s", "_fine", "_fine_s", "started_at")
+
+    def __init__(
+        self, started_at: float, fine_s: int, fine_slots: int, coarse_s: int, coarse_slots: int, unused: _S
+    ) -> None:
+        self.started_at = started_at
+        self._fine_s = fine_s
+        self._coarse_s = coarse_s
+        # Unused slots share one placeholder value (epoch -1 never matches), so an idle metric costs two
+        # short lists.
+        self._fine: list[tuple[int, _S]] = [(-1, unused)] * fine_slots
+        self._coarse: list[tuple[int, _S]] = [(-1, unused)] * coarse_slots
+
+    @property
+    def longest_window_s(self) -> int:
+        return self._coarse_s * len(self._coarse)
+
+    def _in_window(self, seconds: float, now: float) -> tuple[list[_S], float]:
+        """The values of the slots the last `seconds` (> 0) covers, and the span they cover."""
+        if seconds <= self._fine_s * len(self._fine):
+            ring, width = self._fine, self._fine_s
+        else:
+            ring, width = self._coarse, self._coarse_s
+        slots = max(1, math.ceil(seconds / width))
+        last = int(now // width)
+        first = last - min(slots, len(ring)) + 1
+        values = [value for start, value in ring if first <= start <= last]
+        span = window_span(
+            seconds, now, self.started_at, self._fine_s, len(self._fine), self._coarse_s, len(self._coarse)
+        )
+        return values, span
+
+
+class Windows(_Rings[Sketch]):
     """Sliding windows over one metric: a ring of fine slots, a ring of coarse slots, and a total.
 
     With the defaults, 10 one-second slots answer the 10 s window exactly, and 30 ten-second slots answer
@@ -332,24 +396,19 @@ class Windows:
     metric, each of at most MAX_BINS buckets.
     """
 
-    __slots__ = ("_coarse", "_coarse_s", "_fine", "_fine_s", "started_at", "total")
+    __slots__ = ("total",)
 
     def __init__(
         self,
         started_at: float,
-        fine_s: int = 1,
-        fine_slots: int = 10,
-        coarse_s: int = 10,
-        coarse_slots: int = 30,
+        fine_s: int = FINE_S,
+        fine_slots: int = FINE_SLOTS,
+        coarse_s: int = COARSE_S,
+        coarse_slots: int = COARSE_SLOTS,
     ) -> None:
-        self.started_at = started_at
+        # A slot gets a sketch of its own when its second first comes round; `_UNUSED` is never written.
+        super().__init__(started_at, fine_s, fine_slots, coarse_s, coarse_slots, _UNUSED)
         self.total = Sketch()
-        self._fine_s = fine_s
-        self._coarse_s = coarse_s
-        # Unused slots share one empty sketch that is never written to (a slot gets a sketch of its own
-        # when its second first comes round), so an idle metric costs two short lists.
-        self._fine: list[tuple[int, Sketch]] = [(-1, _UNUSED)] * fine_slots
-        self._coarse: list[tuple[int, Sketch]] = [(-1, _UNUSED)] * coarse_slots
 
     @staticmethod
     def _slot(ring: list[tuple[int, Sketch]], width: int, now: float) -> Sketch:
@@ -373,10 +432,6 @@ class Windows:
         self._slot(self._coarse, self._coarse_s, now).merge(sketch)
         self.total.merge(sketch)
 
-    @property
-    def longest_window_s(self) -> int:
-        return self._coarse_s * len(self._coarse)
-
     def window(self, seconds: float | None, now: float) -> tuple[Sketch, float]:
         """The merged sketch of the last `seconds` (None: since start), and the span it covers in seconds.
 
@@ -385,18 +440,10 @@ class Windows:
         since_start = max(now - self.started_at, 1e-9)
         if seconds is None or seconds <= 0:
             return self.total.copy(), since_start
-        if seconds <= self._fine_s * len(self._fine):
-            ring, width = self._fine, self._fine_s
-        else:
-            ring, width = self._coarse, self._coarse_s
-        slots = max(1, math.ceil(seconds / width))
-        last = int(now // width)
-        first = last - min(slots, len(ring)) + 1
+        sketches, span = self._in_window(seconds, now)
         out = Sketch()
-        for start, sk in ring:
-            if first <= start <= last:
-                out.merge(sk)
-        span = min(float(seconds), since_start, float(width * len(ring)))
+        for sk in sketches:
+            out.merge(sk)
         return out, span
 
     def history(self, now: float, fine: bool = False) -> list[tuple[int, Sketch]]:
@@ -405,3 +452,36 @@ class Windows:
         last = int(now // width)
         first = last - len(ring) + 1
         return [(start * width, sk) for start, sk in sorted(ring, key=lambda s: s[0]) if first <= start]
+
+
+class SumWindows(_Rings[float]):
+    """Sums over sliding windows, with `Windows`' rings and slot rules, and a total. For counters."""
+
+    __slots__ = ("total",)
+
+    def __init__(
+        self,
+        started_at: float,
+        fine_s: int = FINE_S,
+        fine_slots: int = FINE_SLOTS,
+        coarse_s: int = COARSE_S,
+        coarse_slots: int = COARSE_SLOTS,
+    ) -> None:
+        super().__init__(started_at, fine_s, fine_slots, coarse_s, coarse_slots, 0)
+        self.total: float = 0
+
+    def add(self, now: float, value: float) -> None:
+        """Add `value` at time `now` (unix seconds) to every ring and the total."""
+        for ring, width in ((self._fine, self._fine_s), (self._coarse, self._coarse_s)):
+            epoch = int(now // width)
+            k = epoch % len(ring)
+            start, held = ring[k]
+            ring[k] = (epoch, held + value if start == epoch else 0 + value)
+        self.total += value
+
+    def window(self, seconds: float | None, now: float) -> float:
+        """The sum over the last `seconds` (None: since start), with `Windows.window`'s slot rules."""
+        if seconds is None or seconds <= 0:
+            return self.total
+        values, _span = self._in_window(seconds, now)
+        return sum(values)
