@@ -343,8 +343,6 @@ class _State:
 
 _s = _State()
 """The hook's state."""
-_opened = _s.opened
-"""The state's table of open results under its former name (never replaced, only emptied in place)."""
 _fp_cache = _fingerprint._cache
 _fp_get = _fp_cache.get
 

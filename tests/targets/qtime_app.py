@@ -216,7 +216,7 @@ class App:
         gc.collect()
         out["growth_bytes"] = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()
-        out["open_left"] = sum(len(opens) for opens in hook._opened.values())
+        out["open_left"] = sum(len(opens) for opens in hook._s.opened.values())
         return out
 
     def _round(
