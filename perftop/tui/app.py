@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -14,12 +14,13 @@ from textual.markup import escape
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.theme import Theme
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent
 
 from perftop._version import __version__
 from perftop.collectors.agent_client import AgentError
-from perftop.recording import Recorder, RecordingError
+from perftop.collectors.model import SystemSample
 from perftop.tui.messages import (
     AgentReply,
     AgentSampled,
@@ -40,10 +41,15 @@ from perftop.tui.sources import Sources
 from perftop.tui.widgets.filterbar import FilterBar
 from perftop.tui.widgets.target import ActionTarget
 
+if TYPE_CHECKING:
+    from perftop.recording import Recorder
+
 W = TypeVar("W", bound=Widget)
 
 INTERVALS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """The refresh intervals `+` and `-` step through."""
+HOLD_S = 0.25
+"""How long a host sample waits, at most, for the rest of its tick before it is shown alone."""
 CHANGES_TARGET = frozenset({"gc", "memory"})
 """Agent actions that change the attached process: refused in a read-only session."""
 
@@ -102,6 +108,9 @@ class PerftopApp(App[int]):
         """Where the agent request being sent runs, when the user picked it (a worker, the parent alone)."""
         self.recorder: Recorder | None = None
         """The recording of the attached process that `r` started, while it runs."""
+        self._panes: dict[type[Widget], Widget] = {}
+        self._held_system: SystemSample | None = None
+        self._hold_timer: Timer | None = None
         self.set_reactive(PerftopApp.interval, interval)
 
     def compose(self) -> ComposeResult:
@@ -139,30 +148,64 @@ class PerftopApp(App[int]):
     # -- data in ---------------------------------------------------------------------------------------
 
     def _pane(self, kind: type[W]) -> W | None:
-        """The pane of that type, or None while the app is starting or shutting down."""
+        """The pane of that type, or None while the app is starting or shutting down. Found once: the
+        panes stay for the app's life, and a query walks the DOM, several times a tick."""
+        pane = self._panes.get(kind)
+        if pane is not None and pane.is_attached:
+            return cast(W, pane)
         try:
-            return self.query_one(kind)
+            found = self.query_one(kind)
         except NoMatches:
             return None
+        self._panes[kind] = found
+        return found
 
     @on(SystemSampled)
     def _system(self, msg: SystemSampled) -> None:
+        """The host sample is held until the rest of its tick arrives (the process list, or the attached
+        process), then both are drawn in one screen update instead of two; at once where nothing follows
+        (the attached process has exited), and after HOLD_S at most."""
+        process = self._pane(ProcessPane) if self.attached is not None else None
+        if process is not None and process.gone is not None:
+            self._held_system = None
+            self._show_system(msg.sample)
+            return
+        if self._held_system is not None:
+            self._show_system(self._held_system)
+        self._held_system = msg.sample
+        if self._hold_timer is not None:
+            self._hold_timer.stop()
+        self._hold_timer = self.set_timer(HOLD_S, self._release_system)
+
+    def _release_system(self) -> None:
+        """Show the held host sample, if any (the rest of its tick arrived, or the hold expired)."""
+        held, self._held_system = self._held_system, None
+        if self._hold_timer is not None:
+            self._hold_timer.stop()
+            self._hold_timer = None
+        if held is not None:
+            self._show_system(held)
+
+    def _show_system(self, sample: SystemSample) -> None:
         if pane := self._pane(SystemPane):
-            pane.sample = msg.sample
+            pane.sample = sample
 
     @on(ProcessesListed)
     def _processes(self, msg: ProcessesListed) -> None:
+        self._release_system()
         if self.attached is None and (pane := self._pane(ProcessListPane)):
             pane.rows = msg.rows
 
     @on(ProcessSampled)
     def _process(self, msg: ProcessSampled) -> None:
+        self._release_system()
         if msg.sample.pid == self.attached and (pane := self._pane(ProcessPane)):
             pane.now = self.sources.now()
             pane.sample = msg.sample
 
     @on(ProcessExited)
     def _exited(self, msg: ProcessExited) -> None:
+        self._release_system()
         process, timings = self._pane(ProcessPane), self._pane(TimingsPane)
         if msg.pid == self.attached and process and timings:
             process.gone = msg.reason
@@ -171,6 +214,7 @@ class PerftopApp(App[int]):
 
     @on(AgentSampled)
     def _agent(self, msg: AgentSampled) -> None:
+        self._release_system()
         if msg.pid == self.attached and (pane := self._pane(TimingsPane)):
             pane.show(msg.view, msg.error)
             if queries := self._pane(QueriesPane):
@@ -324,6 +368,9 @@ class PerftopApp(App[int]):
         if pid is None:
             self.notify("attach to a process first (Enter in the list), then press r to record it")
             return
+        # SQLAlchemy and the recording store load on the first recording, not with every viewer.
+        from perftop.recording import Recorder, RecordingError
+
         path = f"perftop-{pid}-{time.strftime('%Y%m%d-%H%M%S')}.rec"
         recorder = Recorder(
             pid,

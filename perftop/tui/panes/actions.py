@@ -19,6 +19,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.screen import ModalScreen
+from textual.timer import Timer
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
 from perftop.render.actions import (
@@ -83,12 +84,16 @@ class ActionsPane(Vertical):
         self.tracing_text = ""
         """The header's note on memory tracing, while the app traces."""
         self._title_base = "actions"
+        self._title_shown: str | None = None
         self.last: str | None = None
         """The action whose result is shown."""
         self._started = 0.0
         self._duration = 0.0
         self._status = Label("", id="action-status-text", markup=False)
-        self._progress = ProgressBar(total=100, show_eta=False, id="action-progress")
+        self._progress: ProgressBar | None = None
+        """The running action's progress bar: mounted only while a timed action runs, as a ProgressBar
+        keeps a timer of its own."""
+        self._ticker: Timer | None = None
         self._text = Static("", id="result", markup=False)
         self._sites: DataTable[Text] = DataTable(cursor_type="row", id="memory-sites")
         self._site_rows: list[dict[str, Any]] = []
@@ -102,14 +107,14 @@ class ActionsPane(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(id="action-status"):
             yield self._status
-            yield self._progress
         with VerticalScroll(id="result-scroll"):
             yield self._text
         yield self._sites
         yield self._flame
 
     def on_mount(self) -> None:
-        self.set_interval(0.1, self._tick)
+        # The elapsed time and progress are redrawn 10 times a second, only while an action runs.
+        self._ticker = self.set_interval(0.1, self._tick, pause=self.running is None)
         self._show_status()
         self._text.update(
             "Keys on the attached process (from any tab):\n"
@@ -121,7 +126,7 @@ class ActionsPane(Vertical):
             "Here: , and . change the profile seconds, f flame view, s save the result."
         )
         self._title_base = "actions"
-        self.border_title = "actions"
+        self._set_title()
 
     def show_tracing(self, memory: dict[str, Any] | None, now: float) -> None:
         """tracemalloc's state in the app, in the header for as long as it is on: every allocation of the
@@ -134,7 +139,15 @@ class ActionsPane(Vertical):
             self.tracing_text = (
                 f" · memory tracing ON ({fmt_bytes(memory.get('overhead_bytes'))} overhead{left}; M stops it)"
             )
-        self.border_title = f"{self._title_base}{self.tracing_text}"
+        self._set_title()
+
+    def _set_title(self) -> None:
+        """The border title, set only when it changed: setting it repaints the pane, and this pane is
+        mostly on a hidden tab, where any repaint makes Textual lay the whole screen out again."""
+        title = f"{self._title_base}{self.tracing_text}"
+        if title != self._title_shown:
+            self._title_shown = title
+            self.border_title = title
 
     def reset(self, pid: int) -> None:
         self.pid = pid
@@ -162,17 +175,28 @@ class ActionsPane(Vertical):
         self._where = where
         self._started = time.monotonic()
         self._duration = seconds
-        self._progress.update(total=max(seconds, 0.1), progress=0)
+        if seconds > 0:
+            self._progress = ProgressBar(total=max(seconds, 0.1), show_eta=False)
+            self.query_one("#action-status").mount(self._progress)
+        self.set_class(seconds > 0, "-running")  # watch_running ran before the duration was known
         self._show_status()
         return True
 
     def watch_running(self, running: str | None) -> None:
         self.set_class(running is not None and self._duration > 0, "-running")
+        if self._ticker is not None:
+            if running is None:
+                self._ticker.pause()
+            else:
+                self._ticker.resume()
+        if running is None and self._progress is not None:
+            self._progress.remove()
+            self._progress = None
 
     def _tick(self) -> None:
         if self.running is not None:
             elapsed = time.monotonic() - self._started
-            if self._duration:
+            if self._duration and self._progress is not None:
                 self._progress.update(progress=min(elapsed, self._duration))
             self._show_status()
 
@@ -214,7 +238,7 @@ class ActionsPane(Vertical):
         self._show_status()
         where = f" · {self.where[name]}" if self.where[name] else ""
         self._title_base = f"actions · {TITLES.get(name, name)}{where}"
-        self.border_title = f"{self._title_base}{self.tracing_text}"
+        self._set_title()
 
     def _text_width(self) -> int:
         """The width the result's text is laid out for (side-by-side columns that fit in it)."""

@@ -238,12 +238,13 @@ class ProcessPane(VerticalScroll):
         self._show_tree(p.tree)
         cg = p.cgroup
         self.set_class(cg is not None, "-cgroup")
+        new: list[LimitRow] = []
         if cg is not None:
             self._cgroup_title.update(f"cgroup v{cg.version} {cg.path}", layout=False)
             for name, ratio, text in cgroup_rows(cg):
-                self._show(name, ratio, text)
+                self._show(name, ratio, text, new)
         for lim in p.limits:
-            self._show(lim.name, lim.ratio, limit_text(lim))
+            self._show(lim.name, lim.ratio, limit_text(lim), new)
         for i, b in enumerate(p.listen_backlog[:4]):  # requests the app has not taken yet, per listener
             ratio = b.queued / b.max if b.max else None
             most = "?" if b.max is None else fmt_count(b.max)
@@ -251,7 +252,10 @@ class ProcessPane(VerticalScroll):
                 "backlog" if i == 0 else f"backlog{i + 1}",
                 ratio,
                 f"{b.queued} queued of {most} on {b.address}",
+                new,
             )
+        if new:  # one mount for all the rows the first sample brings: one layout, not one per row
+            self.mount_all(new)
 
     @property
     def shown_workers(self) -> list[int]:
@@ -321,10 +325,11 @@ class ProcessPane(VerticalScroll):
         event.stop()
         self.action_attach_worker()
 
-    def _show(self, name: str, ratio: float | None, text: str) -> None:
+    def _show(self, name: str, ratio: float | None, text: str, new: list[LimitRow]) -> None:
+        """Show one limit's row; a row not seen before is made and added to `new`, to be mounted."""
         row = self._rows.get(name)
         if row is None:
             row = LimitRow(name)
             self._rows[name] = row
-            self.mount(row)
+            new.append(row)
         row.ratio, row.text = ratio, text
