@@ -29,13 +29,8 @@ from perftop.tui.messages import (
     ProcessSampled,
     SystemSampled,
 )
-from perftop.tui.panes.actions import ActionsPane
-from perftop.tui.panes.attached import AttachedView
-from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.proclist import ProcessListPane
-from perftop.tui.panes.queries import QueriesPane
 from perftop.tui.panes.system import SystemPane
-from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.sampler import Sampler
 from perftop.tui.sources import Sources
 from perftop.tui.widgets.filterbar import FilterBar
@@ -43,6 +38,11 @@ from perftop.tui.widgets.target import ActionTarget
 
 if TYPE_CHECKING:
     from perftop.recording import Recorder
+    from perftop.tui.panes.process import ProcessPane
+    from perftop.tui.panes.timings import TimingsPane
+
+# The attached view's panes (and what they import: SQL plans, action reports, flame graphs) are imported
+# when a process is first attached: the process list, where most sessions begin, draws without them.
 
 W = TypeVar("W", bound=Widget)
 
@@ -119,6 +119,8 @@ class PerftopApp(App[int]):
         with ContentSwitcher(initial="list", id="main"):
             yield ProcessListPane(id="list")
             if self._initial_pid is not None:
+                from perftop.tui.panes.attached import AttachedView
+
                 yield AttachedView(id="attached", profile_seconds=self._profile_seconds)
         yield Footer()
 
@@ -165,7 +167,7 @@ class PerftopApp(App[int]):
         """The host sample is held until the rest of its tick arrives (the process list, or the attached
         process), then both are drawn in one screen update instead of two; at once where nothing follows
         (the attached process has exited), and after HOLD_S at most."""
-        process = self._pane(ProcessPane) if self.attached is not None else None
+        process = self._process_pane() if self.attached is not None else None
         if process is not None and process.gone is not None:
             self._held_system = None
             self._show_system(msg.sample)
@@ -186,6 +188,11 @@ class PerftopApp(App[int]):
         if held is not None:
             self._show_system(held)
 
+    def _process_pane(self) -> ProcessPane | None:
+        from perftop.tui.panes.process import ProcessPane
+
+        return self._pane(ProcessPane)
+
     def _show_system(self, sample: SystemSample) -> None:
         if pane := self._pane(SystemPane):
             pane.sample = sample
@@ -199,14 +206,16 @@ class PerftopApp(App[int]):
     @on(ProcessSampled)
     def _process(self, msg: ProcessSampled) -> None:
         self._release_system()
-        if msg.sample.pid == self.attached and (pane := self._pane(ProcessPane)):
+        if msg.sample.pid == self.attached and (pane := self._process_pane()):
             pane.now = self.sources.now()
             pane.sample = msg.sample
 
     @on(ProcessExited)
     def _exited(self, msg: ProcessExited) -> None:
+        from perftop.tui.panes.timings import TimingsPane
+
         self._release_system()
-        process, timings = self._pane(ProcessPane), self._pane(TimingsPane)
+        process, timings = self._process_pane(), self._pane(TimingsPane)
         if msg.pid == self.attached and process and timings:
             process.gone = msg.reason
             timings.gone = msg.reason
@@ -214,6 +223,10 @@ class PerftopApp(App[int]):
 
     @on(AgentSampled)
     def _agent(self, msg: AgentSampled) -> None:
+        from perftop.tui.panes.actions import ActionsPane
+        from perftop.tui.panes.queries import QueriesPane
+        from perftop.tui.panes.timings import TimingsPane
+
         self._release_system()
         if msg.pid == self.attached and (pane := self._pane(TimingsPane)):
             pane.show(msg.view, msg.error)
@@ -222,8 +235,8 @@ class PerftopApp(App[int]):
             if actions := self._pane(ActionsPane):
                 actions.show_tracing(None if msg.view is None else msg.view.memory, self.sources.now())
 
-    @on(TimingsPane.WindowChanged)
-    def _window(self, msg: TimingsPane.WindowChanged) -> None:
+    def on_timings_pane_window_changed(self, msg: TimingsPane.WindowChanged) -> None:
+        """The timings window the user picked (TimingsPane.WindowChanged): asked of the agent at once."""
         self.sampler.window = msg.window
         self.sampler.poke()
 
@@ -279,12 +292,12 @@ class PerftopApp(App[int]):
     async def _attach_selected(self, msg: ProcessListPane.Attach) -> None:
         await self.attach(msg.pid)
 
-    @on(ProcessPane.AttachWorker)
-    async def _attach_worker(self, msg: ProcessPane.AttachWorker) -> None:
+    async def on_process_pane_attach_worker(self, msg: ProcessPane.AttachWorker) -> None:
+        """Enter on a worker of the attached parent (ProcessPane.AttachWorker)."""
         await self.attach(msg.pid)
 
-    @on(ProcessPane.ForgetDeparted)
-    def _forget_departed(self) -> None:
+    def on_process_pane_forget_departed(self) -> None:
+        """`x` in the worker table (ProcessPane.ForgetDeparted)."""
         if self.attached is not None:
             self.sources.forget_departed(self.attached)
             self.sampler.poke()
@@ -293,6 +306,12 @@ class PerftopApp(App[int]):
     async def attach(self, pid: int) -> None:
         """Show the attached view for `pid`. The view is made on the first attach: composing its four
         tabs is more than half of the start-up of the process list, which most sessions begin with."""
+        from perftop.tui.panes.actions import ActionsPane
+        from perftop.tui.panes.attached import AttachedView
+        from perftop.tui.panes.process import ProcessPane
+        from perftop.tui.panes.queries import QueriesPane
+        from perftop.tui.panes.timings import TimingsPane
+
         switcher = self.query_one("#main", ContentSwitcher)
         if not switcher.query_children(AttachedView):
             await switcher.add_content(AttachedView(id="attached", profile_seconds=self._profile_seconds))
@@ -459,6 +478,8 @@ class PerftopApp(App[int]):
                 "Record this process to a file for perftop replay",
                 self.action_toggle_recording,
             )
+            from perftop.tui.panes.attached import AttachedView
+
             view = self.query_one(AttachedView)
             for verb, action, help_text in (
                 ("CPU profile", "profile", "Sample every thread for the set seconds"),

@@ -22,13 +22,6 @@ from textual.screen import ModalScreen
 from textual.timer import Timer
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
-from perftop.render.actions import (
-    memory_growth_by_worker,
-    memory_side_by_side,
-    per_worker,
-    render,
-    render_workers,
-)
 from perftop.render.units import fmt_bytes, short_path
 from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
@@ -224,6 +217,9 @@ class ActionsPane(Vertical):
             )
             self._show_status()
             return
+        # The report renderers (and the SQL plan advice they pull in) load with the first result.
+        from perftop.render.actions import per_worker
+
         self.results[name] = msg.result
         self.last = name
         workers = per_worker(name, msg.result)
@@ -247,6 +243,8 @@ class ActionsPane(Vertical):
 
     def _show_text(self) -> None:
         """The shown result as text: from several workers, side by side (see render_workers)."""
+        from perftop.render.actions import render_workers
+
         if self.last is None:
             return
         result = self.results[self.last]
@@ -257,6 +255,8 @@ class ActionsPane(Vertical):
 
     def _memory_head(self, result: Any) -> str:
         """Above the table of memory sites: the traced sizes (each worker's, side by side)."""
+        from perftop.render.actions import memory_side_by_side, per_worker, render
+
         workers = per_worker("memory", result)
         if workers:
             return memory_side_by_side(workers, self._text_width(), limit=0)
@@ -278,6 +278,8 @@ class ActionsPane(Vertical):
             self._sites.add_column(header, width=width)
         rows = [] if result is None or not result.get("tracing") else list(result.get("diff") or [])
         self._site_rows = rows[:200]
+        from perftop.render.actions import memory_growth_by_worker
+
         growth = memory_growth_by_worker(workers)
         for d in self._site_rows:
             by_pid = growth.get((str(d.get("file")), d.get("line")), {})
