@@ -353,9 +353,10 @@ class PerftopApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Detaching is offered only from the main screen while attached, not while a filter is open."""
-        if action == "detach":
-            filtering = any(bar.has_class("-open") and bar.is_on_screen for bar in self.query(FilterBar))
-            return self.attached is not None and self.screen is self.screen_stack[0] and not filtering
+        if action == "detach":  # asked for each footer rebuild: the DOM query last, only where it matters
+            if self.attached is None or self.screen is not self.screen_stack[0]:
+                return False
+            return not any(bar.has_class("-open") and bar.is_on_screen for bar in self.query(FilterBar))
         return True
 
     def action_tab(self, tab: str) -> None:
