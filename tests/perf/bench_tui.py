@@ -23,7 +23,10 @@ Figures, per program:
 - RSS: VmRSS at the end of that window, and VmHWM (the peak since launch), from /proc/PID/status.
 - First full frame: from launch (just before tmux starts the program) until capture-pane, polled every
   10 ms, shows both the system pane with data and the process list (or the process pane) with data; the
-  median of --launches launches. `python -c "import textual.app"` is timed for reference.
+  median of --launches launches. `python -c "import textual.app"` is timed for reference, once before each
+  launch too: the first-frame ratios divide by the median of those, taken under the same load.
+- Ratios, printed beside the issue's targets (TARGETS): `perftop --pid` CPU / `glances -t 1` CPU, and
+  first full frame / `import textual.app` for `perftop` and `perftop --pid`.
 
 Other processes on this machine (tests of other work) add noise: the load average is printed with the table.
 """
@@ -85,6 +88,9 @@ class Result:
     hwm_mb: float
     first_frame_s: float | None = None
     first_frames_s: list[float] = field(default_factory=list)
+    textual_import_s: float | None = None
+    """`python -c "import textual.app"` timed between this program's launches (median): the first-frame
+    ratio compares the two under the same load, which on a shared machine changes by the minute."""
     seconds: float = 0.0
 
 
@@ -255,7 +261,10 @@ def run_program(
 ) -> Result:
     """Launch `argv` `launches` times, timing the first full frame; measure the last launch over `seconds`."""
     frames: list[float] = []
+    references: list[float] = []
     for n in range(launches):
+        if timed:
+            references.append(import_time("import textual.app", runs=1))
         session, start = term.launch(argv, env)
         pid = term.pid(session)
         try:
@@ -269,7 +278,8 @@ def run_program(
         finally:
             term.close(session, pid, quit_keys)
     first = statistics.median(frames) if timed else None
-    return Result(label, own, kids, rss, hwm, first, frames if timed else [], seconds)
+    reference = statistics.median(references) if references else None
+    return Result(label, own, kids, rss, hwm, first, frames if timed else [], seconds, reference)
 
 
 def profile(pid: int, label: str, out_dir: Path, seconds: float) -> None:
@@ -429,8 +439,10 @@ def ratios(results: list[Result], info: dict[str, object]) -> dict[str, float | 
 
     def frame(a: str) -> float | None:
         r = by_label.get(a)
-        textual = float(info["textual_import_s"])  # type: ignore[arg-type]
-        return r.first_frame_s / textual if r and r.first_frame_s is not None and textual > 0 else None
+        if r is None or r.first_frame_s is None:
+            return None
+        textual = r.textual_import_s or float(info["textual_import_s"])  # type: ignore[arg-type]
+        return r.first_frame_s / textual if textual > 0 else None
 
     return {
         "pid_cpu_vs_glances": cpu(PID_LABEL, GLANCES_LABEL),
@@ -594,7 +606,10 @@ def main() -> None:
     for r in results:
         if r.first_frames_s:
             frames = ", ".join(f"{x:.3f}" for x in r.first_frames_s)
-            sys.stdout.write(f"  {r.label}: first full frames {frames} s\n")
+            sys.stdout.write(
+                f"  {r.label}: first full frames {frames} s; import textual.app between them, median "
+                f"{r.textual_import_s or 0:.3f} s\n"
+            )
     if args.json:
         doc = {"machine": info, "results": [asdict(r) for r in results], "ratios": values, "targets": TARGETS}
         args.json.write_text(json.dumps(doc, indent=2))
