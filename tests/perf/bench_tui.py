@@ -88,10 +88,10 @@ class Result:
     hwm_mb: float
     first_frame_s: float | None = None
     first_frames_s: list[float] = field(default_factory=list)
+    seconds: float = 0.0
     textual_import_s: float | None = None
     """`python -c "import textual.app"` timed between this program's launches (median): the first-frame
     ratio compares the two under the same load, which on a shared machine changes by the minute."""
-    seconds: float = 0.0
 
 
 class Terminal:
@@ -279,7 +279,9 @@ def run_program(
             term.close(session, pid, quit_keys)
     first = statistics.median(frames) if timed else None
     reference = statistics.median(references) if references else None
-    return Result(label, own, kids, rss, hwm, first, frames if timed else [], seconds, reference)
+    return Result(
+        label, own, kids, rss, hwm, first, frames if timed else [], seconds, textual_import_s=reference
+    )
 
 
 def profile(pid: int, label: str, out_dir: Path, seconds: float) -> None:
