@@ -166,9 +166,13 @@ class PerftopApp(App[int]):
     def _system(self, msg: SystemSampled) -> None:
         """The host sample is held until the rest of its tick arrives (the process list, or the attached
         process), then both are drawn in one screen update instead of two; at once where nothing follows
-        (the attached process has exited), and after HOLD_S at most."""
+        (the attached process has exited) and for the first sample, and after HOLD_S at most."""
         process = self._process_pane() if self.attached is not None else None
-        if process is not None and process.gone is not None:
+        system = self._pane(SystemPane)
+        first = system is not None and system.sample is None
+        if first or (process is not None and process.gone is not None):
+            # The first sample is drawn at once: at start-up the screen draws it while the sampler
+            # thread is still reading the process, on the other core.
             self._held_system = None
             self._show_system(msg.sample)
             return
