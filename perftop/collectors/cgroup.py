@@ -13,6 +13,7 @@ the directory layout under `sysfs`, which is what lets the tests point this modu
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -133,32 +134,87 @@ def find_mounts(procfs: str = "/proc", sysfs: str = DEFAULT_SYSFS) -> list[Cgrou
 
 def read_cgroup(pid: int, procfs: str = "/proc", sysfs: str = DEFAULT_SYSFS) -> CgroupInfo | None:
     """The cgroup limits and usage of `pid`, or None where it has no readable cgroup information."""
+    text = _read_proc_cgroup(pid, procfs)
+    return None if text is None else cgroup_info(text, find_mounts(procfs, sysfs))
+
+
+def _read_proc_cgroup(pid: int, procfs: str) -> str | None:
     try:
         with open(os.path.join(procfs, str(pid), "cgroup"), encoding="utf-8", errors="replace") as f:
-            text = f.read()
+            return f.read()
     except OSError:
         return None
-    return cgroup_info(text, find_mounts(procfs, sysfs))
+
+
+class CgroupReader:
+    """`read_cgroup` of one process, for a caller that reads it every tick (the process pane).
+
+    Where the process's cgroup directories are (our mountinfo parsed, each controller located, the
+    cgroup.controllers of the v2 root read) is worked out again only when its /proc/PID/cgroup changes or
+    `relocate_s` seconds have passed, instead of on every read; limits and usage are read every time.
+    """
+
+    def __init__(
+        self, pid: int, procfs: str = "/proc", sysfs: str = DEFAULT_SYSFS, relocate_s: float = 10.0
+    ) -> None:
+        self.pid = pid
+        self._procfs = procfs
+        self._sysfs = sysfs
+        self._relocate_s = relocate_s
+        self._text: str | None = None
+        self._layout: _Layout | None = None
+        self._due = 0.0
+
+    def read(self) -> CgroupInfo | None:
+        text = _read_proc_cgroup(self.pid, self._procfs)
+        if text is None:
+            return None
+        now = time.monotonic()
+        if text != self._text or now >= self._due:
+            self._layout = _layout(text, find_mounts(self._procfs, self._sysfs))
+            self._text, self._due = text, now + self._relocate_s
+        return None if self._layout is None else _info(self._layout)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where each controller of one process is: what `cgroup_info` reads its values from."""
+
+    version: int
+    path: str
+    memory: _Located | None
+    cpu: _Located | None
+    pids: _Located | None
 
 
 def cgroup_info(proc_cgroup_text: str, mounts: Sequence[CgroupMount]) -> CgroupInfo | None:
     """The cgroup limits and usage given a /proc/PID/cgroup text and the hierarchies mounted."""
+    layout = _layout(proc_cgroup_text, mounts)
+    return None if layout is None else _info(layout)
+
+
+def _layout(proc_cgroup_text: str, mounts: Sequence[CgroupMount]) -> _Layout | None:
+    """Where the controllers of a /proc/PID/cgroup text are; None where none is readable."""
     lines = parse_proc_cgroup(proc_cgroup_text)
     memory = _locate("memory", lines, mounts)
     cpu = _locate("cpu", lines, mounts)
     pids = _locate("pids", lines, mounts)
     found = [loc for loc in (memory, cpu, pids) if loc is not None]
-    unified = _locate(None, lines, mounts)
     if memory is not None:
         version, path = memory.version, memory.path
     elif found:
         version = 2 if all(loc.version == 2 for loc in found) else 1
         path = found[0].path
-    elif unified is not None:
+    elif (unified := _locate(None, lines, mounts)) is not None:
         version, path = 2, unified.path
     else:
         return None
+    return _Layout(version, path, memory, cpu, pids)
 
+
+def _info(layout: _Layout) -> CgroupInfo:
+    """The limits and usage read from the directories of `layout`."""
+    version, path, memory, cpu, pids = layout.version, layout.path, layout.memory, layout.cpu, layout.pids
     mem_limit = mem_used = oom_kills = None
     if memory is not None:
         if memory.version == 2:

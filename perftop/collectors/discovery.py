@@ -20,6 +20,7 @@ import stat
 
 import psutil
 
+from perftop.collectors.proclist import descendants_of
 from perftop.wire import paths
 
 _ACCEPTCON = 0x10000
@@ -122,7 +123,7 @@ def _listening_socket_of(pid: int) -> str | None:
 def find_child_agents(pid: int, socket_dir: str | None = None) -> dict[int, str]:
     """{child pid: socket path} for every descendant of `pid` that runs an agent."""
     try:
-        children = psutil.Process(pid).children(recursive=True)
+        children = descendants_of(psutil.Process(pid))
     except (psutil.Error, OSError):
         return {}
     out: dict[int, str] = {}

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import psutil
 
-from perftop.collectors.cgroup import read_cgroup
+from perftop.collectors.cgroup import CgroupReader
 from perftop.collectors.errors import AccessDeniedError, NoSuchProcessError
 from perftop.collectors.model import Limit, ListenBacklog, ProcessSample
 
@@ -421,6 +421,7 @@ class ProcessCollector:
         self._nproc_used: int | None = None
         self._nproc_uid: int | None = None
         self._nproc_due = 0.0
+        self._cgroup = CgroupReader(pid, procfs)
         with contextlib.suppress(psutil.Error):
             self._proc.cpu_percent(None)
 
@@ -493,7 +494,7 @@ class ProcessCollector:
             connections_sampled_at=self._connections_at,
             listen_backlog=self._listen_backlog,
             limits=limits,
-            cgroup=read_cgroup(self.pid, self._procfs),
+            cgroup=self._cgroup.read(),
             taken_at=time.time(),
         )
 

@@ -12,9 +12,12 @@ the growth of utime+stime over the wall time since the previous call, in percent
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import psutil
@@ -68,6 +71,61 @@ def _start_time(pid: int) -> int | None:
         return int(data[data.rindex(b")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+_children_files: bool | None = None
+"""Whether this kernel has /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN); None until first asked."""
+
+
+def descendant_pids(pid: int) -> list[int] | None:
+    """The PIDs below `pid`, children first, from the kernel's /proc/PID/task/TID/children lists: this
+    reads the tasks of `pid` and of its descendants only, where psutil's `children(recursive=True)` reads
+    /proc/PID/stat of every process on the host (twice a tick when attached: the tree and the agents).
+    [] where `pid` is gone; None where the kernel has no such lists (then ask psutil)."""
+    global _children_files
+    if _children_files is None:
+        _children_files = os.path.exists(f"/proc/self/task/{threading.get_native_id()}/children")
+    if not _children_files:
+        return None
+    found: list[int] = []
+    seen = {pid}
+    todo = deque([pid])
+    while todo:
+        for child in _children(todo.popleft()):
+            if child not in seen:
+                seen.add(child)
+                found.append(child)
+                todo.append(child)
+    return found
+
+
+def _children(pid: int) -> list[int]:
+    """The children of every thread of `pid` (a child belongs to the thread that forked it)."""
+    base = f"/proc/{pid}/task"
+    try:
+        tids = os.listdir(base)
+    except OSError:
+        return []
+    out: list[int] = []
+    for tid in tids:
+        with contextlib.suppress(OSError, ValueError):
+            out.extend(int(c) for c in _read(f"{base}/{tid}/children").split())
+    return out
+
+
+def descendants_of(proc: psutil.Process) -> list[psutil.Process]:
+    """What `proc.children(recursive=True)` returns (raising psutil.NoSuchProcess where `proc` is gone or
+    its PID was reused), found with `descendant_pids`."""
+    pids = descendant_pids(proc.pid)
+    if pids is None:
+        return proc.children(recursive=True)
+    if not proc.is_running():
+        raise psutil.NoSuchProcess(proc.pid)
+    out: list[psutil.Process] = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            out.append(psutil.Process(pid))
+    return out
 
 
 def split_cmdline(data: bytes) -> list[str]:

@@ -23,6 +23,7 @@ import psutil
 
 from perftop.collectors.model import ProcessSample, ProcessTree, WorkerRow
 from perftop.collectors.process import connection_inodes
+from perftop.collectors.proclist import descendants_of
 from perftop.wire.sketch import Sketch, SketchError
 
 REQUEST_PREFIX = "http "
@@ -87,7 +88,7 @@ def worker_figures(stats: Mapping[str, Any], sketches: Mapping[str, Sketch] | No
 def descendants(pid: int) -> list[int]:
     """The live descendants of `pid` (children first), empty where it has none or cannot be read."""
     try:
-        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+        return [c.pid for c in descendants_of(psutil.Process(pid))]
     except psutil.Error:
         return []
 
@@ -138,7 +139,7 @@ class TreeCollector:
     def sample_children(self) -> list[psutil.Process]:
         """The live descendants, each with a CPU baseline; departed ones marked gone."""
         try:
-            children = [] if self._root is None else self._root.children(recursive=True)
+            children = [] if self._root is None else descendants_of(self._root)
         except psutil.Error:
             children = []
         live: list[psutil.Process] = []

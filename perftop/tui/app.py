@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -14,13 +14,13 @@ from textual.markup import escape
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.theme import Theme
+from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent
 
 from perftop._version import __version__
 from perftop.collectors.agent_client import AgentError
-from perftop.recording.errors import RecordingError
-from perftop.recording.recorder import Recorder
+from perftop.collectors.model import SystemSample
 from perftop.tui.messages import (
     AgentReply,
     AgentSampled,
@@ -29,22 +29,27 @@ from perftop.tui.messages import (
     ProcessSampled,
     SystemSampled,
 )
-from perftop.tui.panes.actions import ActionsPane
-from perftop.tui.panes.attached import AttachedView
-from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.proclist import ProcessListPane
-from perftop.tui.panes.queries import QueriesPane
 from perftop.tui.panes.system import SystemPane
-from perftop.tui.panes.timings import TimingsPane
 from perftop.tui.sampler import Sampler
 from perftop.tui.sources import Sources
 from perftop.tui.widgets.filterbar import FilterBar
 from perftop.tui.widgets.target import ActionTarget
 
+if TYPE_CHECKING:
+    from perftop.recording.recorder import Recorder
+    from perftop.tui.panes.process import ProcessPane
+    from perftop.tui.panes.timings import TimingsPane
+
+# The attached view's panes (and what they import: SQL plans, action reports, flame graphs) are imported
+# when a process is first attached: the process list, where most sessions begin, draws without them.
+
 W = TypeVar("W", bound=Widget)
 
 INTERVALS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """The refresh intervals `+` and `-` step through."""
+HOLD_S = 0.25
+"""How long a host sample waits, at most, for the rest of its tick before it is shown alone."""
 CHANGES_TARGET = frozenset({"gc", "memory"})
 """Agent actions that change the attached process: refused in a read-only session."""
 
@@ -103,6 +108,9 @@ class PerftopApp(App[int]):
         """Where the agent request being sent runs, when the user picked it (a worker, the parent alone)."""
         self.recorder: Recorder | None = None
         """The recording of the attached process that `r` started, while it runs."""
+        self._panes: dict[type[Widget], Widget] = {}
+        self._held_system: SystemSample | None = None
+        self._hold_timer: Timer | None = None
         self.set_reactive(PerftopApp.interval, interval)
 
     def compose(self) -> ComposeResult:
@@ -111,6 +119,8 @@ class PerftopApp(App[int]):
         with ContentSwitcher(initial="list", id="main"):
             yield ProcessListPane(id="list")
             if self._initial_pid is not None:
+                from perftop.tui.panes.attached import AttachedView
+
                 yield AttachedView(id="attached", profile_seconds=self._profile_seconds)
         yield Footer()
 
@@ -140,31 +150,76 @@ class PerftopApp(App[int]):
     # -- data in ---------------------------------------------------------------------------------------
 
     def _pane(self, kind: type[W]) -> W | None:
-        """The pane of that type, or None while the app is starting or shutting down."""
+        """The pane of that type, or None while the app is starting or shutting down. Found once: the
+        panes stay for the app's life, and a query walks the DOM, several times a tick."""
+        pane = self._panes.get(kind)
+        if pane is not None and pane.is_attached:
+            return cast(W, pane)
         try:
-            return self.query_one(kind)
+            found = self.query_one(kind)
         except NoMatches:
             return None
+        self._panes[kind] = found
+        return found
 
     @on(SystemSampled)
     def _system(self, msg: SystemSampled) -> None:
+        """The host sample is held until the rest of its tick arrives (the process list, or the attached
+        process), then both are drawn in one screen update instead of two; at once where nothing follows
+        (the attached process has exited) and for the first sample, and after HOLD_S at most."""
+        process = self._process_pane() if self.attached is not None else None
+        system = self._pane(SystemPane)
+        first = system is not None and system.sample is None
+        if first or (process is not None and process.gone is not None):
+            # The first sample is drawn at once: at start-up the screen draws it while the sampler
+            # thread is still reading the process, on the other core.
+            self._held_system = None
+            self._show_system(msg.sample)
+            return
+        if self._held_system is not None:
+            self._show_system(self._held_system)
+        self._held_system = msg.sample
+        if self._hold_timer is not None:
+            self._hold_timer.stop()
+        self._hold_timer = self.set_timer(HOLD_S, self._release_system)
+
+    def _release_system(self) -> None:
+        """Show the held host sample, if any (the rest of its tick arrived, or the hold expired)."""
+        held, self._held_system = self._held_system, None
+        if self._hold_timer is not None:
+            self._hold_timer.stop()
+            self._hold_timer = None
+        if held is not None:
+            self._show_system(held)
+
+    def _process_pane(self) -> ProcessPane | None:
+        from perftop.tui.panes.process import ProcessPane
+
+        return self._pane(ProcessPane)
+
+    def _show_system(self, sample: SystemSample) -> None:
         if pane := self._pane(SystemPane):
-            pane.sample = msg.sample
+            pane.sample = sample
 
     @on(ProcessesListed)
     def _processes(self, msg: ProcessesListed) -> None:
+        self._release_system()
         if self.attached is None and (pane := self._pane(ProcessListPane)):
             pane.rows = msg.rows
 
     @on(ProcessSampled)
     def _process(self, msg: ProcessSampled) -> None:
-        if msg.sample.pid == self.attached and (pane := self._pane(ProcessPane)):
+        self._release_system()
+        if msg.sample.pid == self.attached and (pane := self._process_pane()):
             pane.now = self.sources.now()
             pane.sample = msg.sample
 
     @on(ProcessExited)
     def _exited(self, msg: ProcessExited) -> None:
-        process, timings = self._pane(ProcessPane), self._pane(TimingsPane)
+        from perftop.tui.panes.timings import TimingsPane
+
+        self._release_system()
+        process, timings = self._process_pane(), self._pane(TimingsPane)
         if msg.pid == self.attached and process and timings:
             process.gone = msg.reason
             timings.gone = msg.reason
@@ -172,6 +227,11 @@ class PerftopApp(App[int]):
 
     @on(AgentSampled)
     def _agent(self, msg: AgentSampled) -> None:
+        from perftop.tui.panes.actions import ActionsPane
+        from perftop.tui.panes.queries import QueriesPane
+        from perftop.tui.panes.timings import TimingsPane
+
+        self._release_system()
         if msg.pid == self.attached and (pane := self._pane(TimingsPane)):
             pane.show(msg.rows, msg.error)
             if queries := self._pane(QueriesPane):
@@ -179,8 +239,8 @@ class PerftopApp(App[int]):
             if actions := self._pane(ActionsPane):
                 actions.show_tracing(None if msg.view is None else msg.view.memory, self.sources.now())
 
-    @on(TimingsPane.WindowChanged)
-    def _window(self, msg: TimingsPane.WindowChanged) -> None:
+    def on_timings_pane_window_changed(self, msg: TimingsPane.WindowChanged) -> None:
+        """The timings window the user picked (TimingsPane.WindowChanged): asked of the agent at once."""
         self.sampler.window = msg.window
         self.sampler.poke()
 
@@ -236,12 +296,12 @@ class PerftopApp(App[int]):
     async def _attach_selected(self, msg: ProcessListPane.Attach) -> None:
         await self.attach(msg.pid)
 
-    @on(ProcessPane.AttachWorker)
-    async def _attach_worker(self, msg: ProcessPane.AttachWorker) -> None:
+    async def on_process_pane_attach_worker(self, msg: ProcessPane.AttachWorker) -> None:
+        """Enter on a worker of the attached parent (ProcessPane.AttachWorker)."""
         await self.attach(msg.pid)
 
-    @on(ProcessPane.ForgetDeparted)
-    def _forget_departed(self) -> None:
+    def on_process_pane_forget_departed(self) -> None:
+        """`x` in the worker table (ProcessPane.ForgetDeparted)."""
         if self.attached is not None:
             self.sources.forget_departed(self.attached)
             self.sampler.poke()
@@ -250,6 +310,12 @@ class PerftopApp(App[int]):
     async def attach(self, pid: int) -> None:
         """Show the attached view for `pid`. The view is made on the first attach: composing its four
         tabs is more than half of the start-up of the process list, which most sessions begin with."""
+        from perftop.tui.panes.actions import ActionsPane
+        from perftop.tui.panes.attached import AttachedView
+        from perftop.tui.panes.process import ProcessPane
+        from perftop.tui.panes.queries import QueriesPane
+        from perftop.tui.panes.timings import TimingsPane
+
         switcher = self.query_one("#main", ContentSwitcher)
         if not switcher.query_children(AttachedView):
             await switcher.add_content(AttachedView(id="attached", profile_seconds=self._profile_seconds))
@@ -291,9 +357,10 @@ class PerftopApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Detaching is offered only from the main screen while attached, not while a filter is open."""
-        if action == "detach":
-            filtering = any(bar.has_class("-open") and bar.is_on_screen for bar in self.query(FilterBar))
-            return self.attached is not None and self.screen is self.screen_stack[0] and not filtering
+        if action == "detach":  # asked for each footer rebuild: the DOM query last, only where it matters
+            if self.attached is None or self.screen is not self.screen_stack[0]:
+                return False
+            return not any(bar.has_class("-open") and bar.is_on_screen for bar in self.query(FilterBar))
         return True
 
     def action_tab(self, tab: str) -> None:
@@ -325,6 +392,10 @@ class PerftopApp(App[int]):
         if pid is None:
             self.notify("attach to a process first (Enter in the list), then press r to record it")
             return
+        # SQLAlchemy and the recording store load on the first recording, not with every viewer.
+        from perftop.recording.errors import RecordingError
+        from perftop.recording.recorder import Recorder
+
         path = f"perftop-{pid}-{time.strftime('%Y%m%d-%H%M%S')}.rec"
         recorder = Recorder(
             pid,
@@ -413,6 +484,8 @@ class PerftopApp(App[int]):
                 "Record this process to a file for perftop replay",
                 self.action_toggle_recording,
             )
+            from perftop.tui.panes.attached import AttachedView
+
             view = self.query_one(AttachedView)
             for verb, action, help_text in (
                 ("CPU profile", "profile", "Sample every thread for the set seconds"),

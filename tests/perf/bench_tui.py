@@ -23,7 +23,10 @@ Figures, per program:
 - RSS: VmRSS at the end of that window, and VmHWM (the peak since launch), from /proc/PID/status.
 - First full frame: from launch (just before tmux starts the program) until capture-pane, polled every
   10 ms, shows both the system pane with data and the process list (or the process pane) with data; the
-  median of --launches launches. `python -c "import textual.app"` is timed for reference.
+  median of --launches launches. `python -c "import textual.app"` is timed for reference, once before each
+  launch too: the first-frame ratios divide by the median of those, taken under the same load.
+- Ratios, printed beside the issue's targets (TARGETS): `perftop --pid` CPU / `glances -t 1` CPU, and
+  first full frame / `import textual.app` for `perftop` and `perftop --pid`.
 
 Other processes on this machine (tests of other work) add noise: the load average is printed with the table.
 """
@@ -59,6 +62,14 @@ SETTLE_S = 2.0
 """Seconds between the first full frame and the start of the CPU window."""
 POLL_S = 0.01
 
+LIST_LABEL = "perftop (system + process list)"
+PID_LABEL = "perftop --pid (system + process pane)"
+GLANCES_LABEL = "glances -t 1"
+HTOP_LABEL = "htop -d 10"
+TARGETS = {"pid_cpu_vs_glances": 0.5, "list_frame_vs_textual": 2.0, "pid_frame_vs_textual": 2.5}
+"""The issue's targets (#15): the viewer's CPU at most half of glances' in the same run, and its first full
+frame at most this many times the import of textual.app."""
+
 _SYSTEM_DATA = re.compile(r"\d+\.\d%\s+load \d")
 _LIST_DATA = re.compile(r"processes \(([1-9]\d*)\)")
 _PROCESS_DATA = re.compile(r"pid (\d+) · .*\n(?:.*\n)*.*nofile")
@@ -78,6 +89,9 @@ class Result:
     first_frame_s: float | None = None
     first_frames_s: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    textual_import_s: float | None = None
+    """`python -c "import textual.app"` timed between this program's launches (median): the first-frame
+    ratio compares the two under the same load, which on a shared machine changes by the minute."""
 
 
 class Terminal:
@@ -247,7 +261,10 @@ def run_program(
 ) -> Result:
     """Launch `argv` `launches` times, timing the first full frame; measure the last launch over `seconds`."""
     frames: list[float] = []
+    references: list[float] = []
     for n in range(launches):
+        if timed:
+            references.append(import_time("import textual.app", runs=1))
         session, start = term.launch(argv, env)
         pid = term.pid(session)
         try:
@@ -261,7 +278,10 @@ def run_program(
         finally:
             term.close(session, pid, quit_keys)
     first = statistics.median(frames) if timed else None
-    return Result(label, own, kids, rss, hwm, first, frames if timed else [], seconds)
+    reference = statistics.median(references) if references else None
+    return Result(
+        label, own, kids, rss, hwm, first, frames if timed else [], seconds, textual_import_s=reference
+    )
 
 
 def profile(pid: int, label: str, out_dir: Path, seconds: float) -> None:
@@ -411,6 +431,52 @@ def table(results: list[Result], info: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def ratios(results: list[Result], info: dict[str, object]) -> dict[str, float | None]:
+    """The figures the targets are about, as ratios within this run (None where a program was skipped)."""
+    by_label = {r.label: r for r in results}
+
+    def cpu(a: str, b: str) -> float | None:
+        ra, rb = by_label.get(a), by_label.get(b)
+        return ra.cpu_percent / rb.cpu_percent if ra and rb and rb.cpu_percent > 0 else None
+
+    def frame(a: str) -> float | None:
+        r = by_label.get(a)
+        if r is None or r.first_frame_s is None:
+            return None
+        textual = r.textual_import_s or float(info["textual_import_s"])  # type: ignore[arg-type]
+        return r.first_frame_s / textual if textual > 0 else None
+
+    return {
+        "pid_cpu_vs_glances": cpu(PID_LABEL, GLANCES_LABEL),
+        "pid_cpu_vs_htop": cpu(PID_LABEL, HTOP_LABEL),
+        "list_frame_vs_textual": frame(LIST_LABEL),
+        "pid_frame_vs_textual": frame(PID_LABEL),
+    }
+
+
+def ratio_table(values: dict[str, float | None]) -> str:
+    """The ratios beside their targets."""
+    names = {
+        "pid_cpu_vs_glances": "`perftop --pid` CPU / `glances -t 1` CPU",
+        "pid_cpu_vs_htop": "`perftop --pid` CPU / `htop -d 10` CPU",
+        "list_frame_vs_textual": '`perftop` first full frame / `python -c "import textual.app"`',
+        "pid_frame_vs_textual": '`perftop --pid` first full frame / `python -c "import textual.app"`',
+    }
+    lines = ["| ratio (this run) | value | target |", "|---|---:|---:|"]
+    for key, name in names.items():
+        value = values.get(key)
+        shown = "-" if value is None else f"{value:.2f}x"
+        target = TARGETS.get(key)
+        if target is None:
+            verdict = "(reference)"
+        elif value is None:
+            verdict = f"<= {target:g}x (not measured)"
+        else:
+            verdict = f"<= {target:g}x ({'met' if value <= target else 'NOT met'})"
+        lines.append(f"| {name} | {shown} | {verdict} |")
+    return "\n".join(lines)
+
+
 def run_workers(term: Terminal, perftop: list[str], workers: int, common: dict[str, object]) -> list[Result]:
     """perftop attached to one worker of a gunicorn, then to its master (the tree of every worker)."""
     server = Gunicorn(workers)
@@ -489,12 +555,12 @@ def main() -> None:
         common = dict(launches=args.launches, seconds=args.seconds, env=env, profile_dir=args.profile)
         if "list" in modes:
             results.append(
-                run_program(term, "perftop (system + process list)", [*perftop, "--interval", "1"],
+                run_program(term, LIST_LABEL, [*perftop, "--interval", "1"],
                             has_list, **common)  # type: ignore[arg-type]
             )  # fmt: skip
         if "pid" in modes:
             results.append(
-                run_program(term, "perftop --pid (system + process pane)",
+                run_program(term, PID_LABEL,
                             [*perftop, "--interval", "1", "--pid", str(child.pid)],
                             has_process(child.pid), **common)  # type: ignore[arg-type]
             )  # fmt: skip
@@ -509,7 +575,7 @@ def main() -> None:
         if not args.no_glances:
             if os.path.exists(args.glances):
                 results.append(
-                    run_program(term, "glances -t 1", [args.glances, "-t", "1"],
+                    run_program(term, GLANCES_LABEL, [args.glances, "-t", "1"],
                                 lambda s: "CPU" in s and "MEM" in s and "PID" in s, 1, args.seconds, env,
                                 timed=False)
                 )  # fmt: skip
@@ -519,7 +585,7 @@ def main() -> None:
             htop = shutil.which("htop")
             if htop:
                 results.append(
-                    run_program(term, "htop -d 10", [htop, "-d", "10"], lambda s: "PID" in s and "Load" in s,
+                    run_program(term, HTOP_LABEL, [htop, "-d", "10"], lambda s: "PID" in s and "Load" in s,
                                 1, args.seconds, env, quit_keys=("q",), timed=False)
                 )  # fmt: skip
             else:
@@ -537,13 +603,18 @@ def main() -> None:
             child.stdout.close()
 
     info["load_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    sys.stdout.write(table(results, info) + "\n")
+    values = ratios(results, info)
+    sys.stdout.write(table(results, info) + "\n\n" + ratio_table(values) + "\n\n")
     for r in results:
         if r.first_frames_s:
             frames = ", ".join(f"{x:.3f}" for x in r.first_frames_s)
-            sys.stdout.write(f"  {r.label}: first full frames {frames} s\n")
+            sys.stdout.write(
+                f"  {r.label}: first full frames {frames} s; import textual.app between them, median "
+                f"{r.textual_import_s or 0:.3f} s\n"
+            )
     if args.json:
-        args.json.write_text(json.dumps({"machine": info, "results": [asdict(r) for r in results]}, indent=2))
+        doc = {"machine": info, "results": [asdict(r) for r in results], "ratios": values, "targets": TARGETS}
+        args.json.write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

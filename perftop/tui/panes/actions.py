@@ -18,15 +18,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.reactive import reactive
+from textual.timer import Timer
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
-from perftop.render.actions import (
-    memory_growth_by_worker,
-    memory_side_by_side,
-    per_worker,
-    render,
-    render_workers,
-)
 from perftop.render.units import fmt_bytes, short_path
 from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
@@ -83,12 +77,16 @@ class ActionsPane(Vertical):
         self.tracing_text = ""
         """The header's note on memory tracing, while the app traces."""
         self._title_base = "actions"
+        self._title_shown: str | None = None
         self.last: str | None = None
         """The action whose result is shown."""
         self._started = 0.0
         self._duration = 0.0
         self._status = Label("", id="action-status-text", markup=False)
-        self._progress = ProgressBar(total=100, show_eta=False, id="action-progress")
+        self._progress: ProgressBar | None = None
+        """The running action's progress bar: mounted only while a timed action runs, as a ProgressBar
+        keeps a timer of its own."""
+        self._ticker: Timer | None = None
         self._text = Static("", id="result", markup=False)
         self._sites: DataTable[Text] = DataTable(cursor_type="row", id="memory-sites")
         self._site_rows: list[dict[str, Any]] = []
@@ -102,14 +100,14 @@ class ActionsPane(Vertical):
     def compose(self) -> ComposeResult:
         with Horizontal(id="action-status"):
             yield self._status
-            yield self._progress
         with VerticalScroll(id="result-scroll"):
             yield self._text
         yield self._sites
         yield self._flame
 
     def on_mount(self) -> None:
-        self.set_interval(0.1, self._tick)
+        # The elapsed time and progress are redrawn 10 times a second, only while an action runs.
+        self._ticker = self.set_interval(0.1, self._tick, pause=self.running is None)
         self._show_status()
         self._text.update(
             "Keys on the attached process (from any tab):\n"
@@ -121,7 +119,7 @@ class ActionsPane(Vertical):
             "Here: , and . change the profile seconds, f flame view, s save the result."
         )
         self._title_base = "actions"
-        self.border_title = "actions"
+        self._set_title()
 
     def show_tracing(self, memory: dict[str, Any] | None, now: float) -> None:
         """tracemalloc's state in the app, in the header for as long as it is on: every allocation of the
@@ -134,7 +132,15 @@ class ActionsPane(Vertical):
             self.tracing_text = (
                 f" · memory tracing ON ({fmt_bytes(memory.get('overhead_bytes'))} overhead{left}; M stops it)"
             )
-        self.border_title = f"{self._title_base}{self.tracing_text}"
+        self._set_title()
+
+    def _set_title(self) -> None:
+        """The border title, set only when it changed: setting it repaints the pane, and this pane is
+        mostly on a hidden tab, where any repaint makes Textual lay the whole screen out again."""
+        title = f"{self._title_base}{self.tracing_text}"
+        if title != self._title_shown:
+            self._title_shown = title
+            self.border_title = title
 
     def reset(self, pid: int) -> None:
         self.pid = pid
@@ -162,17 +168,28 @@ class ActionsPane(Vertical):
         self._where = where
         self._started = time.monotonic()
         self._duration = seconds
-        self._progress.update(total=max(seconds, 0.1), progress=0)
+        if seconds > 0:
+            self._progress = ProgressBar(total=max(seconds, 0.1), show_eta=False)
+            self.query_one("#action-status").mount(self._progress)
+        self.set_class(seconds > 0, "-running")  # watch_running ran before the duration was known
         self._show_status()
         return True
 
     def watch_running(self, running: str | None) -> None:
         self.set_class(running is not None and self._duration > 0, "-running")
+        if self._ticker is not None:
+            if running is None:
+                self._ticker.pause()
+            else:
+                self._ticker.resume()
+        if running is None and self._progress is not None:
+            self._progress.remove()
+            self._progress = None
 
     def _tick(self) -> None:
         if self.running is not None:
             elapsed = time.monotonic() - self._started
-            if self._duration:
+            if self._duration and self._progress is not None:
                 self._progress.update(progress=min(elapsed, self._duration))
             self._show_status()
 
@@ -200,6 +217,9 @@ class ActionsPane(Vertical):
             )
             self._show_status()
             return
+        # The report renderers (and the SQL plan advice they pull in) load with the first result.
+        from perftop.render.actions import per_worker
+
         self.results[name] = msg.result
         self.last = name
         workers = per_worker(name, msg.result)
@@ -214,7 +234,7 @@ class ActionsPane(Vertical):
         self._show_status()
         where = f" · {self.where[name]}" if self.where[name] else ""
         self._title_base = f"actions · {TITLES.get(name, name)}{where}"
-        self.border_title = f"{self._title_base}{self.tracing_text}"
+        self._set_title()
 
     def _text_width(self) -> int:
         """The width the result's text is laid out for (side-by-side columns that fit in it)."""
@@ -223,6 +243,8 @@ class ActionsPane(Vertical):
 
     def _show_text(self) -> None:
         """The shown result as text: from several workers, side by side (see render_workers)."""
+        from perftop.render.actions import render_workers
+
         if self.last is None:
             return
         result = self.results[self.last]
@@ -233,6 +255,8 @@ class ActionsPane(Vertical):
 
     def _memory_head(self, result: Any) -> str:
         """Above the table of memory sites: the traced sizes (each worker's, side by side)."""
+        from perftop.render.actions import memory_side_by_side, per_worker, render
+
         workers = per_worker("memory", result)
         if workers:
             return memory_side_by_side(workers, self._text_width(), limit=0)
@@ -254,6 +278,8 @@ class ActionsPane(Vertical):
             self._sites.add_column(header, width=width)
         rows = [] if result is None or not result.get("tracing") else list(result.get("diff") or [])
         self._site_rows = rows[:200]
+        from perftop.render.actions import memory_growth_by_worker
+
         growth = memory_growth_by_worker(workers)
         for d in self._site_rows:
             by_pid = growth.get((str(d.get("file")), d.get("line")), {})

@@ -183,6 +183,10 @@ class ProcessPane(VerticalScroll):
         self._head_pid: int | None = None
         self._gone = Static("", id="gone", markup=False)
         self._head = Static("waiting for the first sample…", id="head", markup=False)
+        self._head_text = ""
+        self._cgroup_text = ""
+        self._title_text = ""
+        """The texts shown, kept to update (and so repaint) only what changed."""
         self._cgroup_title = Label("cgroup", classes="section cgroup", id="cgroup-title", markup=False)
         self._rows: dict[str, LimitRow] = {
             name: LimitRow(name, classes="cgroup") for name in ("cg.memory", "cg.pids", "cg.cpu")
@@ -218,7 +222,8 @@ class ProcessPane(VerticalScroll):
             return
         relayout = self._head_pid != p.pid  # the head's height is fixed after its first text
         self._head_pid = p.pid
-        if (title := f"process {p.pid} · {p.name}") != self.border_title:
+        if (title := f"process {p.pid} · {p.name}") != self._title_text:
+            self._title_text = title
             self.border_title = title
         uptime = fmt_duration(self.now - p.create_time) if self.now else "-"
         conn_age = (
@@ -227,23 +232,28 @@ class ProcessPane(VerticalScroll):
             else f" ({max(0.0, self.now - p.connections_sampled_at):.0f}s ago)"
         )
         cmd = " ".join(" ".join(p.cmdline).split()) or p.name
-        self._head.update(
+        head = (
             f"pid {p.pid} · {p.name} · user {p.username}  status {p.status}  up {uptime}\n"
             f"cpu {p.cpu_percent:5.1f}%  rss {fmt_bytes(p.rss_bytes)}  vms {fmt_bytes(p.vms_bytes)}"
             f"  threads {p.num_threads}  fds {fmt_count(p.num_fds)}"
             f"  conns {fmt_count(p.num_connections)}{conn_age}\n"
-            f"cmd {cmd[:200]}",
-            layout=relayout,
+            f"cmd {cmd[:200]}"
         )
+        if relayout or head != self._head_text:  # an update repaints: its ancestors are redrawn too
+            self._head_text = head
+            self._head.update(head, layout=relayout)
         self._show_tree(p.tree)
         cg = p.cgroup
         self.set_class(cg is not None, "-cgroup")
+        new: list[LimitRow] = []
         if cg is not None:
-            self._cgroup_title.update(f"cgroup v{cg.version} {cg.path}", layout=False)
+            if (title := f"cgroup v{cg.version} {cg.path}") != self._cgroup_text:
+                self._cgroup_text = title
+                self._cgroup_title.update(title, layout=False)
             for name, ratio, text in cgroup_rows(cg):
-                self._show(name, ratio, text)
+                self._show(name, ratio, text, new)
         for lim in p.limits:
-            self._show(lim.name, lim.ratio, limit_text(lim))
+            self._show(lim.name, lim.ratio, limit_text(lim), new)
         for i, b in enumerate(p.listen_backlog[:4]):  # requests the app has not taken yet, per listener
             ratio = b.queued / b.max if b.max else None
             most = "?" if b.max is None else fmt_count(b.max)
@@ -251,7 +261,10 @@ class ProcessPane(VerticalScroll):
                 "backlog" if i == 0 else f"backlog{i + 1}",
                 ratio,
                 f"{b.queued} queued of {most} on {b.address}",
+                new,
             )
+        if new:  # one mount for all the rows the first sample brings: one layout, not one per row
+            self.mount_all(new)
 
     @property
     def shown_workers(self) -> list[int]:
@@ -321,10 +334,11 @@ class ProcessPane(VerticalScroll):
         event.stop()
         self.action_attach_worker()
 
-    def _show(self, name: str, ratio: float | None, text: str) -> None:
+    def _show(self, name: str, ratio: float | None, text: str, new: list[LimitRow]) -> None:
+        """Show one limit's row; a row not seen before is made and added to `new`, to be mounted."""
         row = self._rows.get(name)
         if row is None:
             row = LimitRow(name)
             self._rows[name] = row
-            self.mount(row)
+            new.append(row)
         row.ratio, row.text = ratio, text

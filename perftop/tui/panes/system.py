@@ -58,6 +58,8 @@ class SystemPane(Vertical):
         self._sparks = {k: TextSparkline(id=f"{k}-spark") for k in self._hist}
         self._bars = {k: UsageBar(id=f"{k}-bar") for k in ("cpu", "mem")}
         self._cores = Label("", id="cores", markup=False)
+        self._shown: dict[str, str] = {}
+        """The text each label shows, by key: a label is updated only when its text changes."""
 
     def compose(self) -> ComposeResult:
         for key in self._hist:
@@ -102,10 +104,15 @@ class SystemPane(Vertical):
             psi = f"psi {psi}"
         else:
             psi = "psi n/a"
-        self._cores.update(f"cores [{core_glyphs(s.per_cpu_percent)}] {cores}%  ·  {psi}", layout=False)
+        text = f"cores [{core_glyphs(s.per_cpu_percent)}] {cores}%  ·  {psi}"
+        if text != self._shown.get("cores"):
+            self._shown["cores"] = text
+            self._cores.update(text, layout=False)
 
     def _set(self, key: str, text: str, value: float) -> None:
-        self._texts[key].update(text, layout=False)
+        if text != self._shown.get(key):  # an update repaints, and a repaint redraws its ancestors too
+            self._shown[key] = text
+            self._texts[key].update(text, layout=False)
         hist = self._hist[key]
         hist.append(value)
         self._sparks[key].data = tuple(hist)

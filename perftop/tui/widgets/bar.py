@@ -8,6 +8,7 @@ from textual.widget import Widget
 
 WARN_AT = 0.80
 ERROR_AT = 0.95
+_STATES = ("-unknown", "-warning", "-error")
 
 
 class UsageBar(Widget):
@@ -23,10 +24,23 @@ class UsageBar(Widget):
     ratio: reactive[float | None] = reactive(None)
     """Usage as a share of the limit, or None where the limit is unlimited or the usage unknown."""
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._state: str | None = None
+        """The state class shown ("" for none), None before the first ratio."""
+
     def watch_ratio(self, ratio: float | None) -> None:
-        self.set_class(ratio is None, "-unknown")
-        self.set_class(ratio is not None and WARN_AT <= ratio < ERROR_AT, "-warning")
-        self.set_class(ratio is not None and ratio >= ERROR_AT, "-error")
+        """One style update when the state changes (each class changed on its own restyled the bar)."""
+        if ratio is None:
+            state = "-unknown"
+        else:
+            state = "-error" if ratio >= ERROR_AT else "-warning" if ratio >= WARN_AT else ""
+        if state == self._state:
+            return
+        self._state = state
+        self.remove_class(*_STATES, update=not state)
+        if state:
+            self.add_class(state)
 
     def render(self) -> Text:
         width = max(self.size.width - 7, 2)
