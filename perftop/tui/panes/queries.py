@@ -260,10 +260,12 @@ class QueriesPane(Vertical, can_focus=True):
         slow = f" · slow ≥ {threshold:g}ms" if threshold is not None else ""
         if self.stats and self.stats.server_times:
             slow += " · no database times (see JSON: server_times)"
-        self.border_title = (
+        title = (
             f"queries ({n} fingerprints) · window {self.window_label} · sort "
             f"{self.sort.removesuffix('_ms')}{slow}"
         )
+        if title != self.border_title:  # setting it, even unchanged, lays the whole screen out again
+            self.border_title = title
 
     def watch_window_label(self) -> None:
         if self.is_mounted:

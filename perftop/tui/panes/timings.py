@@ -272,7 +272,9 @@ class TimingsPane(Vertical, can_focus=True):
     def _title(self) -> None:
         label = WINDOWS[self.window_index][1]
         who = "" if self.view is None else f" · {self.view.describe()}"
-        self.border_title = f"timings · window {label} · sort {self.sort.removesuffix('_ms')}{who}"
+        title = f"timings · window {label} · sort {self.sort.removesuffix('_ms')}{who}"
+        if title != self.border_title:  # setting it, even unchanged, lays the whole screen out again
+            self.border_title = title
 
     def watch_window_index(self, index: int) -> None:
         self._trends.clear()
