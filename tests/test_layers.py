@@ -305,3 +305,38 @@ def test_the_public_facades_import_only_the_agent() -> None:
             continue
         problems.append(f"{imp.importer} (line {imp.line}) imports {imp.target}")
     assert not problems, "\n".join(problems)
+
+
+def test_no_private_name_is_imported_or_reached_across_modules() -> None:
+    """DESIGN.md: no private (`_name`) imports across modules: neither `from perftop.x import _y` nor
+    `x._y` on an imported perftop module (`perftop._version`, the version module, is the one exception)."""
+    problems = []
+    for name, path in all_modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        modules: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("perftop"):
+                for alias in node.names:
+                    if (
+                        alias.name.startswith("_")
+                        and not alias.name.startswith("__")
+                        and alias.name != "_version"
+                    ):
+                        problems.append(f"{name} (line {node.lineno}) imports {node.module}.{alias.name}")
+                    modules.add(alias.asname or alias.name)
+            elif isinstance(node, ast.Import):
+                modules.update(
+                    alias.asname or alias.name.split(".")[0]
+                    for alias in node.names
+                    if alias.name.startswith("perftop")
+                )
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in modules
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                problems.append(f"{name} (line {node.lineno}) reaches {node.value.id}.{node.attr}")
+    assert not problems, "\n".join(problems)

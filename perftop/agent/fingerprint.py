@@ -273,19 +273,20 @@ def _render(indices: list[int], tokens: list[str], kinds: list[int]) -> str:
     return "".join(parts)
 
 
-_cache: dict[str, str] = {}
+cache: dict[str, str] = {}
+"""Fingerprints by statement text; the SQL hook's hot path reads it directly (one dict lookup)."""
 
 
 def fingerprint(sql: str, double_quoted_literals: bool = False) -> str:
     """The cached fingerprint of `sql`: one dict lookup for a statement seen before. The cache is keyed
     by the text alone: the same text from a MySQL and a PostgreSQL engine gets the fingerprint it got first
     (with `"..."` as a string if MySQL came first, which hides a name but never shows a value)."""
-    fp = _cache.get(sql)
+    fp = cache.get(sql)
     if fp is None:
         fp = normalize(sql, double_quoted_literals)
-        if len(_cache) >= CACHE_MAX:
-            _cache.clear()
-        _cache[sql] = fp
+        if len(cache) >= CACHE_MAX:
+            cache.clear()
+        cache[sql] = fp
     return fp
 
 

@@ -73,9 +73,9 @@ def discover_loops() -> int:
     if "asyncio" not in sys.modules:
         return 0
     try:
-        from perftop.agent.threads import _task_registry_loops
+        from perftop.agent.threads import task_registry_loops
 
-        loops = _task_registry_loops() or []
+        loops = task_registry_loops() or []
         new = 0
         for found in loops:
             if found.is_running() and found not in _watched:

@@ -343,7 +343,7 @@ class _State:
 
 _s = _State()
 """The hook's state."""
-_fp_cache = _fingerprint._cache
+_fp_cache = _fingerprint.cache
 _fp_get = _fp_cache.get
 
 

@@ -120,7 +120,7 @@ def _imported(name: str) -> Any:
     return module
 
 
-def _task_registry_loops() -> list[Any] | None:
+def task_registry_loops() -> list[Any] | None:
     """Loops of every task in asyncio's own task registry: O(tasks). None where the registry is unusable.
 
     Python <= 3.11 keeps every task in `asyncio.tasks._all_tasks`, 3.12-3.13 in `_scheduled_tasks` plus
@@ -157,7 +157,7 @@ def _running_loops(scan: bool) -> list[Any]:
         candidates: list[Any] = [*_weak_loops, *_strong_loops]
     asyncio_module = _imported("asyncio")
     if scan and asyncio_module is not None:
-        from_tasks = _task_registry_loops()
+        from_tasks = task_registry_loops()
         if from_tasks is not None:
             candidates.extend(from_tasks)
         else:

@@ -169,7 +169,7 @@ def memory_bound(distinct: int, cap: int) -> dict[str, Any]:
         "fingerprints_kept_before": known_before,
         "fingerprints_dropped": stats["overflow"]["fingerprints_dropped"] - dropped_before,
         "executions_dropped": stats["overflow"]["executions_dropped"],
-        "fingerprint_cache_entries": len(fingerprint._cache),
+        "fingerprint_cache_entries": len(fingerprint.cache),
         "fingerprint_cache_cap": fingerprint.CACHE_MAX,
         "traced_growth_bytes": grown,
     }
