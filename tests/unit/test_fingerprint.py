@@ -136,12 +136,12 @@ def test_different_shapes_differ() -> None:
 
 
 def test_cache_is_bounded_and_hits() -> None:
-    fpmod._cache.clear()
+    fpmod.cache.clear()
     first = fingerprint("SELECT 1 FROM cache_probe")
-    assert fpmod._cache["SELECT 1 FROM cache_probe"] == first
+    assert fpmod.cache["SELECT 1 FROM cache_probe"] == first
     for i in range(fpmod.CACHE_MAX + 10):
         fingerprint(f"SELECT {i} AS c{i}")
-    assert len(fpmod._cache) <= fpmod.CACHE_MAX
+    assert len(fpmod.cache) <= fpmod.CACHE_MAX
 
 
 def test_long_statement_is_cut() -> None:
