@@ -363,12 +363,32 @@ def _dense(indices: Sequence[int], counts: Sequence[int]) -> tuple[int, array[in
     if hi - indices[0] + 1 == len(indices) and indices[0] == lo:  # contiguous: one copy
         dense = array("q", counts)
     else:
+        # Latency bins are mostly consecutive, with gaps in the tails: copy the run of consecutive
+        # indices around the middle in one slice, and set the bins of the tails one by one.
         dense = array("q", bytes(8 * (hi - lo + 1)))
-        for i, n in zip(indices, counts, strict=True):
+        start, end = _middle_run(indices)
+        at = indices[start] - lo
+        dense[at : at + end - start] = array("q", counts[start:end])
+        for i, n in zip(indices[:start], counts[:start], strict=True):
+            dense[i - lo] = n
+        for i, n in zip(indices[end:], counts[end:], strict=True):
             dense[i - lo] = n
     if folded:
         dense[0] += folded
     return lo, dense
+
+
+def _middle_run(indices: Sequence[int]) -> tuple[int, int]:
+    """[start, end): the positions of the run of consecutive indices that holds the middle one.
+
+    In sorted distinct indices, `indices[k] - k` never decreases, and is the same all along a run of
+    consecutive ones: so the run's ends are found by bisection, in a few steps whatever its length.
+    """
+    mid = len(indices) // 2
+    step = indices[mid] - mid
+    start = bisect_left(range(mid + 1), True, key=lambda k: indices[k] - k == step)
+    end = mid + bisect_left(range(mid, len(indices)), True, key=lambda k: indices[k] - k != step)
+    return start, end
 
 
 def _finite(value: Any, what: str) -> float:
