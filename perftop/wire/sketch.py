@@ -304,6 +304,11 @@ class Sketch:
         return out
 
 
+_LIST = {list}
+_INT = {int}
+"""The set of the types of a column of plain ints (bools and other int subclasses take the slow path)."""
+
+
 def _sorted_bins(bins: list[Any]) -> tuple[Sequence[int], Sequence[int]] | None:
     """The index and count columns of `bins` if it is what `to_dict` writes: [index, count] lists of
     plain ints, indices ascending without repeats and within +-MAX_INDEX, counts >= 0; else None.
@@ -326,10 +331,6 @@ def _sorted_bins(bins: list[Any]) -> tuple[Sequence[int], Sequence[int]] | None:
     if not all(map(operator.lt, indices, islice(indices, 1, None))):
         return None
     return indices, counts
-
-
-_LIST = {list}
-_INT = {int}
 
 
 def _checked_bins(bins: list[Any]) -> tuple[list[int], list[int]]:
