@@ -14,11 +14,12 @@ capped (the lowest are folded together past the cap), which bounds memory whatev
 from __future__ import annotations
 
 import math
+import operator
 import sys
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping, Sequence
-from itertools import accumulate
+from itertools import accumulate, islice
 from typing import Any, Generic, TypeVar
 
 ALPHA = 0.008
@@ -185,15 +186,17 @@ class Sketch:
         if other.count == 0:
             return
         theirs = other._counts
-        if theirs:
-            # Widen to cover their span once, then add element by element.
+        if theirs and not self._counts:  # into an empty sketch (a copy, a first worker): take theirs
+            self._lo = other._lo
+            self._counts = array("q", theirs)
+        elif theirs:
+            # Widen to cover their span once, then add the overlapping slice in one go.
             self.add_bin(other._lo, 0)
             self.add_bin(other._lo + len(theirs) - 1, 0)
             mine, off = self._counts, other._lo - self._lo
             if off >= 0:
-                for k, n in enumerate(theirs):
-                    if n:
-                        mine[off + k] += n
+                end = off + len(theirs)
+                mine[off:end] = array("q", map(operator.add, mine[off:end], theirs))
             else:  # our lowest buckets were folded past theirs: fold theirs the same way
                 for k, n in enumerate(theirs):
                     if n:
@@ -257,7 +260,12 @@ class Sketch:
 
     @classmethod
     def from_dict(cls, data: Any) -> Sketch:
-        """Rebuild a sketch from `to_dict` output, rejecting anything malformed with SketchError."""
+        """Rebuild a sketch from `to_dict` output, rejecting anything malformed with SketchError.
+
+        The bins `to_dict` writes (ascending, distinct, plain ints in range) are checked and taken in
+        bulk by `_sorted_bins`; anything else goes through a pair-by-pair check, which also says what is
+        wrong. Both accept the same inputs and build the same sketch.
+        """
         if not isinstance(data, dict):
             raise SketchError("sketch must be an object")
         if data.get("alpha") != ALPHA:
@@ -271,17 +279,11 @@ class Sketch:
             bins = data["bins"]
             if not isinstance(bins, list) or len(bins) > MAX_WIRE_BINS:
                 raise SketchError("bins must be a list of [index, count] pairs")
-            total = out.zero
-            found: dict[int, int] = {}
-            for pair in bins:
-                if not (isinstance(pair, list) and len(pair) == 2):
-                    raise SketchError("bins must be a list of [index, count] pairs")
-                i, n = pair
-                if isinstance(i, bool) or not isinstance(i, int) or not -MAX_INDEX <= i <= MAX_INDEX:
-                    raise SketchError("bin index must be an integer within the float range")
-                n = _nonneg_int(n, "bin count")
-                found[i] = found.get(i, 0) + n
-                total += n
+            columns = _sorted_bins(bins)
+            if columns is None:
+                columns = _checked_bins(bins)
+            indices, counts = columns
+            total = out.zero + sum(counts)
             if total != count:
                 raise SketchError(f"bin counts add up to {total}, not count {count}")
             out.count = count
@@ -294,12 +296,100 @@ class Sketch:
                 raise SketchError("more errors than values")
         except (KeyError, TypeError) as exc:
             raise SketchError(f"malformed sketch: {exc!r}") from None
-        if found:
-            keys = sorted(found)
-            floor = keys[-1] - MAX_BINS + 1  # never allocate more than MAX_BINS, whatever the input says
-            for i in keys:
-                out.add_bin(max(i, floor), found[i])
+        if indices:
+            try:
+                out._lo, out._counts = _dense(indices, counts)
+            except OverflowError:
+                raise SketchError("a bin count is beyond a 64-bit integer") from None
         return out
+
+
+_LIST = {list}
+_INT = {int}
+"""The set of the types of a column of plain ints (bools and other int subclasses take the slow path)."""
+
+
+def _sorted_bins(bins: list[Any]) -> tuple[Sequence[int], Sequence[int]] | None:
+    """The index and count columns of `bins` if it is what `to_dict` writes: [index, count] lists of
+    plain ints, indices ascending without repeats and within +-MAX_INDEX, counts >= 0; else None.
+
+    Every check runs over a whole column in C (map, zip, min), not pair by pair in Python: this is the
+    decode of every sketch the viewer and the exporter receive.
+    """
+    if not bins:
+        return (), ()
+    if set(map(type, bins)) != _LIST:
+        return None
+    try:
+        indices, counts = zip(*bins, strict=True)  # and so every pair has two items
+    except ValueError:
+        return None
+    if set(map(type, indices)) != _INT or set(map(type, counts)) != _INT:
+        return None
+    if not (indices[0] >= -MAX_INDEX and indices[-1] <= MAX_INDEX and min(counts) >= 0):
+        return None
+    if not all(map(operator.lt, indices, islice(indices, 1, None))):
+        return None
+    return indices, counts
+
+
+def _checked_bins(bins: list[Any]) -> tuple[list[int], list[int]]:
+    """The columns of any valid `bins` (in any order, an index maybe repeated: its counts add), sorted by
+    index; SketchError naming the first malformed pair."""
+    found: dict[int, int] = {}
+    for pair in bins:
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise SketchError("bins must be a list of [index, count] pairs")
+        i, n = pair
+        if isinstance(i, bool) or not isinstance(i, int) or not -MAX_INDEX <= i <= MAX_INDEX:
+            raise SketchError("bin index must be an integer within the float range")
+        n = _nonneg_int(n, "bin count")
+        found[i] = found.get(i, 0) + n
+    keys = sorted(found)
+    return keys, [found[i] for i in keys]
+
+
+def _dense(indices: Sequence[int], counts: Sequence[int]) -> tuple[int, array[int]]:
+    """The lowest index and dense counts of sorted distinct bins, as `Sketch.add_bin` would build them one
+    by one: from the lowest index to the highest, zeros between, and never more than MAX_BINS buckets
+    (those below the span fold into its lowest, whatever the input says)."""
+    hi = indices[-1]
+    lo = indices[0]
+    floor = hi - MAX_BINS + 1
+    folded = 0
+    if lo < floor:
+        cut = bisect_left(indices, floor)
+        folded = sum(counts[:cut])
+        indices, counts, lo = indices[cut:], counts[cut:], floor
+    if hi - indices[0] + 1 == len(indices) and indices[0] == lo:  # contiguous: one copy
+        dense = array("q", counts)
+    else:
+        # Latency bins are mostly consecutive, with gaps in the tails: copy the run of consecutive
+        # indices around the middle in one slice, and set the bins of the tails one by one.
+        dense = array("q", bytes(8 * (hi - lo + 1)))
+        start, end = _middle_run(indices)
+        at = indices[start] - lo
+        dense[at : at + end - start] = array("q", counts[start:end])
+        for i, n in zip(indices[:start], counts[:start], strict=True):
+            dense[i - lo] = n
+        for i, n in zip(indices[end:], counts[end:], strict=True):
+            dense[i - lo] = n
+    if folded:
+        dense[0] += folded
+    return lo, dense
+
+
+def _middle_run(indices: Sequence[int]) -> tuple[int, int]:
+    """[start, end): the positions of the run of consecutive indices that holds the middle one.
+
+    In sorted distinct indices, `indices[k] - k` never decreases, and is the same all along a run of
+    consecutive ones: so the run's ends are found by bisection, in a few steps whatever its length.
+    """
+    mid = len(indices) // 2
+    step = indices[mid] - mid
+    start = bisect_left(range(mid + 1), True, key=lambda k: indices[k] - k == step)
+    end = mid + bisect_left(range(mid, len(indices)), True, key=lambda k: indices[k] - k != step)
+    return start, end
 
 
 def _finite(value: Any, what: str) -> float:
