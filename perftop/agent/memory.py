@@ -17,8 +17,17 @@ from perftop.agent.pump import TICK_S, pump
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _AGENT_DIR = os.path.join(_PACKAGE_DIR, "agent")
+_WIRE_DIR = os.path.join(_PACKAGE_DIR, "wire")
 # Modules that only ever run on perftop's own threads: a trace passing through any of them is perftop's.
-_AGENT_ONLY_MODULES = ("actions.py", "profiler.py", "memory.py", "threads.py", "server.py")
+_AGENT_ONLY_MODULES = (
+    "actions.py",
+    "profiler.py",
+    "memory.py",
+    "threads.py",
+    "server.py",
+    "handlers.py",
+    "pump.py",
+)
 
 _Group = dict[tracemalloc.Traceback, tuple[int, int]]
 
@@ -80,7 +89,7 @@ _state = _State()
 _OWN_INNERMOST = (
     tracemalloc.__file__,
     "<unknown>",
-    *(os.path.join(_PACKAGE_DIR, module) for module in ("__init__.py", "protocol.py", "sketch.py")),
+    os.path.join(_PACKAGE_DIR, "__init__.py"),
 )
 _AGENT_ONLY_FILES = frozenset(os.path.join(_AGENT_DIR, module) for module in _AGENT_ONLY_MODULES)
 
@@ -90,7 +99,7 @@ def _is_apps(traceback: tracemalloc.Traceback) -> bool:
     module that only runs on perftop's threads (any frame); app code merely wrapped by a perftop timer
     stays (only its innermost frame is matched)."""
     innermost = traceback[-1].filename
-    if innermost in _OWN_INNERMOST or innermost.startswith(_AGENT_DIR + os.sep):
+    if innermost in _OWN_INNERMOST or innermost.startswith((_AGENT_DIR + os.sep, _WIRE_DIR + os.sep)):
         return False
     return not any(frame.filename in _AGENT_ONLY_FILES for frame in traceback)
 
