@@ -371,13 +371,16 @@ class PerftopApp(App[int]):
             pane = self.query_one(f"#{tab} > *")
             tables = [t for t in pane.query("DataTable") if t.display and t.parent is pane]
             # A pane with no table to show (no agent yet) takes focus itself, so that focus stays inside
-            # the attached view and its keys (p, m, g, t, i...) keep working.
+            # the attached view and its keys (p, m, g, t, i...) keep working. Focus is set now, not later
+            # (`focus()` waits its turn in the queue): a key typed right after the tab's number (`3/`)
+            # goes to the tab it opened.
             if tables and not pane.has_class("-no-agent", "-empty"):
-                tables[0].focus()
+                target: Widget = tables[0]
             elif pane.can_focus:
-                pane.focus()
+                target = pane
             else:
-                next((w for w in pane.query("*") if w.focusable), tabs).focus()
+                target = next((w for w in pane.query("*") if w.focusable), tabs)
+            self.screen.set_focus(target)
 
     def action_toggle_recording(self) -> None:
         """`r`: start recording the attached process to a file here, or stop the recording under way."""

@@ -10,12 +10,14 @@ class FilterBar(Input):
     """Typing posts `Input.Changed` to the pane as usual; focus goes back to `back_to` when done."""
 
     DEFAULT_CSS = """
-    FilterBar { display: none; height: 1; border: none; padding: 0 1; }
+    FilterBar { display: none; }
     FilterBar.-open { display: block; }
     """
 
     def __init__(self, placeholder: str, back_to: Widget) -> None:
-        super().__init__(placeholder=placeholder)
+        # Compact: one line, no border. A plain Input's focus border (`Input:focus`, which outranks a
+        # type selector) drew the one-line field as its two border rows, hiding what is typed.
+        super().__init__(placeholder=placeholder, compact=True)
         self.back_to = back_to
 
     def open(self) -> None:
