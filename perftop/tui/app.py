@@ -118,9 +118,12 @@ class PerftopApp(App[int]):
     def compose(self) -> ComposeResult:
         yield Label("", id="status")
         yield SystemPane(id="system")
-        with ContentSwitcher(initial="list", id="main"):
-            yield ProcessListPane(id="list")
-            if self._initial_pid is not None:
+        # Started attached, the process list (its table, filter input and sort keys) is made on the first
+        # detach: it is not on the first screen, and every widget composed is styled before that frame.
+        with ContentSwitcher(initial="list" if self._initial_pid is None else "attached", id="main"):
+            if self._initial_pid is None:
+                yield ProcessListPane(id="list")
+            else:
                 from perftop.tui.panes.attached import AttachedView
 
                 yield AttachedView(id="attached", profile_seconds=self._profile_seconds)
@@ -353,14 +356,17 @@ class PerftopApp(App[int]):
         elif self.attached is not None:
             self.notify("Backspace or h: back to the process list", timeout=2)
 
-    def action_detach(self) -> None:
-        """Backspace or h: back to the process list."""
+    async def action_detach(self) -> None:
+        """Backspace or h: back to the process list (made here the first time, when started attached)."""
         if self.attached is None:
             return
         pid = self.attached
         self.attached = None
         self.sampler.attach(None)
-        self.query_one("#main", ContentSwitcher).current = "list"
+        switcher = self.query_one("#main", ContentSwitcher)
+        if not switcher.query_children(ProcessListPane):
+            await switcher.add_content(ProcessListPane(id="list"))
+        switcher.current = "list"
         plist = self.query_one(ProcessListPane)
         plist.select_pid(pid)
         plist.query_one("LineTable").focus()
