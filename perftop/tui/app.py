@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from textual import on
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, InvalidThemeError, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.markup import escape
@@ -99,8 +99,10 @@ class PerftopApp(App[int]):
         """Refuse the actions that change the target (`perftop web` without --allow-actions)."""
         self.sources = sources
         self._initial_pid = pid
-        self._theme_name = theme_name
-        self._themes = themes or {}
+        for theme in (themes or {}).values():
+            self.register_theme(theme)
+        if theme_name:
+            self._start_with_theme(theme_name)
         self.sampler = Sampler(self, sources, interval)
         self._start_sampler = start_sampler
         self._profile_seconds = profile_seconds
@@ -116,19 +118,33 @@ class PerftopApp(App[int]):
     def compose(self) -> ComposeResult:
         yield Label("", id="status")
         yield SystemPane(id="system")
-        with ContentSwitcher(initial="list", id="main"):
-            yield ProcessListPane(id="list")
-            if self._initial_pid is not None:
+        # Started attached, the process list (its table, filter input and sort keys) is made on the first
+        # detach: it is not on the first screen, and every widget composed is styled before that frame.
+        with ContentSwitcher(initial="list" if self._initial_pid is None else "attached", id="main"):
+            if self._initial_pid is None:
+                yield ProcessListPane(id="list")
+            else:
                 from perftop.tui.panes.attached import AttachedView
 
                 yield AttachedView(id="attached", profile_seconds=self._profile_seconds)
         yield Footer()
 
+    def _start_with_theme(self, name: str) -> None:
+        """Start in theme `name`: what setting `App.theme` does (its classes, colour filter and CSS
+        variables), done before the stylesheet is read. Set once mounted, as before, the theme restyled
+        every widget again right after their first styling: a third of `--pid`'s styling before the first
+        frame."""
+        if name not in self.available_themes:
+            raise InvalidThemeError(f"Theme {name!r} has not been registered.")
+        self.set_reactive(App.theme, name)
+        dark = self.current_theme.dark
+        self.update_classes(
+            {f"-theme-{name}": True, "-dark-mode": dark, "-light-mode": not dark}, update=False
+        )
+        self._refresh_truecolor_filter(self.ansi_theme)
+        self.stylesheet.set_variables(self.get_css_variables())
+
     async def on_mount(self) -> None:
-        for theme in self._themes.values():
-            self.register_theme(theme)
-        if self._theme_name:
-            self.theme = self._theme_name
         if self._initial_pid is not None:
             await self.attach(self._initial_pid)
         else:
@@ -340,14 +356,17 @@ class PerftopApp(App[int]):
         elif self.attached is not None:
             self.notify("Backspace or h: back to the process list", timeout=2)
 
-    def action_detach(self) -> None:
-        """Backspace or h: back to the process list."""
+    async def action_detach(self) -> None:
+        """Backspace or h: back to the process list (made here the first time, when started attached)."""
         if self.attached is None:
             return
         pid = self.attached
         self.attached = None
         self.sampler.attach(None)
-        self.query_one("#main", ContentSwitcher).current = "list"
+        switcher = self.query_one("#main", ContentSwitcher)
+        if not switcher.query_children(ProcessListPane):
+            await switcher.add_content(ProcessListPane(id="list"))
+        switcher.current = "list"
         plist = self.query_one(ProcessListPane)
         plist.select_pid(pid)
         plist.query_one("LineTable").focus()

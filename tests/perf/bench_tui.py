@@ -38,6 +38,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -92,6 +93,11 @@ class Result:
     textual_import_s: float | None = None
     """`python -c "import textual.app"` timed between this program's launches (median): the first-frame
     ratio compares the two under the same load, which on a shared machine changes by the minute."""
+    first_frame_cpu_s: list[float] = field(default_factory=list)
+    """The program's CPU time (utime + stime) when its first full frame showed, per launch: what the start
+    cost, steadier than the wall clock on a loaded machine."""
+    textual_import_cpu_s: float | None = None
+    """The CPU time of `python -c "import textual.app"` (median of those timed between the launches)."""
 
 
 class Terminal:
@@ -261,14 +267,18 @@ def run_program(
 ) -> Result:
     """Launch `argv` `launches` times, timing the first full frame; measure the last launch over `seconds`."""
     frames: list[float] = []
+    frame_cpu: list[float] = []
     references: list[float] = []
+    reference_cpu: list[float] = []
     for n in range(launches):
         if timed:
             references.append(import_time("import textual.app", runs=1))
+            reference_cpu.append(import_cpu("import textual.app"))
         session, start = term.launch(argv, env)
         pid = term.pid(session)
         try:
             frames.append(term.wait_screen(session, ready) - start)
+            frame_cpu.append(cpu_ticks(pid) / CLK_TCK)
             if n < launches - 1:
                 continue
             time.sleep(SETTLE_S)
@@ -280,7 +290,17 @@ def run_program(
     first = statistics.median(frames) if timed else None
     reference = statistics.median(references) if references else None
     return Result(
-        label, own, kids, rss, hwm, first, frames if timed else [], seconds, textual_import_s=reference
+        label,
+        own,
+        kids,
+        rss,
+        hwm,
+        first,
+        frames if timed else [],
+        seconds,
+        textual_import_s=reference,
+        first_frame_cpu_s=frame_cpu if timed else [],
+        textual_import_cpu_s=statistics.median(reference_cpu) if reference_cpu else None,
     )
 
 
@@ -298,6 +318,14 @@ def profile(pid: int, label: str, out_dir: Path, seconds: float) -> None:
              "--nonblocking", "--threads", "--format", fmt, "-o", str(out_dir / f"{slug}.{ext}")],
             capture_output=True, check=False,
         )  # fmt: skip
+
+
+def import_cpu(code: str) -> float:
+    """The CPU time (user + system) of one `python -c code`, from the children's rusage."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def import_time(code: str, runs: int = 5) -> float:
@@ -611,6 +639,13 @@ def main() -> None:
             sys.stdout.write(
                 f"  {r.label}: first full frames {frames} s; import textual.app between them, median "
                 f"{r.textual_import_s or 0:.3f} s\n"
+            )
+        if r.first_frame_cpu_s and r.textual_import_cpu_s:
+            cpu = ", ".join(f"{x:.2f}" for x in r.first_frame_cpu_s)
+            median = statistics.median(r.first_frame_cpu_s)
+            sys.stdout.write(
+                f"  {r.label}: CPU time at the first full frame {cpu} s, median {median:.2f} s; import "
+                f"textual.app {r.textual_import_cpu_s:.3f} s of CPU: {median / r.textual_import_cpu_s:.2f}x\n"
             )
     if args.json:
         doc = {"machine": info, "results": [asdict(r) for r in results], "ratios": values, "targets": TARGETS}
