@@ -101,6 +101,8 @@ class PerftopApp(App[int]):
         self._initial_pid = pid
         for theme in (themes or {}).values():
             self.register_theme(theme)
+        self._theme_when_mounted: str | None = None
+        """The theme to set once mounted, where this Textual cannot be given it before (see below)."""
         if theme_name:
             self._start_with_theme(theme_name)
         self.sampler = Sampler(self, sources, interval)
@@ -136,15 +138,21 @@ class PerftopApp(App[int]):
         frame."""
         if name not in self.available_themes:
             raise InvalidThemeError(f"Theme {name!r} has not been registered.")
+        refresh_filter = getattr(self, "_refresh_truecolor_filter", None)
+        if refresh_filter is None:  # a Textual without it: set the theme once mounted, as Textual documents
+            self._theme_when_mounted = name
+            return
         self.set_reactive(App.theme, name)
         dark = self.current_theme.dark
         self.update_classes(
             {f"-theme-{name}": True, "-dark-mode": dark, "-light-mode": not dark}, update=False
         )
-        self._refresh_truecolor_filter(self.ansi_theme)
+        refresh_filter(self.ansi_theme)
         self.stylesheet.set_variables(self.get_css_variables())
 
     async def on_mount(self) -> None:
+        if self._theme_when_mounted is not None:
+            self.theme = self._theme_when_mounted
         if self._initial_pid is not None:
             await self.attach(self._initial_pid)
         else:
