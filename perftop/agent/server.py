@@ -469,12 +469,24 @@ class Server:
     def _on_event(self, key: selectors.SelectorKey, mask: int) -> None:
         if key.data is None:
             wake = self._wake_r
+            if key.fileobj is not wake:
+                # Left registered from a wake socket already let go of (the app closed its fd): drop it,
+                # or whatever gets that fd number next could wake this loop for ever.
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    if self._sel is not None:
+                        self._sel.unregister(key.fd)
+                return
             if not _is_ours(wake, self._wake_r_ident):
                 self._recover()
                 return
-            with contextlib.suppress(OSError):
-                while wake is not None and wake.recv(4096):
-                    pass
+            ended = False
+            with contextlib.suppress(OSError):  # BlockingIOError: drained
+                while wake is not None:
+                    if not wake.recv(4096):
+                        ended = True  # the write end is gone: an ended socket stays readable for ever
+                        break
+            if ended and not self._recover():
+                self._new_wake_pair()
         elif key.data == "listen":
             if not _is_ours(self._listener, self._listener_ident):
                 self._recover()

@@ -160,3 +160,22 @@ def test_pending_buffers_stay_bounded_while_the_agent_thread_is_stuck() -> None:
             overflow = client.call("stats")["overflow"]
             assert overflow["pending_dropped"] == 4 * (calls - MAX_PENDING)
             assert sum(recorded()) + overflow["pending_dropped"] == 4 * calls
+
+
+def test_a_wake_pair_whose_write_end_went_away_does_not_spin_the_agent_thread() -> None:
+    """An ended wake-up socket stays readable for ever: the agent makes a new pair instead of waking on it
+    in a loop (which took half a core of the app), and keeps serving. Oracle: the process's own CPU time
+    over 2 s of idling, from /proc (psutil), against what an idle agent costs (well under 10% of a core)."""
+    import psutil
+
+    with short_tmp_dir() as tmp, Target(os.path.join(tmp, "socks"), script=LC_TARGET) as target:
+        assert answers(target.socket)
+        assert target.cmd("closewake") == "closed"
+        proc = psutil.Process(target.proc.pid)
+        assert target.cmd("work 1") == "done 1"  # the first metric wakes the agent thread through the pair
+        before = proc.cpu_times()
+        threading.Event().wait(2.0)
+        after = proc.cpu_times()
+        used = (after.user - before.user) + (after.system - before.system)
+        assert used < 0.2, f"the app used {used:.2f} s of CPU in 2 s of idling"
+        assert answers(target.socket)

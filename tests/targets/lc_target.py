@@ -10,6 +10,8 @@ each command line with one line:
                      127.0.0.1:PORT (reusing the old numbers) and send `app I\\n` on the I-th one
                                                                                      -> tcp FD...
   bye                send `bye I\\n` on the I-th TCP connection                         -> sent
+  closewake          shut down the agent's wake-up pair's write end, as an app closing a stray fd may
+                     (its read end then stays readable, at end of file)                 -> closed
   stall N            hold the recorder's drain lock (the agent thread is stuck behind it) while
                      recording N times through each hot path (`work` decorated, `block` timer,
                      `hits` counter, `lat` observe); report each pending buffer's length and
@@ -68,6 +70,13 @@ def run_close(args: list[str]) -> str:
     return "tcp " + " ".join(str(c.fileno()) for c in TCP)
 
 
+def run_closewake(args: list[str]) -> str:
+    waker = server.server._waker
+    assert waker is not None
+    waker[0].shutdown(socket.SHUT_WR)
+    return "closed"
+
+
 def run_bye(args: list[str]) -> str:
     for i, conn in enumerate(TCP):
         conn.sendall(f"bye {i}\n".encode())
@@ -102,6 +111,7 @@ def main() -> None:
         "agentfds": run_agentfds,
         "close": run_close,
         "bye": run_bye,
+        "closewake": run_closewake,
         "stall": run_stall,
     }
     serve(commands)
