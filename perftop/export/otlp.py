@@ -169,6 +169,8 @@ def exponential_buckets(data: Any, factor: float = 1.0, scale: int = SCALE) -> E
         ks[0] = max(ks[0], math.ceil(math.log2(low) * steps) - 1)
     ks[-1] = min(ks[-1], math.ceil(math.log2(high) * steps) - 1)
     ks[0] = min(ks[0], ks[-1])
+    if len(ks) > 2 and (ks[1] < ks[0] or ks[-2] > ks[-1]):  # a malformed sketch: bins beyond [min, max]
+        ks[1:-1] = [min(max(k, ks[0]), ks[-1]) for k in ks[1:-1]]
     offset = ks[0]
     dense = [0] * (ks[-1] - offset + 1)
     for k, n in zip(ks, counts, strict=True):

@@ -88,6 +88,7 @@ def digest_sketch(data: Any, lad: Ladder | None = None, native: bool = False) ->
         raise ValueError("not a sketch of this accuracy")
     count = int(data["count"])
     zero = int(data["zero"])
+    idx: Sequence[int]
     if "bins" in data:
         idx, counts, buckets = _pair_buckets(data["bins"], count, zero, lad.thresholds)
     else:
