@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from perftop.export.histograms import ladder
 from perftop.export.otlp import exponential_buckets
-from perftop.export.prometheus.families import digest_sketch
+from perftop.export.prometheus.families import QUANTILES, digest_sketch
 from perftop.wire.protocol import BINS_DENSE, BINS_PAIRS, ProtocolError, bins_form
 from perftop.wire.sketch import MAX_INDEX, Sketch, SketchError
 
@@ -49,6 +49,8 @@ def test_a_dense_sketch_digests_as_its_pairs(values: list[float], per_decade: in
     assert a.buckets == b.buckets and [type(n) for n in a.buckets] == [type(n) for n in b.buckets]
     assert (a.count, a.errors, a.sum_s, a.zero) == (b.count, b.errors, b.sum_s, b.zero)
     assert a.quantiles == b.quantiles or all(map(math.isnan, a.quantiles + b.quantiles))
+    if values:  # the sketch's own quantiles, to the bit
+        assert b.quantiles == [v / 1e9 for v in Sketch.from_dict(pairs).quantiles(QUANTILES) if v is not None]
     assert (a.native_spans, a.native_deltas) == (b.native_spans, b.native_deltas)
 
 
