@@ -128,7 +128,9 @@ def native_buckets(indices: Sequence[int], counts: Sequence[int]) -> tuple[list[
     expression on a byte mask) and differenced by C-level `map`s: no Python loop per bucket."""
     if len(indices) != len(counts):
         raise ValueError("as many counts as bucket indices are needed")
-    if 0 in counts:
+    if 0 in counts and not (isinstance(indices, range) and counts[0] and counts[-1]):
+        # Pairs with empty bins are filtered; dense bins (a range of indices from a populated bin to
+        # another) are taken whole: an empty bin sets a bucket the dense array below holds as 0 already.
         indices, counts = [i for i, n in zip(indices, counts, strict=True) if n], [n for n in counts if n]
     if not counts:
         return [], []

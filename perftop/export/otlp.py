@@ -121,7 +121,8 @@ class ExponentialBuckets:
 
 
 def exponential_buckets(data: Any, factor: float = 1.0, scale: int = SCALE) -> ExponentialBuckets | None:
-    """The exponential histogram of a serialized sketch (`Sketch.to_dict`), None when it is empty.
+    """The exponential histogram of a serialized sketch (`Sketch.to_dict`, or with dense bins: see
+    protocol.bins_form), None when it is empty.
 
     Each sketch bin's count goes to the bucket of its representative value, clamped to the sketch's exact
     min and max (every value of the bin lies within the sketch's accuracy of it, and within [min, max]).
@@ -130,14 +131,18 @@ def exponential_buckets(data: Any, factor: float = 1.0, scale: int = SCALE) -> E
     if not isinstance(data, dict) or data.get("alpha") != ALPHA:
         raise SketchError("not a sketch of this accuracy")
     try:
-        count, zero, bins = data["count"], data["zero"], data["bins"]
+        count, zero = data["count"], data["zero"]
+        bins = data["bins"] if "bins" in data else data["counts"]
         if not (type(count) is int and type(zero) is int and isinstance(bins, list)):
             raise SketchError("count and zero must be integers, bins a list")
         if count == 0:
             return None
         if len(bins) > MAX_WIRE_BINS:
             raise SketchError("too many bins")
-        indices, counts = (list(column) for column in zip(*bins, strict=True)) if bins else ([], [])
+        if "bins" in data:
+            indices, counts = (list(column) for column in zip(*bins, strict=True)) if bins else ([], [])
+        else:
+            indices, counts = _dense_columns(data["lo"], bins)
         low, high, total = (float(data[k]) * factor for k in ("min", "max", "sum"))
     except (KeyError, TypeError, ValueError) as exc:
         raise SketchError(f"malformed sketch: {exc!r}") from None
@@ -164,11 +169,24 @@ def exponential_buckets(data: Any, factor: float = 1.0, scale: int = SCALE) -> E
         ks[0] = max(ks[0], math.ceil(math.log2(low) * steps) - 1)
     ks[-1] = min(ks[-1], math.ceil(math.log2(high) * steps) - 1)
     ks[0] = min(ks[0], ks[-1])
+    if len(ks) > 2 and (ks[1] < ks[0] or ks[-2] > ks[-1]):  # a malformed sketch: bins beyond [min, max]
+        ks[1:-1] = [min(max(k, ks[0]), ks[-1]) for k in ks[1:-1]]
     offset = ks[0]
     dense = [0] * (ks[-1] - offset + 1)
     for k, n in zip(ks, counts, strict=True):
         dense[k - offset] += n
     return ExponentialBuckets(count, total, low, high, zero, offset, dense)
+
+
+def _dense_columns(lo: Any, counts: list[Any]) -> tuple[list[int], list[Any]]:
+    """The populated bins of dense ones (`counts[k]` in bin `lo + k`): (indices, counts), as pairs give
+    them. TypeError unless `lo` is an integer."""
+    if type(lo) is not int:
+        raise TypeError("lo must be an integer")
+    if 0 not in counts:
+        return list(range(lo, lo + len(counts))), counts
+    populated = [k for k, n in enumerate(counts) if n != 0]
+    return [lo + k for k in populated], [counts[k] for k in populated]
 
 
 @dataclass

@@ -130,6 +130,25 @@ def window_seconds(value: Any) -> float | None:
     return seconds
 
 
+BINS_PAIRS = "pairs"
+BINS_DENSE = "dense"
+
+
+def bins_form(value: Any) -> str:
+    """A `stats` request's optional `bins`: how the timings' sketches give their bins. Absent or null
+    (what every viewer asked before it existed): "pairs", `Sketch.to_dict`'s `"bins": [[index, count],
+    ...]`. "dense" (asked by `perftop export`, which reads every bin of every timing): no `bins`, but
+    `"lo"`, the first populated bin's index, and `"counts"`, the count of each bin from `lo` to the last
+    populated one (empty bins in between as 0), a quarter of the bytes and a third of the decoding.
+    Only the timings' sketches change; an agent older than the parameter ignores it and answers pairs,
+    so whoever asks for dense bins must read pairs too. ProtocolError for anything else."""
+    if value is None or value == BINS_PAIRS:
+        return BINS_PAIRS
+    if value == BINS_DENSE:
+        return BINS_DENSE
+    raise ProtocolError(f"'bins' must be {BINS_PAIRS!r} or {BINS_DENSE!r}")
+
+
 def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...], optional: bool = False) -> Any:
     if key not in data or data[key] is None:
         if optional:

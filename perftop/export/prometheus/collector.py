@@ -49,6 +49,7 @@ from perftop.export.prometheus.families import (
     limit_value,
 )
 from perftop.wire import paths
+from perftop.wire.protocol import BINS_DENSE
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -275,11 +276,12 @@ class HostCollector:
             del self._retired_pids[next(iter(self._retired_pids))]
 
     def _fetch(self, pid: int) -> dict[str, Any] | None:
-        """The since-start stats of the agent of `pid`, or None if it did not answer them."""
+        """The since-start stats of the agent of `pid`, or None if it did not answer them. Its timings'
+        sketches with dense bins, a third of the decoding (an agent older than that answers pairs)."""
         from perftop.collectors.agent_client import AgentError
 
         try:
-            stats = self._agents.call(pid, "stats", {"window": None})
+            stats = self._agents.call(pid, "stats", {"window": None, "bins": BINS_DENSE})
         except (AgentError, OSError) as exc:
             log.debug("agent %s did not answer: %s", pid, exc)
             return None
@@ -589,8 +591,7 @@ class HostCollector:
             if not isinstance(sketch, dict) or not isinstance(sketch.get("count"), int):
                 continue
             # Digested only if admitted: a tight --max-series also saves the work of what it leaves out.
-            key = [app, pid, label_value(metric)]
-            emit = partial(self._timing_series, fams, key, sketch)
+            emit = partial(self._timing_series, fams, app, pid, metric, sketch)
             pending.append((sketch["count"], self.ladder.series + 7, emit))
         counters = stats.get("counters") or {}
         if counters:
@@ -631,7 +632,7 @@ class HostCollector:
         self._query_families(fams, labels, stats.get("queries"))
         self._request_families(fams, labels, stats.get("requests"), pending)
 
-    def _timing_series(self, fams: Families, key: list[str], sketch: dict[str, Any]) -> None:
+    def _timing_series(self, fams: Families, app: str, pid: str, metric: str, sketch: dict[str, Any]) -> None:
         """One timing's series: summary, classic histogram, native histogram, errors (none if its
         sketch is malformed), as one row of the timing families (see timings.py)."""
         from perftop.export.prometheus.timings import timing_rows
@@ -640,8 +641,7 @@ class HostCollector:
             d = digest_sketch(sketch, self.ladder, native=True)
         except (ValueError, TypeError, KeyError, IndexError, OverflowError):
             return
-        app, pid, metric = key
-        timing_rows(fams, self.ladder)((app, pid, metric, d))
+        timing_rows(fams, self.ladder)((app, pid, label_value(metric), d))
 
     def _request_families(
         self, fams: Families, labels: list[str], requests: Any, pending: list[_Pending]

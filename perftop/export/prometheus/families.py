@@ -4,7 +4,7 @@ quantiles, classic and native buckets), and the metric families of one collectio
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from itertools import accumulate
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from perftop.export.histograms import Ladder, ladder, native_buckets
 from perftop.render.units import safe_text
-from perftop.wire.sketch import ALPHA, MAX_INDEX, Sketch, bucket_value, quantiles_of
+from perftop.wire.sketch import ALPHA, MAX_INDEX, Sketch, bucket_value, nearest_rank
 
 if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -42,7 +42,7 @@ class TimingDigest:
         quantiles: list[float],
         buckets: list[float],
         zero: int = 0,
-        bins: tuple[list[int], list[int]] = ([], []),
+        bins: tuple[Sequence[int], Sequence[int]] = ([], []),
     ) -> None:
         """`bins`: the sketch's populated bins, (indices ascending, counts), for the native buckets."""
         self.count = count
@@ -75,41 +75,28 @@ class TimingDigest:
 
 
 def digest_sketch(data: Any, lad: Ladder | None = None, native: bool = False) -> TimingDigest:
-    """Summarise a serialized sketch (`Sketch.to_dict`, values in ns) in one pass over its sorted bins,
-    with classic buckets on `lad` (default: the default ladder) and, if `native`, the native buckets
-    (else none: an empty native histogram).
+    """Summarise a serialized sketch (values in ns) in one pass over its sorted bins, with classic
+    buckets on `lad` (default: the default ladder) and, if `native`, the native buckets (else none: an
+    empty native histogram). Its bins in either form of protocol.bins_form: `Sketch.to_dict`'s pairs, or
+    dense (`lo` and `counts`, what `perftop export` asks its agents for).
 
-    The quantiles come from `quantiles_of`, as `Sketch.quantiles` does (nearest rank ceil(q * count),
-    clamped to the exact min and max). ValueError or TypeError when the sketch is malformed.
+    The quantiles are `quantiles_of`'s, as `Sketch.quantiles` gives them (nearest rank ceil(q * count),
+    clamped to the exact min and max), read off the running counts made for the buckets (see
+    `_quantiles`). ValueError or TypeError when the sketch is malformed.
     """
     lad = lad or ladder()
     if not isinstance(data, dict) or data.get("alpha") != ALPHA:
         raise ValueError("not a sketch of this accuracy")
     count = int(data["count"])
     zero = int(data["zero"])
-    bins = data["bins"]
-    if not isinstance(bins, list):
-        raise TypeError("bins must be a list")
-    # Columns at C speed; a pair of the wrong length fails the unpacking, a non-number the arithmetic.
-    idx, counts = (list(column) for column in zip(*bins, strict=True)) if bins else ([], [])
-    if idx != sorted(idx):
-        order = sorted(range(len(idx)), key=idx.__getitem__)
-        idx = [idx[k] for k in order]
-        counts = [counts[k] for k in order]
-    # cum[k]: the values in the zero bucket and the first k bins.
-    cum = list(accumulate(counts, initial=zero))
-    if cum[-1] != count or count < 0 or zero < 0 or min(counts, default=0) < 0:
-        raise ValueError("bin counts do not add up to the count")
-    if len(set(idx)) != len(idx):
-        raise ValueError("a bin appears twice")
-    if idx and not -MAX_INDEX <= idx[0] <= idx[-1] <= MAX_INDEX:
-        raise ValueError("a bin index beyond the float range")
-    # The cumulative count at each bound: the bins up to its threshold, found by C-level bisects.
-    buckets: list[float] = list(map(cum.__getitem__, map(partial(bisect_right, idx), lad.thresholds)))
+    idx: Sequence[int]
+    if "bins" in data:
+        idx, counts, cum, buckets = _pair_buckets(data["bins"], count, zero, lad.thresholds)
+    else:
+        idx, counts, cum, buckets = _dense_buckets(data["lo"], data["counts"], count, zero, lad.thresholds)
     buckets.append(count)
     if count:
-        values = quantiles_of(QUANTILES, count, zero, idx, counts, float(data["min"]), float(data["max"]))
-        quantiles = [value / NS_PER_S for value in values]
+        quantiles = _quantiles(count, zero, idx, cum, float(data["min"]), float(data["max"]))
     else:
         quantiles = [math.nan] * len(QUANTILES)
     return TimingDigest(
@@ -121,6 +108,81 @@ def digest_sketch(data: Any, lad: Ladder | None = None, native: bool = False) ->
         zero,
         (idx, counts) if native else ([], []),
     )
+
+
+def _quantiles(
+    count: int, zero: int, idx: Sequence[int], cum: list[int], low: float, high: float
+) -> list[float]:
+    """The QUANTILES in seconds of a non-empty sketch, exactly as `quantiles_of` answers them, from the
+    running counts `cum` (`cum[k]`: the zero bucket and the first k bins, made for the buckets already):
+    `quantiles_of` would make them again, a third of a digest's time on a host's thousands of timings.
+    tests/unit/test_quantiles_oracle.py holds both to the same answers."""
+    out = []
+    for rank in [nearest_rank(q, count) for q in QUANTILES]:
+        if rank == 1:
+            value = low
+        elif rank == count:
+            value = high
+        elif rank <= zero:
+            value = 0.0
+        else:  # the first bin whose running count reaches the rank holds the value at that rank
+            value = bucket_value(idx[bisect_left(cum, rank, 1) - 1])
+        out.append(min(max(value, low), high) / NS_PER_S)
+    return out
+
+
+def _checked(cum: list[int], count: int, zero: int, counts: list[int]) -> None:
+    """ValueError unless the bins' running counts `cum` (from the zero bucket's) end at `count`, and no
+    count is negative."""
+    if cum[-1] != count or count < 0 or zero < 0 or min(counts, default=0) < 0:
+        raise ValueError("bin counts do not add up to the count")
+
+
+def _pair_buckets(
+    bins: Any, count: int, zero: int, thresholds: list[int]
+) -> tuple[list[int], list[int], list[int], list[float]]:
+    """(bin indices ascending, their counts, their running counts from the zero bucket's, the cumulative
+    count at each threshold) of `[index, count]` pairs, in any order."""
+    if not isinstance(bins, list):
+        raise TypeError("bins must be a list")
+    # Columns at C speed; a pair of the wrong length fails the unpacking, a non-number the arithmetic.
+    idx, counts = (list(column) for column in zip(*bins, strict=True)) if bins else ([], [])
+    if idx != sorted(idx):
+        order = sorted(range(len(idx)), key=idx.__getitem__)
+        idx = [idx[k] for k in order]
+        counts = [counts[k] for k in order]
+    # cum[k]: the values in the zero bucket and the first k bins.
+    cum = list(accumulate(counts, initial=zero))
+    _checked(cum, count, zero, counts)
+    if len(set(idx)) != len(idx):
+        raise ValueError("a bin appears twice")
+    if idx and not -MAX_INDEX <= idx[0] <= idx[-1] <= MAX_INDEX:
+        raise ValueError("a bin index beyond the float range")
+    # The cumulative count at each bound: the bins up to its threshold, found by C-level bisects.
+    return idx, counts, cum, list(map(cum.__getitem__, map(partial(bisect_right, idx), thresholds)))
+
+
+def _dense_buckets(
+    lo: Any, counts: Any, count: int, zero: int, thresholds: list[int]
+) -> tuple[range, list[int], list[int], list[float]]:
+    """(bin indices, their counts, their running counts from the zero bucket's, the cumulative count at
+    each threshold) of dense bins: `counts[k]` in bin `lo + k`. No search: a threshold's cumulative
+    count is at its offset from `lo`."""
+    if type(lo) is not int or not isinstance(counts, list):
+        raise TypeError("lo must be an integer, counts a list")
+    n = len(counts)
+    if n and not -MAX_INDEX <= lo <= lo + n - 1 <= MAX_INDEX:
+        raise ValueError("a bin index beyond the float range")
+    cum = list(accumulate(counts, initial=zero))
+    _checked(cum, count, zero, counts)
+    if not n:
+        return range(lo, lo), counts, cum, [zero] * len(thresholds)
+    # Thresholds under `lo` count the zero bucket only, those at or over the last bin everything.
+    below, within = bisect_left(thresholds, lo), bisect_left(thresholds, lo + n - 1)
+    buckets: list[float] = [zero] * below
+    buckets += map(cum.__getitem__, map((1 - lo).__add__, thresholds[below:within]))
+    buckets += [count] * (len(thresholds) - within)
+    return range(lo, lo + n), counts, cum, buckets
 
 
 QUERY_BUCKETS: tuple[float, ...] = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500)
