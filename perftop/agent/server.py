@@ -174,6 +174,8 @@ class Server:
         """The directory `serve()` was given (None: the default), which a forked child asks for again."""
         self._serve_after_fork: tuple[str | None, str | None] | None = None
         """In a forked child: (name, directory) the agent thread serves with once it runs."""
+        self._fork_final_dir: str | None = None
+        """In a forked child of a serving agent: the directory its final stats go to, socket or not."""
         self._want_serve = False
         self._want_stop_serving = False
         self._conns: dict[int, _Conn] = {}
@@ -314,9 +316,10 @@ class Server:
         """In a forked worker (gunicorn, Celery prefork) or a spawned multiprocessing one, leave its
         since-start stats beside its socket (`Handlers.write_final`)."""
         path = self.path
-        pending = self._serve_after_fork
-        if path is None and pending is not None:  # exited before its agent thread made the socket
-            path = paths.socket_path(os.getpid(), paths.socket_dir(pending[1]))
+        if path is None and self._fork_final_dir is not None:
+            # Exited before its agent thread made the socket, or while making it: a worker recycled after
+            # one request may leave that soon, and its counts must still reach the service.
+            path = paths.socket_path(os.getpid(), self._fork_final_dir)
         if path is None or not (self.forked or _mp_spawned()) or not path.endswith(paths.SOCKET_SUFFIX):
             return
         self.handlers.write_final(path)
@@ -351,6 +354,7 @@ class Server:
         # The socket is made by the new agent thread, not here: a fork about to exec (subprocess with a
         # preexec_fn runs these hooks too) then leaves no socket file and does no I/O before the exec.
         self._serve_after_fork = (name, directory) if was_serving else None
+        self._fork_final_dir = paths.socket_dir(directory) if was_serving else None
         if was_serving:
             pump.call_soon(self._serve_pending)
             pump.ensure_running()
