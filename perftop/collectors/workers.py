@@ -255,6 +255,20 @@ class TreeCollector:
         return sum(seen.values())
 
 
+def with_figures(tree: ProcessTree, figures: Mapping[int, WorkerFigures]) -> ProcessTree:
+    """`tree` with its live workers' agent figures filled in, for a tree sampled before its agents were
+    asked (a viewer's connections to them would otherwise count among the workers' fds)."""
+    rows = tuple(
+        w
+        if w.gone or (fig := figures.get(w.pid)) is None
+        else replace(
+            w, has_agent=True, requests=fig.requests, requests_per_s=fig.requests_per_s, p99_ms=fig.p99_ms
+        )
+        for w in tree.workers
+    )
+    return replace(tree, workers=rows)
+
+
 # -- departed workers' final stats ---------------------------------------------------------------------
 
 FINAL_SUFFIX = ".final"

@@ -8,7 +8,7 @@ from dataclasses import replace
 from perftop.collectors.agent_view import fetch_agent_view
 from perftop.collectors.process import ProcessCollector
 from perftop.collectors.system import SystemCollector
-from perftop.collectors.workers import TreeCollector
+from perftop.collectors.workers import TreeCollector, with_figures
 from perftop.render.snapshot import Snapshot
 
 
@@ -29,8 +29,11 @@ def take_snapshot(
     time.sleep(interval)
     sys_sample = system.sample()
     proc_sample = process.sample() if process is not None else None
+    # The tree is read before its agents are asked: the connections to them would count among the
+    # workers' fds until each agent has seen them close.
+    tree_sample = tree.sample(proc_sample) if tree is not None and proc_sample is not None else None
     agent = fetch_agent_view(pid, window, socket_dir, children) if pid is not None else None
-    if tree is not None and proc_sample is not None:
-        figures = None if agent is None else agent.figures
-        proc_sample = replace(proc_sample, tree=tree.sample(proc_sample, figures))
+    if tree_sample is not None and proc_sample is not None:
+        figures = {} if agent is None else agent.figures
+        proc_sample = replace(proc_sample, tree=with_figures(tree_sample, figures))
     return Snapshot(time.time(), sys_sample, proc_sample, agent)
