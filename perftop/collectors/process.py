@@ -405,10 +405,40 @@ def _limit_value(raw: str | int) -> int | None:
     return raw
 
 
+class UserTasks:
+    """The threads of each real uid across the system (`count_user_tasks`), each counted again at most
+    every `every_s`. Collectors that share one (an exporter samples every agent's process, mostly of one
+    user) make one walk of /proc a round between them, not one each."""
+
+    def __init__(self, procfs: str = "/proc", every_s: float = NPROC_RECOUNT_S) -> None:
+        self._procfs = procfs
+        self._every_s = every_s
+        self._counts: dict[int, tuple[float, int]] = {}
+        """uid -> (when to count again, monotonic; the count)."""
+
+    def count(self, uid: int) -> int:
+        """The threads of `uid`'s processes, at most `every_s` old."""
+        now = time.monotonic()
+        known = self._counts.get(uid)
+        if known is not None and now < known[0]:
+            return known[1]
+        total = count_user_tasks(uid, self._procfs)
+        self._counts[uid] = (now + self._every_s, total)
+        return total
+
+
 class ProcessCollector:
     """Samples one process. Construction checks that it exists and can be read."""
 
-    def __init__(self, pid: int, connections_every_s: float = 5.0, procfs: str = "/proc") -> None:
+    def __init__(
+        self,
+        pid: int,
+        connections_every_s: float = 5.0,
+        procfs: str = "/proc",
+        user_tasks: UserTasks | None = None,
+    ) -> None:
+        """`user_tasks`: the counts of threads per user (for `nproc`) to share with other collectors;
+        by default one of its own."""
         self.pid = pid
         self._procfs = procfs
         self._connections_every_s = connections_every_s
@@ -418,9 +448,7 @@ class ProcessCollector:
         self._listen_backlog: tuple[ListenBacklog, ...] = ()
         self._connections_at: float | None = None
         self._connections_due = 0.0
-        self._nproc_used: int | None = None
-        self._nproc_uid: int | None = None
-        self._nproc_due = 0.0
+        self._user_tasks = user_tasks or UserTasks(procfs)
         self._cgroup = CgroupReader(pid, procfs)
         with contextlib.suppress(psutil.Error):
             self._proc.cpu_percent(None)
@@ -458,15 +486,11 @@ class ProcessCollector:
             self._connections_due = now + self._connections_every_s
         elif self._listen_backlog:  # a listening process: its accept queue changes by the second
             self._listen_backlog = self._scan_sockets(tcp_only=True)[1]
-        if now >= self._nproc_due or uid != self._nproc_uid:
-            self._nproc_used = count_user_tasks(uid, self._procfs)
-            self._nproc_uid = uid
-            self._nproc_due = now + NPROC_RECOUNT_S
 
         proc_status = _read_status(self._procfs, self.pid)
         used: dict[str, int | None] = {
             "nofile": num_fds,
-            "nproc": self._nproc_used,
+            "nproc": self._user_tasks.count(uid),
             "as": mem.vms,
             "data": _kib_to_bytes(proc_status.get("VmData")),
             "stack": _kib_to_bytes(proc_status.get("VmStk")),

@@ -18,6 +18,7 @@ from perftop.collectors.errors import AccessDeniedError, CollectorError, NoSuchP
 from perftop.collectors.process import (
     LIMIT_SPECS,
     ProcessCollector,
+    UserTasks,
     _parse_proc_limits,
     check_pid,
     count_connections,
@@ -321,3 +322,26 @@ def test_count_user_tasks_counts_the_threads_of_a_uid(holder: Holder) -> None:
     kill(child)
     assert count_user_tasks(NOBODY) == before
     assert count_user_tasks(2**31 - 7) == 0
+
+
+@pytest.mark.usefixtures("as_root")
+def test_user_tasks_counts_again_only_when_its_count_is_old(holder: Holder) -> None:
+    """Collectors sharing a UserTasks read one count per interval: a child started within it is not seen
+    until the count is old; with no interval every call counts afresh."""
+    exe = interpreter_for(NOBODY, NOBODY)
+    if exe is None:
+        pytest.skip(f"no Python interpreter that uid {NOBODY} may run and that can import psutil")
+    held, fresh = UserTasks(every_s=3600.0), UserTasks(every_s=0.0)
+    before = held.count(NOBODY)
+    assert fresh.count(NOBODY) == before
+    child = holder("--threads", "5", exe=exe, preexec_fn=dropper(NOBODY, NOBODY), env=foreign_env())
+    assert held.count(NOBODY) == before
+    assert fresh.count(NOBODY) == before + 6
+    first = ProcessCollector(child.pid, user_tasks=held)
+    second = ProcessCollector(child.pid, user_tasks=held)
+
+    def nproc(collector: ProcessCollector) -> int | None:
+        return next(limit.used for limit in collector.sample().limits if limit.name == "nproc")
+
+    assert nproc(first) == nproc(second) == before
+    assert nproc(ProcessCollector(child.pid)) == before + 6

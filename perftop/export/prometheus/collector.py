@@ -170,10 +170,13 @@ class HostCollector:
         self.ladder = ladder(buckets_per_decade)
         self.max_series = max_series
         self._lock = threading.Lock()
+        from perftop.collectors.process import UserTasks
         from perftop.collectors.system import SystemCollector
 
         self._system = SystemCollector()
         self._processes: dict[int, ProcessCollector] = {}
+        self._user_tasks = UserTasks()
+        """Shared by the process collectors: one walk of /proc a collection for their `nproc`."""
         self._gone: set[int] = set()
         """--pid processes that exited: not looked at again (their PID may be reused)."""
         from perftop.collectors.agent_view import AgentPool
@@ -303,7 +306,7 @@ class HostCollector:
         for pid in wanted:
             if pid not in self._processes:
                 try:
-                    self._processes[pid] = ProcessCollector(pid)
+                    self._processes[pid] = ProcessCollector(pid, user_tasks=self._user_tasks)
                 except CollectorError:
                     if pid in self.pids:
                         self._gone.add(pid)
