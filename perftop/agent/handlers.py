@@ -37,6 +37,8 @@ from perftop.wire.protocol import (
     Request,
     Response,
     bins_form,
+    pack_counts,
+    packed_param,
     window_seconds,
 )
 
@@ -112,9 +114,10 @@ class Handlers:
             try:
                 window = window_seconds(params.get("window"))
                 dense = bins_form(params.get("bins")) == BINS_DENSE
+                packed = packed_param(params.get("packed"))
             except ProtocolError as exc:
                 return Response(request.id, False, error=str(exc))
-            return Response(request.id, True, self.stats(window, dense))
+            return Response(request.id, True, self.stats(window, dense, packed))
         if method == "history":
             metric = params.get("metric")
             if not isinstance(metric, str):
@@ -130,9 +133,9 @@ class Handlers:
             request.id, False, error=f"unknown method {method!r}; this agent serves: {', '.join(METHODS)}"
         )
 
-    def stats(self, window: float | None, dense: bool = False) -> dict[str, Any]:
+    def stats(self, window: float | None, dense: bool = False, packed: bool = False) -> dict[str, Any]:
         """The `stats` answer over `window` (None: since start); `dense`: the timings' sketches with
-        dense bins (see protocol.bins_form)."""
+        dense bins (see protocol.bins_form), their counts `packed` if asked (protocol.packed_param)."""
         registry.flush()
         now = time.time()
         span = registry.span(window, now)
@@ -141,7 +144,7 @@ class Handlers:
         timings = registry.timings_stats(window, now)
         if dense:
             for timing in timings.values():
-                _densify(timing["sketch"])
+                _densify(timing["sketch"], packed)
         return {
             "now": now,
             "window_s": window,
@@ -295,17 +298,20 @@ def _job_error(job: Job, exc: Exception) -> str:
     return f"{job.name} failed: {type(exc).__name__}: {exc}"
 
 
-def _densify(sketch: dict[str, Any]) -> None:
+def _densify(sketch: dict[str, Any], packed: bool) -> None:
     """Replace a serialized sketch's `bins` pairs (ascending, as `Sketch.to_dict` writes them) by `lo` and
-    `counts`, the dense form of protocol.bins_form. Cheaper to send than the pairs: the JSON of 25,000
-    small lists costs the agent twice what this loop does."""
+    `counts`, the dense form of protocol.bins_form, `packed` (with their `width`) if asked. Cheaper to
+    send than the pairs: the JSON of 25,000 small lists costs the agent twice what this loop does."""
     bins = sketch.pop("bins")
     lo = bins[0][0] if bins else 0
     counts = [0] * (bins[-1][0] - lo + 1) if bins else []
     for index, n in bins:
         counts[index - lo] = n
     sketch["lo"] = lo
-    sketch["counts"] = counts
+    if packed:
+        sketch["width"], sketch["counts"] = pack_counts(counts)
+    else:
+        sketch["counts"] = counts
 
 
 def _memory_state() -> dict[str, Any] | None:

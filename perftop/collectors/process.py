@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import psutil
 
-from perftop.collectors.cgroup import CgroupReader
+from perftop.collectors.cgroup import CgroupReader, SharedCgroups
 from perftop.collectors.errors import AccessDeniedError, NoSuchProcessError
 from perftop.collectors.model import Limit, ListenBacklog, ProcessSample
 
@@ -427,6 +427,15 @@ class UserTasks:
         return total
 
 
+class SharedReads:
+    """What the collectors of many processes sampled together (an exporter's agents) read once between
+    them: the threads of each user (`nproc`) and the figures of each cgroup."""
+
+    def __init__(self, procfs: str = "/proc", cgroup_max_age_s: float = 1.0) -> None:
+        self.user_tasks = UserTasks(procfs)
+        self.cgroups = SharedCgroups(cgroup_max_age_s)
+
+
 class ProcessCollector:
     """Samples one process. Construction checks that it exists and can be read."""
 
@@ -435,10 +444,10 @@ class ProcessCollector:
         pid: int,
         connections_every_s: float = 5.0,
         procfs: str = "/proc",
-        user_tasks: UserTasks | None = None,
+        shared: SharedReads | None = None,
     ) -> None:
-        """`user_tasks`: the counts of threads per user (for `nproc`) to share with other collectors;
-        by default one of its own."""
+        """`shared`: reads to share with other collectors; by default, a count of the user's threads of
+        its own, and its cgroup's files read at every sample."""
         self.pid = pid
         self._procfs = procfs
         self._connections_every_s = connections_every_s
@@ -448,8 +457,8 @@ class ProcessCollector:
         self._listen_backlog: tuple[ListenBacklog, ...] = ()
         self._connections_at: float | None = None
         self._connections_due = 0.0
-        self._user_tasks = user_tasks or UserTasks(procfs)
-        self._cgroup = CgroupReader(pid, procfs)
+        self._user_tasks = UserTasks(procfs) if shared is None else shared.user_tasks
+        self._cgroup = CgroupReader(pid, procfs, shared=None if shared is None else shared.cgroups)
         with contextlib.suppress(psutil.Error):
             self._proc.cpu_percent(None)
 

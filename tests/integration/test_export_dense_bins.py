@@ -10,6 +10,7 @@ import pytest
 
 from perftop.collectors.agent_client import AgentClient, RequestFailed
 from perftop.export.prometheus import digest_sketch
+from perftop.wire.protocol import unpack_counts
 from perftop.wire.sketch import Sketch
 from tests.helpers import short_tmp_dir
 from tests.targets.agent_harness import Target
@@ -49,4 +50,34 @@ def test_a_bad_bins_parameter_is_refused_and_the_connection_survives(target: Tar
         for value in ("sparse", 1, ["dense"]):
             with pytest.raises(RequestFailed, match="'bins' must be"):
                 client.call("stats", {"bins": value})
+        assert client.call("info")["pid"] == target.pid
+
+
+def test_packed_counts_are_the_dense_counts(target: Target) -> None:
+    """`"packed": true` sends each timing's dense counts as base64 of the narrowest unsigned integers;
+    unpacked, they are the dense list, and the rest of the sketch is the same."""
+    assert target.cmd("work 300") == "done 300"
+    for ms in (1, 2, 3, 4, 100, 2500):
+        assert target.cmd(f"observe upstream {ms}") == "done"
+    with AgentClient(target.socket) as client:
+        dense = client.call("stats", {"window": None, "bins": "dense"})
+        packed = client.call("stats", {"window": None, "bins": "dense", "packed": True})
+        unpacked_too = client.call("stats", {"window": None, "bins": "dense", "packed": False})
+    assert packed["timings"].keys() == dense["timings"].keys() == unpacked_too["timings"].keys()
+    assert {"work", "upstream"} <= packed["timings"].keys()
+    for name, timing in dense["timings"].items():
+        sketch, other = timing["sketch"], packed["timings"][name]["sketch"]
+        assert isinstance(other["counts"], str) and other["width"] in (1, 2, 4, 8)
+        assert unpack_counts(other["width"], other["counts"]) == sketch["counts"]
+        assert {k: v for k, v in other.items() if k not in ("counts", "width")} == {
+            k: v for k, v in sketch.items() if k != "counts"
+        }
+        assert isinstance(unpacked_too["timings"][name]["sketch"]["counts"], list)
+
+
+def test_a_bad_packed_parameter_is_refused_and_the_connection_survives(target: Target) -> None:
+    with AgentClient(target.socket) as client:
+        for value in ("yes", 1, [True]):
+            with pytest.raises(RequestFailed, match="'packed' must be"):
+                client.call("stats", {"bins": "dense", "packed": value})
         assert client.call("info")["pid"] == target.pid

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from perftop.collectors.cgroup import (
     CgroupMount,
+    CgroupReader,
+    SharedCgroups,
     cgroup_info,
     discover_mounts,
     find_mounts,
@@ -450,3 +454,24 @@ def test_real_v1_oom_kill(v1_cgroup: Callable[[dict[str, dict[str, str]]], str])
             if proc is not None:
                 proc.kill()
                 proc.wait()
+
+
+def test_readers_sharing_figures_read_a_cgroup_once_per_age(tmp_path: Path) -> None:
+    """Two processes of one cgroup, read through one SharedCgroups: the second reading takes the first's
+    figures while they are young, a reader of its own reads the files again, and so does a share whose
+    figures are old at once."""
+    shutil.copytree(FIXTURES / "v2_limited", tmp_path, dirs_exist_ok=True)
+    procfs, sysfs = str(tmp_path / "proc"), str(tmp_path / "sys" / "fs" / "cgroup")
+    shutil.copytree(tmp_path / "proc" / str(FIXTURE_PID), tmp_path / "proc" / "4243")
+    held, fresh = SharedCgroups(max_age_s=3600.0), SharedCgroups(max_age_s=0.0)
+    first = CgroupReader(FIXTURE_PID, procfs, sysfs, shared=held)
+    second = CgroupReader(4243, procfs, sysfs, shared=held)
+    info = first.read()
+    assert info == EXPECTED["v2_limited"]
+    leaf = tmp_path / "sys" / "fs" / "cgroup" / "kubepods.slice" / "pod1.slice" / "app.scope"
+    (leaf / "memory.current").write_text("1048576\n")
+    assert second.read() == info
+    assert first.read() == info
+    changed = replace(info, memory_used_bytes=1048576)
+    assert CgroupReader(4243, procfs, sysfs).read() == changed
+    assert CgroupReader(4243, procfs, sysfs, shared=fresh).read() == changed

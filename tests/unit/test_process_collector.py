@@ -18,6 +18,7 @@ from perftop.collectors.errors import AccessDeniedError, CollectorError, NoSuchP
 from perftop.collectors.process import (
     LIMIT_SPECS,
     ProcessCollector,
+    SharedReads,
     UserTasks,
     _parse_proc_limits,
     check_pid,
@@ -337,8 +338,10 @@ def test_user_tasks_counts_again_only_when_its_count_is_old(holder: Holder) -> N
     child = holder("--threads", "5", exe=exe, preexec_fn=dropper(NOBODY, NOBODY), env=foreign_env())
     assert held.count(NOBODY) == before
     assert fresh.count(NOBODY) == before + 6
-    first = ProcessCollector(child.pid, user_tasks=held)
-    second = ProcessCollector(child.pid, user_tasks=held)
+    shared = SharedReads()
+    shared.user_tasks = held
+    first = ProcessCollector(child.pid, shared=shared)
+    second = ProcessCollector(child.pid, shared=shared)
 
     def nproc(collector: ProcessCollector) -> int | None:
         return next(limit.used for limit in collector.sample().limits if limit.name == "nproc")

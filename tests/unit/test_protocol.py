@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import socket
@@ -25,9 +26,12 @@ from perftop.wire.protocol import (
     Response,
     decode_payload,
     encode,
+    pack_counts,
+    packed_param,
     parse_message,
     read_frame,
     send_frame,
+    unpack_counts,
 )
 
 MESSAGES: list[Message] = [
@@ -234,3 +238,33 @@ def test_random_fields_parse_or_raise_protocol_error(kind: str, fields: dict[str
     except ProtocolError:
         return
     assert parse_message(message.to_dict()) == message
+
+
+@given(st.lists(st.integers(min_value=0, max_value=2**64 - 1), max_size=300))
+def test_packed_counts_round_trip_in_the_narrowest_width(counts: list[int]) -> None:
+    width, text = pack_counts(counts)
+    assert unpack_counts(width, text) == counts
+    top = max(counts, default=0)
+    assert top < 1 << (8 * width)
+    assert width == 1 or top >= 1 << (4 * width)  # the next narrower width could not hold it
+    assert len(base64.b64decode(text)) == width * len(counts)
+
+
+def test_packed_counts_are_little_endian() -> None:
+    assert pack_counts([1, 258]) == (2, base64.b64encode(b"\x01\x00\x02\x01").decode())
+
+
+@pytest.mark.parametrize(
+    ("width", "text"),
+    [(3, "AAAA"), (True, "AA=="), ("1", "AA=="), (2, "AAAA"), (1, "not base64!"), (1, b"AA=="), (None, "")],
+)
+def test_malformed_packed_counts_are_refused(width: Any, text: Any) -> None:
+    with pytest.raises(ProtocolError):
+        unpack_counts(width, text)
+
+
+def test_packed_param_is_a_boolean() -> None:
+    assert packed_param(None) is False and packed_param(False) is False and packed_param(True) is True
+    for value in (1, "true", [], {}):
+        with pytest.raises(ProtocolError, match="'packed' must be true or false"):
+            packed_param(value)

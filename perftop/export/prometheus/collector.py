@@ -49,7 +49,7 @@ from perftop.export.prometheus.families import (
     limit_value,
 )
 from perftop.wire import paths
-from perftop.wire.protocol import BINS_DENSE
+from perftop.wire.protocol import BINS_DENSE, ProtocolError, unpack_counts
 
 if TYPE_CHECKING:
     from prometheus_client.core import Metric
@@ -86,6 +86,22 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_on:
             gc.enable()
+
+
+def _unpack_timings(pid: int, stats: dict[str, Any]) -> None:
+    """The packed counts of the timings' sketches in `stats` (protocol.packed_param) as lists, in place,
+    so that every reader sees the dense form; a timing whose counts cannot be read is left out."""
+    timings = stats.get("timings")
+    if not isinstance(timings, dict):
+        return
+    for name, timing in list(timings.items()):
+        sketch = timing.get("sketch") if isinstance(timing, dict) else None
+        if isinstance(sketch, dict) and isinstance(sketch.get("counts"), str):
+            try:
+                sketch["counts"] = unpack_counts(sketch.pop("width", None), sketch["counts"])
+            except ProtocolError as exc:
+                log.debug("agent %s: timing %r left out: %s", pid, name, exc)
+                del timings[name]
 
 
 def _ppid(pid: int) -> int:
@@ -170,13 +186,14 @@ class HostCollector:
         self.ladder = ladder(buckets_per_decade)
         self.max_series = max_series
         self._lock = threading.Lock()
-        from perftop.collectors.process import UserTasks
+        from perftop.collectors.process import SharedReads
         from perftop.collectors.system import SystemCollector
 
         self._system = SystemCollector()
         self._processes: dict[int, ProcessCollector] = {}
-        self._user_tasks = UserTasks()
-        """Shared by the process collectors: one walk of /proc a collection for their `nproc`."""
+        self._shared = SharedReads()
+        """Shared by the process collectors: one walk of /proc a collection for their `nproc`, one read of
+        each cgroup's files."""
         self._gone: set[int] = set()
         """--pid processes that exited: not looked at again (their PID may be reused)."""
         from perftop.collectors.agent_view import AgentPool
@@ -284,13 +301,14 @@ class HostCollector:
         from perftop.collectors.agent_client import AgentError
 
         try:
-            stats = self._agents.call(pid, "stats", {"window": None, "bins": BINS_DENSE})
+            stats = self._agents.call(pid, "stats", {"window": None, "bins": BINS_DENSE, "packed": True})
         except (AgentError, OSError) as exc:
             log.debug("agent %s did not answer: %s", pid, exc)
             return None
         if not isinstance(stats, dict):
             log.debug("agent %s answered stats with something other than an object", pid)
             return None
+        _unpack_timings(pid, stats)
         return stats
 
     def _open_processes(self, agent_pids: Iterable[int]) -> list[int]:
@@ -306,7 +324,7 @@ class HostCollector:
         for pid in wanted:
             if pid not in self._processes:
                 try:
-                    self._processes[pid] = ProcessCollector(pid, user_tasks=self._user_tasks)
+                    self._processes[pid] = ProcessCollector(pid, shared=self._shared)
                 except CollectorError:
                     if pid in self.pids:
                         self._gone.add(pid)
