@@ -9,7 +9,7 @@ from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
 from textual.widgets import Label, Static
@@ -175,6 +175,7 @@ class ProcessPane(VerticalScroll):
     ProcessPane.-tree .tree { display: block; }
     ProcessPane #tree-head { height: 1; text-style: bold; color: $accent; }
     ProcessPane #workers { height: 1; }
+    ProcessPane #cgroup-limits, ProcessPane #limits { height: auto; }
     """
 
     sample: reactive[ProcessSample | None] = reactive(None, always_update=True, repaint=False)
@@ -210,6 +211,15 @@ class ProcessPane(VerticalScroll):
         self._workers = LineTable(id="workers")
         self._workers.add_class("tree")
         self._shown_workers: list[WorkerRow] = []
+        # The limit rows sit in boxes of their own: Textual repaints every child of a container that
+        # overlaps what changed, so rows straight in the pane were redrawn with each new head line.
+        self._cgroup_box = Vertical(
+            self._cgroup_title, *self._rows.values(), id="cgroup-limits", classes="cgroup"
+        )
+        self._limits = Vertical(
+            Label("rlimits: usage against soft limit (hard)", classes="section", id="limits-title"),
+            id="limits",
+        )
 
     def compose(self) -> ComposeResult:
         yield self._gone
@@ -217,9 +227,8 @@ class ProcessPane(VerticalScroll):
         yield self._tree_title
         yield self._tree_head
         yield self._workers
-        yield self._cgroup_title
-        yield from self._rows.values()
-        yield Label("rlimits: usage against soft limit (hard)", classes="section", id="limits-title")
+        yield self._cgroup_box
+        yield self._limits
 
     def watch_gone(self, reason: str | None) -> None:
         self.set_class(reason is not None, "-gone")
@@ -273,7 +282,7 @@ class ProcessPane(VerticalScroll):
                 new,
             )
         if new:  # one mount for all the rows the first sample brings: one layout, not one per row
-            self.mount_all(new)
+            self._limits.mount_all(new)
 
     @property
     def shown_workers(self) -> list[int]:
