@@ -85,11 +85,26 @@ def quantiles_of(
     Rank 1 and rank `count` answer the exact min and max; a rank in the zero bucket answers 0; any other
     answers its bucket's representative (within ALPHA of the value at that rank). Every answer is clamped
     to [low, high], which only brings it closer to the true value. `Sketch.quantiles` and the Prometheus
-    exporter both answer through here, so they agree to the bit.
+    exporter both answer through `quantiles_at`, so they agree to the bit.
     """
     check_quantiles(qs)
-    cumulative = list(accumulate(counts))
+    return quantiles_at(qs, count, zero, indices, list(accumulate(counts, initial=zero)), low, high)
+
+
+def quantiles_at(
+    qs: Sequence[float],
+    count: int,
+    zero: int,
+    indices: Sequence[int],
+    running: Sequence[int],
+    low: float,
+    high: float,
+) -> list[float]:
+    """`quantiles_of` (quantiles already checked) from the running counts: `running[k]` the values in the
+    zero bucket and the first k buckets, as `accumulate(counts, initial=zero)` makes them. For a caller
+    that has them already: the exporter makes them for a timing's histogram buckets."""
     out: list[float] = []
+    buckets = len(indices)
     for q in qs:
         rank = nearest_rank(q, count)
         if rank == 1:
@@ -100,8 +115,8 @@ def quantiles_of(
             value = 0.0
         else:
             # The first bucket whose running count reaches the rank holds the value at that rank.
-            pos = bisect_left(cumulative, rank - zero)
-            value = bucket_value(indices[pos]) if pos < len(cumulative) else high
+            pos = bisect_left(running, rank, 1) - 1
+            value = bucket_value(indices[pos]) if pos < buckets else high
         out.append(min(max(value, low), high))
     return out
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from perftop.export.histograms import Ladder, ladder, native_buckets
 from perftop.render.units import safe_text
-from perftop.wire.sketch import ALPHA, MAX_INDEX, Sketch, bucket_value, nearest_rank
+from perftop.wire.sketch import ALPHA, MAX_INDEX, Sketch, bucket_value, quantiles_at
 
 if TYPE_CHECKING:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -113,22 +113,10 @@ def digest_sketch(data: Any, lad: Ladder | None = None, native: bool = False) ->
 def _quantiles(
     count: int, zero: int, idx: Sequence[int], cum: list[int], low: float, high: float
 ) -> list[float]:
-    """The QUANTILES in seconds of a non-empty sketch, exactly as `quantiles_of` answers them, from the
-    running counts `cum` (`cum[k]`: the zero bucket and the first k bins, made for the buckets already):
-    `quantiles_of` would make them again, a third of a digest's time on a host's thousands of timings.
-    tests/unit/test_quantiles_oracle.py holds both to the same answers."""
-    out = []
-    for rank in [nearest_rank(q, count) for q in QUANTILES]:
-        if rank == 1:
-            value = low
-        elif rank == count:
-            value = high
-        elif rank <= zero:
-            value = 0.0
-        else:  # the first bin whose running count reaches the rank holds the value at that rank
-            value = bucket_value(idx[bisect_left(cum, rank, 1) - 1])
-        out.append(min(max(value, low), high) / NS_PER_S)
-    return out
+    """The QUANTILES in seconds of a non-empty sketch, read off the running counts `cum` made for the
+    buckets already (`quantiles_of` would make them again, a third of a digest's time on a host's
+    thousands of timings)."""
+    return [value / NS_PER_S for value in quantiles_at(QUANTILES, count, zero, idx, cum, low, high)]
 
 
 def _checked(cum: list[int], count: int, zero: int, counts: list[int]) -> None:
