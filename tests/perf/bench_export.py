@@ -42,8 +42,11 @@ from typing import Any
 
 import psutil
 
+# Appended, not first: the --measure runs find the perftop of the tree PYTHONPATH names first.
+sys.path.append(str(Path(__file__).resolve().parents[2]))
+from tests.perf._common import metric_agents
+
 ROOT = Path(__file__).resolve().parents[2]
-TARGET = ROOT / "tests" / "targets" / "exp_target.py"
 CLI = ROOT / "tests" / "targets" / "exp_cli.py"
 
 
@@ -141,26 +144,6 @@ def measure(sockets: str, collections: int, formats: list[str]) -> None:
     sys.stdout.write(json.dumps(result) + "\n")
 
 
-def start_agents(args: argparse.Namespace, sockets: str, procs: list[subprocess.Popen[str]]) -> None:
-    """Start --agents instrumented processes with --metrics timings of --samples samples each."""
-    for i in range(args.agents):
-        proc = subprocess.Popen(
-            [sys.executable, str(TARGET), sockets, f"bench{i:02d}"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        procs.append(proc)
-    for proc in procs:
-        assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().startswith("ready")
-        proc.stdin.write(f"metrics {args.metrics} {args.samples}\n")
-        proc.stdin.flush()
-    for proc in procs:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().startswith("done")
-
-
 def compare(args: argparse.Namespace, sockets: str) -> None:
     """Old code against new on the same agents, alternating, and print the figures and the ratios."""
     formats = args.formats.split(",")
@@ -251,17 +234,13 @@ def main() -> None:
     if args.measure:
         measure(args.measure, args.collections, args.formats.split(","))
         return
-    procs: list[subprocess.Popen[str]] = []
-    with tempfile.TemporaryDirectory(prefix="perftop-bench-export-") as sockets:
-        try:
-            start_agents(args, sockets, procs)
-            compare(args, sockets)
-            if args.http:
-                http(args, sockets, procs)
-        finally:
-            for proc in procs:
-                proc.kill()
-                proc.wait()
+    with (
+        tempfile.TemporaryDirectory(prefix="perftop-bench-export-") as sockets,
+        metric_agents(sockets, args.agents, args.metrics, args.samples) as procs,
+    ):
+        compare(args, sockets)
+        if args.http:
+            http(args, sockets, procs)
 
 
 def http(args: argparse.Namespace, sockets: str, procs: list[subprocess.Popen[str]]) -> None:
