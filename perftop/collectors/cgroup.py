@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from perftop.collectors.aged import Aged
 from perftop.collectors.model import CgroupInfo
 
 DEFAULT_SYSFS = "/sys/fs/cgroup"
@@ -146,29 +147,13 @@ def _read_proc_cgroup(pid: int, procfs: str) -> str | None:
         return None
 
 
-class SharedCgroups:
+class SharedCgroups(Aged["_Layout", CgroupInfo]):
     """The figures of each cgroup, read at most once every `max_age_s` for all the readers that share
     this: an exporter samples every agent's process at once, mostly of one cgroup, whose files it then
     reads once a collection, not once per process."""
 
-    KEPT = 64
-    """Past this many cgroups remembered, those whose figures are old are forgotten."""
-
     def __init__(self, max_age_s: float = 1.0) -> None:
-        self._max_age_s = max_age_s
-        self._read: dict[_Layout, tuple[float, CgroupInfo]] = {}
-        """layout -> (until when its figures serve, monotonic; the figures)."""
-
-    def info(self, layout: _Layout) -> CgroupInfo:
-        now = time.monotonic()
-        known = self._read.get(layout)
-        if known is not None and now < known[0]:
-            return known[1]
-        info = _info(layout)
-        if len(self._read) >= self.KEPT:
-            self._read = {k: v for k, v in self._read.items() if now < v[0]}
-        self._read[layout] = (now + self._max_age_s, info)
-        return info
+        super().__init__(_info, max_age_s)
 
 
 class CgroupReader:
@@ -207,7 +192,7 @@ class CgroupReader:
             self._text, self._due = text, now + self._relocate_s
         if self._layout is None:
             return None
-        return _info(self._layout) if self._shared is None else self._shared.info(self._layout)
+        return _info(self._layout) if self._shared is None else self._shared.get(self._layout)
 
 
 @dataclass(frozen=True)

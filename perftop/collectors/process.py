@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import psutil
 
+from perftop.collectors.aged import Aged
 from perftop.collectors.cgroup import CgroupReader, SharedCgroups
 from perftop.collectors.errors import AccessDeniedError, NoSuchProcessError
 from perftop.collectors.model import Limit, ListenBacklog, ProcessSample
@@ -405,26 +406,13 @@ def _limit_value(raw: str | int) -> int | None:
     return raw
 
 
-class UserTasks:
+class UserTasks(Aged[int, int]):
     """The threads of each real uid across the system (`count_user_tasks`), each counted again at most
     every `every_s`. Collectors that share one (an exporter samples every agent's process, mostly of one
     user) make one walk of /proc a round between them, not one each."""
 
     def __init__(self, procfs: str = "/proc", every_s: float = NPROC_RECOUNT_S) -> None:
-        self._procfs = procfs
-        self._every_s = every_s
-        self._counts: dict[int, tuple[float, int]] = {}
-        """uid -> (when to count again, monotonic; the count)."""
-
-    def count(self, uid: int) -> int:
-        """The threads of `uid`'s processes, at most `every_s` old."""
-        now = time.monotonic()
-        known = self._counts.get(uid)
-        if known is not None and now < known[0]:
-            return known[1]
-        total = count_user_tasks(uid, self._procfs)
-        self._counts[uid] = (now + self._every_s, total)
-        return total
+        super().__init__(lambda uid: count_user_tasks(uid, procfs), every_s)
 
 
 class SharedReads:
@@ -499,7 +487,7 @@ class ProcessCollector:
         proc_status = _read_status(self._procfs, self.pid)
         used: dict[str, int | None] = {
             "nofile": num_fds,
-            "nproc": self._user_tasks.count(uid),
+            "nproc": self._user_tasks.get(uid),
             "as": mem.vms,
             "data": _kib_to_bytes(proc_status.get("VmData")),
             "stack": _kib_to_bytes(proc_status.get("VmStk")),

@@ -333,11 +333,11 @@ def test_user_tasks_counts_again_only_when_its_count_is_old(holder: Holder) -> N
     if exe is None:
         pytest.skip(f"no Python interpreter that uid {NOBODY} may run and that can import psutil")
     held, fresh = UserTasks(every_s=3600.0), UserTasks(every_s=0.0)
-    before = held.count(NOBODY)
-    assert fresh.count(NOBODY) == before
+    before = held.get(NOBODY)
+    assert fresh.get(NOBODY) == before
     child = holder("--threads", "5", exe=exe, preexec_fn=dropper(NOBODY, NOBODY), env=foreign_env())
-    assert held.count(NOBODY) == before
-    assert fresh.count(NOBODY) == before + 6
+    assert held.get(NOBODY) == before
+    assert fresh.get(NOBODY) == before + 6
     shared = SharedReads()
     shared.user_tasks = held
     first = ProcessCollector(child.pid, shared=shared)
