@@ -26,10 +26,17 @@ async def test_a_new_head_line_does_not_redraw_the_limit_rows(monkeypatch: pytes
 
     monkeypatch.setattr(Widget, "render_lines", counted)
     app = PerftopApp(sources=FixedSources(), pid=202, interval=3600.0)
+
+    def quiet() -> bool:
+        """True if nothing was drawn since the last call."""
+        nothing = not drawn
+        drawn.clear()
+        return nothing
+
     async with app.run_test(size=(120, 40)) as pilot:
         pane = app.query_one(ProcessPane)
         await wait_for(pilot, lambda: pane.sample is not None and pane.query("#limit-nproc"))
-        await pilot.pause()
+        await wait_for(pilot, lambda: quiet(), what="a pause with nothing drawn (start-up over)")
         limit_rows = [row.id or "" for row in pane.query(LimitRow) if row.display]
         assert len(limit_rows) >= 5
         drawn.clear()

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections import deque
 
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
+from textual.content import Content
 from textual.reactive import reactive
+from textual.style import Style as VisualStyle
+from textual.widget import Widget
 from textual.widgets import Label
 
 from perftop.collectors.model import SystemSample
 from perftop.render.units import fmt_bytes, fmt_rate
-from perftop.tui.widgets.bar import UsageBar
-from perftop.tui.widgets.spark import TextSparkline
+from perftop.tui.widgets.bar import bar_state, bar_text
+from perftop.tui.widgets.spark import spark_text
 
 HISTORY = 60
 """Samples kept for each sparkline."""
@@ -24,16 +27,67 @@ def core_glyphs(per_cpu: tuple[float, ...]) -> str:
     return "".join(_LEVELS[min(8, max(0, round(p / 100 * 8)))] for p in per_cpu)
 
 
-class _Row(Horizontal):
-    """A label, an optional bar, and a history sparkline on one line."""
+class _Row(Widget):
+    """One host figure on one line: its name, its values in words, a usage bar (cpu and mem) and its
+    history as a sparkline (the newest on the right). One widget, not four: the line changes every tick,
+    and what a tick costs Textual grows with the widgets it redraws."""
 
+    COMPONENT_CLASSES = {
+        "row--name",
+        "row--spark",
+        "row--bar",
+        "row--bar-warning",
+        "row--bar-error",
+        "row--bar-unknown",
+    }
     DEFAULT_CSS = """
     _Row { height: 1; }
-    _Row > .name { width: 5; color: $accent; text-style: bold; }
-    _Row > .text { width: 34; }
-    _Row > UsageBar { width: 18; margin-right: 1; }
-    _Row > TextSparkline { width: 1fr; min-width: 8; }
+    _Row > .row--name { color: $accent; text-style: bold; }
+    _Row > .row--spark { color: $accent; }
+    _Row > .row--bar { color: $success; }
+    _Row > .row--bar-warning { color: $warning; text-style: bold; }
+    _Row > .row--bar-error { color: $error; text-style: bold reverse; }
+    _Row > .row--bar-unknown { color: $text-muted; }
     """
+    NAME_WIDTH = 5
+    TEXT_WIDTH = 34
+    BAR_WIDTH = 18
+    """The bar with its percentage; a blank column follows it."""
+    SPARK_MIN_WIDTH = 8
+
+    def __init__(self, key: str, with_bar: bool) -> None:
+        super().__init__(id=f"{key}-text")
+        self.key = key
+        self.with_bar = with_bar
+        self._text = "-"
+        self._ratio: float | None = None
+        self._history: tuple[float, ...] = ()
+
+    def show(self, text: str, ratio: float | None, history: tuple[float, ...]) -> None:
+        """New figures; the line is redrawn only if what it shows changed."""
+        shown = (self._text, self._bar(self._ratio), self._history)
+        self._text, self._ratio, self._history = text, ratio, history
+        if shown != (text, self._bar(ratio), history):
+            self.refresh()
+
+    def _bar(self, ratio: float | None) -> tuple[str, str]:
+        return (bar_text(ratio, self.BAR_WIDTH), bar_state(ratio)) if self.with_bar else ("", "")
+
+    def render(self) -> Content:
+        width = self.size.width
+        style = self.get_visual_style
+        parts: list[str | tuple[str, VisualStyle]] = [
+            (self.key[: self.NAME_WIDTH].ljust(self.NAME_WIDTH), style("row--name", partial=True)),
+            self._text[: self.TEXT_WIDTH].ljust(self.TEXT_WIDTH),
+        ]
+        used = self.NAME_WIDTH + self.TEXT_WIDTH
+        if self.with_bar:
+            text, state = self._bar(self._ratio)
+            parts += [(text, style(f"row--bar{state}", partial=True)), " "]
+            used += self.BAR_WIDTH + 1
+        spark = max(self.SPARK_MIN_WIDTH, width - used)
+        parts.append((spark_text(self._history, spark).rjust(spark), style("row--spark", partial=True)))
+        return Content.assemble(*parts).truncate(width)
 
 
 class SystemPane(Vertical):
@@ -54,21 +108,12 @@ class SystemPane(Vertical):
             k: deque(maxlen=HISTORY) for k in ("cpu", "mem", "disk", "net")
         }
 
-        self._texts = {k: Label("-", classes="text", id=f"{k}-text", markup=False) for k in self._hist}
-        self._sparks = {k: TextSparkline(id=f"{k}-spark") for k in self._hist}
-        self._bars = {k: UsageBar(id=f"{k}-bar") for k in ("cpu", "mem")}
+        self._rows = {k: _Row(k, with_bar=k in ("cpu", "mem")) for k in self._hist}
         self._cores = Label("", id="cores", markup=False)
-        self._shown: dict[str, str] = {}
-        """The text each label shows, by key: a label is updated only when its text changes."""
+        self._cores_text = ""
 
     def compose(self) -> ComposeResult:
-        for key in self._hist:
-            with _Row(id=f"row-{key}"):
-                yield Label(key, classes="name")
-                yield self._texts[key]
-                if key in self._bars:
-                    yield self._bars[key]
-                yield self._sparks[key]
+        yield from self._rows.values()
         yield self._cores
 
     def watch_sample(self, sample: SystemSample | None) -> None:
@@ -76,13 +121,19 @@ class SystemPane(Vertical):
             return
         s = sample
         self._set(
-            "cpu", f"{s.cpu_percent:5.1f}%  load {s.load_avg[0]:.2f} {s.load_avg[1]:.2f}", s.cpu_percent
+            "cpu",
+            f"{s.cpu_percent:5.1f}%  load {s.load_avg[0]:.2f} {s.load_avg[1]:.2f}",
+            s.cpu_percent,
+            s.cpu_percent / 100,
         )
-        self._bars["cpu"].ratio = s.cpu_percent / 100
         mem, sw = s.memory, s.swap
         swap = f"swap {sw.percent:.0f}%" if sw.total_bytes else "no swap"
-        self._set("mem", f"{fmt_bytes(mem.used_bytes)}/{fmt_bytes(mem.total_bytes)} {swap}", mem.percent)
-        self._bars["mem"].ratio = mem.percent / 100
+        self._set(
+            "mem",
+            f"{fmt_bytes(mem.used_bytes)}/{fmt_bytes(mem.total_bytes)} {swap}",
+            mem.percent,
+            mem.percent / 100,
+        )
         d = s.disk_io
         self._set(
             "disk",
@@ -105,14 +156,11 @@ class SystemPane(Vertical):
         else:
             psi = "psi n/a"
         text = f"cores [{core_glyphs(s.per_cpu_percent)}] {cores}%  ·  {psi}"
-        if text != self._shown.get("cores"):
-            self._shown["cores"] = text
+        if text != self._cores_text:  # an update repaints, and a repaint redraws its ancestors too
+            self._cores_text = text
             self._cores.update(text, layout=False)
 
-    def _set(self, key: str, text: str, value: float) -> None:
-        if text != self._shown.get(key):  # an update repaints, and a repaint redraws its ancestors too
-            self._shown[key] = text
-            self._texts[key].update(text, layout=False)
+    def _set(self, key: str, text: str, value: float, ratio: float | None = None) -> None:
         hist = self._hist[key]
         hist.append(value)
-        self._sparks[key].data = tuple(hist)
+        self._rows[key].show(text, ratio, tuple(hist))

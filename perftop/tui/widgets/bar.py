@@ -11,6 +11,24 @@ ERROR_AT = 0.95
 _STATES = ("-unknown", "-warning", "-error")
 
 
+def bar_state(ratio: float | None) -> str:
+    """The state class of a bar at `ratio`: "-unknown", "-warning", "-error", or "" for none."""
+    if ratio is None:
+        return "-unknown"
+    return "-error" if ratio >= ERROR_AT else "-warning" if ratio >= WARN_AT else ""
+
+
+def bar_text(ratio: float | None, width: int) -> str:
+    """A bar `width` cells wide: the filled share, then the percentage (with its `!` marks)."""
+    cells = max(width - 7, 2)
+    if ratio is None:
+        return "·" * cells + "    -  "
+    filled = round(min(max(ratio, 0.0), 1.0) * cells)
+    mark = "!!" if ratio >= ERROR_AT else "!" if ratio >= WARN_AT else ""
+    pct = f"{ratio * 100:3.0f}%{mark}"
+    return "█" * filled + "░" * (cells - filled) + " " + pct.ljust(6)
+
+
 class UsageBar(Widget):
     """`████████░░░░ 67%`; above 80% it turns to the warning colour and ends in `!`, above 95% `!!`."""
 
@@ -31,10 +49,7 @@ class UsageBar(Widget):
 
     def watch_ratio(self, ratio: float | None) -> None:
         """One style update when the state changes (each class changed on its own restyled the bar)."""
-        if ratio is None:
-            state = "-unknown"
-        else:
-            state = "-error" if ratio >= ERROR_AT else "-warning" if ratio >= WARN_AT else ""
+        state = bar_state(ratio)
         if state == self._state:
             return
         self._state = state
@@ -43,11 +58,4 @@ class UsageBar(Widget):
             self.add_class(state)
 
     def render(self) -> Text:
-        width = max(self.size.width - 7, 2)
-        ratio = self.ratio
-        if ratio is None:
-            return Text("·" * width + "    -  ")
-        filled = round(min(max(ratio, 0.0), 1.0) * width)
-        mark = "!!" if ratio >= ERROR_AT else "!" if ratio >= WARN_AT else ""
-        pct = f"{ratio * 100:3.0f}%{mark}"
-        return Text("█" * filled + "░" * (width - filled) + " " + pct.ljust(6))
+        return Text(bar_text(self.ratio, self.size.width))

@@ -1,15 +1,12 @@
 """A one-line sparkline drawn with block characters: one cell per sample, the newest on the right.
 
 Textual's `Sparkline` buckets and blends colours per cell on every render (~1.5 ms each here); this costs a
-string join.
+string join. The system pane's rows draw it beside their figures.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from textual.reactive import reactive
-from textual.widget import Widget
 
 _LEVELS = "▁▂▃▄▅▆▇█"
 
@@ -21,15 +18,3 @@ def spark_text(values: Sequence[float], width: int) -> str:
     if top <= 0:
         return _LEVELS[0] * len(shown)
     return "".join(_LEVELS[min(7, int(v / top * 7.999))] for v in shown)
-
-
-class TextSparkline(Widget):
-    """The history of one value."""
-
-    DEFAULT_CSS = "TextSparkline { height: 1; color: $accent; }"
-
-    data: reactive[tuple[float, ...]] = reactive(tuple)
-    """The samples, oldest first."""
-
-    def render(self) -> str:
-        return spark_text(self.data, self.size.width).rjust(self.size.width)
