@@ -19,7 +19,6 @@ from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent
 
 from perftop._version import __version__
-from perftop.collectors.agent_client import AgentError
 from perftop.collectors.model import SystemSample
 from perftop.tui.messages import (
     AgentReply,
@@ -296,6 +295,8 @@ class PerftopApp(App[int]):
         target = self.action_target or ActionTarget(pid, True)
 
         def run() -> None:
+            from perftop.collectors.agent_client import AgentError
+
             try:
                 result = self.sources.call(target.pid, method, params, timeout, children=target.children)
             except AgentError as exc:

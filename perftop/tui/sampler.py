@@ -13,7 +13,6 @@ from typing import Any
 from textual.app import App
 
 from perftop.collectors.errors import CollectorError
-from perftop.collectors.rows import view_rows
 from perftop.tui.messages import (
     AgentSampled,
     ProcessesListed,
@@ -87,6 +86,8 @@ class Sampler(threading.Thread):
             return
         except Exception:
             log.exception("process sampling failed")
+        from perftop.collectors.rows import view_rows  # with the first attached process, not the list
+
         try:
             view = self.sources.agent(pid, self.window)
             rows = None if view is None else view_rows(view)  # here, off the UI thread: once per tick
