@@ -394,8 +394,10 @@ class PerftopApp(App[int]):
     def action_tab(self, tab: str) -> None:
         """Number keys: switch tabs of the attached view."""
         if self.attached is not None:
+            from perftop.tui.panes.attached import AttachedView
+
             tabs = self.query_one(TabbedContent)
-            tabs.active = tab
+            self.query_one(AttachedView).show_tab(tab)  # a tab not shown yet is built first
             pane = self.query_one(f"#{tab} > *")
             tables = [t for t in pane.query("DataTable") if t.display and t.parent is pane]
             # A pane with no table to show (no agent yet) takes focus itself, so that focus stays inside
