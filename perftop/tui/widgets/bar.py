@@ -11,6 +11,13 @@ ERROR_AT = 0.95
 _STATES = ("-unknown", "-warning", "-error")
 
 
+def _state(ratio: float | None) -> str:
+    """The state class of a bar at `ratio` ("" for none)."""
+    if ratio is None:
+        return "-unknown"
+    return "-error" if ratio >= ERROR_AT else "-warning" if ratio >= WARN_AT else ""
+
+
 class UsageBar(Widget):
     """`████████░░░░ 67%`; above 80% it turns to the warning colour and ends in `!`, above 95% `!!`."""
 
@@ -24,17 +31,19 @@ class UsageBar(Widget):
     ratio: reactive[float | None] = reactive(None)
     """Usage as a share of the limit, or None where the limit is unlimited or the usage unknown."""
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, ratio: float | None = None, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._state: str | None = None
-        """The state class shown ("" for none), None before the first ratio."""
+        self.set_reactive(UsageBar.ratio, ratio)
+        self._state = _state(ratio)
+        """The state class shown ("" for none)."""
+        # Its class is set before the bar is first styled: set once mounted (the watcher's first call),
+        # it restyled every bar right after its first styling, twenty of them with a process's limits.
+        if self._state:
+            self.add_class(self._state, update=False)
 
     def watch_ratio(self, ratio: float | None) -> None:
         """One style update when the state changes (each class changed on its own restyled the bar)."""
-        if ratio is None:
-            state = "-unknown"
-        else:
-            state = "-error" if ratio >= ERROR_AT else "-warning" if ratio >= WARN_AT else ""
+        state = _state(ratio)
         if state == self._state:
             return
         self._state = state
