@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.theme import Theme
 from textual.timer import Timer
 from textual.widget import Widget
-from textual.widgets import ContentSwitcher, Footer, Label, TabbedContent
+from textual.widgets import ContentSwitcher, Label, TabbedContent
 
 from perftop._version import __version__
 from perftop.collectors.model import SystemSample
@@ -33,6 +33,7 @@ from perftop.tui.panes.system import SystemPane
 from perftop.tui.sampler import Sampler
 from perftop.tui.sources import Sources
 from perftop.tui.widgets.filterbar import FilterBar
+from perftop.tui.widgets.footer import KeysFooter
 from perftop.tui.widgets.target import ActionTarget
 
 if TYPE_CHECKING:
@@ -141,7 +142,7 @@ class PerftopApp(App[int]):
                 from perftop.tui.panes.attached import AttachedView
 
                 yield AttachedView(id="attached", profile_seconds=self._profile_seconds)
-        yield Footer()
+        yield KeysFooter()
 
     def _start_with_theme(self, name: str) -> None:
         """Start in theme `name`: what setting `App.theme` does (its classes, colour filter and CSS
