@@ -86,11 +86,13 @@ class Sampler(threading.Thread):
             return
         except Exception:
             log.exception("process sampling failed")
-        from perftop.collectors.rows import view_rows  # with the first attached process, not the list
-
         try:
             view = self.sources.agent(pid, self.window)
-            rows = None if view is None else view_rows(view)  # here, off the UI thread: once per tick
+            rows = None
+            if view is not None:  # here, off the UI thread: once per tick
+                from perftop.collectors.rows import view_rows  # with the first agent, not the list
+
+                rows = view_rows(view)
             self.app.post_message(AgentSampled(pid, view, rows=rows))
         except Exception as exc:
             self.app.post_message(AgentSampled(pid, None, error=str(exc) or type(exc).__name__))
