@@ -6,13 +6,14 @@ terminal coalesces updates instead of queueing them.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual.message import Message
 
-from perftop.collectors.agent_view import AgentView
-from perftop.collectors.model import ProcessRow, ProcessSample, SystemSample
-from perftop.collectors.rows import ViewRows
+if TYPE_CHECKING:  # annotations only: the process list never imports the agent's side
+    from perftop.collectors.agent_view import AgentView
+    from perftop.collectors.model import ProcessRow, ProcessSample, SystemSample
+    from perftop.collectors.rows import ViewRows
 
 
 class _Tick(Message):

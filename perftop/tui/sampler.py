@@ -13,7 +13,6 @@ from typing import Any
 from textual.app import App
 
 from perftop.collectors.errors import CollectorError
-from perftop.collectors.rows import view_rows
 from perftop.tui.messages import (
     AgentSampled,
     ProcessesListed,
@@ -89,7 +88,11 @@ class Sampler(threading.Thread):
             log.exception("process sampling failed")
         try:
             view = self.sources.agent(pid, self.window)
-            rows = None if view is None else view_rows(view)  # here, off the UI thread: once per tick
+            rows = None
+            if view is not None:  # here, off the UI thread: once per tick
+                from perftop.collectors.rows import view_rows  # with the first agent, not the list
+
+                rows = view_rows(view)
             self.app.post_message(AgentSampled(pid, view, rows=rows))
         except Exception as exc:
             self.app.post_message(AgentSampled(pid, None, error=str(exc) or type(exc).__name__))

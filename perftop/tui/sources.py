@@ -1,17 +1,22 @@
-"""Where the TUI's data comes from: the live collectors, or (in tests) fixed data with the same interface."""
+"""Where the TUI's data comes from: the live collectors, or (in tests) fixed data with the same interface.
+
+The collectors of one attached process (its tree, its agents and their client) are imported when a process
+is first sampled, in the sampler's thread: the process list, where most sessions begin, never needs them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from perftop.collectors.agent_client import AgentError, find_child_agents
-from perftop.collectors.agent_view import AgentView, AgentWatcher, call_agent
 from perftop.collectors.model import ProcessRow, ProcessSample, SystemSample
-from perftop.collectors.process import ProcessCollector
 from perftop.collectors.proclist import ProcessLister
 from perftop.collectors.system import SystemCollector
-from perftop.collectors.workers import TreeCollector, WorkerFigures, fan_out, merge_action
+
+if TYPE_CHECKING:
+    from perftop.collectors.agent_view import AgentView, AgentWatcher
+    from perftop.collectors.process import ProcessCollector
+    from perftop.collectors.workers import TreeCollector, WorkerFigures
 
 
 class Sources(Protocol):
@@ -55,7 +60,16 @@ class LiveSources:
         self._process: ProcessCollector | None = None
         self._tree: TreeCollector | None = None
         self._figures: dict[int, WorkerFigures] = {}
-        self.agents = AgentWatcher(socket_dir)
+        self._agents: AgentWatcher | None = None
+
+    @property
+    def agents(self) -> AgentWatcher:
+        """The connections to the attached process's agents, made on first use."""
+        if self._agents is None:
+            from perftop.collectors.agent_view import AgentWatcher
+
+            self._agents = AgentWatcher(self.socket_dir)
+        return self._agents
 
     def system(self) -> SystemSample:
         if self._system is None:
@@ -70,6 +84,9 @@ class LiveSources:
     def process(self, pid: int) -> ProcessSample:
         """The sample of `pid` with its tree; the workers' request figures are the last agent view's."""
         if self._process is None or self._process.pid != pid:
+            from perftop.collectors.process import ProcessCollector
+            from perftop.collectors.workers import TreeCollector
+
             self._process = ProcessCollector(pid)
             self._tree = TreeCollector(pid)
             self._figures = {}
@@ -105,6 +122,9 @@ class LiveSources:
         """From a parent whose workers run agents, an action runs in every worker at once (merged, each
         worker's result under `per_pid`, why it failed in others under `errors`) and EXPLAIN in a worker
         whose agent recorded the fingerprint; with `children` false, in `pid` alone."""
+        from perftop.collectors.agent_client import AgentError, find_child_agents
+        from perftop.collectors.agent_view import call_agent
+        from perftop.collectors.workers import fan_out, merge_action
 
         def one(target: int) -> Any:
             if method == "action" and params.get("name") == "profile":

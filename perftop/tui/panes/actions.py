@@ -9,23 +9,28 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.reactive import reactive
 from textual.timer import Timer
-from textual.widgets import DataTable, Label, ProgressBar, Static
+from textual.widget import Widget
+from textual.widgets import DataTable, Label, Static
 
 from perftop.render.units import fmt_bytes, short_path
 from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
-from perftop.tui.screens.traceback import TracebackView
-from perftop.tui.widgets.flame import FlameView
+from perftop.tui.panes.live import DeferredPane
+
+if TYPE_CHECKING:
+    from textual.widgets import ProgressBar
+
+    from perftop.tui.widgets.flame import FlameView
 
 TITLES = {
     "profile": "CPU profile (sampling)",
@@ -38,8 +43,10 @@ PROFILE_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 """The profile durations `,` and `.` step through."""
 
 
-class ActionsPane(Vertical):
-    """Progress of the running action and the last result; `f` flips a profile between table and flame."""
+class ActionsPane(DeferredPane):
+    """Progress of the running action and the last result; `f` flips a profile between table and flame.
+    Its children are mounted when its tab is first needed (DeferredPane): shown, or an action started
+    from another tab; the flame graph widget loads with them."""
 
     DEFAULT_CSS = """
     ActionsPane { height: 1fr; border: round $primary; border-title-color: $primary; }
@@ -90,20 +97,25 @@ class ActionsPane(Vertical):
         self._text = Static("", id="result", markup=False)
         self._sites: DataTable[Text] = DataTable(cursor_type="row", id="memory-sites")
         self._site_rows: list[dict[str, Any]] = []
-        self._flame = FlameView(id="flame")
+        self._flame: FlameView | None = None
+        """The flame graph of the last profile: made with the other children (`make_children`)."""
+        self._status_row = Horizontal(self._status, id="action-status")
         self.pid: int | None = None
         self._where = ""
         """Where the running action was sent, for the title: a worker, the parent alone, or ""."""
         self.where: dict[str, str] = {}
         """Where each shown result ran ("3 workers", "PID 501"...), by action."""
 
-    def compose(self) -> ComposeResult:
-        with Horizontal(id="action-status"):
-            yield self._status
-        with VerticalScroll(id="result-scroll"):
-            yield self._text
-        yield self._sites
-        yield self._flame
+    def make_children(self) -> Iterable[Widget]:
+        from perftop.tui.widgets.flame import FlameView
+
+        self._flame = FlameView(id="flame")
+        scroll = VerticalScroll(self._text, id="result-scroll")
+        return (self._status_row, scroll, self._sites, self._flame)
+
+    def on_show(self) -> None:
+        """Shown: built, where nothing built it before."""
+        self.build()
 
     def on_mount(self) -> None:
         # The elapsed time and progress are redrawn 10 times a second, only while an action runs.
@@ -164,13 +176,16 @@ class ActionsPane(Vertical):
         where = "" if target is None or target.children else f"PID {target.pid}"
         if not app.agent_call("action", {"name": name, **params}, self, timeout=seconds + 60.0):
             return False
+        self.build()  # the progress and, later, the result show here
         self.running = name
         self._where = where
         self._started = time.monotonic()
         self._duration = seconds
         if seconds > 0:
+            from textual.widgets import ProgressBar
+
             self._progress = ProgressBar(total=max(seconds, 0.1), show_eta=False)
-            self.query_one("#action-status").mount(self._progress)
+            self._status_row.mount(self._progress)
         self.set_class(seconds > 0, "-running")  # watch_running ran before the duration was known
         self._show_status()
         return True
@@ -205,10 +220,11 @@ class ActionsPane(Vertical):
         self._status.update(f"{text} · profile length {self.profile_seconds:g} s")
 
     @on(AgentReply)
-    def _reply(self, msg: AgentReply) -> None:
+    async def _reply(self, msg: AgentReply) -> None:
         if msg.method != "action":
             return
         msg.stop()
+        await self.until_ready()  # the result is laid out in the children: mounted first
         name = str(msg.params.get("name"))
         self.running = None
         if msg.error is not None:
@@ -228,7 +244,7 @@ class ActionsPane(Vertical):
         memory = name == "memory" and isinstance(msg.result, dict)
         self._show_sites(msg.result if memory else None, workers if memory else {})
         self._show_text()
-        if name == "profile" and isinstance(msg.result, dict):
+        if name == "profile" and isinstance(msg.result, dict) and self._flame is not None:
             self._flame.load(msg.result.get("tree"))
         self.set_class(False, "-flame")
         self._show_status()
@@ -297,6 +313,8 @@ class ActionsPane(Vertical):
         event.stop()
         row = self._site_rows[event.cursor_row] if 0 <= event.cursor_row < len(self._site_rows) else None
         if row is not None:
+            from perftop.tui.screens.traceback import TracebackView
+
             self.app.push_screen(TracebackView(row))
 
     def action_toggle_flame(self) -> None:
@@ -304,7 +322,7 @@ class ActionsPane(Vertical):
             self.notify("the flame view needs a CPU profile: press p")
             return
         self.toggle_class("-flame")
-        if self.has_class("-flame"):
+        if self.has_class("-flame") and self._flame is not None:
             self._flame.focus()
 
     def action_seconds(self, step: int) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -9,17 +12,19 @@ from textual.widgets import TabbedContent, TabPane, Tabs
 
 from perftop.tui.context import agent_host
 from perftop.tui.panes.actions import ActionsPane
+from perftop.tui.panes.live import DeferredPane
 from perftop.tui.panes.process import ProcessPane
 from perftop.tui.panes.queries import QueriesPane
 from perftop.tui.panes.timings import WINDOWS, TimingsPane
-from perftop.tui.screens.confirm import Confirm
-from perftop.tui.screens.target_picker import TargetPicker
-from perftop.tui.widgets.target import ActionTarget
+
+if TYPE_CHECKING:
+    from perftop.tui.widgets.target import ActionTarget
 
 
 class AttachedView(Vertical):
     """The tabs of one process. Owns the action keys, so that they work from every tab; results show in
-    the Actions tab."""
+    the Actions tab. Only the Process tab is built with the view: the others' panes are composed empty
+    and build their content when first needed (`show_tab`, DeferredPane)."""
 
     BINDINGS = [
         Binding("p", "run('profile')", "Profile"),
@@ -47,12 +52,30 @@ class AttachedView(Vertical):
             with TabPane("Actions", id="tab-actions"):
                 yield ActionsPane(id="actions", profile_seconds=self._profile_seconds)
 
+    def show_tab(self, tab: str) -> None:
+        """Show the tab `tab` (its pane built first, so that its widgets can take focus at once)."""
+        self.build_tab(tab)
+        self.query_one(TabbedContent).active = tab
+
+    def build_tab(self, tab: str) -> None:
+        """Build the content of the tab `tab`, if it is not built yet."""
+        pane = self.query_one(f"#{tab} > *")
+        if isinstance(pane, DeferredPane):
+            pane.build()
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        """A tab shown by a click (or any other way than `show_tab`): its content built now."""
+        if event.pane.id is not None:
+            self.build_tab(event.pane.id)
+
     def action_inject(self) -> None:
         """`i`: start an agent inside the attached Python process (after a confirmation)."""
         app = agent_host(self.app)
         if app is None or app.attached is None or app.refuses("injecting an agent"):
             return
         pid = app.attached
+        from perftop.tui.screens.confirm import Confirm
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -114,6 +137,8 @@ class AttachedView(Vertical):
                 self._start(name)
                 app.action_target = None
 
+        from perftop.tui.screens.target_picker import TargetPicker
+
         picker = TargetPicker(name.replace("_", " "), app.attached, len(workers), worker)
         self.app.push_screen(picker, answered)
 
@@ -129,7 +154,7 @@ class AttachedView(Vertical):
         action = "memory" if name == "memory_stop" else name
         if pane.start(action, params):
             tabs = self.query_one(TabbedContent)
-            tabs.active = "tab-actions"
+            self.show_tab("tab-actions")
             # The focused widget was in the tab now hidden: keep focus (and so the keys) in this view.
             target = next((w for w in pane.query("*") if w.focusable and w.display), None)
             (target or tabs.query_one(Tabs)).focus()

@@ -1,20 +1,64 @@
-"""What the panes fed every tick share: redrawing a hidden tab only when it is shown, and tables updated
-in place (keyed rows; only changed cells rewritten, rows that left removed, new ones added, re-sorted only
-when the order changed), which keeps the cursor on the same row and spares DataTable re-measuring every
-cell after a `clear()`."""
+"""What the panes fed every tick share: children built only when the tab is first needed, redrawing a
+hidden tab only when it is shown, and tables updated in place (keyed rows; only changed cells rewritten,
+rows that left removed, new ones added, re-sorted only when the order changed), which keeps the cursor on
+the same row and spares DataTable re-measuring every cell after a `clear()`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from rich.text import Text
-from textual.widget import Widget
-from textual.widgets import DataTable
+from textual.containers import Vertical
+from textual.widget import AwaitMount, Widget
+
+if TYPE_CHECKING:
+    from textual.widgets import DataTable
+
+
+class DeferredPane(Vertical):
+    """A pane on a tab that is not shown at first (timings, queries, actions): the pane is composed with
+    the attached view, so its state, classes and title are there from the start and data reaches it while
+    hidden, but its children are mounted only when first needed (its tab shown, a key that acts on it).
+    Every widget composed is styled before the first frame, which a hidden tab does not need."""
+
+    _mounting: AwaitMount | None = None
+    _ready = False
+
+    def make_children(self) -> Iterable[Widget]:
+        """The pane's children, as `compose` would yield them (called once, by `build`)."""
+        return ()
+
+    @property
+    def built(self) -> bool:
+        """Whether the children are in the DOM (mounted, or being mounted)."""
+        return self._mounting is not None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the children have mounted. Until then what they show is not redrawn (CatchUp): a widget
+        updated before it has mounted may keep the size of what it showed before."""
+        return self._ready
+
+    def build(self) -> None:
+        """Put the children in the DOM, once: queries find them and focus can go to them as soon as this
+        returns (a tab's number key focuses its table at once). Callers: the tab being shown, keys that act
+        on the pane; `until_ready` where they must have mounted."""
+        if self._mounting is None:
+            self._mounting = self.mount_all(self.make_children())
+
+    async def until_ready(self) -> None:
+        """Build the children if need be and wait until they have mounted."""
+        self.build()
+        if not self._ready and self._mounting is not None:
+            await self._mounting
+            self._ready = True
 
 
 class CatchUp:
     """Redraws a pane at once when new data arrives while it is on screen; while it is hidden (another
-    tab), only once, when it is shown (the pane calls `shown()` from `on_show`)."""
+    tab) or its children are not ready (DeferredPane), only once, when it is shown (the pane calls `shown()`
+    from `on_show`, once its children are ready)."""
 
     def __init__(self, pane: Widget, redraw: Callable[[], None]) -> None:
         self._pane = pane
@@ -22,9 +66,10 @@ class CatchUp:
         self._stale = False
 
     def changed(self) -> None:
-        """New data: redraw now if the pane is on screen, else when it is shown."""
+        """New data: redraw now if the pane is on screen (and its children ready), else when it is shown."""
         self._stale = True
-        if self._pane.is_on_screen:
+        pane = self._pane
+        if pane.is_on_screen and (pane.ready if isinstance(pane, DeferredPane) else True):
             self.redraw()
 
     def shown(self) -> None:

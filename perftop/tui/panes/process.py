@@ -87,13 +87,18 @@ class LimitRow(Horizontal):
     text: reactive[str] = reactive("")
     """Usage and limits in words."""
 
-    def __init__(self, name: str, classes: str | None = None) -> None:
+    def __init__(
+        self, name: str, classes: str | None = None, ratio: float | None = None, text: str = ""
+    ) -> None:
         super().__init__(id=f"limit-{name.replace('.', '-')}", classes=classes)
         self.limit_name = name
-        self._values = Label("", classes="values", markup=False)
+        self.set_reactive(LimitRow.ratio, ratio)
+        self.set_reactive(LimitRow.text, text)
+        self._values = Label(text, classes="values", markup=False)
 
     def compose(self) -> ComposeResult:
-        yield UsageBar().data_bind(LimitRow.ratio)
+        # The bar starts at the row's ratio: styled once, in its state (UsageBar).
+        yield UsageBar(self.ratio).data_bind(LimitRow.ratio)
         yield self._values
 
     def render(self) -> Text:
@@ -356,7 +361,7 @@ class ProcessPane(VerticalScroll):
         """Show one limit's row; a row not seen before is made and added to `new`, to be mounted."""
         row = self._rows.get(name)
         if row is None:
-            row = LimitRow(name)
-            self._rows[name] = row
-            new.append(row)
-        row.ratio, row.text = ratio, text
+            self._rows[name] = LimitRow(name, ratio=ratio, text=text)
+            new.append(self._rows[name])
+        else:
+            row.ratio, row.text = ratio, text

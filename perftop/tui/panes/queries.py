@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.markup import escape
 from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import DataTable, Input, Label, Static
 
-from perftop.collectors.rows import CallSite, QueryRow, QueryStats
-from perftop.render.sql import compact_sql
 from perftop.render.units import fmt_count, fmt_ms, short_path
 from perftop.tui.context import agent_host
 from perftop.tui.messages import AgentReply
 from perftop.tui.panes import CELL_PAD, FRAME
-from perftop.tui.panes.live import CatchUp, sync_rows
-from perftop.tui.screens.confirm import Confirm
-from perftop.tui.screens.explain import ExplainView
+from perftop.tui.panes.live import CatchUp, DeferredPane, sync_rows
 from perftop.tui.widgets.filterbar import FilterBar
+
+if TYPE_CHECKING:
+    from perftop.collectors.rows import CallSite, QueryRow, QueryStats
 
 COLUMNS: tuple[tuple[str, str, int], ...] = (
     ("fingerprint", "fingerprint", 44),
@@ -72,8 +71,9 @@ def rows_text(q: QueryRow) -> str:
     return fmt_count(q.rows)
 
 
-class QueriesPane(Vertical, can_focus=True):
-    """Fingerprints by total time; `e` explains the selected one in the app, `E` with ANALYZE."""
+class QueriesPane(DeferredPane, can_focus=True):
+    """Fingerprints by total time; `e` explains the selected one in the app, `E` with ANALYZE. Its children
+    are mounted when its tab is first needed (DeferredPane); the SQL rendering loads with them."""
 
     DEFAULT_CSS = """
     QueriesPane { height: 1fr; border: round $primary; border-title-color: $primary; }
@@ -127,15 +127,10 @@ class QueriesPane(Vertical, can_focus=True):
         self._fp_width = 0
         self._slow_fp_width = 0
 
-    def compose(self) -> ComposeResult:
+    def make_children(self) -> Iterable[Widget]:
         self._lay_out(80)
-        yield self._help
-        yield self._input
-        yield self._table
-        yield self._selected
-        yield Label(f"slowest recent executions · {TIME_MEANING}", classes="section", id="slow-title")
-        yield self._slow
-        yield self._pool
+        slow_title = Label(f"slowest recent executions · {TIME_MEANING}", classes="section", id="slow-title")
+        return (self._help, self._input, self._table, self._selected, slow_title, self._slow, self._pool)
 
     def on_mount(self) -> None:
         self.set_class(True, "-empty")
@@ -170,9 +165,10 @@ class QueriesPane(Vertical, can_focus=True):
         self.stats = None
         self._shown = []
         self.explaining = None
-        if self.is_mounted:
+        if self.built:
             self._table.clear()
             self._slow.clear()
+        if self.is_mounted:
             self.set_class(True, "-empty")
 
     def show(self, stats: QueryStats | None, now: float | None = None) -> None:
@@ -188,11 +184,15 @@ class QueriesPane(Vertical, can_focus=True):
         self._now = time.time() if now is None else now
         self._catch_up.changed()
 
-    def on_show(self) -> None:
-        """A hidden tab is not redrawn every tick: catch up when it is shown."""
+    async def on_show(self) -> None:
+        """A hidden tab is not redrawn every tick: catch up when it is shown, its children built and
+        mounted first (the first time)."""
+        await self.until_ready()
         self._catch_up.shown()
 
     def _redraw(self) -> None:
+        from perftop.render.sql import compact_sql
+
         stats, now = self.stats, self._now
         if stats is None:
             return
@@ -229,6 +229,8 @@ class QueriesPane(Vertical, can_focus=True):
         return rows
 
     def _refresh_table(self) -> None:
+        from perftop.render.sql import compact_sql
+
         rows = self.rows()
         width = self._fp_width
         sync_rows(
@@ -307,12 +309,12 @@ class QueriesPane(Vertical, can_focus=True):
         self._selected.update(f"{escape(n1)}[b]{escape(q.dialect)}[/b] {escape(text)}")
 
     def watch_sort(self) -> None:
-        if self.is_mounted and self.stats is not None:
+        if self.built and self.stats is not None:
             self._refresh_table()
             self._title()
 
     def watch_filter_text(self) -> None:
-        if self.is_mounted and self.stats is not None:
+        if self.built and self.stats is not None:
             self._refresh_table()
 
     def action_cycle_sort(self) -> None:
@@ -346,6 +348,7 @@ class QueriesPane(Vertical, can_focus=True):
         host = agent_host(self.app)
         if host is not None and host.refuses("EXPLAIN ANALYZE"):
             return
+        from perftop.tui.screens.confirm import Confirm
 
         def answered(yes: bool | None) -> None:
             if yes:
@@ -378,4 +381,6 @@ class QueriesPane(Vertical, can_focus=True):
             self.notify(f"EXPLAIN failed: {msg.error}", severity="error", timeout=8, markup=False)
             return
         self.last_explain = msg.result
+        from perftop.tui.screens.explain import ExplainView  # the plan rendering loads with the first plan
+
         self.app.push_screen(ExplainView(msg.result))

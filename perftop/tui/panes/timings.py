@@ -3,23 +3,24 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual import on
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
 from textual.message import Message
 from textual.reactive import reactive
+from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
-from perftop.collectors.agent_view import AgentView
-from perftop.collectors.rows import TimingRow, ViewRows
 from perftop.render.units import fmt_count, fmt_ms
 from perftop.tui.panes import CELL_PAD, FRAME
-from perftop.tui.panes.live import CatchUp, sync_rows
-from perftop.tui.screens.metric_detail import MetricDetail
+from perftop.tui.panes.live import CatchUp, DeferredPane, sync_rows
+
+if TYPE_CHECKING:
+    from perftop.collectors.agent_view import AgentView
+    from perftop.collectors.rows import TimingRow, ViewRows
 
 WINDOWS: tuple[tuple[float | None, str], ...] = (
     (None, "since start"),
@@ -101,8 +102,9 @@ def sort_key(row: TimingRow, key: str) -> Any:
     return -(value if isinstance(value, (int, float)) else -1.0)
 
 
-class TimingsPane(Vertical, can_focus=True):
-    """Per-metric latency table, counters and gauges. Enter opens a metric's distribution."""
+class TimingsPane(DeferredPane, can_focus=True):
+    """Per-metric latency table, counters and gauges. Enter opens a metric's distribution. Its children
+    are mounted when its tab is first needed (DeferredPane)."""
 
     DEFAULT_CSS = """
     TimingsPane { height: 1fr; border: round $primary; border-title-color: $primary; }
@@ -172,11 +174,8 @@ class TimingsPane(Vertical, can_focus=True):
             self._table.add_column(header, key=key, width=width)
         return True
 
-    def compose(self) -> ComposeResult:
-        yield self._gone
-        yield self._help
-        yield self._table
-        yield self._counters
+    def make_children(self) -> Iterable[Widget]:
+        return (self._gone, self._help, self._table, self._counters)
 
     def on_mount(self) -> None:
         self._title()
@@ -190,7 +189,7 @@ class TimingsPane(Vertical, can_focus=True):
         self._trends.clear()
         self._p50.clear()
         self.set_class(False, "-no-agent")
-        if self.is_mounted:
+        if self.built:
             self._table.clear()
             self._counters.update("")
             self._title()
@@ -218,8 +217,10 @@ class TimingsPane(Vertical, can_focus=True):
                 self._p50.setdefault(row.name, deque(maxlen=TREND)).append(row.p50_ms or 0.0)
         self._catch_up.changed()
 
-    def on_show(self) -> None:
-        """A hidden tab is not redrawn every tick: catch up when it is shown."""
+    async def on_show(self) -> None:
+        """A hidden tab is not redrawn every tick: catch up when it is shown, its children built and
+        mounted first (the first time)."""
+        await self.until_ready()
         self._catch_up.shown()
 
     def _redraw(self) -> None:
@@ -284,12 +285,13 @@ class TimingsPane(Vertical, can_focus=True):
             self._title()
 
     def watch_sort(self) -> None:
-        if self.is_mounted:
+        if self.built:
             self._refresh_table()
+        if self.is_mounted:
             self._title()
 
     def watch_breakdown(self) -> None:
-        if self.is_mounted:
+        if self.built:
             self._refresh_table()
 
     def action_cycle_window(self) -> None:
@@ -316,6 +318,8 @@ class TimingsPane(Vertical, can_focus=True):
         row = next((r for r in self.data.timings if r.name == name), None)
         if row is None:
             return
+        from perftop.tui.screens.metric_detail import MetricDetail  # with the first detail shown
+
         self.app.push_screen(
             MetricDetail(
                 name,

@@ -42,10 +42,15 @@ class UsageBar(Widget):
     ratio: reactive[float | None] = reactive(None)
     """Usage as a share of the limit, or None where the limit is unlimited or the usage unknown."""
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, ratio: float | None = None, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._state: str | None = None
-        """The state class shown ("" for none), None before the first ratio."""
+        self.set_reactive(UsageBar.ratio, ratio)
+        self._state = bar_state(ratio)
+        """The state class shown ("" for none)."""
+        # Its class is set before the bar is first styled: set once mounted (the watcher's first call),
+        # it restyled every bar right after its first styling, twenty of them with a process's limits.
+        if self._state:
+            self.add_class(self._state, update=False)
 
     def watch_ratio(self, ratio: float | None) -> None:
         """One style update when the state changes (each class changed on its own restyled the bar)."""
