@@ -28,6 +28,9 @@ Figures, per program:
 - Ratios, printed beside the issue's targets (TARGETS): `perftop --pid` CPU / `glances -t 1` CPU, and
   first full frame / `import textual.app` for `perftop` and `perftop --pid`.
 
+perftop is compiled to bytecode first (`compileall`), as an installed package is: a shell with
+PYTHONDONTWRITEBYTECODE set would otherwise have every launch compile each module it imports.
+
 Other processes on this machine (tests of other work) add noise: the load average is printed with the table.
 """
 
@@ -556,6 +559,9 @@ def main() -> None:
     width, height = (int(x) for x in args.size.split("x"))
     modes = args.only or ["list", "pid", "demo", "workers"]
 
+    # perftop runs from bytecode, as an installed package does (pip compiles it) and as textual does here:
+    # where PYTHONDONTWRITEBYTECODE is set, every launch would otherwise compile each module it imports.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "perftop")], check=True)
     info = machine()
     info.update(size=args.size, launches=args.launches)
     info["python_start_s"] = import_time("pass")
