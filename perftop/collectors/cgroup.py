@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from perftop.collectors.aged import Aged
+from perftop.collectors.files import read_bytes
 from perftop.collectors.model import CgroupInfo
 
 DEFAULT_SYSFS = "/sys/fs/cgroup"
@@ -328,19 +329,11 @@ def _v2_controllers(mountpoint: str) -> set[str]:
 
 
 def _read_text(directory: str, name: str) -> str | None:
-    """A cgroup file's text; bare os.read, half the time of a text-mode open (a reading of a process's
-    cgroup is about ten of them)."""
+    """A cgroup file's text (a reading of a process's cgroup is about ten of them)."""
     try:
-        fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            chunks = []
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-        finally:
-            os.close(fd)
+        return read_bytes(os.path.join(directory, name)).decode("ascii", errors="replace")
     except OSError:
         return None
-    return b"".join(chunks).decode("ascii", errors="replace")
 
 
 def _read_int(directory: str, name: str) -> int | None:

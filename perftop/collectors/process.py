@@ -26,6 +26,7 @@ import psutil
 from perftop.collectors.aged import Aged
 from perftop.collectors.cgroup import CgroupReader, SharedCgroups
 from perftop.collectors.errors import AccessDeniedError, NoSuchProcessError
+from perftop.collectors.files import read_bytes
 from perftop.collectors.model import Limit, ListenBacklog, ProcessSample
 
 _T = TypeVar("_T")
@@ -205,11 +206,7 @@ def count_user_tasks(uid: int, procfs: str = "/proc") -> int:
         if not name.isdigit():
             continue
         try:
-            fd = os.open(f"{procfs}/{name}/status", os.O_RDONLY)
-            try:
-                data = os.read(fd, 8192)
-            finally:
-                os.close(fd)
+            data = read_bytes(f"{procfs}/{name}/status")
             at = data.index(b"\nUid:") + 5
             if int(data[at : data.index(b"\n", at)].split()[0]) != uid:
                 continue

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from perftop.collectors.files import read_bytes
 from perftop.collectors.model import ProcessRow
 
 CMDLINE_MAX_AGE_S = 5.0
@@ -49,25 +50,10 @@ class _Known:
     cmdline_due: float
 
 
-def _read(path: str) -> bytes:
-    """The whole file, with no Python file object (these reads are the hot path)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, 8192)
-        if len(data) < 8192:
-            return data
-        chunks = [data]
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 def _start_time(pid: int) -> int | None:
     """Field 22 of /proc/PID/stat (start time in clock ticks since boot), None if the process is gone."""
     try:
-        data = _read(f"/proc/{pid}/stat")
+        data = read_bytes(f"/proc/{pid}/stat")
         return int(data[data.rindex(b")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
@@ -109,7 +95,7 @@ def _children(pid: int) -> list[int]:
     out: list[int] = []
     for tid in tids:
         with contextlib.suppress(OSError, ValueError):
-            out.extend(int(c) for c in _read(f"{base}/{tid}/children").split())
+            out.extend(int(c) for c in read_bytes(f"{base}/{tid}/children").split())
     return out
 
 
@@ -163,8 +149,8 @@ class ProcessLister:
         for pid in pids:
             base = f"/proc/{pid}/"
             try:
-                stat = _read(base + "stat")
-                status = _read(base + "status")
+                stat = read_bytes(base + "stat")
+                status = read_bytes(base + "status")
                 at = time.monotonic()
                 rparen = stat.rindex(b")")
                 fields = stat[rparen + 2 :].split()
@@ -215,7 +201,7 @@ class ProcessLister:
     def _read_cmdline(self, base: str, entry: _Known, now: float) -> None:
         """Refresh the command line of `entry`, and its name, which psutil lengthens from the command line
         where the kernel truncated it."""
-        args = split_cmdline(_read(base + "cmdline"))
+        args = split_cmdline(read_bytes(base + "cmdline"))
         name = entry.comm
         if len(name) >= _NAME_MAX and args:
             extended = os.path.basename(args[0])
