@@ -59,15 +59,14 @@ class _Row(Widget):
         super().__init__(id=f"{key}-text")
         self.key = key
         self.with_bar = with_bar
-        self._text = "-"
-        self._ratio: float | None = None
-        self._history: tuple[float, ...] = ()
+        self._shown: tuple[str, tuple[str, str], tuple[float, ...]] = ("-", self._bar(None), ())
+        """What the line shows: the figures in words, the bar and its state, the history."""
 
     def show(self, text: str, ratio: float | None, history: tuple[float, ...]) -> None:
         """New figures; the line is redrawn only if what it shows changed."""
-        shown = (self._text, self._bar(self._ratio), self._history)
-        self._text, self._ratio, self._history = text, ratio, history
-        if shown != (text, self._bar(ratio), history):
+        shown = (text, self._bar(ratio), history)
+        if shown != self._shown:
+            self._shown = shown
             self.refresh()
 
     def _bar(self, ratio: float | None) -> tuple[str, str]:
@@ -76,17 +75,17 @@ class _Row(Widget):
     def render(self) -> Content:
         width = self.size.width
         style = self.get_visual_style
+        text, (bar, state), history = self._shown
         parts: list[str | tuple[str, VisualStyle]] = [
             (self.key[: self.NAME_WIDTH].ljust(self.NAME_WIDTH), style("row--name", partial=True)),
-            self._text[: self.TEXT_WIDTH].ljust(self.TEXT_WIDTH),
+            text[: self.TEXT_WIDTH].ljust(self.TEXT_WIDTH),
         ]
         used = self.NAME_WIDTH + self.TEXT_WIDTH
         if self.with_bar:
-            text, state = self._bar(self._ratio)
-            parts += [(text, style(f"row--bar{state}", partial=True)), " "]
+            parts += [(bar, style(f"row--bar{state}", partial=True)), " "]
             used += self.BAR_WIDTH + 1
         spark = max(self.SPARK_MIN_WIDTH, width - used)
-        parts.append((spark_text(self._history, spark).rjust(spark), style("row--spark", partial=True)))
+        parts.append((spark_text(history, spark).rjust(spark), style("row--spark", partial=True)))
         return Content.assemble(*parts).truncate(width)
 
 
