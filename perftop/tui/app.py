@@ -10,6 +10,7 @@ from textual import on
 from textual.app import App, ComposeResult, InvalidThemeError, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.driver import Driver
 from textual.markup import escape
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -126,6 +127,13 @@ class PerftopApp(App[int]):
         self._held_system: SystemSample | None = None
         self._hold_timer: Timer | None = None
         self.set_reactive(PerftopApp.interval, interval)
+
+    def get_driver_class(self) -> type[Driver]:
+        """Textual's driver for this terminal; on Linux, one whose input thread sleeps while nothing is
+        typed (perftop.tui.driver)."""
+        from perftop.tui.driver import quiet_driver
+
+        return quiet_driver(super().get_driver_class())
 
     def get_default_screen(self) -> Screen[None]:
         return MainScreen(id="_default")
