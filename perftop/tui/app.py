@@ -15,12 +15,10 @@ from textual.markup import escape
 from textual.reactive import reactive
 from textual.screen import Screen
 from textual.theme import Theme
-from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import ContentSwitcher, Label, TabbedContent
 
 from perftop._version import __version__
-from perftop.collectors.model import SystemSample
 from perftop.tui.messages import (
     AgentReply,
     AgentSampled,
@@ -49,8 +47,6 @@ W = TypeVar("W", bound=Widget)
 
 INTERVALS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
 """The refresh intervals `+` and `-` step through."""
-HOLD_S = 0.25
-"""How long a host sample waits, at most, for the rest of its tick before it is shown alone."""
 CHANGES_TARGET = frozenset({"gc", "memory"})
 """Agent actions that change the attached process: refused in a read-only session."""
 
@@ -124,8 +120,6 @@ class PerftopApp(App[int]):
         self.recorder: Recorder | None = None
         """The recording of the attached process that `r` started, while it runs."""
         self._panes: dict[type[Widget], Widget] = {}
-        self._held_system: SystemSample | None = None
-        self._hold_timer: Timer | None = None
         self.set_reactive(PerftopApp.interval, interval)
 
     def get_driver_class(self) -> type[Driver]:
@@ -209,52 +203,21 @@ class PerftopApp(App[int]):
 
     @on(SystemSampled)
     def _system(self, msg: SystemSampled) -> None:
-        """The host sample is held until the rest of its tick arrives (the process list, or the attached
-        process), then both are drawn in one screen update instead of two; at once where nothing follows
-        (the attached process has exited) and for the first sample, and after HOLD_S at most."""
-        process = self._process_pane() if self.attached is not None else None
-        system = self._pane(SystemPane)
-        first = system is not None and system.sample is None
-        if first or (process is not None and process.gone is not None):
-            # The first sample is drawn at once: at start-up the screen draws it while the sampler
-            # thread is still reading the process, on the other core.
-            self._held_system = None
-            self._show_system(msg.sample)
-            return
-        if self._held_system is not None:
-            self._show_system(self._held_system)
-        self._held_system = msg.sample
-        if self._hold_timer is not None:
-            self._hold_timer.stop()
-        self._hold_timer = self.set_timer(HOLD_S, self._release_system)
-
-    def _release_system(self) -> None:
-        """Show the held host sample, if any (the rest of its tick arrived, or the hold expired)."""
-        held, self._held_system = self._held_system, None
-        if self._hold_timer is not None:
-            self._hold_timer.stop()
-            self._hold_timer = None
-        if held is not None:
-            self._show_system(held)
+        if pane := self._pane(SystemPane):
+            pane.sample = msg.sample
 
     def _process_pane(self) -> ProcessPane | None:
         from perftop.tui.panes.process import ProcessPane
 
         return self._pane(ProcessPane)
 
-    def _show_system(self, sample: SystemSample) -> None:
-        if pane := self._pane(SystemPane):
-            pane.sample = sample
-
     @on(ProcessesListed)
     def _processes(self, msg: ProcessesListed) -> None:
-        self._release_system()
         if self.attached is None and (pane := self._pane(ProcessListPane)):
             pane.rows = msg.rows
 
     @on(ProcessSampled)
     def _process(self, msg: ProcessSampled) -> None:
-        self._release_system()
         if msg.sample.pid == self.attached and (pane := self._process_pane()):
             pane.now = self.sources.now()
             pane.sample = msg.sample
@@ -263,7 +226,6 @@ class PerftopApp(App[int]):
     def _exited(self, msg: ProcessExited) -> None:
         from perftop.tui.panes.timings import TimingsPane
 
-        self._release_system()
         process, timings = self._process_pane(), self._pane(TimingsPane)
         if msg.pid == self.attached and process and timings:
             process.gone = msg.reason
@@ -276,7 +238,6 @@ class PerftopApp(App[int]):
         from perftop.tui.panes.queries import QueriesPane
         from perftop.tui.panes.timings import TimingsPane
 
-        self._release_system()
         if msg.pid == self.attached and (pane := self._pane(TimingsPane)):
             pane.show(msg.rows, msg.error)
             if queries := self._pane(QueriesPane):

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from textual.app import App
+from textual.message import Message
 
 from perftop.collectors.errors import CollectorError
 from perftop.tui.messages import (
@@ -39,6 +40,8 @@ class Sampler(threading.Thread):
         self.window: float | None = None
         """The timings window asked of the agent (seconds), None for since start."""
         self._gone: int | None = None
+        self._first = True
+        """No host sample posted yet."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
 
@@ -64,25 +67,43 @@ class Sampler(threading.Thread):
             self._wake.clear()
 
     def tick(self) -> None:
-        """One round of sampling; every failure is contained so the thread never dies."""
+        """One round of sampling; every failure is contained so the thread never dies.
+
+        The tick's messages are posted together once all are taken: the app handles them in one turn of
+        its loop and draws them in one screen update. Only the very first host sample goes out at once,
+        for the first frame, while the process is read."""
+        messages: list[Message] = []
         try:
-            self.app.post_message(SystemSampled(self.sources.system()))
+            system = SystemSampled(self.sources.system())
+            if self._first:
+                self._first = False
+                self.app.post_message(system)
+            else:
+                messages.append(system)
         except Exception:
             log.exception("system sampling failed")
+        try:
+            self._sample_rest(messages)
+        finally:
+            for message in messages:
+                self.app.post_message(message)
+
+    def _sample_rest(self, messages: list[Message]) -> None:
+        """The process list, or the attached process and its agent data."""
         pid = self.pid
         if pid is None:
             try:
-                self.app.post_message(ProcessesListed(self.sources.processes()))
+                messages.append(ProcessesListed(self.sources.processes()))
             except Exception:
                 log.exception("process listing failed")
             return
         if pid == self._gone:
             return
         try:
-            self.app.post_message(ProcessSampled(self.sources.process(pid)))
+            messages.append(ProcessSampled(self.sources.process(pid)))
         except CollectorError as exc:
             self._gone = pid
-            self.app.post_message(ProcessExited(pid, str(exc)))
+            messages.append(ProcessExited(pid, str(exc)))
             return
         except Exception:
             log.exception("process sampling failed")
@@ -93,6 +114,6 @@ class Sampler(threading.Thread):
                 from perftop.collectors.rows import view_rows  # with the first agent, not the list
 
                 rows = view_rows(view)
-            self.app.post_message(AgentSampled(pid, view, rows=rows))
+            messages.append(AgentSampled(pid, view, rows=rows))
         except Exception as exc:
-            self.app.post_message(AgentSampled(pid, None, error=str(exc) or type(exc).__name__))
+            messages.append(AgentSampled(pid, None, error=str(exc) or type(exc).__name__))
