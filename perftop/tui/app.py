@@ -25,6 +25,7 @@ from perftop.tui.messages import (
     ProcessesListed,
     ProcessExited,
     ProcessSampled,
+    Sampled,
     SystemSampled,
 )
 from perftop.tui.panes.proclist import ProcessListPane
@@ -201,7 +202,23 @@ class PerftopApp(App[int]):
         self._panes[kind] = found
         return found
 
-    @on(SystemSampled)
+    @on(Sampled)
+    def _sampled(self, msg: Sampled) -> None:
+        """One tick's samples, drawn in one screen update (Textual otherwise may draw between two of
+        them, which cost a second update of the screen in about one tick in four)."""
+        with self.batch_update():
+            for part in msg.parts:
+                if isinstance(part, SystemSampled):
+                    self._system(part)
+                elif isinstance(part, ProcessesListed):
+                    self._processes(part)
+                elif isinstance(part, ProcessSampled):
+                    self._process(part)
+                elif isinstance(part, ProcessExited):
+                    self._exited(part)
+                elif isinstance(part, AgentSampled):
+                    self._agent(part)
+
     def _system(self, msg: SystemSampled) -> None:
         if pane := self._pane(SystemPane):
             pane.sample = msg.sample
@@ -211,18 +228,15 @@ class PerftopApp(App[int]):
 
         return self._pane(ProcessPane)
 
-    @on(ProcessesListed)
     def _processes(self, msg: ProcessesListed) -> None:
         if self.attached is None and (pane := self._pane(ProcessListPane)):
             pane.rows = msg.rows
 
-    @on(ProcessSampled)
     def _process(self, msg: ProcessSampled) -> None:
         if msg.sample.pid == self.attached and (pane := self._process_pane()):
             pane.now = self.sources.now()
             pane.sample = msg.sample
 
-    @on(ProcessExited)
     def _exited(self, msg: ProcessExited) -> None:
         from perftop.tui.panes.timings import TimingsPane
 
@@ -232,7 +246,6 @@ class PerftopApp(App[int]):
             timings.gone = msg.reason
             self.notify(f"process {msg.pid} exited: last values kept", severity="warning")
 
-    @on(AgentSampled)
     def _agent(self, msg: AgentSampled) -> None:
         from perftop.tui.panes.actions import ActionsPane
         from perftop.tui.panes.queries import QueriesPane

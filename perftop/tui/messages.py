@@ -1,7 +1,7 @@
 """Messages that carry collected data from the sampler thread to the widgets.
 
-Per-tick messages may replace an earlier one of their kind still in the queue (`can_replace`), so a slow
-terminal coalesces updates instead of queueing them.
+A tick's messages travel together in one `Sampled`, which may replace an earlier one still in the queue
+(`can_replace`), so a slow terminal coalesces updates instead of queueing them.
 """
 
 from __future__ import annotations
@@ -68,6 +68,23 @@ class AgentSampled(_Tick):
         self.view = view
         self.error = error
         self.rows = rows
+
+
+class Sampled(_Tick):
+    """One tick of the sampler: its messages above, in order, handled together in one screen update. A
+    newer tick replaces an unhandled older one that it holds a newer copy of each part of (the first
+    host sample, sent alone, is not replaced by the rest of its own tick), and never one that says the
+    attached process exited."""
+
+    def __init__(self, parts: list[Message]) -> None:
+        super().__init__()
+        self.parts = parts
+
+    def can_replace(self, message: Message) -> bool:
+        if not isinstance(message, Sampled):
+            return False
+        older = {type(part) for part in message.parts}
+        return ProcessExited not in older and older <= {type(part) for part in self.parts}
 
 
 class AgentReply(Message):

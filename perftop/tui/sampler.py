@@ -19,6 +19,7 @@ from perftop.tui.messages import (
     ProcessesListed,
     ProcessExited,
     ProcessSampled,
+    Sampled,
     SystemSampled,
 )
 from perftop.tui.sources import Sources
@@ -69,15 +70,15 @@ class Sampler(threading.Thread):
     def tick(self) -> None:
         """One round of sampling; every failure is contained so the thread never dies.
 
-        The tick's messages are posted together once all are taken: the app handles them in one turn of
-        its loop and draws them in one screen update. Only the very first host sample goes out at once,
-        for the first frame, while the process is read."""
+        The tick's messages go to the app together, once all are taken, in one `Sampled`: the app draws
+        them in one screen update. Only the very first host sample goes out at once, for the first
+        frame, while the process is read."""
         messages: list[Message] = []
         try:
             system = SystemSampled(self.sources.system())
             if self._first:
                 self._first = False
-                self.app.post_message(system)
+                self.app.post_message(Sampled([system]))
             else:
                 messages.append(system)
         except Exception:
@@ -85,8 +86,8 @@ class Sampler(threading.Thread):
         try:
             self._sample_rest(messages)
         finally:
-            for message in messages:
-                self.app.post_message(message)
+            if messages:
+                self.app.post_message(Sampled(messages))
 
     def _sample_rest(self, messages: list[Message]) -> None:
         """The process list, or the attached process and its agent data."""
