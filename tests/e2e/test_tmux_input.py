@@ -65,11 +65,25 @@ def test_the_input_thread_sleeps_while_idle_and_keys_still_work(
             what="a thread of perftop waiting in select (the terminal's reader)",
         )
         assert len(readers) == 1, f"threads waiting in select: {readers}"
-        before = _switches(pid, readers[0])
+        reader = readers[0]
+        # The terminal's answers to the queries made at start-up are input too: they may come late on a
+        # loaded machine, each followed by the polling that times out a lone Escape. Wait until a second
+        # passes without a wake-up, then count.
+        last = [_switches(pid, reader)]
+
+        def settled() -> bool:
+            time.sleep(1.0)
+            now = _switches(pid, reader)
+            quiet, last[0] = now == last[0], now
+            return quiet
+
+        wait_for(settled, timeout=15, interval=0, what="a second without input for the terminal's reader")
+        before = _switches(pid, reader)
         time.sleep(QUIET_S)
-        woke = _switches(pid, readers[0]) - before
-        # Textual's own input thread wakes every 0.1 s: 30 times in these 3 s.
-        assert woke <= 2, f"the input thread woke {woke} times in {QUIET_S}s with nothing typed"
+        woke = _switches(pid, reader) - before
+        # Textual's own input thread wakes every 0.1 s: 30 times in these 3 s. One stray wake-up (input,
+        # then the polling after it) is let pass.
+        assert woke <= 4, f"the input thread woke {woke} times in {QUIET_S}s with nothing typed"
 
         term.send("Escape")  # alone, after the quiet: told from a sequence's start by its timeout
         term.wait_screen(lambda s: "Backspace or h" in s, timeout=5)
