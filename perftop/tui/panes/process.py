@@ -119,6 +119,17 @@ def limit_text(lim: Limit) -> str:
     return f"used {used} of {soft} (hard {hard})"
 
 
+def unmeasured_text(limits: list[Limit]) -> str:
+    """The limits whose usage the OS does not tell, in one line: `core 0 (hard unlimited) · nice 0`."""
+
+    def one(lim: Limit) -> str:
+        soft = fmt_limit(lim.soft, lim.unit)
+        hard = fmt_limit(lim.hard, lim.unit)
+        return f"{lim.name} {soft}" if hard == soft else f"{lim.name} {soft} (hard {hard})"
+
+    return "usage not measured: " + " · ".join(one(lim) for lim in limits) if limits else ""
+
+
 def cgroup_rows(cg: CgroupInfo) -> list[tuple[str, float | None, str]]:
     """(name, ratio, text) for each cgroup limit worth a bar."""
 
@@ -181,6 +192,7 @@ class ProcessPane(VerticalScroll):
     ProcessPane #tree-head { height: 1; text-style: bold; color: $accent; }
     ProcessPane #workers { height: 1; }
     ProcessPane #cgroup-limits, ProcessPane #limits { height: auto; }
+    ProcessPane #limits-unmeasured { height: auto; color: $text-muted; }
     """
 
     sample: reactive[ProcessSample | None] = reactive(None, always_update=True, repaint=False)
@@ -221,8 +233,11 @@ class ProcessPane(VerticalScroll):
         self._cgroup_box = Vertical(
             self._cgroup_title, *self._rows.values(), id="cgroup-limits", classes="cgroup"
         )
+        self._unmeasured = Static("", id="limits-unmeasured", markup=False)
+        self._unmeasured_text = ""
         self._limits = Vertical(
             Label("rlimits: usage against soft limit (hard)", classes="section", id="limits-title"),
+            self._unmeasured,
             id="limits",
         )
 
@@ -275,8 +290,15 @@ class ProcessPane(VerticalScroll):
                 self._cgroup_title.update(title, layout=False)
             for name, ratio, text in cgroup_rows(cg):
                 self._show(name, ratio, text, new)
+        unmeasured: list[Limit] = []
         for lim in p.limits:
-            self._show(lim.name, lim.ratio, limit_text(lim), new)
+            if lim.used is None and lim.name not in self._rows:
+                unmeasured.append(lim)  # a bar row only where there is a usage to draw against the limit
+            else:
+                self._show(lim.name, lim.ratio, limit_text(lim), new)
+        if (text := unmeasured_text(unmeasured)) != self._unmeasured_text:
+            self._unmeasured_text = text
+            self._unmeasured.update(text)
         for i, b in enumerate(p.listen_backlog[:4]):  # requests the app has not taken yet, per listener
             ratio = b.queued / b.max if b.max else None
             most = "?" if b.max is None else fmt_count(b.max)
@@ -287,7 +309,7 @@ class ProcessPane(VerticalScroll):
                 new,
             )
         if new:  # one mount for all the rows the first sample brings: one layout, not one per row
-            self._limits.mount_all(new)
+            self._limits.mount_all(new, before=self._unmeasured)
 
     @property
     def shown_workers(self) -> list[int]:
