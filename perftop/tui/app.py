@@ -416,18 +416,7 @@ class PerftopApp(App[int]):
                 target = pane
             else:
                 target = next((w for w in pane.query("*") if w.focusable), tabs)
-            if target.is_mounted or not pane.can_focus:
-                self.screen.set_focus(target)
-                return
-            # The tab's children are still mounting (its first showing): the pane holds the focus, and its
-            # keys, until its table can take it, unless another tab was opened meanwhile.
-            self.screen.set_focus(pane)
-
-            def focus_table() -> None:
-                if tabs.active == tab and self.focused is pane and target.is_mounted:
-                    self.screen.set_focus(target)
-
-            self.call_after_refresh(focus_table)
+            self.screen.set_focus(target)
 
     def action_toggle_recording(self) -> None:
         """`r`: start recording the attached process to a file here, or stop the recording under way."""
