@@ -174,6 +174,29 @@ async def test_no_agent_explains_how_to_instrument() -> None:
         assert "perftop.start()" in str(pane.query_one("#timings-help").render())
 
 
+@pytest.mark.parametrize(
+    ("key", "pane_type", "no_data"), [("2", TimingsPane, "-no-agent"), ("3", QueriesPane, "-empty")]
+)
+async def test_tab_opened_before_the_first_data_gives_its_table_the_keys(
+    key: str, pane_type: type[TimingsPane | QueriesPane], no_data: str
+) -> None:
+    """A tab's number pressed before the agent's first data: the pane holds the focus (its table is hidden)
+    and hands it to the table when the data comes, so that the arrows move the cursor without a Tab."""
+    app, sources = make_app(pid=202, with_agent=False)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.focused, ProcessPane))
+        pane = app.query_one(pane_type)
+        await wait_for(pilot, lambda: pane.has_class(no_data), what=f"the pane's {no_data} state")
+        await pilot.press(key)
+        assert app.focused is pane
+        sources.with_agent = True
+        table = pane.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count >= 2, what="the agent's rows in the table")
+        assert app.focused is table
+        await pilot.press("down")
+        assert table.cursor_row == 1
+
+
 async def test_queries_pane_sorted_by_total_with_n_plus_one_and_explain() -> None:
     app, sources = make_app(pid=202)
     async with app.run_test(size=(160, 50)) as pilot:

@@ -47,6 +47,12 @@ class DeferredPane(Vertical):
         if self._mounting is None:
             self._mounting = self.mount_all(self.make_children())
 
+    def hand_focus_to(self, table: Widget) -> None:
+        """`table` has just been shown: it takes the focus where this pane held it in the table's stead (a
+        tab's number pressed before the first data came), so that the arrows move its cursor at once."""
+        if self.built and self.screen.focused is self:
+            self.screen.set_focus(table)
+
     async def until_ready(self) -> None:
         """Build the children if need be and wait until they have mounted."""
         self.build()

@@ -179,7 +179,9 @@ class QueriesPane(DeferredPane, can_focus=True):
                     self.focus()  # the table is about to hide: keep focus (and the keys) in this view
                 self.set_class(True, "-empty")
             return
-        self.set_class(False, "-empty")
+        if self.has_class("-empty"):
+            self.set_class(False, "-empty")
+            self.hand_focus_to(self._table)
         self.stats = stats
         self._now = time.time() if now is None else now
         self._catch_up.changed()

@@ -209,7 +209,9 @@ class TimingsPane(DeferredPane, can_focus=True):
                 if error:
                     self._help.update(f"agent error: {error}\n\n{NO_AGENT}")
             return
-        self.set_class(False, "-no-agent")
+        if self.has_class("-no-agent"):
+            self.set_class(False, "-no-agent")
+            self.hand_focus_to(self._table)
         self.view, self.data = data.view, data
         for row in data.timings:
             if row.p99_ms is not None:
