@@ -355,9 +355,11 @@ class PerftopApp(App[int]):
 
         def focus() -> None:
             """Focus the process pane, unless a key since (a tab's number, typed as perftop --pid started)
-            showed another tab: focus on a hidden tab's pane would switch back to it."""
+            showed another tab: focus on a hidden tab's pane would switch back to it. Set here, not by
+            `focus()`, which waits its turn: a tab's number handled before that turn would lose the focus
+            its table took (the process pane, focused and then hidden, leaves no focus at all)."""
             if view.query_one(TabbedContent).active == "tab-process":
-                process.focus()
+                process.screen.set_focus(process)
 
         self.call_after_refresh(focus)
         self.sampler.attach(pid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from textual.widgets import TabbedContent
 
 from perftop.tui.app import PerftopApp
+from perftop.tui.panes.proclist import ProcessListPane
 from perftop.tui.widgets.footer import KeysFooter
 from tests.tui.fixed import FixedSources
 from tests.tui.waiting import wait_for
@@ -21,6 +22,8 @@ async def test_the_footer_follows_the_focus_and_a_click_presses_the_key() -> Non
         line = _line(app)
         assert " q Quit " in line and "^p palette" in line and "Timings" not in line
 
+        plist = app.query_one(ProcessListPane)
+        await wait_for(pilot, lambda: plist.shown_pids, what="the process list's rows")
         await pilot.press("enter")  # attach to the process under the cursor
         await wait_for(pilot, lambda: " p Profile " in _line(app), what="the attached view's keys")
         assert " / Filter " not in _line(app)
