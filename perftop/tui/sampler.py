@@ -41,8 +41,8 @@ class Sampler(threading.Thread):
         self.window: float | None = None
         """The timings window asked of the agent (seconds), None for since start."""
         self._gone: int | None = None
-        self._first = True
-        """No host sample posted yet."""
+        self._fresh = True
+        """No tick yet since the start or the last attach: the first frame of a view waits for it."""
         self._wake = threading.Event()
         self._stopping = threading.Event()
 
@@ -53,6 +53,7 @@ class Sampler(threading.Thread):
     def attach(self, pid: int | None) -> None:
         self.pid = pid
         self._gone = None
+        self._fresh = True
         self.poke()
 
     def stop(self) -> None:
@@ -71,43 +72,48 @@ class Sampler(threading.Thread):
         """One round of sampling; every failure is contained so the thread never dies.
 
         The tick's messages go to the app together, once all are taken, in one `Sampled`: the app draws
-        them in one screen update. Only the very first host sample goes out at once, for the first
-        frame, while the process is read."""
+        them in one screen update. The first tick of a view (at the start, after an attach) sends the host
+        and the process as soon as they are read, before asking the agent, which is slower: that is the
+        view's first frame."""
         messages: list[Message] = []
+        fresh, self._fresh = self._fresh, False
         try:
-            system = SystemSampled(self.sources.system())
-            if self._first:
-                self._first = False
-                self.app.post_message(Sampled([system]))
-            else:
-                messages.append(system)
+            messages.append(SystemSampled(self.sources.system()))
         except Exception:
             log.exception("system sampling failed")
         try:
-            self._sample_rest(messages)
+            if self._sample_os(messages) and self.pid is not None:
+                if fresh:
+                    self.app.post_message(Sampled(messages))
+                    messages = []
+                messages.append(self._sample_agent(self.pid))
         finally:
             if messages:
                 self.app.post_message(Sampled(messages))
 
-    def _sample_rest(self, messages: list[Message]) -> None:
-        """The process list, or the attached process and its agent data."""
+    def _sample_os(self, messages: list[Message]) -> bool:
+        """The process list, or the attached process: False where there is no agent to ask after it."""
         pid = self.pid
         if pid is None:
             try:
                 messages.append(ProcessesListed(self.sources.processes()))
             except Exception:
                 log.exception("process listing failed")
-            return
+            return False
         if pid == self._gone:
-            return
+            return False
         try:
             messages.append(ProcessSampled(self.sources.process(pid)))
         except CollectorError as exc:
             self._gone = pid
             messages.append(ProcessExited(pid, str(exc)))
-            return
+            return False
         except Exception:
             log.exception("process sampling failed")
+        return True
+
+    def _sample_agent(self, pid: int) -> AgentSampled:
+        """The agent data of the attached process (None where it has none), or why it failed."""
         try:
             view = self.sources.agent(pid, self.window)
             rows = None
@@ -115,6 +121,6 @@ class Sampler(threading.Thread):
                 from perftop.collectors.rows import view_rows  # with the first agent, not the list
 
                 rows = view_rows(view)
-            messages.append(AgentSampled(pid, view, rows=rows))
+            return AgentSampled(pid, view, rows=rows)
         except Exception as exc:
-            messages.append(AgentSampled(pid, None, error=str(exc) or type(exc).__name__))
+            return AgentSampled(pid, None, error=str(exc) or type(exc).__name__)
