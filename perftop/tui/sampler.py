@@ -82,35 +82,37 @@ class Sampler(threading.Thread):
         except Exception:
             log.exception("system sampling failed")
         try:
-            if self._sample_os(messages) and self.pid is not None:
+            pid = self._sample_os(messages)
+            if pid is not None:
                 if fresh:
                     self.app.post_message(Sampled(messages))
                     messages = []
-                messages.append(self._sample_agent(self.pid))
+                messages.append(self._sample_agent(pid))
         finally:
             if messages:
                 self.app.post_message(Sampled(messages))
 
-    def _sample_os(self, messages: list[Message]) -> bool:
-        """The process list, or the attached process: False where there is no agent to ask after it."""
+    def _sample_os(self, messages: list[Message]) -> int | None:
+        """The process list, or the attached process: the PID whose agent to ask next, if any (read once:
+        the app may attach elsewhere meanwhile)."""
         pid = self.pid
         if pid is None:
             try:
                 messages.append(ProcessesListed(self.sources.processes()))
             except Exception:
                 log.exception("process listing failed")
-            return False
+            return None
         if pid == self._gone:
-            return False
+            return None
         try:
             messages.append(ProcessSampled(self.sources.process(pid)))
         except CollectorError as exc:
             self._gone = pid
             messages.append(ProcessExited(pid, str(exc)))
-            return False
+            return None
         except Exception:
             log.exception("process sampling failed")
-        return True
+        return pid
 
     def _sample_agent(self, pid: int) -> AgentSampled:
         """The agent data of the attached process (None where it has none), or why it failed."""
