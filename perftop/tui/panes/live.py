@@ -47,11 +47,14 @@ class DeferredPane(Vertical):
         if self._mounting is None:
             self._mounting = self.mount_all(self.make_children())
 
-    def hand_focus_to(self, table: Widget) -> None:
-        """`table` has just been shown: it takes the focus where this pane held it in the table's stead (a
-        tab's number pressed before the first data came), so that the arrows move its cursor at once."""
-        if self.built and self.screen.focused is self:
-            self.screen.set_focus(table)
+    def pass_focus(self, holder: Widget, to: Widget) -> None:
+        """Move the focus from `holder` to `to` if `holder` has it. The pane holds the focus, and so its keys,
+        while its table is hidden (no data yet: a tab's number pressed before the first data came) and
+        gives it back when the table shows, so that the arrows move its cursor at once. Done now, from
+        `Screen.focused`: `has_focus` is set a message later and `focus()` waits its turn, and a table
+        hidden with the focus leaves none at all."""
+        if self.built and self.screen.focused is holder:
+            self.screen.set_focus(to)
 
     async def until_ready(self) -> None:
         """Build the children if need be and wait until they have mounted."""

@@ -175,13 +175,12 @@ class QueriesPane(DeferredPane, can_focus=True):
         """New query stats from the agent (None: this process records no SQL)."""
         if stats is None or stats.empty:
             if self.stats is None:
-                if self._table.has_focus:
-                    self.focus()  # the table is about to hide: keep focus (and the keys) in this view
+                self.pass_focus(self._table, self)  # the table is about to hide
                 self.set_class(True, "-empty")
             return
         if self.has_class("-empty"):
             self.set_class(False, "-empty")
-            self.hand_focus_to(self._table)
+            self.pass_focus(self, self._table)
         self.stats = stats
         self._now = time.time() if now is None else now
         self._catch_up.changed()

@@ -203,15 +203,14 @@ class TimingsPane(DeferredPane, can_focus=True):
         """New agent data, as rows (None: the process has no agent)."""
         if data is None:
             if self.view is None:
-                if self._table.has_focus:
-                    self.focus()  # the table is about to hide: keep focus (and the keys) in this view
+                self.pass_focus(self._table, self)  # the table is about to hide
                 self.set_class(True, "-no-agent")
                 if error:
                     self._help.update(f"agent error: {error}\n\n{NO_AGENT}")
             return
         if self.has_class("-no-agent"):
             self.set_class(False, "-no-agent")
-            self.hand_focus_to(self._table)
+            self.pass_focus(self, self._table)
         self.view, self.data = data.view, data
         for row in data.timings:
             if row.p99_ms is not None:
